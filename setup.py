@@ -1,0 +1,37 @@
+"""resfit-jax: residual off-policy RL (ResFiT) for fine-tuning frozen BC policies, in JAX."""
+from setuptools import find_packages, setup
+
+# Ranges tested on Python 3.12 (CPU); upper bounds guard against the next breaking minor.
+INSTALL_REQUIRES = [
+    "jax>=0.11.1,<0.13",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.12,<0.13",
+    "chex>=0.1.90,<0.2",
+    "distrax>=0.1.7,<0.2",
+    "mujoco==3.17.0",
+    "mujoco-mjx==3.17.0",
+    "tensorflow-datasets>=4.9.8,<4.10",
+    "array-record>=0.8,<0.9",
+    "absl-py>=2.1,<3",
+    "ml_collections>=1.0,<2",
+    "tqdm>=4.66,<5",
+    "tensorboardX>=2.6,<3",
+    "numpy>=2.0,<3",
+]
+
+setup(
+    name="resfit-jax",
+    version="0.1.0",
+    description="Residual off-policy RL (ResFiT) for fine-tuning frozen behaviour-cloning policies, in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.12",
+    packages=find_packages(include=["resfit_jax", "resfit_jax.*", "bases", "bases.*",
+                                    "experiments", "experiments.*", "benchmarks", "benchmarks.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],
+        "dev": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "ruff>=0.6"],
+    },
+)
