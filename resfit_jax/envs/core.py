@@ -1,0 +1,171 @@
+"""Functional env protocol (MuJoCo Playground style, off-policy ready) and wrappers.
+
+    state = env.reset(key)           # one env; vmap for many (``VmapWrapper``)
+    state = env.step(state, action)  # raw action [A]
+
+``State`` fields: data (env internals), obs (pytree), reward [] (sparse 0/1), done [] (bool:
+terminated or truncated), info (dict). Wrapped by ``AutoReset``, info also holds:
+    success [] bool     the episode ended by success (reward 1 terminates it)
+    truncated [] bool   the episode hit the time limit without success
+    final_obs (pytree)  the TRUE observation produced by this step, before any reset
+    steps [] int32      steps taken in the current episode (0 right after a reset)
+    rng [2] uint32      key for the next reset (each episode is re-randomised)
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+PyTree = Any
+
+
+@struct.dataclass
+class State:
+    data: PyTree
+    obs: PyTree
+    reward: jax.Array
+    done: jax.Array
+    info: dict
+
+
+class Env(abc.ABC):
+    """A single environment; subclasses implement reset/step, sizes and horizon."""
+
+    @abc.abstractmethod
+    def reset(self, key: jax.Array) -> State: ...
+
+    @abc.abstractmethod
+    def step(self, state: State, action: jax.Array) -> State:
+        """Advance one control step. Must set reward (1.0 on success, else 0.0), done
+        (= success) and info["success"]; the time limit is the wrapper's job."""
+
+    @property
+    @abc.abstractmethod
+    def action_size(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def horizon(self) -> int:
+        """Episode length limit in control steps."""
+
+    @property
+    def action_low(self) -> jax.Array:
+        return -jnp.ones((self.action_size,), jnp.float32)
+
+    @property
+    def action_high(self) -> jax.Array:
+        return jnp.ones((self.action_size,), jnp.float32)
+
+    @property
+    def observation_spec(self) -> PyTree:
+        """Per-env observation spec (pytree of ShapeDtypeStruct, no batch axis)."""
+        return jax.eval_shape(self.reset, jax.random.PRNGKey(0)).obs
+
+    @property
+    def unwrapped(self) -> "Env":
+        return self
+
+
+class Wrapper(Env):
+    def __init__(self, env: Env):
+        self.env = env
+
+    def reset(self, key):
+        return self.env.reset(key)
+
+    def step(self, state, action):
+        return self.env.step(state, action)
+
+    @property
+    def action_size(self):
+        return self.env.action_size
+
+    @property
+    def horizon(self):
+        return self.env.horizon
+
+    @property
+    def action_low(self):
+        return self.env.action_low
+
+    @property
+    def action_high(self):
+        return self.env.action_high
+
+    @property
+    def unwrapped(self):
+        return self.env.unwrapped
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+
+_EPISODE_KEYS = ("success", "truncated", "final_obs", "steps", "rng")
+
+
+class EpisodeWrapper(Wrapper):
+    """Time limit and episode bookkeeping, without reset: done = success or truncated."""
+
+    def reset(self, key):
+        key, k_reset = jax.random.split(key)
+        s = self.env.reset(k_reset)
+        info = dict(s.info, success=jnp.zeros((), bool), truncated=jnp.zeros((), bool),
+                    final_obs=s.obs, steps=jnp.zeros((), jnp.int32), rng=key)
+        return s.replace(info=info, done=jnp.zeros((), bool), reward=jnp.zeros((), jnp.float32))
+
+    def step(self, state, action):
+        s = self.env.step(state, action)
+        steps = state.info["steps"] + 1
+        success = s.info["success"].astype(bool)
+        truncated = (steps >= self.horizon) & ~success
+        info = dict(s.info, success=success, truncated=truncated, final_obs=s.obs, steps=steps,
+                    rng=state.info["rng"])
+        return s.replace(info=info, done=success | truncated)
+
+
+class AutoReset(EpisodeWrapper):
+    """EpisodeWrapper that re-randomises finished episodes on the same step.
+
+    After a done step, obs/data belong to the NEW episode; info keeps success, truncated and
+    final_obs of the one that ended, so off-policy learners see the true last observation.
+    """
+
+    def step(self, state, action):
+        s = super().step(state, action)
+        key, k_reset = jax.random.split(s.info["rng"])
+        fresh = self.env.reset(k_reset)
+        pick = lambda new, old: jnp.where(s.done, new, old)
+        # Wrapper keys describe the episode that just ended; the task's own info entries
+        # (if any) belong to the new episode after a reset.
+        info = {k: (jax.tree.map(pick, fresh.info[k], v)
+                    if k in fresh.info and k not in _EPISODE_KEYS else v)
+                for k, v in s.info.items()}
+        info["steps"] = jnp.where(s.done, 0, s.info["steps"])
+        info["rng"] = key
+        return s.replace(data=jax.tree.map(pick, fresh.data, s.data),
+                         obs=jax.tree.map(pick, fresh.obs, s.obs), info=info)
+
+
+class VmapWrapper(Wrapper):
+    """Batch of E envs: reset(key) -> State [E, ...]; step(State [E], action [E, A])."""
+
+    def __init__(self, env: Env, num_envs: int):
+        super().__init__(env)
+        self.num_envs = int(num_envs)
+
+    def reset(self, key):
+        return jax.vmap(self.env.reset)(jax.random.split(key, self.num_envs))
+
+    def step(self, state, action):
+        if action.shape != (self.num_envs, self.action_size):
+            raise ValueError(f"VmapWrapper.step: action has shape {action.shape}, expected "
+                             f"{(self.num_envs, self.action_size)} [E, A].")
+        return jax.vmap(self.env.step)(state, action)
+
+    @property
+    def observation_spec(self):
+        return self.env.observation_spec

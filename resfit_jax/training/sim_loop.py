@@ -1,0 +1,262 @@
+"""Simulated collect + update loop: vectorized envs, frozen base, residual learner, replay.
+
+Everything per vector step runs inside one jitted ``lax.scan`` chunk (``SimLoop.run``):
+
+    a_b (normalized) -> residual r -> clip(a_b + r) -> unnormalize -> env.step (auto-reset)
+    -> base.step on the true next obs -> n-step writer -> online replay
+    -> ``updates_per_step`` learner updates on symmetric [UTD, B/2] online + offline batches
+
+UTD with E parallel envs: one vector step adds E env steps; each learner update does
+``config.utd`` critic steps, so the critic steps per env step are
+``updates_per_step * utd / E`` (the paper's single env: 1 * 4 / 1 = 4).
+
+The base is queried once on each step's true next observation (the pre-reset final
+observation for ended episodes, whose base action the n-step target needs when bootstrapping
+through truncation); envs whose episode ended have their base state reset and are queried
+again on the first observation of the new episode.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from resfit_jax.base_policy import BasePolicy
+from resfit_jax.envs.core import AutoReset, Env, EpisodeWrapper, VmapWrapper
+from resfit_jax.normalization import ActionScaler
+from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayState, sample_symmetric, transition_spec
+from resfit_jax.residual_td3 import LearnerState, ResidualTD3
+
+PyTree = Any
+
+
+def _select(mask: jax.Array, a: PyTree, b: PyTree) -> PyTree:
+    """where(mask [E], a, b) over pytrees with leading axis E."""
+    def pick(x, y):
+        m = mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+        return jnp.where(m, x, y)
+    return jax.tree.map(pick, a, b)
+
+
+@struct.dataclass
+class LoopState:
+    env_state: PyTree
+    base_state: PyTree
+    base_action: jax.Array          # [E, A] normalized base action for env_state.obs
+    writer_state: PyTree
+    replay_state: ReplayState
+    learner_state: LearnerState
+    key: jax.Array
+    env_steps: jax.Array            # total env steps collected (all envs)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimLoop:
+    task: Env
+    base: BasePolicy
+    learner: ResidualTD3
+    scaler: ActionScaler
+    num_envs: int
+    replay_capacity: int = 200_000
+    updates_per_step: int = 1
+    warmup_noise: float = 0.2
+
+    def __post_init__(self):
+        if self.base.action_dim != self.task.action_size:
+            raise ValueError(f"The base policy's action size ({self.base.action_dim}) does not "
+                             f"match the task's ({self.task.action_size}).")
+        if self.learner.action_dim != self.task.action_size:
+            raise ValueError(f"The learner's action_dim ({self.learner.action_dim}) does not "
+                             f"match the task's ({self.task.action_size}).")
+
+    # ----------------------------------------------------------------------------- parts
+    @property
+    def env(self) -> VmapWrapper:
+        return VmapWrapper(AutoReset(self.task), self.num_envs)
+
+    @property
+    def writer(self) -> NStepWriter:
+        c = self.learner.config
+        return NStepWriter(c.n_step, c.gamma, c.bootstrap_truncation)
+
+    @property
+    def buffer(self) -> ReplayBuffer:
+        return ReplayBuffer(self.replay_capacity)
+
+    def normalize_base(self, raw: jax.Array) -> jax.Array:
+        return jnp.clip(self.scaler.normalize(raw), -1.0, 1.0)
+
+    def init(self, key: jax.Array, learner_state: LearnerState) -> LoopState:
+        k_env, k_loop = jax.random.split(key)
+        env_state = self.env.reset(k_env)
+        bstate = self.base.init_state(self.num_envs)
+        a_b, bstate = self.base.step(bstate, env_state.obs)
+        spec = self.task.observation_spec
+        return LoopState(
+            env_state=env_state, base_state=bstate, base_action=self.normalize_base(a_b),
+            writer_state=self.writer.init(self.num_envs, spec, self.task.action_size),
+            replay_state=self.buffer.init(transition_spec(spec, self.task.action_size)),
+            learner_state=learner_state, key=k_loop, env_steps=jnp.zeros((), jnp.int32))
+
+    # ------------------------------------------------------------------------- one step
+    def _env_step(self, ls: LoopState, residual: jax.Array) -> tuple[LoopState, dict]:
+        action = jnp.clip(ls.base_action + residual, -1.0, 1.0)
+        s = self.env.step(ls.env_state, self.scaler.unnormalize(action))
+        done, final_obs = s.done, s.info["final_obs"]
+        truncated = s.info["truncated"]
+        a_next_raw, b_next = self.base.step(ls.base_state, final_obs)
+        a_next = self.normalize_base(a_next_raw)
+        a_new_raw, b_new = self.base.step(self.base.reset(b_next, done), s.obs)
+        writer_state, cands, valid = self.writer.step(
+            ls.writer_state, ls.env_state.obs, ls.base_action, action, s.reward, final_obs,
+            a_next, done & ~truncated, truncated)
+        ls = ls.replace(
+            env_state=s,
+            base_state=_select(done, b_new, b_next),
+            base_action=_select(done, self.normalize_base(a_new_raw), a_next),
+            writer_state=writer_state,
+            replay_state=self.buffer.add(ls.replay_state, cands, valid),
+            env_steps=ls.env_steps + self.num_envs)
+        stats = {"episodes": done.sum(), "successes": (done & s.info["success"]).sum()}
+        return ls, stats
+
+    def _update(self, ls: LoopState, offline: ReplayState | None) -> tuple[LoopState, dict]:
+        cfg = self.learner.config
+
+        def one(learner_state, key):
+            on, off = sample_symmetric(key, self.buffer, ls.replay_state,
+                                       self.buffer if offline is not None else None, offline,
+                                       cfg.utd, cfg.batch_size,
+                                       cfg.offline_fraction if offline is not None else 0.0)
+            return self.learner.update(learner_state, on, off)
+
+        key, k_up = jax.random.split(ls.key)
+        learner_state, metrics = jax.lax.scan(
+            one, ls.learner_state, jax.random.split(k_up, self.updates_per_step))
+        return ls.replace(learner_state=learner_state, key=key), jax.tree.map(jnp.mean, metrics)
+
+    # --------------------------------------------------------------------------- chunks
+    def warmup(self, ls: LoopState, num_steps: int) -> tuple[LoopState, dict]:
+        """Collect num_steps vector steps with base + U(-warmup_noise, warmup_noise) residual."""
+        def body(ls, _):
+            key, k = jax.random.split(ls.key)
+            r = jax.random.uniform(k, ls.base_action.shape, minval=-self.warmup_noise,
+                                   maxval=self.warmup_noise)
+            return self._env_step(ls.replace(key=key), r)
+        ls, stats = jax.lax.scan(body, ls, None, length=num_steps)
+        return ls, jax.tree.map(jnp.sum, stats)
+
+    def critic_warmup(self, ls: LoopState, offline: ReplayState | None, num_updates: int
+                      ) -> tuple[LoopState, dict]:
+        """num_updates critic-only steps on fresh symmetric batches (no target noise)."""
+        cfg = self.learner.config
+        key, k = jax.random.split(ls.key)
+        on, off = sample_symmetric(k, self.buffer, ls.replay_state,
+                                   self.buffer if offline is not None else None, offline,
+                                   num_updates, cfg.batch_size,
+                                   cfg.offline_fraction if offline is not None else 0.0)
+        learner_state, metrics = self.learner.critic_warmup(ls.learner_state, on, off)
+        return ls.replace(learner_state=learner_state, key=key), metrics
+
+    def train(self, ls: LoopState, offline: ReplayState | None, num_steps: int
+              ) -> tuple[LoopState, dict]:
+        """num_steps vector steps of act (exploration noise) + store + updates."""
+        def body(ls, _):
+            key, k = jax.random.split(ls.key)
+            r, _ = self.learner.act(ls.learner_state, ls.env_state.obs, ls.base_action, k)
+            ls, stats = self._env_step(ls.replace(key=key), r)
+            ls, metrics = self._update(ls, offline)
+            return ls, (stats, metrics)
+        ls, (stats, metrics) = jax.lax.scan(body, ls, None, length=num_steps)
+        return ls, jax.tree.map(jnp.sum, stats) | jax.tree.map(jnp.mean, metrics)
+
+    # ---------------------------------------------------------------------------- eval
+    def evaluate(self, learner_state: LearnerState | None, key: jax.Array, num_episodes: int
+                 ) -> dict[str, jax.Array]:
+        """Exactly num_episodes full episodes (one per env, run to the end).
+
+        learner_state None evaluates the base alone; the same key gives the same initial
+        conditions, so base and base + residual are compared on matched episodes. The
+        residual is deterministic (its mean). Returns success [N] bool, length [N] int32,
+        success_rate, mean_success_length (NaN if no success).
+        """
+        env = VmapWrapper(EpisodeWrapper(self.task), num_episodes)
+        s = env.reset(key)
+        bstate = self.base.init_state(num_episodes)
+        zeros = jnp.zeros((num_episodes,), bool)
+
+        def body(carry, _):
+            s, bstate, finished, success, length = carry
+            a_raw, bstate = self.base.step(bstate, s.obs)
+            a_b = self.normalize_base(a_raw)
+            if learner_state is None:
+                action = a_b
+            else:
+                _, aux = self.learner.act(learner_state, s.obs, a_b, key, deterministic=True)
+                action = aux["action"]
+            s = env.step(s, self.scaler.unnormalize(action))
+            ended = s.done & ~finished
+            success = success | (ended & s.info["success"])
+            length = jnp.where(ended, s.info["steps"], length)
+            return (s, bstate, finished | s.done, success, length), None
+
+        init = (s, bstate, zeros, zeros, jnp.zeros((num_episodes,), jnp.int32))
+        (_, _, _, success, length), _ = jax.lax.scan(body, init, None, length=self.task.horizon)
+        n_succ = success.sum()
+        return {"success": success, "length": length,
+                "success_rate": success.mean(),
+                "mean_success_length": jnp.where(
+                    n_succ > 0, jnp.where(success, length, 0).sum() / jnp.maximum(n_succ, 1), jnp.nan)}
+
+
+def fill_from_policy(buffer: ReplayBuffer, writer: NStepWriter, task: Env, base: BasePolicy,
+                     scaler: ActionScaler, policy: Callable[[jax.Array, PyTree], jax.Array],
+                     key: jax.Array, num_envs: int, num_steps: int,
+                     only_success: bool = True) -> ReplayState:
+    """Roll out ``policy(key, obs [E, ...]) -> raw action [E, A]`` and store n-step transitions
+    (action = the policy's normalized action, base_action = the frozen base's own action on
+    the same frame, with the base reset at every episode boundary) into a fresh buffer.
+
+    With only_success, transitions of episodes that did not succeed are dropped (demos).
+    Returns the filled ReplayState. Meant to build an offline (demo) buffer in simulation.
+    """
+    env = VmapWrapper(AutoReset(task), num_envs)
+    spec = task.observation_spec
+    state = buffer.init(transition_spec(spec, task.action_size))
+    k_env, key = jax.random.split(key)
+    s = env.reset(k_env)
+    bstate = base.init_state(num_envs)
+    norm = lambda a: jnp.clip(scaler.normalize(a), -1.0, 1.0)
+    # buffer the episode in progress per env; commit it only if it succeeded
+    ep_len = task.horizon
+    ep = transition_spec(spec, task.action_size)
+    pending = jax.tree.map(lambda x: jnp.zeros((num_envs, ep_len, writer.n) + x.shape, x.dtype), ep)
+    pending_valid = jnp.zeros((num_envs, ep_len, writer.n), bool)
+    wstate = writer.init(num_envs, spec, task.action_size)
+
+    def body(carry, k):
+        s, bstate, wstate, rstate, pending, pending_valid = carry
+        a_b_raw, bstate = base.step(bstate, s.obs)
+        act = norm(policy(k, s.obs))
+        s2 = env.step(s, scaler.unnormalize(act))
+        done, final_obs, truncated = s2.done, s2.info["final_obs"], s2.info["truncated"]
+        a_next_raw, _ = base.step(bstate, final_obs)
+        bstate = base.reset(bstate, done)
+        wstate, cands, valid = writer.step(wstate, s.obs, norm(a_b_raw), act, s2.reward, final_obs,
+                                           norm(a_next_raw), done & ~truncated, truncated)
+        t = s.info["steps"]
+        put = lambda p, c: p.at[jnp.arange(num_envs), t].set(c)
+        pending = jax.tree.map(put, pending, cands)
+        pending_valid = pending_valid.at[jnp.arange(num_envs), t].set(valid)
+        keep = done & (s2.info["success"] | (not only_success))
+        commit = pending_valid & keep[:, None, None]
+        rstate = buffer.add(rstate, pending, commit)
+        pending_valid = jnp.where(done[:, None, None], False, pending_valid)
+        return (s2, bstate, wstate, rstate, pending, pending_valid), None
+
+    carry = (s, bstate, wstate, state, pending, pending_valid)
+    carry, _ = jax.lax.scan(body, carry, jax.random.split(key, num_steps))
+    return carry[3]
