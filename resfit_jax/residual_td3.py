@@ -269,11 +269,12 @@ class ResidualTD3:
         return self.critic.apply(state.critic_params, self.features(obs), action)
 
     # ----------------------------------------------------------------------------- update
-    def _critic_step(self, state: LearnerState, batch: Transition, key: jax.Array,
-                     noise_std: float) -> tuple[LearnerState, dict[str, jax.Array]]:
+    def td_target(self, state: LearnerState, batch: Transition, key: jax.Array,
+                  noise_std: float | jax.Array) -> jax.Array:
+        """y [B] = R + discount * nonterminal * min over a random head subset of target Q at
+        (s', clip(a_b' + clip(mu'(s', a_b') + clip(N(0, noise_std), +-c), -1, 1), -1, 1))."""
         cfg = self.config
         k_subset, k_noise = jax.random.split(key)
-        feats = self.features(batch.obs)
         next_feats = self.features(batch.next_obs)
         next_mean = self.actor.apply(state.target_actor_params, next_feats, batch.next_base_action)
         noise = jnp.clip(noise_std * jax.random.normal(k_noise, next_mean.shape),
@@ -283,8 +284,13 @@ class ResidualTD3:
         heads = jax.random.choice(k_subset, cfg.num_critics, (cfg.num_min_critics,), replace=False)
         subset = jax.tree.map(lambda p: p[heads], state.target_critic_params)
         next_q = self.critic.apply(subset, next_feats, next_action).min(axis=0)
-        target = jax.lax.stop_gradient(
-            batch.reward + batch.discount * batch.nonterminal * next_q)
+        return jax.lax.stop_gradient(batch.reward + batch.discount * batch.nonterminal * next_q)
+
+    def _critic_step(self, state: LearnerState, batch: Transition, key: jax.Array,
+                     noise_std: float) -> tuple[LearnerState, dict[str, jax.Array]]:
+        cfg = self.config
+        feats = self.features(batch.obs)
+        target = self.td_target(state, batch, key, noise_std)
 
         def loss_fn(params):
             q = self.critic.apply(params, feats, batch.action)                    # [K, B]
@@ -311,7 +317,7 @@ class ResidualTD3:
             "q_head_std": q.std(axis=0).mean(),
             "target_q_mean": target.mean(),
             "td_error_abs": jnp.abs(q.mean(axis=0) - target).mean(),
-            "critic_grad_norm": optax.global_norm(grads),
+            "critic_grad_norm": optax.tree.norm(grads),
         }
         return state, metrics
 
@@ -336,7 +342,7 @@ class ResidualTD3:
                 params, state.target_actor_params, self.config.tau),
             actor_steps=state.actor_steps + 1,
         )
-        metrics = {"actor_loss": loss, "actor_grad_norm": optax.global_norm(grads),
+        metrics = {"actor_loss": loss, "actor_grad_norm": optax.tree.norm(grads),
                    "residual_abs_mean": jnp.abs(r).mean(), "residual_abs_max": jnp.abs(r).max()}
         return state, metrics
 
@@ -370,23 +376,27 @@ class ResidualTD3:
     def _check_finite(self, batch: Transition, losses: dict[str, jax.Array], where: str) -> None:
         if not self.config.check_finite:
             return
-        flags = {}
+        batch_flags = {}
         for path, x in jax.tree_util.tree_leaves_with_path(batch):
             if jnp.issubdtype(x.dtype, jnp.floating):
-                flags["batch" + jax.tree_util.keystr(path)] = jnp.all(jnp.isfinite(x))
-        for name, v in losses.items():
-            flags[name] = jnp.all(jnp.isfinite(v))
+                batch_flags["batch" + jax.tree_util.keystr(path)] = jnp.all(jnp.isfinite(x))
+        loss_flags = {name: jnp.all(jnp.isfinite(v)) for name, v in losses.items()}
 
-        def raise_if_bad(flags):
-            bad = [k for k, v in flags.items() if not np.all(v)]
-            if bad:
+        def raise_if_bad(batch_flags, loss_flags):
+            bad_batch = [k for k, v in batch_flags.items() if not np.all(v)]
+            bad_loss = [k for k, v in loss_flags.items() if not np.all(v)]
+            if bad_batch:
                 raise FloatingPointError(
-                    f"{where}: non-finite values (NaN/inf) in {', '.join(bad)}. Check the env "
-                    "observations, rewards and base actions feeding the replay (a NaN batch "
-                    "poisons every parameter), or lower the learning rates if only losses are "
-                    "non-finite. Set ResidualTD3Config.check_finite=False to skip this check.")
+                    f"{where}: non-finite values (NaN/inf) in {', '.join(bad_batch)}. Check the "
+                    "env observations, rewards and base actions feeding the replay: a NaN batch "
+                    "poisons every parameter. (Set ResidualTD3Config.check_finite=False to skip.)")
+            if bad_loss:
+                raise FloatingPointError(
+                    f"{where}: non-finite {', '.join(bad_loss)} on a finite batch: the update "
+                    "diverged. Lower the learning rates or check the observation normalizer "
+                    "(tiny std). (Set ResidualTD3Config.check_finite=False to skip.)")
 
-        jax.debug.callback(raise_if_bad, flags)
+        jax.debug.callback(raise_if_bad, batch_flags, loss_flags)
 
     def update(self, state: LearnerState, online: Transition, offline: Transition | None
                ) -> tuple[LearnerState, dict[str, jax.Array]]:

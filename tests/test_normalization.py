@@ -1,0 +1,53 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resfit_jax.normalization import ActionScaler, StateStandardizer
+
+
+def test_action_scaler_widens_range_and_floors_half_range():
+    acts = np.array([[-2.0, 0.5, 3.0], [2.0, 0.52, 3.0], [0.0, 0.51, 3.0]])
+    sc = ActionScaler.fit(acts, action_scale=0.1, min_half_range=0.05)
+    np.testing.assert_allclose(sc.center, [0.0, 0.51, 3.0], rtol=1e-6)
+    # dim 0: half 2 * 1.1; dim 1: half 0.01 floored to 0.05, * 1.1; dim 2: constant -> floor
+    np.testing.assert_allclose(sc.half_range, [2.2, 0.055, 0.055], rtol=1e-6)
+    z = sc.normalize(jnp.asarray(acts))
+    # demo actions sit inside +-1/(1+s) on the dimension the data spans
+    np.testing.assert_allclose(jnp.abs(z[:, 0]).max(), 1 / 1.1, rtol=1e-6)
+    assert float(jnp.abs(z).max()) <= 1 / 1.1 + 1e-6
+
+
+def test_action_scaler_roundtrip_and_pytree():
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(100, 4)) * [1, 10, 0.1, 3]
+    sc = ActionScaler.fit(acts, action_scale=0.2)
+    x = jnp.asarray(acts, jnp.float32)
+    np.testing.assert_allclose(sc.unnormalize(sc.normalize(x)), x, rtol=1e-5, atol=1e-5)
+    z = jnp.asarray(rng.uniform(-1, 1, size=(7, 4)), jnp.float32)
+    np.testing.assert_allclose(sc.normalize(sc.unnormalize(z)), z, rtol=1e-5, atol=1e-6)
+    # a pytree: passes through jit and vmap
+    out = jax.jit(lambda s, a: s.normalize(a))(sc, x)
+    np.testing.assert_allclose(out, sc.normalize(x))
+    assert len(jax.tree.leaves(sc)) == 2
+
+
+def test_state_standardizer_floors_std_and_inverts():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(5, 2, size=(500, 1)), np.full((500, 1), 3.0)], axis=1)
+    st = StateStandardizer.fit(x, min_std=0.1)
+    np.testing.assert_allclose(st.std[1], 0.1)
+    z = st.normalize(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(z[:, 0].mean(), 0.0, atol=1e-4)
+    np.testing.assert_allclose(z[:, 0].std(), 1.0, atol=1e-3)
+    np.testing.assert_allclose(z[:, 1], 0.0, atol=1e-6)
+    np.testing.assert_allclose(st.unnormalize(z), x, rtol=1e-5, atol=1e-4)
+
+
+def test_fit_rejects_bad_data():
+    with pytest.raises(ValueError, match="NaN"):
+        ActionScaler.fit(np.array([[0.0, np.nan]]))
+    with pytest.raises(ValueError, match="non-empty"):
+        StateStandardizer.fit(np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="low < high"):
+        ActionScaler.from_bounds([1.0], [0.0])
