@@ -234,8 +234,9 @@ class ResidualTD3:
         return LearnerState(
             actor_params=actor_params,
             critic_params=critic_params,
-            target_actor_params=actor_params,
-            target_critic_params=critic_params,
+            # copies, so the state has no aliased buffers and can be donated to a jitted update
+            target_actor_params=jax.tree.map(jnp.copy, actor_params),
+            target_critic_params=jax.tree.map(jnp.copy, critic_params),
             actor_opt_state=self.actor_tx.init(actor_params),
             critic_opt_state=self.critic_tx.init(critic_params),
             rng=k_state,

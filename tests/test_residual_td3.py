@@ -135,6 +135,13 @@ def test_update_changes_networks_and_targets_move_by_tau(learner, batches):
     chex.assert_trees_all_close(new.target_actor_params, expect, rtol=1e-5, atol=1e-7)
 
 
+def test_fresh_state_can_be_donated(learner, batches):
+    """No aliased buffers in a fresh state: donating it to a jitted update works."""
+    state = learner.init(jax.random.key(0))
+    new, _ = jax.jit(learner.update, donate_argnums=0)(state, *batches)
+    assert int(new.critic_steps) == UTD
+
+
 def test_release_loss_variant_differs(batches):
     rel = make_learner(dataclasses.replace(CFG, critic_loss="release"), OBS, ACT)
     mse = make_learner(CFG, OBS, ACT)

@@ -1,0 +1,92 @@
+"""Learner throughput: critic updates/s and compile seconds of ResidualTD3.update vs UTD.
+
+    python -m benchmarks.learner_throughput                  # cpu + paper presets, UTD 1 2 4 8
+    python -m benchmarks.learner_throughput --presets=cpu --utds=1,4
+
+Each update = UTD critic steps in lax.scan + 1 actor step on [UTD, B/2] online + offline
+batches (obs 40, action 8: PickPlace-sized state observations). Compile seconds = trace +
+lower + XLA compile with the persistent cache off; because the critic steps are a scan, they
+should barely grow with UTD. Prints a table, writes JSON with the machine description.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+from absl import app, flags
+
+from benchmarks.machine import machine_info
+from resfit_jax.replay import Transition
+from resfit_jax.residual_td3 import PRESETS, make_learner
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("presets", ["cpu", "paper"], "Learner presets to measure.")
+flags.DEFINE_list("utds", ["1", "2", "4", "8"], "UTD values (critic steps per update).")
+flags.DEFINE_integer("obs_dim", 40, "Observation size.")
+flags.DEFINE_integer("action_dim", 8, "Action size.")
+flags.DEFINE_float("min_seconds", 3.0, "Minimum timed seconds per configuration.")
+flags.DEFINE_string("out", "benchmarks/results/learner_throughput.json", "JSON output path.")
+
+
+def random_batch(key, steps, batch, obs_dim, act_dim):
+    ks = jax.random.split(key, 6)
+    u = lambda k, s: jax.random.uniform(k, s, minval=-1, maxval=1)
+    return Transition(obs=jax.random.normal(ks[0], (steps, batch, obs_dim)),
+                      base_action=u(ks[1], (steps, batch, act_dim)),
+                      action=u(ks[2], (steps, batch, act_dim)),
+                      reward=(jax.random.uniform(ks[3], (steps, batch)) < 0.1).astype("float32"),
+                      discount=jax.numpy.full((steps, batch), 0.97),
+                      nonterminal=jax.numpy.ones((steps, batch)),
+                      next_obs=jax.random.normal(ks[4], (steps, batch, obs_dim)),
+                      next_base_action=u(ks[5], (steps, batch, act_dim)))
+
+
+def measure(preset: str, utd: int) -> dict:
+    cfg = PRESETS[preset](utd=utd)
+    learner = make_learner(cfg, FLAGS.obs_dim, FLAGS.action_dim)
+    state = learner.init(jax.random.key(0))
+    on = random_batch(jax.random.key(1), utd, cfg.online_batch_size, FLAGS.obs_dim, FLAGS.action_dim)
+    off = random_batch(jax.random.key(2), utd, cfg.offline_batch_size, FLAGS.obs_dim, FLAGS.action_dim)
+    t0 = time.perf_counter()
+    compiled = jax.jit(learner.update, donate_argnums=0).lower(state, on, off).compile()
+    compile_s = time.perf_counter() - t0
+    state, m = compiled(state, on, off)
+    jax.block_until_ready(state)
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        state, m = compiled(state, on, off)
+        calls += 1
+        if calls >= 2 and time.perf_counter() - t0 >= FLAGS.min_seconds:
+            jax.block_until_ready(state)
+            if time.perf_counter() - t0 >= FLAGS.min_seconds:
+                break
+    elapsed = time.perf_counter() - t0
+    return {"preset": preset, "utd": utd, "hidden": list(cfg.critic_hidden_dims),
+            "num_critics": cfg.num_critics, "batch_size": cfg.batch_size,
+            "compile_s": compile_s, "updates_per_s": calls / elapsed,
+            "critic_updates_per_s": calls * utd / elapsed, "ms_per_critic_step": 1e3 * elapsed / (calls * utd)}
+
+
+def main(_):
+    jax.config.update("jax_enable_compilation_cache", False)
+    rows = [measure(p, int(u)) for p in FLAGS.presets for u in FLAGS.utds]
+    by = {(r["preset"], r["utd"]): r for r in rows}
+    for r in rows:
+        r["compile_vs_utd1"] = r["compile_s"] / by[(r["preset"], int(FLAGS.utds[0]))]["compile_s"]
+    print(f"{'preset':<7}{'hidden':>12}{'K':>4}{'batch':>7}{'UTD':>5}{'critic upd/s':>14}"
+          f"{'ms/critic step':>16}{'compile s':>11}{'vs UTD1':>9}")
+    for r in rows:
+        print(f"{r['preset']:<7}{'x'.join(map(str, r['hidden'])):>12}{r['num_critics']:>4}"
+              f"{r['batch_size']:>7}{r['utd']:>5}{r['critic_updates_per_s']:>14.1f}"
+              f"{r['ms_per_critic_step']:>16.2f}{r['compile_s']:>11.2f}{r['compile_vs_utd1']:>9.2f}")
+    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+    with open(FLAGS.out, "w") as f:
+        json.dump({"benchmark": "learner_throughput", "machine": machine_info(),
+                   "obs_dim": FLAGS.obs_dim, "action_dim": FLAGS.action_dim, "results": rows}, f, indent=2)
+    print(f"wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
