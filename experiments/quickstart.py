@@ -1,6 +1,6 @@
 """Quick start: make a biased base better with residual TD3, end to end, on a laptop CPU.
 
-    python -m experiments.quickstart                 # PointReach, CPU preset, ~2 minutes
+    python -m experiments.quickstart                 # PointReach, CPU preset, ~80 s on 2 cores
 
 Pipeline: expert demos (relabelled with the base's own actions) -> warm-up collection (base +
 uniform residual noise) -> critic warm-up -> main loop (act, store, update on 50/50 online +
