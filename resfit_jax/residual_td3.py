@@ -408,8 +408,7 @@ class ResidualTD3:
         """
         batch = self._join(online, offline, "update")
         num_steps = batch.reward.shape[0]
-        rng, k_actor, k_scan = jax.random.split(state.rng, 3)
-        del k_actor
+        rng, k_scan = jax.random.split(state.rng)
         noise_std = self.config.exploration_std if self.config.target_noise else 0.0
         step = lambda s, xs: self._critic_step(s, xs[0], xs[1], noise_std)
         state, cm = jax.lax.scan(step, state, (batch, jax.random.split(k_scan, num_steps)))

@@ -105,7 +105,7 @@ def test_scanned_update_equals_python_loop(learner, trained, batches):
     s_scan, m_scan = jax.jit(learner.update)(trained, online, offline)
     # the same computation unrolled by hand with the same keys
     batch = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), online, offline)
-    rng, _, k_scan = jax.random.split(trained.rng, 3)
+    rng, k_scan = jax.random.split(trained.rng)
     keys = jax.random.split(k_scan, UTD)
     s = trained
     losses = []
@@ -162,7 +162,8 @@ def test_vmap_over_seeds_equals_separate_runs(learner, batches):
         s = learner.init(keys[i])
         for _ in range(2):
             s, m = update(s, *batches)
-        chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], states), s, rtol=1e-4, atol=1e-6)
+        # float32 reassociation in batched matmuls: ~1e-6; mixed-up seeds would differ by ~1e-1
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], states), s, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(vm["critic_loss"][i], m["critic_loss"], rtol=1e-4)
     # different seeds really differ
     assert not np.allclose(states.critic_params["params"]["heads"]["Dense_0"]["kernel"][0],
