@@ -1,0 +1,178 @@
+"""PickPlace: one 6-joint arm with a parallel gripper puts a cube into a tote.
+
+The cube (4 cm) starts at a random table position and yaw; the floorless tote (14 cm inside)
+is placed at random on the arm's left. Success (reward 1, episode ends): the cube rests on
+the table inside the tote.
+
+Action [7], absolute: joint position targets j1..j6 (rad) and the gripper opening per finger
+(m, 0 = closed, 0.04 = open). Observation [28]: arm q (6), arm qdot (6), gripper opening
+(1), tcp position (3), cube position (3), cube quaternion wxyz (4), cube - tcp (3), tote
+centre xy (2). Control at 20 Hz (ctrl_dt 0.05 s, 5 physics steps of 10 ms).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from mujoco import mjx
+
+from resfit_jax.envs import mjcf
+from resfit_jax.envs.mjx_env import (ArmIndex, MjxTask, down_rotation, ik_step,
+                                     nearest_grasp_yaw, solve_home, tcp_pose, yaw_of,
+                                     yaw_quat)
+from resfit_jax.envs.scripted import ExpertState, ExpertStyle, ScriptedExpert, advance
+
+CUBE_HALF = 0.02
+TOTE_INNER_HALF = 0.07
+HOME_TCP = (0.42, 0.0, 0.18)
+
+
+class PickPlace(MjxTask):
+    """Pick a cube from a random table pose and place it in a randomly placed tote."""
+
+    def __init__(self, episode_length: int = 120, ctrl_dt: float = 0.05,
+                 timestep: float = 0.01,
+                 cube_x_range: tuple[float, float] = (0.36, 0.54),
+                 cube_y_range: tuple[float, float] = (-0.22, -0.02),
+                 cube_yaw_range: tuple[float, float] = (-np.pi / 4, np.pi / 4),
+                 tote_x_range: tuple[float, float] = (0.38, 0.52),
+                 tote_y_range: tuple[float, float] = (0.16, 0.26),
+                 cube_mass: float = 0.08):
+        self.episode_length = int(episode_length)
+        self.ctrl_dt = float(ctrl_dt)
+        self.cube_x_range, self.cube_y_range = cube_x_range, cube_y_range
+        self.cube_yaw_range = cube_yaw_range
+        self.tote_x_range, self.tote_y_range = tote_x_range, tote_y_range
+        bodies = (mjcf.arm("", (0, 0, 0)) + mjcf.tote("tote", TOTE_INNER_HALF)
+                  + mjcf.free_box("cube", (CUBE_HALF,) * 3, cube_mass, "0.85 0.25 0.2 1"))
+        pairs = "\n    ".join([mjcf.gripper_pairs("", "cube"), '<pair geom1="cube" geom2="table"/>',
+                               mjcf.tote_pairs("tote", "cube"),
+                               '<pair geom1="pad_l" geom2="table"/>',
+                               '<pair geom1="pad_r" geom2="table"/>'])
+        self.xml = mjcf.scene("PickPlace", timestep, bodies, mjcf.arm_actuators(""), pairs)
+        self.mj_model = mujoco.MjModel.from_xml_string(self.xml)
+        self.arm = ArmIndex.build(self.mj_model, "")
+        m = self.mj_model
+        self.cube_qpos = int(m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, "cube")])
+        self.cube_body = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "cube")
+        self.home_q = solve_home(m, self.arm, np.array(HOME_TCP), np.pi,
+                                 np.array([0, 0.3, 1.5, 1.3, 0, 0]))
+        self._setup_mjx()
+
+    # -- task hooks -------------------------------------------------------------------------
+    def _init_data(self, model: mjx.Model, key: jax.Array):
+        k_cx, k_cy, k_yaw, k_tx, k_ty = jax.random.split(key, 5)
+        u = lambda k, r: jax.random.uniform(k, (), minval=r[0], maxval=r[1])
+        cube_pos = jnp.stack([u(k_cx, self.cube_x_range), u(k_cy, self.cube_y_range),
+                              jnp.float32(CUBE_HALF)])
+        tote = jnp.stack([u(k_tx, self.tote_x_range), u(k_ty, self.tote_y_range)])
+        qpos = jnp.zeros(self.mj_model.nq)
+        qpos = qpos.at[self.arm.qpos].set(self.home_q)
+        qpos = qpos.at[self.arm.finger_qpos].set(mjcf.FINGER_OPEN * 0.9)
+        qpos = qpos.at[self.cube_qpos:self.cube_qpos + 3].set(cube_pos)
+        qpos = qpos.at[self.cube_qpos + 3:self.cube_qpos + 7].set(yaw_quat(u(k_yaw, self.cube_yaw_range)))
+        ctrl = self._ctrl_from_action(jnp.concatenate([self.home_q, jnp.array([mjcf.FINGER_OPEN * 0.9])]))
+        data = mjx.make_data(self.mj_model).replace(
+            qpos=qpos, ctrl=ctrl, mocap_pos=jnp.array([[tote[0], tote[1], 0.0]]))
+        return data, {"tote": tote}
+
+    def _ctrl_from_action(self, action):
+        return jnp.zeros(self.mj_model.nu).at[self.arm.ctrl].set(
+            jnp.concatenate([action[:6], action[6:7], action[6:7]]))
+
+    def _observe(self, data, task):
+        q = data.qpos[self.arm.qpos]
+        qd = data.qvel[self.arm.dof]
+        grip = data.qpos[self.arm.finger_qpos].mean(keepdims=True)
+        tcp, _ = tcp_pose(data, self.arm)
+        cube = data.xpos[self.cube_body]
+        cube_quat = data.xquat[self.cube_body]
+        return jnp.concatenate([q, qd, grip, tcp, cube, cube_quat, cube - tcp, task["tote"]]
+                               ).astype(jnp.float32)
+
+    def _success(self, data, task):
+        cube = data.xpos[self.cube_body]
+        inside = jnp.all(jnp.abs(cube[:2] - task["tote"]) < TOTE_INNER_HALF - CUBE_HALF + 0.005)
+        resting = cube[2] < CUBE_HALF + 0.005
+        return inside & resting
+
+    # -- sizes ------------------------------------------------------------------------------
+    @property
+    def action_size(self):
+        return 7
+
+    @property
+    def horizon(self):
+        return self.episode_length
+
+    @property
+    def action_low(self):
+        return jnp.asarray(self.arm.low)
+
+    @property
+    def action_high(self):
+        return jnp.asarray(self.arm.high)
+
+
+# Expert phases.
+APPROACH, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
+GRIP_OPEN = 0.034
+GRIP_CLOSED = 0.0
+CARRY_Z = 0.16
+
+
+class PickPlaceExpert(ScriptedExpert):
+    """Approach above the cube, descend, close, lift, carry over the tote, lower, release.
+
+    A dropped cube (more than 4 cm from the tcp while carrying) sends the machine back to
+    APPROACH, so the clean expert recovers from slips.
+    """
+
+    def __init__(self, env: PickPlace, style: ExpertStyle = ExpertStyle()):
+        self.env, self.style = env, style
+        self.action_low, self.action_high = env.action_low, env.action_high
+
+    def _act(self, es: ExpertState, data, task):
+        env, arm = self.env, self.env.arm
+        tcp, rot = tcp_pose(data, arm)
+        cube = data.xpos[env.cube_body]
+        grasp_yaw = nearest_grasp_yaw(rot, yaw_of(data.xquat[env.cube_body]), jnp.pi / 2)
+        tote = task["tote"]
+        grasp_xy = cube[:2] + es.error[:2]
+        place_xy = tote + es.error[2:]
+        v, w = 0.02 * es.speed, 0.15 * es.speed   # m and rad per control step
+
+        phase, timer = es.phase, es.timer
+        held = jnp.linalg.norm(cube - tcp) < 0.03
+        grasp_z = cube[2] + 0.003
+        targets = {
+            APPROACH: (jnp.concatenate([grasp_xy, jnp.array([CUBE_HALF * 2 + 0.08])]), GRIP_OPEN),
+            DESCEND: (jnp.concatenate([grasp_xy, grasp_z[None]]), GRIP_OPEN),
+            CLOSE: (jnp.concatenate([grasp_xy, grasp_z[None]]), GRIP_CLOSED),
+            LIFT: (jnp.concatenate([tcp[:2], jnp.array([CARRY_Z])]), GRIP_CLOSED),
+            CARRY: (jnp.concatenate([place_xy, jnp.array([CARRY_Z])]), GRIP_CLOSED),
+            LOWER: (jnp.concatenate([place_xy, jnp.array([CUBE_HALF + 0.02])]), GRIP_CLOSED),
+            RELEASE: (jnp.concatenate([tcp[:2], jnp.array([CUBE_HALF + 0.02])]), GRIP_OPEN),
+            RETREAT: (jnp.concatenate([tcp[:2], jnp.array([CARRY_Z])]), GRIP_OPEN),
+        }
+        pos_t = jnp.stack([t[0] for t in targets.values()])[phase]
+        grip_t = jnp.array([t[1] for t in targets.values()])[phase]
+        err = pos_t - tcp
+        xy_ok = jnp.linalg.norm(err[:2]) < 0.008
+        z_ok = jnp.abs(err[2]) < 0.008
+        rot_t = down_rotation(grasp_yaw)
+        nxt = phase
+        nxt = jnp.where((phase == APPROACH) & xy_ok & z_ok, DESCEND, nxt)
+        nxt = jnp.where((phase == DESCEND) & (jnp.linalg.norm(err[:2]) < 0.012) & z_ok, CLOSE, nxt)
+        nxt = jnp.where((phase == CLOSE) & (timer >= 5), LIFT, nxt)
+        nxt = jnp.where((phase == LIFT) & (tcp[2] > CARRY_Z - 0.02), CARRY, nxt)
+        nxt = jnp.where((phase == CARRY) & xy_ok & z_ok, LOWER, nxt)
+        nxt = jnp.where((phase == LOWER) & z_ok, RELEASE, nxt)
+        nxt = jnp.where((phase == RELEASE) & (timer >= 4), RETREAT, nxt)
+        dropped = (phase >= LIFT) & (phase <= LOWER) & ~held
+        nxt = jnp.where(dropped, APPROACH, nxt)
+        q_t = ik_step(data, arm, pos_t, rot_t, v, w)
+        action = jnp.concatenate([q_t, grip_t[None]])
+        hold = jnp.concatenate([data.qpos[arm.qpos], grip_t[None]])
+        return action, hold, advance(es, nxt)
