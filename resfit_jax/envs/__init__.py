@@ -1,16 +1,58 @@
-"""Environments: functional protocol, wrappers and a registry (``make(name, **overrides)``)."""
+"""Environments: functional protocol, wrappers, MJX manipulation tasks and a registry.
+
+    env = envs.make("PickPlace", episode_length=150)     # keyword overrides
+    expert = envs.make_expert("PickPlace", env, ExpertStyle.human(0.5))
+"""
 from __future__ import annotations
 
 from typing import Callable
 
 from resfit_jax.envs.core import AutoReset, Env, EpisodeWrapper, State, VmapWrapper, Wrapper
 from resfit_jax.envs.point_reach import PointReach
+from resfit_jax.envs.randomization import DomainRandomization, RandomizationConfig
+from resfit_jax.envs.scripted import ExpertStyle
 
-_REGISTRY: dict[str, Callable[..., Env]] = {"PointReach": PointReach}
+
+def _pick_place(**kw):
+    from resfit_jax.envs.pick_place import PickPlace
+    return PickPlace(**kw)
 
 
-def register(name: str, factory: Callable[..., Env]) -> None:
+def _peg_insertion(**kw):
+    from resfit_jax.envs.peg_insertion import PegInsertion
+    return PegInsertion(**kw)
+
+
+def _bimanual_handover(**kw):
+    from resfit_jax.envs.bimanual_handover import BimanualHandover
+    return BimanualHandover(**kw)
+
+
+def _expert(module: str, cls: str):
+    def build(env, style):
+        import importlib
+        return getattr(importlib.import_module(f"resfit_jax.envs.{module}"), cls)(env, style)
+    return build
+
+
+_REGISTRY: dict[str, Callable[..., Env]] = {
+    "PointReach": PointReach,
+    "PickPlace": _pick_place,
+    "PegInsertion": _peg_insertion,
+    "BimanualHandover": _bimanual_handover,
+}
+_EXPERTS: dict[str, Callable] = {
+    "PickPlace": _expert("pick_place", "PickPlaceExpert"),
+    "PegInsertion": _expert("peg_insertion", "PegInsertionExpert"),
+    "BimanualHandover": _expert("bimanual_handover", "BimanualHandoverExpert"),
+}
+MANIPULATION_TASKS = ("PickPlace", "PegInsertion", "BimanualHandover")
+
+
+def register(name: str, factory: Callable[..., Env], expert: Callable | None = None) -> None:
     _REGISTRY[name] = factory
+    if expert is not None:
+        _EXPERTS[name] = expert
 
 
 def make(name: str, **overrides) -> Env:
@@ -20,5 +62,13 @@ def make(name: str, **overrides) -> Env:
     return _REGISTRY[name](**overrides)
 
 
-__all__ = ["AutoReset", "Env", "EpisodeWrapper", "State", "VmapWrapper", "Wrapper", "make",
-           "register", "PointReach"]
+def make_expert(name: str, env: Env, style: ExpertStyle = ExpertStyle()):
+    """The scripted expert of a task (see resfit_jax.envs.scripted)."""
+    if name not in _EXPERTS:
+        raise KeyError(f"No scripted expert for {name!r}; available: {sorted(_EXPERTS)}.")
+    return _EXPERTS[name](env, style)
+
+
+__all__ = ["AutoReset", "DomainRandomization", "Env", "EpisodeWrapper", "ExpertStyle",
+           "MANIPULATION_TASKS", "PointReach", "RandomizationConfig", "State", "VmapWrapper",
+           "Wrapper", "make", "make_expert", "register"]

@@ -155,7 +155,10 @@ def free_box(name: str, half_size: tuple[float, float, float], mass: float, rgba
 
 
 def gripper_pairs(prefix: str, obj: str) -> str:
-    return "\n    ".join(f'<pair geom1="{prefix}pad_{s}" geom2="{obj}"/>' for s in "lr")
+    """Pad-object pairs with torsional friction (condim 4), so a held object does not pivot
+    about the pad normal."""
+    return "\n    ".join(f'<pair geom1="{prefix}pad_{s}" geom2="{obj}" condim="4" '
+                          f'friction="2 2 0.03 0.0001 0.0001"/>' for s in "lr")
 
 
 def scene(name: str, timestep: float, bodies: str, actuators: str, pairs: str,

@@ -12,6 +12,7 @@ Kinematics helpers work on any object with MuJoCo's field names (``mjx.Data`` or
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -196,6 +197,17 @@ class MjxTask(Env):
         return State(data={"mjx": data, "task": task}, obs=self._observe(data, task),
                      reward=success.astype(jnp.float32), done=success,
                      info={"success": success})
+
+    @contextlib.contextmanager
+    def using_model(self, model: mjx.Model):
+        """Within the block, reset/step simulate ``model`` (e.g. a traced randomised model
+        inside DomainRandomization's vmap). Trace-time only; restores the nominal model."""
+        nominal = self.mjx_model
+        self.mjx_model = model
+        try:
+            yield
+        finally:
+            self.mjx_model = nominal
 
     def reset(self, key: jax.Array) -> State:
         return self.reset_with_model(self.mjx_model, key)

@@ -18,10 +18,8 @@ import numpy as np
 from mujoco import mjx
 
 from resfit_jax.envs import mjcf
-from resfit_jax.envs.mjx_env import (ArmIndex, MjxTask, down_rotation, ik_step,
-                                     nearest_grasp_yaw, solve_home, tcp_pose, yaw_of,
-                                     yaw_quat)
-from resfit_jax.envs.scripted import ExpertState, ExpertStyle, ScriptedExpert, advance
+from resfit_jax.envs.mjx_env import ArmIndex, MjxTask, solve_home, tcp_pose, yaw_of, yaw_quat
+from resfit_jax.envs.scripted import ExpertStyle, PickAndPlaceScript, PlaceTarget
 
 CUBE_HALF = 0.02
 TOTE_INNER_HALF = 0.07
@@ -115,64 +113,15 @@ class PickPlace(MjxTask):
         return jnp.asarray(self.arm.high)
 
 
-# Expert phases.
-APPROACH, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
-GRIP_OPEN = 0.034
-GRIP_CLOSED = 0.0
-CARRY_Z = 0.16
-
-
-class PickPlaceExpert(ScriptedExpert):
-    """Approach above the cube, descend, close, lift, carry over the tote, lower, release.
-
-    A dropped cube (more than 4 cm from the tcp while carrying) sends the machine back to
-    APPROACH, so the clean expert recovers from slips.
-    """
+class PickPlaceExpert(PickAndPlaceScript):
+    """Scripted PickPlace expert: pick the cube, carry it over the tote, lower, release."""
 
     def __init__(self, env: PickPlace, style: ExpertStyle = ExpertStyle()):
-        self.env, self.style = env, style
+        self.env, self.style, self.arm = env, style, env.arm
         self.action_low, self.action_high = env.action_low, env.action_high
 
-    def _act(self, es: ExpertState, data, task):
-        env, arm = self.env, self.env.arm
-        tcp, rot = tcp_pose(data, arm)
-        cube = data.xpos[env.cube_body]
-        grasp_yaw = nearest_grasp_yaw(rot, yaw_of(data.xquat[env.cube_body]), jnp.pi / 2)
-        tote = task["tote"]
-        grasp_xy = cube[:2] + es.error[:2]
-        place_xy = tote + es.error[2:]
-        v, w = 0.02 * es.speed, 0.15 * es.speed   # m and rad per control step
+    def _object(self, data):
+        return data.xpos[self.env.cube_body], yaw_of(data.xquat[self.env.cube_body])
 
-        phase, timer = es.phase, es.timer
-        held = jnp.linalg.norm(cube - tcp) < 0.03
-        grasp_z = cube[2] + 0.003
-        targets = {
-            APPROACH: (jnp.concatenate([grasp_xy, jnp.array([CUBE_HALF * 2 + 0.08])]), GRIP_OPEN),
-            DESCEND: (jnp.concatenate([grasp_xy, grasp_z[None]]), GRIP_OPEN),
-            CLOSE: (jnp.concatenate([grasp_xy, grasp_z[None]]), GRIP_CLOSED),
-            LIFT: (jnp.concatenate([tcp[:2], jnp.array([CARRY_Z])]), GRIP_CLOSED),
-            CARRY: (jnp.concatenate([place_xy, jnp.array([CARRY_Z])]), GRIP_CLOSED),
-            LOWER: (jnp.concatenate([place_xy, jnp.array([CUBE_HALF + 0.02])]), GRIP_CLOSED),
-            RELEASE: (jnp.concatenate([tcp[:2], jnp.array([CUBE_HALF + 0.02])]), GRIP_OPEN),
-            RETREAT: (jnp.concatenate([tcp[:2], jnp.array([CARRY_Z])]), GRIP_OPEN),
-        }
-        pos_t = jnp.stack([t[0] for t in targets.values()])[phase]
-        grip_t = jnp.array([t[1] for t in targets.values()])[phase]
-        err = pos_t - tcp
-        xy_ok = jnp.linalg.norm(err[:2]) < 0.008
-        z_ok = jnp.abs(err[2]) < 0.008
-        rot_t = down_rotation(grasp_yaw)
-        nxt = phase
-        nxt = jnp.where((phase == APPROACH) & xy_ok & z_ok, DESCEND, nxt)
-        nxt = jnp.where((phase == DESCEND) & (jnp.linalg.norm(err[:2]) < 0.012) & z_ok, CLOSE, nxt)
-        nxt = jnp.where((phase == CLOSE) & (timer >= 5), LIFT, nxt)
-        nxt = jnp.where((phase == LIFT) & (tcp[2] > CARRY_Z - 0.02), CARRY, nxt)
-        nxt = jnp.where((phase == CARRY) & xy_ok & z_ok, LOWER, nxt)
-        nxt = jnp.where((phase == LOWER) & z_ok, RELEASE, nxt)
-        nxt = jnp.where((phase == RELEASE) & (timer >= 4), RETREAT, nxt)
-        dropped = (phase >= LIFT) & (phase <= LOWER) & ~held
-        nxt = jnp.where(dropped, APPROACH, nxt)
-        q_t = ik_step(data, arm, pos_t, rot_t, v, w)
-        action = jnp.concatenate([q_t, grip_t[None]])
-        hold = jnp.concatenate([data.qpos[arm.qpos], grip_t[None]])
-        return action, hold, advance(es, nxt)
+    def _place(self, data, task):
+        return PlaceTarget(xy=task["tote"], z=jnp.float32(CUBE_HALF + 0.017))

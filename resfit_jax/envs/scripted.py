@@ -112,3 +112,103 @@ class ScriptedExpert:
 
     def _act(self, estate: ExpertState, data: Any, task: dict):
         raise NotImplementedError
+
+
+# Phases of the single-arm pick-and-place script.
+APPROACH, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
+GRIP_OPEN = 0.034
+GRIP_CLOSED = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaceTarget:
+    """Where the held object goes: its centre xy [2], the height of its centre at the end of
+    LOWER (m), and the yaw it must have there (None: any of the grasp symmetries)."""
+    xy: jax.Array
+    z: jax.Array
+    yaw: jax.Array | None = None
+
+
+class PickAndPlaceScript(ScriptedExpert):
+    """Approach above the object, descend, close, lift, carry above the place target, lower
+    (slowly when ``lower_speed`` < 1), release, retreat.
+
+    A dropped object (more than ``drop_distance`` from the tcp while held) sends the machine
+    back to APPROACH, so the clean expert recovers from slips. Subclasses provide
+    ``_object`` (centre [3], yaw) and ``_place`` (a PlaceTarget); the arm is ``self.arm``.
+    """
+
+    grasp_dz: float = 0.003         # tcp height above the object centre when grasping (m)
+    approach_dz: float = 0.08       # approach height above the grasp point (m)
+    carry_z: float = 0.16           # tcp height while carrying (m)
+    lin_speed: float = 0.02         # m per control step at speed factor 1
+    ang_speed: float = 0.15         # rad per control step
+    lower_speed: float = 1.0        # speed factor while lowering onto the target
+    place_tolerance: float = 0.008  # xy tolerance over the target before lowering (m)
+    drop_distance: float = 0.03
+    close_steps: int = 5
+    release_steps: int = 4
+
+    def _object(self, data: Any) -> tuple[jax.Array, jax.Array]:
+        raise NotImplementedError
+
+    def _place(self, data: Any, task: dict) -> PlaceTarget:
+        raise NotImplementedError
+
+    def _act(self, es: ExpertState, data: Any, task: dict):
+        from resfit_jax.envs.mjx_env import (down_rotation, ik_step, nearest_grasp_yaw,
+                                             tcp_pose, tool_yaw, wrap_quarter)
+        arm = self.arm
+        tcp, rot = tcp_pose(data, arm)
+        obj, obj_yaw = self._object(data)
+        place = self._place(data, task)
+        phase, timer = es.phase, es.timer
+        held_offset = obj - tcp            # object centre relative to the tcp while held
+        grasp_xy = obj[:2] + es.error[:2]
+        # Move the tcp so that the OBJECT lands on the target (corrects grasp offsets).
+        place_xy = place.xy + es.error[2:] - held_offset[:2]
+        grasp_z = obj[2] + self.grasp_dz
+        lower_z = place.z - held_offset[2]
+        z = lambda v: jnp.reshape(v, (1,)).astype(jnp.float32)
+        targets = [
+            (jnp.concatenate([grasp_xy, z(grasp_z + self.approach_dz)]), GRIP_OPEN),   # APPROACH
+            (jnp.concatenate([grasp_xy, z(grasp_z)]), GRIP_OPEN),                      # DESCEND
+            (jnp.concatenate([grasp_xy, z(grasp_z)]), GRIP_CLOSED),                    # CLOSE
+            (jnp.concatenate([tcp[:2], z(self.carry_z)]), GRIP_CLOSED),                # LIFT
+            (jnp.concatenate([place_xy, z(self.carry_z)]), GRIP_CLOSED),               # CARRY
+            (jnp.concatenate([place_xy, z(lower_z)]), GRIP_CLOSED),                    # LOWER
+            (jnp.concatenate([tcp[:2], z(tcp[2])]), GRIP_OPEN),                        # RELEASE
+            (jnp.concatenate([tcp[:2], z(self.carry_z)]), GRIP_OPEN),                  # RETREAT
+        ]
+        pos_t = jnp.stack([t[0] for t in targets])[phase]
+        grip_t = jnp.array([t[1] for t in targets])[phase]
+        err = pos_t - tcp
+        xy_err = jnp.linalg.norm(err[:2])
+        z_ok = jnp.abs(err[2]) < 0.008
+        # Yaw: grasp at the symmetry nearest the current hand yaw; once held, turn the object
+        # to the target yaw (if any) modulo its 4-fold symmetry.
+        grasp_yaw = nearest_grasp_yaw(rot, obj_yaw, jnp.pi / 2)
+        if place.yaw is None:
+            held_yaw = grasp_yaw
+        else:
+            held_yaw = tool_yaw(rot) + wrap_quarter(place.yaw - obj_yaw)
+        yaw_t = jnp.where(phase >= LIFT, held_yaw, grasp_yaw)
+        yaw_ok = jnp.abs(wrap_quarter(yaw_t - tool_yaw(rot))) < 0.03
+        held = jnp.linalg.norm(held_offset) < self.drop_distance
+        nxt = phase
+        nxt = jnp.where((phase == APPROACH) & (xy_err < 0.008) & z_ok, DESCEND, nxt)
+        nxt = jnp.where((phase == DESCEND) & (xy_err < 0.012) & z_ok, CLOSE, nxt)
+        nxt = jnp.where((phase == CLOSE) & (timer >= self.close_steps), LIFT, nxt)
+        nxt = jnp.where((phase == LIFT) & (tcp[2] > self.carry_z - 0.02), CARRY, nxt)
+        nxt = jnp.where((phase == CARRY) & (xy_err < self.place_tolerance) & z_ok & yaw_ok,
+                        LOWER, nxt)
+        nxt = jnp.where((phase == LOWER) & z_ok, RELEASE, nxt)
+        nxt = jnp.where((phase == RELEASE) & (timer >= self.release_steps), RETREAT, nxt)
+        dropped = (phase >= LIFT) & (phase <= LOWER) & ~held
+        nxt = jnp.where(dropped, APPROACH, nxt)
+        speed = es.speed * jnp.where(phase == LOWER, self.lower_speed, 1.0)
+        q_t = ik_step(data, arm, pos_t, down_rotation(yaw_t), self.lin_speed * speed,
+                      self.ang_speed * speed)
+        action = jnp.concatenate([q_t, grip_t[None]])
+        hold = jnp.concatenate([jnp.asarray(data.qpos)[arm.qpos], grip_t[None]])
+        return action, hold, advance(es, nxt)

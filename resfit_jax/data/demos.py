@@ -1,0 +1,100 @@
+"""Demo generation: roll a scripted expert in vectorised MJX envs and cut RLDS episodes.
+
+``collect_episodes`` runs batches of ``num_envs`` episodes in one jitted ``lax.scan`` per
+batch (each env plays exactly one episode; finished envs are frozen until the batch ends), so
+the rollout function compiles once. Episode i uses the key ``fold_in(PRNGKey(seed), i)``
+for its initial state and the expert's style draws, so any episode can be replayed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resfit_jax.data.rlds import Episode
+from resfit_jax.envs.core import Env, EpisodeWrapper
+
+
+@dataclasses.dataclass
+class DemoStats:
+    attempted: int
+    succeeded: int
+    mean_steps_success: float
+
+    @property
+    def success_rate(self) -> float:
+        return self.succeeded / max(self.attempted, 1)
+
+
+def make_rollout(task: Env, policy_init: Callable[[jax.Array], Any],
+                 policy_act: Callable[[Any, Any], tuple[jax.Array, Any]]):
+    """Jitted ``rollout(keys [E, 2]) -> (obs [H+1, E, O], act [H, E, A], steps [E],
+    success [E])`` of one episode per env with a per-env policy (e.g. a scripted expert)."""
+    env = EpisodeWrapper(task)
+
+    def one(key):
+        k_env, k_pol = jax.random.split(key)
+        s0 = env.reset(k_env)
+        p0 = policy_init(k_pol)
+
+        def body(carry, _):
+            s, p, done = carry
+            a, p2 = policy_act(p, s)
+            s2 = env.step(s, a)
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(done, o, n), new, old)
+            s2, p2 = keep(s2, s), keep(p2, p)
+            return (s2, p2, done | s2.done), (s2.obs, a)
+
+        (s, _, _), (obs, act) = jax.lax.scan(body, (s0, p0, jnp.zeros((), bool)), None,
+                                             env.horizon)
+        obs = jnp.concatenate([s0.obs[None], obs], axis=0)
+        return obs, act, s.info["steps"], s.info["success"]
+
+    def rollout(keys):
+        obs, act, steps, success = jax.vmap(one)(keys)
+        return jnp.swapaxes(obs, 0, 1), jnp.swapaxes(act, 0, 1), steps, success
+
+    return jax.jit(rollout)
+
+
+def collect_episodes(rollout, num_episodes: int, num_envs: int, seed: int = 0,
+                     successful_only: bool = True, max_attempts: int | None = None,
+                     progress: Callable[[int, int, int], None] | None = None
+                     ) -> tuple[list[Episode], DemoStats]:
+    """Collect ``num_episodes`` episodes (only successful ones if ``successful_only``).
+
+    ``rollout`` comes from ``make_rollout``. Stops after ``max_attempts`` episodes
+    (default 4 x num_episodes) and raises if too few succeeded, naming the success rate.
+    ``progress(kept, attempted, succeeded)`` is called after each batch.
+    """
+    max_attempts = max_attempts or 4 * num_episodes
+    base = jax.random.PRNGKey(seed)
+    episodes: list[Episode] = []
+    attempted = succeeded = 0
+    steps_ok: list[int] = []
+    while len(episodes) < num_episodes and attempted < max_attempts:
+        ids = np.arange(attempted, attempted + num_envs)
+        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(ids))
+        obs, act, steps, success = jax.device_get(rollout(keys))
+        for e in range(num_envs):
+            attempted += 1
+            t = int(steps[e])
+            ok = bool(success[e])
+            succeeded += ok
+            if ok:
+                steps_ok.append(t)
+            if (ok or not successful_only) and len(episodes) < num_episodes:
+                episodes.append(Episode.from_rollout(obs[:t + 1, e], act[:t, e], ok,
+                                                     episode_id=len(episodes), seed=int(ids[e])))
+        if progress is not None:
+            progress(len(episodes), attempted, succeeded)
+    stats = DemoStats(attempted, succeeded, float(np.mean(steps_ok)) if steps_ok else float("nan"))
+    if len(episodes) < num_episodes:
+        raise RuntimeError(
+            f"collect_episodes: only {len(episodes)} of {num_episodes} episodes kept after "
+            f"{attempted} attempts (expert success {stats.success_rate:.1%}); lower the demo "
+            "noise or raise max_attempts.")
+    return episodes, stats

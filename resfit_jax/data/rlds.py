@@ -1,0 +1,256 @@
+"""RLDS episodes on disk with tensorflow-datasets (array_record format), without TensorFlow.
+
+Step schema (one dataset = a list of episodes; every field per step):
+
+    observation/state  float32 [O]   the task's state observation
+    action             float32 [A]   the action taken at this observation (raw task units)
+    reward             float32 []    reward received after ``action``
+    discount           float32 []    0 on the last step of a terminated episode, else 1
+    is_first           bool    []    first step of the episode
+    is_last            bool    []    last step of the episode
+    is_terminal        bool    []    last step AND the episode terminated (success)
+
+An episode with T actions has T + 1 steps (the RLDS convention): the last step holds the
+final observation, a zero action and reward 0; the success reward 1 sits on step T - 1.
+Episode metadata: episode_id int32, success bool, seed int64 (the episode's RNG seed when
+known, else -1).
+Dataset-level metadata (task name, generator settings) is stored as JSON in
+``resfit_metadata.json`` next to the tfds files.
+
+``write_episodes`` builds a tfds dataset directory; ``read_episodes`` loads it (or any tfds
+RLDS dataset with this step schema; an observation that is a flat tensor instead of a dict
+with "state" is accepted) into numpy arrays, and ``check_compatible`` rejects one whose
+shapes do not match a task with an error that names the mismatch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+METADATA_FILE = "resfit_metadata.json"
+STEP_KEYS = ("action", "reward", "discount", "is_first", "is_last", "is_terminal")
+
+
+@dataclasses.dataclass
+class Episode:
+    """One episode as numpy arrays, T + 1 steps (see the module docstring)."""
+    observation: np.ndarray      # [T + 1, O] float32
+    action: np.ndarray           # [T + 1, A] float32 (last row zeros)
+    reward: np.ndarray           # [T + 1] float32
+    discount: np.ndarray         # [T + 1] float32
+    is_first: np.ndarray         # [T + 1] bool
+    is_last: np.ndarray          # [T + 1] bool
+    is_terminal: np.ndarray      # [T + 1] bool
+    episode_id: int = 0
+    success: bool = False
+    seed: int = -1
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.action.shape[0]) - 1
+
+    @classmethod
+    def from_rollout(cls, observations: np.ndarray, actions: np.ndarray, success: bool,
+                     episode_id: int = 0, seed: int = -1) -> "Episode":
+        """Build from T + 1 observations [T + 1, O] and T actions [T, A]; the reward is the
+        sparse success reward (1 on the last action of a successful episode)."""
+        observations = np.asarray(observations, np.float32)
+        actions = np.asarray(actions, np.float32)
+        t = actions.shape[0]
+        if observations.shape[0] != t + 1:
+            raise ValueError(f"Episode.from_rollout: {observations.shape[0]} observations for "
+                             f"{t} actions; expected T + 1 = {t + 1}.")
+        reward = np.zeros(t + 1, np.float32)
+        discount = np.ones(t + 1, np.float32)
+        if success:
+            reward[t - 1] = 1.0
+            discount[t] = 0.0
+        return cls(observation=observations,
+                   action=np.concatenate([actions, np.zeros((1, actions.shape[1]), np.float32)]),
+                   reward=reward, discount=discount,
+                   is_first=_first(t + 1),
+                   is_last=_last(t + 1), is_terminal=_last(t + 1) & bool(success),
+                   episode_id=int(episode_id), success=bool(success), seed=int(seed))
+
+    def validate(self) -> None:
+        n = self.observation.shape[0]
+        for k in STEP_KEYS:
+            if getattr(self, k).shape[0] != n:
+                raise ValueError(f"Episode {self.episode_id}: field {k!r} has "
+                                 f"{getattr(self, k).shape[0]} steps, observation has {n}.")
+        if n < 2 or not self.is_first[0] or not self.is_last[-1] or self.is_last[:-1].any():
+            raise ValueError(f"Episode {self.episode_id}: is_first/is_last flags are not a "
+                             "single well-formed episode.")
+        if not np.all(np.isfinite(self.observation)) or not np.all(np.isfinite(self.action)):
+            raise ValueError(f"Episode {self.episode_id}: non-finite observation or action.")
+
+
+def _first(n: int) -> np.ndarray:
+    f = np.zeros(n, bool)
+    f[0] = True
+    return f
+
+
+def _last(n: int) -> np.ndarray:
+    f = np.zeros(n, bool)
+    f[-1] = True
+    return f
+
+
+def _features(obs_dim: int, action_dim: int):
+    import tensorflow_datasets as tfds
+    f = tfds.features
+    return f.FeaturesDict({
+        "steps": f.Dataset({
+            "observation": f.FeaturesDict({"state": f.Tensor(shape=(obs_dim,), dtype=np.float32)}),
+            "action": f.Tensor(shape=(action_dim,), dtype=np.float32),
+            "reward": f.Scalar(dtype=np.float32),
+            "discount": f.Scalar(dtype=np.float32),
+            "is_first": f.Scalar(dtype=np.bool_),
+            "is_last": f.Scalar(dtype=np.bool_),
+            "is_terminal": f.Scalar(dtype=np.bool_),
+        }),
+        "episode_metadata": f.FeaturesDict({
+            "episode_id": f.Scalar(dtype=np.int32),
+            "success": f.Scalar(dtype=np.bool_),
+            "seed": f.Scalar(dtype=np.int64),
+        }),
+    })
+
+
+def _episode_example(ep: Episode) -> dict:
+    steps = [{"observation": {"state": ep.observation[i]}, "action": ep.action[i],
+              "reward": ep.reward[i], "discount": ep.discount[i], "is_first": ep.is_first[i],
+              "is_last": ep.is_last[i], "is_terminal": ep.is_terminal[i]}
+             for i in range(ep.observation.shape[0])]
+    return {"steps": steps, "episode_metadata": {"episode_id": ep.episode_id,
+                                                 "success": ep.success, "seed": ep.seed}}
+
+
+def write_episodes(directory: str, episodes: Sequence[Episode], *, name: str = "resfit_demos",
+                   metadata: dict | None = None, split: str = "train") -> str:
+    """Write episodes as a tfds RLDS dataset (array_record) under ``directory``.
+
+    Returns the dataset directory (``directory/name/1.0.0``), which ``read_episodes`` takes.
+    Refuses to overwrite an existing dataset: choose a new directory.
+    """
+    import tensorflow_datasets as tfds
+
+    if not episodes:
+        raise ValueError("write_episodes: no episodes to write.")
+    for ep in episodes:
+        ep.validate()
+    obs_dim, action_dim = episodes[0].observation.shape[1], episodes[0].action.shape[1]
+    for ep in episodes:
+        if ep.observation.shape[1] != obs_dim or ep.action.shape[1] != action_dim:
+            raise ValueError(f"write_episodes: episode {ep.episode_id} has obs/action dims "
+                             f"{ep.observation.shape[1]}/{ep.action.shape[1]}, the first has "
+                             f"{obs_dim}/{action_dim}.")
+    directory = os.path.abspath(directory)
+    target = os.path.join(directory, name, "1.0.0")
+    if os.path.exists(os.path.join(target, "dataset_info.json")):
+        raise FileExistsError(f"write_episodes: a dataset already exists at {target}; "
+                              "write to a new directory (existing data is never overwritten).")
+    features = _features(obs_dim, action_dim)
+    description = json.dumps(metadata or {})
+
+    class _Builder(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, description=description,
+                                         features=features, disable_shuffling=True)
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, ep in enumerate(episodes):
+                yield i, _episode_example(ep)
+
+    _Builder.name = name
+    tfds.disable_progress_bar()
+    builder = _Builder(data_dir=directory, file_format="array_record")
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    with open(os.path.join(target, METADATA_FILE), "w") as f:
+        json.dump(dict(metadata or {}, obs_dim=int(obs_dim), action_dim=int(action_dim),
+                       num_episodes=len(episodes), format="rlds/array_record/1"), f, indent=2)
+    return target
+
+
+def read_metadata(dataset_dir: str) -> dict:
+    path = os.path.join(dataset_dir, METADATA_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_episodes(dataset_dir: str, split: str = "train", limit: int | None = None
+                  ) -> list[Episode]:
+    """Load every episode of a tfds RLDS dataset directory into numpy ``Episode`` objects."""
+    import tensorflow_datasets as tfds
+
+    dataset_dir = os.path.abspath(dataset_dir)
+    if not os.path.exists(os.path.join(dataset_dir, "dataset_info.json")):
+        raise FileNotFoundError(
+            f"read_episodes: {dataset_dir} is not a tfds dataset directory (no "
+            "dataset_info.json); pass the directory write_episodes returned, e.g. "
+            "<out>/resfit_demos/1.0.0.")
+    try:
+        source = tfds.builder_from_directory(dataset_dir).as_data_source(split)
+    except Exception as e:  # corrupted metadata or missing files
+        raise ValueError(f"read_episodes: cannot open {dataset_dir} split {split!r}: {e}") from e
+    n = len(source) if limit is None else min(limit, len(source))
+    episodes = []
+    for i in range(n):
+        try:
+            ex = source[i]
+        except Exception as e:
+            raise ValueError(f"read_episodes: episode {i} of {dataset_dir} is unreadable "
+                             f"(corrupted file?): {e}") from e
+        episodes.append(_to_episode(ex, i))
+    return episodes
+
+
+def _to_episode(ex: dict, index: int) -> Episode:
+    steps = ex["steps"]
+    rows = [steps[j] for j in range(len(steps))]
+    if not rows:
+        raise ValueError(f"read_episodes: episode {index} has no steps.")
+    obs = [r["observation"] for r in rows]
+    if isinstance(obs[0], dict):
+        if "state" not in obs[0]:
+            raise ValueError(f"read_episodes: observation has keys {sorted(obs[0])}; this "
+                             "reader needs a flat state vector under observation/state.")
+        obs = [o["state"] for o in obs]
+    stack = lambda k, dt: np.stack([np.asarray(r[k], dt) for r in rows])
+    meta = ex.get("episode_metadata", {}) or {}
+    ep = Episode(observation=np.stack(obs).astype(np.float32).reshape(len(rows), -1),
+                 action=stack("action", np.float32).reshape(len(rows), -1),
+                 reward=stack("reward", np.float32), discount=stack("discount", np.float32),
+                 is_first=stack("is_first", bool), is_last=stack("is_last", bool),
+                 is_terminal=stack("is_terminal", bool),
+                 episode_id=int(meta.get("episode_id", index)),
+                 success=bool(meta.get("success", bool(stack("reward", np.float32).sum() > 0))),
+                 seed=int(meta.get("seed", -1)))
+    ep.validate()
+    return ep
+
+
+def check_compatible(episodes: Iterable[Episode], obs_dim: int, action_dim: int,
+                     task_name: str = "the task") -> None:
+    """Raise ValueError if any episode's observation or action size differs from the task."""
+    for ep in episodes:
+        o, a = ep.observation.shape[1], ep.action.shape[1]
+        if o != obs_dim or a != action_dim:
+            raise ValueError(
+                f"Dataset episode {ep.episode_id} has observation size {o} and action size "
+                f"{a}, but {task_name} has observation size {obs_dim} and action size "
+                f"{action_dim}. Use demos recorded for this task (experiments/make_demos.py "
+                "--task=...).")

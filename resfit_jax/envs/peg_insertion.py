@@ -1,0 +1,156 @@
+"""PegInsertion: one 6-joint arm picks a square peg and inserts it into a tight hole.
+
+The peg (24 x 24 x 80 mm) stands at a random table position and yaw. The hole fixture (a
+mocap body of four walls, 40 mm high) has a 27 mm square hole: 3 mm total clearance, 1.5 mm
+per side. Its position and yaw are randomised. Success (reward 1, episode ends): the peg's
+bottom is at least ``insert_depth`` below the fixture's top with the peg inside the hole.
+
+Action [7], absolute: joint position targets j1..j6 (rad) and gripper opening per finger
+(m). Observation [32]: arm q (6), arm qdot (6), gripper opening (1), tcp position (3), peg
+position (3), peg quaternion wxyz (4), peg - tcp (3), hole centre xy (2), hole yaw as
+(cos 4y, sin 4y) (2; the square hole is 4-fold symmetric), peg xy - hole xy (2).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from mujoco import mjx
+
+from resfit_jax.envs import mjcf
+from resfit_jax.envs.mjx_env import ArmIndex, MjxTask, solve_home, tcp_pose, yaw_of, yaw_quat
+from resfit_jax.envs.scripted import ExpertStyle, PickAndPlaceScript, PlaceTarget
+
+PEG_HALF = (0.012, 0.012, 0.04)
+CLEARANCE = 0.003                     # hole width - peg width (m)
+HOLE_HALF = PEG_HALF[0] + CLEARANCE / 2
+WALL_HALF_T = 0.02
+FIXTURE_HEIGHT = 0.04
+HOME_TCP = (0.42, 0.0, 0.2)
+
+
+def hole_fixture() -> str:
+    h, t, w = HOLE_HALF, WALL_HALF_T, FIXTURE_HEIGHT / 2
+    walls = [(h + t, 0, t, h + 2 * t), (-(h + t), 0, t, h + 2 * t),
+             (0, h + t, h, t), (0, -(h + t), h, t)]
+    geoms = "\n".join(
+        f'      <geom name="hole_wall{i}" type="box" size="{sx} {sy} {w}" pos="{px} {py} {w}" '
+        f'rgba="0.35 0.55 0.35 1"/>' for i, (px, py, sx, sy) in enumerate(walls))
+    return f"""
+    <body name="hole" mocap="true" pos="0.45 0.15 0">
+{geoms}
+    </body>"""
+
+
+class PegInsertion(MjxTask):
+    """Pick a square peg and insert it into a randomly placed and rotated hole."""
+
+    def __init__(self, episode_length: int = 140, ctrl_dt: float = 0.05,
+                 timestep: float = 0.01, insert_depth: float = 0.02,
+                 peg_x_range: tuple[float, float] = (0.36, 0.52),
+                 peg_y_range: tuple[float, float] = (-0.2, -0.04),
+                 peg_yaw_range: tuple[float, float] = (-np.pi / 4, np.pi / 4),
+                 hole_x_range: tuple[float, float] = (0.38, 0.52),
+                 hole_y_range: tuple[float, float] = (0.1, 0.22),
+                 hole_yaw_range: tuple[float, float] = (-np.pi / 4, np.pi / 4),
+                 peg_mass: float = 0.06):
+        self.episode_length = int(episode_length)
+        self.ctrl_dt = float(ctrl_dt)
+        self.insert_depth = float(insert_depth)
+        self.peg_x_range, self.peg_y_range, self.peg_yaw_range = peg_x_range, peg_y_range, peg_yaw_range
+        self.hole_x_range, self.hole_y_range = hole_x_range, hole_y_range
+        self.hole_yaw_range = hole_yaw_range
+        bodies = (mjcf.arm("", (0, 0, 0)) + hole_fixture()
+                  + mjcf.free_box("peg", PEG_HALF, peg_mass, "0.9 0.7 0.2 1"))
+        pairs = "\n    ".join(
+            [mjcf.gripper_pairs("", "peg"), '<pair geom1="peg" geom2="table"/>',
+             "\n    ".join(f'<pair geom1="hole_wall{i}" geom2="peg"/>' for i in range(4)),
+             '<pair geom1="pad_l" geom2="table"/>', '<pair geom1="pad_r" geom2="table"/>'])
+        self.xml = mjcf.scene("PegInsertion", timestep, bodies, mjcf.arm_actuators(""), pairs)
+        self.mj_model = mujoco.MjModel.from_xml_string(self.xml)
+        self.arm = ArmIndex.build(self.mj_model, "")
+        m = self.mj_model
+        self.peg_qpos = int(m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, "peg")])
+        self.peg_body = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "peg")
+        self.home_q = solve_home(m, self.arm, np.array(HOME_TCP), np.pi,
+                                 np.array([0, 0.3, 1.5, 1.3, 0, 0]))
+        self._setup_mjx()
+
+    def _init_data(self, model: mjx.Model, key: jax.Array):
+        ks = jax.random.split(key, 6)
+        u = lambda k, r: jax.random.uniform(k, (), minval=r[0], maxval=r[1])
+        peg_pos = jnp.stack([u(ks[0], self.peg_x_range), u(ks[1], self.peg_y_range),
+                             jnp.float32(PEG_HALF[2])])
+        hole = jnp.stack([u(ks[3], self.hole_x_range), u(ks[4], self.hole_y_range)])
+        hole_yaw = u(ks[5], self.hole_yaw_range)
+        qpos = jnp.zeros(self.mj_model.nq)
+        qpos = qpos.at[self.arm.qpos].set(self.home_q)
+        qpos = qpos.at[self.arm.finger_qpos].set(mjcf.FINGER_OPEN * 0.9)
+        qpos = qpos.at[self.peg_qpos:self.peg_qpos + 3].set(peg_pos)
+        qpos = qpos.at[self.peg_qpos + 3:self.peg_qpos + 7].set(yaw_quat(u(ks[2], self.peg_yaw_range)))
+        ctrl = self._ctrl_from_action(
+            jnp.concatenate([self.home_q, jnp.array([mjcf.FINGER_OPEN * 0.9])]))
+        data = mjx.make_data(self.mj_model).replace(
+            qpos=qpos, ctrl=ctrl, mocap_pos=jnp.array([[hole[0], hole[1], 0.0]]),
+            mocap_quat=yaw_quat(hole_yaw)[None])
+        return data, {"hole": hole, "hole_yaw": hole_yaw}
+
+    def _ctrl_from_action(self, action):
+        return jnp.zeros(self.mj_model.nu).at[self.arm.ctrl].set(
+            jnp.concatenate([action[:6], action[6:7], action[6:7]]))
+
+    def _observe(self, data, task):
+        q = data.qpos[self.arm.qpos]
+        qd = data.qvel[self.arm.dof]
+        grip = data.qpos[self.arm.finger_qpos].mean(keepdims=True)
+        tcp, _ = tcp_pose(data, self.arm)
+        peg = data.xpos[self.peg_body]
+        yaw4 = 4.0 * task["hole_yaw"]
+        return jnp.concatenate([q, qd, grip, tcp, peg, data.xquat[self.peg_body], peg - tcp,
+                                task["hole"], jnp.stack([jnp.cos(yaw4), jnp.sin(yaw4)]),
+                                peg[:2] - task["hole"]]).astype(jnp.float32)
+
+    def _success(self, data, task):
+        peg = data.xpos[self.peg_body]
+        bottom = peg[2] - PEG_HALF[2]
+        centred = jnp.linalg.norm(peg[:2] - task["hole"]) < HOLE_HALF
+        return centred & (bottom < FIXTURE_HEIGHT - self.insert_depth)
+
+    @property
+    def action_size(self):
+        return 7
+
+    @property
+    def horizon(self):
+        return self.episode_length
+
+    @property
+    def action_low(self):
+        return jnp.asarray(self.arm.low)
+
+    @property
+    def action_high(self):
+        return jnp.asarray(self.arm.high)
+
+
+class PegInsertionExpert(PickAndPlaceScript):
+    """Grasp the peg near its top, align it over the hole (position and yaw), then lower it
+    slowly into the hole."""
+
+    grasp_dz = PEG_HALF[2] - 0.02      # pads on the top half of the peg
+    carry_z = 0.22
+    lower_speed = 0.25
+    place_tolerance = 0.0015
+
+    def __init__(self, env: PegInsertion, style: ExpertStyle = ExpertStyle()):
+        self.env, self.style, self.arm = env, style, env.arm
+        self.action_low, self.action_high = env.action_low, env.action_high
+
+    def _object(self, data):
+        return data.xpos[self.env.peg_body], yaw_of(data.xquat[self.env.peg_body])
+
+    def _place(self, data, task):
+        # End of LOWER: peg bottom 5 mm above the table (fully inserted).
+        return PlaceTarget(xy=task["hole"], z=jnp.float32(PEG_HALF[2] + 0.005),
+                           yaw=task["hole_yaw"])
