@@ -158,7 +158,7 @@ def write_episodes(directory: str, episodes: Sequence[Episode], *, name: str = "
     features = _features(obs_dim, action_dim)
     description = json.dumps(metadata or {})
 
-    class _Builder(tfds.core.GeneratorBasedBuilder):
+    class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):

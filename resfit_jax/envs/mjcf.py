@@ -154,11 +154,17 @@ def free_box(name: str, half_size: tuple[float, float, float], mass: float, rgba
     </body>"""
 
 
-def gripper_pairs(prefix: str, obj: str) -> str:
-    """Pad-object pairs with torsional friction (condim 4), so a held object does not pivot
-    about the pad normal."""
+def gripper_pairs(prefix: str, obj: str, friction: float = 2.0,
+                  torsion: float | None = 0.03) -> str:
+    """Pad-object pairs with sliding ``friction``. With ``torsion`` (m) the contacts also
+    have torsional friction (condim 4), so a held object does not pivot about the pad
+    normal; None keeps condim 3 (a little compliance in the grasp, which lets a peg align)."""
+    if torsion is None:
+        return "\n    ".join(f'<pair geom1="{prefix}pad_{s}" geom2="{obj}" friction="{friction} '
+                              f'{friction} 0.005 0.0001 0.0001"/>' for s in "lr")
     return "\n    ".join(f'<pair geom1="{prefix}pad_{s}" geom2="{obj}" condim="4" '
-                          f'friction="2 2 0.03 0.0001 0.0001"/>' for s in "lr")
+                          f'friction="{friction} {friction} {torsion} 0.0001 0.0001"/>'
+                          for s in "lr")
 
 
 def scene(name: str, timestep: float, bodies: str, actuators: str, pairs: str,

@@ -64,7 +64,7 @@ class PegInsertion(MjxTask):
         bodies = (mjcf.arm("", (0, 0, 0)) + hole_fixture()
                   + mjcf.free_box("peg", PEG_HALF, peg_mass, "0.9 0.7 0.2 1"))
         pairs = "\n    ".join(
-            [mjcf.gripper_pairs("", "peg"), '<pair geom1="peg" geom2="table"/>',
+            [mjcf.gripper_pairs("", "peg", friction=1.0, torsion=None), '<pair geom1="peg" geom2="table"/>',
              "\n    ".join(f'<pair geom1="hole_wall{i}" geom2="peg"/>' for i in range(4)),
              '<pair geom1="pad_l" geom2="table"/>', '<pair geom1="pad_r" geom2="table"/>'])
         self.xml = mjcf.scene("PegInsertion", timestep, bodies, mjcf.arm_actuators(""), pairs)
