@@ -141,7 +141,7 @@ class PegInsertionExpert(PickAndPlaceScript):
     grasp_dz = PEG_HALF[2] - 0.02      # pads on the top half of the peg
     carry_z = 0.22
     lower_speed = 0.25
-    place_tolerance = 0.0015
+    place_tolerance = 0.001
 
     def __init__(self, env: PegInsertion, style: ExpertStyle = ExpertStyle()):
         self.env, self.style, self.arm = env, style, env.arm
@@ -150,7 +150,10 @@ class PegInsertionExpert(PickAndPlaceScript):
     def _object(self, data):
         return data.xpos[self.env.peg_body], yaw_of(data.xquat[self.env.peg_body])
 
+    def _place_point(self, data):
+        rot = data.xmat[self.env.peg_body].reshape(3, 3)
+        return data.xpos[self.env.peg_body] - PEG_HALF[2] * rot[:, 2]   # bottom face centre
+
     def _place(self, data, task):
-        # End of LOWER: peg bottom 5 mm above the table (fully inserted).
-        return PlaceTarget(xy=task["hole"], z=jnp.float32(PEG_HALF[2] + 0.005),
-                           yaw=task["hole_yaw"])
+        # End of LOWER: the peg's bottom 5 mm above the table (fully inserted).
+        return PlaceTarget(xy=task["hole"], z=jnp.float32(0.005), yaw=task["hole_yaw"])

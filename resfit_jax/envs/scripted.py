@@ -122,8 +122,9 @@ GRIP_CLOSED = 0.0
 
 @dataclasses.dataclass(frozen=True)
 class PlaceTarget:
-    """Where the held object goes: its centre xy [2], the height of its centre at the end of
-    LOWER (m), and the yaw it must have there (None: any of the grasp symmetries)."""
+    """Where the held object goes: xy [2] and height (m) of its place point (see
+    ``_place_point``) at the end of LOWER, and the yaw it must have there (None: any of the
+    grasp symmetries)."""
     xy: jax.Array
     z: jax.Array
     yaw: jax.Array | None = None
@@ -155,6 +156,11 @@ class PickAndPlaceScript(ScriptedExpert):
     def _place(self, data: Any, task: dict) -> PlaceTarget:
         raise NotImplementedError
 
+    def _place_point(self, data: Any) -> jax.Array:
+        """The point [3] of the held object that must land on the PlaceTarget (default: its
+        centre; a peg uses its bottom face, so a slight tilt in the grasp is corrected)."""
+        return self._object(data)[0]
+
     def _act(self, es: ExpertState, data: Any, task: dict):
         from resfit_jax.envs.mjx_env import (down_rotation, ik_step, nearest_grasp_yaw,
                                              tcp_pose, tool_yaw, wrap_quarter)
@@ -164,11 +170,12 @@ class PickAndPlaceScript(ScriptedExpert):
         place = self._place(data, task)
         phase, timer = es.phase, es.timer
         held_offset = obj - tcp            # object centre relative to the tcp while held
+        anchor_offset = self._place_point(data) - tcp
         grasp_xy = obj[:2] + es.error[:2]
         # Move the tcp so that the OBJECT lands on the target (corrects grasp offsets).
-        place_xy = place.xy + es.error[2:] - held_offset[:2]
+        place_xy = place.xy + es.error[2:] - anchor_offset[:2]
         grasp_z = obj[2] + self.grasp_dz
-        lower_z = place.z - held_offset[2]
+        lower_z = place.z - anchor_offset[2]
         z = lambda v: jnp.reshape(v, (1,)).astype(jnp.float32)
         targets = [
             (jnp.concatenate([grasp_xy, z(grasp_z + self.approach_dz)]), GRIP_OPEN),   # APPROACH
