@@ -14,7 +14,6 @@ import dataclasses
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 from tqdm import tqdm
 
@@ -24,6 +23,7 @@ from resfit_jax.envs.point_reach import biased_base_action, expert_action
 from resfit_jax.normalization import ActionScaler
 from resfit_jax.replay import ReplayBuffer
 from resfit_jax.residual_td3 import PRESETS, make_learner
+from resfit_jax.training.evaluation import wilson_interval
 from resfit_jax.training.sim_loop import SimLoop, fill_from_policy
 
 
@@ -81,10 +81,7 @@ def run(cfg: QuickstartConfig, progress: bool = False) -> dict:
 
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a success rate p over n episodes."""
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return centre - half, centre + half
+    return wilson_interval(round(p * n), n, z)
 
 
 def main(_):

@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 PyTree = Any
 
@@ -47,3 +48,104 @@ class FunctionBase:
             raise ValueError(f"FunctionBase: the policy returned actions of size {a.shape[-1]}, "
                              f"but action_dim is {self.action_dim}.")
         return a, state + 1
+
+
+@struct.dataclass
+class ChunkQueue:
+    """Per-env action-chunk queue (a pytree; every field has a leading [E] axis).
+
+    chunk [E, K, A]   the chunk being executed (raw action units)
+    index [E] int32   next action to pop; >= horizon means "query a new chunk"
+    steps [E] int32   steps since the episode started (for inspection)
+    Temporal ensembling keeps the last K chunks instead:
+    history [E, K, K, A] chunk predicted i steps ago at row i; age_valid [E, K] bool.
+    """
+    chunk: jax.Array
+    index: jax.Array
+    steps: jax.Array
+    history: jax.Array | None = None
+    age_valid: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkedBase:
+    """A chunk predictor ``predict(obs [E, ...]) -> raw chunk [E, K, A]`` run as a BasePolicy.
+
+    Without ensembling: a new chunk is predicted when the queue is empty (every
+    ``execution_horizon`` steps, <= K), and one action is popped per step, open loop. With
+    ``temporal_ensemble`` m: a chunk is predicted every step and the action for now is the
+    average of the predictions made for this step by the last K chunks, weighted
+    exp(m * age) (older predictions weigh more, as in ACT; m = 0 is a plain mean).
+    ``reset(state, done)`` clears the queues of ended episodes (success or timeout), so the
+    next episode's first step queries its own first observation.
+
+    The prediction runs for all envs every step and is selected per env with ``where``
+    (jit/vmap friendly; the cost is one batched forward pass per step).
+    """
+
+    predict: Callable[[PyTree], jax.Array]
+    action_dim: int
+    chunk_size: int
+    execution_horizon: int | None = None
+    temporal_ensemble: float | None = None
+
+    def __post_init__(self):
+        h = self.horizon
+        if not 1 <= h <= self.chunk_size:
+            raise ValueError(f"ChunkedBase: execution_horizon {h} must be in [1, chunk_size="
+                             f"{self.chunk_size}].")
+
+    @property
+    def horizon(self) -> int:
+        return self.chunk_size if self.execution_horizon is None else int(self.execution_horizon)
+
+    def init_state(self, num_envs: int) -> ChunkQueue:
+        k, a = self.chunk_size, self.action_dim
+        q = ChunkQueue(chunk=jnp.zeros((num_envs, k, a), jnp.float32),
+                       index=jnp.full((num_envs,), self.horizon, jnp.int32),
+                       steps=jnp.zeros((num_envs,), jnp.int32))
+        if self.temporal_ensemble is not None:
+            q = q.replace(history=jnp.zeros((num_envs, k, k, a), jnp.float32),
+                          age_valid=jnp.zeros((num_envs, k), bool))
+        return q
+
+    def reset(self, state: ChunkQueue, done: jax.Array) -> ChunkQueue:
+        done = jnp.asarray(done, bool)
+        state = state.replace(index=jnp.where(done, self.horizon, state.index),
+                              steps=jnp.where(done, 0, state.steps))
+        if state.age_valid is not None:
+            state = state.replace(age_valid=state.age_valid & ~done[:, None])
+        return state
+
+    def _predict(self, obs: PyTree, num_envs: int) -> jax.Array:
+        chunk = self.predict(obs)
+        expected = (num_envs, self.chunk_size, self.action_dim)
+        if chunk.shape != expected:
+            raise ValueError(f"ChunkedBase: the predictor returned a chunk of shape "
+                             f"{chunk.shape}, expected {expected} [E, K, A].")
+        return chunk.astype(jnp.float32)
+
+    def step(self, state: ChunkQueue, obs: PyTree) -> tuple[jax.Array, ChunkQueue]:
+        e = state.index.shape[0]
+        new = self._predict(obs, e)
+        if self.temporal_ensemble is not None:
+            return self._step_ensemble(state, new)
+        refill = state.index >= self.horizon
+        chunk = jnp.where(refill[:, None, None], new, state.chunk)
+        index = jnp.where(refill, 0, state.index)
+        action = jnp.take_along_axis(chunk, index[:, None, None], axis=1)[:, 0]
+        return action, state.replace(chunk=chunk, index=index + 1, steps=state.steps + 1)
+
+    def _step_ensemble(self, state: ChunkQueue, new: jax.Array):
+        k = self.chunk_size
+        # Shift: row i = chunk predicted i steps ago; the new chunk enters at row 0.
+        history = jnp.concatenate([new[:, None], state.history[:, :-1]], axis=1)
+        valid = jnp.concatenate([jnp.ones_like(state.age_valid[:, :1]),
+                                 state.age_valid[:, :-1]], axis=1)
+        ages = jnp.arange(k)
+        preds = history[:, ages, ages]                       # [E, K, A]: row i's action for now
+        w = jnp.exp(self.temporal_ensemble * ages.astype(jnp.float32)) * valid
+        action = (w[..., None] * preds).sum(1) / w.sum(1, keepdims=True)
+        return action, state.replace(history=history, age_valid=valid, chunk=new,
+                                     index=jnp.ones_like(state.index),
+                                     steps=state.steps + 1)

@@ -1,0 +1,74 @@
+"""BC training data from RLDS episodes: (observation, action chunk, padding mask) samples and
+the normalisation statistics of the demos."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from resfit_jax.data.rlds import Episode
+
+
+@struct.dataclass
+class ChunkNormalizer:
+    """Mean/std standardisation of observations [O] and actions [A] from the demos."""
+    obs_mean: jax.Array
+    obs_std: jax.Array
+    action_mean: jax.Array
+    action_std: jax.Array
+
+    @classmethod
+    def fit(cls, obs: np.ndarray, actions: np.ndarray, obs_floor: float = 1e-2,
+            action_floor: float = 1e-2) -> "ChunkNormalizer":
+        obs, actions = np.asarray(obs, np.float64), np.asarray(actions, np.float64)
+        if not (np.all(np.isfinite(obs)) and np.all(np.isfinite(actions))):
+            raise ValueError("ChunkNormalizer.fit: demos contain NaN or inf.")
+        return cls(obs_mean=jnp.asarray(obs.mean(0), jnp.float32),
+                   obs_std=jnp.asarray(np.maximum(obs.std(0), obs_floor), jnp.float32),
+                   action_mean=jnp.asarray(actions.mean(0), jnp.float32),
+                   action_std=jnp.asarray(np.maximum(actions.std(0), action_floor), jnp.float32))
+
+    def norm_obs(self, obs):
+        return (obs - self.obs_mean) / self.obs_std
+
+    def norm_action(self, a):
+        return (a - self.action_mean) / self.action_std
+
+    def unnorm_action(self, a):
+        return a * self.action_std + self.action_mean
+
+    def to_dict(self) -> dict:
+        return {k: np.asarray(getattr(self, k)).tolist()
+                for k in ("obs_mean", "obs_std", "action_mean", "action_std")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ChunkNormalizer":
+        return cls(**{k: jnp.asarray(np.asarray(d[k], np.float32))
+                      for k in ("obs_mean", "obs_std", "action_mean", "action_std")})
+
+
+def chunk_dataset(episodes: Sequence[Episode], chunk_size: int
+                  ) -> dict[str, np.ndarray]:
+    """Samples for every action step t of every episode.
+
+    Returns obs [N, O], chunk [N, K, A] (actions t..t+K-1, padded past the episode end with
+    its last action) and mask [N, K] (False on padding, which the L1 loss ignores).
+    """
+    obs, chunks, masks = [], [], []
+    for ep in episodes:
+        t_len = ep.num_actions
+        if t_len < 1:
+            continue
+        acts = ep.action[:t_len]
+        idx = np.arange(t_len)[:, None] + np.arange(chunk_size)[None]
+        masks.append(idx < t_len)
+        chunks.append(acts[np.minimum(idx, t_len - 1)])
+        obs.append(ep.observation[:t_len])
+    if not obs:
+        raise ValueError("chunk_dataset: no episode has an action step.")
+    return {"obs": np.concatenate(obs).astype(np.float32),
+            "chunk": np.concatenate(chunks).astype(np.float32),
+            "mask": np.concatenate(masks)}

@@ -1,0 +1,88 @@
+"""BC training: masked L1 on standardized action chunks, AdamW with a global-norm clip.
+
+    trainer = make_trainer(config, obs_dim, action_dim, normalizer)
+    state = trainer.init(key)
+    state, metrics = trainer.train(state, data, num_steps)   # jitted scan of minibatch steps
+    chunk = trainer.predict(state.params, obs [B, O])         # raw units [B, K, A]
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from bases.data import ChunkNormalizer
+from bases.networks import BCConfig, make_network
+
+
+@struct.dataclass
+class BCState:
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    step: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class BCTrainer:
+    config: BCConfig
+    obs_dim: int
+    action_dim: int
+    normalizer: ChunkNormalizer
+    init: Callable
+    train: Callable
+    predict: Callable
+    loss: Callable
+
+
+def make_predict(config: BCConfig, action_dim: int, normalizer: ChunkNormalizer):
+    """``predict(params, obs [B, O]) -> raw chunk [B, K, A]`` (deterministic, no dropout)."""
+    net = make_network(config, action_dim)
+
+    def predict(params, obs):
+        out = net.apply({"params": params}, normalizer.norm_obs(obs), train=False)
+        return normalizer.unnorm_action(out)
+    return predict
+
+
+def make_trainer(config: BCConfig, obs_dim: int, action_dim: int,
+                 normalizer: ChunkNormalizer) -> BCTrainer:
+    net = make_network(config, action_dim)
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                     optax.adamw(config.lr, weight_decay=config.weight_decay))
+
+    def init(key):
+        k_init, k_rng = jax.random.split(key)
+        params = net.init(k_init, jnp.zeros((1, obs_dim)), train=False)["params"]
+        return BCState(params=params, opt_state=tx.init(params), rng=k_rng,
+                       step=jnp.zeros((), jnp.int32))
+
+    def loss(params, obs, chunk, mask, key):
+        pred = net.apply({"params": params}, normalizer.norm_obs(obs), train=True,
+                         rngs={"dropout": key})
+        err = jnp.abs(pred - normalizer.norm_action(chunk)).mean(-1)      # [B, K]
+        return (err * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+    def train(state: BCState, data: dict, num_steps: int):
+        n = data["obs"].shape[0]
+
+        def one(state, _):
+            rng, k_idx, k_drop = jax.random.split(state.rng, 3)
+            idx = jax.random.randint(k_idx, (config.batch_size,), 0, n)
+            batch = jax.tree.map(lambda x: x[idx], data)
+            l, g = jax.value_and_grad(loss)(state.params, batch["obs"], batch["chunk"],
+                                            batch["mask"].astype(jnp.float32), k_drop)
+            updates, opt_state = tx.update(g, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            return BCState(params, opt_state, rng, state.step + 1), l
+
+        state, losses = jax.lax.scan(one, state, None, length=num_steps)
+        return state, {"l1": losses.mean(), "l1_last": losses[-1]}
+
+    return BCTrainer(config, obs_dim, action_dim, normalizer, init,
+                     jax.jit(train, static_argnums=2), make_predict(config, action_dim, normalizer),
+                     loss)
