@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.8,<4.10",
     "array-record>=0.8,<0.9",
     "importlib_resources>=6",  # tfds builders need it (via etils.epath) but do not declare it
+    "flatbuffers>=24",  # jax.export serialization (base export artifacts)
     "absl-py>=2.1,<3",
     "ml_collections>=1.0,<2",
     "tqdm>=4.66,<5",

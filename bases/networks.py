@@ -56,7 +56,7 @@ class BCConfig:
     def cpu(cls, **kw) -> "BCConfig":
         """A small transformer that trains in minutes on a 2-core CPU."""
         base = dict(dim=128, heads=4, ff_dim=512, encoder_layers=2, decoder_layers=1,
-                    lr=3e-4, batch_size=256, steps=4000, mlp_hidden=(256, 256, 256))
+                    lr=3e-4, batch_size=64, steps=3000, mlp_hidden=(256, 256, 256))
         base.update(kw)
         return cls(**base)
 

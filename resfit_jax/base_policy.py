@@ -149,3 +149,116 @@ class ChunkedBase:
         return action, state.replace(history=history, age_valid=valid, chunk=new,
                                      index=jnp.ones_like(state.index),
                                      steps=state.steps + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exported bases: a jax.export artifact + JSON metadata, loadable without the model code.
+
+EXPORT_FORMAT_VERSION = 1
+ARTIFACT_FILE = "base.jaxexport"
+METADATA_FILE = "base.json"
+
+
+def load_exported_base(directory: str, obs_dim: int | None = None,
+                       action_dim: int | None = None, execution_horizon: int | None = None,
+                       temporal_ensemble: float | None = None) -> ChunkedBase:
+    """Load a base written by ``bases.export.export_base`` as a ChunkedBase.
+
+    The artifact maps raw observations [b, O] (symbolic b) to raw chunks [b, K, A] with the
+    normalisation baked in, so no model code is needed. ``obs_dim`` / ``action_dim`` (the
+    task's) are checked against the metadata. Artifacts are tied to JAX's serialization
+    compatibility window; keep params + architecture config as the archival format.
+    """
+    import json
+    import os
+
+    from jax import export
+
+    meta_path = os.path.join(directory, METADATA_FILE)
+    art_path = os.path.join(directory, ARTIFACT_FILE)
+    for p in (meta_path, art_path):
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"load_exported_base: {p} is missing; export the base with "
+                                    "bases.export.export_base (or experiments/train_bc.py --export).")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta.get("format_version") != EXPORT_FORMAT_VERSION:
+        raise ValueError(f"load_exported_base: format_version {meta.get('format_version')} in "
+                         f"{meta_path}; this library reads version {EXPORT_FORMAT_VERSION}.")
+    if obs_dim is not None and meta["obs_dim"] != obs_dim:
+        raise ValueError(f"Exported base in {directory} expects observations of size "
+                         f"{meta['obs_dim']}, but the task's observation size is {obs_dim}. "
+                         f"It was trained for task {meta.get('task')!r}.")
+    if action_dim is not None and meta["action_dim"] != action_dim:
+        raise ValueError(f"Exported base in {directory} outputs actions of size "
+                         f"{meta['action_dim']}, but the task's action size is {action_dim}. "
+                         f"It was trained for task {meta.get('task')!r}.")
+    with open(art_path, "rb") as f:
+        try:
+            exported = export.deserialize(bytearray(f.read()))
+        except Exception as e:
+            raise ValueError(f"load_exported_base: cannot deserialize {art_path} (corrupted, "
+                             f"or outside this JAX's compatibility window): {e}") from e
+
+    def predict(obs):
+        lead = obs.shape[:-1]
+        out = exported.call(obs.reshape(-1, obs.shape[-1]).astype(jnp.float32))
+        return out.reshape(lead + out.shape[1:])
+
+    return ChunkedBase(predict, int(meta["action_dim"]), int(meta["chunk_size"]),
+                       execution_horizon if execution_horizon is not None
+                       else meta.get("execution_horizon"), temporal_ensemble)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-callback bases: any numpy-in / numpy-out callable (ONNX Runtime, PyTorch, ...).
+
+def host_callback_predictor(fn: Callable, obs_dim: int, action_dim: int,
+                            chunk_size: int | None = None) -> Callable[[jax.Array], jax.Array]:
+    """Wrap ``fn(obs np.float32 [b, O]) -> np [b, A]`` (or [b, K, A] when ``chunk_size``) as a
+    jittable predictor through ``jax.pure_callback``.
+
+    One host call per step for the whole batch; under ``jax.vmap`` (e.g. over seeds) the
+    extra axes are flattened into the batch (vmap_method="expand_dims"), so it is still one
+    call. ``fn`` is checked once on a zero batch at construction, so shape or dtype mistakes
+    fail here with a clear message rather than inside the compiled rollout.
+    """
+    import numpy as np
+
+    out_tail = (action_dim,) if chunk_size is None else (chunk_size, action_dim)
+
+    def checked(x: np.ndarray) -> np.ndarray:
+        y = np.asarray(fn(x))
+        if y.shape != (x.shape[0],) + out_tail:
+            raise ValueError(f"host base: the callable returned shape {y.shape} for a batch of "
+                             f"{x.shape[0]} observations; expected {(x.shape[0],) + out_tail}.")
+        if not np.issubdtype(y.dtype, np.floating):
+            raise ValueError(f"host base: the callable returned dtype {y.dtype}; expected a "
+                             "float array.")
+        return y.astype(np.float32)
+
+    checked(np.zeros((2, obs_dim), np.float32))
+
+    def host(obs):
+        obs = np.asarray(obs, np.float32)
+        lead = obs.shape[:-1]
+        return checked(obs.reshape(-1, obs_dim)).reshape(lead + out_tail)
+
+    def predict(obs):
+        if obs.shape[-1] != obs_dim:
+            raise ValueError(f"host base: observation size {obs.shape[-1]}, expected {obs_dim}.")
+        shape = jax.ShapeDtypeStruct(obs.shape[:-1] + out_tail, jnp.float32)
+        return jax.pure_callback(host, shape, obs.astype(jnp.float32), vmap_method="expand_dims")
+
+    return predict
+
+
+def host_callback_base(fn: Callable, obs_dim: int, action_dim: int,
+                       chunk_size: int | None = None, execution_horizon: int | None = None
+                       ) -> ChunkedBase | FunctionBase:
+    """A BasePolicy around a host callable: per-step actions (``chunk_size`` None) give a
+    FunctionBase; chunks give a ChunkedBase with the usual queue."""
+    predict = host_callback_predictor(fn, obs_dim, action_dim, chunk_size)
+    if chunk_size is None:
+        return FunctionBase(predict, action_dim)
+    return ChunkedBase(predict, action_dim, chunk_size, execution_horizon)

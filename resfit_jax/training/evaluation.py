@@ -8,7 +8,7 @@ for every policy (matched seeds).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +18,16 @@ from resfit_jax.base_policy import BasePolicy
 from resfit_jax.envs.core import Env, EpisodeWrapper
 
 
-def make_episode_runner(task: Env, base: BasePolicy, num_envs: int):
-    """Jitted ``run(keys [E, 2]) -> (success [E] bool, steps [E] int32)``."""
+def make_episode_runner(task: Env, make_base: Callable[[Any], BasePolicy], num_envs: int):
+    """Jitted ``run(params, keys [E, 2]) -> (success [E] bool, steps [E] int32)``.
+
+    ``make_base(params)`` builds the policy inside the trace, so evaluating new parameters
+    (e.g. during BC training) reuses the compiled function.
+    """
     env = EpisodeWrapper(task)
 
-    def run(keys):
+    def run(params, keys):
+        base = make_base(params)
         s = jax.vmap(env.reset)(keys)
         bstate = base.init_state(num_envs)
 
@@ -41,17 +46,18 @@ def make_episode_runner(task: Env, base: BasePolicy, num_envs: int):
     return jax.jit(run)
 
 
-def evaluate_base(task: Env, base: BasePolicy, num_episodes: int, key: jax.Array,
-                  num_envs: int = 50, runner: Any = None) -> dict:
+def evaluate_base(task: Env, base: BasePolicy | None, num_episodes: int, key: jax.Array,
+                  num_envs: int = 50, runner: Any = None, params: Any = None) -> dict:
     """Success rate, Wilson 95% CI and mean steps of successful episodes over exactly
-    ``num_episodes`` episodes. Pass ``runner`` (from make_episode_runner) to reuse a compile."""
+    ``num_episodes`` episodes. Pass ``runner`` (from make_episode_runner, built for
+    ``num_envs``) and ``params`` to reuse a compile; then ``base`` may be None."""
     num_envs = min(num_envs, num_episodes)
-    runner = runner or make_episode_runner(task, base, num_envs)
+    runner = runner or make_episode_runner(task, lambda _: base, num_envs)
     succ, steps = [], []
     for r in range(math.ceil(num_episodes / num_envs)):
         ids = jnp.arange(r * num_envs, (r + 1) * num_envs)
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
-        s, t = jax.device_get(runner(keys))
+        s, t = jax.device_get(runner(params, keys))
         succ.append(s)
         steps.append(t)
     succ = np.concatenate(succ)[:num_episodes].astype(bool)

@@ -1,0 +1,81 @@
+"""Freezing a trained BC base: the archival checkpoint (orbax params + JSON config and
+normalisation) and the BasePolicy built from it.
+
+    save_base(directory, step, params, config, normalizer, meta)   # keeps the best by success
+    base, info = load_base(directory, obs_dim=..., action_dim=...)  # a ChunkedBase
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from bases.data import ChunkNormalizer
+from bases.networks import BCConfig, make_network
+from bases.train import make_predict
+from resfit_jax.base_policy import ChunkedBase
+
+INFO_FILE = "base_info.json"
+
+
+def checkpoint_manager(directory: str) -> ocp.CheckpointManager:
+    """Keeps the single best checkpoint by eval success (ties: the later one)."""
+    opts = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["success_rate"],
+                                        best_mode="max", enable_async_checkpointing=False)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=opts)
+
+
+def save_base(manager: ocp.CheckpointManager, step: int, params: Any, config: BCConfig,
+              normalizer: ChunkNormalizer, meta: dict, metrics: dict) -> None:
+    manager.save(step, args=ocp.args.StandardSave(params), metrics=metrics)
+    manager.wait_until_finished()
+    info = dict(meta, config=config.to_dict(), normalizer=normalizer.to_dict(),
+                best_step=manager.best_step())
+    path = os.path.join(manager.directory, INFO_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def load_params(directory: str) -> tuple[Any, dict]:
+    directory = os.path.abspath(directory)
+    info_path = os.path.join(directory, INFO_FILE)
+    if not os.path.exists(info_path):
+        raise FileNotFoundError(f"load_base: {info_path} is missing; {directory} is not a base "
+                                "checkpoint written by experiments/train_bc.py.")
+    with open(info_path) as f:
+        info = json.load(f)
+    config = BCConfig.from_dict(info["config"])
+    net = make_network(config, info["action_dim"])
+    abstract = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0),
+                                               jax.numpy.zeros((1, info["obs_dim"])))["params"])
+    manager = checkpoint_manager(directory)
+    step = manager.best_step()
+    if step is None:
+        raise FileNotFoundError(f"load_base: no checkpoint under {directory}.")
+    try:
+        params = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:
+        raise ValueError(f"load_base: checkpoint step {step} in {directory} is unreadable or "
+                         f"does not match its config (corrupted?): {e}") from e
+    return params, info
+
+
+def load_base(directory: str, obs_dim: int | None = None, action_dim: int | None = None,
+              execution_horizon: int | None = None, temporal_ensemble: float | None = None
+              ) -> tuple[ChunkedBase, dict]:
+    """The frozen base of a train_bc checkpoint as a ChunkedBase (raw units in and out)."""
+    params, info = load_params(directory)
+    for name, want in (("obs_dim", obs_dim), ("action_dim", action_dim)):
+        if want is not None and info[name] != want:
+            raise ValueError(f"Base in {directory} has {name} {info[name]}, but the task has "
+                             f"{want}; it was trained for {info.get('task')!r}.")
+    config = BCConfig.from_dict(info["config"])
+    normalizer = ChunkNormalizer.from_dict(info["normalizer"])
+    predict = make_predict(config, info["action_dim"], normalizer)
+    base = ChunkedBase(lambda obs: predict(params, obs), info["action_dim"], config.chunk_size,
+                       execution_horizon or config.execution_horizon, temporal_ensemble)
+    return base, dict(info, params=params)

@@ -1,0 +1,162 @@
+"""Train a BC chunk policy (ACT-style transformer or MLP) on RLDS demos and freeze it.
+
+    python -m experiments.train_bc --task=PickPlace --demos=runs/demos/PickPlace/resfit_demos/1.0.0 \
+        --out=runs/bc/PickPlace
+    python -m experiments.train_bc --task=PickPlace --out=runs/bc/PickPlace   # makes demos first
+
+Every --eval_every steps the policy runs --eval_episodes full MJX episodes (chunk queue,
+open loop); the best checkpoint by success is kept (orbax, <out>/checkpoint) with its config
+and normalisation, which is the archival format of the base. Metrics go to TensorBoard
+(<out>/tb) and JSONL (<out>/metrics.jsonl). At the end the best base is re-evaluated,
+exported as a jax.export artifact (<out>/export) and its success rate and mean steps printed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("task", "PickPlace", "Registered task name.")
+flags.DEFINE_string("demos", None, "RLDS dataset dir (from make_demos); default: generate.")
+flags.DEFINE_integer("demo_episodes", 30, "Demos to generate when --demos is not given.")
+flags.DEFINE_float("demo_noise", 1.0, "Demo noise when generating.")
+flags.DEFINE_integer("max_demos", None, "Use at most this many demo episodes.")
+flags.DEFINE_enum("policy", "act", ["act", "mlp"], "Chunk policy architecture.")
+flags.DEFINE_enum("preset", "cpu", ["cpu", "paper"], "BCConfig preset.")
+flags.DEFINE_integer("steps", None, "Gradient steps (default: the preset's).")
+flags.DEFINE_integer("batch_size", None, "Batch size (default: the preset's).")
+flags.DEFINE_integer("chunk_size", 20, "Chunk length K.")
+flags.DEFINE_integer("execution_horizon", None, "Actions executed per chunk (default K).")
+flags.DEFINE_integer("eval_every", 1000, "Evaluate every N steps.")
+flags.DEFINE_integer("eval_episodes", 50, "Episodes per periodic evaluation.")
+flags.DEFINE_integer("final_episodes", 100, "Episodes of the final evaluation of the best.")
+flags.DEFINE_integer("num_envs", 50, "Parallel envs during evaluation.")
+flags.DEFINE_string("out", None, "Run directory (default runs/bc/<task>).")
+flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_bool("export", True, "Write a jax.export artifact of the best base.")
+
+
+def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "act",
+             preset: str = "cpu", steps: int | None = None, batch_size: int | None = None,
+             chunk_size: int = 20, execution_horizon: int | None = None,
+             eval_every: int = 1000, eval_episodes: int = 50, final_episodes: int = 100,
+             num_envs: int = 50, seed: int = 0, max_demos: int | None = None,
+             demo_episodes: int = 30, demo_noise: float = 1.0, export: bool = True,
+             verbose: bool = True) -> dict:
+    """Train, keep the best by success, export; returns a summary dict."""
+    import jax
+    import numpy as np
+    import tqdm
+    from tensorboardX import SummaryWriter
+
+    from bases.data import ChunkNormalizer, chunk_dataset
+    from bases.export import export_base
+    from bases.frozen import checkpoint_manager, load_base, save_base
+    from bases.networks import BCConfig
+    from bases.train import make_trainer
+    from resfit_jax import envs
+    from resfit_jax.base_policy import ChunkedBase
+    from resfit_jax.data import check_compatible, read_episodes
+    from resfit_jax.training.evaluation import evaluate_base, make_episode_runner
+
+    out = os.path.abspath(out)
+    os.makedirs(out, exist_ok=True)
+    task = envs.make(task_name)
+    obs_dim, action_dim = task.observation_spec.shape[0], task.action_size
+    if demos is None:
+        from experiments.make_demos import make_demos
+        demos, _ = make_demos(task_name, demo_episodes, demo_noise, os.path.join(out, "demos"),
+                              seed=seed + 1000, verbose=verbose)
+    episodes = read_episodes(demos, limit=max_demos)
+    check_compatible(episodes, obs_dim, action_dim, task_name)
+    kw = {k: v for k, v in dict(policy=policy, chunk_size=chunk_size,
+                                execution_horizon=execution_horizon, steps=steps,
+                                batch_size=batch_size).items() if v is not None}
+    config = (BCConfig.cpu if preset == "cpu" else BCConfig.paper)(**kw)
+    if verbose:
+        print(f"Resolved BCConfig: {config}\n{len(episodes)} demo episodes from {demos}")
+    data = chunk_dataset(episodes, config.chunk_size)
+    normalizer = ChunkNormalizer.fit(data["obs"], data["chunk"][:, 0], config.obs_std_floor,
+                                     config.action_std_floor)
+    trainer = make_trainer(config, obs_dim, action_dim, normalizer)
+    state = trainer.init(jax.random.PRNGKey(seed))
+    device_data = jax.device_put(data)
+    make_base = lambda params: ChunkedBase(lambda o: trainer.predict(params, o), action_dim,
+                                           config.chunk_size, config.execution_horizon)
+    e = min(num_envs, eval_episodes)
+    runner = make_episode_runner(task, make_base, e)
+    manager = checkpoint_manager(os.path.join(out, "checkpoint"))
+    meta = {"task": task_name, "obs_dim": int(obs_dim), "action_dim": int(action_dim),
+            "demos": demos, "num_demos": len(episodes)}
+    writer = SummaryWriter(os.path.join(out, "tb"))
+    jsonl = open(os.path.join(out, "metrics.jsonl"), "a")
+    eval_key = jax.random.PRNGKey(seed + 7)
+    best, history, t0 = -1.0, [], time.time()
+    bar = tqdm.tqdm(total=config.steps, desc=f"BC {policy} {task_name}", disable=not verbose)
+    done = 0
+    while done < config.steps:
+        n = min(eval_every, config.steps - done)
+        state, m = trainer.train(state, device_data, n)
+        done += n
+        r = evaluate_base(task, None, eval_episodes, eval_key, e, runner, state.params)
+        row = {"step": done, "l1": float(m["l1"]), "success_rate": r["success_rate"],
+               "mean_steps_success": r["mean_steps_success"], "wall_s": time.time() - t0}
+        history.append(row)
+        for k, v in row.items():
+            if k != "step":
+                writer.add_scalar(f"bc/{k}", v, done)
+        jsonl.write(json.dumps(row) + "\n")
+        jsonl.flush()
+        if r["success_rate"] >= best:
+            best = r["success_rate"]
+            save_base(manager, done, state.params, config, normalizer, meta,
+                      {"success_rate": r["success_rate"]})
+        bar.update(n)
+        bar.set_postfix(l1=f"{row['l1']:.3f}", success=f"{r['success_rate']:.0%}",
+                        best=f"{best:.0%}")
+    bar.close()
+    writer.close()
+    jsonl.close()
+    base, info = load_base(os.path.join(out, "checkpoint"), obs_dim, action_dim)
+    final = evaluate_base(task, None, final_episodes, jax.random.PRNGKey(seed + 99),
+                          min(num_envs, final_episodes),
+                          make_episode_runner(task, make_base, min(num_envs, final_episodes)),
+                          info["params"])
+    if export:
+        export_base(os.path.join(out, "export"), trainer.predict, info["params"],
+                    obs_dim=int(obs_dim), action_dim=int(action_dim),
+                    chunk_size=config.chunk_size, execution_horizon=config.execution_horizon,
+                    normalizer=normalizer, task=task_name)
+    summary = {"task": task_name, "policy": policy, "best_step": info["best_step"],
+               "final_episodes": final["episodes"], "success_rate": final["success_rate"],
+               "ci95": final["ci95"], "mean_steps_success": final["mean_steps_success"],
+               "num_demos": len(episodes), "steps": config.steps,
+               "wall_s": time.time() - t0, "out": out, "history": history,
+               "config": dataclasses.asdict(config)}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=lambda x: np.asarray(x).tolist())
+    if verbose:
+        lo, hi = final["ci95"]
+        print(f"{task_name} BC ({policy}, best step {info['best_step']}): success "
+              f"{final['successes']}/{final['episodes']} = {final['success_rate']:.1%} "
+              f"[{lo:.2f}, {hi:.2f}], mean steps of successes "
+              f"{final['mean_steps_success']:.1f}; base checkpoint {out}/checkpoint"
+              + (f", export {out}/export" if export else ""))
+    return summary
+
+
+def main(argv):
+    del argv
+    train_bc(FLAGS.task, FLAGS.out or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos,
+             FLAGS.policy, FLAGS.preset, FLAGS.steps, FLAGS.batch_size, FLAGS.chunk_size,
+             FLAGS.execution_horizon, FLAGS.eval_every, FLAGS.eval_episodes,
+             FLAGS.final_episodes, FLAGS.num_envs, FLAGS.seed, FLAGS.max_demos,
+             FLAGS.demo_episodes, FLAGS.demo_noise, FLAGS.export)
+
+
+if __name__ == "__main__":
+    app.run(main)
