@@ -68,7 +68,7 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
     task = envs.make(task_name)
     obs_dim, action_dim = task.observation_spec.shape[0], task.action_size
     if demos is None:
-        from experiments.make_demos import make_demos
+        from resfit_jax.data.demos import make_demos
         demos, _ = make_demos(task_name, demo_episodes, demo_noise, os.path.join(out, "demos"),
                               seed=seed + 1000, verbose=verbose)
     episodes = read_episodes(demos, limit=max_demos)

@@ -98,3 +98,39 @@ def collect_episodes(rollout, num_episodes: int, num_envs: int, seed: int = 0,
             f"{attempted} attempts (expert success {stats.success_rate:.1%}); lower the demo "
             "noise or raise max_attempts.")
     return episodes, stats
+
+
+def make_demos(task_name: str, episodes: int, noise: float, out: str, seed: int = 0,
+               num_envs: int = 32, keep_failures: bool = False, verbose: bool = True):
+    """Roll the expert, write RLDS, return (dataset_dir, DemoStats)."""
+    import time
+
+    import tqdm
+
+    from resfit_jax import envs
+    from resfit_jax.data.rlds import write_episodes
+
+    task = envs.make(task_name)
+    style = envs.ExpertStyle.human(noise) if noise > 0 else envs.ExpertStyle()
+    expert = envs.make_expert(task_name, task, style)
+    rollout = make_rollout(task, expert.init, expert.act)
+    bar = tqdm.tqdm(total=episodes, desc=f"{task_name} demos", disable=not verbose)
+
+    def progress(kept, attempted, succeeded):
+        bar.n = kept
+        bar.set_postfix(expert_success=f"{succeeded / attempted:.1%}", attempted=attempted)
+        bar.refresh()
+
+    t0 = time.time()
+    eps, stats = collect_episodes(rollout, episodes, min(num_envs, episodes), seed=seed,
+                                  successful_only=not keep_failures, progress=progress)
+    bar.close()
+    path = write_episodes(out, eps, metadata={
+        "task": task_name, "noise": noise, "seed": seed, "expert_success": stats.success_rate,
+        "attempted": stats.attempted, "style": repr(style)})
+    if verbose:
+        print(f"{task_name}: expert success {stats.succeeded}/{stats.attempted} "
+              f"({stats.success_rate:.1%}), mean steps of successes "
+              f"{stats.mean_steps_success:.1f}; wrote {len(eps)} episodes to {path} "
+              f"in {time.time() - t0:.0f} s")
+    return path, stats

@@ -42,6 +42,7 @@ _REGISTRY: dict[str, Callable[..., Env]] = {
     "BimanualHandover": _bimanual_handover,
 }
 _EXPERTS: dict[str, Callable] = {
+    "PointReach": _expert("point_reach", "PointReachExpert"),
     "PickPlace": _expert("pick_place", "PickPlaceExpert"),
     "PegInsertion": _expert("peg_insertion", "PegInsertionExpert"),
     "BimanualHandover": _expert("bimanual_handover", "BimanualHandoverExpert"),

@@ -74,3 +74,22 @@ def biased_base_action(obs: jax.Array, gain: float = 2.0, bias: float = 0.14,
     direction = jnp.stack([jnp.cos(theta), jnp.sin(theta)], axis=-1)
     active = (goal[..., 0] > bias_threshold)[..., None]
     return jnp.clip(expert_action(obs, gain) + jnp.where(active, bias * direction, 0.0), -1.0, 1.0)
+
+
+class PointReachExpert:
+    """Scripted-expert interface (init / act / reset) around ``expert_action``; the style's
+    ``action_noise`` adds Gaussian noise (other style knobs do not apply here)."""
+
+    def __init__(self, env: PointReach, style=None):
+        self.noise = 0.0 if style is None else float(style.action_noise) * 10.0
+
+    def init(self, key: jax.Array) -> jax.Array:
+        return key
+
+    def reset(self, key: jax.Array, done: jax.Array) -> jax.Array:
+        return key
+
+    def act(self, key: jax.Array, env_state: State) -> tuple[jax.Array, jax.Array]:
+        key, k = jax.random.split(key)
+        a = expert_action(env_state.obs) + self.noise * jax.random.normal(k, (2,))
+        return jnp.clip(a, -1.0, 1.0), key
