@@ -8,9 +8,10 @@ MUJOCO_GL=egl) or OSMesa (``apt install libosmesa6``, then MUJOCO_GL=osmesa). Wr
 the ``render`` extra: ``pip install -e ".[render]"`` (Pillow for GIF, imageio-ffmpeg for MP4).
 The rollout runs in MJX (jitted); frames are rendered by MuJoCo C from the MJX states.
 
-Policies: ``expert`` (the scripted expert; ``--noise`` makes it human-like) and ``home``
-(hold the home pose). Frozen BC bases and trained residual policies plug into the same
-``render_states`` function through ``policy_init`` / ``policy_act``.
+Policies: ``expert`` (the scripted expert; ``--noise`` makes it human-like), ``home`` (hold
+the home pose) and ``base`` (a frozen BC base: ``--base=runs/bc/PickPlace/checkpoint`` or an
+export dir). Trained residual policies plug into ``rollout_states`` the same way, through
+``policy_init`` / ``policy_act``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("task", "PickPlace", "Registered task name.")
-flags.DEFINE_enum("policy", "expert", ["expert", "home"], "Which policy to roll out.")
+flags.DEFINE_enum("policy", "expert", ["expert", "home", "base"], "Which policy to roll out.")
+flags.DEFINE_string("base", None, "For --policy=base: a train_bc checkpoint dir (<out>/checkpoint) "
+                    "or export dir (<out>/export).")
 flags.DEFINE_float("noise", 0.0, "Expert style noise (0 = clean expert).")
 flags.DEFINE_integer("seed", 0, "Episode seed.")
 flags.DEFINE_string("out", None, "Output file (.mp4 or .gif); default runs/videos/<task>.mp4.")
@@ -103,6 +106,19 @@ def write_video(frames: list, path: str, fps: float) -> None:
         raise ValueError(f"write_video: unsupported extension of {path!r}; use .mp4 or .gif.")
 
 
+def _load_base(path: str | None, task):
+    """A frozen base from a train_bc checkpoint or export directory."""
+    from resfit_jax.base_policy import METADATA_FILE, load_exported_base
+
+    if not path:
+        raise ValueError("--policy=base needs --base=<train_bc checkpoint or export dir>.")
+    obs_dim, action_dim = task.observation_spec.shape[0], task.action_size
+    if os.path.exists(os.path.join(path, METADATA_FILE)):
+        return load_exported_base(path, obs_dim, action_dim)
+    from bases.frozen import load_base
+    return load_base(path, obs_dim, action_dim)[0]
+
+
 def main(argv):
     del argv
     import jax.numpy as jnp
@@ -114,6 +130,13 @@ def main(argv):
         style = envs.ExpertStyle.human(FLAGS.noise) if FLAGS.noise > 0 else envs.ExpertStyle()
         expert = envs.make_expert(FLAGS.task, task, style)
         init, act = expert.init, expert.act
+    elif FLAGS.policy == "base":
+        base = _load_base(FLAGS.base, task)
+        init = lambda k: base.init_state(1)
+
+        def act(q, s):
+            a, q = base.step(q, s.obs[None])
+            return a[0], q
     else:
         home = (task.action_low + task.action_high) / 2
         init, act = (lambda k: jnp.zeros(())), (lambda p, s: (home, p))
