@@ -72,3 +72,26 @@ def chunk_dataset(episodes: Sequence[Episode], chunk_size: int
     return {"obs": np.concatenate(obs).astype(np.float32),
             "chunk": np.concatenate(chunks).astype(np.float32),
             "mask": np.concatenate(masks)}
+
+
+def action_reference(obs: jax.Array, index: tuple[int, ...] | None, action_dim: int
+                     ) -> jax.Array:
+    """Per-dim reference [B, A] that relative chunks are measured from: obs[:, index[i]]
+    where index[i] >= 0, else 0 (absolute dim). ``index`` None: all zeros."""
+    if index is None:
+        return jnp.zeros(obs.shape[:-1] + (action_dim,), obs.dtype)
+    if len(index) != action_dim:
+        raise ValueError(f"action_obs_index has {len(index)} entries for {action_dim} actions.")
+    idx = np.asarray(index)
+    ref = obs[..., np.maximum(idx, 0)]
+    return jnp.where(jnp.asarray(idx >= 0), ref, 0.0)
+
+
+def fit_normalizer(data: dict, action_obs_index: tuple[int, ...] | None,
+                   obs_floor: float = 1e-2, action_floor: float = 1e-2) -> ChunkNormalizer:
+    """Normalizer for the training targets: observation stats, and action stats over every
+    valid chunk position of the (relative, if ``action_obs_index``) chunk."""
+    a = data["chunk"].shape[-1]
+    ref = np.asarray(action_reference(jnp.asarray(data["obs"]), action_obs_index, a))
+    rel = data["chunk"] - ref[:, None]
+    return ChunkNormalizer.fit(data["obs"], rel[data["mask"]], obs_floor, action_floor)

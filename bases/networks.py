@@ -41,6 +41,10 @@ class BCConfig:
     steps: int = 50_000
     obs_std_floor: float = 1e-2
     action_std_floor: float = 1e-2
+    # Relative action chunks: action dim i is predicted relative to obs[action_obs_index[i]]
+    # (e.g. a joint target relative to the measured joint position); -1 keeps dim i
+    # absolute; None keeps every dim absolute. The base still outputs absolute actions.
+    action_obs_index: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.policy not in ("act", "mlp"):
@@ -63,12 +67,16 @@ class BCConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["mlp_hidden"] = list(self.mlp_hidden)
+        if self.action_obs_index is not None:
+            d["action_obs_index"] = list(self.action_obs_index)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "BCConfig":
         d = dict(d)
         d["mlp_hidden"] = tuple(d.get("mlp_hidden", (512, 512, 512)))
+        if d.get("action_obs_index") is not None:
+            d["action_obs_index"] = tuple(d["action_obs_index"])
         return cls(**d)
 
 

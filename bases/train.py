@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from bases.data import ChunkNormalizer
+from bases.data import ChunkNormalizer, action_reference
 from bases.networks import BCConfig, make_network
 
 
@@ -45,7 +45,8 @@ def make_predict(config: BCConfig, action_dim: int, normalizer: ChunkNormalizer)
 
     def predict(params, obs):
         out = net.apply({"params": params}, normalizer.norm_obs(obs), train=False)
-        return normalizer.unnorm_action(out)
+        ref = action_reference(obs, config.action_obs_index, action_dim)
+        return normalizer.unnorm_action(out) + ref[:, None]
     return predict
 
 
@@ -64,7 +65,8 @@ def make_trainer(config: BCConfig, obs_dim: int, action_dim: int,
     def loss(params, obs, chunk, mask, key):
         pred = net.apply({"params": params}, normalizer.norm_obs(obs), train=True,
                          rngs={"dropout": key})
-        err = jnp.abs(pred - normalizer.norm_action(chunk)).mean(-1)      # [B, K]
+        ref = action_reference(obs, config.action_obs_index, action_dim)
+        err = jnp.abs(pred - normalizer.norm_action(chunk - ref[:, None])).mean(-1)  # [B, K]
         return (err * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
     def train(state: BCState, data: dict, num_steps: int):

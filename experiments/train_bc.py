@@ -38,6 +38,9 @@ flags.DEFINE_integer("num_envs", 50, "Parallel envs during evaluation.")
 flags.DEFINE_string("out", None, "Run directory (default runs/bc/<task>).")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_bool("export", True, "Write a jax.export artifact of the best base.")
+flags.DEFINE_bool("relative_actions", True, "Predict joint targets relative to the measured "
+                  "joint positions (the task's action_obs_index); the base still outputs "
+                  "absolute actions.")
 
 
 def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "act",
@@ -46,14 +49,14 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
              eval_every: int = 1000, eval_episodes: int = 50, final_episodes: int = 100,
              num_envs: int = 50, seed: int = 0, max_demos: int | None = None,
              demo_episodes: int = 30, demo_noise: float = 1.0, export: bool = True,
-             verbose: bool = True) -> dict:
+             relative_actions: bool = True, verbose: bool = True) -> dict:
     """Train, keep the best by success, export; returns a summary dict."""
     import jax
     import numpy as np
     import tqdm
     from tensorboardX import SummaryWriter
 
-    from bases.data import ChunkNormalizer, chunk_dataset
+    from bases.data import chunk_dataset, fit_normalizer
     from bases.export import export_base
     from bases.frozen import checkpoint_manager, load_base, save_base
     from bases.networks import BCConfig
@@ -76,12 +79,14 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
     kw = {k: v for k, v in dict(policy=policy, chunk_size=chunk_size,
                                 execution_horizon=execution_horizon, steps=steps,
                                 batch_size=batch_size).items() if v is not None}
+    if relative_actions:
+        kw["action_obs_index"] = getattr(task, "action_obs_index", None)
     config = (BCConfig.cpu if preset == "cpu" else BCConfig.paper)(**kw)
     if verbose:
         print(f"Resolved BCConfig: {config}\n{len(episodes)} demo episodes from {demos}")
     data = chunk_dataset(episodes, config.chunk_size)
-    normalizer = ChunkNormalizer.fit(data["obs"], data["chunk"][:, 0], config.obs_std_floor,
-                                     config.action_std_floor)
+    normalizer = fit_normalizer(data, config.action_obs_index, config.obs_std_floor,
+                                config.action_std_floor)
     trainer = make_trainer(config, obs_dim, action_dim, normalizer)
     state = trainer.init(jax.random.PRNGKey(seed))
     device_data = jax.device_put(data)
@@ -155,7 +160,7 @@ def main(argv):
              FLAGS.policy, FLAGS.preset, FLAGS.steps, FLAGS.batch_size, FLAGS.chunk_size,
              FLAGS.execution_horizon, FLAGS.eval_every, FLAGS.eval_episodes,
              FLAGS.final_episodes, FLAGS.num_envs, FLAGS.seed, FLAGS.max_demos,
-             FLAGS.demo_episodes, FLAGS.demo_noise, FLAGS.export)
+             FLAGS.demo_episodes, FLAGS.demo_noise, FLAGS.export, FLAGS.relative_actions)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bases.data import ChunkNormalizer, chunk_dataset
+from bases.data import action_reference, chunk_dataset, fit_normalizer
 from bases.export import export_base
 from bases.frozen import checkpoint_manager, load_base, save_base
 from bases.networks import BCConfig
@@ -45,17 +45,18 @@ def _demos(n=5, t=12, seed=0):
 def trained():
     eps = _demos()
     out = {}
-    for policy in ("mlp", "act"):
-        cfg = BCConfig(policy=policy, steps=1500, **TINY)
+    for policy in ("mlp", "act", "mlp_relative"):
+        rel = (0, 1, -1) if policy == "mlp_relative" else None
+        cfg = BCConfig(policy=policy.split("_")[0], steps=1500, action_obs_index=rel, **TINY)
         data = chunk_dataset(eps, K)
-        norm = ChunkNormalizer.fit(data["obs"], data["chunk"][:, 0])
+        norm = fit_normalizer(data, rel)
         tr = make_trainer(cfg, OBS, ACT, norm)
         st, m = tr.train(tr.init(jax.random.PRNGKey(0)), jax.device_put(data), cfg.steps)
         out[policy] = (cfg, tr, st, data, norm)
     return out
 
 
-@pytest.mark.parametrize("policy", ["mlp", "act"])
+@pytest.mark.parametrize("policy", ["mlp", "act", "mlp_relative"])
 def test_bc_overfits_five_demos(trained, policy):
     cfg, tr, st, data, _ = trained[policy]
     pred = np.asarray(tr.predict(st.params, jnp.asarray(data["obs"])))
@@ -66,6 +67,26 @@ def test_bc_overfits_five_demos(trained, policy):
     assert mean_err < 0.05, f"{policy}: mean |error| {mean_err:.4f}"
     first = np.abs(pred[:, 0] - data["chunk"][:, 0]).mean()
     assert first < 0.05
+
+
+def test_relative_actions_are_measured_from_the_observation():
+    obs = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    np.testing.assert_array_equal(np.asarray(action_reference(obs, (2, -1, 0), 3)),
+                                  [[3.0, 0.0, 1.0], [6.0, 0.0, 4.0]])
+    with pytest.raises(ValueError, match="2 entries for 3 actions"):
+        action_reference(obs, (0, 1), 3)
+    # predict() outputs absolute actions: shifting the referenced obs dims shifts them too
+    cfg = BCConfig(policy="mlp", action_obs_index=(0, 1, -1), **TINY)
+    from bases.train import make_predict
+    from bases.data import ChunkNormalizer
+    norm = ChunkNormalizer(jnp.zeros(OBS), jnp.ones(OBS), jnp.zeros(ACT), jnp.ones(ACT))
+    from bases.networks import make_network
+    params = make_network(cfg, ACT).init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))["params"]
+    params = jax.tree.map(jnp.zeros_like, params)         # network outputs 0 -> chunk = ref
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, OBS))
+    out = np.asarray(make_predict(cfg, ACT, norm)(params, x))
+    np.testing.assert_allclose(out[:, :, 0], np.repeat(np.asarray(x[:, :1]), K, 1), rtol=1e-6)
+    np.testing.assert_allclose(out[:, :, 2], 0.0, atol=1e-6)
 
 
 def test_chunk_dataset_pads_and_masks():

@@ -119,6 +119,12 @@ class BimanualHandover(MjxTask):
         return self.episode_length
 
     @property
+    def action_obs_index(self) -> tuple[int, ...]:
+        """Observation index of the measured joint position behind each joint-target action
+        dim (-1 for the gripper command); BC bases may predict relative to it."""
+        return tuple(range(6)) + (-1,) + tuple(range(16, 22)) + (-1,)
+
+    @property
     def action_low(self):
         return jnp.concatenate([jnp.asarray(self.right.low), jnp.asarray(self.left.low)])
 

@@ -126,6 +126,12 @@ class PegInsertion(MjxTask):
         return self.episode_length
 
     @property
+    def action_obs_index(self) -> tuple[int, ...]:
+        """Observation index of the measured joint position behind each joint-target action
+        dim (-1 for the gripper command); BC bases may predict relative to it."""
+        return tuple(range(6)) + (-1,)
+
+    @property
     def action_low(self):
         return jnp.asarray(self.arm.low)
 
