@@ -14,7 +14,7 @@ import dataclasses
 import time
 
 import jax
-from absl import app, flags
+from absl import app
 from tqdm import tqdm
 
 from resfit_jax.base_policy import FunctionBase

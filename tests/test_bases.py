@@ -1,7 +1,6 @@
 """BC bases: chunk policies overfit a few demos, the export artifact reproduces the model's
 actions without model code, host-callback bases run inside jitted vmapped rollouts, and the
 archival checkpoint round-trips."""
-import dataclasses
 import os
 
 import jax

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resfit_jax.replay import (NStepWriter, ReplayBuffer, Transition, sample_symmetric,
+from resfit_jax.replay import (NStepWriter, ReplayBuffer, sample_symmetric,
                                transition_spec)
 
 OBS_DIM, ACT_DIM = 3, 2
