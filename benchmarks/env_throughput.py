@@ -12,17 +12,14 @@ Prints a table and writes JSON with the machine description.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import jax
-import jax.numpy as jnp
 import mujoco
 import numpy as np
 from absl import app, flags
 
-from benchmarks.machine import machine_info
+from benchmarks.machine import machine_info, write_results
 from resfit_jax import envs
 
 FLAGS = flags.FLAGS
@@ -34,12 +31,7 @@ flags.DEFINE_string("out", "benchmarks/results/env_throughput.json", "JSON outpu
 
 
 def mjx_throughput(task, num_envs: int, scan: int, min_seconds: float) -> dict:
-    home = (task.action_low + task.action_high) / 2
-    if hasattr(task, "home_q"):
-        home = jnp.concatenate([jnp.asarray(task.home_q), jnp.array([0.03])])
-    if task.action_size == 14:
-        home = jnp.concatenate([jnp.asarray(task.home_r), jnp.array([0.03]),
-                                jnp.asarray(task.home_l), jnp.array([0.03])])
+    home = task.home_action
     reset = jax.jit(jax.vmap(task.reset))
 
     @jax.jit
@@ -110,10 +102,7 @@ def main(argv):
     print("|---|---|---|---|---|---|")
     for name, e, sps, comp, c, ratio in rows:
         print(f"| {name} | {e} | {sps:,.0f} | {comp:.1f} | {c:,.0f} | {ratio:.2f} |")
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {FLAGS.out}")
+    write_results(FLAGS.out, results)
 
 
 if __name__ == "__main__":

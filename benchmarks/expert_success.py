@@ -7,13 +7,11 @@ parallel). Prints a table (success, mean steps of successful episodes) and write
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 from absl import app, flags
 
-from benchmarks.machine import machine_info
+from benchmarks.machine import machine_info, write_results
 from resfit_jax import envs
 from resfit_jax.data.demos import collect_episodes, make_rollout
 
@@ -50,10 +48,7 @@ def main(argv):
     for r in rows:
         print(f"| {r['task']} | {r['noise']:g} | {r['succeeded']}/{r['attempted']} "
               f"({r['success_rate']:.1%}) | {r['mean_steps_success']:.1f} | {r['horizon']} |")
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {FLAGS.out}")
+    write_results(FLAGS.out, results)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,12 @@ should barely grow with UTD. Prints a table, writes JSON with the machine descri
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import jax
 from absl import app, flags
 
-from benchmarks.machine import machine_info
+from benchmarks.machine import machine_info, write_results
 from resfit_jax.replay import Transition
 from resfit_jax.residual_td3 import PRESETS, make_learner
 
@@ -81,11 +79,9 @@ def main(_):
         print(f"{r['preset']:<7}{'x'.join(map(str, r['hidden'])):>12}{r['num_critics']:>4}"
               f"{r['batch_size']:>7}{r['utd']:>5}{r['critic_updates_per_s']:>14.1f}"
               f"{r['ms_per_critic_step']:>16.2f}{r['compile_s']:>11.2f}{r['compile_vs_utd1']:>9.2f}")
-    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-        json.dump({"benchmark": "learner_throughput", "machine": machine_info(),
-                   "obs_dim": FLAGS.obs_dim, "action_dim": FLAGS.action_dim, "results": rows}, f, indent=2)
-    print(f"wrote {FLAGS.out}")
+    write_results(FLAGS.out, {"benchmark": "learner_throughput", "machine": machine_info(),
+                              "obs_dim": FLAGS.obs_dim, "action_dim": FLAGS.action_dim,
+                              "results": rows})
 
 
 if __name__ == "__main__":

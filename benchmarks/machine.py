@@ -1,6 +1,7 @@
 """Machine description recorded next to every benchmark result."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 
@@ -28,3 +29,11 @@ def machine_info() -> dict:
         "device": getattr(dev, "device_kind", str(dev)),
         "num_devices": jax.device_count(),
     }
+
+
+def write_results(path: str, results: dict) -> None:
+    """Write a benchmark's results as JSON (creating the folder) and say where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {path}")

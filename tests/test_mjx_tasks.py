@@ -22,9 +22,7 @@ def task_bundle(request):
 
 
 def _home(task):
-    if task.action_size == 14:
-        return jnp.concatenate([task.home_r, jnp.array([0.03]), task.home_l, jnp.array([0.03])])
-    return jnp.concatenate([jnp.asarray(task.home_q), jnp.array([0.03])])
+    return task.home_action
 
 
 def _object_xy(name, obs):

@@ -61,11 +61,13 @@ class BimanualHandover(MjxTask):
         self.mj_model = mujoco.MjModel.from_xml_string(self.xml)
         m = self.mj_model
         self.right, self.left = ArmIndex.build(m, "r_"), ArmIndex.build(m, "l_")
+        self.arms = (self.right, self.left)
         self.bar_qpos = int(m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, "bar")])
         self.bar_body = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "bar")
         q0 = np.array([0, 0.3, 1.5, 1.3, 0, 0])
         self.home_r = solve_home(m, self.right, np.array([0.32, -ARM_Y + 0.06, 0.2]), np.pi, q0)
         self.home_l = solve_home(m, self.left, np.array([0.32, ARM_Y - 0.06, 0.2]), np.pi, q0)
+        self.homes = (self.home_r, self.home_l)
         self._setup_mjx()
 
     def _init_data(self, model: mjx.Model, key: jax.Array):
@@ -74,33 +76,15 @@ class BimanualHandover(MjxTask):
         bar = jnp.stack([u(ks[0], self.bar_x_range), u(ks[1], self.bar_y_range),
                          jnp.float32(BAR_HALF[2])])
         tote = jnp.stack([u(ks[3], self.tote_x_range), u(ks[4], self.tote_y_range)])
-        qpos = jnp.zeros(self.mj_model.nq)
-        for arm, home in ((self.right, self.home_r), (self.left, self.home_l)):
-            qpos = qpos.at[arm.qpos].set(home)
-            qpos = qpos.at[arm.finger_qpos].set(mjcf.FINGER_OPEN * 0.9)
+        qpos = self._home_qpos(jnp.zeros(self.mj_model.nq))
         qpos = qpos.at[self.bar_qpos:self.bar_qpos + 3].set(bar)
         qpos = qpos.at[self.bar_qpos + 3:self.bar_qpos + 7].set(yaw_quat(u(ks[2], self.bar_yaw_range)))
-        g = jnp.array([mjcf.FINGER_OPEN * 0.9])
-        ctrl = self._ctrl_from_action(jnp.concatenate([self.home_r, g, self.home_l, g]))
         data = mjx.make_data(self.mj_model).replace(
-            qpos=qpos, ctrl=ctrl, mocap_pos=jnp.array([[tote[0], tote[1], 0.0]]))
+            qpos=qpos, ctrl=self._ctrl_from_action(self.home_action), mocap_pos=jnp.array([[tote[0], tote[1], 0.0]]))
         return data, {"tote": tote}
 
-    def _ctrl_from_action(self, action):
-        ctrl = jnp.zeros(self.mj_model.nu)
-        for i, arm in enumerate((self.right, self.left)):
-            a = action[7 * i:7 * i + 7]
-            ctrl = ctrl.at[arm.ctrl].set(jnp.concatenate([a[:6], a[6:7], a[6:7]]))
-        return ctrl
-
     def _observe(self, data, task):
-        parts = []
-        tcps = []
-        for arm in (self.right, self.left):
-            tcp, _ = tcp_pose(data, arm)
-            tcps.append(tcp)
-            parts += [data.qpos[arm.qpos], data.qvel[arm.dof],
-                      data.qpos[arm.finger_qpos].mean(keepdims=True), tcp]
+        parts, tcps = self._proprio(data)
         bar = data.xpos[self.bar_body]
         parts += [bar, data.xquat[self.bar_body], bar - tcps[0], bar - tcps[1], task["tote"]]
         return jnp.concatenate(parts).astype(jnp.float32)
@@ -109,28 +93,6 @@ class BimanualHandover(MjxTask):
         bar = data.xpos[self.bar_body]
         inside = jnp.all(jnp.abs(bar[:2] - task["tote"]) < TOTE_INNER_HALF - 0.02)
         return inside & (bar[2] < BAR_HALF[2] + 0.005)
-
-    @property
-    def action_size(self):
-        return 14
-
-    @property
-    def horizon(self):
-        return self.episode_length
-
-    @property
-    def action_obs_index(self) -> tuple[int, ...]:
-        """Observation index of the measured joint position behind each joint-target action
-        dim (-1 for the gripper command); BC bases may predict relative to it."""
-        return tuple(range(6)) + (-1,) + tuple(range(16, 22)) + (-1,)
-
-    @property
-    def action_low(self):
-        return jnp.concatenate([jnp.asarray(self.right.low), jnp.asarray(self.left.low)])
-
-    @property
-    def action_high(self):
-        return jnp.concatenate([jnp.asarray(self.right.high), jnp.asarray(self.left.high)])
 
 
 # Phases of the handover script.

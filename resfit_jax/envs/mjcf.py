@@ -125,8 +125,9 @@ def arm_actuators(prefix: str) -> str:
 
 def tote(name: str, inner_half: float = 0.07, wall_height: float = 0.05,
          wall_half_thickness: float = 0.006, rgba: str = "0.2 0.45 0.75 1") -> str:
-    """A floorless tote (the table is its floor): a mocap body with four wall geoms
-    ``{name}_wall{0..3}``. Move it by setting mocap_pos."""
+    """Four walls around a square opening of half-size ``inner_half`` on the table (a
+    floorless tote, or a hole fixture): a mocap body with wall geoms ``{name}_wall{0..3}``.
+    Move it by setting mocap_pos / mocap_quat."""
     h, t, w = inner_half, wall_half_thickness, wall_height / 2
     walls = [(h + t, 0, t, h + 2 * t), (-(h + t), 0, t, h + 2 * t),
              (0, h + t, h, t), (0, -(h + t), h, t)]

@@ -149,15 +149,25 @@ def solve_home(m: mujoco.MjModel, arm: ArmIndex, tcp_pos: np.ndarray, yaw: float
 
 
 class MjxTask(Env):
-    """Base class of the MJX manipulation tasks.
+    """Base class of the MJX manipulation tasks with one or more arms.
 
-    Subclasses build ``self.mj_model`` and implement ``_init_data``, ``_observe``,
-    ``_success`` and ``_ctrl_from_action``. Task info is a dict of per-episode constants
-    (e.g. the tote position) carried in ``state.data`` alongside the MJX data.
+    Subclasses build ``self.mj_model``, set ``self.arms`` (ArmIndex per arm) and
+    ``self.homes`` (home joint angles [6] per arm), ``self.episode_length`` and
+    ``self.ctrl_dt``, call ``_setup_mjx`` and implement ``_init_data``, ``_observe`` and
+    ``_success``. Task info is a dict of per-episode constants (e.g. the tote position)
+    carried in ``state.data`` alongside the MJX data.
+
+    Action layout, per arm in order: joint targets j1..j6 (rad), gripper opening (m); the
+    gripper command drives both finger actuators. Observations start with each arm's
+    proprio block (``_proprio``): q (6), qdot (6), gripper opening (1), tcp position (3).
     """
 
     ctrl_dt: float
+    episode_length: int
     mj_model: mujoco.MjModel
+    arms: tuple[ArmIndex, ...]
+    homes: tuple[np.ndarray, ...]
+    PROPRIO_SIZE = 16
 
     def _setup_mjx(self) -> None:
         self.mjx_model = mjx.put_model(self.mj_model, impl="jax")
@@ -174,8 +184,59 @@ class MjxTask(Env):
     @abc.abstractmethod
     def _success(self, data: mjx.Data, task: dict) -> jax.Array: ...
 
-    @abc.abstractmethod
-    def _ctrl_from_action(self, action: jax.Array) -> jax.Array: ...
+    # -- arms -------------------------------------------------------------------------------
+    def _ctrl_from_action(self, action: jax.Array) -> jax.Array:
+        ctrl = jnp.zeros(self.mj_model.nu)
+        for i, arm in enumerate(self.arms):
+            a = action[7 * i:7 * i + 7]
+            ctrl = ctrl.at[arm.ctrl].set(jnp.concatenate([a[:6], a[6:7], a[6:7]]))
+        return ctrl
+
+    @property
+    def home_action(self) -> jax.Array:
+        """Action [A] holding every arm at its home pose with the gripper open."""
+        g = jnp.array([mjcf.FINGER_OPEN * 0.9])
+        return jnp.concatenate([x for home in self.homes for x in (jnp.asarray(home), g)])
+
+    def _home_qpos(self, qpos: jax.Array) -> jax.Array:
+        """qpos with every arm at home and its fingers open."""
+        for arm, home in zip(self.arms, self.homes):
+            qpos = qpos.at[arm.qpos].set(home)
+            qpos = qpos.at[arm.finger_qpos].set(mjcf.FINGER_OPEN * 0.9)
+        return qpos
+
+    def _proprio(self, data: mjx.Data) -> tuple[list[jax.Array], list[jax.Array]]:
+        """Per-arm proprio blocks (see the class docstring) and tcp positions [3]."""
+        parts, tcps = [], []
+        for arm in self.arms:
+            tcp, _ = tcp_pose(data, arm)
+            tcps.append(tcp)
+            parts += [data.qpos[arm.qpos], data.qvel[arm.dof],
+                      data.qpos[arm.finger_qpos].mean(keepdims=True), tcp]
+        return parts, tcps
+
+    @property
+    def action_size(self) -> int:
+        return 7 * len(self.arms)
+
+    @property
+    def horizon(self) -> int:
+        return self.episode_length
+
+    @property
+    def action_obs_index(self) -> tuple[int, ...]:
+        """Observation index of the measured joint position behind each joint-target action
+        dim (-1 for the gripper command); BC bases may predict relative to it."""
+        return tuple(i for k in range(len(self.arms))
+                     for i in tuple(range(self.PROPRIO_SIZE * k, self.PROPRIO_SIZE * k + 6)) + (-1,))
+
+    @property
+    def action_low(self) -> jax.Array:
+        return jnp.concatenate([jnp.asarray(a.low) for a in self.arms])
+
+    @property
+    def action_high(self) -> jax.Array:
+        return jnp.concatenate([jnp.asarray(a.high) for a in self.arms])
 
     # -- env protocol -----------------------------------------------------------------------
     def reset_with_model(self, model: mjx.Model, key: jax.Array) -> State:

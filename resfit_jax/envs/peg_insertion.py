@@ -19,7 +19,7 @@ import numpy as np
 from mujoco import mjx
 
 from resfit_jax.envs import mjcf
-from resfit_jax.envs.mjx_env import ArmIndex, MjxTask, solve_home, tcp_pose, yaw_of, yaw_quat
+from resfit_jax.envs.mjx_env import ArmIndex, MjxTask, solve_home, yaw_of, yaw_quat
 from resfit_jax.envs.scripted import ExpertStyle, PickAndPlaceScript, PlaceTarget
 
 PEG_HALF = (0.012, 0.012, 0.04)
@@ -28,19 +28,6 @@ HOLE_HALF = PEG_HALF[0] + CLEARANCE / 2
 WALL_HALF_T = 0.02
 FIXTURE_HEIGHT = 0.04
 HOME_TCP = (0.42, 0.0, 0.2)
-
-
-def hole_fixture() -> str:
-    h, t, w = HOLE_HALF, WALL_HALF_T, FIXTURE_HEIGHT / 2
-    walls = [(h + t, 0, t, h + 2 * t), (-(h + t), 0, t, h + 2 * t),
-             (0, h + t, h, t), (0, -(h + t), h, t)]
-    geoms = "\n".join(
-        f'      <geom name="hole_wall{i}" type="box" size="{sx} {sy} {w}" pos="{px} {py} {w}" '
-        f'rgba="0.35 0.55 0.35 1"/>' for i, (px, py, sx, sy) in enumerate(walls))
-    return f"""
-    <body name="hole" mocap="true" pos="0.45 0.15 0">
-{geoms}
-    </body>"""
 
 
 class PegInsertion(MjxTask):
@@ -61,20 +48,23 @@ class PegInsertion(MjxTask):
         self.peg_x_range, self.peg_y_range, self.peg_yaw_range = peg_x_range, peg_y_range, peg_yaw_range
         self.hole_x_range, self.hole_y_range = hole_x_range, hole_y_range
         self.hole_yaw_range = hole_yaw_range
-        bodies = (mjcf.arm("", (0, 0, 0)) + hole_fixture()
+        bodies = (mjcf.arm("", (0, 0, 0))
+                  + mjcf.tote("hole", HOLE_HALF, FIXTURE_HEIGHT, WALL_HALF_T, "0.35 0.55 0.35 1")
                   + mjcf.free_box("peg", PEG_HALF, peg_mass, "0.9 0.7 0.2 1"))
         pairs = "\n    ".join(
             [mjcf.gripper_pairs("", "peg", friction=1.0, torsion=None), '<pair geom1="peg" geom2="table"/>',
-             "\n    ".join(f'<pair geom1="hole_wall{i}" geom2="peg"/>' for i in range(4)),
+             mjcf.tote_pairs("hole", "peg"),
              '<pair geom1="pad_l" geom2="table"/>', '<pair geom1="pad_r" geom2="table"/>'])
         self.xml = mjcf.scene("PegInsertion", timestep, bodies, mjcf.arm_actuators(""), pairs)
         self.mj_model = mujoco.MjModel.from_xml_string(self.xml)
         self.arm = ArmIndex.build(self.mj_model, "")
+        self.arms = (self.arm,)
         m = self.mj_model
         self.peg_qpos = int(m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, "peg")])
         self.peg_body = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "peg")
         self.home_q = solve_home(m, self.arm, np.array(HOME_TCP), np.pi,
                                  np.array([0, 0.3, 1.5, 1.3, 0, 0]))
+        self.homes = (self.home_q,)
         self._setup_mjx()
 
     def _init_data(self, model: mjx.Model, key: jax.Array):
@@ -84,30 +74,19 @@ class PegInsertion(MjxTask):
                              jnp.float32(PEG_HALF[2])])
         hole = jnp.stack([u(ks[3], self.hole_x_range), u(ks[4], self.hole_y_range)])
         hole_yaw = u(ks[5], self.hole_yaw_range)
-        qpos = jnp.zeros(self.mj_model.nq)
-        qpos = qpos.at[self.arm.qpos].set(self.home_q)
-        qpos = qpos.at[self.arm.finger_qpos].set(mjcf.FINGER_OPEN * 0.9)
+        qpos = self._home_qpos(jnp.zeros(self.mj_model.nq))
         qpos = qpos.at[self.peg_qpos:self.peg_qpos + 3].set(peg_pos)
         qpos = qpos.at[self.peg_qpos + 3:self.peg_qpos + 7].set(yaw_quat(u(ks[2], self.peg_yaw_range)))
-        ctrl = self._ctrl_from_action(
-            jnp.concatenate([self.home_q, jnp.array([mjcf.FINGER_OPEN * 0.9])]))
         data = mjx.make_data(self.mj_model).replace(
-            qpos=qpos, ctrl=ctrl, mocap_pos=jnp.array([[hole[0], hole[1], 0.0]]),
+            qpos=qpos, ctrl=self._ctrl_from_action(self.home_action), mocap_pos=jnp.array([[hole[0], hole[1], 0.0]]),
             mocap_quat=yaw_quat(hole_yaw)[None])
         return data, {"hole": hole, "hole_yaw": hole_yaw}
 
-    def _ctrl_from_action(self, action):
-        return jnp.zeros(self.mj_model.nu).at[self.arm.ctrl].set(
-            jnp.concatenate([action[:6], action[6:7], action[6:7]]))
-
     def _observe(self, data, task):
-        q = data.qpos[self.arm.qpos]
-        qd = data.qvel[self.arm.dof]
-        grip = data.qpos[self.arm.finger_qpos].mean(keepdims=True)
-        tcp, _ = tcp_pose(data, self.arm)
+        proprio, (tcp,) = self._proprio(data)
         peg = data.xpos[self.peg_body]
         yaw4 = 4.0 * task["hole_yaw"]
-        return jnp.concatenate([q, qd, grip, tcp, peg, data.xquat[self.peg_body], peg - tcp,
+        return jnp.concatenate(proprio + [peg, data.xquat[self.peg_body], peg - tcp,
                                 task["hole"], jnp.stack([jnp.cos(yaw4), jnp.sin(yaw4)]),
                                 peg[:2] - task["hole"]]).astype(jnp.float32)
 
@@ -116,28 +95,6 @@ class PegInsertion(MjxTask):
         bottom = peg[2] - PEG_HALF[2]
         centred = jnp.linalg.norm(peg[:2] - task["hole"]) < HOLE_HALF
         return centred & (bottom < FIXTURE_HEIGHT - self.insert_depth)
-
-    @property
-    def action_size(self):
-        return 7
-
-    @property
-    def horizon(self):
-        return self.episode_length
-
-    @property
-    def action_obs_index(self) -> tuple[int, ...]:
-        """Observation index of the measured joint position behind each joint-target action
-        dim (-1 for the gripper command); BC bases may predict relative to it."""
-        return tuple(range(6)) + (-1,)
-
-    @property
-    def action_low(self):
-        return jnp.asarray(self.arm.low)
-
-    @property
-    def action_high(self):
-        return jnp.asarray(self.arm.high)
 
 
 class PegInsertionExpert(PickAndPlaceScript):

@@ -18,7 +18,7 @@ import numpy as np
 from mujoco import mjx
 
 from resfit_jax.envs import mjcf
-from resfit_jax.envs.mjx_env import ArmIndex, MjxTask, solve_home, tcp_pose, yaw_of, yaw_quat
+from resfit_jax.envs.mjx_env import ArmIndex, MjxTask, solve_home, yaw_of, yaw_quat
 from resfit_jax.envs.scripted import ExpertStyle, PickAndPlaceScript, PlaceTarget
 
 CUBE_HALF = 0.02
@@ -51,11 +51,13 @@ class PickPlace(MjxTask):
         self.xml = mjcf.scene("PickPlace", timestep, bodies, mjcf.arm_actuators(""), pairs)
         self.mj_model = mujoco.MjModel.from_xml_string(self.xml)
         self.arm = ArmIndex.build(self.mj_model, "")
+        self.arms = (self.arm,)
         m = self.mj_model
         self.cube_qpos = int(m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, "cube")])
         self.cube_body = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "cube")
         self.home_q = solve_home(m, self.arm, np.array(HOME_TCP), np.pi,
                                  np.array([0, 0.3, 1.5, 1.3, 0, 0]))
+        self.homes = (self.home_q,)
         self._setup_mjx()
 
     # -- task hooks -------------------------------------------------------------------------
@@ -65,28 +67,18 @@ class PickPlace(MjxTask):
         cube_pos = jnp.stack([u(k_cx, self.cube_x_range), u(k_cy, self.cube_y_range),
                               jnp.float32(CUBE_HALF)])
         tote = jnp.stack([u(k_tx, self.tote_x_range), u(k_ty, self.tote_y_range)])
-        qpos = jnp.zeros(self.mj_model.nq)
-        qpos = qpos.at[self.arm.qpos].set(self.home_q)
-        qpos = qpos.at[self.arm.finger_qpos].set(mjcf.FINGER_OPEN * 0.9)
+        qpos = self._home_qpos(jnp.zeros(self.mj_model.nq))
         qpos = qpos.at[self.cube_qpos:self.cube_qpos + 3].set(cube_pos)
         qpos = qpos.at[self.cube_qpos + 3:self.cube_qpos + 7].set(yaw_quat(u(k_yaw, self.cube_yaw_range)))
-        ctrl = self._ctrl_from_action(jnp.concatenate([self.home_q, jnp.array([mjcf.FINGER_OPEN * 0.9])]))
         data = mjx.make_data(self.mj_model).replace(
-            qpos=qpos, ctrl=ctrl, mocap_pos=jnp.array([[tote[0], tote[1], 0.0]]))
+            qpos=qpos, ctrl=self._ctrl_from_action(self.home_action), mocap_pos=jnp.array([[tote[0], tote[1], 0.0]]))
         return data, {"tote": tote}
 
-    def _ctrl_from_action(self, action):
-        return jnp.zeros(self.mj_model.nu).at[self.arm.ctrl].set(
-            jnp.concatenate([action[:6], action[6:7], action[6:7]]))
-
     def _observe(self, data, task):
-        q = data.qpos[self.arm.qpos]
-        qd = data.qvel[self.arm.dof]
-        grip = data.qpos[self.arm.finger_qpos].mean(keepdims=True)
-        tcp, _ = tcp_pose(data, self.arm)
+        proprio, (tcp,) = self._proprio(data)
         cube = data.xpos[self.cube_body]
         cube_quat = data.xquat[self.cube_body]
-        return jnp.concatenate([q, qd, grip, tcp, cube, cube_quat, cube - tcp, task["tote"]]
+        return jnp.concatenate(proprio + [cube, cube_quat, cube - tcp, task["tote"]]
                                ).astype(jnp.float32)
 
     def _success(self, data, task):
@@ -94,29 +86,6 @@ class PickPlace(MjxTask):
         inside = jnp.all(jnp.abs(cube[:2] - task["tote"]) < TOTE_INNER_HALF - CUBE_HALF + 0.005)
         resting = cube[2] < CUBE_HALF + 0.005
         return inside & resting
-
-    # -- sizes ------------------------------------------------------------------------------
-    @property
-    def action_size(self):
-        return 7
-
-    @property
-    def horizon(self):
-        return self.episode_length
-
-    @property
-    def action_obs_index(self) -> tuple[int, ...]:
-        """Observation index of the measured joint position behind each joint-target action
-        dim (-1 for the gripper command); BC bases may predict relative to it."""
-        return tuple(range(6)) + (-1,)
-
-    @property
-    def action_low(self):
-        return jnp.asarray(self.arm.low)
-
-    @property
-    def action_high(self):
-        return jnp.asarray(self.arm.high)
 
 
 class PickPlaceExpert(PickAndPlaceScript):
