@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66,<5",
     "tensorboardX>=2.6,<3",
     "numpy>=2.0,<3",
+    "matplotlib>=3.9,<4",  # experiments/plot.py and the quick start's learning curves
 ]
 
 setup(

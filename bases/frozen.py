@@ -79,3 +79,25 @@ def load_base(directory: str, obs_dim: int | None = None, action_dim: int | None
     base = ChunkedBase(lambda obs: predict(params, obs), info["action_dim"], config.chunk_size,
                        execution_horizon or config.execution_horizon, temporal_ensemble)
     return base, dict(info, params=params)
+
+
+def open_base(path: str, obs_dim: int, action_dim: int, execution_horizon: int | None = None
+              ) -> tuple[ChunkedBase, dict]:
+    """A base from either format: a train_bc checkpoint directory (``base_info.json``), a
+    jax.export directory (``base.json``), or a train_bc run directory holding either.
+    Returns (base, info); info["demos"] is the base's demo dataset when known."""
+    from resfit_jax.base_policy import METADATA_FILE, load_exported_base
+
+    path = os.path.abspath(path)
+    for candidate in (path, os.path.join(path, "checkpoint"), os.path.join(path, "export")):
+        if os.path.exists(os.path.join(candidate, INFO_FILE)):
+            base, info = load_base(candidate, obs_dim, action_dim, execution_horizon)
+            return base, dict(info, format="checkpoint", path=candidate)
+        if os.path.exists(os.path.join(candidate, METADATA_FILE)):
+            base = load_exported_base(candidate, obs_dim, action_dim, execution_horizon)
+            with open(os.path.join(candidate, METADATA_FILE)) as f:
+                info = json.load(f)
+            return base, dict(info, format="export", path=candidate)
+    raise FileNotFoundError(f"No base at {path}: expected a train_bc checkpoint "
+                            f"({INFO_FILE}) or export ({METADATA_FILE}) directory; train one "
+                            "with `python -m experiments.train_bc --task=<task>`.")

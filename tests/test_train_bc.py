@@ -1,4 +1,5 @@
-"""experiments/train_bc.py end to end on PointReach (pure JAX, fast): demos are generated,
+"""The BC pipeline (bases.pipeline.train_bc, behind experiments/train_bc.py) end to end on
+PointReach (pure JAX, fast): demos are generated,
 the BC base learns the task, the best checkpoint, metrics, summary and export are written,
 and the exported base reproduces the checkpointed one."""
 import json
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from bases.frozen import load_base
-from experiments.train_bc import train_bc
+from bases.pipeline import train_bc
 from resfit_jax.base_policy import load_exported_base
 
 

@@ -151,15 +151,21 @@ class SimLoop:
 
     def critic_warmup(self, ls: LoopState, offline: ReplayState | None, num_updates: int
                       ) -> tuple[LoopState, dict]:
-        """num_updates critic-only steps on fresh symmetric batches (no target noise)."""
+        """num_updates critic-only steps (no target noise), each on a fresh symmetric batch
+        sampled inside the scan (memory stays one batch, whatever num_updates is)."""
         cfg = self.learner.config
+
+        def one(learner_state, key):
+            on, off = sample_symmetric(key, self.buffer, ls.replay_state,
+                                       self.buffer if offline is not None else None, offline,
+                                       1, cfg.batch_size,
+                                       cfg.offline_fraction if offline is not None else 0.0)
+            return self.learner.critic_warmup(learner_state, on, off)
+
         key, k = jax.random.split(ls.key)
-        on, off = sample_symmetric(k, self.buffer, ls.replay_state,
-                                   self.buffer if offline is not None else None, offline,
-                                   num_updates, cfg.batch_size,
-                                   cfg.offline_fraction if offline is not None else 0.0)
-        learner_state, metrics = self.learner.critic_warmup(ls.learner_state, on, off)
-        return ls.replace(learner_state=learner_state, key=key), metrics
+        learner_state, metrics = jax.lax.scan(one, ls.learner_state,
+                                              jax.random.split(k, num_updates))
+        return ls.replace(learner_state=learner_state, key=key), jax.tree.map(jnp.mean, metrics)
 
     def train(self, ls: LoopState, offline: ReplayState | None, num_steps: int
               ) -> tuple[LoopState, dict]:

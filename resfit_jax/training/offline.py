@@ -1,0 +1,100 @@
+"""The offline (demo) buffer: RLDS demo episodes relabelled with the frozen base's own actions.
+
+Each stored n-step transition holds the demo's action (normalized) as ``action`` and the base
+policy's action on the same demo frame as ``base_action``, so the critic learns the value of
+the demonstrated combined action and the target uses the base's action on the next frame.
+
+The base runs over every demo episode from a fresh state (its chunk queue starts empty at
+each demo's first frame: the fix of the public release, which carried queues across demo
+boundaries). Reward is the episode's own sparse reward (1 on the final transition of a
+successful demo) and the transition is terminal only there; a failed demo (kept with
+``keep_failures`` at collection time) ends as a time-limit truncation.
+
+All N episodes are processed as N parallel streams inside one jitted ``lax.scan`` over time
+(padded to the longest episode), with the same ``NStepWriter`` the online loop uses.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resfit_jax.base_policy import BasePolicy
+from resfit_jax.data.rlds import Episode
+from resfit_jax.normalization import ActionScaler
+from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayState, transition_spec
+
+
+def pad_episodes(episodes: Sequence[Episode]) -> dict[str, np.ndarray]:
+    """Stack episodes, padded to the longest: observation [N, T+1, O], action [N, T, A],
+    reward [N, T], terminal [N, T] (is_terminal of the frame after each action), length [N]."""
+    if not episodes:
+        raise ValueError("offline buffer: no demo episodes given.")
+    for ep in episodes:
+        ep.validate()
+    dims = {(ep.observation.shape[1], ep.action.shape[1]) for ep in episodes}
+    if len(dims) != 1:
+        raise ValueError(f"offline buffer: demo episodes have mixed (obs, action) sizes {dims}.")
+    (o, a), = dims
+    n, t = len(episodes), max(ep.num_actions for ep in episodes)
+    out = {"observation": np.zeros((n, t + 1, o), np.float32),
+           "action": np.zeros((n, t, a), np.float32),
+           "reward": np.zeros((n, t), np.float32),
+           "terminal": np.zeros((n, t), bool),
+           "length": np.zeros((n,), np.int32)}
+    for i, ep in enumerate(episodes):
+        m = ep.num_actions
+        out["observation"][i, :m + 1] = ep.observation
+        out["observation"][i, m + 1:] = ep.observation[-1]
+        out["action"][i, :m] = ep.action[:m]
+        out["reward"][i, :m] = ep.reward[:m]
+        out["terminal"][i, :m] = ep.is_terminal[1:m + 1]
+        out["length"][i] = m
+    return out
+
+
+def relabel_demos(padded: dict[str, jax.Array], base: BasePolicy, scaler: ActionScaler,
+                  writer: NStepWriter, buffer: ReplayBuffer) -> ReplayState:
+    """Jittable: padded episodes (see ``pad_episodes``) -> a filled offline ReplayState."""
+    obs, act = padded["observation"], padded["action"]
+    n, t = act.shape[0], act.shape[1]
+    if base.action_dim != act.shape[-1]:
+        raise ValueError(f"offline buffer: the base's action size ({base.action_dim}) does not "
+                         f"match the demos' ({act.shape[-1]}).")
+    norm = lambda a: jnp.clip(scaler.normalize(a), -1.0, 1.0)
+    spec = jax.ShapeDtypeStruct(obs.shape[2:], obs.dtype)
+    state = buffer.init(transition_spec(spec, act.shape[-1]))
+    bstate = base.init_state(n)
+    a_b, bstate = base.step(bstate, obs[:, 0])
+    wstate = writer.init(n, spec, act.shape[-1])
+
+    def body(carry, i):
+        rstate, wstate, bstate, a_b = carry
+        active = i < padded["length"]
+        last = i == padded["length"] - 1
+        terminal = last & padded["terminal"][:, i]
+        a_next, bstate = base.step(bstate, obs[:, i + 1])
+        wstate, cands, valid = writer.step(wstate, obs[:, i], norm(a_b), norm(act[:, i]),
+                                           padded["reward"][:, i], obs[:, i + 1], norm(a_next),
+                                           terminal, last & ~terminal)
+        rstate = buffer.add(rstate, cands, valid & active[:, None])
+        return (rstate, wstate, bstate, a_next), None
+
+    (state, _, _, _), _ = jax.lax.scan(body, (state, wstate, bstate, a_b), jnp.arange(t))
+    return state
+
+
+def offline_buffer(episodes: Sequence[Episode], base: BasePolicy, scaler: ActionScaler,
+                   writer: NStepWriter) -> tuple[ReplayBuffer, ReplayState]:
+    """Host entry point: demo episodes -> (ReplayBuffer sized to fit, filled ReplayState)."""
+    padded = pad_episodes(episodes)
+    capacity = int(padded["length"].sum())
+    buffer = ReplayBuffer(capacity)
+    state = jax.jit(lambda p: relabel_demos(p, base, scaler, writer, buffer))(
+        jax.tree.map(jnp.asarray, padded))
+    if int(state.size) != capacity:
+        raise AssertionError(f"offline buffer: stored {int(state.size)} transitions for "
+                             f"{capacity} demo steps.")
+    return buffer, state
