@@ -55,8 +55,15 @@ class RunCheckpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    @staticmethod
+    def _flat(tree: PyTree) -> dict[str, Any]:
+        """Leaves by index; zero-size leaves (e.g. MJX's empty act) are left out (orbax cannot
+        store them) and come back from the template."""
+        leaves = jax.tree.leaves(to_storable(tree))
+        return {f"{i:06d}": x for i, x in enumerate(leaves) if np.size(x) > 0}
+
     def save(self, step: int, state: PyTree, progress: dict) -> None:
-        stored = jax.tree.map(np.asarray, to_storable(state))
+        stored = {k: np.asarray(v) for k, v in self._flat(state).items()}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(stored),
                                                         progress=ocp.args.JsonSave(progress)),
                           force=True)
@@ -67,15 +74,24 @@ class RunCheckpointer:
         if step is None:
             raise FileNotFoundError(f"No run checkpoint under {self.directory}; start without "
                                     "--resume or point --out at the run to continue.")
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype),
-                                to_storable(template))
+        abstract = {k: jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+                    for k, x in self._flat(template).items()}
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises several types for missing / corrupt files
             raise ValueError(f"Run checkpoint step {step} in {self.directory} could not be read "
                              f"(corrupted, or written by a different configuration): {e}") from e
-        return from_storable(out["state"], template), dict(out["progress"])
+        for k, want in abstract.items():
+            got = out["state"][k]
+            if np.shape(got) != want.shape or np.asarray(got).dtype != want.dtype:
+                raise ValueError(f"Run checkpoint step {step} in {self.directory} does not match "
+                                 f"this configuration: leaf {k} is {np.asarray(got).dtype}"
+                                 f"{list(np.shape(got))}, expected {want.dtype}{list(want.shape)}"
+                                 ". Resume with the flags the run was started with.")
+        leaves, treedef = jax.tree.flatten(to_storable(template))
+        stored = [out["state"].get(f"{i:06d}", x) for i, x in enumerate(leaves)]
+        return from_storable(jax.tree.unflatten(treedef, stored), template), dict(out["progress"])
 
     def close(self) -> None:
         self.manager.close()

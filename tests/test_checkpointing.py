@@ -1,0 +1,48 @@
+"""Run checkpoints: exact round trip of typed keys, zero-size leaves and dtypes; clear errors."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resfit_jax.checkpointing import RunCheckpointer, to_storable
+
+
+def _tree(seed):
+    return {"key": jax.random.key(seed), "keys": jax.random.split(jax.random.key(seed), 3),
+            "empty": jnp.zeros((4, 0)), "f": jax.random.normal(jax.random.key(seed), (5, 2)),
+            "i": jnp.arange(3, dtype=jnp.int32), "b": jnp.array([True, False]),
+            "u8": jnp.arange(4, dtype=jnp.uint8)}
+
+
+def test_round_trip_is_exact(tmp_path):
+    ckpt = RunCheckpointer(str(tmp_path))
+    ckpt.save(1, _tree(0), {"phase": "train", "n": 3})
+    ckpt.save(2, _tree(1), {"phase": "done", "n": 4})
+    restored, progress = ckpt.restore(_tree(7))
+    assert progress == {"phase": "done", "n": 4}
+    jax.tree.map(np.testing.assert_array_equal, to_storable(restored), to_storable(_tree(1)))
+    assert jax.random.key_impl(restored["key"]) == jax.random.key_impl(_tree(1)["key"])
+    assert restored["u8"].dtype == jnp.uint8 and restored["empty"].shape == (4, 0)
+    older, _ = ckpt.restore(_tree(7), step=1)
+    np.testing.assert_array_equal(older["f"], _tree(0)["f"])
+
+
+def test_missing_and_corrupted_checkpoints_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No run checkpoint"):
+        RunCheckpointer(str(tmp_path / "none")).restore(_tree(0))
+    ckpt = RunCheckpointer(str(tmp_path / "run"))
+    ckpt.save(1, _tree(0), {})
+    for root, _, files in os.walk(ckpt.directory):
+        for name in files:
+            if "state" in root and not name.startswith("_"):
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    with pytest.raises(ValueError, match="could not be read"):
+        ckpt.restore(_tree(0))
+    wrong = dict(_tree(0), f=jnp.zeros((6, 2)))
+    fresh = RunCheckpointer(str(tmp_path / "run2"))
+    fresh.save(1, _tree(0), {})
+    with pytest.raises(ValueError, match=r"could not be read|does not match this configuration"):
+        fresh.restore(wrong)

@@ -1,0 +1,193 @@
+"""Residual training driver on PointReach (fast): every phase, exact resume, exact-N evaluation
+with matched base episodes, the relabelled demo buffer, config presets and overrides."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resfit_jax import envs
+from resfit_jax.base_policy import ChunkedBase, FunctionBase
+from resfit_jax.checkpointing import to_storable
+from resfit_jax.data.demos import collect_episodes, make_rollout
+from resfit_jax.data.rlds import Episode
+from resfit_jax.envs.core import EpisodeWrapper, VmapWrapper
+from resfit_jax.envs.point_reach import biased_base_action
+from resfit_jax.normalization import ActionScaler
+from resfit_jax.replay import NStepWriter, ReplayBuffer
+from resfit_jax.residual_td3 import ResidualTD3Config
+from resfit_jax.training.config import TrainConfig, apply_overrides, preset
+from resfit_jax.training.logger import read_metrics
+from resfit_jax.training.offline import pad_episodes, relabel_demos
+from resfit_jax.training.trainer import make_trainer, results_table, train_residual
+
+TASK = envs.PointReach(episode_length=20)
+LEARNER = ResidualTD3Config(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32),
+                            num_critics=4, batch_size=32, utd=2, actor_lr=1e-4)
+CFG = TrainConfig(learner=LEARNER, num_envs=4, warmup_env_steps=64, critic_warmup_updates=20,
+                  critic_warmup_chunk=10, total_env_steps=192, steps_per_chunk=8,
+                  eval_every=64, eval_episodes=13, replay_capacity=2048)
+
+
+@pytest.fixture(scope="module")
+def demos():
+    expert = envs.make_expert("PointReach", TASK, envs.ExpertStyle())
+    eps, _ = collect_episodes(make_rollout(TASK, expert.init, expert.act), 12, 12)
+    return eps
+
+
+@pytest.fixture(scope="module")
+def trainer(demos):
+    return make_trainer(TASK, FunctionBase(biased_base_action, 2), demos, CFG, seeds=[0, 1])
+
+
+@pytest.fixture(scope="module")
+def full_run(trainer, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("full"))
+    return out, train_residual(trainer, out, progress=False, task_name="PointReach")
+
+
+def test_short_run_goes_through_every_phase(full_run):
+    out, summary = full_run
+    assert summary["complete"] and summary["seeds"] == [0, 1]
+    assert summary["env_steps"] == CFG.train_chunks * CFG.env_steps_per_chunk == 192
+    assert summary["warmup_env_steps"] == 64
+    rows = read_metrics(out)
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"warmup", "critic_warmup", "train", "eval"}
+    for seed in (0, 1):
+        mine = [r for r in rows if r["seed"] == seed]
+        assert sum(r["kind"] == "warmup" for r in mine) == CFG.warmup_chunks == 2
+        assert sum(r["kind"] == "critic_warmup" for r in mine) == 2
+        assert sum(r["kind"] == "train" for r in mine) == CFG.train_chunks == 6
+        evals = [r for r in mine if r["kind"] == "eval"]
+        assert [r["env_steps"] for r in evals] == [0, 64, 128, 192]
+        assert all(r["episodes"] == CFG.eval_episodes for r in evals)
+        assert all(np.isfinite(r["critic_loss"]) for r in mine if r["kind"] == "train")
+    ls = summary["loop_state"]
+    # every collected env step became a transition (minus the open n-step windows)
+    size = np.asarray(ls.replay_state.size)
+    assert np.all(size <= 64 + 192) and np.all(size >= 64 + 192 - 4 * CFG.learner.n_step)
+    assert np.asarray(ls.learner_state.critic_steps).tolist() == [20 + 48 * 2] * 2
+    # the two seeds are different runs
+    leaves = jax.tree.leaves(ls.learner_state.critic_params)
+    assert any(not np.allclose(x[0], x[1]) for x in leaves)
+    for name in ("config.json", "summary.json", "metrics.jsonl"):
+        assert os.path.exists(os.path.join(out, name))
+    assert sorted(os.listdir(os.path.join(out, "tb"))) == ["seed_0", "seed_1"]
+    assert "PointReach" in results_table(summary)
+
+
+def test_resume_equals_uninterrupted_run(trainer, full_run, tmp_path):
+    _, full = full_run
+    out = str(tmp_path / "staged")
+    first = train_residual(trainer, out, progress=False, stop_at_env_steps=64)
+    assert not first["complete"] and first["env_steps"] == 64
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_residual(trainer, out, progress=False)
+    resumed = train_residual(trainer, out, resume=True, progress=False)
+    assert resumed["complete"]
+    a, b = to_storable(full["loop_state"]), to_storable(resumed["loop_state"])
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert full["resfit"] == resumed["resfit"]
+    # the metrics file holds each row once
+    rows = read_metrics(out)
+    evals = [(r["seed"], r["env_steps"]) for r in rows if r["kind"] == "eval"]
+    assert len(evals) == len(set(evals)) == 8
+
+
+def test_resume_with_a_different_config_is_refused(demos, full_run):
+    out, _ = full_run
+    other = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos,
+                         CFG.replace(eval_episodes=14), seeds=[0, 1])
+    with pytest.raises(ValueError, match="different config"):
+        train_residual(other, out, resume=True, progress=False)
+
+
+def test_base_only_evaluation_equals_the_base_rolled_out_by_hand(trainer):
+    """The trainer's base evaluation: exactly N episodes, same successes and lengths as a plain
+    step-by-step rollout of the base on the same initial states."""
+    ev = jax.device_get(trainer.evaluate_base(trainer.eval_keys()))
+    n = CFG.eval_episodes
+    assert ev["success"].shape == (2, n)
+    for i, key in enumerate(trainer.eval_keys()):
+        env = VmapWrapper(EpisodeWrapper(TASK), n)
+        s = env.reset(key)
+        succ, length, done = np.zeros(n, bool), np.zeros(n, int), np.zeros(n, bool)
+        for _ in range(TASK.horizon):
+            raw = biased_base_action(s.obs)
+            a = trainer.loop.scaler.unnormalize(trainer.loop.normalize_base(raw))
+            s = env.step(s, a)
+            ended = np.asarray(s.done) & ~done
+            succ |= ended & np.asarray(s.info["success"])
+            length = np.where(ended, np.asarray(s.info["steps"]), length)
+            done |= np.asarray(s.done)
+        np.testing.assert_array_equal(ev["success"][i], succ)
+        np.testing.assert_array_equal(ev["length"][i], length)
+        assert 0 < succ.mean() < 1
+
+
+def _episode(obs_values, success):
+    t = len(obs_values) - 1
+    obs = np.repeat(np.asarray(obs_values, np.float32)[:, None], 4, axis=1)
+    return Episode.from_rollout(obs, np.full((t, 2), 0.5, np.float32), success)
+
+
+def test_demo_buffer_relabels_with_a_fresh_base_queue_per_episode():
+    """Chunk K = 3 whose actions carry the observation at which the chunk was predicted: the
+    stored base action of frame t is that of frame 3 * (t // 3) of the SAME demo."""
+    k = 3
+    base = ChunkedBase(lambda o: jnp.repeat(o[:, None, :2], k, axis=1), 2, k)
+    eps = [_episode(np.arange(100, 108), True), _episode(np.arange(200, 205), False),
+           _episode(np.arange(300, 306), True)]
+    scaler = ActionScaler(center=jnp.zeros(2), half_range=jnp.full(2, 1000.0))
+    writer = NStepWriter(n=2, gamma=0.9)
+    padded = jax.tree.map(jnp.asarray, pad_episodes(eps))
+    buf = ReplayBuffer(int(padded["length"].sum()))
+    state = jax.jit(lambda p: relabel_demos(p, base, scaler, writer, buf))(padded)
+    assert int(state.size) == 7 + 4 + 5
+    d = jax.tree.map(np.asarray, state.data)
+    raw_obs = d.obs[:, 0]
+    episode = (raw_obs // 100).astype(int)
+    t = (raw_obs % 100).astype(int)
+    np.testing.assert_allclose(d.base_action[:, 0] * 1000, episode * 100 + k * (t // k), rtol=0,
+                               atol=1e-3)
+    nt = (d.next_obs[:, 0] % 100).astype(int)
+    np.testing.assert_allclose(d.next_base_action[:, 0] * 1000, episode * 100 + k * (nt // k),
+                               atol=1e-3)
+    np.testing.assert_allclose(d.action, 0.5 / 1000)
+    # reward 1 on the final transition of the successful demos only; terminal only there
+    last = {1: 7, 2: 4, 3: 5}
+    ends_at_last = nt == np.vectorize(last.get)(episode)
+    success = np.isin(episode, [1, 3])
+    expect_r = np.where(ends_at_last & success, np.where(t == nt - 1, 1.0, 0.9), 0.0)
+    np.testing.assert_allclose(d.reward, expect_r, atol=1e-6)
+    np.testing.assert_array_equal(d.nonterminal == 0, ends_at_last & success)
+
+
+def test_presets_and_overrides():
+    cpu, paper = preset("PickPlace", "cpu"), preset("BimanualHandover", "paper")
+    assert cpu.learner.critic_hidden_dims == (256, 256) and cpu.num_envs == 16
+    assert cpu.critic_steps_per_env_step == pytest.approx(0.25)
+    assert paper.learner.critic_hidden_dims == (1024, 1024) and paper.num_envs == 1
+    assert paper.learner.action_scale == 0.2 and paper.learner.actor_lr == 5e-6
+    assert paper.critic_steps_per_env_step == 4 and paper.total_env_steps == 500_000
+    cfg = apply_overrides(cpu, ["num_envs=32", "learner.utd=8", "learner.critic_hidden_dims=512,512",
+                                "learner.target_noise=false", "learner.gamma=1"])
+    assert (cfg.num_envs, cfg.learner.utd, cfg.learner.critic_hidden_dims) == (32, 8, (512, 512))
+    assert cfg.learner.target_noise is False and cfg.learner.gamma == 1.0
+    with pytest.raises(ValueError, match="has no field 'utdd'"):
+        apply_overrides(cpu, ["learner.utdd=3"])
+    with pytest.raises(ValueError, match="expected int"):
+        apply_overrides(cpu, ["num_envs=many"])
+    with pytest.raises(ValueError, match="num_envs must be >= 1"):
+        apply_overrides(cpu, ["num_envs=0"])
+    with pytest.raises(ValueError, match="No residual-training preset"):
+        preset("Cartwheel")
+
+
+def test_wrong_base_action_size_is_rejected(demos):
+    bad = FunctionBase(lambda o: jnp.zeros(o.shape[:-1] + (3,)), 3)
+    with pytest.raises(ValueError, match=r"base policy's action size \(3\) does not match"):
+        make_trainer(TASK, bad, demos, CFG, seeds=[0])
