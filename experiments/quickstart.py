@@ -1,104 +1,74 @@
-"""Quick start: make a biased base better with residual TD3, end to end, on a laptop CPU.
+"""Quick start, the main job end to end on a laptop CPU: demos -> BC base -> ResFiT residual.
 
-    python -m experiments.quickstart                 # PointReach, CPU preset, ~80 s on 2 cores
+    python -m experiments.quickstart                     # PickPlace, CPU preset, 1 seed
 
-Pipeline: expert demos (relabelled with the base's own actions) -> warm-up collection (base +
-uniform residual noise) -> critic warm-up -> main loop (act, store, update on 50/50 online +
-demo batches) -> evaluation of the base alone and base + residual on the same episodes.
-Until the MJX manipulation tasks and trained BC bases land, the task is PointReach with a
-scripted, deliberately biased base (about 45% success).
+1. 30 noisy scripted-expert demos of PickPlace (RLDS, <out>/demos);
+2. an ACT-style BC base trained on them, best checkpoint by success (<out>/bc);
+3. residual TD3 on top of the frozen base in 16 MJX envs: warm-up collection, critic
+   warm-up, main loop with evaluations every ~10k env steps (<out>/residual);
+4. a "BC vs ResFiT" table (success and mean steps of successful episodes on the same
+   evaluation episodes) and learning curves (<out>/residual/curves.png).
+Each stage is skipped when its output exists, and an interrupted residual run continues from
+its last checkpoint, so re-running the command picks up where it stopped.
 """
 from __future__ import annotations
 
-import dataclasses
+import os
 import time
 
-import jax
-from absl import app
-from tqdm import tqdm
+from absl import app, flags
 
-from resfit_jax.base_policy import FunctionBase
-from resfit_jax.envs import PointReach
-from resfit_jax.envs.point_reach import biased_base_action, expert_action
-from resfit_jax.normalization import ActionScaler
-from resfit_jax.replay import ReplayBuffer
-from resfit_jax.residual_td3 import PRESETS, make_learner
-from resfit_jax.training.evaluation import wilson_interval
-from resfit_jax.training.sim_loop import SimLoop, fill_from_policy
+FLAGS = flags.FLAGS
+flags.DEFINE_string("task", "PickPlace", "Task (a registered manipulation task).")
+flags.DEFINE_string("out", os.path.join("runs", "quickstart"), "Output directory.")
+flags.DEFINE_integer("seeds", 1, "Residual seeds (vmapped in one process).")
+flags.DEFINE_integer("demo_episodes", 30, "Expert demos for BC and the offline buffer.")
+flags.DEFINE_multi_string("override", [], "Residual config overrides, e.g. total_env_steps=50000.")
 
 
-@dataclasses.dataclass(frozen=True)
-class QuickstartConfig:
-    preset: str = "cpu"
-    num_envs: int = 16
-    demo_envs: int = 16
-    demo_steps: int = 200          # vector steps of expert rollouts (~60 demos)
-    warmup_steps: int = 60         # vector steps of base + uniform noise (~1k env steps)
-    critic_warmup: int = 500       # critic-only updates
-    train_chunks: int = 12         # chunks of chunk_steps vector steps
-    chunk_steps: int = 100
-    eval_episodes: int = 200
-    replay_capacity: int = 50_000
-    seed: int = 0
+def main(argv):
+    del argv
+    from bases.frozen import open_base
+    from bases.pipeline import train_bc
+    from resfit_jax import envs
+    from resfit_jax.compile_cache import enable_compilation_cache
+    from resfit_jax.data import read_episodes
+    from resfit_jax.data.demos import make_demos
+    from resfit_jax.training.config import apply_overrides, preset
+    from resfit_jax.training.plotting import plot_runs
+    from resfit_jax.training.trainer import make_trainer, results_table, train_residual
 
-
-def run(cfg: QuickstartConfig, progress: bool = False) -> dict:
-    """Run the pipeline; returns base / residual eval dicts and per-chunk training history."""
-    task = PointReach()
-    base = FunctionBase(biased_base_action, task.action_size)
-    lcfg = PRESETS[cfg.preset]()
-    scaler = ActionScaler.from_bounds(task.action_low, task.action_high, lcfg.action_scale)
-    learner = make_learner(lcfg, task.observation_spec, task.action_size)
-    loop = SimLoop(task, base, learner, scaler, num_envs=cfg.num_envs,
-                   replay_capacity=cfg.replay_capacity)
-    keys = jax.random.split(jax.random.key(cfg.seed), 5)
-
-    def demo_policy(k, obs):
-        return expert_action(obs) + 0.1 * jax.random.normal(k, obs.shape[:-1] + (task.action_size,))
-
-    offline = jax.jit(lambda k: fill_from_policy(
-        ReplayBuffer(20_000), loop.writer, task, base, scaler, demo_policy, k,
-        cfg.demo_envs, cfg.demo_steps))(keys[0])
-    evaluate = jax.jit(loop.evaluate, static_argnums=2)
-    base_eval = evaluate(None, keys[1], cfg.eval_episodes)
-    ls = loop.init(keys[2], learner.init(keys[3]))
-    ls, _ = jax.jit(loop.warmup, static_argnums=1)(ls, cfg.warmup_steps)
-    ls, _ = jax.jit(loop.critic_warmup, static_argnums=2)(ls, offline, cfg.critic_warmup)
-    train = jax.jit(loop.train, static_argnums=2)
-    history = []
-    bar = tqdm(range(cfg.train_chunks), desc="residual TD3", disable=not progress)
-    for _ in bar:
-        ls, stats = train(ls, offline, cfg.chunk_steps)
-        rate = float(stats["successes"]) / max(float(stats["episodes"]), 1.0)
-        history.append({"env_steps": int(ls.env_steps), "train_success": rate,
-                        "critic_loss": float(stats["critic_loss"]), "q_mean": float(stats["q_mean"]),
-                        "residual_abs_mean": float(stats["residual_abs_mean"])})
-        bar.set_postfix(env_steps=int(ls.env_steps), train_success=f"{rate:.2f}")
-    final = evaluate(ls.learner_state, keys[1], cfg.eval_episodes)
-    return {"base": base_eval, "residual": final, "history": history,
-            "env_steps": int(ls.env_steps), "learner_state": ls.learner_state}
-
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate p over n episodes."""
-    return wilson_interval(round(p * n), n, z)
-
-
-def main(_):
-    cfg = QuickstartConfig()
-    print("Resolved config:", cfg)
+    enable_compilation_cache()
     t0 = time.time()
-    out = run(cfg, progress=True)
-    n = cfg.eval_episodes
-    print(f"\nPointReach, {n} matched evaluation episodes, {out['env_steps']} training env steps, "
-          f"{time.time() - t0:.0f} s on {jax.default_backend()}")
-    print(f"{'policy':<10}{'success':>9}{'95% CI':>16}{'mean steps (successes)':>25}")
-    for name in ("base", "residual"):
-        e = out[name]
-        p = float(e["success_rate"])
-        lo, hi = wilson(p, n)
-        label = "BC base" if name == "base" else "ResFiT"
-        print(f"{label:<10}{p:>9.1%}{f'[{lo:.2f}, {hi:.2f}]':>16}{float(e['mean_success_length']):>25.1f}")
+    task_name, out = FLAGS.task, os.path.abspath(FLAGS.out)
+    demos_root = os.path.join(out, "demos")
+    demos = os.path.join(demos_root, "resfit_demos", "1.0.0")
+    if os.path.exists(os.path.join(demos, "dataset_info.json")):
+        print(f"[1/3] demos: reusing {demos}")
+    else:
+        print(f"[1/3] demos: {FLAGS.demo_episodes} noisy expert episodes of {task_name}")
+        demos, _ = make_demos(task_name, FLAGS.demo_episodes, 1.0, demos_root, seed=1000)
+    bc_dir = os.path.join(out, "bc")
+    if os.path.exists(os.path.join(bc_dir, "summary.json")):
+        print(f"[2/3] BC base: reusing {bc_dir}")
+    else:
+        print("[2/3] BC base: ACT chunk policy, CPU preset")
+        train_bc(task_name, bc_dir, demos)
+    task = envs.make(task_name)
+    base, _ = open_base(bc_dir, int(task.observation_spec.shape[0]), task.action_size)
+    cfg = apply_overrides(preset(task_name, "cpu"), FLAGS.override)
+    print(f"[3/3] ResFiT residual, CPU preset: {cfg}")
+    trainer = make_trainer(task, base, read_episodes(demos), cfg, list(range(FLAGS.seeds)))
+    res_dir = os.path.join(out, "residual")
+    resume = os.path.isdir(os.path.join(res_dir, "checkpoints"))
+    summary = train_residual(trainer, res_dir, resume=resume, task_name=task_name,
+                             extra_info={"base": bc_dir, "demos": demos, "scale": "cpu"})
+    png = os.path.join(res_dir, "curves.png")
+    plot_runs([res_dir], png, labels=["ResFiT"], title=f"{task_name}: ResFiT on a BC base")
+    print()
+    print(results_table(summary))
+    print(f"\nLearning curves: {png}\nTotal wall clock: {(time.time() - t0) / 60:.1f} min "
+          f"on {os.cpu_count()} CPU cores")
 
 
 if __name__ == "__main__":

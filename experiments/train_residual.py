@@ -37,10 +37,12 @@ def main(argv):
     del argv
     from bases.frozen import open_base
     from resfit_jax import envs
+    from resfit_jax.compile_cache import enable_compilation_cache
     from resfit_jax.data import read_episodes
     from resfit_jax.training.config import apply_overrides, preset
     from resfit_jax.training.trainer import make_trainer, results_table, train_residual
 
+    enable_compilation_cache()
     task = envs.make(FLAGS.task)
     cfg = apply_overrides(preset(FLAGS.task, FLAGS.scale), FLAGS.override)
     print(f"Resolved config ({FLAGS.task}, {FLAGS.scale}): {cfg}")
