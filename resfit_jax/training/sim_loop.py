@@ -18,7 +18,7 @@ again on the first observation of the new episode.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -216,53 +216,3 @@ class SimLoop:
                 "success_rate": success.mean(),
                 "mean_success_length": jnp.where(
                     n_succ > 0, jnp.where(success, length, 0).sum() / jnp.maximum(n_succ, 1), jnp.nan)}
-
-
-def fill_from_policy(buffer: ReplayBuffer, writer: NStepWriter, task: Env, base: BasePolicy,
-                     scaler: ActionScaler, policy: Callable[[jax.Array, PyTree], jax.Array],
-                     key: jax.Array, num_envs: int, num_steps: int,
-                     only_success: bool = True) -> ReplayState:
-    """Roll out ``policy(key, obs [E, ...]) -> raw action [E, A]`` and store n-step transitions
-    (action = the policy's normalized action, base_action = the frozen base's own action on
-    the same frame, with the base reset at every episode boundary) into a fresh buffer.
-
-    With only_success, transitions of episodes that did not succeed are dropped (demos).
-    Returns the filled ReplayState. Meant to build an offline (demo) buffer in simulation.
-    """
-    env = VmapWrapper(AutoReset(task), num_envs)
-    spec = task.observation_spec
-    state = buffer.init(transition_spec(spec, task.action_size))
-    k_env, key = jax.random.split(key)
-    s = env.reset(k_env)
-    bstate = base.init_state(num_envs)
-    norm = lambda a: jnp.clip(scaler.normalize(a), -1.0, 1.0)
-    # buffer the episode in progress per env; commit it only if it succeeded
-    ep_len = task.horizon
-    ep = transition_spec(spec, task.action_size)
-    pending = jax.tree.map(lambda x: jnp.zeros((num_envs, ep_len, writer.n) + x.shape, x.dtype), ep)
-    pending_valid = jnp.zeros((num_envs, ep_len, writer.n), bool)
-    wstate = writer.init(num_envs, spec, task.action_size)
-
-    def body(carry, k):
-        s, bstate, wstate, rstate, pending, pending_valid = carry
-        a_b_raw, bstate = base.step(bstate, s.obs)
-        act = norm(policy(k, s.obs))
-        s2 = env.step(s, scaler.unnormalize(act))
-        done, final_obs, truncated = s2.done, s2.info["final_obs"], s2.info["truncated"]
-        a_next_raw, _ = base.step(bstate, final_obs)
-        bstate = base.reset(bstate, done)
-        wstate, cands, valid = writer.step(wstate, s.obs, norm(a_b_raw), act, s2.reward, final_obs,
-                                           norm(a_next_raw), done & ~truncated, truncated)
-        t = s.info["steps"]
-        put = lambda p, c: p.at[jnp.arange(num_envs), t].set(c)
-        pending = jax.tree.map(put, pending, cands)
-        pending_valid = pending_valid.at[jnp.arange(num_envs), t].set(valid)
-        keep = done & (s2.info["success"] | (not only_success))
-        commit = pending_valid & keep[:, None, None]
-        rstate = buffer.add(rstate, pending, commit)
-        pending_valid = jnp.where(done[:, None, None], False, pending_valid)
-        return (s2, bstate, wstate, rstate, pending, pending_valid), None
-
-    carry = (s, bstate, wstate, state, pending, pending_valid)
-    carry, _ = jax.lax.scan(body, carry, jax.random.split(key, num_steps))
-    return carry[3]

@@ -1,0 +1,80 @@
+"""How much action noise a BC base tolerates: its success under per-step Gaussian and uniform
+noise in the learner's normalized action units (the units of exploration_std, warmup_noise
+and action_scale), on the same N episodes per level.
+
+    python -m benchmarks.base_noise_sensitivity --task=PickPlace --base=runs/bc/PickPlace
+
+Use it to pick exploration and warm-up noise for a new task or action space: noise that
+destroys the base's successes leaves the critic nothing to learn from. Prints a table and
+writes JSON with the machine description.
+"""
+from __future__ import annotations
+
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("task", "PickPlace", "Task.")
+flags.DEFINE_string("base", "runs/bc/PickPlace", "train_bc run / checkpoint / export dir.")
+flags.DEFINE_string("demos", None, "Demos for the action scaler (default: the base's).")
+flags.DEFINE_list("gaussian", ["0", "0.01", "0.025", "0.05"], "Gaussian std levels.")
+flags.DEFINE_list("uniform", ["0.05", "0.1", "0.2"], "Uniform half-width levels.")
+flags.DEFINE_float("action_scale", 0.1, "Widening of the scaler (as the learner's).")
+flags.DEFINE_integer("episodes", 100, "Episodes per level.")
+flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/noise_<task>.json).")
+
+
+def main(argv):
+    del argv
+    import jax
+    import jax.numpy as jnp
+
+    from bases.frozen import open_base
+    from benchmarks.machine import machine_info, write_results
+    from resfit_jax import envs
+    from resfit_jax.data import read_episodes
+    from resfit_jax.envs.core import EpisodeWrapper, VmapWrapper
+    from resfit_jax.training.trainer import fit_normalizers
+
+    task = envs.make(FLAGS.task)
+    base, info = open_base(FLAGS.base, int(task.observation_spec.shape[0]), task.action_size)
+    scaler, _ = fit_normalizers(read_episodes(FLAGS.demos or info["demos"]), FLAGS.action_scale)
+    n = FLAGS.episodes
+    env = VmapWrapper(EpisodeWrapper(task), n)
+
+    @jax.jit
+    def run(key, level, uniform):
+        s, b = env.reset(key), base.init_state(n)
+
+        def body(c, k):
+            s, b, done, succ = c
+            a, b = base.step(b, s.obs)
+            an = jnp.clip(scaler.normalize(a), -1, 1)
+            eps = jnp.where(uniform, jax.random.uniform(k, an.shape, minval=-1, maxval=1),
+                            jax.random.normal(k, an.shape))
+            s = env.step(s, scaler.unnormalize(jnp.clip(an + level * eps, -1, 1)))
+            succ = succ | (s.done & ~done & s.info["success"])
+            return (s, b, done | s.done, succ), None
+
+        z = jnp.zeros(n, bool)
+        keys = jax.random.split(jax.random.fold_in(key, 1), task.horizon)
+        (_, _, _, succ), _ = jax.lax.scan(body, (s, b, z, z), keys)
+        return succ.mean()
+
+    rows = []
+    print(f"{FLAGS.task}: base {info['path']}, {n} episodes per level (same initial states)")
+    print(f"{'noise':<10}{'level':>8}{'success':>10}{'seconds':>9}")
+    for kind, levels in (("gaussian", FLAGS.gaussian), ("uniform", FLAGS.uniform)):
+        for level in map(float, levels):
+            t0 = time.time()
+            rate = float(run(jax.random.key(5), level, kind == "uniform"))
+            rows.append({"noise": kind, "level": level, "success_rate": rate})
+            print(f"{kind:<10}{level:>8g}{rate:>10.1%}{time.time() - t0:>9.1f}")
+    write_results(FLAGS.out or f"benchmarks/results/noise_{FLAGS.task}.json",
+                  {"machine": machine_info(), "task": FLAGS.task, "base": info["path"],
+                   "episodes": n, "rows": rows})
+
+
+if __name__ == "__main__":
+    app.run(main)
