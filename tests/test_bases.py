@@ -10,7 +10,7 @@ import pytest
 
 from bases.data import action_reference, chunk_dataset, fit_normalizer
 from bases.export import export_base
-from bases.frozen import checkpoint_manager, load_base, save_base
+from bases.frozen import checkpoint_manager, load_base, open_base, save_base
 from bases.networks import BCConfig
 from bases.train import make_trainer
 from resfit_jax.base_policy import (ChunkedBase, host_callback_base, load_exported_base)
@@ -114,6 +114,14 @@ def test_export_round_trip_identical_actions(trained, tmp_path):
                                rtol=1e-5, atol=1e-6)
     # the artifact takes any batch size (symbolic batch dimension)
     assert loaded.predict(jnp.zeros((7, OBS))).shape == (7, K, ACT)
+    # open_base finds the export from its directory or its parent run directory
+    for where in (path, str(tmp_path)):
+        opened, info = open_base(where, OBS, ACT)
+        assert info["format"] == "export"
+        np.testing.assert_allclose(np.asarray(opened.predict(obs[0])),
+                                   np.asarray(loaded.predict(obs[0])), rtol=1e-6)
+    with pytest.raises(FileNotFoundError, match="No base at"):
+        open_base(str(tmp_path / "nothing"), OBS, ACT)
     with pytest.raises(ValueError, match="observations of size 6, but the task's observation "
                        "size is 28"):
         load_exported_base(path, obs_dim=28, action_dim=ACT)
@@ -139,6 +147,9 @@ def test_archival_checkpoint_round_trip(trained, tmp_path):
                                np.asarray(tr.predict(st.params, obs)), rtol=1e-6)
     with pytest.raises(ValueError, match="has obs_dim 6, but the task has 28"):
         load_base(str(tmp_path / "ckpt"), obs_dim=28)
+    opened, info = open_base(str(tmp_path / "ckpt"), OBS, ACT)
+    assert info["format"] == "checkpoint" and info["task"] == "Synthetic"
+    np.testing.assert_allclose(np.asarray(opened.predict(obs)), np.asarray(base.predict(obs)))
 
 
 def _numpy_expert(obs: np.ndarray) -> np.ndarray:

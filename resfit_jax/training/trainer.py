@@ -185,7 +185,11 @@ def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: b
     def postfix():
         last = prog["last_eval"] or prog["base_eval"]
         succ = np.mean([r["success_rate"] for r in last]) if last else float("nan")
-        bar.set_postfix(phase=prog["phase"], eval_success=f"{succ:.0%}")
+        phase = prog["phase"]
+        if phase == "critic_warmup":
+            phase = (f"critic warm-up {prog['chunk'] * cfg.critic_warmup_chunk:,}/"
+                     f"{cfg.critic_warmup_chunks * cfg.critic_warmup_chunk:,}")
+        bar.set_postfix(phase=phase, eval_success=f"{succ:.0%}")
 
     try:
         if prog["base_eval"] is None:
@@ -211,6 +215,7 @@ def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: b
                     ls, metrics = trainer.critic_warmup(ls, trainer.offline)
                     prog["chunk"] += 1
                     _log_chunk(logger, seeds, prog, metrics, "critic_warmup")
+                    postfix()
                     continue
                 prog.update(phase="train", chunk=0)
                 save()
