@@ -98,13 +98,15 @@ TASK_STEPS = {"PointReach": 50_000, "PickPlace": 300_000, "PegInsertion": 300_00
               "BimanualHandover": 500_000}
 CPU_STEPS = {"PointReach": 20_000, "PickPlace": 100_000, "PegInsertion": 100_000,
              "BimanualHandover": 150_000}
-# CPU scale on the MJX arm tasks (absolute joint-position actions, measured on PickPlace):
-# the BC base tolerates little action noise (success 82% clean, 67% with Gaussian noise of
-# std 0.025 in normalized units, 22% at 0.05; 61% with uniform 0.05, 7% at 0.1), so
-# exploration and warm-up noise are smaller than the paper's, the critic warms up longer,
-# and the actor lr stays near the paper's (1e-4 and 3e-5 drove the residual to its bound
-# and success to ~1% within 10k steps; 1e-5 gave 32% at 10k; 3e-6 dips then recovers).
-_ARM_CPU = {"learner": {"actor_lr": 3e-6, "exploration_std": 0.02},
+# CPU scale on the MJX arm tasks (absolute joint-position actions; measured on PickPlace,
+# see README "Residual training"): the BC base tolerates little action noise (82% clean,
+# 67% with Gaussian noise of std 0.025 in normalized units, 22% at 0.05; 61% with uniform
+# 0.05, 7% at 0.1), so the residual bound, exploration and warm-up noise are smaller than
+# the paper's; the critic warms up longer; n = 10 propagates the sparse reward over the
+# ~80-step episodes with 16x fewer critic steps per env step than the paper; the actor lr
+# stays near the paper's (1e-4 and 3e-5 drove the residual to its bound and success to ~1%).
+_ARM_CPU = {"learner": {"actor_lr": 3e-6, "exploration_std": 0.01, "action_scale": 0.05,
+                        "n_step": 10},
             "warmup_noise": 0.05, "critic_warmup_updates": 5_000}
 CPU_TASK = {"PickPlace": _ARM_CPU, "PegInsertion": _ARM_CPU, "BimanualHandover": _ARM_CPU}
 
@@ -117,8 +119,8 @@ def preset(task: str, scale: str = "cpu", **overrides) -> TrainConfig:
     cpu: 2x256 networks, 16 envs, 1 update of UTD 4 per vector step, 2k warm-up steps,
       100k main-loop steps (PickPlace / PegInsertion), eval every 10k steps on 100
       episodes; PointReach: actor lr 1e-4 (``ResidualTD3Config.cpu``), 1k critic warm-up
-      steps; MJX arm tasks: ``CPU_TASK`` (actor lr 3e-6, exploration std 0.02, warm-up
-      noise 0.05, 5k critic warm-up steps).
+      steps; MJX arm tasks: ``CPU_TASK`` (actor lr 3e-6, action scale 0.05, exploration
+      std 0.01, n-step 10, warm-up noise 0.05, 5k critic warm-up steps).
     """
     if scale not in SCALES:
         raise ValueError(f"Unknown scale {scale!r}; choose one of {SCALES}.")
