@@ -10,6 +10,7 @@ writes JSON with the machine description.
 """
 from __future__ import annotations
 
+import os
 import time
 
 from absl import app, flags
@@ -72,7 +73,8 @@ def main(argv):
             rows.append({"noise": kind, "level": level, "success_rate": rate})
             print(f"{kind:<10}{level:>8g}{rate:>10.1%}{time.time() - t0:>9.1f}")
     write_results(FLAGS.out or f"benchmarks/results/noise_{FLAGS.task}.json",
-                  {"machine": machine_info(), "task": FLAGS.task, "base": info["path"],
+                  {"machine": machine_info(), "task": FLAGS.task,
+                   "base": os.path.relpath(info["path"]),
                    "episodes": n, "rows": rows})
 
 

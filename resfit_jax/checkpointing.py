@@ -56,14 +56,14 @@ class RunCheckpointer:
         return self.manager.latest_step()
 
     @staticmethod
-    def _flat(tree: PyTree) -> dict[str, Any]:
+    def _flat(leaves: list) -> dict[str, Any]:
         """Leaves by index; zero-size leaves (e.g. MJX's empty act) are left out (orbax cannot
         store them) and come back from the template."""
-        leaves = jax.tree.leaves(to_storable(tree))
         return {f"{i:06d}": x for i, x in enumerate(leaves) if np.size(x) > 0}
 
     def save(self, step: int, state: PyTree, progress: dict) -> None:
-        stored = {k: np.asarray(v) for k, v in self._flat(state).items()}
+        stored = {k: np.asarray(v) for k, v in
+                  self._flat(jax.tree.leaves(to_storable(state))).items()}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(stored),
                                                         progress=ocp.args.JsonSave(progress)),
                           force=True)
@@ -74,8 +74,9 @@ class RunCheckpointer:
         if step is None:
             raise FileNotFoundError(f"No run checkpoint under {self.directory}; start without "
                                     "--resume or point --out at the run to continue.")
+        leaves, treedef = jax.tree.flatten(to_storable(template))
         abstract = {k: jax.ShapeDtypeStruct(np.shape(x), x.dtype)
-                    for k, x in self._flat(template).items()}
+                    for k, x in self._flat(leaves).items()}
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
@@ -89,7 +90,6 @@ class RunCheckpointer:
                                  f"this configuration: leaf {k} is {np.asarray(got).dtype}"
                                  f"{list(np.shape(got))}, expected {want.dtype}{list(want.shape)}"
                                  ". Resume with the flags the run was started with.")
-        leaves, treedef = jax.tree.flatten(to_storable(template))
         stored = [out["state"].get(f"{i:06d}", x) for i, x in enumerate(leaves)]
         return from_storable(jax.tree.unflatten(treedef, stored), template), dict(out["progress"])
 

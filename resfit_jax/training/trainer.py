@@ -283,7 +283,7 @@ def _summary(prog: dict, seeds: list[int], cfg: TrainConfig, task_name: str, out
             "base_mean_success_length": mean(base, "mean_success_length"),
             "resfit_success_rate": mean(final, "success_rate"),
             "resfit_mean_success_length": mean(final, "mean_success_length"),
-            "wall_s": prog["wall_s"], "out": out}
+            "wall_s": prog["wall_s"], "out": os.path.relpath(out)}
 
 
 def results_table(summary: dict) -> str:
