@@ -1,8 +1,10 @@
 """PegInsertion: one 6-joint arm picks a square peg and inserts it into a tight hole.
 
-The peg (24 x 24 x 80 mm) stands at a random table position and yaw. The hole fixture (a
-mocap body of four walls, 40 mm high) has a 27 mm square hole: 3 mm total clearance, 1.5 mm
-per side. Its position and yaw are randomised. Success (reward 1, episode ends): the peg's
+The peg (24 x 24 x 80 mm) stands at a random table position and yaw (±20°). The hole fixture
+(a mocap body of four walls, 40 mm high) has a square hole with ``clearance`` total play,
+8 mm by default (a 32 mm hole, 4 mm per side). Its position and yaw (±20°) are randomised.
+The defaults are chosen so that a BC base from 30 noisy demos lands in the 30-85% band that
+leaves room for RL; pass ``clearance=0.003`` and wider ranges for a harder task. Success (reward 1, episode ends): the peg's
 bottom is at least ``insert_depth`` below the fixture's top with the peg inside the hole.
 
 Action [7], absolute: joint position targets j1..j6 (rad) and gripper opening per finger
@@ -23,8 +25,7 @@ from resfit_jax.envs.mjx_env import ArmIndex, MjxTask, solve_home, yaw_of, yaw_q
 from resfit_jax.envs.scripted import ExpertStyle, PickAndPlaceScript, PlaceTarget
 
 PEG_HALF = (0.012, 0.012, 0.04)
-CLEARANCE = 0.003                     # hole width - peg width (m)
-HOLE_HALF = PEG_HALF[0] + CLEARANCE / 2
+CLEARANCE = 0.008                     # default hole width - peg width (m)
 WALL_HALF_T = 0.02
 FIXTURE_HEIGHT = 0.04
 HOME_TCP = (0.42, 0.0, 0.2)
@@ -35,21 +36,27 @@ class PegInsertion(MjxTask):
 
     def __init__(self, episode_length: int = 140, ctrl_dt: float = 0.05,
                  timestep: float = 0.01, insert_depth: float = 0.02,
-                 peg_x_range: tuple[float, float] = (0.36, 0.52),
-                 peg_y_range: tuple[float, float] = (-0.2, -0.04),
-                 peg_yaw_range: tuple[float, float] = (-np.pi / 4, np.pi / 4),
-                 hole_x_range: tuple[float, float] = (0.38, 0.52),
-                 hole_y_range: tuple[float, float] = (0.1, 0.22),
-                 hole_yaw_range: tuple[float, float] = (-np.pi / 4, np.pi / 4),
+                 peg_x_range: tuple[float, float] = (0.40, 0.50),
+                 peg_y_range: tuple[float, float] = (-0.16, -0.06),
+                 peg_yaw_range: tuple[float, float] = (-np.pi / 9, np.pi / 9),
+                 hole_x_range: tuple[float, float] = (0.42, 0.50),
+                 hole_y_range: tuple[float, float] = (0.12, 0.20),
+                 hole_yaw_range: tuple[float, float] = (-np.pi / 9, np.pi / 9),
+                 clearance: float = CLEARANCE,
                  peg_mass: float = 0.06):
+        """Ranges are uniform (m, rad); ``clearance`` is hole width minus peg width (m)."""
+        if not 0.0 < clearance < 0.05:
+            raise ValueError(f"PegInsertion: clearance={clearance} m must be in (0, 0.05)")
         self.episode_length = int(episode_length)
         self.ctrl_dt = float(ctrl_dt)
         self.insert_depth = float(insert_depth)
         self.peg_x_range, self.peg_y_range, self.peg_yaw_range = peg_x_range, peg_y_range, peg_yaw_range
         self.hole_x_range, self.hole_y_range = hole_x_range, hole_y_range
         self.hole_yaw_range = hole_yaw_range
+        self.clearance = float(clearance)
+        self.hole_half = PEG_HALF[0] + self.clearance / 2
         bodies = (mjcf.arm("", (0, 0, 0))
-                  + mjcf.tote("hole", HOLE_HALF, FIXTURE_HEIGHT, WALL_HALF_T, "0.35 0.55 0.35 1")
+                  + mjcf.tote("hole", self.hole_half, FIXTURE_HEIGHT, WALL_HALF_T, "0.35 0.55 0.35 1")
                   + mjcf.free_box("peg", PEG_HALF, peg_mass, "0.9 0.7 0.2 1"))
         pairs = "\n    ".join(
             [mjcf.gripper_pairs("", "peg", friction=1.0, torsion=None), '<pair geom1="peg" geom2="table"/>',
@@ -93,7 +100,7 @@ class PegInsertion(MjxTask):
     def _success(self, data, task):
         peg = data.xpos[self.peg_body]
         bottom = peg[2] - PEG_HALF[2]
-        centred = jnp.linalg.norm(peg[:2] - task["hole"]) < HOLE_HALF
+        centred = jnp.linalg.norm(peg[:2] - task["hole"]) < self.hole_half
         return centred & (bottom < FIXTURE_HEIGHT - self.insert_depth)
 
 

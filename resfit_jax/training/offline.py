@@ -27,9 +27,10 @@ from resfit_jax.normalization import ActionScaler
 from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayState, transition_spec
 
 
-def pad_episodes(episodes: Sequence[Episode]) -> dict[str, np.ndarray]:
-    """Stack episodes, padded to the longest: observation [N, T+1, O], action [N, T, A],
-    reward [N, T], terminal [N, T] (is_terminal of the frame after each action), length [N]."""
+def pad_episodes(episodes: Sequence[Episode], max_len: int | None = None) -> dict[str, np.ndarray]:
+    """Stack episodes, padded to the longest (or to ``max_len`` actions): observation
+    [N, T+1, O], action [N, T, A], reward [N, T], terminal [N, T] (is_terminal of the frame
+    after each action), length [N]."""
     if not episodes:
         raise ValueError("offline buffer: no demo episodes given.")
     for ep in episodes:
@@ -39,6 +40,11 @@ def pad_episodes(episodes: Sequence[Episode]) -> dict[str, np.ndarray]:
         raise ValueError(f"offline buffer: demo episodes have mixed (obs, action) sizes {dims}.")
     (o, a), = dims
     n, t = len(episodes), max(ep.num_actions for ep in episodes)
+    if max_len is not None:
+        if t > max_len:
+            raise ValueError(f"offline buffer: an episode has {t} actions, more than "
+                             f"max_len={max_len}.")
+        t = int(max_len)
     out = {"observation": np.zeros((n, t + 1, o), np.float32),
            "action": np.zeros((n, t, a), np.float32),
            "reward": np.zeros((n, t), np.float32),
@@ -55,35 +61,60 @@ def pad_episodes(episodes: Sequence[Episode]) -> dict[str, np.ndarray]:
     return out
 
 
+def base_actions(padded: dict[str, jax.Array], base: BasePolicy) -> jax.Array:
+    """Jittable: the base's raw action at every frame [N, T+1, A], each episode run from a
+    fresh base state (queue empty at its first frame)."""
+    obs = padded["observation"]
+    if base.action_dim != padded["action"].shape[-1]:
+        raise ValueError(f"offline buffer: the base's action size ({base.action_dim}) does not "
+                         f"match the episodes' ({padded['action'].shape[-1]}).")
+    bstate = base.init_state(obs.shape[0])
+
+    def body(bstate, o):
+        a, bstate = base.step(bstate, o)
+        return bstate, a
+
+    _, a = jax.lax.scan(body, bstate, jnp.swapaxes(obs, 0, 1))
+    return jnp.swapaxes(a, 0, 1)
+
+
+def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: jax.Array,
+                 scaler: ActionScaler, writer: NStepWriter, buffer: ReplayBuffer) -> ReplayState:
+    """Jittable: insert padded episodes' n-step transitions into ``state``.
+
+    base_action: raw base actions [N, T+1, A] at every frame (``base_actions`` or, for robot
+    episodes, the ones actually used). Each episode ends at its ``length``: terminal where
+    ``padded["terminal"]`` is set on the last action, else a time-limit truncation.
+    """
+    obs, act = padded["observation"], padded["action"]
+    n, t = act.shape[0], act.shape[1]
+    norm = lambda a: jnp.clip(scaler.normalize(a), -1.0, 1.0)
+    spec = jax.ShapeDtypeStruct(obs.shape[2:], obs.dtype)
+    wstate = writer.init(n, spec, act.shape[-1])
+
+    def body(carry, i):
+        rstate, wstate = carry
+        active = i < padded["length"]
+        last = i == padded["length"] - 1
+        terminal = last & padded["terminal"][:, i]
+        wstate, cands, valid = writer.step(wstate, obs[:, i], norm(base_action[:, i]),
+                                           norm(act[:, i]), padded["reward"][:, i],
+                                           obs[:, i + 1], norm(base_action[:, i + 1]),
+                                           terminal, last & ~terminal)
+        rstate = buffer.add(rstate, cands, valid & active[:, None])
+        return (rstate, wstate), None
+
+    (state, _), _ = jax.lax.scan(body, (state, wstate), jnp.arange(t))
+    return state
+
+
 def relabel_demos(padded: dict[str, jax.Array], base: BasePolicy, scaler: ActionScaler,
                   writer: NStepWriter, buffer: ReplayBuffer) -> ReplayState:
     """Jittable: padded episodes (see ``pad_episodes``) -> a filled offline ReplayState."""
     obs, act = padded["observation"], padded["action"]
-    n, t = act.shape[0], act.shape[1]
-    if base.action_dim != act.shape[-1]:
-        raise ValueError(f"offline buffer: the base's action size ({base.action_dim}) does not "
-                         f"match the demos' ({act.shape[-1]}).")
-    norm = lambda a: jnp.clip(scaler.normalize(a), -1.0, 1.0)
     spec = jax.ShapeDtypeStruct(obs.shape[2:], obs.dtype)
     state = buffer.init(transition_spec(spec, act.shape[-1]))
-    bstate = base.init_state(n)
-    a_b, bstate = base.step(bstate, obs[:, 0])
-    wstate = writer.init(n, spec, act.shape[-1])
-
-    def body(carry, i):
-        rstate, wstate, bstate, a_b = carry
-        active = i < padded["length"]
-        last = i == padded["length"] - 1
-        terminal = last & padded["terminal"][:, i]
-        a_next, bstate = base.step(bstate, obs[:, i + 1])
-        wstate, cands, valid = writer.step(wstate, obs[:, i], norm(a_b), norm(act[:, i]),
-                                           padded["reward"][:, i], obs[:, i + 1], norm(a_next),
-                                           terminal, last & ~terminal)
-        rstate = buffer.add(rstate, cands, valid & active[:, None])
-        return (rstate, wstate, bstate, a_next), None
-
-    (state, _, _, _), _ = jax.lax.scan(body, (state, wstate, bstate, a_b), jnp.arange(t))
-    return state
+    return add_episodes(state, padded, base_actions(padded, base), scaler, writer, buffer)
 
 
 def offline_buffer(episodes: Sequence[Episode], base: BasePolicy, scaler: ActionScaler,

@@ -41,6 +41,45 @@ def _select(mask: jax.Array, a: PyTree, b: PyTree) -> PyTree:
     return jax.tree.map(pick, a, b)
 
 
+def replay_updates(learner: ResidualTD3, learner_state: LearnerState, buffer: ReplayBuffer,
+                   online: ReplayState, offline_buffer: ReplayBuffer | None,
+                   offline: ReplayState | None, key: jax.Array, num_updates: int
+                   ) -> tuple[LearnerState, dict]:
+    """Jittable: ``num_updates`` learner updates (each ``utd`` critic steps and the delayed
+    actor step) on fresh symmetric online + offline batches; metrics are means.
+
+    The one update path of both loops: the sim loop calls it inside its scan, the robot loop
+    jits it on its own (``training.robot_learner``).
+    """
+    cfg = learner.config
+    frac = cfg.offline_fraction if offline is not None else 0.0
+
+    def one(ls, k):
+        on, off = sample_symmetric(k, buffer, online, offline_buffer, offline, cfg.utd,
+                                   cfg.batch_size, frac)
+        return learner.update(ls, on, off)
+
+    learner_state, metrics = jax.lax.scan(one, learner_state, jax.random.split(key, num_updates))
+    return learner_state, jax.tree.map(jnp.mean, metrics)
+
+
+def critic_warmup_updates(learner: ResidualTD3, learner_state: LearnerState,
+                          buffer: ReplayBuffer, online: ReplayState,
+                          offline_buffer: ReplayBuffer | None, offline: ReplayState | None,
+                          key: jax.Array, num_updates: int) -> tuple[LearnerState, dict]:
+    """Jittable: ``num_updates`` critic-only steps, each on its own fresh symmetric batch."""
+    cfg = learner.config
+    frac = cfg.offline_fraction if offline is not None else 0.0
+
+    def one(ls, k):
+        on, off = sample_symmetric(k, buffer, online, offline_buffer, offline, 1,
+                                   cfg.batch_size, frac)
+        return learner.critic_warmup(ls, on, off)
+
+    learner_state, metrics = jax.lax.scan(one, learner_state, jax.random.split(key, num_updates))
+    return learner_state, jax.tree.map(jnp.mean, metrics)
+
+
 @struct.dataclass
 class LoopState:
     env_state: PyTree
@@ -124,19 +163,11 @@ class SimLoop:
         return ls, stats
 
     def _update(self, ls: LoopState, offline: ReplayState | None) -> tuple[LoopState, dict]:
-        cfg = self.learner.config
-
-        def one(learner_state, key):
-            on, off = sample_symmetric(key, self.buffer, ls.replay_state,
-                                       self.buffer if offline is not None else None, offline,
-                                       cfg.utd, cfg.batch_size,
-                                       cfg.offline_fraction if offline is not None else 0.0)
-            return self.learner.update(learner_state, on, off)
-
         key, k_up = jax.random.split(ls.key)
-        learner_state, metrics = jax.lax.scan(
-            one, ls.learner_state, jax.random.split(k_up, self.updates_per_step))
-        return ls.replace(learner_state=learner_state, key=key), jax.tree.map(jnp.mean, metrics)
+        learner_state, metrics = replay_updates(
+            self.learner, ls.learner_state, self.buffer, ls.replay_state,
+            self.buffer if offline is not None else None, offline, k_up, self.updates_per_step)
+        return ls.replace(learner_state=learner_state, key=key), metrics
 
     # --------------------------------------------------------------------------- chunks
     def warmup(self, ls: LoopState, num_steps: int) -> tuple[LoopState, dict]:
@@ -153,19 +184,11 @@ class SimLoop:
                       ) -> tuple[LoopState, dict]:
         """num_updates critic-only steps (no target noise), each on a fresh symmetric batch
         sampled inside the scan (memory stays one batch, whatever num_updates is)."""
-        cfg = self.learner.config
-
-        def one(learner_state, key):
-            on, off = sample_symmetric(key, self.buffer, ls.replay_state,
-                                       self.buffer if offline is not None else None, offline,
-                                       1, cfg.batch_size,
-                                       cfg.offline_fraction if offline is not None else 0.0)
-            return self.learner.critic_warmup(learner_state, on, off)
-
         key, k = jax.random.split(ls.key)
-        learner_state, metrics = jax.lax.scan(one, ls.learner_state,
-                                              jax.random.split(k, num_updates))
-        return ls.replace(learner_state=learner_state, key=key), jax.tree.map(jnp.mean, metrics)
+        learner_state, metrics = critic_warmup_updates(
+            self.learner, ls.learner_state, self.buffer, ls.replay_state,
+            self.buffer if offline is not None else None, offline, k, num_updates)
+        return ls.replace(learner_state=learner_state, key=key), metrics
 
     def train(self, ls: LoopState, offline: ReplayState | None, num_steps: int
               ) -> tuple[LoopState, dict]:

@@ -1,0 +1,155 @@
+"""Train (or evaluate) a residual on a robot through the robot loop.
+
+    # a real or simulated robot server, a person labelling at the terminal:
+    RESFIT_ROBOT_KEY=... python -m experiments.run_robot --address=127.0.0.1:6000 \
+        --task=PickPlace --base=runs/bc/PickPlace --out=runs/robot/PickPlace --episodes=20
+    # self-contained demo: start a simulated PickPlace robot, label by its ground truth:
+    python -m experiments.run_robot --spawn_sim --labels=oracle --episodes=6
+
+--task names the task the base was trained on; it fixes the learner preset, the action
+bounds of the safety limits and the expected observation/action sizes (checked against the
+robot). The per-step change limit is --max_delta_margin times the largest change in the
+demos. Labels: "terminal" (type s / f / a / x + Enter while an episode runs) or "oracle"
+(the simulated robot's ground truth). Run again with the same --out to continue: the replay
+is rebuilt from <out>/journal and the learner restored from <out>/checkpoints.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("address", None, "Robot server host:port.")
+flags.DEFINE_string("key_file", None, "File holding the robot's shared key (else "
+                    "$RESFIT_ROBOT_KEY).")
+flags.DEFINE_bool("spawn_sim", False, "Start a simulated robot server of --task locally.")
+flags.DEFINE_float("sim_latency_s", 0.002, "Simulated robot: reply latency (s).")
+flags.DEFINE_float("sim_jitter_s", 0.002, "Simulated robot: uniform reply jitter (s).")
+flags.DEFINE_string("task", "PickPlace", "Task the base was trained for.")
+flags.DEFINE_string("base", None, "BC base: train_bc run / checkpoint / export directory "
+                    "(default runs/bc/<task>).")
+flags.DEFINE_string("demos", None, "RLDS demos (normalizers, offline buffer, safety limits); "
+                    "default: the base's.")
+flags.DEFINE_string("out", None, "Run directory (default runs/robot/<task>).")
+flags.DEFINE_integer("episodes", 10, "Episodes to run now.")
+flags.DEFINE_enum("labels", "terminal", ["terminal", "oracle"], "Who labels episodes.")
+flags.DEFINE_enum("evaluate", None, ["eval", "base"], "Evaluate instead of training: the "
+                  "deterministic residual, or the base alone.")
+flags.DEFINE_enum("mode", "sync", ["sync", "async"], "Learner mode.")
+flags.DEFINE_enum("sync_every", "episode", ["step", "episode"], "Sync mode: update after "
+                  "every step or after every episode.")
+flags.DEFINE_integer("updates_per_step", 1, "Learner updates per env step (sync mode).")
+flags.DEFINE_integer("warmup_episodes", 2, "Episodes of base + warm-up noise before learning.")
+flags.DEFINE_integer("critic_warmup", 500, "Critic-only updates after the warm-up episodes.")
+flags.DEFINE_float("control_hz", None, "Control rate (default: the task's).")
+flags.DEFINE_integer("max_steps", None, "Steps per episode (default: the task's horizon).")
+flags.DEFINE_integer("max_overruns", 20, "Deadline overruns per episode before it is halted.")
+flags.DEFINE_float("max_delta_margin", 2.0, "Per-step change limit / largest demo change.")
+flags.DEFINE_multi_string("override", [], "Config overrides, e.g. learner.actor_lr=1e-5.")
+flags.DEFINE_integer("seed", 0, "Seed.")
+
+
+def main(argv):
+    del argv
+    import numpy as np
+
+    from bases.frozen import open_base
+    from resfit_jax import envs
+    from resfit_jax.compile_cache import enable_compilation_cache
+    from resfit_jax.data import read_episodes
+    from resfit_jax.envs.sim_robot import KEY_ENV, RemoteRobot, spawn_server
+    from resfit_jax.training.config import apply_overrides, preset
+    from resfit_jax.training.operator import TerminalLabeller, oracle_labeller
+    from resfit_jax.training.robot_loop import EmergencyStop, LoopConfig, SafetyLimits
+    from resfit_jax.training.robot_trainer import RobotTrainConfig, RobotTrainer
+    from resfit_jax.training.trainer import fit_normalizers
+    from resfit_jax.residual_td3 import make_learner
+    from resfit_jax.training.offline import offline_buffer
+
+    enable_compilation_cache()
+    task = envs.make(FLAGS.task)
+    obs_dim, act_dim = int(task.observation_spec.shape[0]), task.action_size
+    server = None
+    if FLAGS.spawn_sim:
+        server, address, key = spawn_server(FLAGS.task, latency_s=FLAGS.sim_latency_s,
+                                            jitter_s=FLAGS.sim_jitter_s, seed=FLAGS.seed)
+        print(f"started a simulated {FLAGS.task} robot at {address}")
+    else:
+        if not FLAGS.address:
+            raise app.UsageError("Pass --address=host:port of a robot server, or --spawn_sim.")
+        address = FLAGS.address
+        if FLAGS.key_file:
+            with open(FLAGS.key_file) as f:
+                key = f.read().strip()
+        else:
+            key = os.environ.get(KEY_ENV, "")
+        if not key:
+            raise app.UsageError(f"No robot key: set ${KEY_ENV} or pass --key_file.")
+    try:
+        robot = RemoteRobot(address, key.encode())
+        if (robot.observation_size, robot.action_size) != (obs_dim, act_dim):
+            raise app.UsageError(
+                f"The robot has observation/action sizes {robot.observation_size}/"
+                f"{robot.action_size}; task {FLAGS.task} (and its base) has {obs_dim}/{act_dim}.")
+        base, info = open_base(FLAGS.base or os.path.join("runs", "bc", FLAGS.task), obs_dim,
+                               act_dim)
+        demos_dir = FLAGS.demos or info.get("demos")
+        if demos_dir is None:
+            raise app.UsageError(f"The base in {info['path']} does not name its demos; pass --demos.")
+        demos = read_episodes(demos_dir)
+        sim_cfg = preset(FLAGS.task, "cpu")
+        horizon = FLAGS.max_steps or task.horizon
+        hz = FLAGS.control_hz or float(robot.spec.get("control_hz", 1.0 / task.dt))
+        cfg = RobotTrainConfig(
+            learner=sim_cfg.learner,
+            loop=LoopConfig(control_hz=hz, max_episode_steps=horizon,
+                            max_overruns=FLAGS.max_overruns),
+            mode=FLAGS.mode, sync_every=FLAGS.sync_every, updates_per_step=FLAGS.updates_per_step,
+            warmup_episodes=FLAGS.warmup_episodes, warmup_noise=sim_cfg.warmup_noise,
+            critic_warmup_updates=FLAGS.critic_warmup, seed=FLAGS.seed)
+        cfg = apply_overrides(cfg, FLAGS.override)
+        print(f"Resolved config: {cfg}")
+        scaler, obs_norm = fit_normalizers(demos, cfg.learner.action_scale)
+        learner = make_learner(cfg.learner, obs_dim, act_dim, obs_norm)
+        from resfit_jax.replay import NStepWriter
+        c = cfg.learner
+        offline = (offline_buffer(demos, base, scaler,
+                                  NStepWriter(c.n_step, c.gamma, c.bootstrap_truncation))
+                   if c.offline_fraction > 0 else None)
+        limits = SafetyLimits.from_demos(demos, np.asarray(task.action_low),
+                                         np.asarray(task.action_high), FLAGS.max_delta_margin,
+                                         robot.spec.get("action_obs_index",
+                                                        getattr(task, "action_obs_index", None)))
+        print(f"Safety limits: low {np.round(limits.low, 3)}, high {np.round(limits.high, 3)}, "
+              f"max change per step {np.round(limits.max_delta, 3)}")
+        out = FLAGS.out or os.path.join("runs", "robot", FLAGS.task)
+        trainer = RobotTrainer(cfg, base, learner, scaler, offline, out,
+                               {"task": FLAGS.task, "base": info["path"], "demos": demos_dir})
+        if trainer.restored_step is not None or trainer.rebuilt["episodes"]:
+            print(f"Continuing {out}: checkpoint after episode {trainer.restored_step}, replay "
+                  f"rebuilt from {trainer.rebuilt['episodes']} journaled episodes "
+                  f"({trainer.rebuilt['env_steps']} steps)")
+        labeller = oracle_labeller(robot) if FLAGS.labels == "oracle" else TerminalLabeller()
+        try:
+            trainer.run(robot, labeller, limits, FLAGS.episodes, evaluate=FLAGS.evaluate)
+        except EmergencyStop as e:
+            print(f"STOPPED: {e}", file=sys.stderr)
+            return 2
+        finally:
+            c = trainer.counts()
+            print(f"{out}: {c['episodes']} episodes journaled ({c['usable_episodes']} usable, "
+                  f"{c['successes']} successes, {c['env_steps']} steps); journal "
+                  f"{trainer.journal.summary()}")
+            trainer.close()
+            robot.close()
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,281 @@
+"""A simulated robot for the robot loop: one of the project's tasks on MuJoCo C, in-process
+(``SimRobot``) or in a separate server process behind an authenticated local socket
+(``serve`` / ``RemoteRobot``), with configurable latency and jitter.
+
+Both implement ``resfit_jax.training.robot_loop.RobotInterface``. Each ``send_action``
+advances the simulation by one control period (``task.ctrl_dt``); the wall clock is not
+simulated, so the robot loop's rate control and deadline checks see only the transport and
+the configured latency. ``success()`` is the simulator's ground truth, used by a scripted
+operator (``training.operator.oracle_labeller``) in place of a person.
+
+Protocol: ``multiprocessing.connection`` (pickled tuples over TCP on 127.0.0.1) with its
+HMAC challenge on connect, so a client without the shared key is refused before any command
+is read. Requests are ``(command, *args)``; replies ``("ok", value)`` or ``("error", text)``.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from multiprocessing.connection import AuthenticationError, Client, Listener
+from typing import Any
+
+import numpy as np
+
+KEY_ENV = "RESFIT_ROBOT_KEY"
+
+
+class SimRobot:
+    """A MuJoCo C rollout of an MJX task (``envs.make(name)``) driven one command at a time.
+
+    Observations [O] and actions [A] are exactly those of the MJX task (float32, task units).
+    """
+
+    def __init__(self, task_name: str = "PickPlace", seed: int = 0, latency_s: float = 0.0,
+                 jitter_s: float = 0.0, **task_kwargs):
+        import jax
+        import mujoco
+
+        from resfit_jax import envs
+        from resfit_jax.envs.mjx_env import MjxTask
+
+        task = envs.make(task_name, **task_kwargs)
+        if not isinstance(task, MjxTask):
+            raise ValueError(f"SimRobot needs a MuJoCo task; {task_name} is not one "
+                             f"(choose from {envs.MANIPULATION_TASKS}).")
+        self.task, self.task_name = task, task_name
+        self._mujoco, self._jax = mujoco, jax
+        self.model = task.mj_model
+        self.data = mujoco.MjData(self.model)
+        self.latency_s, self.jitter_s = float(latency_s), float(jitter_s)
+        self._rng = np.random.default_rng(seed)
+        self._key = jax.random.key(seed)
+        self._info: dict | None = None
+        self.stopped = False
+        self.low = np.asarray(task.action_low, np.float32)
+        self.high = np.asarray(task.action_high, np.float32)
+        self.episodes = 0
+
+    # -- spec ---------------------------------------------------------------------------------
+    @property
+    def observation_size(self) -> int:
+        return int(self.task.observation_spec.shape[0])
+
+    @property
+    def action_size(self) -> int:
+        return int(self.task.action_size)
+
+    def spec(self) -> dict:
+        return {"task": self.task_name, "observation_size": self.observation_size,
+                "action_size": self.action_size, "control_hz": 1.0 / self.task.ctrl_dt,
+                "action_low": self.low.tolist(), "action_high": self.high.tolist(),
+                "action_obs_index": list(self.task.action_obs_index)}
+
+    # -- RobotInterface -----------------------------------------------------------------------
+    def _delay(self) -> None:
+        d = self.latency_s + (self._rng.uniform(0.0, self.jitter_s) if self.jitter_s else 0.0)
+        if d > 0:
+            time.sleep(d)
+
+    def reset(self) -> np.ndarray:
+        """A new randomised scene (the task's own initial-state distribution)."""
+        self._key, k = self._jax.random.split(self._key)
+        init, info = self.task._init_data(self.task.mjx_model, k)
+        d = self.data
+        self._mujoco.mj_resetData(self.model, d)
+        d.qpos[:] = np.asarray(init.qpos)
+        d.ctrl[:] = np.asarray(init.ctrl)
+        if self.model.nmocap:
+            d.mocap_pos[:] = np.asarray(init.mocap_pos)
+            d.mocap_quat[:] = np.asarray(init.mocap_quat)
+        self._mujoco.mj_forward(self.model, d)
+        self._info = info
+        self.stopped = False
+        self.episodes += 1
+        return self.observe()
+
+    def observe(self) -> np.ndarray:
+        if self._info is None:
+            raise RuntimeError("SimRobot.observe before reset().")
+        self._delay()
+        return np.asarray(self.task._observe(self.data, self._info), np.float32)
+
+    def send_action(self, action: np.ndarray) -> None:
+        if self._info is None:
+            raise RuntimeError("SimRobot.send_action before reset().")
+        if self.stopped:
+            raise RuntimeError("SimRobot is emergency-stopped; reset() to re-enable it.")
+        a = np.asarray(action, np.float64)
+        if a.shape != (self.action_size,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"SimRobot.send_action: need a finite action [{self.action_size}], "
+                             f"got shape {a.shape}.")
+        a = np.clip(a, self.low, self.high)
+        ctrl = np.zeros(self.model.nu)
+        for i, arm in enumerate(self.task.arms):
+            a7 = a[7 * i:7 * i + 7]
+            ctrl[np.asarray(arm.ctrl)] = np.concatenate([a7[:6], a7[6:7], a7[6:7]])
+        self.data.ctrl[:] = ctrl
+        for _ in range(self.task.n_substeps):
+            self._mujoco.mj_step(self.model, self.data)
+        self._delay()
+
+    def success(self) -> bool:
+        """Ground truth (what a person watching would label)."""
+        return bool(self.task._success(self.data, self._info)) if self._info is not None else False
+
+    def stop(self) -> None:
+        """Emergency stop: hold the joints where they are and refuse commands until reset."""
+        if self._info is not None:
+            for arm in self.task.arms:
+                self.data.ctrl[np.asarray(arm.ctrl)[:6]] = self.data.qpos[np.asarray(arm.qpos)]
+            self.data.qvel[:] = 0.0
+        self.stopped = True
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------ server
+_COMMANDS = ("spec", "reset", "observe", "send_action", "success", "stop")
+
+
+def serve(robot: SimRobot, host: str = "127.0.0.1", port: int = 0, authkey: bytes = b"",
+          max_clients: int | None = None, announce=print) -> None:
+    """Serve ``robot`` to one authenticated client at a time until ``max_clients`` sessions
+    have ended (forever if None). A client with the wrong key is rejected and logged."""
+    if not authkey:
+        raise ValueError("serve: an authkey is required (an unauthenticated robot is unsafe).")
+    with Listener((host, port), authkey=authkey) as listener:
+        announce(f"sim robot {robot.task_name} listening on {listener.address[0]}:"
+                 f"{listener.address[1]}")
+        sys.stdout.flush()
+        sessions = 0
+        while max_clients is None or sessions < max_clients:
+            try:
+                conn = listener.accept()
+            except (AuthenticationError, EOFError, ConnectionError) as e:
+                announce(f"rejected a client: {type(e).__name__}: {e}")
+                sys.stdout.flush()
+                continue
+            sessions += 1
+            with conn:
+                _session(robot, conn)
+            robot.stop()          # a dropped client leaves the robot halted
+
+
+def _session(robot: SimRobot, conn) -> None:
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, ConnectionError, OSError):
+            return
+        cmd, args = msg[0], msg[1:]
+        if cmd == "close":
+            conn.send(("ok", None))
+            return
+        if cmd not in _COMMANDS:
+            conn.send(("error", f"unknown command {cmd!r}"))
+            continue
+        try:
+            value = getattr(robot, cmd)(*args)
+            conn.send(("ok", value))
+        except Exception as e:  # reported to the client, the server keeps running
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+class RemoteRobot:
+    """RobotInterface client of a robot server (``serve``), e.g. the simulated one."""
+
+    def __init__(self, address: str, authkey: bytes, timeout_s: float = 30.0):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"RemoteRobot: address must be host:port, got {address!r}.")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._conn = Client((host, int(port)), authkey=authkey)
+                break
+            except AuthenticationError as e:
+                raise PermissionError(f"Robot at {address} refused the connection: wrong key "
+                                      f"({e}). Pass the key the robot server was started "
+                                      f"with (--key_file or ${KEY_ENV}).") from e
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise ConnectionRefusedError(f"No robot server at {address} after "
+                                                 f"{timeout_s:.0f} s.") from None
+                time.sleep(0.2)
+        self._spec = self._call("spec")
+
+    def _call(self, cmd: str, *args) -> Any:
+        self._conn.send((cmd,) + args)
+        status, value = self._conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"robot server: {cmd} failed: {value}")
+        return value
+
+    @property
+    def spec(self) -> dict:
+        return dict(self._spec)
+
+    @property
+    def observation_size(self) -> int:
+        return int(self._spec["observation_size"])
+
+    @property
+    def action_size(self) -> int:
+        return int(self._spec["action_size"])
+
+    def reset(self) -> np.ndarray:
+        return np.asarray(self._call("reset"), np.float32)
+
+    def observe(self) -> np.ndarray:
+        return np.asarray(self._call("observe"), np.float32)
+
+    def send_action(self, action: np.ndarray) -> None:
+        self._call("send_action", np.asarray(action, np.float32))
+
+    def success(self) -> bool:
+        return bool(self._call("success"))
+
+    def stop(self) -> None:
+        self._call("stop")
+
+    def close(self) -> None:
+        try:
+            self._call("close")
+        except (EOFError, OSError, RuntimeError):
+            pass
+        self._conn.close()
+
+
+def new_key() -> str:
+    """A fresh random shared key (hex)."""
+    return secrets.token_hex(16)
+
+
+def spawn_server(task_name: str = "PickPlace", authkey: str | None = None, seed: int = 0,
+                 latency_s: float = 0.0, jitter_s: float = 0.0, timeout_s: float = 120.0,
+                 extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str, str]:
+    """Start ``experiments/sim_robot_server.py`` in a new process; returns (process, address,
+    key) once it listens. The key travels in the environment, never on the command line."""
+    key = authkey or new_key()
+    env = dict(os.environ, **{KEY_ENV: key})
+    cmd = [sys.executable, "-m", "experiments.sim_robot_server", f"--task={task_name}",
+           "--port=0", f"--seed={seed}", f"--latency_s={latency_s}", f"--jitter_s={jitter_s}",
+           *extra_args]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"sim robot server exited with code {proc.returncode}")
+            continue
+        if "listening on" in line:
+            return proc, line.strip().rsplit(" ", 1)[-1], key
+    proc.kill()
+    raise TimeoutError("sim robot server did not start listening in time")

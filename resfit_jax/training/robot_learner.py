@@ -1,0 +1,247 @@
+"""The learner side of the robot loop: the same jitted learner updates as in simulation,
+fed by journaled robot episodes, in a sync or an async mode.
+
+- ``RobotLearner`` owns the learner state, the online replay (device ring buffer), the
+  optional offline demo buffer and an RNG key. ``add_episode`` inserts one finished episode's
+  n-step transitions (``training.offline.add_episodes``, the path the demo buffer uses);
+  ``update(k)`` runs k learner updates through ``sim_loop.replay_updates``, the function
+  the simulated loop runs inside its scan.
+- ``AsyncLearner`` runs ``update`` continuously in a thread. The actor pulls the latest
+  ``(version, LearnerState)`` snapshot at step boundaries; a snapshot is one immutable
+  pytree swapped under a lock, so the actor never sees a half-updated state. Finished
+  episodes reach the thread through a queue and are inserted between updates, so only the
+  thread touches the replay.
+- ``PolicyRunner`` is the actor: base (fresh chunk queue every episode) + residual, jitted
+  for a batch of one.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resfit_jax.base_policy import BasePolicy
+from resfit_jax.normalization import ActionScaler
+from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayState, transition_spec
+from resfit_jax.residual_td3 import LearnerState, ResidualTD3
+from resfit_jax.training.offline import add_episodes, pad_episodes
+from resfit_jax.training.robot_loop import EpisodeRecord
+from resfit_jax.training.sim_loop import critic_warmup_updates, replay_updates
+
+
+class RobotLearner:
+    """Learner state + replay for robot episodes (see the module docstring).
+
+    max_episode_steps fixes the padded episode length, so inserting compiles once.
+    updates_per_call: learner updates per ``update`` call (one jitted scan).
+    """
+
+    def __init__(self, learner: ResidualTD3, scaler: ActionScaler, max_episode_steps: int,
+                 key: jax.Array, replay_capacity: int = 100_000, updates_per_call: int = 1,
+                 offline: tuple[ReplayBuffer, ReplayState] | None = None,
+                 failure_is_terminal: bool = True, min_replay: int = 1):
+        self.learner, self.scaler = learner, scaler
+        self.max_episode_steps = int(max_episode_steps)
+        self.failure_is_terminal = failure_is_terminal
+        self.min_replay = max(int(min_replay), 1)
+        cfg = learner.config
+        self.writer = NStepWriter(cfg.n_step, cfg.gamma, cfg.bootstrap_truncation)
+        self.buffer = ReplayBuffer(replay_capacity)
+        self.offline_buffer, self.offline = offline if offline is not None else (None, None)
+        k_init, self.key = jax.random.split(key)
+        self.state = learner.init(k_init)
+        spec = jax.ShapeDtypeStruct((learner.obs_dim,), jnp.float32)
+        self.replay = self.buffer.init(transition_spec(spec, learner.action_dim))
+        self.updates = 0
+        ob, off = self.offline_buffer, self.offline
+        self._update = jax.jit(lambda s, r, k, o: replay_updates(
+            learner, s, self.buffer, r, ob, o, k, updates_per_call))
+        self._critic = jax.jit(lambda s, r, k, o, n: critic_warmup_updates(
+            learner, s, self.buffer, r, ob, o, k, n), static_argnums=4)
+        self._add = jax.jit(lambda r, p, b: add_episodes(r, p, b, scaler, self.writer,
+                                                         self.buffer))
+        self.updates_per_call = int(updates_per_call)
+        self._offline_arg = off
+
+    # -- data -------------------------------------------------------------------------------
+    def add_episode(self, episode, base_action: np.ndarray) -> int:
+        """Insert one RLDS ``Episode`` (T <= max_episode_steps) with its raw base actions
+        [T+1, A]; returns the number of transitions added."""
+        t = episode.num_actions
+        if t > self.max_episode_steps:
+            raise ValueError(f"RobotLearner.add_episode: {t} steps exceed max_episode_steps "
+                             f"{self.max_episode_steps}.")
+        if base_action.shape != (t + 1, self.learner.action_dim):
+            raise ValueError(f"RobotLearner.add_episode: base_action has shape "
+                             f"{base_action.shape}, expected ({t + 1}, {self.learner.action_dim}).")
+        padded = pad_episodes([episode], max_len=self.max_episode_steps)
+        b = np.zeros((1, self.max_episode_steps + 1, base_action.shape[1]), np.float32)
+        b[0, :t + 1] = base_action
+        b[0, t + 1:] = base_action[-1]
+        self.replay = self._add(self.replay, jax.tree.map(jnp.asarray, padded), jnp.asarray(b))
+        return t
+
+    def add_record(self, record: EpisodeRecord) -> int:
+        return self.add_episode(record.to_episode(self.failure_is_terminal), record.base_action)
+
+    @property
+    def replay_size(self) -> int:
+        return int(self.replay.size)
+
+    def ready(self) -> bool:
+        return self.replay_size >= self.min_replay
+
+    # -- learning ---------------------------------------------------------------------------
+    def update(self) -> dict:
+        """``updates_per_call`` learner updates; metrics as floats. No-op if not ready."""
+        if not self.ready():
+            return {}
+        self.key, k = jax.random.split(self.key)
+        self.state, metrics = self._update(self.state, self.replay, k, self._offline_arg)
+        self.updates += self.updates_per_call
+        return {k: float(v) for k, v in metrics.items()}
+
+    def compile_update(self) -> None:
+        """Compile ``update`` without changing any state."""
+        self._update.lower(self.state, self.replay, self.key, self._offline_arg).compile()
+
+    def critic_warmup(self, num_updates: int, chunk: int = 500) -> dict:
+        """num_updates critic-only steps (in jitted chunks)."""
+        metrics: dict = {}
+        done = 0
+        while done < num_updates and self.ready():
+            n = min(chunk, num_updates - done)
+            self.key, k = jax.random.split(self.key)
+            self.state, m = self._critic(self.state, self.replay, k, self._offline_arg, n)
+            metrics = {k: float(v) for k, v in m.items()}
+            done += n
+        return metrics
+
+
+class PolicyRunner:
+    """The actor for one robot: base + residual, jitted for a batch of one.
+
+    ``params`` returns the LearnerState to act with (a fixed state, or the async learner's
+    latest snapshot); ``mode`` is "train" (exploration noise), "eval" (deterministic
+    residual), "base" (residual 0) or "warmup" (uniform residual noise of ``warmup_noise``).
+    """
+
+    def __init__(self, base: BasePolicy, learner: ResidualTD3, scaler: ActionScaler,
+                 params: Callable[[], LearnerState], key: jax.Array, warmup_noise: float = 0.0):
+        if base.action_dim != learner.action_dim:
+            raise ValueError(f"The base policy's action size ({base.action_dim}) does not match "
+                             f"the learner's ({learner.action_dim}).")
+        self.base, self.learner, self.scaler = base, learner, scaler
+        self.params, self.key, self.warmup_noise = params, key, float(warmup_noise)
+        self.mode = "train"
+        self._base_step = jax.jit(base.step)
+        self._act = jax.jit(learner.act, static_argnames="deterministic")
+        self._norm = jax.jit(lambda a: jnp.clip(scaler.normalize(a), -1.0, 1.0))
+        self._unnorm = jax.jit(scaler.unnormalize)
+        self._bstate = None
+
+    def begin(self) -> None:
+        self._bstate = self.base.init_state(1)        # a fresh chunk queue every episode
+
+    def base_action(self, obs: np.ndarray) -> np.ndarray:
+        a, self._bstate = self._base_step(self._bstate, jnp.asarray(obs)[None])
+        return np.asarray(a[0], np.float32)
+
+    def act(self, obs: np.ndarray, base_action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(residual [A] normalized, action [A] raw = unnormalize(clip(a_b + r)))."""
+        a_b = self._norm(jnp.asarray(base_action))
+        self.key, k = jax.random.split(self.key)
+        if self.mode == "base":
+            r = jnp.zeros_like(a_b)
+        elif self.mode == "warmup":
+            r = jax.random.uniform(k, a_b.shape, minval=-self.warmup_noise,
+                                   maxval=self.warmup_noise)
+        else:
+            state = self.params()
+            r, _ = self._act(state, jnp.asarray(obs)[None], a_b[None], k,
+                             deterministic=self.mode == "eval")
+            r = r[0]
+        action = self._unnorm(jnp.clip(a_b + r, -1.0, 1.0))
+        return np.asarray(r, np.float32), np.asarray(action, np.float32)
+
+
+class AsyncLearner:
+    """Runs ``RobotLearner.update`` in a thread (see the module docstring).
+
+    max_update_ratio: at most this many learner updates per collected env step (None: as
+    fast as the machine allows). ``snapshot()`` returns (version, LearnerState) atomically;
+    an exception in the thread is re-raised by the next ``snapshot``/``submit``/``stop``.
+    """
+
+    def __init__(self, rl: RobotLearner, max_update_ratio: float | None = None,
+                 on_update: Callable[[int, LearnerState, dict], None] | None = None):
+        self.rl, self.max_update_ratio, self.on_update = rl, max_update_ratio, on_update
+        self._lock = threading.Lock()
+        self._snapshot = (0, rl.state)
+        self._inbox: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self.env_steps = 0
+        self.metrics: dict = {}
+        self._thread = threading.Thread(target=self._run, name="resfit-learner", daemon=True)
+
+    def start(self) -> "AsyncLearner":
+        self._thread.start()
+        return self
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"async learner thread failed: {self._error!r}") from self._error
+
+    def snapshot(self) -> tuple[int, LearnerState]:
+        self._raise()
+        with self._lock:
+            return self._snapshot
+
+    def params(self) -> LearnerState:
+        return self.snapshot()[1]
+
+    def submit(self, episode, base_action: np.ndarray) -> None:
+        """Queue a finished (already journaled) episode for insertion by the thread."""
+        self._raise()
+        self._inbox.put((episode, base_action))
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                ep, b = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            self.rl.add_episode(ep, b)
+            self.env_steps += ep.num_actions
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._drain()
+                capped = (self.max_update_ratio is not None and
+                          self.rl.updates >= self.max_update_ratio * self.env_steps)
+                if not self.rl.ready() or capped:
+                    time.sleep(0.005)
+                    continue
+                metrics = self.rl.update()
+                with self._lock:
+                    self._snapshot = (self._snapshot[0] + 1, self.rl.state)
+                    version = self._snapshot[0]
+                self.metrics = metrics
+                if self.on_update is not None:
+                    self.on_update(version, self.rl.state, metrics)
+            self._drain()
+        except BaseException as e:  # surfaced to the actor thread
+            self._error = e
+
+    def stop(self) -> None:
+        """Stop the thread after its current update; pending episodes are inserted."""
+        self._stop.set()
+        self._thread.join()
+        self._raise()

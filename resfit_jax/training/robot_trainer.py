@@ -1,0 +1,257 @@
+"""Residual training on a robot: phases, journal, checkpoints, sync or async learning.
+
+    trainer = RobotTrainer(RobotTrainConfig(...), base, learner, scaler, offline, out)
+    trainer.run(robot, labeller, limits, num_episodes=20)
+
+Phases (counted in usable, i.e. success or failure, journaled episodes): the first
+``warmup_episodes`` run the base with a uniform residual of ``warmup_noise`` and no updates;
+then ``critic_warmup_updates`` critic-only steps; then training episodes (exploration noise).
+
+Learner modes: ``sync`` runs ``updates_per_step`` updates after every control step
+(``sync_every="step"``; they count against the control period) or ``updates_per_step * T``
+after each episode of T steps (``sync_every="episode"``, while the scene is reset); ``async``
+updates continuously in a thread (``AsyncLearner``) and the actor takes the newest
+parameters at each step.
+
+Durability: each finished episode is journaled (``Journal``, atomic rename) before it enters
+the replay; the learner state and RNG are checkpointed (orbax) after every
+``checkpoint_every`` episodes and on an emergency stop. A new ``RobotTrainer`` on the same
+``out`` restores the latest checkpoint and rebuilds the replay from the journal, so a crash
+(even SIGKILL) loses at most the episode in progress. Files under ``out``: journal/,
+checkpoints/, metrics.jsonl, tb/, config.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from resfit_jax.base_policy import BasePolicy
+from resfit_jax.checkpointing import RunCheckpointer
+from resfit_jax.normalization import ActionScaler
+from resfit_jax.residual_td3 import ResidualTD3, ResidualTD3Config
+from resfit_jax.training.journal import Journal
+from resfit_jax.training.logger import MetricsLogger
+from resfit_jax.training.operator import Label, Labeller
+from resfit_jax.training.robot_learner import AsyncLearner, PolicyRunner, RobotLearner
+from resfit_jax.training.robot_loop import (EmergencyStop, EpisodeRecord, LoopConfig,
+                                            RobotInterface, SafetyLimits, run_episode)
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotTrainConfig:
+    learner: ResidualTD3Config = dataclasses.field(default_factory=ResidualTD3Config.cpu)
+    loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
+    mode: str = "sync"                     # "sync" | "async"
+    sync_every: str = "episode"            # "step" | "episode" (sync mode)
+    updates_per_step: int = 1              # learner updates per env step (sync mode)
+    max_update_ratio: float | None = None  # async: cap on updates per collected env step
+    warmup_episodes: int = 2
+    warmup_noise: float = 0.0
+    critic_warmup_updates: int = 500
+    replay_capacity: int = 100_000
+    min_replay: int = 64
+    failure_is_terminal: bool = True
+    checkpoint_every: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("sync", "async"):
+            raise ValueError(f"RobotTrainConfig.mode must be 'sync' or 'async', got {self.mode!r}.")
+        if self.sync_every not in ("step", "episode"):
+            raise ValueError("RobotTrainConfig.sync_every must be 'step' or 'episode', got "
+                             f"{self.sync_every!r}.")
+        if self.updates_per_step < 0 or self.warmup_episodes < 0 or self.checkpoint_every < 1:
+            raise ValueError("RobotTrainConfig: updates_per_step and warmup_episodes must be "
+                             ">= 0 and checkpoint_every >= 1.")
+
+
+def _to_dict(cfg: RobotTrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+class RobotTrainer:
+    """See the module docstring. ``offline`` is the demo buffer (``training.offline``) or None."""
+
+    def __init__(self, cfg: RobotTrainConfig, base: BasePolicy, learner: ResidualTD3,
+                 scaler: ActionScaler, offline: Any, out: str, extra_info: dict | None = None):
+        self.cfg, self.base, self.learner, self.scaler = cfg, base, learner, scaler
+        self.out = out
+        os.makedirs(out, exist_ok=True)
+        cfg_path = os.path.join(out, "config.json")
+        cfg_dict = _to_dict(cfg)
+        if os.path.exists(cfg_path):
+            with open(cfg_path) as f:
+                saved = json.load(f)["config"]
+            if saved != cfg_dict:
+                diff = sorted(k for k in set(saved) | set(cfg_dict) if saved.get(k) != cfg_dict.get(k))
+                raise ValueError(f"{out} holds a robot run with a different config (fields "
+                                 f"{diff}); use the same flags or a new --out.")
+        else:
+            with open(cfg_path, "w") as f:
+                json.dump({"config": cfg_dict, **(extra_info or {})}, f, indent=2)
+        self.journal = Journal(os.path.join(out, "journal"))
+        self.ckpt = RunCheckpointer(os.path.join(out, "checkpoints"))
+        self.rl = RobotLearner(learner, scaler, cfg.loop.max_episode_steps,
+                               jax.random.key(cfg.seed), cfg.replay_capacity,
+                               max(cfg.updates_per_step, 1), offline,
+                               cfg.failure_is_terminal, cfg.min_replay)
+        self.progress = {"critic_warmup_done": False, "checkpoint_episodes": 0}
+        self.restored_step: int | None = None
+        if self.ckpt.latest_step() is not None:
+            state, prog = self.ckpt.restore({"learner": self.rl.state, "key": self.rl.key})
+            self.rl.state, self.rl.key = state["learner"], state["key"]
+            self.rl.updates = int(prog.get("updates", 0))
+            self.progress.update(prog)
+            self.restored_step = self.ckpt.latest_step()
+        self.rebuilt = self._rebuild()
+        metrics = os.path.join(out, "metrics.jsonl")
+        lines = sum(1 for _ in open(metrics)) if os.path.exists(metrics) else None
+        self.logger = MetricsLogger(out, [cfg.seed], keep_lines=lines)
+        self.runner = PolicyRunner(base, learner, scaler, lambda: self.rl.state,
+                                   jax.random.fold_in(jax.random.key(cfg.seed), 0x5EED),
+                                   cfg.warmup_noise)
+
+    # -- state from disk -----------------------------------------------------------------
+    def _rebuild(self) -> dict:
+        """Insert every usable journaled episode into the (empty) replay, in order."""
+        n_eps = n_steps = 0
+        for entry in self.journal.entries():
+            if entry.label not in (Label.SUCCESS.value, Label.FAILURE.value):
+                continue
+            ep, extras = self.journal.read(entry)
+            self.rl.add_episode(ep, extras["base_action"])
+            n_eps, n_steps = n_eps + 1, n_steps + ep.num_actions
+        return {"episodes": n_eps, "env_steps": n_steps}
+
+    def counts(self) -> dict:
+        entries = self.journal.entries()
+        usable = [e for e in entries if e.label in (Label.SUCCESS.value, Label.FAILURE.value)]
+        return {"episodes": len(entries), "usable_episodes": len(usable),
+                "env_steps": int(sum(e.metadata.get("steps", 0) for e in usable)),
+                "successes": sum(e.label == Label.SUCCESS.value for e in usable)}
+
+    def save(self, state=None) -> None:
+        c = self.counts()
+        prog = dict(self.progress, updates=int(self.rl.updates), **c,
+                    checkpoint_episodes=c["episodes"], saves=int(self.progress.get("saves", 0)) + 1)
+        self.progress = prog
+        self.ckpt.save(prog["saves"], {"learner": state if state is not None else self.rl.state,
+                                       "key": self.rl.key}, prog)
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self, robot: RobotInterface, labeller: Labeller, limits: SafetyLimits,
+            num_episodes: int, evaluate: str | None = None, progress=print) -> list[dict]:
+        """Run ``num_episodes`` more episodes. ``evaluate`` None trains; "eval" runs the
+        deterministic residual and "base" the base alone (journaled, no updates).
+        Returns the per-episode log rows. Raises EmergencyStop after an e-stop episode has
+        been journaled and checkpointed."""
+        cfg = self.cfg
+        if robot.action_size != self.learner.action_dim:
+            raise ValueError(f"The robot has {robot.action_size} action dims; the base and "
+                             f"learner have {self.learner.action_dim}.")
+        if robot.observation_size != self.learner.obs_dim:
+            raise ValueError(f"The robot observes {robot.observation_size} values; the "
+                             f"learner expects {self.learner.obs_dim}.")
+        rows, async_l = [], None
+        self._compile(robot)
+        try:
+            for _ in range(num_episodes):
+                c = self.counts()
+                phase = evaluate or ("warmup" if c["usable_episodes"] < cfg.warmup_episodes
+                                     else "train")
+                if phase == "train" and not self.progress["critic_warmup_done"]:
+                    t0 = time.time()
+                    m = self.rl.critic_warmup(cfg.critic_warmup_updates)
+                    self.progress["critic_warmup_done"] = True
+                    self.save()
+                    progress(f"critic warm-up: {cfg.critic_warmup_updates} updates in "
+                             f"{time.time() - t0:.1f} s {m}")
+                if phase == "train" and cfg.mode == "async" and async_l is None:
+                    async_l = AsyncLearner(self.rl, cfg.max_update_ratio)
+                    async_l.env_steps = c["env_steps"]
+                    async_l.start()
+                self.runner.mode = phase
+                self.runner.params = async_l.params if async_l else (lambda: self.rl.state)
+                step_updates = (phase == "train" and cfg.mode == "sync"
+                                and cfg.sync_every == "step" and cfg.updates_per_step > 0)
+                updates_before = self.rl.updates
+                rec = run_episode(robot, self.runner, labeller, limits, cfg.loop,
+                                  episode=c["episodes"],
+                                  after_step=self.rl.update if step_updates else None)
+                row = self._finish(rec, phase, async_l, updates_before)
+                rows.append(row)
+                progress(_describe(row))
+                if rec.label == Label.ESTOP:
+                    self.save(async_l.params() if async_l else None)
+                    raise EmergencyStop(f"emergency stop ({rec.reason}{': ' + rec.error if rec.error else ''}); "
+                                        f"the episode was journaled as {row.get('journal')}.")
+                if (row["episode"] + 1) % cfg.checkpoint_every == 0:
+                    self.save(async_l.params() if async_l else None)
+        finally:
+            if async_l is not None:
+                async_l.stop()          # the thread's last state is in self.rl.state
+                self.save()
+            self.logger.flush()
+        return rows
+
+    def _compile(self, robot: RobotInterface) -> None:
+        """Compile the actor (and the sync step update) before the first tick, so the
+        first control steps are not late."""
+        obs = np.zeros(self.learner.obs_dim, np.float32)
+        mode = self.runner.mode
+        for m in ("base", "train", "eval", "warmup"):
+            self.runner.mode = m
+            self.runner.begin()
+            self.runner.act(obs, self.runner.base_action(obs))
+        self.runner.mode = mode
+        if self.rl.ready():
+            self.rl.compile_update()
+
+    def _finish(self, rec: EpisodeRecord, phase: str, async_l, updates_before: int) -> dict:
+        """Journal (first), then replay, then sync updates and the log row."""
+        cfg = self.cfg
+        c = self.counts()
+        row = {"kind": "robot_episode", "seed": cfg.seed, "phase": phase,
+               "episode": c["episodes"], **rec.stats()}
+        row.pop("clipped_per_dim")
+        if rec.steps == 0:
+            row["journal"] = None      # nothing was executed: nothing to keep
+            return row
+        meta = dict(rec.stats(), phase=phase, time=time.time())
+        entry = self.journal.write(rec.to_episode(cfg.failure_is_terminal), rec.extras(), meta)
+        row["journal"] = os.path.relpath(entry.path, self.out)
+        if rec.usable:
+            if async_l is not None:
+                async_l.submit(rec.to_episode(cfg.failure_is_terminal), rec.base_action)
+            else:
+                self.rl.add_record(rec)
+        if phase == "train" and cfg.mode == "sync" and cfg.sync_every == "episode":
+            for _ in range(rec.steps):
+                self.rl.update()
+        c = self.counts()
+        row.update(env_steps=c["env_steps"], successes_total=c["successes"],
+                   updates=int(self.rl.updates), replay=int(self.rl.replay_size))
+        metrics = async_l.metrics if async_l is not None else {}
+        row.update({k: v for k, v in metrics.items() if isinstance(v, float)})
+        row["updates_this_episode"] = int(self.rl.updates) - updates_before
+        self.logger.write(row)
+        return row
+
+    def close(self) -> None:
+        self.logger.close()
+        self.ckpt.close()
+
+
+def _describe(row: dict) -> str:
+    if row.get("journal") is None:
+        return f"episode {row['episode']}: nothing executed ({row['reason']})"
+    return (f"episode {row['episode']} [{row['phase']}]: {row['label']} ({row['reason']}) in "
+            f"{row['steps']} steps, {row['wall_s']:.1f} s; overruns {row['overruns']}, "
+            f"clipped steps {row['clipped_steps']}, max step {row['max_step_ms']:.1f} ms; "
+            f"updates {row.get('updates', 0)}, replay {row.get('replay', 0)}")
