@@ -150,3 +150,14 @@ def test_domain_randomization_batches_models():
     assert s.obs.shape == (4, 28) and np.all(np.isfinite(np.asarray(s.obs)))
     with pytest.raises(ValueError, match="action has shape"):
         env.step(s, jnp.zeros((3, 7)))
+
+
+def test_peg_clearance_sets_hole_size_and_success_radius():
+    """The hole is peg width + clearance; success needs the peg centred within that hole."""
+    from resfit_jax.envs.peg_insertion import PEG_HALF
+
+    tight = envs.make("PegInsertion", clearance=0.003)
+    assert tight.hole_half == pytest.approx(PEG_HALF[0] + 0.0015)
+    assert envs.make("PegInsertion").hole_half == pytest.approx(PEG_HALF[0] + 0.004)
+    with pytest.raises(ValueError, match="clearance"):
+        envs.make("PegInsertion", clearance=0.0)

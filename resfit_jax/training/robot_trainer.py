@@ -165,7 +165,8 @@ class RobotTrainer:
                 c = self.counts()
                 phase = evaluate or ("warmup" if c["usable_episodes"] < cfg.warmup_episodes
                                      else "train")
-                if phase == "train" and not self.progress["critic_warmup_done"]:
+                if (phase == "train" and not self.progress["critic_warmup_done"]
+                        and self.rl.ready()):
                     t0 = time.time()
                     m = self.rl.critic_warmup(cfg.critic_warmup_updates)
                     self.progress["critic_warmup_done"] = True
