@@ -111,7 +111,7 @@ def main(argv):
             critic_warmup_updates=FLAGS.critic_warmup, seed=FLAGS.seed)
         cfg = apply_overrides(cfg, FLAGS.override)
         print(f"Resolved config: {cfg}")
-        scaler, obs_norm = fit_normalizers(demos, cfg.learner.action_scale)
+        scaler, obs_norm = fit_normalizers(demos, cfg.learner.action_scale, sim_cfg.action_margin)
         learner = make_learner(cfg.learner, obs_dim, act_dim, obs_norm)
         from resfit_jax.replay import NStepWriter
         c = cfg.learner

@@ -35,13 +35,15 @@ class ActionScaler:
     half_range: jax.Array
 
     @classmethod
-    def fit(cls, actions, action_scale: float = 0.1, min_half_range: float = 0.05) -> "ActionScaler":
-        """Fit from raw actions [N, A]: per-dim [min, max], half-range floored then widened."""
-        if action_scale < 0:
-            raise ValueError(f"action_scale must be >= 0, got {action_scale}.")
+    def fit(cls, actions, action_scale: float = 0.1, min_half_range: float = 0.05,
+            margin: float = 0.0) -> "ActionScaler":
+        """Fit from raw actions [N, A]: per-dim [min, max], half-range floored, then widened
+        by ``1 + margin`` (room for base actions beyond the data) and ``1 + action_scale``."""
+        if action_scale < 0 or margin < 0:
+            raise ValueError(f"action_scale and margin must be >= 0, got {action_scale}, {margin}.")
         a = _as_2d_finite(actions, "ActionScaler.fit(actions)")
         lo, hi = a.min(axis=0), a.max(axis=0)
-        half = np.maximum((hi - lo) / 2.0, min_half_range) * (1.0 + action_scale)
+        half = np.maximum((hi - lo) / 2.0, min_half_range) * (1.0 + margin) * (1.0 + action_scale)
         return cls(center=jnp.asarray((hi + lo) / 2.0, jnp.float32),
                    half_range=jnp.asarray(half, jnp.float32))
 

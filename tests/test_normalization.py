@@ -51,3 +51,18 @@ def test_fit_rejects_bad_data():
         StateStandardizer.fit(np.zeros((0, 3)))
     with pytest.raises(ValueError, match="low < high"):
         ActionScaler.from_bounds([1.0], [0.0])
+
+
+def test_action_scaler_margin_keeps_actions_beyond_the_demos_unclipped():
+    """margin widens the fitted range before the residual widening: an action 10-20% past the
+    demo max maps inside [-1, 1] with margin 0.3 and outside without it."""
+    demo = np.array([[0.0, -1.0], [1.0, 1.0]])
+    plain = ActionScaler.fit(demo, action_scale=0.05)
+    wide = ActionScaler.fit(demo, action_scale=0.05, margin=0.3)
+    np.testing.assert_allclose(np.asarray(wide.half_range),
+                               np.asarray(plain.half_range) * 1.3, rtol=1e-6)
+    beyond = np.array([1.1, 1.2])
+    assert np.all(np.abs(np.asarray(plain.normalize(beyond))) > 1)
+    assert np.all(np.abs(np.asarray(wide.normalize(beyond))) < 1)
+    with pytest.raises(ValueError, match="margin"):
+        ActionScaler.fit(demo, margin=-0.1)

@@ -41,6 +41,9 @@ class TrainConfig:
     eval_episodes: int = 100           # exactly this many full episodes per evaluation
     replay_capacity: int = 200_000     # online buffer, transitions per seed
     num_demos: int | None = None       # offline demos to use (None: all available)
+    action_margin: float = 0.0         # widen the demo action range by this fraction before
+                                       # normalizing, so base actions beyond the demos' range
+                                       # are not clipped (see ActionScaler.fit)
 
     def __post_init__(self):
         errors = []
@@ -48,7 +51,7 @@ class TrainConfig:
                      "eval_every", "eval_episodes", "replay_capacity", "total_env_steps"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("warmup_env_steps", "critic_warmup_updates"):
+        for name in ("warmup_env_steps", "critic_warmup_updates", "action_margin"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if self.warmup_env_steps == 0 and self.learner.offline_fraction < 1e-9 and \
@@ -108,7 +111,11 @@ CPU_STEPS = {"PointReach": 20_000, "PickPlace": 100_000, "PegInsertion": 100_000
 _ARM_CPU = {"learner": {"actor_lr": 3e-6, "exploration_std": 0.01, "action_scale": 0.05,
                         "n_step": 10},
             "warmup_noise": 0.05, "critic_warmup_updates": 5_000}
-CPU_TASK = {"PickPlace": _ARM_CPU, "PegInsertion": _ARM_CPU, "BimanualHandover": _ARM_CPU}
+# The PegInsertion base leaves the demos' joint-target range when it lowers the peg (shoulder
+# targets up to 1.29 half-ranges out); clipping them to the scaler's range cost the base
+# 41.5% -> 35% on 200 matched episodes, a 30% margin 38%.
+CPU_TASK = {"PickPlace": _ARM_CPU, "PegInsertion": dict(_ARM_CPU, action_margin=0.3),
+            "BimanualHandover": _ARM_CPU}
 
 
 def preset(task: str, scale: str = "cpu", **overrides) -> TrainConfig:
@@ -120,7 +127,8 @@ def preset(task: str, scale: str = "cpu", **overrides) -> TrainConfig:
       100k main-loop steps (PickPlace / PegInsertion), eval every 10k steps on 100
       episodes; PointReach: actor lr 1e-4 (``ResidualTD3Config.cpu``), 1k critic warm-up
       steps; MJX arm tasks: ``CPU_TASK`` (actor lr 3e-6, action scale 0.05, exploration
-      std 0.01, n-step 10, warm-up noise 0.05, 5k critic warm-up steps).
+      std 0.01, n-step 10, warm-up noise 0.05, 5k critic warm-up steps; PegInsertion also a
+      30% action-range margin).
     """
     if scale not in SCALES:
         raise ValueError(f"Unknown scale {scale!r}; choose one of {SCALES}.")

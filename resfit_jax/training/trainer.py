@@ -49,12 +49,13 @@ def config_to_dict(cfg: TrainConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def fit_normalizers(episodes: Sequence[Episode], action_scale: float
+def fit_normalizers(episodes: Sequence[Episode], action_scale: float, margin: float = 0.0
                     ) -> tuple[ActionScaler, StateStandardizer]:
-    """Action scaler (demo [min, max], widened by 1 + action_scale) and obs standardizer."""
+    """Action scaler (demo [min, max], widened by 1 + margin and 1 + action_scale) and obs
+    standardizer."""
     actions = np.concatenate([ep.action[:-1] for ep in episodes])
     obs = np.concatenate([ep.observation for ep in episodes])
-    return ActionScaler.fit(actions, action_scale), StateStandardizer.fit(obs)
+    return ActionScaler.fit(actions, action_scale, margin=margin), StateStandardizer.fit(obs)
 
 
 def _summarize_eval(ev: dict, s: int) -> dict:
@@ -113,7 +114,7 @@ def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: 
     episodes = list(episodes)[: cfg.num_demos] if cfg.num_demos else list(episodes)
     obs_dim = int(task.observation_spec.shape[0])
     check_compatible(episodes, obs_dim, task.action_size, type(task).__name__)
-    scaler, obs_norm = fit_normalizers(episodes, cfg.learner.action_scale)
+    scaler, obs_norm = fit_normalizers(episodes, cfg.learner.action_scale, cfg.action_margin)
     learner = make_learner(cfg.learner, task.observation_spec, task.action_size, obs_norm)
     loop = SimLoop(task, base, learner, scaler, num_envs=cfg.num_envs,
                    replay_capacity=cfg.replay_capacity, updates_per_step=cfg.updates_per_step,
