@@ -107,8 +107,8 @@ class RobotLearner:
         return {k: float(v) for k, v in metrics.items()}
 
     def compile_update(self) -> None:
-        """Compile ``update`` without changing any state."""
-        self._update.lower(self.state, self.replay, self.key, self._offline_arg).compile()
+        """Compile ``update`` (one call whose result is discarded; no state changes)."""
+        jax.block_until_ready(self._update(self.state, self.replay, self.key, self._offline_arg))
 
     def critic_warmup(self, num_updates: int, chunk: int = 500) -> dict:
         """num_updates critic-only steps (in jitted chunks)."""
