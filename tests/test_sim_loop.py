@@ -57,3 +57,29 @@ def test_every_env_step_becomes_one_transition(loop):
     assert np.all(np.abs(data.action) <= 1.0) and np.all(np.abs(data.base_action) <= 1.0)
     # the executed action is the base action plus a warm-up residual within +-0.2
     assert np.all(np.abs(data.action - data.base_action) <= loop.warmup_noise + 1e-6)
+
+
+class _Exploding(PointReach):
+    """PointReach whose simulation 'diverges' (NaN state) once |pos[0]| exceeds 0.3."""
+
+    def step(self, state, action):
+        s = super().step(state, action)
+        bad = jnp.abs(s.data["pos"][0]) > 0.3
+        return s.replace(obs=jnp.where(bad, jnp.nan, s.obs))
+
+
+def test_a_diverged_simulation_ends_the_episode_and_stores_nothing_non_finite():
+    task = _Exploding(episode_length=20)
+    scaler = ActionScaler.from_bounds(task.action_low, task.action_high, CFG.action_scale)
+    # the base pushes +x: most episodes diverge before success or the time limit
+    base = FunctionBase(lambda o: jnp.broadcast_to(jnp.array([1.0, 0.0]), o.shape[:-1] + (2,)), 2)
+    loop = SimLoop(task, base, make_learner(CFG, 4, 2), scaler, num_envs=8, replay_capacity=2048)
+    ls = loop.init(jax.random.key(1), loop.learner.init(jax.random.key(2)))
+    ls, stats = jax.jit(loop.warmup, static_argnums=1)(ls, 40)
+    assert int(stats["diverged"]) > 8
+    assert np.all(np.isfinite(np.asarray(ls.env_state.obs)))           # reset after divergence
+    n = int(ls.replay_state.size)
+    data = jax.tree.map(lambda x: np.asarray(x[:n]), ls.replay_state.data)
+    assert n > 0 and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(data))
+    ls, metrics = jax.jit(loop.train, static_argnums=2)(ls, None, 4)   # the learner keeps going
+    assert np.isfinite(float(metrics["critic_loss"]))

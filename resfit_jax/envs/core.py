@@ -104,27 +104,41 @@ class Wrapper(Env):
         return getattr(self.env, name)
 
 
-_EPISODE_KEYS = ("success", "truncated", "final_obs", "steps", "rng")
+_EPISODE_KEYS = ("success", "truncated", "diverged", "final_obs", "steps", "rng")
+
+
+def _all_finite(obs) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(obs)]
+    return jnp.stack(leaves).all() if leaves else jnp.ones((), bool)
 
 
 class EpisodeWrapper(Wrapper):
-    """Time limit and episode bookkeeping, without reset: done = success or truncated."""
+    """Time limit and episode bookkeeping, without reset: done = success or truncated.
+
+    A step whose observation is not finite (the simulation diverged, e.g. an exploding
+    contact) ends the episode as a failure: ``done`` and ``truncated`` and
+    ``info["diverged"]`` are set, so loops reset the env and drop its transitions instead
+    of feeding NaNs to a learner.
+    """
 
     def reset(self, key):
         key, k_reset = jax.random.split(key)
         s = self.env.reset(k_reset)
         info = dict(s.info, success=jnp.zeros((), bool), truncated=jnp.zeros((), bool),
-                    final_obs=s.obs, steps=jnp.zeros((), jnp.int32), rng=key)
+                    diverged=jnp.zeros((), bool), final_obs=s.obs,
+                    steps=jnp.zeros((), jnp.int32), rng=key)
         return s.replace(info=info, done=jnp.zeros((), bool), reward=jnp.zeros((), jnp.float32))
 
     def step(self, state, action):
         s = self.env.step(state, action)
         steps = state.info["steps"] + 1
-        success = s.info["success"].astype(bool)
-        truncated = (steps >= self.horizon) & ~success
-        info = dict(s.info, success=success, truncated=truncated, final_obs=s.obs, steps=steps,
-                    rng=state.info["rng"])
-        return s.replace(info=info, done=success | truncated)
+        diverged = ~_all_finite(s.obs)
+        success = s.info["success"].astype(bool) & ~diverged
+        truncated = ((steps >= self.horizon) & ~success) | diverged
+        info = dict(s.info, success=success, truncated=truncated, diverged=diverged,
+                    final_obs=s.obs, steps=steps, rng=state.info["rng"])
+        return s.replace(info=info, done=success | truncated,
+                         reward=jnp.where(diverged, 0.0, s.reward).astype(s.reward.dtype))
 
 
 class AutoReset(EpisodeWrapper):

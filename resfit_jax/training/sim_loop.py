@@ -149,9 +149,11 @@ class SimLoop:
         a_next_raw, b_next = self.base.step(ls.base_state, final_obs)
         a_next = self.normalize_base(a_next_raw)
         a_new_raw, b_new = self.base.step(self.base.reset(b_next, done), s.obs)
+        diverged = s.info["diverged"]
         writer_state, cands, valid = self.writer.step(
             ls.writer_state, ls.env_state.obs, ls.base_action, action, s.reward, final_obs,
             a_next, done & ~truncated, truncated)
+        valid = valid & ~diverged[:, None]      # never store a non-finite next observation
         ls = ls.replace(
             env_state=s,
             base_state=_select(done, b_new, b_next),
@@ -159,7 +161,8 @@ class SimLoop:
             writer_state=writer_state,
             replay_state=self.buffer.add(ls.replay_state, cands, valid),
             env_steps=ls.env_steps + self.num_envs)
-        stats = {"episodes": done.sum(), "successes": (done & s.info["success"]).sum()}
+        stats = {"episodes": done.sum(), "successes": (done & s.info["success"]).sum(),
+                 "diverged": diverged.sum()}
         return ls, stats
 
     def _update(self, ls: LoopState, offline: ReplayState | None) -> tuple[LoopState, dict]:
