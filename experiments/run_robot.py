@@ -128,7 +128,8 @@ def main(argv):
         trainer = RobotTrainer(cfg, base, learner, scaler, offline, out,
                                {"task": FLAGS.task, "base": info["path"], "demos": demos_dir})
         if trainer.restored_step is not None or trainer.rebuilt["episodes"]:
-            print(f"Continuing {out}: checkpoint after episode {trainer.restored_step}, replay "
+            print(f"Continuing {out}: learner checkpoint after "
+                  f"{trainer.progress.get('checkpoint_episodes', 0)} episodes, replay "
                   f"rebuilt from {trainer.rebuilt['episodes']} journaled episodes "
                   f"({trainer.rebuilt['env_steps']} steps)")
         labeller = oracle_labeller(robot) if FLAGS.labels == "oracle" else TerminalLabeller()

@@ -39,6 +39,7 @@ def main(argv):
     robot = SimRobot(FLAGS.task, seed=FLAGS.seed, latency_s=FLAGS.latency_s,
                      jitter_s=FLAGS.jitter_s)
     robot.reset()          # compile / warm the eager paths before announcing
+    robot.success()
     serve(robot, FLAGS.host, FLAGS.port, key.encode(), max_clients=FLAGS.max_clients)
 
 
