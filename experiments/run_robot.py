@@ -59,7 +59,7 @@ def main(argv):
     from resfit_jax import envs
     from resfit_jax.compile_cache import enable_compilation_cache
     from resfit_jax.data import read_episodes
-    from resfit_jax.envs.sim_robot import KEY_ENV, RemoteRobot, spawn_server
+    from resfit_jax.envs.sim_robot import RemoteRobot, read_key, spawn_server
     from resfit_jax.training.config import apply_overrides, preset
     from resfit_jax.training.operator import TerminalLabeller, oracle_labeller
     from resfit_jax.training.robot_loop import EmergencyStop, LoopConfig, SafetyLimits
@@ -80,13 +80,10 @@ def main(argv):
         if not FLAGS.address:
             raise app.UsageError("Pass --address=host:port of a robot server, or --spawn_sim.")
         address = FLAGS.address
-        if FLAGS.key_file:
-            with open(FLAGS.key_file) as f:
-                key = f.read().strip()
-        else:
-            key = os.environ.get(KEY_ENV, "")
-        if not key:
-            raise app.UsageError(f"No robot key: set ${KEY_ENV} or pass --key_file.")
+        try:
+            key = read_key(FLAGS.key_file)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
     try:
         robot = RemoteRobot(address, key.encode())
         if (robot.observation_size, robot.action_size) != (obs_dim, act_dim):

@@ -10,7 +10,6 @@ reply, like a real robot's transport. Prints "listening on HOST:PORT" when ready
 """
 from __future__ import annotations
 
-import os
 
 from absl import app, flags
 
@@ -27,15 +26,12 @@ flags.DEFINE_integer("max_clients", None, "Exit after this many client sessions.
 
 def main(argv):
     del argv
-    from resfit_jax.envs.sim_robot import KEY_ENV, SimRobot, serve
+    from resfit_jax.envs.sim_robot import SimRobot, read_key, serve
 
-    if FLAGS.key_file:
-        with open(FLAGS.key_file) as f:
-            key = f.read().strip()
-    else:
-        key = os.environ.get(KEY_ENV, "")
-    if not key:
-        raise app.UsageError(f"No key: set ${KEY_ENV} or pass --key_file.")
+    try:
+        key = read_key(FLAGS.key_file)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     robot = SimRobot(FLAGS.task, seed=FLAGS.seed, latency_s=FLAGS.latency_s,
                      jitter_s=FLAGS.jitter_s)
     robot.reset()          # compile / warm the eager paths before announcing

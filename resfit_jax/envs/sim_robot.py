@@ -250,6 +250,19 @@ class RemoteRobot:
         self._conn.close()
 
 
+def read_key(key_file: str | None = None) -> str:
+    """The shared robot key from ``key_file`` or else ``$RESFIT_ROBOT_KEY``; a clear error
+    if neither gives one."""
+    if key_file:
+        with open(key_file) as f:
+            key = f.read().strip()
+    else:
+        key = os.environ.get(KEY_ENV, "")
+    if not key:
+        raise ValueError(f"No robot key: set ${KEY_ENV} or pass --key_file.")
+    return key
+
+
 def new_key() -> str:
     """A fresh random shared key (hex)."""
     return secrets.token_hex(16)

@@ -58,7 +58,7 @@ class RobotLearner:
         spec = jax.ShapeDtypeStruct((learner.obs_dim,), jnp.float32)
         self.replay = self.buffer.init(transition_spec(spec, learner.action_dim))
         self.updates = 0
-        ob, off = self.offline_buffer, self.offline
+        ob = self.offline_buffer
         self._update = jax.jit(lambda s, r, k, o: replay_updates(
             learner, s, self.buffer, r, ob, o, k, updates_per_call))
         self._critic = jax.jit(lambda s, r, k, o, n: critic_warmup_updates(
@@ -66,7 +66,6 @@ class RobotLearner:
         self._add = jax.jit(lambda r, p, b: add_episodes(r, p, b, scaler, self.writer,
                                                          self.buffer))
         self.updates_per_call = int(updates_per_call)
-        self._offline_arg = off
 
     # -- data -------------------------------------------------------------------------------
     def add_episode(self, episode, base_action: np.ndarray) -> int:
@@ -102,13 +101,13 @@ class RobotLearner:
         if not self.ready():
             return {}
         self.key, k = jax.random.split(self.key)
-        self.state, metrics = self._update(self.state, self.replay, k, self._offline_arg)
+        self.state, metrics = self._update(self.state, self.replay, k, self.offline)
         self.updates += self.updates_per_call
         return {k: float(v) for k, v in metrics.items()}
 
     def compile_update(self) -> None:
         """Compile ``update`` (one call whose result is discarded; no state changes)."""
-        jax.block_until_ready(self._update(self.state, self.replay, self.key, self._offline_arg))
+        jax.block_until_ready(self._update(self.state, self.replay, self.key, self.offline))
 
     def critic_warmup(self, num_updates: int, chunk: int = 500) -> dict:
         """num_updates critic-only steps (in jitted chunks)."""
@@ -117,7 +116,7 @@ class RobotLearner:
         while done < num_updates and self.ready():
             n = min(chunk, num_updates - done)
             self.key, k = jax.random.split(self.key)
-            self.state, m = self._critic(self.state, self.replay, k, self._offline_arg, n)
+            self.state, m = self._critic(self.state, self.replay, k, self.offline, n)
             metrics = {k: float(v) for k, v in m.items()}
             done += n
         return metrics
