@@ -50,6 +50,33 @@ class FunctionBase:
         return a, state + 1
 
 
+@dataclasses.dataclass(frozen=True)
+class ObservationPrefix:
+    """A base that sees only the first ``size`` entries of a flat observation [E, D], e.g.
+    when the learner's observation carries extra features (``envs.core.TimeFeature``)."""
+
+    base: Any
+    size: int
+
+    @property
+    def action_dim(self) -> int:
+        return self.base.action_dim
+
+    def init_state(self, num_envs: int) -> PyTree:
+        return self.base.init_state(num_envs)
+
+    def reset(self, state, done):
+        return self.base.reset(state, done)
+
+    def step(self, state, obs):
+        return self.base.step(state, obs[..., : self.size])
+
+    def __getattr__(self, name):
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
 @struct.dataclass
 class ChunkQueue:
     """Per-env action-chunk queue (a pytree; every field has a leading [E] axis).

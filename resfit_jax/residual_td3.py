@@ -17,7 +17,8 @@ actor step on the last row. TD target (per transition):
     y = R + discount * nonterminal * min_{j in S} Q'_j(s', clip(a_b' + r~', -1, 1)),
     r~' = clip(mu'(s', a_b') + clip(N(0, sigma), -c, c), -1, 1),
 S a random subset of ``num_min_critics`` target heads drawn per critic step. The actor
-maximises the mean over all K online heads of Q(s, clip(a_b + mu(s, a_b), -1, 1)).
+maximises the mean over all K online heads of Q(s, clip(a_b + mu(s, a_b), -1, 1)), minus
+``residual_penalty * mean((mu / action_scale)^2)`` when that option is on (default 0).
 """
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ class ResidualTD3Config:
     num_min_critics: int = 2
     layer_norm: bool = True
     action_scale: float = 0.1
+    # actor loss += residual_penalty * mean((r / action_scale)^2): holds the residual at 0
+    # where the critic's action gradient is weak (0 = the paper's objective)
+    residual_penalty: float = 0.0
     # optimisation (AdamW, global-norm clip per module group)
     actor_lr: float = 1e-6
     critic_lr: float = 1e-4
@@ -93,6 +97,8 @@ class ResidualTD3Config:
             errors.append(f"offline_fraction must be in [0, 1) (got {self.offline_fraction})")
         if not 0.0 < self.action_scale <= 1.0:
             errors.append(f"action_scale must be in (0, 1] (got {self.action_scale})")
+        if self.residual_penalty < 0.0:
+            errors.append(f"residual_penalty must be >= 0 (got {self.residual_penalty})")
         if not 0.0 <= self.tau <= 1.0:
             errors.append(f"tau must be in [0, 1] (got {self.tau})")
         if self.batch_size < 2:
@@ -331,9 +337,10 @@ class ResidualTD3:
             r = self.actor.apply(params, feats, batch.base_action)
             action = jnp.clip(batch.base_action + r, -1.0, 1.0)
             q = self.critic.apply(critic_params, feats, action)
-            return -q.mean(), r
+            penalty = jnp.mean(jnp.square(r / self.config.action_scale))
+            return -q.mean() + self.config.residual_penalty * penalty, (r, q.mean())
 
-        (loss, r), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.actor_params)
+        (loss, (r, q_pi)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.actor_params)
         updates, opt_state = self.actor_tx.update(grads, state.actor_opt_state, state.actor_params)
         params = optax.apply_updates(state.actor_params, updates)
         state = state.replace(
@@ -343,7 +350,7 @@ class ResidualTD3:
                 params, state.target_actor_params, self.config.tau),
             actor_steps=state.actor_steps + 1,
         )
-        metrics = {"actor_loss": loss, "actor_grad_norm": optax.tree.norm(grads),
+        metrics = {"actor_loss": loss, "actor_q": q_pi, "actor_grad_norm": optax.tree.norm(grads),
                    "residual_abs_mean": jnp.abs(r).mean(), "residual_abs_max": jnp.abs(r).max()}
         return state, metrics
 

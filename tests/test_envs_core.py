@@ -49,3 +49,32 @@ def test_registry_and_spec():
     env = make("PointReach", episode_length=7)
     assert env.horizon == 7 and env.action_size == 2
     assert env.observation_spec.shape == (4,)
+
+
+def test_time_feature_counts_the_episode_and_restarts_at_reset():
+    from resfit_jax.base_policy import FunctionBase, ObservationPrefix
+    from resfit_jax.envs.core import TimeFeature
+    from resfit_jax.envs.point_reach import biased_base_action
+
+    task = PointReach(episode_length=5, tolerance=1e-6)     # never succeeds: always truncates
+    timed = TimeFeature(task)
+    assert timed.observation_spec.shape == (5,)
+    env = VmapWrapper(AutoReset(timed), 3)
+    s = env.reset(jax.random.key(0))
+    np.testing.assert_array_equal(s.obs[:, -1], 0.0)
+    step = jax.jit(env.step)
+    for t in range(1, 6):
+        prev = s.obs
+        s = step(s, jnp.zeros((3, 2)))
+        np.testing.assert_allclose(s.info["final_obs"][:, -1], t / 5)
+        np.testing.assert_array_equal(s.info["final_obs"][:, :4], prev[:, :4])  # zero action
+    assert bool(s.done.all()) and bool(s.info["truncated"].all())
+    np.testing.assert_array_equal(s.obs[:, -1], 0.0)          # the new episode starts at 0
+    # the untimed env sees the same positions and goals
+    plain = VmapWrapper(AutoReset(task), 3).reset(jax.random.key(0))
+    np.testing.assert_array_equal(env.reset(jax.random.key(0)).obs[:, :4], plain.obs)
+    # a base behind ObservationPrefix gets the task's own observation
+    base = ObservationPrefix(FunctionBase(biased_base_action, 2), 4)
+    a, _ = base.step(base.init_state(3), s.obs)
+    np.testing.assert_array_equal(a, biased_base_action(s.obs[:, :4]))
+    assert base.action_dim == 2

@@ -229,3 +229,29 @@ def test_dict_observations_and_normalizer():
     assert r.shape == (4, ACT)
     with pytest.raises(ValueError, match="structure does not match"):
         lrn.act(state, {"a": jnp.ones((4, 2))}, jnp.zeros((4, ACT)), None)
+
+
+def test_residual_penalty_adds_to_the_actor_loss_and_pulls_the_residual_to_zero(trained, batches):
+    """actor_loss = -mean Q + penalty * mean((r / scale)^2); a dominant penalty shrinks r."""
+    plain = make_learner(CFG, OBS, ACT)
+    heavy = make_learner(dataclasses.replace(CFG, residual_penalty=100.0), OBS, ACT)
+    online, offline = batches
+    _, m0 = plain.update(trained, online, offline)
+    _, m1 = heavy.update(trained, online, offline)
+    # same critic steps, same actor batch: only the penalty term differs
+    last = jax.tree.map(lambda a, b: jnp.concatenate([a[-1], b[-1]]), online, offline)
+    r = heavy.actor.apply(trained.actor_params, heavy.features(last.obs), last.base_action)
+    penalty = float(jnp.mean(jnp.square(r / CFG.action_scale)))
+    assert penalty > 0
+    np.testing.assert_allclose(float(m1["actor_loss"]) - float(m0["actor_loss"]),
+                               100.0 * penalty, rtol=1e-4)
+    np.testing.assert_allclose(float(m0["actor_loss"]), -float(m0["actor_q"]), rtol=1e-6)
+
+    update = jax.jit(heavy.update)
+    state, sizes = trained, []
+    for _ in range(30):
+        state, m = update(state, online, offline)
+        sizes.append(float(m["residual_abs_mean"]))
+    assert sizes[-1] < 0.5 * sizes[0]
+    with pytest.raises(ValueError, match="residual_penalty"):
+        dataclasses.replace(CFG, residual_penalty=-1.0)

@@ -41,6 +41,23 @@ def test_zero_residual_evaluation_equals_base_alone(loop):
     assert 0.0 < float(base["success_rate"]) < 1.0
 
 
+def test_recorded_evaluation_ends_each_episode_at_its_final_observation(loop):
+    evaluate = jax.jit(loop.evaluate, static_argnums=(2, 3))
+    key = jax.random.key(3)
+    plain, rec = evaluate(None, key, 37, False), evaluate(None, key, 37, True)
+    assert "obs" not in plain
+    np.testing.assert_array_equal(plain["success"], rec["success"])
+    obs, length = np.asarray(rec["obs"]), np.asarray(rec["length"])
+    assert obs.shape == (TASK.horizon, 37, 4)
+    final = obs[length - 1, np.arange(37)]                     # the observation that ended it
+    dist = np.linalg.norm(final[:, :2] - final[:, 2:], axis=1)
+    success = np.asarray(rec["success"])
+    assert success.any() and (~success).any()
+    assert np.all(dist[success] < TASK.tolerance)
+    assert np.all(dist[~success] >= TASK.tolerance)
+    assert np.all(length[~success] == TASK.horizon)            # failures run to the time limit
+
+
 def test_every_env_step_becomes_one_transition(loop):
     ls = loop.init(jax.random.key(1), loop.learner.init(jax.random.key(2)))
     steps = 45

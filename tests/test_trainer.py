@@ -191,3 +191,27 @@ def test_wrong_base_action_size_is_rejected(demos):
     bad = FunctionBase(lambda o: jnp.zeros(o.shape[:-1] + (3,)), 3)
     with pytest.raises(ValueError, match=r"base policy's action size \(3\) does not match"):
         make_trainer(TASK, bad, demos, CFG, seeds=[0])
+
+
+def test_time_feature_run_sees_time_and_its_base_does_not(demos, tmp_path):
+    """time_feature: learner obs [D + 1] (last = t / horizon, in the demo buffer too), base-only
+    evaluation unchanged, truncation terminal; a short run completes."""
+    import dataclasses
+
+    with pytest.raises(ValueError, match="bootstrap_truncation=False"):
+        CFG.replace(time_feature=True)
+    cfg = CFG.replace(time_feature=True, total_env_steps=64,
+                      learner=dataclasses.replace(LEARNER, bootstrap_truncation=False))
+    timed = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos, cfg, seeds=[0])
+    assert timed.loop.task.observation_spec.shape == (5,)
+    n = int(timed.offline.size)
+    obs, nxt = np.asarray(timed.offline.data.obs[:n]), np.asarray(timed.offline.data.next_obs[:n])
+    assert np.all((obs[:, -1] >= 0) & (obs[:, -1] < 1)) and np.any(obs[:, -1] == 0)
+    k = np.round((nxt[:, -1] - obs[:, -1]) * TASK.horizon)           # n-step gaps of 1..n
+    assert np.all((k >= 1) & (k <= LEARNER.n_step))
+    plain = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos, CFG, seeds=[0])
+    ev_t = timed.evaluate_base(timed.eval_keys())
+    ev_p = plain.evaluate_base(plain.eval_keys())
+    np.testing.assert_array_equal(ev_t["success"], ev_p["success"])
+    summary = train_residual(timed, str(tmp_path), progress=False, task_name="PointReach")
+    assert summary["complete"]

@@ -107,6 +107,44 @@ class Wrapper(Env):
 _EPISODE_KEYS = ("success", "truncated", "diverged", "final_obs", "steps", "rng")
 
 
+class TimeFeature(Wrapper):
+    """Appends the elapsed fraction of the episode, t / horizon in [0, 1], to a flat
+    observation [D] -> [D + 1]. Wrap the bare task (inside EpisodeWrapper / AutoReset).
+
+    With a time limit and no time in the observation, a state near the limit looks like the
+    same state early on, so a critic cannot learn that a slow episode is about to fail.
+    With the feature, truncation is a true terminal of the time-aware MDP: pair it with
+    ``bootstrap_truncation=False`` (``TrainConfig.time_feature`` does).
+    """
+
+    def reset(self, key):
+        s = self.env.reset(key)
+        return s.replace(data={"env": s.data, "t": jnp.zeros((), jnp.int32)},
+                         obs=self._append(s.obs, jnp.zeros((), jnp.int32)))
+
+    def step(self, state, action):
+        s = self.env.step(state.replace(data=state.data["env"], obs=self._strip(state.obs)),
+                          action)
+        t = state.data["t"] + 1
+        return s.replace(data={"env": s.data, "t": t}, obs=self._append(s.obs, t))
+
+    def _append(self, obs, t):
+        if not isinstance(obs, jax.Array) or obs.ndim != 1:
+            raise ValueError("TimeFeature needs a flat observation vector [D]; got "
+                             f"{jax.tree.map(jnp.shape, obs)}.")
+        frac = (t / self.env.horizon).astype(obs.dtype)
+        return jnp.concatenate([obs, frac[None]])
+
+    @staticmethod
+    def _strip(obs):
+        return obs[..., :-1]
+
+    @property
+    def observation_spec(self):
+        spec = self.env.observation_spec
+        return jax.ShapeDtypeStruct((spec.shape[0] + 1,), spec.dtype)
+
+
 def _all_finite(obs) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(obs)]
     return jnp.stack(leaves).all() if leaves else jnp.ones((), bool)

@@ -44,6 +44,9 @@ class TrainConfig:
     action_margin: float = 0.0         # widen the demo action range by this fraction before
                                        # normalizing, so base actions beyond the demos' range
                                        # are not clipped (see ActionScaler.fit)
+    time_feature: bool = False         # learner observations gain t / horizon (the base does
+                                       # not see it) and time-limit truncation becomes
+                                       # terminal (learner.bootstrap_truncation must be False)
 
     def __post_init__(self):
         errors = []
@@ -57,6 +60,9 @@ class TrainConfig:
         if self.warmup_env_steps == 0 and self.learner.offline_fraction < 1e-9 and \
                 self.critic_warmup_updates > 0:
             errors.append("critic warm-up needs data: set warmup_env_steps > 0 or use demos")
+        if self.time_feature and self.learner.bootstrap_truncation:
+            errors.append("time_feature makes the time limit part of the state, so truncation "
+                          "is terminal: set learner.bootstrap_truncation=False with it")
         if self.num_envs * self.updates_per_step < 1:
             errors.append("no updates would run")
         if errors:

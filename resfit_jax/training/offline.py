@@ -27,6 +27,19 @@ from resfit_jax.normalization import ActionScaler
 from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayState, transition_spec
 
 
+def with_time_feature(episodes: Sequence[Episode], horizon: int) -> list[Episode]:
+    """Episodes whose observations [T + 1, D] gain the elapsed fraction t / horizon as a last
+    column [T + 1, D + 1], as ``envs.core.TimeFeature`` adds it online."""
+    import dataclasses
+
+    out = []
+    for ep in episodes:
+        t = np.arange(ep.observation.shape[0], dtype=np.float32)[:, None] / float(horizon)
+        out.append(dataclasses.replace(
+            ep, observation=np.concatenate([ep.observation, t], axis=1).astype(np.float32)))
+    return out
+
+
 def pad_episodes(episodes: Sequence[Episode], max_len: int | None = None) -> dict[str, np.ndarray]:
     """Stack episodes, padded to the longest (or to ``max_len`` actions): observation
     [N, T+1, O], action [N, T, A], reward [N, T], terminal [N, T] (is_terminal of the frame

@@ -206,14 +206,15 @@ class SimLoop:
         return ls, jax.tree.map(jnp.sum, stats) | jax.tree.map(jnp.mean, metrics)
 
     # ---------------------------------------------------------------------------- eval
-    def evaluate(self, learner_state: LearnerState | None, key: jax.Array, num_episodes: int
-                 ) -> dict[str, jax.Array]:
+    def evaluate(self, learner_state: LearnerState | None, key: jax.Array, num_episodes: int,
+                 record: bool = False) -> dict[str, jax.Array]:
         """Exactly num_episodes full episodes (one per env, run to the end).
 
         learner_state None evaluates the base alone; the same key gives the same initial
         conditions, so base and base + residual are compared on matched episodes. The
         residual is deterministic (its mean). Returns success [N] bool, length [N] int32,
-        success_rate, mean_success_length (NaN if no success).
+        success_rate, mean_success_length (NaN if no success); with ``record`` also obs
+        [T, N, D], the observation after each step (row ``length - 1`` ends an episode).
         """
         env = VmapWrapper(EpisodeWrapper(self.task), num_episodes)
         s = env.reset(key)
@@ -233,12 +234,14 @@ class SimLoop:
             ended = s.done & ~finished
             success = success | (ended & s.info["success"])
             length = jnp.where(ended, s.info["steps"], length)
-            return (s, bstate, finished | s.done, success, length), None
+            return (s, bstate, finished | s.done, success, length), (s.obs if record else None)
 
         init = (s, bstate, zeros, zeros, jnp.zeros((num_episodes,), jnp.int32))
-        (_, _, _, success, length), _ = jax.lax.scan(body, init, None, length=self.task.horizon)
+        (_, _, _, success, length), obs = jax.lax.scan(body, init, None,
+                                                       length=self.task.horizon)
         n_succ = success.sum()
-        return {"success": success, "length": length,
-                "success_rate": success.mean(),
-                "mean_success_length": jnp.where(
-                    n_succ > 0, jnp.where(success, length, 0).sum() / jnp.maximum(n_succ, 1), jnp.nan)}
+        mean_len = jnp.where(n_succ > 0, jnp.where(success, length, 0).sum()
+                             / jnp.maximum(n_succ, 1), jnp.nan)
+        out = {"success": success, "length": length, "success_rate": success.mean(),
+               "mean_success_length": mean_len}
+        return (out | {"obs": obs}) if record else out

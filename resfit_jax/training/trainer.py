@@ -29,16 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resfit_jax.base_policy import BasePolicy
+from resfit_jax.base_policy import BasePolicy, ObservationPrefix
 from resfit_jax.checkpointing import RunCheckpointer
 from resfit_jax.data.rlds import Episode, check_compatible
-from resfit_jax.envs.core import Env
+from resfit_jax.envs.core import Env, TimeFeature
 from resfit_jax.normalization import ActionScaler, StateStandardizer
 from resfit_jax.residual_td3 import make_learner
 from resfit_jax.training.config import TrainConfig
 from resfit_jax.training.evaluation import wilson_interval
 from resfit_jax.training.logger import MetricsLogger
-from resfit_jax.training.offline import offline_buffer
+from resfit_jax.training.offline import offline_buffer, with_time_feature
 from resfit_jax.training.sim_loop import SimLoop
 
 PHASES = ("warmup", "critic_warmup", "train", "done")
@@ -114,6 +114,10 @@ def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: 
     episodes = list(episodes)[: cfg.num_demos] if cfg.num_demos else list(episodes)
     obs_dim = int(task.observation_spec.shape[0])
     check_compatible(episodes, obs_dim, task.action_size, type(task).__name__)
+    if cfg.time_feature:
+        base = ObservationPrefix(base, obs_dim)
+        episodes = with_time_feature(episodes, task.horizon)
+        task = TimeFeature(task)
     scaler, obs_norm = fit_normalizers(episodes, cfg.learner.action_scale, cfg.action_margin)
     learner = make_learner(cfg.learner, task.observation_spec, task.action_size, obs_norm)
     loop = SimLoop(task, base, learner, scaler, num_envs=cfg.num_envs,

@@ -1,0 +1,45 @@
+"""Episode outcome classifier of benchmarks/failure_modes.py on hand-made trajectories."""
+import numpy as np
+import pytest
+
+from benchmarks.failure_modes import classify
+
+
+def pickplace_episode(cube_z, cube_xy, tcp_offset, tote=(0.45, 0.2)):
+    """obs [L, 28]: tcp at 13:16, cube at 16:19, tote centre at 26:28 (envs/pick_place.py)."""
+    L = len(cube_z)
+    obs = np.zeros((L, 28), np.float32)
+    obs[:, 16:18] = cube_xy
+    obs[:, 18] = cube_z
+    obs[:, 13:16] = obs[:, 16:19] + np.asarray(tcp_offset, np.float32)
+    obs[:, 26:28] = tote
+    return obs
+
+
+def test_pickplace_outcomes():
+    far = (0.0, 0.0, 0.15)
+    lift = np.concatenate([np.full(10, 0.02), np.linspace(0.02, 0.15, 10)])
+    cases = {
+        "never reached the cube": pickplace_episode(np.full(20, 0.02), (0.4, -0.1), far),
+        "grasp failed (reached the cube, never lifted)":
+            pickplace_episode(np.full(20, 0.02), (0.4, -0.1), (0.0, 0.0, 0.01)),
+        "held over the tote at the time limit":
+            pickplace_episode(lift, (0.45, 0.21), (0.0, 0.0, 0.01)),
+        "held away from the tote at the time limit":
+            pickplace_episode(lift, (0.40, 0.0), (0.0, 0.0, 0.01)),
+        "dropped outside the tote":
+            pickplace_episode(np.concatenate([lift, [0.02]]), (0.40, 0.0), far),
+        "released over the tote, not resting (on a wall)":
+            pickplace_episode(np.concatenate([lift, [0.08]]), (0.45, 0.21), far),
+    }
+    T = 21
+    obs = np.zeros((T, len(cases), 28), np.float32)
+    length = np.zeros(len(cases), np.int32)
+    for i, ep in enumerate(cases.values()):
+        obs[: len(ep), i], length[i] = ep, len(ep)
+    success = np.zeros(len(cases), bool)
+    assert classify("PickPlace", obs, success, length) == list(cases)
+    success[0] = True
+    assert classify("PickPlace", obs, success, length)[0] == "success"
+    with pytest.raises(ValueError, match="No outcome classifier for task 'Nope'"):
+        classify("Nope", obs, success, length)
