@@ -183,6 +183,14 @@ def test_presets_and_overrides():
         apply_overrides(cpu, ["num_envs=many"])
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
         apply_overrides(cpu, ["num_envs=0"])
+    # settings that must change together are validated in their final combination
+    both = ["learner.bootstrap_truncation=false", "time_feature=true"]
+    assert apply_overrides(cpu, both).time_feature
+    assert apply_overrides(cpu, both[::-1]).time_feature
+    with pytest.raises(ValueError, match="bootstrap_truncation=False"):
+        apply_overrides(cpu, both[1:])
+    with pytest.raises(ValueError, match="has no sub-fields"):
+        apply_overrides(cpu, ["num_envs.x=3"])
     with pytest.raises(ValueError, match="No residual-training preset"):
         preset("Cartwheel")
 

@@ -186,27 +186,34 @@ def apply_overrides(cfg, overrides: list[str]):
 
     Values are Python literals converted to the field's current type (``utd=8``,
     ``learner.critic_hidden_dims=512,512``, ``learner.target_noise=false``). Unknown fields
-    raise an error listing the valid ones.
+    raise an error listing the valid ones. All overrides are applied together, so settings
+    that must change jointly (``time_feature=true`` with ``learner.bootstrap_truncation=false``)
+    are validated once, in their final combination.
     """
+    changes: dict = {}
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"Override {item!r}: expected field=value.")
         path, text = item.split("=", 1)
-        names = path.strip().split(".")
-
-        def set_in(obj, names):
+        obj, node, names = cfg, changes, path.strip().split(".")
+        for depth, name in enumerate(names):
             fields = {f.name for f in dataclasses.fields(obj)}
-            if names[0] not in fields:
+            if name not in fields:
                 raise ValueError(f"Override {item!r}: {type(obj).__name__} has no field "
-                                 f"{names[0]!r}; fields: {sorted(fields)}.")
-            current = getattr(obj, names[0])
-            if len(names) > 1:
-                return dataclasses.replace(obj, **{names[0]: set_in(current, names[1:])})
+                                 f"{name!r}; fields: {sorted(fields)}.")
+            obj = getattr(obj, name)
+            if depth < len(names) - 1:
+                if not dataclasses.is_dataclass(obj):
+                    raise ValueError(f"Override {item!r}: {name!r} has no sub-fields.")
+                node = node.setdefault(name, {})
+                continue
             try:
-                value = _convert(text.strip(), current)
+                node[name] = _convert(text.strip(), obj)
             except ValueError as e:
                 raise ValueError(f"Override {item!r}: {e}.") from None
-            return dataclasses.replace(obj, **{names[0]: value})
 
-        cfg = set_in(cfg, names)
-    return cfg
+    def build(obj, node):
+        return dataclasses.replace(obj, **{
+            k: build(getattr(obj, k), v) if isinstance(v, dict) else v for k, v in node.items()})
+
+    return build(cfg, changes) if changes else cfg
