@@ -184,11 +184,13 @@ def test_presets_and_overrides():
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
         apply_overrides(cpu, ["num_envs=0"])
     # settings that must change together are validated in their final combination
+    reach = preset("PointReach", "cpu")
+    assert reach.learner.bootstrap_truncation and not cpu.learner.bootstrap_truncation
     both = ["learner.bootstrap_truncation=false", "time_feature=true"]
-    assert apply_overrides(cpu, both).time_feature
-    assert apply_overrides(cpu, both[::-1]).time_feature
+    assert apply_overrides(reach, both).time_feature
+    assert apply_overrides(reach, both[::-1]).time_feature
     with pytest.raises(ValueError, match="bootstrap_truncation=False"):
-        apply_overrides(cpu, both[1:])
+        apply_overrides(reach, both[1:])
     with pytest.raises(ValueError, match="has no sub-fields"):
         apply_overrides(cpu, ["num_envs.x=3"])
     with pytest.raises(ValueError, match="No residual-training preset"):
