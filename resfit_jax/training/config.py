@@ -137,8 +137,8 @@ def preset(task: str, scale: str = "cpu", **overrides) -> TrainConfig:
       100k main-loop steps (PickPlace / PegInsertion), eval every 10k steps on 100
       episodes; PointReach: actor lr 1e-4 (``ResidualTD3Config.cpu``), 1k critic warm-up
       steps; MJX arm tasks: ``CPU_TASK`` (actor lr 3e-6, action scale 0.05, exploration
-      std 0.01, n-step 10, warm-up noise 0.05, 5k critic warm-up steps; PegInsertion also a
-      30% action-range margin).
+      std 0.01, n-step 10, time-limit truncation terminal, warm-up noise 0.05, 5k critic
+      warm-up steps; PegInsertion also a 30% action-range margin).
     """
     if scale not in SCALES:
         raise ValueError(f"Unknown scale {scale!r}; choose one of {SCALES}.")
