@@ -71,11 +71,6 @@ class ObservationPrefix:
     def step(self, state, obs):
         return self.base.step(state, obs[..., : self.size])
 
-    def __getattr__(self, name):
-        if name == "base":
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
 
 @struct.dataclass
 class ChunkQueue:

@@ -123,7 +123,7 @@ class TimeFeature(Wrapper):
                          obs=self._append(s.obs, jnp.zeros((), jnp.int32)))
 
     def step(self, state, action):
-        s = self.env.step(state.replace(data=state.data["env"], obs=self._strip(state.obs)),
+        s = self.env.step(state.replace(data=state.data["env"], obs=state.obs[..., :-1]),
                           action)
         t = state.data["t"] + 1
         return s.replace(data={"env": s.data, "t": t}, obs=self._append(s.obs, t))
@@ -134,10 +134,6 @@ class TimeFeature(Wrapper):
                              f"{jax.tree.map(jnp.shape, obs)}.")
         frac = (t / self.env.horizon).astype(obs.dtype)
         return jnp.concatenate([obs, frac[None]])
-
-    @staticmethod
-    def _strip(obs):
-        return obs[..., :-1]
 
     @property
     def observation_spec(self):

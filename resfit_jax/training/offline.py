@@ -15,6 +15,7 @@ All N episodes are processed as N parallel streams inside one jitted ``lax.scan`
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -30,8 +31,6 @@ from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayState, transition
 def with_time_feature(episodes: Sequence[Episode], horizon: int) -> list[Episode]:
     """Episodes whose observations [T + 1, D] gain the elapsed fraction t / horizon as a last
     column [T + 1, D + 1], as ``envs.core.TimeFeature`` adds it online."""
-    import dataclasses
-
     out = []
     for ep in episodes:
         t = np.arange(ep.observation.shape[0], dtype=np.float32)[:, None] / float(horizon)
