@@ -42,7 +42,7 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
     from resfit_jax import envs
     from resfit_jax.base_policy import ChunkedBase
     from resfit_jax.data import check_compatible, read_episodes
-    from resfit_jax.training.evaluation import evaluate_base, make_episode_runner
+    from resfit_jax.sim.evaluation import evaluate_policy, make_episode_runner
 
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
@@ -63,7 +63,9 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
         kw["action_obs_index"] = getattr(task, "action_obs_index", None)
     config = (BCConfig.cpu if preset == "cpu" else BCConfig.paper)(**kw)
     if verbose:
-        print(f"Resolved BCConfig: {config}\n{len(episodes)} demo episodes from {demos}")
+        from resfit_jax.configs import config_lines
+        print(f"Resolved BCConfig:\n{config_lines(config)}\n{len(episodes)} demo episodes "
+              f"from {demos}")
     data = chunk_dataset(episodes, config.chunk_size)
     normalizer = fit_normalizer(data, config.action_obs_index, config.obs_std_floor,
                                 config.action_std_floor)
@@ -87,7 +89,7 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
         n = min(eval_every, config.steps - done)
         state, m = trainer.train(state, device_data, n)
         done += n
-        r = evaluate_base(task, None, eval_episodes, eval_key, e, runner, state.params)
+        r = evaluate_policy(task, None, eval_episodes, eval_key, e, runner, state.params)
         row = {"step": done, "l1": float(m["l1"]), "success_rate": r["success_rate"],
                "mean_steps_success": r["mean_steps_success"], "wall_s": time.time() - t0}
         history.append(row)
@@ -107,7 +109,7 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
     writer.close()
     jsonl.close()
     _, info = load_base(os.path.join(out, "checkpoint"), obs_dim, action_dim)
-    final = evaluate_base(task, None, final_episodes, jax.random.PRNGKey(seed + 99),
+    final = evaluate_policy(task, None, final_episodes, jax.random.PRNGKey(seed + 99),
                           min(num_envs, final_episodes),
                           make_episode_runner(task, make_base, min(num_envs, final_episodes)),
                           info["params"])

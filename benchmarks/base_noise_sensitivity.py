@@ -28,6 +28,8 @@ flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/noise_<t
 
 def main(argv):
     del argv
+    import dataclasses
+
     import jax
     import jax.numpy as jnp
 
@@ -35,33 +37,40 @@ def main(argv):
     from benchmarks.machine import machine_info, write_results
     from resfit_jax import envs
     from resfit_jax.data import read_episodes
-    from resfit_jax.envs.core import EpisodeWrapper, VmapWrapper
-    from resfit_jax.training.trainer import fit_normalizers
+    from resfit_jax.demo_buffer import fit_normalizer
+    from resfit_jax.runtime import setup_script
+    from resfit_jax.sim.evaluation import episode_keys, run_episodes
 
+    setup_script()
     task = envs.make(FLAGS.task)
     base, info = open_base(FLAGS.base, int(task.observation_spec.shape[0]), task.action_size)
-    scaler, _ = fit_normalizers(read_episodes(FLAGS.demos or info["demos"]), FLAGS.action_scale)
+    nz = fit_normalizer(read_episodes(FLAGS.demos or info["demos"]), FLAGS.action_scale)
     n = FLAGS.episodes
-    env = VmapWrapper(EpisodeWrapper(task), n)
+
+    @dataclasses.dataclass(frozen=True)
+    class NoisyBase:
+        """The base with per-step noise of ``level`` in normalized units (state: base, key)."""
+        level: jax.Array
+        uniform: jax.Array
+        action_dim: int = base.action_dim
+
+        def init_state(self, num_envs):
+            return base.init_state(num_envs), jax.random.key(1)
+
+        def reset(self, state, done):
+            return base.reset(state[0], done), state[1]
+
+        def step(self, state, obs):
+            a, b = base.step(state[0], obs)
+            key, k = jax.random.split(state[1])
+            an = nz.normalize_action(a)
+            eps = jnp.where(self.uniform, jax.random.uniform(k, an.shape, minval=-1, maxval=1),
+                            jax.random.normal(k, an.shape))
+            return nz.unnormalize_action(jnp.clip(an + self.level * eps, -1, 1)), (b, key)
 
     @jax.jit
     def run(key, level, uniform):
-        s, b = env.reset(key), base.init_state(n)
-
-        def body(c, k):
-            s, b, done, succ = c
-            a, b = base.step(b, s.obs)
-            an = jnp.clip(scaler.normalize(a), -1, 1)
-            eps = jnp.where(uniform, jax.random.uniform(k, an.shape, minval=-1, maxval=1),
-                            jax.random.normal(k, an.shape))
-            s = env.step(s, scaler.unnormalize(jnp.clip(an + level * eps, -1, 1)))
-            succ = succ | (s.done & ~done & s.info["success"])
-            return (s, b, done | s.done, succ), None
-
-        z = jnp.zeros(n, bool)
-        keys = jax.random.split(jax.random.fold_in(key, 1), task.horizon)
-        (_, _, _, succ), _ = jax.lax.scan(body, (s, b, z, z), keys)
-        return succ.mean()
+        return run_episodes(task, NoisyBase(level, uniform), episode_keys(key, n))["success_rate"]
 
     rows = []
     print(f"{FLAGS.task}: base {info['path']}, {n} episodes per level (same initial states)")

@@ -77,7 +77,7 @@ OUTCOMES = {"PickPlace": _pickplace, "PegInsertion": _peg}
 
 
 def classify(task: str, obs: np.ndarray, success: np.ndarray, length: np.ndarray) -> list[str]:
-    """Outcome of each episode; obs [T, N, D] from SimLoop.evaluate(record=True)."""
+    """Outcome of each episode; obs [T, N, D] from sim.evaluation.run_episodes(record=True)."""
     if task not in OUTCOMES:
         raise ValueError(f"No outcome classifier for task {task!r}; known: {sorted(OUTCOMES)}.")
     fn = OUTCOMES[task]
@@ -93,34 +93,47 @@ def _rollouts(run: str, base_only: bool) -> tuple[dict, dict, dict]:
     from resfit_jax import envs
     from resfit_jax.checkpointing import RunCheckpointer
     from resfit_jax.data import read_episodes
-    from resfit_jax.training.config import apply_overrides, preset
-    from resfit_jax.training.trainer import make_trainer
+    from resfit_jax.configs import apply_overrides, migrate_overrides
+    from resfit_jax.residual_policy import ResidualPolicy
+    from resfit_jax.sim.evaluation import episode_keys, run_episodes
+    from resfit_jax.sim.presets import preset
+    from resfit_jax.sim.trainer import make_trainer
 
     with open(os.path.join(run, "config.json")) as f:
         info = json.load(f)
     task = envs.make(info["task"])
-    cfg = apply_overrides(preset(info["task"], info.get("scale", "cpu")), info.get("overrides", []))
+    cfg = apply_overrides(preset(info["task"], info.get("scale", "cpu")),
+                          migrate_overrides(info.get("overrides", [])))
     base, _ = open_base(info["base"], int(task.observation_spec.shape[0]), task.action_size)
     trainer = make_trainer(task, base, read_episodes(info["demos"]), cfg, info["seeds"])
     loop, n, keys = trainer.loop, cfg.eval_episodes, trainer.eval_keys()
-    results = {"base": jax.device_get(jax.jit(jax.vmap(
-        lambda key: loop.evaluate(None, key, n, record=True)))(keys))}
     prog = {"env_steps": 0}
+    normalizer = trainer.normalizer
     if not base_only:
         ckpt = RunCheckpointer(os.path.join(run, "checkpoints"))
-        ls, prog = ckpt.restore(trainer.init())
+        restored, prog = ckpt.restore({"loop": trainer.init(), "offline": trainer.offline})
         ckpt.close()
+        ls = restored["loop"]
+        normalizer = jax.tree.map(lambda x: x[0], ls.learner_state.normalizer)
+
+    def evaluate(lstate, key, nz):
+        policy = ResidualPolicy(loop.base, nz, None if lstate is None else loop.learner, lstate)
+        return run_episodes(trainer.task, policy, episode_keys(key, n), record=True)
+
+    results = {"base": jax.device_get(jax.jit(jax.vmap(
+        lambda key: evaluate(None, key, normalizer)))(keys))}
+    if not base_only:
         results["resfit"] = jax.device_get(jax.jit(jax.vmap(
-            lambda lstate, key: loop.evaluate(lstate, key, n, record=True)))(ls.learner_state, keys))
+            lambda lstate, key: evaluate(lstate, key, lstate.normalizer)))(ls.learner_state, keys))
     return info, prog, results
 
 
 def main(argv):
     del argv
     from benchmarks.machine import machine_info, write_results
-    from resfit_jax.compile_cache import enable_compilation_cache
+    from resfit_jax.runtime import setup_script
 
-    enable_compilation_cache()
+    setup_script()
     info, prog, results = _rollouts(FLAGS.run, FLAGS.base_only)
     name, seeds, policies = info["task"], info["seeds"], list(results)
     n = int(results["base"]["success"].shape[1])

@@ -16,8 +16,8 @@ import jax
 from absl import app, flags
 
 from benchmarks.machine import machine_info, write_results
-from resfit_jax.replay import Transition
-from resfit_jax.residual_td3 import PRESETS, make_learner
+from resfit_jax.agents.residual_td3 import PRESETS, make_learner
+from resfit_jax.replay import ReplayConfig, Transition
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("presets", ["cpu", "paper"], "Learner presets to measure.")
@@ -42,11 +42,13 @@ def random_batch(key, steps, batch, obs_dim, act_dim):
 
 
 def measure(preset: str, utd: int) -> dict:
-    cfg = PRESETS[preset](utd=utd)
+    cfg, replay = PRESETS[preset](), ReplayConfig(utd=utd)
     learner = make_learner(cfg, FLAGS.obs_dim, FLAGS.action_dim)
     state = learner.init(jax.random.key(0))
-    on = random_batch(jax.random.key(1), utd, cfg.online_batch_size, FLAGS.obs_dim, FLAGS.action_dim)
-    off = random_batch(jax.random.key(2), utd, cfg.offline_batch_size, FLAGS.obs_dim, FLAGS.action_dim)
+    on = random_batch(jax.random.key(1), utd, replay.online_batch_size, FLAGS.obs_dim,
+                      FLAGS.action_dim)
+    off = random_batch(jax.random.key(2), utd, replay.offline_batch_size, FLAGS.obs_dim,
+                       FLAGS.action_dim)
     t0 = time.perf_counter()
     compiled = jax.jit(learner.update, donate_argnums=0).lower(state, on, off).compile()
     compile_s = time.perf_counter() - t0
@@ -62,7 +64,7 @@ def measure(preset: str, utd: int) -> dict:
                 break
     elapsed = time.perf_counter() - t0
     return {"preset": preset, "utd": utd, "hidden": list(cfg.critic_hidden_dims),
-            "num_critics": cfg.num_critics, "batch_size": cfg.batch_size,
+            "num_critics": cfg.num_critics, "batch_size": replay.batch_size,
             "compile_s": compile_s, "updates_per_s": calls / elapsed,
             "critic_updates_per_s": calls * utd / elapsed, "ms_per_critic_step": 1e3 * elapsed / (calls * utd)}
 

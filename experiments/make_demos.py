@@ -25,6 +25,8 @@ flags.DEFINE_bool("keep_failures", False, "Also write unsuccessful episodes.")
 
 def main(argv):
     del argv
+    from resfit_jax.runtime import setup_script
+    setup_script()
     out = FLAGS.out or os.path.join("runs", "demos", FLAGS.task)
     from resfit_jax.data.demos import make_demos
     make_demos(FLAGS.task, FLAGS.episodes, FLAGS.noise, out, FLAGS.seed, FLAGS.num_envs,

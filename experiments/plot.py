@@ -18,10 +18,12 @@ flags.DEFINE_string("title", None, "Figure title.")
 
 
 def main(argv):
+    from resfit_jax.runtime import setup_script
+    setup_script()
     runs = argv[1:]
     if not runs:
         raise app.UsageError("Give one or more run directories (with metrics.jsonl).")
-    from resfit_jax.training.plotting import plot_runs
+    from resfit_jax.plotting import plot_runs
 
     png = FLAGS.png or os.path.join(runs[0], "curves.png")
     curves = plot_runs(runs, png, FLAGS.labels, FLAGS.title)

@@ -23,23 +23,27 @@ flags.DEFINE_string("task", "PickPlace", "Task (a registered manipulation task).
 flags.DEFINE_string("out", os.path.join("runs", "quickstart"), "Output directory.")
 flags.DEFINE_integer("seeds", 1, "Residual seeds (vmapped in one process).")
 flags.DEFINE_integer("demo_episodes", 30, "Expert demos for BC and the offline buffer.")
-flags.DEFINE_multi_string("override", [], "Residual config overrides, e.g. total_env_steps=50000.")
+flags.DEFINE_multi_string("override", [], "Residual config overrides, e.g. total_env_steps=50000 "
+                          "(same as --config.total_env_steps=50000).")
 
 
 def main(argv):
     del argv
+    from resfit_jax.runtime import setup_script
+    setup_script()
     from bases.frozen import open_base
     from bases.pipeline import train_bc
     from resfit_jax import envs
-    from resfit_jax.compile_cache import enable_compilation_cache
+    from resfit_jax.configs import config_lines, resolve
     from resfit_jax.data import read_episodes
     from resfit_jax.data.demos import make_demos
-    from resfit_jax.training.config import apply_overrides, preset
-    from resfit_jax.training.plotting import plot_runs
-    from resfit_jax.training.trainer import make_trainer, results_table, train_residual
+    from resfit_jax.plotting import plot_runs
+    from resfit_jax.sim.presets import preset
+    from resfit_jax.sim.report import results_table
+    from resfit_jax.sim.trainer import make_trainer, train_residual
 
-    enable_compilation_cache()
     t0 = time.time()
+    cfg = resolve(lambda: preset(FLAGS.task, "cpu"), FLAGS.override)   # bad flags fail first
     task_name, out = FLAGS.task, os.path.abspath(FLAGS.out)
     demos_root = os.path.join(out, "demos")
     demos = os.path.join(demos_root, "resfit_demos", "1.0.0")
@@ -56,8 +60,7 @@ def main(argv):
         train_bc(task_name, bc_dir, demos)
     task = envs.make(task_name)
     base, _ = open_base(bc_dir, int(task.observation_spec.shape[0]), task.action_size)
-    cfg = apply_overrides(preset(task_name, "cpu"), FLAGS.override)
-    print(f"[3/3] ResFiT residual, CPU preset: {cfg}")
+    print(f"[3/3] ResFiT residual, CPU preset:\n{config_lines(cfg)}")
     trainer = make_trainer(task, base, read_episodes(demos), cfg, list(range(FLAGS.seeds)))
     res_dir = os.path.join(out, "residual")
     resume = os.path.isdir(os.path.join(res_dir, "checkpoints"))
@@ -72,4 +75,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from resfit_jax.configs import config_flag_parser
+    app.run(main, flags_parser=config_flag_parser)

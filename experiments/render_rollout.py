@@ -121,6 +121,8 @@ def _load_base(path: str | None, task):
 
 def main(argv):
     del argv
+    from resfit_jax.runtime import setup_script
+    setup_script()
     import jax.numpy as jnp
 
     from resfit_jax import envs

@@ -15,6 +15,7 @@ is rebuilt from <out>/journal and the learner restored from <out>/checkpoints.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -47,7 +48,8 @@ flags.DEFINE_float("control_hz", None, "Control rate (default: the task's).")
 flags.DEFINE_integer("max_steps", None, "Steps per episode (default: the task's horizon).")
 flags.DEFINE_integer("max_overruns", 20, "Deadline overruns per episode before it is halted.")
 flags.DEFINE_float("max_delta_margin", 2.0, "Per-step change limit / largest demo change.")
-flags.DEFINE_multi_string("override", [], "Config overrides, e.g. learner.actor_lr=1e-5.")
+flags.DEFINE_multi_string("override", [], "Config overrides, e.g. learner.actor_lr=1e-5 (same as "
+                          "--config.learner.actor_lr=1e-5).")
 flags.DEFINE_integer("seed", 0, "Seed.")
 
 
@@ -55,20 +57,20 @@ def main(argv):
     del argv
     import numpy as np
 
+    from resfit_jax.runtime import setup_script
+    setup_script()
     from bases.frozen import open_base
     from resfit_jax import envs
-    from resfit_jax.compile_cache import enable_compilation_cache
+    from resfit_jax.agents.residual_td3 import make_learner
+    from resfit_jax.configs import config_lines, resolve
     from resfit_jax.data import read_episodes
-    from resfit_jax.envs.sim_robot import RemoteRobot, read_key, spawn_server
-    from resfit_jax.training.config import apply_overrides, preset
-    from resfit_jax.training.operator import TerminalLabeller, oracle_labeller
-    from resfit_jax.training.robot_loop import EmergencyStop, LoopConfig, SafetyLimits
-    from resfit_jax.training.robot_trainer import RobotTrainConfig, RobotTrainer
-    from resfit_jax.training.trainer import fit_normalizers
-    from resfit_jax.residual_td3 import make_learner
-    from resfit_jax.training.offline import offline_buffer
+    from resfit_jax.demo_buffer import fit_normalizer, offline_buffer
+    from resfit_jax.robot.loop import EmergencyStop, LoopConfig, SafetyLimits
+    from resfit_jax.robot.operator import TerminalLabeller, oracle_labeller
+    from resfit_jax.robot.sim_server import RemoteRobot, read_key, spawn_server
+    from resfit_jax.robot.trainer import RobotTrainConfig, RobotTrainer
+    from resfit_jax.sim.presets import preset
 
-    enable_compilation_cache()
     task = envs.make(FLAGS.task)
     obs_dim, act_dim = int(task.observation_spec.shape[0]), task.action_size
     server = None
@@ -99,22 +101,19 @@ def main(argv):
         sim_cfg = preset(FLAGS.task, "cpu")
         horizon = FLAGS.max_steps or task.horizon
         hz = FLAGS.control_hz or float(robot.spec.get("control_hz", 1.0 / task.dt))
-        cfg = RobotTrainConfig(
-            learner=sim_cfg.learner,
+        cfg = lambda: RobotTrainConfig(
+            learner=sim_cfg.learner, replay=dataclasses.replace(sim_cfg.replay, capacity=100_000),
             loop=LoopConfig(control_hz=hz, max_episode_steps=horizon,
                             max_overruns=FLAGS.max_overruns),
             mode=FLAGS.mode, sync_every=FLAGS.sync_every, updates_per_step=FLAGS.updates_per_step,
             warmup_episodes=FLAGS.warmup_episodes, warmup_noise=sim_cfg.warmup_noise,
             critic_warmup_updates=FLAGS.critic_warmup, seed=FLAGS.seed)
-        cfg = apply_overrides(cfg, FLAGS.override)
-        print(f"Resolved config: {cfg}")
-        scaler, obs_norm = fit_normalizers(demos, cfg.learner.action_scale, sim_cfg.action_margin)
-        learner = make_learner(cfg.learner, obs_dim, act_dim, obs_norm)
-        from resfit_jax.replay import NStepWriter
-        c = cfg.learner
-        offline = (offline_buffer(demos, base, scaler,
-                                  NStepWriter(c.n_step, c.gamma, c.bootstrap_truncation))
-                   if c.offline_fraction > 0 else None)
+        cfg = resolve(cfg, FLAGS.override)
+        print(f"Resolved config:\n{config_lines(cfg)}")
+        normalizer = fit_normalizer(demos, cfg.learner.action_scale, sim_cfg.action_margin)
+        learner = make_learner(cfg.learner, obs_dim, act_dim)
+        offline = (offline_buffer(demos, base, normalizer, cfg.replay.writer())
+                   if cfg.replay.offline_fraction > 0 else None)
         limits = SafetyLimits.from_demos(demos, np.asarray(task.action_low),
                                          np.asarray(task.action_high), FLAGS.max_delta_margin,
                                          robot.spec.get("action_obs_index",
@@ -122,7 +121,7 @@ def main(argv):
         print(f"Safety limits: low {np.round(limits.low, 3)}, high {np.round(limits.high, 3)}, "
               f"max change per step {np.round(limits.max_delta, 3)}")
         out = FLAGS.out or os.path.join("runs", "robot", FLAGS.task)
-        trainer = RobotTrainer(cfg, base, learner, scaler, offline, out,
+        trainer = RobotTrainer(cfg, base, learner, normalizer, offline, out,
                                {"task": FLAGS.task, "base": info["path"], "demos": demos_dir})
         if trainer.restored_step is not None or trainer.rebuilt["episodes"]:
             print(f"Continuing {out}: learner checkpoint after "
@@ -150,4 +149,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from resfit_jax.configs import config_flag_parser
+    app.run(main, flags_parser=config_flag_parser)

@@ -26,7 +26,9 @@ flags.DEFINE_integer("max_clients", None, "Exit after this many client sessions.
 
 def main(argv):
     del argv
-    from resfit_jax.envs.sim_robot import SimRobot, read_key, serve
+    from resfit_jax.runtime import setup_script
+    setup_script()
+    from resfit_jax.robot.sim_server import SimRobot, read_key, serve
 
     try:
         key = read_key(FLAGS.key_file)

@@ -43,6 +43,8 @@ flags.DEFINE_bool("relative_actions", True, "Predict joint targets relative to t
 
 def main(argv):
     del argv
+    from resfit_jax.runtime import setup_script
+    setup_script()
     from bases.pipeline import train_bc
     train_bc(FLAGS.task, FLAGS.out or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos,
              FLAGS.policy, FLAGS.preset, FLAGS.steps, FLAGS.batch_size, FLAGS.chunk_size,

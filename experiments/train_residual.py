@@ -3,13 +3,14 @@
     python -m experiments.train_residual --task=PickPlace --base=runs/bc/PickPlace \
         --out=runs/residual/PickPlace --seeds=3
     python -m experiments.train_residual ... --resume            # continue an interrupted run
-    python -m experiments.train_residual ... --override=learner.utd=8 --override=num_envs=32
+    python -m experiments.train_residual ... --config.replay.utd=8 --config.num_envs=32
 
 --base is a train_bc run, checkpoint or export directory. The demos for the offline buffer
 default to the ones the base was trained on (--demos overrides; needed for an export).
 --scale picks the preset (cpu: 2x256 networks, 16 envs, 100k env steps; paper: 2x1024, one
-env, UTD 4, 300k-500k steps); --override changes single fields of it. --seeds S trains S
-seeds vmapped in one process. Writes <out>/metrics.jsonl, TensorBoard under <out>/tb,
+env, UTD 4, 300k-500k steps); --config.<field>=value (or --override=<field>=value) changes
+single fields of it, nested ones with dots. --seeds S trains S seeds vmapped in one process.
+Library logs are hidden; --verbosity=0 shows them. Writes <out>/metrics.jsonl, TensorBoard under <out>/tb,
 orbax checkpoints under <out>/checkpoints, config.json and summary.json.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ flags.DEFINE_string("base", None, "BC base: train_bc run / checkpoint / export d
                     "(default runs/bc/<task>).")
 flags.DEFINE_string("demos", None, "RLDS demos for the offline buffer (default: the base's).")
 flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "Preset scale.")
-flags.DEFINE_multi_string("override", [], "Config field overrides, e.g. learner.utd=8.")
+flags.DEFINE_multi_string("override", [], "Config field overrides, e.g. replay.utd=8 (same as "
+                          "--config.replay.utd=8).")
 flags.DEFINE_integer("seeds", 1, "Number of seeds, trained vmapped in one process.")
 flags.DEFINE_integer("seed", 0, "First seed.")
 flags.DEFINE_string("out", None, "Run directory (default runs/residual/<task>).")
@@ -35,17 +37,21 @@ flags.DEFINE_integer("stop_at", None, "Stop after the first checkpoint at or pas
 
 def main(argv):
     del argv
+    from resfit_jax.runtime import setup_script
+    setup_script()
     from bases.frozen import open_base
     from resfit_jax import envs
-    from resfit_jax.compile_cache import enable_compilation_cache
+    from resfit_jax.configs import config_lines, config_overrides, resolve
     from resfit_jax.data import read_episodes
-    from resfit_jax.training.config import apply_overrides, preset
-    from resfit_jax.training.trainer import make_trainer, results_table, train_residual
+    from resfit_jax.sim.presets import preset
+    from resfit_jax.sim.report import results_table
+    from resfit_jax.sim.trainer import make_trainer, train_residual
 
-    enable_compilation_cache()
+    if FLAGS.seeds < 1:
+        raise app.UsageError(f"--seeds must be >= 1 (got {FLAGS.seeds}).")
+    cfg = resolve(lambda: preset(FLAGS.task, FLAGS.scale), FLAGS.override)
     task = envs.make(FLAGS.task)
-    cfg = apply_overrides(preset(FLAGS.task, FLAGS.scale), FLAGS.override)
-    print(f"Resolved config ({FLAGS.task}, {FLAGS.scale}): {cfg}")
+    print(f"Resolved config ({FLAGS.task}, {FLAGS.scale}):\n{config_lines(cfg)}")
     print(f"critic steps per env step: {cfg.critic_steps_per_env_step:g}")
     base_dir = FLAGS.base or os.path.join("runs", "bc", FLAGS.task)
     base, info = open_base(base_dir, int(task.observation_spec.shape[0]), task.action_size)
@@ -60,7 +66,8 @@ def main(argv):
     summary = train_residual(trainer, out, resume=FLAGS.resume, task_name=FLAGS.task,
                              stop_at_env_steps=FLAGS.stop_at,
                              extra_info={"base": info["path"], "demos": demos,
-                                         "scale": FLAGS.scale, "overrides": FLAGS.override})
+                                         "scale": FLAGS.scale,
+                                         "overrides": config_overrides(FLAGS.override)})
     print()
     print(results_table(summary))
     if not summary["complete"]:
@@ -69,4 +76,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from resfit_jax.configs import config_flag_parser
+    app.run(main, flags_parser=config_flag_parser)

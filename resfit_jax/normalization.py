@@ -6,6 +6,12 @@ demo actions sit inside +-1 / (1 + s) and a residual of size s still fits inside
 
 StateStandardizer maps raw observation vectors [..., D] to zero mean and unit variance with
 the standard deviation floored (``min_std``), so near-constant dimensions do not blow up.
+
+``Normalizer`` holds both. It is the one way a run builds its normalization (``fit`` from
+demo actions and observations) and it travels in the learner state, so every checkpoint (and
+every policy rebuilt from one) uses the statistics its parameters were trained under.
+``normalize_action`` is the one place where raw base actions are mapped into the learner's
+space and clipped to [-1, 1].
 """
 from __future__ import annotations
 
@@ -100,3 +106,34 @@ class StateStandardizer:
     def unnormalize(self, z: jax.Array) -> jax.Array:
         """Standardized [..., D] -> raw [..., D] (exact inverse of normalize)."""
         return z * self.std + self.mean
+
+
+@struct.dataclass
+class Normalizer:
+    """A run's normalization: obs [D] standardizer and action [A] scaler (a pytree)."""
+
+    obs: StateStandardizer
+    action: ActionScaler
+
+    @classmethod
+    def fit(cls, actions, observations, action_scale: float, margin: float = 0.0,
+            min_std: float = 0.1) -> "Normalizer":
+        """From raw demo actions [N, A] and observations [M, D] (see ActionScaler.fit and
+        StateStandardizer.fit)."""
+        return cls(obs=StateStandardizer.fit(observations, min_std),
+                   action=ActionScaler.fit(actions, action_scale, margin=margin))
+
+    @classmethod
+    def identity(cls, obs_dim: int, action_dim: int) -> "Normalizer":
+        """No standardization; actions already in [-1, 1]."""
+        return cls(obs=StateStandardizer.identity(obs_dim),
+                   action=ActionScaler(center=jnp.zeros((action_dim,), jnp.float32),
+                                       half_range=jnp.ones((action_dim,), jnp.float32)))
+
+    def normalize_action(self, raw: jax.Array) -> jax.Array:
+        """Raw actions [..., A] -> normalized and clipped to [-1, 1]."""
+        return jnp.clip(self.action.normalize(raw), -1.0, 1.0)
+
+    def unnormalize_action(self, normalized: jax.Array) -> jax.Array:
+        """Normalized actions [..., A] -> raw [..., A]."""
+        return self.action.unnormalize(normalized)

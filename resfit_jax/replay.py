@@ -1,6 +1,6 @@
 """Device-resident replay for E parallel env streams, with n-step aggregation at insert time.
 
-Three pure pieces, each a frozen dataclass of functions over explicit state (optax style):
+Pure pieces, each a frozen dataclass of functions over explicit state (optax style):
 
 - ``NStepWriter``: keeps the last n steps of every env stream and emits finished n-step
   ``Transition``s as a fixed-shape block [E, n] with a validity mask (jittable, no dynamic
@@ -9,8 +9,9 @@ Three pure pieces, each a frozen dataclass of functions over explicit state (opt
   observation unless ``bootstrap_truncation=False`` (the reference release's behaviour).
 - ``ReplayBuffer``: a ring buffer of ``Transition``s [capacity, ...] filled by masked
   scatters. Storage dtypes follow the example transition (e.g. uint8 image fields stay uint8).
-- ``sample_symmetric``: online [UTD, B_on, ...] and offline [UTD, B_off, ...] batches drawn
-  uniformly and independently, for the learner's ``update``.
+- ``Mixer`` (``make_mixer``, ``ReplayConfig.mixer``): online [UTD, B_on, ...] and offline
+  [UTD, B_off, ...] batches drawn uniformly and independently, for a learner's ``update``.
+- ``ReplayConfig``: n-step, gamma, truncation handling, UTD, batch and demo fraction, capacity.
 
 Transition fields (per sample): obs (pytree), base_action [A] (normalized base action at
 obs), action [A] (executed normalized action), reward [] (n-step return
@@ -205,18 +206,101 @@ class ReplayBuffer:
         return jax.tree.map(lambda x: x[idx], state.data)
 
 
-def sample_symmetric(key: jax.Array, online_buffer: ReplayBuffer, online: ReplayState,
-                     offline_buffer: ReplayBuffer | None, offline: ReplayState | None,
-                     utd: int, batch_size: int, offline_fraction: float = 0.5
-                     ) -> tuple[Transition, Transition | None]:
-    """RLPD-style symmetric sampling: ([UTD, B_on, ...], [UTD, B_off, ...] or None).
+# ----------------------------------------------------------------------------- config, mixer
+@dataclasses.dataclass(frozen=True)
+class ReplayConfig:
+    """How transitions are written and sampled, separate from any learner's hyperparameters.
 
-    B_off = round(batch_size * offline_fraction), B_on = batch_size - B_off; every critic step
-    of the update scan gets its own fresh batch.
+    n_step, gamma, bootstrap_truncation: the n-step writer (``writer()``). utd: critic steps
+    (batch rows) per learner update; batch_size: samples per critic step, offline_fraction of
+    them from the demo buffer (``mixer()``); capacity: online transitions per seed.
     """
+
+    n_step: int = 3
+    gamma: float = 0.99
+    bootstrap_truncation: bool = True
+    utd: int = 4
+    batch_size: int = 256
+    offline_fraction: float = 0.5
+    capacity: int = 200_000
+
+    def __post_init__(self):
+        errors = []
+        if self.n_step < 1:
+            errors.append(f"n_step must be >= 1 (got {self.n_step})")
+        if not 0.0 < self.gamma <= 1.0:
+            errors.append(f"gamma must be in (0, 1] (got {self.gamma})")
+        if self.utd < 1:
+            errors.append(f"utd must be >= 1 (got {self.utd})")
+        if self.batch_size < 2:
+            errors.append(f"batch_size must be >= 2 (got {self.batch_size})")
+        if not 0.0 <= self.offline_fraction < 1.0:
+            errors.append(f"offline_fraction must be in [0, 1) (got {self.offline_fraction})")
+        if self.capacity < 1:
+            errors.append(f"capacity must be >= 1 (got {self.capacity})")
+        if errors:
+            raise ValueError("ReplayConfig: " + "; ".join(errors) + ".")
+
+    @property
+    def offline_batch_size(self) -> int:
+        return int(round(self.batch_size * self.offline_fraction))
+
+    @property
+    def online_batch_size(self) -> int:
+        return self.batch_size - self.offline_batch_size
+
+    def writer(self) -> NStepWriter:
+        """The n-step writer of this config (the one way to build it)."""
+        return NStepWriter(self.n_step, self.gamma, self.bootstrap_truncation)
+
+    def buffer(self) -> ReplayBuffer:
+        """The online ring buffer of this config."""
+        return ReplayBuffer(self.capacity)
+
+    def mixer(self, offline: ReplayBuffer | None, steps: int | None = None) -> "Mixer":
+        """Online + demo mixer with ``steps`` batch rows per sample (default ``utd``)."""
+        return make_mixer(self.buffer(), offline, self.batch_size,
+                          self.offline_fraction if offline is not None else 0.0,
+                          self.utd if steps is None else steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixer:
+    """Symmetric (RLPD-style) sampling from an online and an optional offline buffer, built
+    once by ``make_mixer`` (flashbax's mixer shape): callers pass only states and a key."""
+
+    online: ReplayBuffer
+    offline: ReplayBuffer | None
+    online_batch: int
+    offline_batch: int
+    steps: int
+
+    def sample(self, key: jax.Array, online_state: ReplayState,
+               offline_state: ReplayState | None) -> tuple[Transition, Transition | None]:
+        """([steps, B_on, ...], [steps, B_off, ...] or None); uniform, with replacement."""
+        k_on, k_off = jax.random.split(key)
+        on = self.online.sample(online_state, k_on, (self.steps, self.online_batch))
+        if self.offline_batch == 0:
+            return on, None
+        if offline_state is None:
+            raise ValueError("Mixer.sample: this mixer draws demo samples; pass the offline "
+                             "(demo) buffer state.")
+        return on, self.offline.sample(offline_state, k_off, (self.steps, self.offline_batch))
+
+    def can_sample(self, online_state: ReplayState, offline_state: ReplayState | None
+                   ) -> jax.Array:
+        ok = online_state.size > 0
+        if self.offline_batch > 0 and offline_state is not None:
+            ok = ok & (offline_state.size > 0)
+        return ok
+
+
+def make_mixer(online: ReplayBuffer, offline: ReplayBuffer | None, batch_size: int,
+               offline_fraction: float = 0.5, steps: int = 1) -> Mixer:
+    """B_off = round(batch_size * offline_fraction) (0 without an offline buffer),
+    B_on = batch_size - B_off, each sample [steps, B, ...]."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"make_mixer: steps and batch_size must be >= 1, got {steps}, "
+                         f"{batch_size}.")
     n_off = int(round(batch_size * offline_fraction)) if offline is not None else 0
-    n_on = batch_size - n_off
-    k_on, k_off = jax.random.split(key)
-    on = online_buffer.sample(online, k_on, (utd, n_on))
-    off = offline_buffer.sample(offline, k_off, (utd, n_off)) if n_off > 0 else None
-    return on, off
+    return Mixer(online, offline, batch_size - n_off, n_off, int(steps))

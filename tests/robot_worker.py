@@ -16,13 +16,20 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resfit_jax.base_policy import FunctionBase  # noqa: E402
-from resfit_jax.normalization import ActionScaler  # noqa: E402
+from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer  # noqa: E402
+from resfit_jax.replay import ReplayConfig  # noqa: E402
 from resfit_jax.residual_td3 import ResidualTD3Config, make_learner  # noqa: E402
-from resfit_jax.training.robot_loop import LoopConfig, SafetyLimits  # noqa: E402
-from resfit_jax.training.robot_trainer import RobotTrainConfig, RobotTrainer  # noqa: E402
+from resfit_jax.robot.loop import LoopConfig, SafetyLimits  # noqa: E402
+from resfit_jax.robot.trainer import RobotTrainConfig, RobotTrainer  # noqa: E402
 
 TINY = dict(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=2,
-            batch_size=16, utd=1, n_step=3, actor_lr=1e-3)
+            actor_lr=1e-3)
+TINY_REPLAY = ReplayConfig(batch_size=16, utd=1, n_step=3, capacity=100_000)
+
+
+def normalizer(obs_dim: int, low, high) -> Normalizer:
+    return Normalizer(obs=StateStandardizer.identity(obs_dim),
+                      action=ActionScaler.from_bounds(low, high))
 
 
 class PointRobot:
@@ -73,8 +80,8 @@ def point_setup(out: str, **cfg_kw):
     loop = cfg_kw.pop("loop", LoopConfig(control_hz=200.0, max_episode_steps=12,
                                          deadline_tolerance_s=1.0))
     kw = dict(warmup_episodes=1, critic_warmup_updates=8, min_replay=4) | cfg_kw
-    cfg = RobotTrainConfig(learner=learner.config, loop=loop, **kw)
-    trainer = RobotTrainer(cfg, base, learner, ActionScaler.from_bounds(low, high), None, out)
+    cfg = RobotTrainConfig(learner=learner.config, replay=TINY_REPLAY, loop=loop, **kw)
+    trainer = RobotTrainer(cfg, base, learner, normalizer(4, low, high), None, out)
     return trainer, SafetyLimits(low, high, 0.3, (0, 1))
 
 
@@ -87,17 +94,17 @@ def arm_setup(out: str, **cfg_kw):
     base = FunctionBase(lambda o: jnp.concatenate(
         [o[..., :6], jnp.full(o.shape[:-1] + (1,), 0.036)], axis=-1), 7)
     learner = make_learner(ResidualTD3Config.cpu(**TINY), 28, 7)
-    cfg = RobotTrainConfig(learner=learner.config,
+    cfg = RobotTrainConfig(learner=learner.config, replay=TINY_REPLAY,
                            loop=LoopConfig(control_hz=40.0, max_episode_steps=20,
                                            deadline_tolerance_s=0.5),
                            warmup_episodes=1, critic_warmup_updates=8, min_replay=4, **cfg_kw)
-    trainer = RobotTrainer(cfg, base, learner, ActionScaler.from_bounds(low, high), None, out)
+    trainer = RobotTrainer(cfg, base, learner, normalizer(28, low, high), None, out)
     return trainer, SafetyLimits(low, high, 0.1, task.action_obs_index)
 
 
 def main(out: str, address: str) -> None:
-    from resfit_jax.envs.sim_robot import KEY_ENV, RemoteRobot
-    from resfit_jax.training.operator import ScriptedLabeller
+    from resfit_jax.robot.operator import ScriptedLabeller
+    from resfit_jax.robot.sim_server import KEY_ENV, RemoteRobot
 
     robot = RemoteRobot(address, os.environ[KEY_ENV].encode())
     trainer, limits = arm_setup(out)

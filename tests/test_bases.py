@@ -17,7 +17,7 @@ from resfit_jax.base_policy import (ChunkedBase, host_callback_base, load_export
 from resfit_jax.data import Episode
 from resfit_jax.envs import PointReach
 from resfit_jax.envs.point_reach import expert_action
-from resfit_jax.training.evaluation import evaluate_base
+from resfit_jax.sim.evaluation import evaluate_policy
 
 OBS, ACT, K = 6, 3, 4
 TINY = dict(dim=32, heads=2, ff_dim=64, encoder_layers=1, decoder_layers=1, state_tokens=2,
@@ -162,8 +162,8 @@ def test_host_callback_base_in_jitted_vmapped_rollout():
     host = host_callback_base(_numpy_expert, obs_dim=4, action_dim=2)
     native = ChunkedBase(lambda o: expert_action(o)[:, None], 2, 1)
     key = jax.random.PRNGKey(0)
-    r_host = evaluate_base(task, host, 32, key, num_envs=16)
-    r_native = evaluate_base(task, native, 32, key, num_envs=16)
+    r_host = evaluate_policy(task, host, 32, key, num_envs=16)
+    r_native = evaluate_policy(task, native, 32, key, num_envs=16)
     assert r_host["success_rate"] == 1.0
     np.testing.assert_array_equal(r_host["steps"], r_native["steps"])
     # chunked host model under vmap over seeds: one batched host call per step

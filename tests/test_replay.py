@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resfit_jax.replay import (NStepWriter, ReplayBuffer, sample_symmetric,
+from resfit_jax.replay import (NStepWriter, ReplayBuffer, ReplayConfig, make_mixer,
                                transition_spec)
 
 OBS_DIM, ACT_DIM = 3, 2
@@ -152,17 +152,29 @@ def test_add_rejects_too_many_candidates():
         buf.add(state, _items(4, 1.0))
 
 
-def test_symmetric_sampling_shapes_and_sources():
+def test_mixer_sampling_shapes_and_sources():
     buf_on, buf_off = ReplayBuffer(16), ReplayBuffer(16)
     spec = transition_spec(jax.ShapeDtypeStruct((OBS_DIM,), jnp.float32), ACT_DIM)
     on = buf_on.add(buf_on.init(spec), _items(10, 1.0))
     off = buf_off.add(buf_off.init(spec), _items(10, -1.0))
-    a, b = jax.jit(sample_symmetric, static_argnums=(1, 3, 5, 6, 7))(
-        jax.random.key(0), buf_on, on, buf_off, off, 4, 256, 0.5)
+    mixer = make_mixer(buf_on, buf_off, 256, 0.5, steps=4)
+    a, b = jax.jit(mixer.sample)(jax.random.key(0), on, off)
     assert a.reward.shape == (4, 128) and b.obs.shape == (4, 128, OBS_DIM)
+    assert bool(mixer.can_sample(on, off))
     assert bool(jnp.all(a.reward == 1.0)) and bool(jnp.all(b.reward == -1.0))
     # samples cover only the filled part of the buffer
     idx_on = jax.random.randint(jax.random.key(1), (1000,), 0, 10)
     assert int(idx_on.max()) == 9
-    a, b = sample_symmetric(jax.random.key(0), buf_on, on, None, None, 2, 64)
+    a, b = make_mixer(buf_on, None, 64, 0.5, steps=2).sample(jax.random.key(0), on, None)
     assert a.reward.shape == (2, 64) and b is None
+    # the replay config builds the same mixer: B_off = round(B * fraction), B_on = the rest
+    cfg = ReplayConfig(utd=3, batch_size=10, offline_fraction=0.3, capacity=16)
+    m = cfg.mixer(buf_off)
+    assert (m.steps, m.online_batch, m.offline_batch) == (3, 7, 3)
+    assert cfg.mixer(None).offline_batch == 0 and cfg.mixer(buf_off, steps=1).steps == 1
+    with pytest.raises(ValueError, match="pass the offline"):
+        m.sample(jax.random.key(0), on, None)
+    with pytest.raises(ValueError, match="offline_fraction must be in"):
+        ReplayConfig(offline_fraction=1.0)
+    w = cfg.writer()
+    assert (w.n, w.gamma, w.bootstrap_truncation) == (cfg.n_step, cfg.gamma, True)

@@ -13,8 +13,7 @@ from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
 
 OBS, ACT, UTD, B = 5, 3, 3, 8
 CFG = ResidualTD3Config(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=4,
-                        num_min_critics=2, utd=UTD, batch_size=2 * B, actor_lr=1e-3,
-                        critic_lr=1e-3)
+                        num_min_critics=2, actor_lr=1e-3, critic_lr=1e-3)
 
 
 def make_batch(key, steps=UTD, batch=B, obs_dim=OBS, act_dim=ACT):
@@ -195,9 +194,15 @@ def test_wrong_shapes_raise_clear_errors(learner, trained, batches):
         learner.update(trained, jax.tree.map(lambda x: x[0], online), None)
     with pytest.raises(ValueError, match="action_dim"):
         learner.act(trained, jnp.zeros((4, OBS)), jnp.zeros((4, ACT + 2)), None)
-    with pytest.raises(ValueError, match="obs_normalizer has dimension"):
+    with pytest.raises(ValueError, match="obs_normalizer has dimension"), \
+            pytest.warns(DeprecationWarning, match="pass a normalization.Normalizer"):
         from resfit_jax.normalization import StateStandardizer
         make_learner(CFG, OBS, ACT, StateStandardizer.identity(OBS + 2))
+    from resfit_jax.normalization import Normalizer
+    with pytest.raises(ValueError, match="observation size 7 does not match"):
+        learner.init(jax.random.key(0), Normalizer.identity(OBS + 2, ACT))
+    with pytest.raises(ValueError, match="action size 4 does not match action_dim 3"):
+        learner.init(jax.random.key(0), Normalizer.identity(OBS, ACT + 1))
     with pytest.raises(ValueError, match="num_min_critics"):
         ResidualTD3Config(num_critics=2, num_min_critics=3)
     with pytest.raises(ValueError, match="float vectors"):
@@ -217,14 +222,17 @@ def test_nan_batch_raises_clear_error(learner, trained, batches, jit):
 
 
 def test_dict_observations_and_normalizer():
-    from resfit_jax.normalization import StateStandardizer
+    from resfit_jax.normalization import Normalizer, StateStandardizer
     spec = {"a": jax.ShapeDtypeStruct((2,), jnp.float32), "b": jax.ShapeDtypeStruct((3,), jnp.float32)}
-    norm = StateStandardizer(mean=jnp.arange(5.0), std=jnp.full((5,), 2.0))
-    lrn = make_learner(CFG, spec, ACT, norm)
+    norm = Normalizer(obs=StateStandardizer(mean=jnp.arange(5.0), std=jnp.full((5,), 2.0)),
+                      action=Normalizer.identity(5, ACT).action)
+    lrn = make_learner(CFG, spec, ACT)
+    state = lrn.init(jax.random.key(0), norm)
     obs = {"a": jnp.ones((4, 2)), "b": jnp.zeros((4, 3))}
-    feats = lrn.features(obs)
+    feats = lrn.features(state, obs)
     np.testing.assert_allclose(feats[0], (np.array([1, 1, 0, 0, 0]) - np.arange(5.0)) / 2.0)
-    state = lrn.init(jax.random.key(0))
+    # the statistics are part of the state (and so of every checkpoint)
+    np.testing.assert_array_equal(state.normalizer.obs.mean, np.arange(5.0))
     r, _ = lrn.act(state, obs, jnp.zeros((4, ACT)), jax.random.key(1))
     assert r.shape == (4, ACT)
     with pytest.raises(ValueError, match="structure does not match"):
@@ -240,7 +248,7 @@ def test_residual_penalty_adds_to_the_actor_loss_and_pulls_the_residual_to_zero(
     _, m1 = heavy.update(trained, online, offline)
     # same critic steps, same actor batch: only the penalty term differs
     last = jax.tree.map(lambda a, b: jnp.concatenate([a[-1], b[-1]]), online, offline)
-    r = heavy.actor.apply(trained.actor_params, heavy.features(last.obs), last.base_action)
+    r = heavy.actor.apply(trained.actor_params, heavy.features(trained, last.obs), last.base_action)
     penalty = float(jnp.mean(jnp.square(r / CFG.action_scale)))
     assert penalty > 0
     np.testing.assert_allclose(float(m1["actor_loss"]) - float(m0["actor_loss"]),
@@ -255,3 +263,30 @@ def test_residual_penalty_adds_to_the_actor_loss_and_pulls_the_residual_to_zero(
     assert sizes[-1] < 0.5 * sizes[0]
     with pytest.raises(ValueError, match="residual_penalty"):
         dataclasses.replace(CFG, residual_penalty=-1.0)
+
+
+def test_public_losses_are_the_update_s_losses(learner, trained, batches):
+    """losses.critic_loss / actor_loss (first argument: the differentiated params) give the
+    losses the update reports, and their gradients move the params the update moves."""
+    online, offline = batches
+    row = jax.tree.map(lambda a, b: jnp.concatenate([a[0], b[0]]), online, offline)
+    key = jax.random.key(11)
+    loss, aux = learner.losses.critic_loss(trained.critic_params, trained.target_actor_params,
+                                           trained.target_critic_params, trained.normalizer,
+                                           row, key, 0.0)
+    state, m = learner._critic_step(trained, row, key, 0.0)
+    np.testing.assert_allclose(float(loss), float(m["critic_loss"]), rtol=1e-6)
+    np.testing.assert_allclose(aux["target"], learner.td_target(trained, row, key, 0.0), rtol=1e-6)
+    a_loss, a_aux = learner.losses.actor_loss(trained.actor_params, state.critic_params,
+                                              state.normalizer, row)
+    _, am = learner._actor_step(state, row)
+    np.testing.assert_allclose(float(a_loss), float(am["actor_loss"]), rtol=1e-6)
+    grads = jax.grad(lambda p: learner.losses.actor_loss(p, state.critic_params,
+                                                         state.normalizer, row)[0])(
+        trained.actor_params)
+    assert float(optax_norm(grads)) > 0
+
+
+def optax_norm(tree):
+    import optax
+    return optax.tree.norm(tree)

@@ -13,10 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from resfit_jax.training.journal import Journal
-from resfit_jax.training.operator import Label, ScriptedLabeller, TerminalLabeller
-from resfit_jax.training.robot_learner import AsyncLearner
-from resfit_jax.training.robot_loop import (EmergencyStop, LoopConfig, RateClock,
+from resfit_jax.robot.journal import Journal
+from resfit_jax.robot.operator import Label, ScriptedLabeller, TerminalLabeller
+from resfit_jax.robot.learner import AsyncLearner
+from resfit_jax.robot.loop import (EmergencyStop, LoopConfig, RateClock,
                                             SafetyLimits, run_episode)
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -265,7 +265,7 @@ def test_async_trainer_runs_episodes(tmp_path):
 # ------------------------------------------------------------- the simulated robot process
 @pytest.fixture(scope="module")
 def sim_server():
-    from resfit_jax.envs.sim_robot import spawn_server
+    from resfit_jax.robot.sim_server import spawn_server
     proc, address, key = spawn_server("PickPlace", latency_s=0.001, jitter_s=0.002)
     yield address, key
     proc.kill()
@@ -273,7 +273,7 @@ def sim_server():
 
 
 def test_sim_robot_server_rejects_a_wrong_key(sim_server):
-    from resfit_jax.envs.sim_robot import RemoteRobot
+    from resfit_jax.robot.sim_server import RemoteRobot
     address, key = sim_server
     with pytest.raises(PermissionError, match="wrong key"):
         RemoteRobot(address, b"not-the-key")
@@ -286,7 +286,7 @@ def test_sim_robot_server_rejects_a_wrong_key(sim_server):
 @pytest.mark.slow
 def test_end_to_end_sim_robot_survives_sigkill(sim_server, tmp_path):
     from resfit_jax.data.rlds import read_episodes
-    from resfit_jax.envs.sim_robot import KEY_ENV
+    from resfit_jax.robot.sim_server import KEY_ENV
     address, key = sim_server
     out = str(tmp_path / "robot")
     worker = os.path.join(os.path.dirname(__file__), "robot_worker.py")

@@ -1,4 +1,5 @@
-"""Sim loop invariants on PointReach (fast): errors, exact-N evaluation, replay accounting."""
+"""Sim loop invariants on PointReach (fast): errors, exact-N evaluation, replay accounting,
+and the pure residual_env_step."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,33 +8,44 @@ import pytest
 from resfit_jax.base_policy import FunctionBase
 from resfit_jax.envs import PointReach
 from resfit_jax.envs.point_reach import biased_base_action
-from resfit_jax.normalization import ActionScaler
+from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer
+from resfit_jax.replay import ReplayConfig
+from resfit_jax.residual_policy import ResidualPolicy
 from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
-from resfit_jax.training.sim_loop import SimLoop
+from resfit_jax.sim.evaluation import episode_keys, run_episodes
+from resfit_jax.sim.loop import SimLoop
 
 TASK = PointReach(episode_length=20)
-CFG = ResidualTD3Config(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=4,
-                        batch_size=32, utd=2)
+CFG = ResidualTD3Config(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=4)
+REPLAY = ReplayConfig(batch_size=32, utd=2, capacity=4096)
+NORM = Normalizer(obs=StateStandardizer.identity(4),
+                  action=ActionScaler.from_bounds(TASK.action_low, TASK.action_high,
+                                                  CFG.action_scale))
 
 
 @pytest.fixture(scope="module")
 def loop():
-    scaler = ActionScaler.from_bounds(TASK.action_low, TASK.action_high, CFG.action_scale)
-    return SimLoop(TASK, FunctionBase(biased_base_action, 2), make_learner(CFG, 4, 2), scaler,
-                   num_envs=8, replay_capacity=4096)
+    return SimLoop(TASK, FunctionBase(biased_base_action, 2), make_learner(CFG, 4, 2), REPLAY,
+                   num_envs=8)
+
+
+def _evaluate(loop, learner_state, key, n, record=False):
+    policy = ResidualPolicy(loop.base, NORM, None if learner_state is None else loop.learner,
+                            learner_state)
+    return run_episodes(TASK, policy, episode_keys(key, n), record)
 
 
 def test_base_with_wrong_action_size_is_rejected(loop):
     with pytest.raises(ValueError, match=r"base policy's action size \(3\) does not match the task's \(2\)"):
         SimLoop(TASK, FunctionBase(lambda o: jnp.zeros(o.shape[:-1] + (3,)), 3), loop.learner,
-                loop.scaler, num_envs=4)
+                REPLAY, num_envs=4)
 
 
 def test_zero_residual_evaluation_equals_base_alone(loop):
-    evaluate = jax.jit(loop.evaluate, static_argnums=2)
+    evaluate = jax.jit(lambda s, k, n: _evaluate(loop, s, k, n), static_argnums=2)
     key = jax.random.key(3)
     base = evaluate(None, key, 37)
-    with_residual = evaluate(loop.learner.init(jax.random.key(0)), key, 37)
+    with_residual = evaluate(loop.learner.init(jax.random.key(0), NORM), key, 37)
     assert base["success"].shape == (37,)  # exactly N episodes, not a multiple of the env count
     np.testing.assert_array_equal(base["success"], with_residual["success"])
     np.testing.assert_array_equal(base["length"], with_residual["length"])
@@ -42,7 +54,7 @@ def test_zero_residual_evaluation_equals_base_alone(loop):
 
 
 def test_recorded_evaluation_ends_each_episode_at_its_final_observation(loop):
-    evaluate = jax.jit(loop.evaluate, static_argnums=(2, 3))
+    evaluate = jax.jit(lambda s, k, n, r: _evaluate(loop, s, k, n, r), static_argnums=(2, 3))
     key = jax.random.key(3)
     plain, rec = evaluate(None, key, 37, False), evaluate(None, key, 37, True)
     assert "obs" not in plain
@@ -59,17 +71,17 @@ def test_recorded_evaluation_ends_each_episode_at_its_final_observation(loop):
 
 
 def test_every_env_step_becomes_one_transition(loop):
-    ls = loop.init(jax.random.key(1), loop.learner.init(jax.random.key(2)))
+    ls = loop.init(jax.random.key(1), loop.learner.init(jax.random.key(2), NORM))
     steps = 45
     ls, stats = jax.jit(loop.warmup, static_argnums=1)(ls, steps)
-    n = CFG.n_step
+    n = REPLAY.n_step
     count = np.asarray(ls.writer_state.count)
     pending = np.where(count < n, count, n - 1).sum()
     assert int(ls.env_steps) == 8 * steps
     assert int(ls.replay_state.size) == 8 * steps - pending
     assert int(stats["episodes"]) >= 8 * steps // TASK.horizon
     data = jax.tree.map(lambda x: np.asarray(x[: int(ls.replay_state.size)]), ls.replay_state.data)
-    allowed = np.float32([CFG.gamma ** k for k in range(1, n + 1)])
+    allowed = np.float32([REPLAY.gamma ** k for k in range(1, n + 1)])
     assert np.all(np.min(np.abs(data.discount[:, None] - allowed[None]), axis=1) < 1e-6)
     assert np.all(np.abs(data.action) <= 1.0) and np.all(np.abs(data.base_action) <= 1.0)
     # the executed action is the base action plus a warm-up residual within +-0.2
@@ -87,11 +99,11 @@ class _Exploding(PointReach):
 
 def test_a_diverged_simulation_ends_the_episode_and_stores_nothing_non_finite():
     task = _Exploding(episode_length=20)
-    scaler = ActionScaler.from_bounds(task.action_low, task.action_high, CFG.action_scale)
     # the base pushes +x: most episodes diverge before success or the time limit
     base = FunctionBase(lambda o: jnp.broadcast_to(jnp.array([1.0, 0.0]), o.shape[:-1] + (2,)), 2)
-    loop = SimLoop(task, base, make_learner(CFG, 4, 2), scaler, num_envs=8, replay_capacity=2048)
-    ls = loop.init(jax.random.key(1), loop.learner.init(jax.random.key(2)))
+    loop = SimLoop(task, base, make_learner(CFG, 4, 2),
+                   ReplayConfig(batch_size=32, utd=2, capacity=2048), num_envs=8)
+    ls = loop.init(jax.random.key(1), loop.learner.init(jax.random.key(2), NORM))
     ls, stats = jax.jit(loop.warmup, static_argnums=1)(ls, 40)
     assert int(stats["diverged"]) > 8
     assert np.all(np.isfinite(np.asarray(ls.env_state.obs)))           # reset after divergence
@@ -100,3 +112,26 @@ def test_a_diverged_simulation_ends_the_episode_and_stores_nothing_non_finite():
     assert n > 0 and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(data))
     ls, metrics = jax.jit(loop.train, static_argnums=2)(ls, None, 4)   # the learner keeps going
     assert np.isfinite(float(metrics["critic_loss"]))
+
+
+def test_residual_env_step_is_the_loop_s_step_and_vmaps_over_seeds(loop):
+    """residual_env_step alone (as an on-policy loop would call it) executes
+    clip(a_b + r), reports the true next observation and requeries the base after a reset;
+    it runs under jit and vmap."""
+    from resfit_jax.sim.step import initial_base_action, residual_env_step
+
+    env = loop.env
+    def one(key):
+        s = env.reset(key)
+        b, a_b = initial_base_action(loop.base, NORM, s, 8)
+        r = jnp.full_like(a_b, 0.05)
+        out = residual_env_step(env, loop.base, NORM, s, b, a_b, r)
+        return a_b, out
+    a_b, out = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(4), 3))
+    assert out.action.shape == (3, 8, 2)
+    np.testing.assert_allclose(out.action, np.clip(np.asarray(a_b) + 0.05, -1, 1), atol=1e-6)
+    np.testing.assert_array_equal(out.prev_base_action, a_b)
+    # no episode ends in one step here: next_obs is the env's obs, and the base action follows it
+    assert not np.any(out.done)
+    np.testing.assert_allclose(out.next_obs, out.env_state.obs)
+    np.testing.assert_allclose(out.base_action, out.next_base_action, atol=1e-6)

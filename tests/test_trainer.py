@@ -10,24 +10,28 @@ import pytest
 from resfit_jax import envs
 from resfit_jax.base_policy import ChunkedBase, FunctionBase
 from resfit_jax.checkpointing import to_storable
+from resfit_jax.configs import apply_overrides
 from resfit_jax.data.demos import collect_episodes, make_rollout
 from resfit_jax.data.rlds import Episode
-from resfit_jax.envs.core import EpisodeWrapper, VmapWrapper
+from resfit_jax.demo_buffer import pad_episodes, relabel_demos
+from resfit_jax.envs.core import EpisodeWrapper
 from resfit_jax.envs.point_reach import biased_base_action
-from resfit_jax.normalization import ActionScaler
-from resfit_jax.replay import NStepWriter, ReplayBuffer
+from resfit_jax.logger import read_metrics
+from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer
+from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayConfig
 from resfit_jax.residual_td3 import ResidualTD3Config
-from resfit_jax.training.config import TrainConfig, apply_overrides, preset
-from resfit_jax.training.logger import read_metrics
-from resfit_jax.training.offline import pad_episodes, relabel_demos
-from resfit_jax.training.trainer import make_trainer, results_table, train_residual
+from resfit_jax.sim.evaluation import episode_keys
+from resfit_jax.sim.presets import TrainConfig, preset
+from resfit_jax.sim.report import results_table
+from resfit_jax.sim.trainer import make_trainer, train_residual
 
 TASK = envs.PointReach(episode_length=20)
 LEARNER = ResidualTD3Config(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32),
-                            num_critics=4, batch_size=32, utd=2, actor_lr=1e-4)
-CFG = TrainConfig(learner=LEARNER, num_envs=4, warmup_env_steps=64, critic_warmup_updates=20,
-                  critic_warmup_chunk=10, total_env_steps=192, steps_per_chunk=8,
-                  eval_every=64, eval_episodes=13, replay_capacity=2048)
+                            num_critics=4, actor_lr=1e-4)
+REPLAY = ReplayConfig(batch_size=32, utd=2, capacity=2048)
+CFG = TrainConfig(learner=LEARNER, replay=REPLAY, num_envs=4, warmup_env_steps=64,
+                  critic_warmup_updates=20, critic_warmup_chunk=10, total_env_steps=192,
+                  steps_per_chunk=8, eval_every=64, eval_episodes=13)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +72,7 @@ def test_short_run_goes_through_every_phase(full_run):
     ls = summary["loop_state"]
     # every collected env step became a transition (minus the open n-step windows)
     size = np.asarray(ls.replay_state.size)
-    assert np.all(size <= 64 + 192) and np.all(size >= 64 + 192 - 4 * CFG.learner.n_step)
+    assert np.all(size <= 64 + 192) and np.all(size >= 64 + 192 - 4 * CFG.replay.n_step)
     assert np.asarray(ls.learner_state.critic_steps).tolist() == [20 + 48 * 2] * 2
     # the two seeds are different runs
     leaves = jax.tree.leaves(ls.learner_state.critic_params)
@@ -97,6 +101,28 @@ def test_resume_equals_uninterrupted_run(trainer, full_run, tmp_path):
     assert len(evals) == len(set(evals)) == 8
 
 
+def test_resume_after_the_demos_changed_equals_the_uninterrupted_run(demos, full_run, tmp_path):
+    """The normalizer and the demo buffer travel in the checkpoint: a run resumed by a trainer
+    built from different demos (other statistics, other relabelled transitions) continues with
+    the ones it started with and ends exactly where the uninterrupted run ends."""
+    import dataclasses
+
+    _, full = full_run
+    out = str(tmp_path / "staged")
+    base = FunctionBase(biased_base_action, 2)
+    first = make_trainer(TASK, base, demos, CFG, seeds=[0, 1])
+    train_residual(first, out, progress=False, stop_at_env_steps=64)
+    changed = [dataclasses.replace(ep, observation=ep.observation * 1.3 + 0.1,
+                                   action=ep.action * 0.8) for ep in demos]
+    other = make_trainer(TASK, base, changed, CFG, seeds=[0, 1])
+    assert not np.allclose(other.normalizer.obs.mean, first.normalizer.obs.mean)
+    resumed = train_residual(other, out, resume=True, progress=False)
+    np.testing.assert_array_equal(other.normalizer.obs.mean, first.normalizer.obs.mean)
+    a, b = to_storable(full["loop_state"]), to_storable(resumed["loop_state"])
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert full["resfit"] == resumed["resfit"]
+
+
 def test_resume_with_a_different_config_is_refused(demos, full_run):
     out, _ = full_run
     other = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos,
@@ -111,14 +137,15 @@ def test_base_only_evaluation_equals_the_base_rolled_out_by_hand(trainer):
     ev = jax.device_get(trainer.evaluate_base(trainer.eval_keys()))
     n = CFG.eval_episodes
     assert ev["success"].shape == (2, n)
+    nz = trainer.normalizer
     for i, key in enumerate(trainer.eval_keys()):
-        env = VmapWrapper(EpisodeWrapper(TASK), n)
-        s = env.reset(key)
+        env = EpisodeWrapper(TASK)
+        s = jax.vmap(env.reset)(episode_keys(key, n))
         succ, length, done = np.zeros(n, bool), np.zeros(n, int), np.zeros(n, bool)
         for _ in range(TASK.horizon):
             raw = biased_base_action(s.obs)
-            a = trainer.loop.scaler.unnormalize(trainer.loop.normalize_base(raw))
-            s = env.step(s, a)
+            a = nz.unnormalize_action(jnp.clip(nz.action.normalize(raw), -1.0, 1.0))
+            s = jax.vmap(env.step)(s, a)
             ended = np.asarray(s.done) & ~done
             succ |= ended & np.asarray(s.info["success"])
             length = np.where(ended, np.asarray(s.info["steps"]), length)
@@ -141,11 +168,12 @@ def test_demo_buffer_relabels_with_a_fresh_base_queue_per_episode():
     base = ChunkedBase(lambda o: jnp.repeat(o[:, None, :2], k, axis=1), 2, k)
     eps = [_episode(np.arange(100, 108), True), _episode(np.arange(200, 205), False),
            _episode(np.arange(300, 306), True)]
-    scaler = ActionScaler(center=jnp.zeros(2), half_range=jnp.full(2, 1000.0))
+    nz = Normalizer(obs=StateStandardizer.identity(4),
+                    action=ActionScaler(center=jnp.zeros(2), half_range=jnp.full(2, 1000.0)))
     writer = NStepWriter(n=2, gamma=0.9)
     padded = jax.tree.map(jnp.asarray, pad_episodes(eps))
     buf = ReplayBuffer(int(padded["length"].sum()))
-    state = jax.jit(lambda p: relabel_demos(p, base, scaler, writer, buf))(padded)
+    state = jax.jit(lambda p: relabel_demos(p, base, nz, writer, buf))(padded)
     assert int(state.size) == 7 + 4 + 5
     d = jax.tree.map(np.asarray, state.data)
     raw_obs = d.obs[:, 0]
@@ -173,20 +201,27 @@ def test_presets_and_overrides():
     assert paper.learner.critic_hidden_dims == (1024, 1024) and paper.num_envs == 1
     assert paper.learner.action_scale == 0.2 and paper.learner.actor_lr == 5e-6
     assert paper.critic_steps_per_env_step == 4 and paper.total_env_steps == 500_000
-    cfg = apply_overrides(cpu, ["num_envs=32", "learner.utd=8", "learner.critic_hidden_dims=512,512",
-                                "learner.target_noise=false", "learner.gamma=1"])
-    assert (cfg.num_envs, cfg.learner.utd, cfg.learner.critic_hidden_dims) == (32, 8, (512, 512))
-    assert cfg.learner.target_noise is False and cfg.learner.gamma == 1.0
+    cfg = apply_overrides(cpu, ["num_envs=32", "replay.utd=8", "learner.critic_hidden_dims=512,512",
+                                "learner.target_noise=false", "replay.gamma=1"])
+    assert (cfg.num_envs, cfg.replay.utd, cfg.learner.critic_hidden_dims) == (32, 8, (512, 512))
+    assert cfg.learner.target_noise is False and cfg.replay.gamma == 1.0
+    assert cfg.critic_steps_per_env_step == 8 / 32
+    with pytest.raises(ValueError, match="'learner.utd' is now 'replay.utd'"):
+        apply_overrides(cpu, ["learner.utd=8"])
+    with pytest.raises(ValueError, match="is a group of settings"):
+        apply_overrides(cpu, ["replay=3"])
+    with pytest.raises(ValueError, match="capacity must be >= 1"):
+        apply_overrides(cpu, ["replay.capacity=0"])
     with pytest.raises(ValueError, match="has no field 'utdd'"):
-        apply_overrides(cpu, ["learner.utdd=3"])
+        apply_overrides(cpu, ["replay.utdd=3"])
     with pytest.raises(ValueError, match="expected int"):
         apply_overrides(cpu, ["num_envs=many"])
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
         apply_overrides(cpu, ["num_envs=0"])
     # settings that must change together are validated in their final combination
     reach = preset("PointReach", "cpu")
-    assert reach.learner.bootstrap_truncation and not cpu.learner.bootstrap_truncation
-    both = ["learner.bootstrap_truncation=false", "time_feature=true"]
+    assert reach.replay.bootstrap_truncation and not cpu.replay.bootstrap_truncation
+    both = ["replay.bootstrap_truncation=false", "time_feature=true"]
     assert apply_overrides(reach, both).time_feature
     assert apply_overrides(reach, both[::-1]).time_feature
     with pytest.raises(ValueError, match="bootstrap_truncation=False"):
@@ -211,14 +246,14 @@ def test_time_feature_run_sees_time_and_its_base_does_not(demos, tmp_path):
     with pytest.raises(ValueError, match="bootstrap_truncation=False"):
         CFG.replace(time_feature=True)
     cfg = CFG.replace(time_feature=True, total_env_steps=64,
-                      learner=dataclasses.replace(LEARNER, bootstrap_truncation=False))
+                      replay=dataclasses.replace(REPLAY, bootstrap_truncation=False))
     timed = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos, cfg, seeds=[0])
     assert timed.loop.task.observation_spec.shape == (5,)
     n = int(timed.offline.size)
     obs, nxt = np.asarray(timed.offline.data.obs[:n]), np.asarray(timed.offline.data.next_obs[:n])
     assert np.all((obs[:, -1] >= 0) & (obs[:, -1] < 1)) and np.any(obs[:, -1] == 0)
     k = np.round((nxt[:, -1] - obs[:, -1]) * TASK.horizon)           # n-step gaps of 1..n
-    assert np.all((k >= 1) & (k <= LEARNER.n_step))
+    assert np.all((k >= 1) & (k <= REPLAY.n_step))
     plain = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos, CFG, seeds=[0])
     ev_t = timed.evaluate_base(timed.eval_keys())
     ev_p = plain.evaluate_base(plain.eval_keys())

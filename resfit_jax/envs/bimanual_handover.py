@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import mujoco
 import numpy as np
-from mujoco import mjx
+from resfit_jax.envs._mjx import mjx
 
 from resfit_jax.envs import mjcf
 from resfit_jax.envs.mjx_env import (ArmIndex, MjxTask, down_rotation, ik_step,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import mujoco
 import numpy as np
-from mujoco import mjx
+from resfit_jax.envs._mjx import mjx
 
 from resfit_jax.envs import mjcf
 from resfit_jax.envs.core import Env, State

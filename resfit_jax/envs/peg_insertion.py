@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import mujoco
 import numpy as np
-from mujoco import mjx
+from resfit_jax.envs._mjx import mjx
 
 from resfit_jax.envs import mjcf
 from resfit_jax.envs.mjx_env import ArmIndex, MjxTask, solve_home, yaw_of, yaw_quat

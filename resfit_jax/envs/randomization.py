@@ -21,7 +21,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from mujoco import mjx
+from resfit_jax.envs._mjx import mjx
 
 from resfit_jax.envs.core import Env, Wrapper
 

@@ -1,11 +1,11 @@
 """The learner side of the robot loop: the same jitted learner updates as in simulation,
 fed by journaled robot episodes, in a sync or an async mode.
 
-- ``RobotLearner`` owns the learner state, the online replay (device ring buffer), the
-  optional offline demo buffer and an RNG key. ``add_episode`` inserts one finished episode's
-  n-step transitions (``training.offline.add_episodes``, the path the demo buffer uses);
-  ``update(k)`` runs k learner updates through ``sim_loop.replay_updates``, the function
-  the simulated loop runs inside its scan.
+- ``RobotLearner`` owns the learner state (with the run's normalizer), the online replay
+  (device ring buffer), the optional offline demo buffer and an RNG key. ``add_episode``
+  inserts one finished episode's n-step transitions (``demo_buffer.add_episodes``, the path
+  the demo buffer uses); ``update(k)`` runs k learner updates through
+  ``updates.replay_updates``, the function the simulated loop runs inside its scan.
 - ``AsyncLearner`` runs ``update`` continuously in a thread. The actor pulls the latest
   ``(version, LearnerState)`` snapshot at step boundaries; a snapshot is one immutable
   pytree swapped under a lock, so the actor never sees a half-updated state. Finished
@@ -19,53 +19,59 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from resfit_jax.base_policy import BasePolicy
-from resfit_jax.normalization import ActionScaler
-from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayState, transition_spec
-from resfit_jax.residual_td3 import LearnerState, ResidualTD3
-from resfit_jax.training.offline import add_episodes, pad_episodes
-from resfit_jax.training.robot_loop import EpisodeRecord
-from resfit_jax.training.sim_loop import critic_warmup_updates, replay_updates
+from resfit_jax.demo_buffer import add_episodes, pad_episodes
+from resfit_jax.learner import Learner
+from resfit_jax.normalization import Normalizer
+from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
+from resfit_jax.robot.loop import EpisodeRecord
+from resfit_jax.updates import critic_warmup_updates, replay_updates
+
+PyTree = Any
 
 
 class RobotLearner:
     """Learner state + replay for robot episodes (see the module docstring).
 
     max_episode_steps fixes the padded episode length, so inserting compiles once.
-    updates_per_call: learner updates per ``update`` call (one jitted scan).
+    updates_per_call: learner updates per ``update`` call (one jitted scan). ``normalizer``
+    is the run's statistics; it lives in ``state`` (and so in every checkpoint) from here on.
     """
 
-    def __init__(self, learner: ResidualTD3, scaler: ActionScaler, max_episode_steps: int,
-                 key: jax.Array, replay_capacity: int = 100_000, updates_per_call: int = 1,
+    def __init__(self, learner: Learner, replay: ReplayConfig, normalizer: Normalizer,
+                 max_episode_steps: int, key: jax.Array, updates_per_call: int = 1,
                  offline: tuple[ReplayBuffer, ReplayState] | None = None,
                  failure_is_terminal: bool = True, min_replay: int = 1):
-        self.learner, self.scaler = learner, scaler
+        self.learner, self.replay_config = learner, replay
         self.max_episode_steps = int(max_episode_steps)
         self.failure_is_terminal = failure_is_terminal
         self.min_replay = max(int(min_replay), 1)
-        cfg = learner.config
-        self.writer = NStepWriter(cfg.n_step, cfg.gamma, cfg.bootstrap_truncation)
-        self.buffer = ReplayBuffer(replay_capacity)
+        self.writer, self.buffer = replay.writer(), replay.buffer()
         self.offline_buffer, self.offline = offline if offline is not None else (None, None)
         k_init, self.key = jax.random.split(key)
-        self.state = learner.init(k_init)
+        self.state = learner.init(k_init, normalizer)
         spec = jax.ShapeDtypeStruct((learner.obs_dim,), jnp.float32)
         self.replay = self.buffer.init(transition_spec(spec, learner.action_dim))
         self.updates = 0
-        ob = self.offline_buffer
+        mixer = replay.mixer(self.offline_buffer)
+        warmup_mixer = replay.mixer(self.offline_buffer, steps=1)
         self._update = jax.jit(lambda s, r, k, o: replay_updates(
-            learner, s, self.buffer, r, ob, o, k, updates_per_call))
+            learner, s, mixer, r, o, k, updates_per_call))
         self._critic = jax.jit(lambda s, r, k, o, n: critic_warmup_updates(
-            learner, s, self.buffer, r, ob, o, k, n), static_argnums=4)
-        self._add = jax.jit(lambda r, p, b: add_episodes(r, p, b, scaler, self.writer,
-                                                         self.buffer))
+            learner, s, warmup_mixer, r, o, k, n), static_argnums=4)
+        self._add = jax.jit(lambda r, p, b, nz: add_episodes(r, p, b, nz, self.writer,
+                                                             self.buffer))
         self.updates_per_call = int(updates_per_call)
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return self.state.normalizer
 
     # -- data -------------------------------------------------------------------------------
     def add_episode(self, episode, base_action: np.ndarray) -> int:
@@ -82,7 +88,8 @@ class RobotLearner:
         b = np.zeros((1, self.max_episode_steps + 1, base_action.shape[1]), np.float32)
         b[0, :t + 1] = base_action
         b[0, t + 1:] = base_action[-1]
-        self.replay = self._add(self.replay, jax.tree.map(jnp.asarray, padded), jnp.asarray(b))
+        self.replay = self._add(self.replay, jax.tree.map(jnp.asarray, padded), jnp.asarray(b),
+                                self.state.normalizer)
         return t
 
     def add_record(self, record: EpisodeRecord) -> int:
@@ -130,18 +137,18 @@ class PolicyRunner:
     residual), "base" (residual 0) or "warmup" (uniform residual noise of ``warmup_noise``).
     """
 
-    def __init__(self, base: BasePolicy, learner: ResidualTD3, scaler: ActionScaler,
-                 params: Callable[[], LearnerState], key: jax.Array, warmup_noise: float = 0.0):
+    def __init__(self, base: BasePolicy, learner: Learner, params: Callable[[], PyTree],
+                 key: jax.Array, warmup_noise: float = 0.0):
         if base.action_dim != learner.action_dim:
             raise ValueError(f"The base policy's action size ({base.action_dim}) does not match "
                              f"the learner's ({learner.action_dim}).")
-        self.base, self.learner, self.scaler = base, learner, scaler
+        self.base, self.learner = base, learner
         self.params, self.key, self.warmup_noise = params, key, float(warmup_noise)
         self.mode = "train"
         self._base_step = jax.jit(base.step)
         self._act = jax.jit(learner.act, static_argnames="deterministic")
-        self._norm = jax.jit(lambda a: jnp.clip(scaler.normalize(a), -1.0, 1.0))
-        self._unnorm = jax.jit(scaler.unnormalize)
+        self._norm = jax.jit(lambda nz, a: nz.normalize_action(a))
+        self._unnorm = jax.jit(lambda nz, a: nz.unnormalize_action(a))
         self._bstate = None
 
     def begin(self) -> None:
@@ -153,7 +160,8 @@ class PolicyRunner:
 
     def act(self, obs: np.ndarray, base_action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(residual [A] normalized, action [A] raw = unnormalize(clip(a_b + r)))."""
-        a_b = self._norm(jnp.asarray(base_action))
+        state = self.params()
+        a_b = self._norm(state.normalizer, jnp.asarray(base_action))
         self.key, k = jax.random.split(self.key)
         if self.mode == "base":
             r = jnp.zeros_like(a_b)
@@ -161,11 +169,10 @@ class PolicyRunner:
             r = jax.random.uniform(k, a_b.shape, minval=-self.warmup_noise,
                                    maxval=self.warmup_noise)
         else:
-            state = self.params()
             r, _ = self._act(state, jnp.asarray(obs)[None], a_b[None], k,
                              deterministic=self.mode == "eval")
             r = r[0]
-        action = self._unnorm(jnp.clip(a_b + r, -1.0, 1.0))
+        action = self._unnorm(state.normalizer, jnp.clip(a_b + r, -1.0, 1.0))
         return np.asarray(r, np.float32), np.asarray(action, np.float32)
 
 
@@ -178,7 +185,7 @@ class AsyncLearner:
     """
 
     def __init__(self, rl: RobotLearner, max_update_ratio: float | None = None,
-                 on_update: Callable[[int, LearnerState, dict], None] | None = None):
+                 on_update: Callable[[int, PyTree, dict], None] | None = None):
         self.rl, self.max_update_ratio, self.on_update = rl, max_update_ratio, on_update
         self._lock = threading.Lock()
         self._snapshot = (0, rl.state)
@@ -197,12 +204,12 @@ class AsyncLearner:
         if self._error is not None:
             raise RuntimeError(f"async learner thread failed: {self._error!r}") from self._error
 
-    def snapshot(self) -> tuple[int, LearnerState]:
+    def snapshot(self) -> tuple[int, PyTree]:
         self._raise()
         with self._lock:
             return self._snapshot
 
-    def params(self) -> LearnerState:
+    def params(self) -> PyTree:
         return self.snapshot()[1]
 
     def submit(self, episode, base_action: np.ndarray) -> None:

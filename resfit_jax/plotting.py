@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from resfit_jax.training.logger import read_metrics
+from resfit_jax.logger import read_metrics
 
 
 def eval_curves(run_dir: str) -> dict:

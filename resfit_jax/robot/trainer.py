@@ -1,6 +1,6 @@
 """Residual training on a robot: phases, journal, checkpoints, sync or async learning.
 
-    trainer = RobotTrainer(RobotTrainConfig(...), base, learner, scaler, offline, out)
+    trainer = RobotTrainer(RobotTrainConfig(...), base, learner, normalizer, offline, out)
     trainer.run(robot, labeller, limits, num_episodes=20)
 
 Phases (counted in usable, i.e. success or failure, journaled episodes): the first
@@ -14,7 +14,8 @@ updates continuously in a thread (``AsyncLearner``) and the actor takes the newe
 parameters at each step.
 
 Durability: each finished episode is journaled (``Journal``, atomic rename) before it enters
-the replay; the learner state and RNG are checkpointed (orbax) after every
+the replay; the learner state (with the run's normalizer), the demo buffer and the RNG are
+checkpointed (orbax) after every
 ``checkpoint_every`` episodes and on an emergency stop. A new ``RobotTrainer`` on the same
 ``out`` restores the latest checkpoint and rebuilds the replay from the journal, so a crash
 (even SIGKILL) loses at most the episode in progress. Files under ``out``: journal/,
@@ -31,21 +32,26 @@ from typing import Any
 import jax
 import numpy as np
 
+from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.base_policy import BasePolicy
 from resfit_jax.checkpointing import RunCheckpointer
-from resfit_jax.normalization import ActionScaler
-from resfit_jax.residual_td3 import ResidualTD3, ResidualTD3Config
-from resfit_jax.training.journal import Journal
-from resfit_jax.training.logger import MetricsLogger
-from resfit_jax.training.operator import Label, Labeller
-from resfit_jax.training.robot_learner import AsyncLearner, PolicyRunner, RobotLearner
-from resfit_jax.training.robot_loop import (EmergencyStop, EpisodeRecord, LoopConfig,
+from resfit_jax.configs import to_dict
+from resfit_jax.learner import Learner, has_critic_warmup
+from resfit_jax.logger import MetricsLogger
+from resfit_jax.normalization import Normalizer
+from resfit_jax.replay import ReplayConfig
+from resfit_jax.robot.journal import Journal
+from resfit_jax.robot.learner import AsyncLearner, PolicyRunner, RobotLearner
+from resfit_jax.robot.operator import Label, Labeller
+from resfit_jax.robot.loop import (EmergencyStop, EpisodeRecord, LoopConfig,
                                             RobotInterface, SafetyLimits, run_episode)
 
 
 @dataclasses.dataclass(frozen=True)
 class RobotTrainConfig:
     learner: ResidualTD3Config = dataclasses.field(default_factory=ResidualTD3Config.cpu)
+    replay: ReplayConfig = dataclasses.field(
+        default_factory=lambda: ReplayConfig(capacity=100_000))
     loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
     mode: str = "sync"                     # "sync" | "async"
     sync_every: str = "episode"            # "step" | "episode" (sync mode)
@@ -54,7 +60,6 @@ class RobotTrainConfig:
     warmup_episodes: int = 2
     warmup_noise: float = 0.0
     critic_warmup_updates: int = 500
-    replay_capacity: int = 100_000
     min_replay: int = 64
     failure_is_terminal: bool = True
     checkpoint_every: int = 1
@@ -71,20 +76,17 @@ class RobotTrainConfig:
                              ">= 0 and checkpoint_every >= 1.")
 
 
-def _to_dict(cfg: RobotTrainConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
 class RobotTrainer:
-    """See the module docstring. ``offline`` is the demo buffer (``training.offline``) or None."""
+    """See the module docstring. ``offline`` is the demo buffer (``demo_buffer.offline_buffer``)
+    or None; ``normalizer`` the run's statistics (a restart uses the checkpoint's)."""
 
-    def __init__(self, cfg: RobotTrainConfig, base: BasePolicy, learner: ResidualTD3,
-                 scaler: ActionScaler, offline: Any, out: str, extra_info: dict | None = None):
-        self.cfg, self.base, self.learner, self.scaler = cfg, base, learner, scaler
+    def __init__(self, cfg: RobotTrainConfig, base: BasePolicy, learner: Learner,
+                 normalizer: Normalizer, offline: Any, out: str, extra_info: dict | None = None):
+        self.cfg, self.base, self.learner = cfg, base, learner
         self.out = out
         os.makedirs(out, exist_ok=True)
         cfg_path = os.path.join(out, "config.json")
-        cfg_dict = _to_dict(cfg)
+        cfg_dict = to_dict(cfg)
         if os.path.exists(cfg_path):
             with open(cfg_path) as f:
                 saved = json.load(f)["config"]
@@ -97,15 +99,16 @@ class RobotTrainer:
                 json.dump({"config": cfg_dict, **(extra_info or {})}, f, indent=2)
         self.journal = Journal(os.path.join(out, "journal"))
         self.ckpt = RunCheckpointer(os.path.join(out, "checkpoints"))
-        self.rl = RobotLearner(learner, scaler, cfg.loop.max_episode_steps,
-                               jax.random.key(cfg.seed), cfg.replay_capacity,
-                               max(cfg.updates_per_step, 1), offline,
+        self.rl = RobotLearner(learner, cfg.replay, normalizer, cfg.loop.max_episode_steps,
+                               jax.random.key(cfg.seed), max(cfg.updates_per_step, 1), offline,
                                cfg.failure_is_terminal, cfg.min_replay)
         self.progress = {"critic_warmup_done": False, "checkpoint_episodes": 0}
         self.restored_step: int | None = None
         if self.ckpt.latest_step() is not None:
-            state, prog = self.ckpt.restore({"learner": self.rl.state, "key": self.rl.key})
+            state, prog = self.ckpt.restore({"learner": self.rl.state, "key": self.rl.key,
+                                             "offline": self.rl.offline})
             self.rl.state, self.rl.key = state["learner"], state["key"]
+            self.rl.offline = state["offline"]
             self.rl.updates = int(prog.get("updates", 0))
             self.progress.update(prog)
             self.restored_step = self.ckpt.latest_step()
@@ -113,7 +116,7 @@ class RobotTrainer:
         metrics = os.path.join(out, "metrics.jsonl")
         lines = sum(1 for _ in open(metrics)) if os.path.exists(metrics) else None
         self.logger = MetricsLogger(out, [cfg.seed], keep_lines=lines)
-        self.runner = PolicyRunner(base, learner, scaler, lambda: self.rl.state,
+        self.runner = PolicyRunner(base, learner, lambda: self.rl.state,
                                    jax.random.fold_in(jax.random.key(cfg.seed), 0x5EED),
                                    cfg.warmup_noise)
 
@@ -142,7 +145,7 @@ class RobotTrainer:
                     checkpoint_episodes=c["episodes"], saves=int(self.progress.get("saves", 0)) + 1)
         self.progress = prog
         self.ckpt.save(prog["saves"], {"learner": state if state is not None else self.rl.state,
-                                       "key": self.rl.key}, prog)
+                                       "key": self.rl.key, "offline": self.rl.offline}, prog)
 
     # -- the run -------------------------------------------------------------------------
     def run(self, robot: RobotInterface, labeller: Labeller, limits: SafetyLimits,
@@ -166,7 +169,7 @@ class RobotTrainer:
                 phase = evaluate or ("warmup" if c["usable_episodes"] < cfg.warmup_episodes
                                      else "train")
                 if (phase == "train" and not self.progress["critic_warmup_done"]
-                        and self.rl.ready()):
+                        and self.rl.ready() and has_critic_warmup(self.learner)):
                     t0 = time.time()
                     m = self.rl.critic_warmup(cfg.critic_warmup_updates)
                     self.progress["critic_warmup_done"] = True

@@ -2,11 +2,11 @@
 (``SimRobot``) or in a separate server process behind an authenticated local socket
 (``serve`` / ``RemoteRobot``), with configurable latency and jitter.
 
-Both implement ``resfit_jax.training.robot_loop.RobotInterface``. Each ``send_action``
+Both implement ``resfit_jax.robot.loop.RobotInterface``. Each ``send_action``
 advances the simulation by one control period (``task.ctrl_dt``); the wall clock is not
 simulated, so the robot loop's rate control and deadline checks see only the transport and
 the configured latency. ``success()`` is the simulator's ground truth, used by a scripted
-operator (``training.operator.oracle_labeller``) in place of a person.
+operator (``robot.operator.oracle_labeller``) in place of a person.
 
 Protocol: ``multiprocessing.connection`` (pickled tuples over TCP on 127.0.0.1) with its
 HMAC challenge on connect, so a client without the shared key is refused before any command

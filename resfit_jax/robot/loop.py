@@ -6,7 +6,7 @@
                            -> operator label? -> [sync updates] -> wait for the next tick
     end (label, step limit, too many deadline overruns, e-stop) -> obs_T (final)
 
-Everything that learns is the jitted learner (``training.robot_learner``); this module only
+Everything that learns is the jitted learner (``robot.learner``); this module only
 does I/O, timing and safety:
 
 - ``RobotInterface``: what a robot driver implements (``reset``, ``observe``,
@@ -30,7 +30,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from resfit_jax.data.rlds import Episode
-from resfit_jax.training.operator import Label, Labeller
+from resfit_jax.robot.operator import Label, Labeller
 
 
 class RobotInterface(Protocol):

@@ -1,4 +1,7 @@
-"""The offline (demo) buffer: RLDS demo episodes relabelled with the frozen base's own actions.
+"""The demo (offline) buffer and the run's normalization, built from RLDS demo episodes.
+
+``fit_normalizer(episodes, ...)`` is the one way a run fits its ``Normalizer``.
+The buffer holds the demos relabelled with the frozen base's own actions.
 
 Each stored n-step transition holds the demo's action (normalized) as ``action`` and the base
 policy's action on the same demo frame as ``base_action``, so the critic learns the value of
@@ -24,8 +27,17 @@ import numpy as np
 
 from resfit_jax.base_policy import BasePolicy
 from resfit_jax.data.rlds import Episode
-from resfit_jax.normalization import ActionScaler
+from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayState, transition_spec
+
+
+def fit_normalizer(episodes: Sequence[Episode], action_scale: float, margin: float = 0.0
+                   ) -> Normalizer:
+    """Action scaling (demo [min, max], widened by 1 + margin and 1 + action_scale) and obs
+    standardization, from demo episodes."""
+    actions = np.concatenate([ep.action[:-1] for ep in episodes])
+    obs = np.concatenate([ep.observation for ep in episodes])
+    return Normalizer.fit(actions, obs, action_scale, margin=margin)
 
 
 def with_time_feature(episodes: Sequence[Episode], horizon: int) -> list[Episode]:
@@ -91,7 +103,7 @@ def base_actions(padded: dict[str, jax.Array], base: BasePolicy) -> jax.Array:
 
 
 def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: jax.Array,
-                 scaler: ActionScaler, writer: NStepWriter, buffer: ReplayBuffer) -> ReplayState:
+                 normalizer: Normalizer, writer: NStepWriter, buffer: ReplayBuffer) -> ReplayState:
     """Jittable: insert padded episodes' n-step transitions into ``state``.
 
     base_action: raw base actions [N, T+1, A] at every frame (``base_actions`` or, for robot
@@ -100,7 +112,7 @@ def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: 
     """
     obs, act = padded["observation"], padded["action"]
     n, t = act.shape[0], act.shape[1]
-    norm = lambda a: jnp.clip(scaler.normalize(a), -1.0, 1.0)
+    norm = normalizer.normalize_action
     spec = jax.ShapeDtypeStruct(obs.shape[2:], obs.dtype)
     wstate = writer.init(n, spec, act.shape[-1])
 
@@ -120,23 +132,23 @@ def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: 
     return state
 
 
-def relabel_demos(padded: dict[str, jax.Array], base: BasePolicy, scaler: ActionScaler,
+def relabel_demos(padded: dict[str, jax.Array], base: BasePolicy, normalizer: Normalizer,
                   writer: NStepWriter, buffer: ReplayBuffer) -> ReplayState:
     """Jittable: padded episodes (see ``pad_episodes``) -> a filled offline ReplayState."""
     obs, act = padded["observation"], padded["action"]
     spec = jax.ShapeDtypeStruct(obs.shape[2:], obs.dtype)
     state = buffer.init(transition_spec(spec, act.shape[-1]))
-    return add_episodes(state, padded, base_actions(padded, base), scaler, writer, buffer)
+    return add_episodes(state, padded, base_actions(padded, base), normalizer, writer, buffer)
 
 
-def offline_buffer(episodes: Sequence[Episode], base: BasePolicy, scaler: ActionScaler,
+def offline_buffer(episodes: Sequence[Episode], base: BasePolicy, normalizer: Normalizer,
                    writer: NStepWriter) -> tuple[ReplayBuffer, ReplayState]:
     """Host entry point: demo episodes -> (ReplayBuffer sized to fit, filled ReplayState)."""
     padded = pad_episodes(episodes)
     capacity = int(padded["length"].sum())
     buffer = ReplayBuffer(capacity)
-    state = jax.jit(lambda p: relabel_demos(p, base, scaler, writer, buffer))(
-        jax.tree.map(jnp.asarray, padded))
+    state = jax.jit(lambda p, nz: relabel_demos(p, base, nz, writer, buffer))(
+        jax.tree.map(jnp.asarray, padded), normalizer)
     if int(state.size) != capacity:
         raise AssertionError(f"offline buffer: stored {int(state.size)} transitions for "
                              f"{capacity} demo steps.")

@@ -1,0 +1,127 @@
+"""Input checks shared by the agents: observation specs, batch shapes and finiteness.
+
+Shape checks run at trace time (plain Python on static shapes) and raise ``ValueError``
+naming the field and the expected shape. ``check_finite`` runs inside the jitted update as a
+host callback and raises ``FloatingPointError`` naming the non-finite field or loss.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resfit_jax.replay import Transition
+
+PyTree = Any
+
+
+def raw_key(key: jax.Array) -> jax.Array:
+    """A typed PRNG key -> its raw uint32 data; a raw key unchanged."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key)
+    return key
+
+
+def as_obs_spec(obs_spec: PyTree) -> PyTree:
+    """int D -> one flat vector; otherwise a pytree whose leaves have .shape/.dtype."""
+    if isinstance(obs_spec, (int, np.integer)):
+        return jax.ShapeDtypeStruct((int(obs_spec),), jnp.float32)
+    leaves = jax.tree.leaves(obs_spec)
+    if not leaves:
+        raise ValueError("obs_spec is empty: give the observation dimension (int) or a pytree "
+                         "of jax.ShapeDtypeStruct, one per observation field (no batch axis).")
+    spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s.shape), s.dtype), obs_spec)
+    for path, s in jax.tree_util.tree_leaves_with_path(spec):
+        name = jax.tree_util.keystr(path) or "obs"
+        if len(s.shape) != 1 or not jnp.issubdtype(s.dtype, jnp.floating):
+            raise ValueError(
+                f"obs_spec{name}: the state learner takes float vectors [D]; got shape {s.shape} "
+                f"dtype {s.dtype}. Flatten the field, or use an image encoder for pixel fields.")
+    return spec
+
+
+def obs_dim(spec: PyTree) -> int:
+    return int(sum(s.shape[0] for s in jax.tree.leaves(spec)))
+
+
+def check_obs(spec: PyTree, obs: PyTree, batch_shape: tuple[int, ...], where: str) -> None:
+    try:
+        pairs = jax.tree.map(lambda s, x: (s, x), spec, obs)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: observation structure does not match obs_spec "
+                         f"{jax.tree.structure(spec)} ({e}).") from None
+    for path, (s, x) in jax.tree_util.tree_leaves_with_path(
+            pairs, is_leaf=lambda p: isinstance(p, tuple) and len(p) == 2
+            and isinstance(p[0], jax.ShapeDtypeStruct)):
+        want = tuple(batch_shape) + tuple(s.shape)
+        if tuple(jnp.shape(x)) != want:
+            raise ValueError(f"{where}: observation{jax.tree_util.keystr(path)} has shape "
+                             f"{tuple(jnp.shape(x))}, expected {want} (batch {tuple(batch_shape)} "
+                             f"+ obs_spec {tuple(s.shape)}).")
+
+
+def check_action(action_dim: int, a: jax.Array, batch_shape: tuple[int, ...], where: str) -> None:
+    want = tuple(batch_shape) + (action_dim,)
+    if tuple(jnp.shape(a)) != want:
+        hint = ""
+        if jnp.ndim(a) >= 1 and jnp.shape(a)[-1] != action_dim:
+            hint = (f" The action size {jnp.shape(a)[-1]} does not match the learner's "
+                    f"action_dim {action_dim}: the base policy and the task must agree.")
+        raise ValueError(f"{where} has shape {tuple(jnp.shape(a))}, expected {want}.{hint}")
+
+
+def join_batches(spec: PyTree, action_dim: int, online: Transition,
+                 offline: Transition | None, where: str) -> Transition:
+    """Validate [N, B_on, ...] (+ [N, B_off, ...]) and concatenate along the batch axis."""
+    if not isinstance(online, Transition):
+        raise TypeError(f"{where}: online batch must be a replay.Transition, got {type(online)}.")
+    parts = [("online", online)] + ([("offline", offline)] if offline is not None else [])
+    steps = None
+    for name, b in parts:
+        if jnp.ndim(b.reward) != 2:
+            raise ValueError(f"{where}: {name} reward has shape {jnp.shape(b.reward)}; batches "
+                             "must be [steps, batch, ...] (e.g. [UTD, B/2]).")
+        n, bs = jnp.shape(b.reward)
+        if steps is not None and n != steps:
+            raise ValueError(f"{where}: online has {steps} steps but offline has {n}; both need "
+                             "the same leading (UTD) size.")
+        steps = n
+        for field in ("discount", "nonterminal"):
+            if jnp.shape(getattr(b, field)) != (n, bs):
+                raise ValueError(f"{where}: {name} {field} has shape {jnp.shape(getattr(b, field))},"
+                                 f" expected {(n, bs)}.")
+        for field in ("base_action", "action", "next_base_action"):
+            check_action(action_dim, getattr(b, field), (n, bs), f"{where}: {name} {field}")
+        check_obs(spec, b.obs, (n, bs), f"{where}: {name} obs")
+        check_obs(spec, b.next_obs, (n, bs), f"{where}: {name} next_obs")
+    if offline is None:
+        return online
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), online, offline)
+
+
+def check_finite(batch: Transition, losses: dict[str, jax.Array], where: str,
+                 switch: str = "check_finite") -> None:
+    """Host callback: FloatingPointError naming non-finite batch fields or losses."""
+    batch_flags = {}
+    for path, x in jax.tree_util.tree_leaves_with_path(batch):
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            batch_flags["batch" + jax.tree_util.keystr(path)] = jnp.all(jnp.isfinite(x))
+    loss_flags = {name: jnp.all(jnp.isfinite(v)) for name, v in losses.items()}
+
+    def raise_if_bad(batch_flags, loss_flags):
+        bad_batch = [k for k, v in batch_flags.items() if not np.all(v)]
+        bad_loss = [k for k, v in loss_flags.items() if not np.all(v)]
+        if bad_batch:
+            raise FloatingPointError(
+                f"{where}: non-finite values (NaN/inf) in {', '.join(bad_batch)}. Check the "
+                "env observations, rewards and base actions feeding the replay: a NaN batch "
+                f"poisons every parameter. (Set {switch}=False to skip.)")
+        if bad_loss:
+            raise FloatingPointError(
+                f"{where}: non-finite {', '.join(bad_loss)} on a finite batch: the update "
+                "diverged. Lower the learning rates or check the observation normalizer "
+                f"(tiny std). (Set {switch}=False to skip.)")
+
+    jax.debug.callback(raise_if_bad, batch_flags, loss_flags)

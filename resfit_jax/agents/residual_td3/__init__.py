@@ -1,0 +1,9 @@
+"""ResFiT: residual TD3 on a frozen base (networks, losses, learner)."""
+from resfit_jax.agents.residual_td3.learner import (CRITIC_LOSSES, PRESETS, LearnerState,
+                                                    ResidualTD3, ResidualTD3Config, make_learner)
+from resfit_jax.agents.residual_td3.losses import ResidualTD3Losses, flatten_obs, make_losses
+from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks, make_networks
+
+__all__ = ["CRITIC_LOSSES", "PRESETS", "LearnerState", "ResidualTD3", "ResidualTD3Config",
+           "ResidualTD3Losses", "ResidualTD3Networks", "flatten_obs", "make_learner",
+           "make_losses", "make_networks"]

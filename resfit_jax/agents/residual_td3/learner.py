@@ -1,0 +1,352 @@
+"""Residual TD3 (ResFiT): config, learner state and pure init / act / update functions.
+
+    learner = make_learner(config, obs_spec, action_dim)
+    state = learner.init(key, normalizer)                          # normalizer: optional
+    r, aux = learner.act(state, obs, base_action, key, deterministic=False)
+    state, metrics = learner.update(state, online, offline)        # [UTD, B_on|B_off, ...]
+    state, metrics = learner.critic_warmup(state, online, offline) # [N, B_on|B_off, ...]
+
+All actions are in the normalized space of the state's ``Normalizer`` ([-1, 1]).
+Observations are a pytree of float vectors (one per sample: [D_i]); they are flattened,
+concatenated in tree order and standardized with ``state.normalizer`` inside the networks,
+so replay stores raw observations and a checkpoint of the state carries the statistics its
+params were trained under. Everything here is jittable and vmappable (e.g. over seeds:
+``jax.vmap(learner.init)(keys)``); the learner carries its own RNG in ``LearnerState.rng``.
+
+One ``update`` = UTD critic steps in ``lax.scan`` (each on its own batch row), then one delayed
+actor step on the last row. The losses are in ``losses.py``; how batches are sampled (UTD,
+batch size, demo fraction, n-step returns) is the replay's business (``replay.ReplayConfig``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from resfit_jax.agents import checks
+from resfit_jax.agents.gradients import gradient_update, make_optimizer
+from resfit_jax.agents.residual_td3.losses import ResidualTD3Losses, make_losses
+from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks, make_networks
+from resfit_jax.normalization import Normalizer, StateStandardizer
+from resfit_jax.replay import Transition
+
+PyTree = Any
+CRITIC_LOSSES = ("mse", "release")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualTD3Config:
+    """Learner hyperparameters. Defaults are the paper's (single-arm tasks).
+
+    ``critic_loss``: "mse" = mean over heads of each head's MSE to the shared target
+    (standard); "release" = the reference code's mean_b((mean_k |Q_k - y|)^2).
+    Returns and batches (n-step, gamma, truncation, UTD, batch size, demo fraction) are in
+    ``replay.ReplayConfig``.
+    """
+
+    # networks
+    actor_hidden_dims: tuple[int, ...] = (1024, 1024)
+    critic_hidden_dims: tuple[int, ...] = (1024, 1024)
+    num_critics: int = 10
+    num_min_critics: int = 2
+    layer_norm: bool = True
+    action_scale: float = 0.1
+    # actor loss += residual_penalty * mean((r / action_scale)^2): holds the residual at 0
+    # where the critic's action gradient is weak (0 = the paper's objective)
+    residual_penalty: float = 0.0
+    # optimisation (AdamW, global-norm clip per module group)
+    actor_lr: float = 1e-6
+    critic_lr: float = 1e-4
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    tau: float = 0.005
+    # exploration and target-policy smoothing (normalized action units)
+    exploration_std: float = 0.05
+    target_noise: bool = True
+    target_noise_clip: float = 0.3
+    critic_loss: str = "mse"
+    # raise a clear error when a batch or a loss is not finite
+    check_finite: bool = True
+
+    def __post_init__(self):
+        errors = []
+        if self.num_critics < 1:
+            errors.append(f"num_critics must be >= 1 (got {self.num_critics})")
+        if not 1 <= self.num_min_critics <= self.num_critics:
+            errors.append(f"num_min_critics must be in [1, num_critics={self.num_critics}] "
+                          f"(got {self.num_min_critics})")
+        if self.critic_loss not in CRITIC_LOSSES:
+            errors.append(f"critic_loss must be one of {CRITIC_LOSSES} (got {self.critic_loss!r})")
+        if not 0.0 < self.action_scale <= 1.0:
+            errors.append(f"action_scale must be in (0, 1] (got {self.action_scale})")
+        if self.residual_penalty < 0.0:
+            errors.append(f"residual_penalty must be >= 0 (got {self.residual_penalty})")
+        if not 0.0 <= self.tau <= 1.0:
+            errors.append(f"tau must be in [0, 1] (got {self.tau})")
+        for name in ("actor_lr", "critic_lr", "weight_decay", "max_grad_norm", "exploration_std",
+                     "target_noise_clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
+                errors.append(f"{name} must be a finite number >= 0 (got {v})")
+        if any(int(d) < 1 for d in tuple(self.actor_hidden_dims) + tuple(self.critic_hidden_dims)):
+            errors.append("hidden dims must be >= 1")
+        if errors:
+            raise ValueError("ResidualTD3Config: " + "; ".join(errors) + ".")
+
+    @classmethod
+    def paper(cls, **overrides) -> "ResidualTD3Config":
+        """Paper scale: 2x1024 actor and critic, K=10 heads."""
+        return cls(**overrides)
+
+    @classmethod
+    def cpu(cls, **overrides) -> "ResidualTD3Config":
+        """CPU scale for a 2-core laptop: 2x256 networks, K=10 heads.
+
+        The actor lr is raised to 1e-4 because CPU runs use ~100x fewer env steps than the
+        paper; the residual stays bounded by action_scale, and the critic warm-up still
+        anchors Q before the actor moves. All other settings are the paper's.
+        """
+        base = dict(actor_hidden_dims=(256, 256), critic_hidden_dims=(256, 256), actor_lr=1e-4)
+        base.update(overrides)
+        return cls(**base)
+
+
+PRESETS: dict[str, Callable[..., ResidualTD3Config]] = {
+    "paper": ResidualTD3Config.paper,
+    "cpu": ResidualTD3Config.cpu,
+}
+
+
+@struct.dataclass
+class LearnerState:
+    """Everything the learner owns. rng is a raw uint32 key [2] (legacy format, orbax-friendly);
+    normalizer holds the observation and action statistics the params are trained under."""
+
+    actor_params: PyTree
+    critic_params: PyTree
+    target_actor_params: PyTree
+    target_critic_params: PyTree
+    actor_opt_state: PyTree
+    critic_opt_state: PyTree
+    normalizer: Normalizer
+    rng: jax.Array
+    critic_steps: jax.Array
+    actor_steps: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualTD3:
+    """Pure functions of the residual TD3 learner, closed over its config (build with
+    ``make_learner``). Implements ``resfit_jax.learner.Learner``."""
+
+    config: ResidualTD3Config
+    obs_spec: PyTree
+    action_dim: int
+    networks: ResidualTD3Networks
+    losses: ResidualTD3Losses
+    actor_tx: optax.GradientTransformation
+    critic_tx: optax.GradientTransformation
+    default_normalizer: Normalizer | None = None
+
+    @property
+    def obs_dim(self) -> int:
+        return checks.obs_dim(self.obs_spec)
+
+    @property
+    def actor(self):
+        return self.networks.actor
+
+    @property
+    def critic(self):
+        return self.networks.critic
+
+    def features(self, state: LearnerState, obs: PyTree) -> jax.Array:
+        """Observation pytree [*batch, ...] -> standardized flat features [*batch, D]."""
+        return self.losses.features(state.normalizer, obs)
+
+    # ------------------------------------------------------------------------------- init
+    def init(self, key: jax.Array, normalizer: Normalizer | None = None) -> LearnerState:
+        """Fresh learner state. key: a PRNG key (typed or raw uint32 [2]); normalizer: the
+        run's statistics (default: identity, i.e. actions already in [-1, 1])."""
+        if normalizer is None:
+            normalizer = self.default_normalizer or Normalizer.identity(self.obs_dim,
+                                                                        self.action_dim)
+        if normalizer.obs.mean.shape[-1] != self.obs_dim:
+            raise ValueError(f"The normalizer's observation size {normalizer.obs.mean.shape[-1]} "
+                             f"does not match the flattened observation ({self.obs_dim}); fit "
+                             "it on the same observations.")
+        if normalizer.action.center.shape[-1] != self.action_dim:
+            raise ValueError(f"The normalizer's action size {normalizer.action.center.shape[-1]}"
+                             f" does not match action_dim {self.action_dim}.")
+        key = checks.raw_key(key)
+        k_actor, k_critic, k_state = jax.random.split(key, 3)
+        feats = jnp.zeros((1, self.obs_dim), jnp.float32)
+        act = jnp.zeros((1, self.action_dim), jnp.float32)
+        actor_params = self.actor.init(k_actor, feats, act)
+        critic_params = self.critic.init(k_critic, feats, act)
+        return LearnerState(
+            actor_params=actor_params,
+            critic_params=critic_params,
+            # copies, so the state has no aliased buffers and can be donated to a jitted update
+            target_actor_params=jax.tree.map(jnp.copy, actor_params),
+            target_critic_params=jax.tree.map(jnp.copy, critic_params),
+            actor_opt_state=self.actor_tx.init(actor_params),
+            critic_opt_state=self.critic_tx.init(critic_params),
+            normalizer=jax.tree.map(jnp.asarray, normalizer),
+            rng=k_state,
+            critic_steps=jnp.zeros((), jnp.int32),
+            actor_steps=jnp.zeros((), jnp.int32),
+        )
+
+    # -------------------------------------------------------------------------------- act
+    def act(self, state: LearnerState, obs: PyTree, base_action: jax.Array, key: jax.Array,
+            deterministic: bool = False, std: float | jax.Array | None = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Residual for a batch: obs [*B, ...], base_action [*B, A] -> r [*B, A].
+
+        Exploration adds N(0, std) (default config.exploration_std) to the mean and clamps the
+        residual to [-1, 1]. aux["action"] = clip(base_action + r, -1, 1), the action to
+        execute (normalized); aux["residual_mean"] is the deterministic residual.
+        """
+        batch_shape = tuple(jnp.shape(base_action)[:-1])
+        checks.check_action(self.action_dim, base_action, batch_shape, "act: base_action")
+        checks.check_obs(self.obs_spec, obs, batch_shape, "act")
+        mean = self.actor.apply(state.actor_params, self.features(state, obs), base_action)
+        if deterministic:
+            r = mean
+        else:
+            sigma = self.config.exploration_std if std is None else std
+            r = jnp.clip(mean + sigma * jax.random.normal(checks.raw_key(key), mean.shape),
+                         -1.0, 1.0)
+        return r, {"residual_mean": mean, "action": jnp.clip(base_action + r, -1.0, 1.0)}
+
+    def q_values(self, state: LearnerState, obs: PyTree, action: jax.Array) -> jax.Array:
+        """All online heads: obs [B, ...], action [B, A] (combined, normalized) -> [K, B]."""
+        return self.critic.apply(state.critic_params, self.features(state, obs), action)
+
+    def td_target(self, state: LearnerState, batch: Transition, key: jax.Array,
+                  noise_std: float | jax.Array) -> jax.Array:
+        """y [B] for a batch [B, ...] (see ``losses``)."""
+        return self.losses.td_target(state.target_actor_params, state.target_critic_params,
+                                     state.normalizer, batch, key, noise_std)
+
+    # ----------------------------------------------------------------------------- update
+    def _critic_step(self, state: LearnerState, batch: Transition, key: jax.Array,
+                     noise_std: float) -> tuple[LearnerState, dict[str, jax.Array]]:
+        step = gradient_update(self.losses.critic_loss, self.critic_tx)
+        params, opt_state, loss, aux, grads = step(
+            state.critic_params, state.critic_opt_state, state.target_actor_params,
+            state.target_critic_params, state.normalizer, batch, key, noise_std)
+        q, target = aux["q"], aux["target"]
+        state = state.replace(
+            critic_params=params,
+            critic_opt_state=opt_state,
+            target_critic_params=optax.incremental_update(params, state.target_critic_params,
+                                                          self.config.tau),
+            critic_steps=state.critic_steps + 1,
+        )
+        metrics = {
+            "critic_loss": loss,
+            "q_mean": q.mean(),
+            "q_min": q.min(),
+            "q_max": q.max(),
+            "q_head_std": q.std(axis=0).mean(),
+            "target_q_mean": target.mean(),
+            "td_error_abs": jnp.abs(q.mean(axis=0) - target).mean(),
+            "critic_grad_norm": optax.tree.norm(grads),
+        }
+        return state, metrics
+
+    def _actor_step(self, state: LearnerState, batch: Transition
+                    ) -> tuple[LearnerState, dict[str, jax.Array]]:
+        step = gradient_update(self.losses.actor_loss, self.actor_tx)
+        params, opt_state, loss, aux, grads = step(
+            state.actor_params, state.actor_opt_state, state.critic_params, state.normalizer,
+            batch)
+        r = aux["residual"]
+        state = state.replace(
+            actor_params=params,
+            actor_opt_state=opt_state,
+            target_actor_params=optax.incremental_update(
+                params, state.target_actor_params, self.config.tau),
+            actor_steps=state.actor_steps + 1,
+        )
+        metrics = {"actor_loss": loss, "actor_q": aux["q"],
+                   "actor_grad_norm": optax.tree.norm(grads),
+                   "residual_abs_mean": jnp.abs(r).mean(), "residual_abs_max": jnp.abs(r).max()}
+        return state, metrics
+
+    def _join(self, online: Transition, offline: Transition | None, where: str) -> Transition:
+        return checks.join_batches(self.obs_spec, self.action_dim, online, offline, where)
+
+    def _check_finite(self, batch: Transition, losses: dict[str, jax.Array], where: str) -> None:
+        if self.config.check_finite:
+            checks.check_finite(batch, losses, where, "ResidualTD3Config.check_finite")
+
+    def update(self, state: LearnerState, online: Transition, offline: Transition | None
+               ) -> tuple[LearnerState, dict[str, jax.Array]]:
+        """UTD critic steps (lax.scan, one batch row each) then one actor step on the last row.
+
+        online: Transition [UTD, B_on, ...]; offline: [UTD, B_off, ...] or None (no demos).
+        Metrics are averaged over the critic steps.
+        """
+        batch = self._join(online, offline, "update")
+        num_steps = batch.reward.shape[0]
+        rng, k_scan = jax.random.split(state.rng)
+        noise_std = self.config.exploration_std if self.config.target_noise else 0.0
+        step = lambda s, xs: self._critic_step(s, xs[0], xs[1], noise_std)
+        state, cm = jax.lax.scan(step, state, (batch, jax.random.split(k_scan, num_steps)))
+        last = jax.tree.map(lambda x: x[-1], batch)
+        state, am = self._actor_step(state, last)
+        metrics = {k: v.mean() for k, v in cm.items()} | am
+        self._check_finite(batch, {"critic_loss": cm["critic_loss"], "actor_loss": am["actor_loss"]},
+                           "ResidualTD3.update")
+        return state.replace(rng=rng), metrics
+
+    def critic_warmup(self, state: LearnerState, online: Transition, offline: Transition | None
+                      ) -> tuple[LearnerState, dict[str, jax.Array]]:
+        """Critic-only steps, one per leading row of [N, B_on|B_off, ...]; no target noise."""
+        batch = self._join(online, offline, "critic_warmup")
+        rng, k_scan = jax.random.split(state.rng)
+        step = lambda s, xs: self._critic_step(s, xs[0], xs[1], 0.0)
+        state, cm = jax.lax.scan(step, state, (batch, jax.random.split(k_scan, batch.reward.shape[0])))
+        self._check_finite(batch, {"critic_loss": cm["critic_loss"]}, "ResidualTD3.critic_warmup")
+        return state.replace(rng=rng), {k: v.mean() for k, v in cm.items()}
+
+
+def make_learner(config: ResidualTD3Config, obs_spec: PyTree, action_dim: int,
+                 obs_normalizer: StateStandardizer | None = None) -> ResidualTD3:
+    """Build the learner's pure functions.
+
+    obs_spec: observation dimension (int) or a pytree of ShapeDtypeStruct of float vectors
+    (no batch axis). action_dim: size of the (normalized) action. The normalization is part
+    of the state: pass a ``Normalizer`` to ``init``. ``obs_normalizer`` is deprecated (it
+    becomes the default observation statistics of ``init``).
+    """
+    if int(action_dim) < 1:
+        raise ValueError(f"action_dim must be >= 1, got {action_dim}.")
+    spec = checks.as_obs_spec(obs_spec)
+    default = None
+    if obs_normalizer is not None:
+        warnings.warn("make_learner(obs_normalizer=...) is deprecated: pass a "
+                      "normalization.Normalizer to learner.init instead.", DeprecationWarning,
+                      stacklevel=2)
+        dim = checks.obs_dim(spec)
+        if obs_normalizer.dim != dim:
+            raise ValueError(f"obs_normalizer has dimension {obs_normalizer.dim} but the "
+                             f"flattened observation has {dim}; fit it on the same observations.")
+        default = Normalizer(obs=obs_normalizer,
+                             action=Normalizer.identity(dim, int(action_dim)).action)
+    networks = make_networks(config, int(action_dim))
+    return ResidualTD3(
+        config=config, obs_spec=spec, action_dim=int(action_dim), networks=networks,
+        losses=make_losses(networks, config),
+        actor_tx=make_optimizer(config.actor_lr, config.weight_decay, config.max_grad_norm),
+        critic_tx=make_optimizer(config.critic_lr, config.weight_decay, config.max_grad_norm),
+        default_normalizer=default,
+    )

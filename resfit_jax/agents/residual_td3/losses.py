@@ -1,0 +1,94 @@
+"""Residual TD3 losses as pure functions (brax style): the first argument of each loss is
+the params it differentiates; everything else (other params, the normalizer, the batch, a
+key) is explicit.
+
+    losses = make_losses(networks, config, obs_spec)
+    y            = losses.td_target(target_actor_params, target_critic_params, normalizer,
+                                    batch, key, noise_std)                      # [B]
+    loss, aux    = losses.critic_loss(critic_params, target_actor_params,
+                                      target_critic_params, normalizer, batch, key, noise_std)
+    loss, aux    = losses.actor_loss(actor_params, critic_params, normalizer, batch)
+
+TD target (per transition):
+    y = R + discount * nonterminal * min_{j in S} Q'_j(s', clip(a_b' + r~', -1, 1)),
+    r~' = clip(mu'(s', a_b') + clip(N(0, sigma), -c, c), -1, 1),
+S a random subset of ``num_min_critics`` target heads. The actor maximises the mean over all
+K heads of Q(s, clip(a_b + mu(s, a_b), -1, 1)), minus ``residual_penalty *
+mean((mu / action_scale)^2)`` when that option is on.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks
+from resfit_jax.normalization import Normalizer
+from resfit_jax.replay import Transition
+
+if TYPE_CHECKING:
+    from resfit_jax.agents.residual_td3.learner import ResidualTD3Config
+
+PyTree = Any
+
+
+def flatten_obs(obs: PyTree) -> jax.Array:
+    """Observation pytree [*batch, D_i] -> one float32 vector [*batch, sum D_i] (tree order)."""
+    flat = [x.reshape(x.shape[: x.ndim - 1] + (-1,)).astype(jnp.float32)
+            for x in jax.tree.leaves(obs)]
+    return flat[0] if len(flat) == 1 else jnp.concatenate(flat, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualTD3Losses:
+    features: Callable[[Normalizer, PyTree], jax.Array]
+    td_target: Callable[..., jax.Array]
+    critic_loss: Callable[..., tuple[jax.Array, dict]]
+    actor_loss: Callable[..., tuple[jax.Array, dict]]
+
+
+def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config") -> ResidualTD3Losses:
+    actor, critic = networks.actor, networks.critic
+
+    def features(normalizer: Normalizer, obs: PyTree) -> jax.Array:
+        """Observation pytree [*B, ...] -> standardized flat features [*B, D]."""
+        return normalizer.obs.normalize(flatten_obs(obs))
+
+    def td_target(target_actor_params, target_critic_params, normalizer: Normalizer,
+                  batch: Transition, key: jax.Array, noise_std) -> jax.Array:
+        k_subset, k_noise = jax.random.split(key)
+        next_feats = features(normalizer, batch.next_obs)
+        next_mean = actor.apply(target_actor_params, next_feats, batch.next_base_action)
+        noise = jnp.clip(noise_std * jax.random.normal(k_noise, next_mean.shape),
+                         -config.target_noise_clip, config.target_noise_clip)
+        next_r = jnp.clip(next_mean + noise, -1.0, 1.0)
+        next_action = jnp.clip(batch.next_base_action + next_r, -1.0, 1.0)
+        heads = jax.random.choice(k_subset, config.num_critics, (config.num_min_critics,),
+                                  replace=False)
+        subset = jax.tree.map(lambda p: p[heads], target_critic_params)
+        next_q = critic.apply(subset, next_feats, next_action).min(axis=0)
+        return jax.lax.stop_gradient(batch.reward + batch.discount * batch.nonterminal * next_q)
+
+    def critic_loss(critic_params, target_actor_params, target_critic_params,
+                    normalizer: Normalizer, batch: Transition, key: jax.Array, noise_std):
+        """Per-head MSE ("mse") or the release's mean_b((mean_k |Q_k - y|)^2) ("release")."""
+        target = td_target(target_actor_params, target_critic_params, normalizer, batch, key,
+                           noise_std)
+        q = critic.apply(critic_params, features(normalizer, batch.obs), batch.action)  # [K, B]
+        if config.critic_loss == "mse":
+            loss = jnp.mean(jnp.square(q - target[None]))
+        else:
+            loss = jnp.mean(jnp.square(jnp.mean(jnp.abs(q - target[None]), axis=0)))
+        return loss, {"q": q, "target": target}
+
+    def actor_loss(actor_params, critic_params, normalizer: Normalizer, batch: Transition):
+        feats = features(normalizer, batch.obs)
+        r = actor.apply(actor_params, feats, batch.base_action)
+        action = jnp.clip(batch.base_action + r, -1.0, 1.0)
+        q = critic.apply(jax.lax.stop_gradient(critic_params), feats, action)
+        penalty = jnp.mean(jnp.square(r / config.action_scale))
+        return -q.mean() + config.residual_penalty * penalty, {"residual": r, "q": q.mean()}
+
+    return ResidualTD3Losses(features, td_target, critic_loss, actor_loss)

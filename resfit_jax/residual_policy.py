@@ -1,0 +1,53 @@
+"""Base + residual as one ``BasePolicy`` (raw observations in, raw actions out).
+
+    policy = ResidualPolicy(base, normalizer, learner, learner_state)   # deterministic residual
+    policy = ResidualPolicy(base, normalizer)                           # the base alone
+
+The base's raw action is normalized and clipped to [-1, 1] with the run's ``Normalizer``;
+the executed action is unnormalize(clip(a_b + r, -1, 1)) with the learner's mean residual.
+Without a learner the action is the base's, clipped to the same range, so the base alone
+and base + residual are compared on the same action space. Evaluation (``sim.evaluation``)
+and deployment use it; build it inside a jitted function to evaluate new params without a
+recompile.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from resfit_jax.base_policy import BasePolicy
+from resfit_jax.normalization import Normalizer
+
+PyTree = Any
+_EVAL_KEY = jnp.zeros((2,), jnp.uint32)   # the mean residual needs no randomness
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualPolicy:
+    base: BasePolicy
+    normalizer: Normalizer
+    learner: Any = None
+    learner_state: PyTree = None
+
+    @property
+    def action_dim(self) -> int:
+        return self.base.action_dim
+
+    def init_state(self, num_envs: int) -> PyTree:
+        return self.base.init_state(num_envs)
+
+    def reset(self, state: PyTree, done: jax.Array) -> PyTree:
+        return self.base.reset(state, done)
+
+    def step(self, state: PyTree, obs: PyTree) -> tuple[jax.Array, PyTree]:
+        raw, state = self.base.step(state, obs)
+        a_b = self.normalizer.normalize_action(raw)
+        if self.learner is None:
+            action = a_b
+        else:
+            _, aux = self.learner.act(self.learner_state, obs, a_b, _EVAL_KEY, deterministic=True)
+            action = aux["action"]
+        return self.normalizer.unnormalize_action(action), state

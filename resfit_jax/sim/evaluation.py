@@ -1,0 +1,97 @@
+"""The one episode evaluator: exactly N full episodes of any ``BasePolicy`` (a BC base, or
+base + residual through ``ResidualPolicy``), on initial states fixed by a key.
+
+    out = run_episodes(task, policy, episode_keys(key, N), record=False)     # jittable
+    res = evaluate_policy(task, policy, N, key, num_envs=50)                # host, in rounds
+
+Episode i starts from ``EpisodeWrapper(task).reset(fold_in(key, i))``: the same key gives
+the same initial states for every policy (matched, paired comparisons), whatever the number
+of episodes run in parallel. Each episode runs to its own end (success or time limit) and
+is then frozen, so every episode counts once.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resfit_jax.base_policy import BasePolicy
+from resfit_jax.envs.core import Env, EpisodeWrapper
+from resfit_jax.stats import wilson_interval
+
+PyTree = Any
+
+
+def episode_keys(key: jax.Array, num_episodes: int, start: int = 0) -> jax.Array:
+    """Keys [N] of episodes start .. start + N - 1 of ``key``."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(start, start + num_episodes))
+
+
+def run_episodes(task: Env, policy: BasePolicy, keys: jax.Array, record: bool = False
+                 ) -> dict[str, jax.Array]:
+    """Jittable: one full episode per key [N], all in parallel.
+
+    Returns success [N] bool, length [N] int32 (steps to the episode's end), success_rate,
+    mean_success_length (NaN without a success); with ``record`` also obs [T, N, ...], the
+    observation after each step (row ``length - 1`` ends an episode; later rows repeat it).
+    """
+    env = EpisodeWrapper(task)
+    n = keys.shape[0]
+    s = jax.vmap(env.reset)(keys)
+    pstate = policy.init_state(n)
+
+    def body(carry, _):
+        s, pstate, done = carry
+        a, pstate = policy.step(pstate, s.obs)
+        s2 = jax.vmap(env.step)(s, a)
+        s2 = jax.tree.map(lambda new, old: jnp.where(
+            jnp.reshape(done, done.shape + (1,) * (new.ndim - 1)), old, new), s2, s)
+        return (s2, pstate, done | s2.done), (s2.obs if record else None)
+
+    (s, _, _), obs = jax.lax.scan(body, (s, pstate, jnp.zeros((n,), bool)), None, env.horizon)
+    success, length = s.info["success"], s.info["steps"]
+    n_succ = success.sum()
+    mean_len = jnp.where(n_succ > 0, jnp.where(success, length, 0).sum()
+                         / jnp.maximum(n_succ, 1), jnp.nan)
+    out = {"success": success, "length": length, "success_rate": success.mean(),
+           "mean_success_length": mean_len}
+    return (out | {"obs": obs}) if record else out
+
+
+def make_episode_runner(task: Env, make_policy: Callable[[Any], BasePolicy], num_envs: int):
+    """Jitted ``run(params, keys [E]) -> (success [E] bool, steps [E] int32)``.
+
+    ``make_policy(params)`` builds the policy inside the trace, so evaluating new parameters
+    (e.g. during BC training) reuses the compiled function.
+    """
+    del num_envs  # the batch comes from the keys
+
+    def run(params, keys):
+        out = run_episodes(task, make_policy(params), keys)
+        return out["success"], out["length"]
+
+    return jax.jit(run)
+
+
+def evaluate_policy(task: Env, policy: BasePolicy | None, num_episodes: int, key: jax.Array,
+                    num_envs: int = 50, runner: Any = None, params: Any = None) -> dict:
+    """Success rate, Wilson 95% CI and mean steps of successful episodes over exactly
+    ``num_episodes`` episodes, run ``num_envs`` at a time. Pass ``runner`` (from
+    make_episode_runner) and ``params`` to reuse a compile; then ``policy`` may be None."""
+    num_envs = min(num_envs, num_episodes)
+    runner = runner or make_episode_runner(task, lambda _: policy, num_envs)
+    succ, steps = [], []
+    for r in range(math.ceil(num_episodes / num_envs)):
+        s, t = jax.device_get(runner(params, episode_keys(key, num_envs, r * num_envs)))
+        succ.append(s)
+        steps.append(t)
+    succ = np.concatenate(succ)[:num_episodes].astype(bool)
+    steps = np.concatenate(steps)[:num_episodes]
+    n, k = len(succ), int(succ.sum())
+    lo, hi = wilson_interval(k, n)
+    return {"episodes": n, "successes": k, "success_rate": k / n, "ci95": (lo, hi),
+            "mean_steps_success": float(steps[succ].mean()) if k else float("nan"),
+            "success": succ, "steps": steps}

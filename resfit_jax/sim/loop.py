@@ -1,0 +1,151 @@
+"""Simulated collect + update loop: vectorized envs, frozen base, a learner, replay.
+
+Everything per vector step runs inside one jitted ``lax.scan`` chunk:
+
+    residual r -> ``residual_env_step`` (execute clip(a_b + r), step, query the base)
+    -> n-step writer -> online replay
+    -> ``updates_per_step`` learner updates on mixed [UTD, B/2] online + demo batches
+
+UTD with E parallel envs: one vector step adds E env steps; each learner update does
+``replay.utd`` critic steps, so the critic steps per env step are
+``updates_per_step * utd / E`` (the paper's single env: 1 * 4 / 1 = 4).
+
+The run's normalization is ``learner_state.normalizer`` (part of the loop state, so it is
+in every checkpoint); the demo buffer state is an explicit argument of every chunk.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from resfit_jax.base_policy import BasePolicy
+from resfit_jax.envs.core import AutoReset, Env, VmapWrapper
+from resfit_jax.learner import Learner
+from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
+from resfit_jax.sim.step import initial_base_action, residual_env_step
+from resfit_jax.updates import critic_warmup_updates, replay_updates
+
+PyTree = Any
+
+
+@struct.dataclass
+class LoopState:
+    env_state: PyTree
+    base_state: PyTree
+    base_action: jax.Array          # [E, A] normalized base action for env_state.obs
+    writer_state: PyTree
+    replay_state: ReplayState
+    learner_state: PyTree
+    key: jax.Array
+    env_steps: jax.Array            # total env steps collected (all envs)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimLoop:
+    """The jitted phases of residual training. ``offline_buffer`` is the demo buffer the
+    mixer samples from (None: no demos)."""
+
+    task: Env
+    base: BasePolicy
+    learner: Learner
+    replay: ReplayConfig
+    num_envs: int
+    updates_per_step: int = 1
+    warmup_noise: float = 0.2
+    offline_buffer: ReplayBuffer | None = None
+
+    def __post_init__(self):
+        if self.base.action_dim != self.task.action_size:
+            raise ValueError(f"The base policy's action size ({self.base.action_dim}) does not "
+                             f"match the task's ({self.task.action_size}).")
+        if self.learner.action_dim != self.task.action_size:
+            raise ValueError(f"The learner's action_dim ({self.learner.action_dim}) does not "
+                             f"match the task's ({self.task.action_size}).")
+
+    # ----------------------------------------------------------------------------- parts
+    @property
+    def env(self) -> VmapWrapper:
+        return VmapWrapper(AutoReset(self.task), self.num_envs)
+
+    @property
+    def writer(self):
+        return self.replay.writer()
+
+    @property
+    def buffer(self) -> ReplayBuffer:
+        return self.replay.buffer()
+
+    def init(self, key: jax.Array, learner_state: PyTree) -> LoopState:
+        k_env, k_loop = jax.random.split(key)
+        env_state = self.env.reset(k_env)
+        bstate, a_b = initial_base_action(self.base, learner_state.normalizer, env_state,
+                                          self.num_envs)
+        spec = self.task.observation_spec
+        return LoopState(
+            env_state=env_state, base_state=bstate, base_action=a_b,
+            writer_state=self.writer.init(self.num_envs, spec, self.task.action_size),
+            replay_state=self.buffer.init(transition_spec(spec, self.task.action_size)),
+            learner_state=learner_state, key=k_loop, env_steps=jnp.zeros((), jnp.int32))
+
+    # ------------------------------------------------------------------------- one step
+    def _env_step(self, ls: LoopState, residual: jax.Array) -> tuple[LoopState, dict]:
+        out = residual_env_step(self.env, self.base, ls.learner_state.normalizer, ls.env_state,
+                                ls.base_state, ls.base_action, residual)
+        writer_state, cands, valid = self.writer.step(
+            ls.writer_state, out.obs, out.prev_base_action, out.action, out.reward,
+            out.next_obs, out.next_base_action, out.terminated, out.truncated)
+        valid = valid & ~out.diverged[:, None]      # never store a non-finite next observation
+        ls = ls.replace(
+            env_state=out.env_state, base_state=out.base_state, base_action=out.base_action,
+            writer_state=writer_state,
+            replay_state=self.buffer.add(ls.replay_state, cands, valid),
+            env_steps=ls.env_steps + self.num_envs)
+        stats = {"episodes": out.done.sum(), "successes": out.success.sum(),
+                 "diverged": out.diverged.sum()}
+        return ls, stats
+
+    def _update(self, ls: LoopState, offline: ReplayState | None) -> tuple[LoopState, dict]:
+        key, k_up = jax.random.split(ls.key)
+        mixer = self.replay.mixer(self.offline_buffer if offline is not None else None)
+        learner_state, metrics = replay_updates(self.learner, ls.learner_state, mixer,
+                                                ls.replay_state, offline, k_up,
+                                                self.updates_per_step)
+        return ls.replace(learner_state=learner_state, key=key), metrics
+
+    # --------------------------------------------------------------------------- chunks
+    def warmup(self, ls: LoopState, num_steps: int) -> tuple[LoopState, dict]:
+        """Collect num_steps vector steps with base + U(-warmup_noise, warmup_noise) residual."""
+        def body(ls, _):
+            key, k = jax.random.split(ls.key)
+            r = jax.random.uniform(k, ls.base_action.shape, minval=-self.warmup_noise,
+                                   maxval=self.warmup_noise)
+            return self._env_step(ls.replace(key=key), r)
+        ls, stats = jax.lax.scan(body, ls, None, length=num_steps)
+        return ls, jax.tree.map(jnp.sum, stats)
+
+    def critic_warmup(self, ls: LoopState, offline: ReplayState | None, num_updates: int
+                      ) -> tuple[LoopState, dict]:
+        """num_updates critic-only steps (no target noise), each on a fresh mixed batch
+        sampled inside the scan (memory stays one batch, whatever num_updates is)."""
+        key, k = jax.random.split(ls.key)
+        mixer = self.replay.mixer(self.offline_buffer if offline is not None else None, steps=1)
+        learner_state, metrics = critic_warmup_updates(self.learner, ls.learner_state, mixer,
+                                                       ls.replay_state, offline, k, num_updates)
+        return ls.replace(learner_state=learner_state, key=key), metrics
+
+    def train(self, ls: LoopState, offline: ReplayState | None, num_steps: int
+              ) -> tuple[LoopState, dict]:
+        """num_steps vector steps of act (exploration noise) + store + updates."""
+        def body(ls, _):
+            key, k = jax.random.split(ls.key)
+            r, _ = self.learner.act(ls.learner_state, ls.env_state.obs, ls.base_action, k)
+            ls, stats = self._env_step(ls.replace(key=key), r)
+            ls, metrics = self._update(ls, offline)
+            return ls, (stats, metrics)
+        ls, (stats, metrics) = jax.lax.scan(body, ls, None, length=num_steps)
+        return ls, jax.tree.map(jnp.sum, stats) | jax.tree.map(jnp.mean, metrics)
+

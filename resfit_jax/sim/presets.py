@@ -1,0 +1,198 @@
+"""Residual-training configuration in simulation: ``TrainConfig`` and one preset function
+per task (MuJoCo Playground's default_config style: each returns a complete config).
+
+    cfg = preset("PickPlace", "cpu")                # or pick_place("cpu")
+    cfg = apply_overrides(cfg, ["replay.utd=8"])    # resfit_jax.configs
+
+``TrainConfig`` holds the schedule (phases, env counts, evaluation) and two sub-configs: the
+learner's ``ResidualTD3Config`` and the ``ReplayConfig`` (n-step returns, UTD, batch, demo
+fraction, capacity).
+
+UTD with E parallel envs: one vector step adds E env steps and runs ``updates_per_step``
+learner updates of ``replay.utd`` critic steps (plus one actor step) each, so
+
+    critic steps per env step = updates_per_step * replay.utd / num_envs.
+
+The paper runs one env with UTD 4 (4 critic steps per env step); the paper presets keep
+that. The CPU presets trade critic steps per env step for wall-clock time (16 envs, 1 update
+of 4 critic steps per vector step = 0.25 per env step).
+
+Why the arm tasks' CPU presets differ from the paper (measured on PickPlace; docs/ has the
+study): the BC base tolerates little action noise (82% clean, 67% with Gaussian noise of
+std 0.025 in normalized units, 22% at 0.05), so the residual bound, exploration and warm-up
+noise are smaller than the paper's; the critic warms up longer; n = 10 propagates the
+sparse reward over ~80-step episodes with 16x fewer critic steps per env step than the
+paper; the actor lr stays near the paper's (1e-4 and 3e-5 drove the residual to its bound).
+Time-limit truncation is terminal (the public release's choice): the observation has no
+clock, so bootstrapping through the limit values a slow episode that is about to time out
+like one that will succeed later.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from resfit_jax.agents.residual_td3 import ResidualTD3Config
+from resfit_jax.replay import ReplayConfig
+
+SCALES = ("paper", "cpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Residual-training schedule. Env-step counts are totals over all parallel envs."""
+
+    learner: ResidualTD3Config = ResidualTD3Config()
+    replay: ReplayConfig = ReplayConfig()
+    num_envs: int = 1
+    updates_per_step: int = 1          # learner updates per vector step
+    warmup_env_steps: int = 10_000     # phase 1: base + U(-warmup_noise, warmup_noise) residual
+    warmup_noise: float = 0.2
+    critic_warmup_updates: int = 10_000  # phase 2: critic-only steps
+    total_env_steps: int = 300_000     # phase 3: main-loop env steps (warm-up not counted)
+    steps_per_chunk: int = 100         # vector steps per jitted scan chunk
+    critic_warmup_chunk: int = 1_000   # critic-only steps per jitted chunk
+    eval_every: int = 10_000           # main-loop env steps between evaluations
+    eval_episodes: int = 100           # exactly this many full episodes per evaluation
+    num_demos: int | None = None       # offline demos to use (None: all available)
+    action_margin: float = 0.0         # widen the demo action range by this fraction before
+                                       # normalizing, so base actions beyond the demos' range
+                                       # are not clipped (see ActionScaler.fit)
+    time_feature: bool = False         # learner observations gain t / horizon (the base does
+                                       # not see it) and time-limit truncation becomes
+                                       # terminal (replay.bootstrap_truncation must be False)
+
+    def __post_init__(self):
+        errors = []
+        for name in ("num_envs", "updates_per_step", "steps_per_chunk", "critic_warmup_chunk",
+                     "eval_every", "eval_episodes", "total_env_steps"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("warmup_env_steps", "critic_warmup_updates", "action_margin"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0.0 <= self.warmup_noise <= 1.0:
+            errors.append(f"warmup_noise must be in [0, 1] (got {self.warmup_noise})")
+        if self.num_demos is not None and self.num_demos < 1:
+            errors.append(f"num_demos must be >= 1 or None (got {self.num_demos})")
+        if self.warmup_env_steps == 0 and self.replay.offline_fraction < 1e-9 and \
+                self.critic_warmup_updates > 0:
+            errors.append("critic warm-up needs data: set warmup_env_steps > 0 or use demos")
+        if self.time_feature and self.replay.bootstrap_truncation:
+            errors.append("time_feature makes the time limit part of the state, so truncation "
+                          "is terminal: set replay.bootstrap_truncation=False with it")
+        if errors:
+            raise ValueError("TrainConfig: " + "; ".join(errors) + ".")
+
+    @property
+    def env_steps_per_chunk(self) -> int:
+        return self.num_envs * self.steps_per_chunk
+
+    @property
+    def warmup_chunks(self) -> int:
+        return -(-self.warmup_env_steps // self.env_steps_per_chunk)
+
+    @property
+    def critic_warmup_chunks(self) -> int:
+        return -(-self.critic_warmup_updates // self.critic_warmup_chunk)
+
+    @property
+    def train_chunks(self) -> int:
+        """Main-loop chunks: total_env_steps rounded down to whole chunks (at least one)."""
+        return max(1, self.total_env_steps // self.env_steps_per_chunk)
+
+    @property
+    def critic_steps_per_env_step(self) -> float:
+        return self.updates_per_step * self.replay.utd / self.num_envs
+
+    def replace(self, **kw) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+
+# --------------------------------------------------------------------------- the presets
+def _paper(total_env_steps: int, capacity: int = 200_000, action_scale: float = 0.1,
+           actor_lr: float = 1e-6) -> TrainConfig:
+    """Paper scale (spec/resfit.md): 2x1024 networks, K = 10, batch 256 = 128 + 128, UTD 4
+    with one env, 10k warm-up steps (noise 0.2), 10k critic warm-up steps, n = 3, gamma 0.99,
+    truncation bootstrapped, evaluation every 10k steps on 100 episodes."""
+    return TrainConfig(
+        learner=ResidualTD3Config(actor_hidden_dims=(1024, 1024), critic_hidden_dims=(1024, 1024),
+                                  num_critics=10, action_scale=action_scale, actor_lr=actor_lr,
+                                  critic_lr=1e-4, exploration_std=0.05),
+        replay=ReplayConfig(n_step=3, gamma=0.99, bootstrap_truncation=True, utd=4,
+                            batch_size=256, offline_fraction=0.5, capacity=capacity),
+        num_envs=1, updates_per_step=1, warmup_env_steps=10_000, warmup_noise=0.2,
+        critic_warmup_updates=10_000, total_env_steps=total_env_steps, steps_per_chunk=1_000,
+        critic_warmup_chunk=1_000, eval_every=10_000, eval_episodes=100)
+
+
+def _arm_cpu(total_env_steps: int, action_margin: float = 0.0) -> TrainConfig:
+    """CPU scale of the MJX arm tasks: 2x256 networks, actor lr 3e-6, residual bound 0.05,
+    exploration 0.01, n = 10, truncation terminal, 16 envs with 1 update of UTD 4 per
+    vector step, 2k warm-up env steps with noise 0.05, 5k critic warm-up steps."""
+    return TrainConfig(
+        learner=ResidualTD3Config(actor_hidden_dims=(256, 256), critic_hidden_dims=(256, 256),
+                                  num_critics=10, action_scale=0.05, actor_lr=3e-6,
+                                  critic_lr=1e-4, exploration_std=0.01),
+        replay=ReplayConfig(n_step=10, gamma=0.99, bootstrap_truncation=False, utd=4,
+                            batch_size=256, offline_fraction=0.5, capacity=120_000),
+        num_envs=16, updates_per_step=1, warmup_env_steps=2_048, warmup_noise=0.05,
+        critic_warmup_updates=5_000, total_env_steps=total_env_steps, steps_per_chunk=64,
+        critic_warmup_chunk=500, eval_every=10_240, eval_episodes=100,
+        action_margin=action_margin)
+
+
+def point_reach(scale: str = "cpu") -> TrainConfig:
+    """PointReach (pure JAX, delta actions). CPU: ``ResidualTD3Config.cpu`` (2x256, actor lr
+    1e-4), exploration 0.05, n = 3, 16 envs, 2k warm-up env steps (noise 0.2), 1k critic
+    warm-up steps, 20k main-loop env steps."""
+    if scale == "paper":
+        return _paper(50_000)
+    return TrainConfig(
+        learner=ResidualTD3Config(actor_hidden_dims=(256, 256), critic_hidden_dims=(256, 256),
+                                  num_critics=10, action_scale=0.1, actor_lr=1e-4,
+                                  critic_lr=1e-4, exploration_std=0.05),
+        replay=ReplayConfig(n_step=3, gamma=0.99, bootstrap_truncation=True, utd=4,
+                            batch_size=256, offline_fraction=0.5, capacity=120_000),
+        num_envs=16, updates_per_step=1, warmup_env_steps=2_048, warmup_noise=0.2,
+        critic_warmup_updates=1_000, total_env_steps=20_000, steps_per_chunk=64,
+        critic_warmup_chunk=500, eval_every=10_240, eval_episodes=100)
+
+
+def pick_place(scale: str = "cpu") -> TrainConfig:
+    """PickPlace: paper 300k steps; CPU ``_arm_cpu`` with 100k main-loop env steps."""
+    return _paper(300_000) if scale == "paper" else _arm_cpu(100_000)
+
+
+def peg_insertion(scale: str = "cpu") -> TrainConfig:
+    """PegInsertion: paper 300k steps; CPU ``_arm_cpu`` with 100k steps and a 30% action
+    range margin (the base leaves the demos' joint-target range when it lowers the peg;
+    clipping to it cost the base 41.5% -> 35% on 200 matched episodes, the margin 38%)."""
+    return _paper(300_000) if scale == "paper" else _arm_cpu(100_000, action_margin=0.3)
+
+
+def bimanual_handover(scale: str = "cpu") -> TrainConfig:
+    """BimanualHandover: paper 500k steps, residual bound 0.2, actor lr 5e-6, 300k replay (the
+    release's bimanual settings); CPU ``_arm_cpu`` with 150k steps."""
+    if scale == "paper":
+        return _paper(500_000, capacity=300_000, action_scale=0.2, actor_lr=5e-6)
+    return _arm_cpu(150_000)
+
+
+PRESETS: dict[str, Callable[[str], TrainConfig]] = {
+    "PointReach": point_reach,
+    "PickPlace": pick_place,
+    "PegInsertion": peg_insertion,
+    "BimanualHandover": bimanual_handover,
+}
+
+
+def preset(task: str, scale: str = "cpu", **overrides) -> TrainConfig:
+    """The preset of ``task`` at ``scale`` ("paper" or "cpu"), with top-level field overrides."""
+    if scale not in SCALES:
+        raise ValueError(f"Unknown scale {scale!r}; choose one of {SCALES}.")
+    if task not in PRESETS:
+        raise ValueError(f"No residual-training preset for task {task!r}; known: "
+                         f"{sorted(PRESETS)}.")
+    cfg = PRESETS[task](scale)
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg

@@ -1,0 +1,337 @@
+"""The residual-training driver in simulation: phases, seeds, evaluation, logs, checkpoints.
+
+    trainer = make_trainer(task, base, demos, preset("PickPlace", "cpu"), seeds=[0, 1, 2])
+    summary = train_residual(trainer, out="runs/residual/pp")
+
+Phases (spec/resfit.md), one function each, each resumable at a chunk boundary:
+1. ``_warmup_phase``: collection with base + uniform residual noise;
+2. ``_critic_warmup_phase``: critic-only steps on mixed online + demo batches;
+3. ``_train_phase``: act with exploration noise, store, ``updates_per_step`` updates per
+   vector step, evaluate every ``eval_every`` env steps.
+Every phase runs as jitted ``lax.scan`` chunks (``SimLoop``) vmapped over S seeds; between
+chunks the host only logs, evaluates and checkpoints.
+
+Evaluation runs exactly ``eval_episodes`` full episodes with the deterministic residual, on
+the same initial states as the base-alone evaluation of that seed (matched).
+
+Checkpoints (``RunCheckpointer``) hold the whole per-seed loop state (learner with its
+normalizer, online replay, env and base state, n-step windows, RNG), the demo buffer and the
+typed ``Progress`` record; one is written after each phase and at every evaluation (and on
+Ctrl-C). ``resume=True`` continues from the latest one with the statistics and demo buffer
+the run started with and, on CPU, reproduces the uninterrupted run exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resfit_jax.agents.residual_td3 import make_learner
+from resfit_jax.base_policy import BasePolicy, ObservationPrefix
+from resfit_jax.checkpointing import RunCheckpointer
+from resfit_jax.configs import to_dict
+from resfit_jax.data.rlds import Episode, check_compatible
+from resfit_jax.demo_buffer import fit_normalizer, offline_buffer, with_time_feature
+from resfit_jax.envs.core import Env, TimeFeature
+from resfit_jax.logger import MetricsLogger
+from resfit_jax.normalization import Normalizer
+from resfit_jax.residual_policy import ResidualPolicy
+from resfit_jax.sim.evaluation import episode_keys, run_episodes
+from resfit_jax.sim.loop import SimLoop
+from resfit_jax.sim.presets import TrainConfig
+from resfit_jax.sim.report import log_chunk, run_summary, summarize_eval
+
+PHASES = ("warmup", "critic_warmup", "train", "done")
+EVAL_SALT = 0xE7A1
+
+
+@dataclasses.dataclass
+class Progress:
+    """Host-side progress of a run, saved as JSON with every checkpoint."""
+
+    config: dict
+    seeds: list[int]
+    phase: str = "warmup"
+    chunk: int = 0                 # chunks done in the current phase
+    env_steps: int = 0             # main-loop env steps per seed
+    warmup_env_steps: int = 0
+    jsonl_lines: int = 0
+    wall_s: float = 0.0
+    saves: int = 0
+    base_eval: list[dict] | None = None
+    last_eval: list[dict] | None = None
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Progress":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclasses.dataclass
+class Trainer:
+    """The compiled phase functions of one configuration (built by ``make_trainer``).
+
+    ``normalizer`` and ``offline`` (the demo buffer state) are the run's starting
+    statistics and demos; a resumed run replaces them with the checkpoint's."""
+
+    task: Env
+    loop: SimLoop
+    cfg: TrainConfig
+    normalizer: Normalizer
+    offline: Any
+    seeds: list[int]
+
+    def __post_init__(self):
+        loop, cfg, base, learner = self.loop, self.cfg, self.loop.base, self.loop.learner
+        task, v = self.task, jax.vmap
+        self.warmup = jax.jit(v(lambda ls: loop.warmup(ls, cfg.steps_per_chunk)),
+                              donate_argnums=0)
+        self.critic_warmup = jax.jit(v(lambda ls, off: loop.critic_warmup(
+            ls, off, cfg.critic_warmup_chunk), in_axes=(0, None)), donate_argnums=0)
+        self.train = jax.jit(v(lambda ls, off: loop.train(ls, off, cfg.steps_per_chunk),
+                               in_axes=(0, None)), donate_argnums=0)
+        n = cfg.eval_episodes
+        self.evaluate = jax.jit(v(lambda lstate, key: run_episodes(
+            task, ResidualPolicy(base, lstate.normalizer, learner, lstate), episode_keys(key, n))))
+        self._evaluate_base = jax.jit(v(lambda nz, key: run_episodes(
+            task, ResidualPolicy(base, nz), episode_keys(key, n)), in_axes=(None, 0)))
+
+    def evaluate_base(self, keys: jax.Array) -> dict:
+        """The base alone (actions clipped to the run's range) on each seed's eval episodes."""
+        return self._evaluate_base(self.normalizer, keys)
+
+    def keys(self) -> jax.Array:
+        return jnp.stack([jax.random.key(s) for s in self.seeds])
+
+    def eval_keys(self) -> jax.Array:
+        return jax.vmap(lambda k: jax.random.fold_in(k, EVAL_SALT))(self.keys())
+
+    def init(self):
+        learner, normalizer = self.loop.learner, self.normalizer
+
+        def one(key):
+            k_loop, k_learn = jax.random.split(key)
+            return self.loop.init(k_loop, learner.init(k_learn, normalizer))
+        return jax.jit(jax.vmap(one))(self.keys())
+
+
+def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: TrainConfig,
+                 seeds: Sequence[int]) -> Trainer:
+    """Build the normalizer, learner, sim loop and the relabelled demo buffer for a config."""
+    if base.action_dim != task.action_size:
+        raise ValueError(f"The base policy's action size ({base.action_dim}) does not match the "
+                         f"task's ({task.action_size}); load the base trained for this task.")
+    episodes = list(episodes)[: cfg.num_demos] if cfg.num_demos else list(episodes)
+    obs_dim = int(task.observation_spec.shape[0])
+    check_compatible(episodes, obs_dim, task.action_size, type(task).__name__)
+    if cfg.time_feature:
+        base = ObservationPrefix(base, obs_dim)
+        episodes = with_time_feature(episodes, task.horizon)
+        task = TimeFeature(task)
+    normalizer = fit_normalizer(episodes, cfg.learner.action_scale, cfg.action_margin)
+    learner = make_learner(cfg.learner, task.observation_spec, task.action_size)
+    offline_buf, offline = None, None
+    if cfg.replay.offline_fraction > 0:
+        offline_buf, offline = offline_buffer(episodes, base, normalizer, cfg.replay.writer())
+    loop = SimLoop(task, base, learner, cfg.replay, num_envs=cfg.num_envs,
+                   updates_per_step=cfg.updates_per_step, warmup_noise=cfg.warmup_noise,
+                   offline_buffer=offline_buf)
+    return Trainer(task, loop, cfg, normalizer, offline, list(seeds))
+
+
+# ------------------------------------------------------------------------------ the run
+@dataclasses.dataclass
+class _Run:
+    """What the phase functions share: the trainer, state, progress, files and the bar."""
+
+    trainer: Trainer
+    ckpt: RunCheckpointer
+    logger: MetricsLogger
+    prog: Progress
+    state: Any
+    t_start: float
+    show_progress: bool
+    task_name: str
+    stop_at_env_steps: int | None
+    bar: Any = None
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.trainer.cfg
+
+    def save(self) -> None:
+        self.prog.jsonl_lines = self.logger.lines
+        self.prog.wall_s = time.time() - self.t_start
+        self.logger.flush()
+        self.prog.saves += 1
+        self.ckpt.save(self.prog.saves, {"loop": self.state, "offline": self.trainer.offline},
+                       dataclasses.asdict(self.prog))
+
+    def log_eval(self, ev: dict) -> list[dict]:
+        rows = []
+        for i, s in enumerate(self.prog.seeds):
+            r = summarize_eval(ev, i)
+            rows.append(r)
+            self.logger.write({"kind": "eval", "seed": s, "env_steps": self.prog.env_steps,
+                               "total_env_steps": self.prog.env_steps + self.prog.warmup_env_steps,
+                               **r, "base_success_rate": self.prog.base_eval[i]["success_rate"],
+                               "wall_s": time.time() - self.t_start})
+        return rows
+
+    def log_chunk(self, stats: dict, kind: str) -> None:
+        log_chunk(self.logger, self.prog.seeds, self.prog.env_steps, self.prog.warmup_env_steps,
+                  stats, kind)
+
+    def open_bar(self, desc: str, total: int, initial: int, unit: str) -> None:
+        from tqdm import tqdm
+
+        self.close_bar()
+        self.bar = tqdm(total=total, initial=initial, unit=unit, unit_scale=True,
+                        disable=not self.show_progress,
+                        desc=f"{desc} {self.task_name} x{len(self.prog.seeds)}".strip())
+        self.postfix()
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def postfix(self) -> None:
+        last = self.prog.last_eval or self.prog.base_eval
+        succ = np.mean([r["success_rate"] for r in last]) if last else float("nan")
+        if self.bar is not None:
+            self.bar.set_postfix(eval_success=f"{succ:.0%}")
+
+
+def _warmup_phase(run: _Run) -> bool:
+    cfg, prog = run.cfg, run.prog
+    run.open_bar("warm-up", cfg.warmup_chunks * cfg.env_steps_per_chunk, prog.warmup_env_steps,
+                 "env step")
+    while prog.chunk < cfg.warmup_chunks:
+        run.state, stats = run.trainer.warmup(run.state)
+        prog.chunk += 1
+        prog.warmup_env_steps += cfg.env_steps_per_chunk
+        run.bar.update(cfg.env_steps_per_chunk)
+        run.log_chunk(stats, "warmup")
+    prog.phase, prog.chunk = "critic_warmup", 0
+    run.save()
+    return False
+
+
+def _critic_warmup_phase(run: _Run) -> bool:
+    cfg, prog = run.cfg, run.prog
+    run.open_bar("critic warm-up", cfg.critic_warmup_chunks * cfg.critic_warmup_chunk,
+                 prog.chunk * cfg.critic_warmup_chunk, "update")
+    while prog.chunk < cfg.critic_warmup_chunks:
+        run.state, metrics = run.trainer.critic_warmup(run.state, run.trainer.offline)
+        prog.chunk += 1
+        run.bar.update(cfg.critic_warmup_chunk)
+        run.log_chunk(metrics, "critic_warmup")
+    prog.phase, prog.chunk = "train", 0
+    run.save()
+    return False
+
+
+def _train_phase(run: _Run) -> bool:
+    """Returns True when it stopped early (``stop_at_env_steps``)."""
+    cfg, prog, trainer = run.cfg, run.prog, run.trainer
+    run.open_bar("ResFiT", cfg.train_chunks * cfg.env_steps_per_chunk, prog.env_steps, "env step")
+    eval_keys = trainer.eval_keys()
+    while prog.chunk < cfg.train_chunks:
+        before = prog.env_steps
+        run.state, stats = trainer.train(run.state, trainer.offline)
+        prog.chunk += 1
+        prog.env_steps += cfg.env_steps_per_chunk
+        run.bar.update(cfg.env_steps_per_chunk)
+        run.log_chunk(stats, "train")
+        last_chunk = prog.chunk == cfg.train_chunks
+        if prog.env_steps // cfg.eval_every > before // cfg.eval_every or last_chunk:
+            prog.last_eval = run.log_eval(trainer.evaluate(run.state.learner_state, eval_keys))
+            run.save()
+            run.postfix()
+            if (run.stop_at_env_steps is not None and prog.env_steps >= run.stop_at_env_steps
+                    and not last_chunk):
+                return True
+    prog.phase, prog.chunk = "done", 0
+    run.save()
+    return False
+
+
+PHASE_FUNCTIONS = {"warmup": _warmup_phase, "critic_warmup": _critic_warmup_phase,
+                   "train": _train_phase}
+
+
+def _start(trainer: Trainer, out: str, resume: bool, task_name: str,
+           extra_info: dict | None) -> tuple[RunCheckpointer, MetricsLogger, Progress, Any]:
+    """Open (resume) or create a run directory; returns its checkpointer, logger, progress
+    and loop state."""
+    cfg_dict, seeds = to_dict(trainer.cfg), trainer.seeds
+    ckpt = RunCheckpointer(os.path.join(out, "checkpoints"))
+    state = trainer.init()
+    if resume and ckpt.latest_step() is not None:
+        restored, saved = ckpt.restore({"loop": state, "offline": trainer.offline})
+        prog = Progress.from_json(saved)
+        if prog.config != cfg_dict or prog.seeds != seeds:
+            raise ValueError(f"--resume: the run in {out} was started with a different config "
+                             "or seeds; resume with the same flags (see its config.json).")
+        state = restored["loop"]
+        # the run keeps the statistics and demos it started with, whatever is on disk now
+        trainer.offline = restored["offline"]
+        trainer.normalizer = jax.tree.map(lambda x: x[0], state.learner_state.normalizer)
+        return ckpt, MetricsLogger(out, seeds, keep_lines=prog.jsonl_lines), prog, state
+    if not resume and ckpt.latest_step() is not None:
+        raise FileExistsError(f"{out} already holds a run checkpoint; pass --resume to "
+                              "continue it or choose a new --out.")
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(dict(extra_info or {}, task=task_name, seeds=seeds, config=cfg_dict), f,
+                  indent=2)
+    return ckpt, MetricsLogger(out, seeds), Progress(config=cfg_dict, seeds=seeds), state
+
+
+def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: bool = True,
+                   stop_at_env_steps: int | None = None, task_name: str = "",
+                   extra_info: dict | None = None) -> dict:
+    """Run (or resume) all phases; returns a summary (also written to <out>/summary.json)
+    with the final ``loop_state``.
+
+    stop_at_env_steps: stop after the first checkpoint at or past this many main-loop env
+    steps (for staged runs and the resume test); a later call with resume=True continues.
+    """
+    out = os.path.abspath(out)
+    os.makedirs(out, exist_ok=True)
+    ckpt, logger, prog, state = _start(trainer, out, resume, task_name, extra_info)
+    run = _Run(trainer, ckpt, logger, prog, state, time.time() - prog.wall_s, progress,
+               task_name, stop_at_env_steps)
+    try:
+        if prog.base_eval is None:
+            ev = trainer.evaluate_base(trainer.eval_keys())
+            prog.base_eval = [summarize_eval(ev, i) for i in range(len(prog.seeds))]
+            # the residual starts at exactly zero, so the policy at step 0 is the base
+            prog.last_eval = run.log_eval(ev)
+        while prog.phase != "done":
+            if PHASE_FUNCTIONS[prog.phase](run):
+                break
+    except KeyboardInterrupt:
+        run.close_bar()
+        try:
+            run.save()
+            print(f"\nInterrupted: checkpoint saved in {ckpt.directory}; continue with --resume.")
+        except Exception:  # the state of an interrupted chunk may already be donated
+            print(f"\nInterrupted mid-chunk: the latest checkpoint in {ckpt.directory} is the "
+                  "previous one; continue with --resume.")
+        logger.close()
+        raise
+    run.close_bar()
+    logger.close()
+    summary = run_summary(prog, trainer.cfg, task_name, out)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    ckpt.close()
+    summary["loop_state"] = run.state
+    return summary
