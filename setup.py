@@ -8,7 +8,6 @@ INSTALL_REQUIRES = [
     "optax>=0.2.5,<0.3",
     "orbax-checkpoint>=0.12,<0.13",
     "chex>=0.1.90,<0.2",
-    "distrax>=0.1.7,<0.2",
     "mujoco==3.17.0",
     "mujoco-mjx==3.17.0",
     "tensorflow-datasets>=4.9.8,<4.10",
@@ -16,7 +15,6 @@ INSTALL_REQUIRES = [
     "importlib_resources>=6",  # tfds builders need it (via etils.epath) but do not declare it
     "flatbuffers>=24",  # jax.export serialization (base export artifacts)
     "absl-py>=2.1,<3",
-    "ml_collections>=1.0,<2",
     "tqdm>=4.66,<5",
     "tensorboardX>=2.6,<3",
     "numpy>=2.0,<3",

@@ -41,14 +41,14 @@ def main(argv):
     setup_script()
     from bases.frozen import open_base
     from resfit_jax import envs
-    from resfit_jax.configs import config_lines, config_overrides, resolve
+    from resfit_jax.configs import config_lines, config_overrides, resolve, usage_error
     from resfit_jax.data import read_episodes
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.report import results_table
     from resfit_jax.sim.trainer import make_trainer, train_residual
 
     if FLAGS.seeds < 1:
-        raise app.UsageError(f"--seeds must be >= 1 (got {FLAGS.seeds}).")
+        usage_error(f"--seeds must be >= 1 (got {FLAGS.seeds}).")
     cfg = resolve(lambda: preset(FLAGS.task, FLAGS.scale), FLAGS.override)
     task = envs.make(FLAGS.task)
     print(f"Resolved config ({FLAGS.task}, {FLAGS.scale}):\n{config_lines(cfg)}")

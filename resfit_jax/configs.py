@@ -151,12 +151,16 @@ def config_overrides(extra: Sequence[str] = ()) -> list[str]:
     return list(_CONFIG_ARGS) + list(extra)
 
 
-def resolve(build: Callable[[], Any], extra: Sequence[str] = ()) -> Any:
-    """``apply_overrides(build(), config_overrides(extra))`` with a bad override reported as a
-    usage error (absl prints it without a traceback)."""
-    from absl import app
+def usage_error(message: str) -> None:
+    """End a script with a one-line error (exit status 2), no traceback and no flag dump."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
+
+def resolve(build: Callable[[], Any], extra: Sequence[str] = ()) -> Any:
+    """``apply_overrides(build(), config_overrides(extra))``; a bad preset name, field or value
+    ends the script with ``usage_error``."""
     try:
         return apply_overrides(build(), config_overrides(extra))
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        usage_error(str(e))
