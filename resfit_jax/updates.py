@@ -15,6 +15,12 @@ from resfit_jax.replay import Mixer, ReplayState
 PyTree = Any
 
 
+def reduce_metrics(metrics: dict) -> dict:
+    """Means over a scan's leading axis; ``nonfinite_mask`` is OR-ed (any update flags it)."""
+    return {k: (jnp.bitwise_or.reduce(v, axis=0) if k == "nonfinite_mask" else jnp.mean(v, axis=0))
+            for k, v in metrics.items()}
+
+
 def replay_updates(learner: Learner, learner_state: PyTree, mixer: Mixer, online: ReplayState,
                    offline: ReplayState | None, key: jax.Array, num_updates: int
                    ) -> tuple[PyTree, dict]:
@@ -25,7 +31,7 @@ def replay_updates(learner: Learner, learner_state: PyTree, mixer: Mixer, online
         return learner.update(ls, on, off)
 
     learner_state, metrics = jax.lax.scan(one, learner_state, jax.random.split(key, num_updates))
-    return learner_state, jax.tree.map(jnp.mean, metrics)
+    return learner_state, reduce_metrics(metrics)
 
 
 def critic_warmup_updates(learner: Learner, learner_state: PyTree, mixer: Mixer,
@@ -38,4 +44,4 @@ def critic_warmup_updates(learner: Learner, learner_state: PyTree, mixer: Mixer,
         return learner.critic_warmup(ls, on, off)
 
     learner_state, metrics = jax.lax.scan(one, learner_state, jax.random.split(key, num_updates))
-    return learner_state, jax.tree.map(jnp.mean, metrics)
+    return learner_state, reduce_metrics(metrics)

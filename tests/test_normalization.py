@@ -66,3 +66,25 @@ def test_action_scaler_margin_keeps_actions_beyond_the_demos_unclipped():
     assert np.all(np.abs(np.asarray(wide.normalize(beyond))) < 1)
     with pytest.raises(ValueError, match="margin"):
         ActionScaler.fit(demo, margin=-0.1)
+
+
+def test_paired_statistics_on_a_hand_made_outcome_table():
+    """10 pairs: 6 both succeed, 1 both fail, 2 fixed (base fails, policy succeeds), 1 broken."""
+    from resfit_jax.stats import mcnemar_exact, paired_outcomes
+
+    base = [1, 1, 1, 1, 1, 1, 0, 0, 0, 1]
+    pol = [1, 1, 1, 1, 1, 1, 0, 1, 1, 0]
+    r = paired_outcomes(base, pol)
+    assert (r["fixed"], r["broken"], r["episodes"]) == (2, 1, 10)
+    assert r["gain"] == 0.2 and r["churn"] == 0.1
+    assert r["base_success_rate"] == 0.7 and r["success_rate"] == 0.8
+    # exact two-sided McNemar: 2 * P(Binom(3, 1/2) <= 1) = 2 * 4/8 = 1
+    assert r["p_value"] == 1.0
+    assert r["diff_ci_low"] < 0.1 < r["diff_ci_high"]
+    # 10 fixed, 0 broken: 2 * 0.5^10
+    assert abs(mcnemar_exact(10, 0) - 2 / 1024) < 1e-12
+    # 22 fixed, 11 broken (the PickPlace run): 2 * P(Binom(33, 1/2) <= 11)
+    from math import comb
+    assert abs(mcnemar_exact(22, 11) - 2 * sum(comb(33, i) for i in range(12)) / 2 ** 33) < 1e-12
+    with pytest.raises(ValueError, match="compare the same episodes"):
+        paired_outcomes([1, 0], [1])

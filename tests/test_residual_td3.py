@@ -290,3 +290,21 @@ def test_public_losses_are_the_update_s_losses(learner, trained, batches):
 def optax_norm(tree):
     import optax
     return optax.tree.norm(tree)
+
+
+def test_without_the_per_update_callback_the_mask_names_the_field(batches):
+    """check_finite=False: no host callback in the update; its nonfinite_mask metric carries
+    the same information, and raise_if_nonfinite (what the loops call once per chunk) raises
+    a FloatingPointError naming the field."""
+    from resfit_jax.agents.checks import raise_if_nonfinite
+
+    quiet = make_learner(dataclasses.replace(CFG, check_finite=False), OBS, ACT)
+    online, offline = batches
+    state = quiet.init(jax.random.key(0))
+    _, ok = jax.jit(quiet.update)(state, online, offline)
+    assert int(ok["nonfinite_mask"]) == 0
+    raise_if_nonfinite(ok["nonfinite_mask"], "chunk")            # no error
+    bad = offline.replace(next_base_action=offline.next_base_action.at[0, 1, 0].set(jnp.nan))
+    _, m = jax.jit(quiet.update)(state, online, bad)
+    with pytest.raises(FloatingPointError, match=r"in batch.next_base_action\."):
+        raise_if_nonfinite(m["nonfinite_mask"], "chunk")

@@ -59,7 +59,7 @@ def test_short_run_goes_through_every_phase(full_run):
     assert summary["warmup_env_steps"] == 64
     rows = read_metrics(out)
     kinds = {r["kind"] for r in rows}
-    assert kinds == {"warmup", "critic_warmup", "train", "eval"}
+    assert kinds == {"warmup", "critic_warmup", "train", "eval", "final_eval"}
     for seed in (0, 1):
         mine = [r for r in rows if r["seed"] == seed]
         assert sum(r["kind"] == "warmup" for r in mine) == CFG.warmup_chunks == 2
@@ -81,6 +81,31 @@ def test_short_run_goes_through_every_phase(full_run):
         assert os.path.exists(os.path.join(out, name))
     assert sorted(os.listdir(os.path.join(out, "tb"))) == ["seed_0", "seed_1"]
     assert "PointReach" in results_table(summary)
+    assert "Held-out final evaluation" in results_table(summary)
+
+
+def test_every_evaluation_is_paired_and_the_final_one_uses_held_out_starts(trainer, full_run):
+    """Eval rows carry fixed / broken / churn / gain / p against the base on the same starts;
+    the final evaluation runs on starts no periodic evaluation used, per seed and pooled."""
+    out, summary = full_run
+    rows = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    first = [r for r in rows if r["env_steps"] == 0]
+    assert all(r["fixed"] == r["broken"] == 0 and r["p_value"] == 1.0 for r in first)
+    for r in rows:
+        n = r["episodes"]
+        assert r["churn"] == r["broken"] / n and r["gain"] == r["fixed"] / n
+        # success = base + fixed - broken, on the same episodes
+        assert r["successes"] == round(r["base_success_rate"] * n) + r["fixed"] - r["broken"]
+    final = summary["final"]
+    assert len(final["per_seed"]) == 2 and final["pooled"]["episodes"] == 2 * CFG.eval_episodes
+    # held-out starts: different initial states from the periodic ones
+    ev_keys, fin_keys = trainer.eval_keys(), trainer.final_keys()
+    s_eval = jax.vmap(EpisodeWrapper(TASK).reset)(episode_keys(ev_keys[0], 5)).obs
+    s_fin = jax.vmap(EpisodeWrapper(TASK).reset)(episode_keys(fin_keys[0], 5)).obs
+    assert not np.allclose(s_eval, s_fin)
+    p = final["pooled"]
+    assert p["fixed"] == sum(r["fixed"] for r in final["per_seed"])
+    assert p["broken"] == sum(r["broken"] for r in final["per_seed"])
 
 
 def test_resume_equals_uninterrupted_run(trainer, full_run, tmp_path):
@@ -230,6 +255,17 @@ def test_presets_and_overrides():
         apply_overrides(cpu, ["num_envs.x=3"])
     with pytest.raises(ValueError, match="No residual-training preset"):
         preset("Cartwheel")
+
+
+def test_a_diverging_update_stops_the_run_with_a_floating_point_error(demos, tmp_path):
+    """The presets skip the per-update host callback; the trainer checks each chunk and raises
+    FloatingPointError (catchable by type) naming the loss, without checkpointing it."""
+    import dataclasses
+
+    cfg = CFG.replace(learner=dataclasses.replace(LEARNER, critic_lr=1e38, check_finite=False))
+    bad = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos, cfg, seeds=[0])
+    with pytest.raises(FloatingPointError, match="critic_loss.*the update diverged"):
+        train_residual(bad, str(tmp_path), progress=False)
 
 
 def test_wrong_base_action_size_is_rejected(demos):

@@ -1,8 +1,13 @@
 """Input checks shared by the agents: observation specs, batch shapes and finiteness.
 
 Shape checks run at trace time (plain Python on static shapes) and raise ``ValueError``
-naming the field and the expected shape. ``check_finite`` runs inside the jitted update as a
-host callback and raises ``FloatingPointError`` naming the non-finite field or loss.
+naming the field and the expected shape.
+
+Finiteness: every update reports ``nonfinite_mask`` (an int32 bitmask over
+``FINITE_FIELDS``, computed on device) in its metrics. Loops check it once per jitted chunk
+on the host (``raise_if_nonfinite``), so the hot path has no device-to-host sync; a learner
+used on its own can also raise inside each update (``check_finite``, a host callback). Both
+raise ``FloatingPointError`` naming the non-finite field or loss.
 """
 from __future__ import annotations
 
@@ -101,27 +106,46 @@ def join_batches(spec: PyTree, action_dim: int, online: Transition,
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), online, offline)
 
 
-def check_finite(batch: Transition, losses: dict[str, jax.Array], where: str,
-                 switch: str = "check_finite") -> None:
-    """Host callback: FloatingPointError naming non-finite batch fields or losses."""
-    batch_flags = {}
-    for path, x in jax.tree_util.tree_leaves_with_path(batch):
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            batch_flags["batch" + jax.tree_util.keystr(path)] = jnp.all(jnp.isfinite(x))
-    loss_flags = {name: jnp.all(jnp.isfinite(v)) for name, v in losses.items()}
+BATCH_FIELDS = ("obs", "base_action", "action", "reward", "discount", "nonterminal", "next_obs",
+                "next_base_action")
+LOSS_FIELDS = ("critic_loss", "actor_loss")
+FINITE_FIELDS = tuple(f"batch.{f}" for f in BATCH_FIELDS) + LOSS_FIELDS
 
-    def raise_if_bad(batch_flags, loss_flags):
-        bad_batch = [k for k, v in batch_flags.items() if not np.all(v)]
-        bad_loss = [k for k, v in loss_flags.items() if not np.all(v)]
-        if bad_batch:
-            raise FloatingPointError(
-                f"{where}: non-finite values (NaN/inf) in {', '.join(bad_batch)}. Check the "
-                "env observations, rewards and base actions feeding the replay: a NaN batch "
-                f"poisons every parameter. (Set {switch}=False to skip.)")
-        if bad_loss:
-            raise FloatingPointError(
-                f"{where}: non-finite {', '.join(bad_loss)} on a finite batch: the update "
-                "diverged. Lower the learning rates or check the observation normalizer "
-                f"(tiny std). (Set {switch}=False to skip.)")
 
-    jax.debug.callback(raise_if_bad, batch_flags, loss_flags)
+def nonfinite_mask(batch: Transition, losses: dict[str, jax.Array]) -> jax.Array:
+    """int32 bitmask: bit i set when ``FINITE_FIELDS[i]`` holds a NaN or inf."""
+    bits = []
+    for name in BATCH_FIELDS:
+        leaves = [x for x in jax.tree.leaves(getattr(batch, name))
+                  if jnp.issubdtype(x.dtype, jnp.floating)]
+        bits.append(jnp.stack([~jnp.all(jnp.isfinite(x)) for x in leaves]).any()
+                    if leaves else jnp.zeros((), bool))
+    for name in LOSS_FIELDS:
+        bits.append(~jnp.all(jnp.isfinite(losses[name])) if name in losses
+                    else jnp.zeros((), bool))
+    weights = jnp.left_shift(1, jnp.arange(len(bits), dtype=jnp.int32))
+    return jnp.sum(jnp.where(jnp.stack(bits), weights, 0)).astype(jnp.int32)
+
+
+def raise_if_nonfinite(mask, where: str, switch: str | None = None) -> None:
+    """Host side: FloatingPointError naming the fields flagged in ``mask`` (any shape, e.g.
+    [S] over seeds: the bits of all entries together)."""
+    m = int(np.bitwise_or.reduce(np.asarray(mask, np.int64).reshape(-1))) if np.size(mask) else 0
+    if m == 0:
+        return
+    bad = [name for i, name in enumerate(FINITE_FIELDS) if m >> i & 1]
+    bad_batch = [b for b in bad if b.startswith("batch.")]
+    skip = f" (Set {switch}=False to skip.)" if switch else ""
+    if bad_batch:
+        raise FloatingPointError(
+            f"{where}: non-finite values (NaN/inf) in {', '.join(bad_batch)}. Check the "
+            "env observations, rewards and base actions feeding the replay: a NaN batch "
+            f"poisons every parameter.{skip}")
+    raise FloatingPointError(
+        f"{where}: non-finite {', '.join(bad)} on a finite batch: the update diverged. Lower "
+        f"the learning rates or check the observation normalizer (tiny std).{skip}")
+
+
+def check_finite(mask: jax.Array, where: str, switch: str = "check_finite") -> None:
+    """Inside a jitted function: a host callback that raises ``raise_if_nonfinite``."""
+    jax.debug.callback(lambda m: raise_if_nonfinite(m, where, switch), mask)

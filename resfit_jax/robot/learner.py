@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resfit_jax.agents.checks import raise_if_nonfinite
 from resfit_jax.base_policy import BasePolicy
 from resfit_jax.demo_buffer import add_episodes, pad_episodes
 from resfit_jax.learner import Learner
@@ -108,7 +109,10 @@ class RobotLearner:
         if not self.ready():
             return {}
         self.key, k = jax.random.split(self.key)
-        self.state, metrics = self._update(self.state, self.replay, k, self.offline)
+        state, metrics = self._update(self.state, self.replay, k, self.offline)
+        raise_if_nonfinite(metrics.pop("nonfinite_mask"), "robot learner update (state kept "
+                           "from before it)")
+        self.state = state
         self.updates += self.updates_per_call
         return {k: float(v) for k, v in metrics.items()}
 
@@ -123,7 +127,10 @@ class RobotLearner:
         while done < num_updates and self.ready():
             n = min(chunk, num_updates - done)
             self.key, k = jax.random.split(self.key)
-            self.state, m = self._critic(self.state, self.replay, k, self.offline, n)
+            state, m = self._critic(self.state, self.replay, k, self.offline, n)
+            raise_if_nonfinite(m.pop("nonfinite_mask"), "robot critic warm-up (state kept "
+                               "from before it)")
+            self.state = state
             metrics = {k: float(v) for k, v in m.items()}
             done += n
         return metrics

@@ -27,7 +27,7 @@ from resfit_jax.envs.core import AutoReset, Env, VmapWrapper
 from resfit_jax.learner import Learner
 from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
 from resfit_jax.sim.step import initial_base_action, residual_env_step
-from resfit_jax.updates import critic_warmup_updates, replay_updates
+from resfit_jax.updates import critic_warmup_updates, reduce_metrics, replay_updates
 
 PyTree = Any
 
@@ -147,5 +147,5 @@ class SimLoop:
             ls, metrics = self._update(ls, offline)
             return ls, (stats, metrics)
         ls, (stats, metrics) = jax.lax.scan(body, ls, None, length=num_steps)
-        return ls, jax.tree.map(jnp.sum, stats) | jax.tree.map(jnp.mean, metrics)
+        return ls, jax.tree.map(jnp.sum, stats) | reduce_metrics(metrics)
 

@@ -26,6 +26,9 @@ paper; the actor lr stays near the paper's (1e-4 and 3e-5 drove the residual to 
 Time-limit truncation is terminal (the public release's choice): the observation has no
 clock, so bootstrapping through the limit values a slow episode that is about to time out
 like one that will succeed later.
+
+The presets set ``learner.check_finite=False``: the trainer checks every chunk's updates for
+NaN/inf on the host (the same error, naming the field), without a host callback per update.
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ class TrainConfig:
     critic_warmup_chunk: int = 1_000   # critic-only steps per jitted chunk
     eval_every: int = 10_000           # main-loop env steps between evaluations
     eval_episodes: int = 100           # exactly this many full episodes per evaluation
+    final_episodes: int | None = None  # held-out final evaluation (None: eval_episodes)
     num_demos: int | None = None       # offline demos to use (None: all available)
     action_margin: float = 0.0         # widen the demo action range by this fraction before
                                        # normalizing, so base actions beyond the demos' range
@@ -73,6 +77,8 @@ class TrainConfig:
                 errors.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if not 0.0 <= self.warmup_noise <= 1.0:
             errors.append(f"warmup_noise must be in [0, 1] (got {self.warmup_noise})")
+        if self.final_episodes is not None and self.final_episodes < 1:
+            errors.append(f"final_episodes must be >= 1 or None (got {self.final_episodes})")
         if self.num_demos is not None and self.num_demos < 1:
             errors.append(f"num_demos must be >= 1 or None (got {self.num_demos})")
         if self.warmup_env_steps == 0 and self.replay.offline_fraction < 1e-9 and \
@@ -83,6 +89,10 @@ class TrainConfig:
                           "is terminal: set replay.bootstrap_truncation=False with it")
         if errors:
             raise ValueError("TrainConfig: " + "; ".join(errors) + ".")
+
+    @property
+    def num_final_episodes(self) -> int:
+        return self.eval_episodes if self.final_episodes is None else self.final_episodes
 
     @property
     def env_steps_per_chunk(self) -> int:
@@ -118,7 +128,7 @@ def _paper(total_env_steps: int, capacity: int = 200_000, action_scale: float = 
     return TrainConfig(
         learner=ResidualTD3Config(actor_hidden_dims=(1024, 1024), critic_hidden_dims=(1024, 1024),
                                   num_critics=10, action_scale=action_scale, actor_lr=actor_lr,
-                                  critic_lr=1e-4, exploration_std=0.05),
+                                  critic_lr=1e-4, exploration_std=0.05, check_finite=False),
         replay=ReplayConfig(n_step=3, gamma=0.99, bootstrap_truncation=True, utd=4,
                             batch_size=256, offline_fraction=0.5, capacity=capacity),
         num_envs=1, updates_per_step=1, warmup_env_steps=10_000, warmup_noise=0.2,
@@ -133,7 +143,7 @@ def _arm_cpu(total_env_steps: int, action_margin: float = 0.0) -> TrainConfig:
     return TrainConfig(
         learner=ResidualTD3Config(actor_hidden_dims=(256, 256), critic_hidden_dims=(256, 256),
                                   num_critics=10, action_scale=0.05, actor_lr=3e-6,
-                                  critic_lr=1e-4, exploration_std=0.01),
+                                  critic_lr=1e-4, exploration_std=0.01, check_finite=False),
         replay=ReplayConfig(n_step=10, gamma=0.99, bootstrap_truncation=False, utd=4,
                             batch_size=256, offline_fraction=0.5, capacity=120_000),
         num_envs=16, updates_per_step=1, warmup_env_steps=2_048, warmup_noise=0.05,
@@ -151,7 +161,7 @@ def point_reach(scale: str = "cpu") -> TrainConfig:
     return TrainConfig(
         learner=ResidualTD3Config(actor_hidden_dims=(256, 256), critic_hidden_dims=(256, 256),
                                   num_critics=10, action_scale=0.1, actor_lr=1e-4,
-                                  critic_lr=1e-4, exploration_std=0.05),
+                                  critic_lr=1e-4, exploration_std=0.05, check_finite=False),
         replay=ReplayConfig(n_step=3, gamma=0.99, bootstrap_truncation=True, utd=4,
                             batch_size=256, offline_fraction=0.5, capacity=120_000),
         num_envs=16, updates_per_step=1, warmup_env_steps=2_048, warmup_noise=0.2,

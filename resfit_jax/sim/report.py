@@ -8,17 +8,35 @@ import jax
 import numpy as np
 
 from resfit_jax.logger import MetricsLogger
-from resfit_jax.stats import wilson_interval
+from resfit_jax.stats import paired_outcomes, wilson_interval
+
+PAIRED_KEYS = ("fixed", "broken", "gain", "churn", "p_value", "diff_ci_low", "diff_ci_high")
 
 
-def summarize_eval(ev: dict, s: int) -> dict:
-    """One seed's evaluation row from a vmapped ``run_episodes`` result."""
+def summarize_eval(ev: dict, s: int, base_success=None) -> dict:
+    """One seed's evaluation row from a vmapped ``run_episodes`` result; with the base's
+    outcomes on the same starts (bool [N]) also the paired fixed / broken / gain / churn /
+    McNemar p-value / interval of the difference (``stats.paired_outcomes``)."""
     succ = np.asarray(ev["success"][s])
     n, k = int(succ.size), int(succ.sum())
     lo, hi = wilson_interval(k, n)
     msl = float(ev["mean_success_length"][s])
-    return {"success_rate": k / n, "successes": k, "episodes": n, "ci_low": lo, "ci_high": hi,
-            "mean_success_length": msl if np.isfinite(msl) else None}
+    row = {"success_rate": k / n, "successes": k, "episodes": n, "ci_low": lo, "ci_high": hi,
+           "mean_success_length": msl if np.isfinite(msl) else None}
+    if base_success is not None:
+        paired = paired_outcomes(base_success, succ)
+        row |= {k: paired[k] for k in PAIRED_KEYS}
+    return row
+
+
+def pooled(base_success: list, policy_success: list, base_rows: list[dict],
+           rows: list[dict]) -> dict:
+    """Paired statistics over all seeds' episodes together, and mean steps of successes."""
+    flat = lambda xs: [bool(v) for x in xs for v in x]
+    out = paired_outcomes(flat(base_success), flat(policy_success))
+    out["base_mean_success_length"] = _mean(base_rows, "mean_success_length")
+    out["mean_success_length"] = _mean(rows, "mean_success_length")
+    return out
 
 
 def log_chunk(logger: MetricsLogger, seeds: list[int], env_steps: int, warmup_env_steps: int,
@@ -41,9 +59,11 @@ def _mean(rows: list[dict], k: str) -> float | None:
 
 
 def run_summary(prog, cfg, task_name: str, out: str) -> dict:
-    """summary.json of a run from its progress record."""
+    """summary.json of a run from its progress record. ``final`` is the evaluation on
+    held-out starts (never used for periodic evaluation): per seed and pooled."""
     base, final = prog.base_eval, prog.last_eval
     return {"task": task_name, "seeds": prog.seeds, "env_steps": prog.env_steps,
+            "final": prog.final,
             "warmup_env_steps": prog.warmup_env_steps,
             "critic_warmup_updates": cfg.critic_warmup_chunks * cfg.critic_warmup_chunk,
             "eval_episodes": cfg.eval_episodes, "complete": prog.phase == "done",
@@ -55,10 +75,34 @@ def run_summary(prog, cfg, task_name: str, out: str) -> dict:
             "wall_s": prog.wall_s, "out": os.path.relpath(out)}
 
 
+def _fmt_len(x):
+    return "-" if x is None else f"{x:.1f}"
+
+
+def final_table(summary: dict) -> str:
+    """The held-out final evaluation: per seed and pooled, with fixed / broken and p."""
+    final = summary.get("final")
+    if not final:
+        return ""
+    n = final["per_seed"][0]["episodes"]
+    lines = [f"Held-out final evaluation ({n} new starts per seed, never used for selection):",
+             f"{'seed':<7}{'BC':>8}{'ResFiT':>9}{'fixed':>7}{'broken':>8}{'churn':>7}"
+             f"{'p':>9}{'diff 95% CI':>18}{'BC steps':>10}{'steps':>7}"]
+    rows = list(zip(summary["seeds"], final["per_seed"], final["base_per_seed"]))
+    for s, r, b in rows + [("pooled", final["pooled"], None)]:
+        bsteps = b["mean_success_length"] if b else r["base_mean_success_length"]
+        lines.append(f"{s!s:<7}{r['base_success_rate'] if b is None else b['success_rate']:>8.1%}"
+                     f"{r['success_rate']:>9.1%}{r['fixed']:>7}{r['broken']:>8}"
+                     f"{r['churn']:>7.1%}{r['p_value']:>9.2g}"
+                     f"{f'[{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}]':>18}"
+                     f"{_fmt_len(bsteps):>10}{_fmt_len(r['mean_success_length']):>7}")
+    return "\n".join(lines)
+
+
 def results_table(summary: dict) -> str:
-    """"BC vs ResFiT" table of a summary: one row per seed and the mean over seeds."""
-    def fmt_len(x):
-        return "-" if x is None else f"{x:.1f}"
+    """"BC vs ResFiT" table of a summary: the last periodic evaluation per seed and the mean
+    over seeds, then the held-out final evaluation (when the run finished)."""
+    fmt_len = _fmt_len
 
     n = summary["eval_episodes"]
     lines = [f"{summary['task']}: BC vs ResFiT on {n} matched episodes per seed, "
@@ -78,4 +122,5 @@ def results_table(summary: dict) -> str:
                      f"{summary['resfit_success_rate']:>16.1%}"
                      f"{f'sd {np.std(rs):.2f}':>16}"
                      f"{fmt_len(summary['resfit_mean_success_length']):>14}")
-    return "\n".join(lines)
+    final = final_table(summary)
+    return "\n".join(lines) + ("\n\n" + final if final else "")

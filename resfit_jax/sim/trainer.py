@@ -7,12 +7,15 @@ Phases (spec/resfit.md), one function each, each resumable at a chunk boundary:
 1. ``_warmup_phase``: collection with base + uniform residual noise;
 2. ``_critic_warmup_phase``: critic-only steps on mixed online + demo batches;
 3. ``_train_phase``: act with exploration noise, store, ``updates_per_step`` updates per
-   vector step, evaluate every ``eval_every`` env steps.
+   vector step, evaluate every ``eval_every`` env steps;
+4. ``_final_eval_phase``: base and residual on held-out starts that no periodic evaluation
+   (and so no selection) has seen.
 Every phase runs as jitted ``lax.scan`` chunks (``SimLoop``) vmapped over S seeds; between
 chunks the host only logs, evaluates and checkpoints.
 
 Evaluation runs exactly ``eval_episodes`` full episodes with the deterministic residual, on
-the same initial states as the base-alone evaluation of that seed (matched).
+the same initial states as the base-alone evaluation of that seed (matched), and reports the
+paired fixed / broken counts, churn, gain and the exact McNemar p-value against the base.
 
 Checkpoints (``RunCheckpointer``) hold the whole per-seed loop state (learner with its
 normalizer, online replay, env and base state, n-step windows, RNG), the demo buffer and the
@@ -32,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resfit_jax.agents.checks import raise_if_nonfinite
 from resfit_jax.agents.residual_td3 import make_learner
 from resfit_jax.base_policy import BasePolicy, ObservationPrefix
 from resfit_jax.checkpointing import RunCheckpointer
@@ -45,10 +49,11 @@ from resfit_jax.residual_policy import ResidualPolicy
 from resfit_jax.sim.evaluation import episode_keys, run_episodes
 from resfit_jax.sim.loop import SimLoop
 from resfit_jax.sim.presets import TrainConfig
-from resfit_jax.sim.report import log_chunk, run_summary, summarize_eval
+from resfit_jax.sim.report import log_chunk, pooled, run_summary, summarize_eval
 
-PHASES = ("warmup", "critic_warmup", "train", "done")
+PHASES = ("warmup", "critic_warmup", "train", "final_eval", "done")
 EVAL_SALT = 0xE7A1
+FINAL_SALT = 0xF17A1
 
 
 @dataclasses.dataclass
@@ -66,6 +71,8 @@ class Progress:
     saves: int = 0
     base_eval: list[dict] | None = None
     last_eval: list[dict] | None = None
+    base_success: list[list[bool]] | None = None   # [S][N] base outcomes on the eval starts
+    final: dict | None = None                      # held-out final evaluation
 
     @classmethod
     def from_json(cls, d: dict) -> "Progress":
@@ -96,21 +103,37 @@ class Trainer:
             ls, off, cfg.critic_warmup_chunk), in_axes=(0, None)), donate_argnums=0)
         self.train = jax.jit(v(lambda ls, off: loop.train(ls, off, cfg.steps_per_chunk),
                                in_axes=(0, None)), donate_argnums=0)
-        n = cfg.eval_episodes
-        self.evaluate = jax.jit(v(lambda lstate, key: run_episodes(
-            task, ResidualPolicy(base, lstate.normalizer, learner, lstate), episode_keys(key, n))))
-        self._evaluate_base = jax.jit(v(lambda nz, key: run_episodes(
-            task, ResidualPolicy(base, nz), episode_keys(key, n)), in_axes=(None, 0)))
+
+        def evaluators(n):
+            residual = jax.jit(v(lambda lstate, key: run_episodes(
+                task, ResidualPolicy(base, lstate.normalizer, learner, lstate),
+                episode_keys(key, n))))
+            base_only = jax.jit(v(lambda nz, key: run_episodes(
+                task, ResidualPolicy(base, nz), episode_keys(key, n)), in_axes=(None, 0)))
+            return residual, base_only
+
+        self.evaluate, self._evaluate_base = evaluators(cfg.eval_episodes)
+        self.evaluate_final, self._evaluate_base_final = (
+            (self.evaluate, self._evaluate_base)
+            if cfg.num_final_episodes == cfg.eval_episodes else evaluators(cfg.num_final_episodes))
 
     def evaluate_base(self, keys: jax.Array) -> dict:
         """The base alone (actions clipped to the run's range) on each seed's eval episodes."""
         return self._evaluate_base(self.normalizer, keys)
 
+    def evaluate_base_final(self, keys: jax.Array) -> dict:
+        return self._evaluate_base_final(self.normalizer, keys)
+
     def keys(self) -> jax.Array:
         return jnp.stack([jax.random.key(s) for s in self.seeds])
 
     def eval_keys(self) -> jax.Array:
+        """Per seed: the starts of every periodic evaluation."""
         return jax.vmap(lambda k: jax.random.fold_in(k, EVAL_SALT))(self.keys())
+
+    def final_keys(self) -> jax.Array:
+        """Per seed: held-out starts, used once, by the final evaluation."""
+        return jax.vmap(lambda k: jax.random.fold_in(k, FINAL_SALT))(self.keys())
 
     def init(self):
         learner, normalizer = self.loop.learner, self.normalizer
@@ -176,7 +199,7 @@ class _Run:
     def log_eval(self, ev: dict) -> list[dict]:
         rows = []
         for i, s in enumerate(self.prog.seeds):
-            r = summarize_eval(ev, i)
+            r = summarize_eval(ev, i, self.prog.base_success[i])
             rows.append(r)
             self.logger.write({"kind": "eval", "seed": s, "env_steps": self.prog.env_steps,
                                "total_env_steps": self.prog.env_steps + self.prog.warmup_env_steps,
@@ -185,6 +208,12 @@ class _Run:
         return rows
 
     def log_chunk(self, stats: dict, kind: str) -> None:
+        """Check the chunk's updates were finite (once per chunk, on the host), then log."""
+        stats = dict(stats)
+        mask = stats.pop("nonfinite_mask", None)
+        if mask is not None:
+            raise_if_nonfinite(mask, f"{kind} chunk {self.prog.chunk} (not checkpointed; the "
+                               f"latest checkpoint in {self.ckpt.directory} is from before it)")
         log_chunk(self.logger, self.prog.seeds, self.prog.env_steps, self.prog.warmup_env_steps,
                   stats, kind)
 
@@ -258,13 +287,34 @@ def _train_phase(run: _Run) -> bool:
             if (run.stop_at_env_steps is not None and prog.env_steps >= run.stop_at_env_steps
                     and not last_chunk):
                 return True
+    prog.phase, prog.chunk = "final_eval", 0
+    run.save()
+    return False
+
+
+def _final_eval_phase(run: _Run) -> bool:
+    """Base and residual on held-out starts: per seed and pooled paired statistics."""
+    prog, trainer = run.prog, run.trainer
+    run.close_bar()
+    keys = trainer.final_keys()
+    ev_base = jax.device_get(trainer.evaluate_base_final(keys))
+    ev = jax.device_get(trainer.evaluate_final(run.state.learner_state, keys))
+    seeds = range(len(prog.seeds))
+    base_rows = [summarize_eval(ev_base, i) for i in seeds]
+    rows = [summarize_eval(ev, i, ev_base["success"][i]) for i in seeds]
+    prog.final = {"per_seed": rows, "base_per_seed": base_rows,
+                  "pooled": pooled(ev_base["success"], ev["success"], base_rows, rows)}
+    for i, s in enumerate(prog.seeds):
+        run.logger.write({"kind": "final_eval", "seed": s, "env_steps": prog.env_steps,
+                          "total_env_steps": prog.env_steps + prog.warmup_env_steps,
+                          **rows[i], "base_success_rate": base_rows[i]["success_rate"]})
     prog.phase, prog.chunk = "done", 0
     run.save()
     return False
 
 
 PHASE_FUNCTIONS = {"warmup": _warmup_phase, "critic_warmup": _critic_warmup_phase,
-                   "train": _train_phase}
+                   "train": _train_phase, "final_eval": _final_eval_phase}
 
 
 def _start(trainer: Trainer, out: str, resume: bool, task_name: str,
@@ -310,7 +360,8 @@ def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: b
                task_name, stop_at_env_steps)
     try:
         if prog.base_eval is None:
-            ev = trainer.evaluate_base(trainer.eval_keys())
+            ev = jax.device_get(trainer.evaluate_base(trainer.eval_keys()))
+            prog.base_success = np.asarray(ev["success"]).tolist()
             prog.base_eval = [summarize_eval(ev, i) for i in range(len(prog.seeds))]
             # the residual starts at exactly zero, so the policy at step 0 is the base
             prog.last_eval = run.log_eval(ev)

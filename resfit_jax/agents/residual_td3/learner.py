@@ -70,7 +70,8 @@ class ResidualTD3Config:
     target_noise: bool = True
     target_noise_clip: float = 0.3
     critic_loss: str = "mse"
-    # raise a clear error when a batch or a loss is not finite
+    # raise a clear error inside every update when a batch or a loss is not finite (a host
+    # callback: a device-to-host sync per update). Loops check every chunk in any case.
     check_finite: bool = True
 
     def __post_init__(self):
@@ -284,9 +285,12 @@ class ResidualTD3:
     def _join(self, online: Transition, offline: Transition | None, where: str) -> Transition:
         return checks.join_batches(self.obs_spec, self.action_dim, online, offline, where)
 
-    def _check_finite(self, batch: Transition, losses: dict[str, jax.Array], where: str) -> None:
+    def _finite(self, batch: Transition, losses: dict[str, jax.Array], where: str) -> jax.Array:
+        """The update's ``nonfinite_mask`` metric; raises in the update if check_finite."""
+        mask = checks.nonfinite_mask(batch, losses)
         if self.config.check_finite:
-            checks.check_finite(batch, losses, where, "ResidualTD3Config.check_finite")
+            checks.check_finite(mask, where, "learner.check_finite")
+        return mask
 
     def update(self, state: LearnerState, online: Transition, offline: Transition | None
                ) -> tuple[LearnerState, dict[str, jax.Array]]:
@@ -304,8 +308,9 @@ class ResidualTD3:
         last = jax.tree.map(lambda x: x[-1], batch)
         state, am = self._actor_step(state, last)
         metrics = {k: v.mean() for k, v in cm.items()} | am
-        self._check_finite(batch, {"critic_loss": cm["critic_loss"], "actor_loss": am["actor_loss"]},
-                           "ResidualTD3.update")
+        metrics["nonfinite_mask"] = self._finite(
+            batch, {"critic_loss": cm["critic_loss"], "actor_loss": am["actor_loss"]},
+            "ResidualTD3.update")
         return state.replace(rng=rng), metrics
 
     def critic_warmup(self, state: LearnerState, online: Transition, offline: Transition | None
@@ -315,8 +320,10 @@ class ResidualTD3:
         rng, k_scan = jax.random.split(state.rng)
         step = lambda s, xs: self._critic_step(s, xs[0], xs[1], 0.0)
         state, cm = jax.lax.scan(step, state, (batch, jax.random.split(k_scan, batch.reward.shape[0])))
-        self._check_finite(batch, {"critic_loss": cm["critic_loss"]}, "ResidualTD3.critic_warmup")
-        return state.replace(rng=rng), {k: v.mean() for k, v in cm.items()}
+        metrics = {k: v.mean() for k, v in cm.items()}
+        metrics["nonfinite_mask"] = self._finite(batch, {"critic_loss": cm["critic_loss"]},
+                                                 "ResidualTD3.critic_warmup")
+        return state.replace(rng=rng), metrics
 
 
 def make_learner(config: ResidualTD3Config, obs_spec: PyTree, action_dim: int,
