@@ -117,7 +117,8 @@ def _rollouts(run: str, base_only: bool) -> tuple[dict, dict, dict]:
         normalizer = jax.tree.map(lambda x: x[0], ls.learner_state.normalizer)
 
     def evaluate(lstate, key, nz):
-        policy = ResidualPolicy(loop.base, nz, None if lstate is None else loop.learner, lstate)
+        policy = ResidualPolicy(loop.base, nz, None if lstate is None else loop.learner, lstate,
+                                loop.features)
         return run_episodes(trainer.task, policy, episode_keys(key, n), record=True)
 
     results = {"base": jax.device_get(jax.jit(jax.vmap(

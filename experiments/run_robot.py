@@ -110,7 +110,8 @@ def main(argv):
             critic_warmup_updates=FLAGS.critic_warmup, seed=FLAGS.seed)
         cfg = resolve(cfg, FLAGS.override)
         print(f"Resolved config:\n{config_lines(cfg)}")
-        normalizer = fit_normalizer(demos, cfg.learner.action_scale, sim_cfg.action_margin)
+        normalizer = fit_normalizer(demos, cfg.learner.action_scale, sim_cfg.action_margin,
+                                    sim_cfg.obs_min_std)
         learner = make_learner(cfg.learner, obs_dim, act_dim)
         offline = (offline_buffer(demos, base, normalizer, cfg.replay.writer())
                    if cfg.replay.offline_fraction > 0 else None)

@@ -31,13 +31,32 @@ from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayState, transition_spec
 
 
-def fit_normalizer(episodes: Sequence[Episode], action_scale: float, margin: float = 0.0
-                   ) -> Normalizer:
+def fit_normalizer(episodes: Sequence[Episode], action_scale: float, margin: float = 0.0,
+                   min_std: float = 1e-3) -> Normalizer:
     """Action scaling (demo [min, max], widened by 1 + margin and 1 + action_scale) and obs
-    standardization, from demo episodes."""
+    standardization (std floored at ``min_std``, raw units), from demo episodes."""
     actions = np.concatenate([ep.action[:-1] for ep in episodes])
     obs = np.concatenate([ep.observation for ep in episodes])
-    return Normalizer.fit(actions, obs, action_scale, margin=margin)
+    return Normalizer.fit(actions, obs, action_scale, margin=margin, min_std=min_std)
+
+
+def with_feature_stats(normalizer: Normalizer, episodes: Sequence[Episode], base: BasePolicy,
+                       features, min_std: float = 1e-3) -> Normalizer:
+    """The normalizer with the base's chunk features (``base_features``) appended to its
+    observation statistics, measured on the demo frames."""
+    import dataclasses as dc
+
+    from resfit_jax.normalization import StateStandardizer
+
+    padded = pad_episodes(episodes)
+    _, f = jax.jit(lambda p, nz: base_actions(p, base, features, nz))(
+        jax.tree.map(jnp.asarray, padded), normalizer)
+    f = np.asarray(f)
+    frames = np.concatenate([f[i, : n + 1] for i, n in enumerate(padded["length"])])
+    stats = StateStandardizer.fit(frames, min_std)
+    obs = dc.replace(normalizer.obs, mean=jnp.concatenate([normalizer.obs.mean, stats.mean]),
+                     std=jnp.concatenate([normalizer.obs.std, stats.std]))
+    return normalizer.replace(obs=obs)
 
 
 def with_time_feature(episodes: Sequence[Episode], horizon: int) -> list[Episode]:
@@ -85,9 +104,11 @@ def pad_episodes(episodes: Sequence[Episode], max_len: int | None = None) -> dic
     return out
 
 
-def base_actions(padded: dict[str, jax.Array], base: BasePolicy) -> jax.Array:
+def base_actions(padded: dict[str, jax.Array], base: BasePolicy, features=None,
+                 normalizer: Normalizer | None = None):
     """Jittable: the base's raw action at every frame [N, T+1, A], each episode run from a
-    fresh base state (queue empty at its first frame)."""
+    fresh base state (queue empty at its first frame). With ``features``
+    (``base_features.BaseFeatures``) returns (actions, features [N, T+1, F])."""
     obs = padded["observation"]
     if base.action_dim != padded["action"].shape[-1]:
         raise ValueError(f"offline buffer: the base's action size ({base.action_dim}) does not "
@@ -96,10 +117,11 @@ def base_actions(padded: dict[str, jax.Array], base: BasePolicy) -> jax.Array:
 
     def body(bstate, o):
         a, bstate = base.step(bstate, o)
-        return bstate, a
+        return bstate, (a, None if features is None else features(bstate, normalizer))
 
-    _, a = jax.lax.scan(body, bstate, jnp.swapaxes(obs, 0, 1))
-    return jnp.swapaxes(a, 0, 1)
+    _, (a, f) = jax.lax.scan(body, bstate, jnp.swapaxes(obs, 0, 1))
+    a = jnp.swapaxes(a, 0, 1)
+    return a if features is None else (a, jnp.swapaxes(f, 0, 1))
 
 
 def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: jax.Array,
@@ -133,21 +155,29 @@ def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: 
 
 
 def relabel_demos(padded: dict[str, jax.Array], base: BasePolicy, normalizer: Normalizer,
-                  writer: NStepWriter, buffer: ReplayBuffer) -> ReplayState:
-    """Jittable: padded episodes (see ``pad_episodes``) -> a filled offline ReplayState."""
-    obs, act = padded["observation"], padded["action"]
+                  writer: NStepWriter, buffer: ReplayBuffer, features=None) -> ReplayState:
+    """Jittable: padded episodes (see ``pad_episodes``) -> a filled offline ReplayState. With
+    ``features`` the stored observations gain the base's chunk features of each frame."""
+    act = padded["action"]
+    if features is None:
+        a_b = base_actions(padded, base)
+    else:
+        a_b, f = base_actions(padded, base, features, normalizer)
+        padded = dict(padded, observation=jnp.concatenate(
+            [padded["observation"], f.astype(padded["observation"].dtype)], axis=-1))
+    obs = padded["observation"]
     spec = jax.ShapeDtypeStruct(obs.shape[2:], obs.dtype)
     state = buffer.init(transition_spec(spec, act.shape[-1]))
-    return add_episodes(state, padded, base_actions(padded, base), normalizer, writer, buffer)
+    return add_episodes(state, padded, a_b, normalizer, writer, buffer)
 
 
 def offline_buffer(episodes: Sequence[Episode], base: BasePolicy, normalizer: Normalizer,
-                   writer: NStepWriter) -> tuple[ReplayBuffer, ReplayState]:
+                   writer: NStepWriter, features=None) -> tuple[ReplayBuffer, ReplayState]:
     """Host entry point: demo episodes -> (ReplayBuffer sized to fit, filled ReplayState)."""
     padded = pad_episodes(episodes)
     capacity = int(padded["length"].sum())
     buffer = ReplayBuffer(capacity)
-    state = jax.jit(lambda p, nz: relabel_demos(p, base, nz, writer, buffer))(
+    state = jax.jit(lambda p, nz: relabel_demos(p, base, nz, writer, buffer, features))(
         jax.tree.map(jnp.asarray, padded), normalizer)
     if int(state.size) != capacity:
         raise AssertionError(f"offline buffer: stored {int(state.size)} transitions for "

@@ -31,6 +31,7 @@ class ResidualPolicy:
     normalizer: Normalizer
     learner: Any = None
     learner_state: PyTree = None
+    features: Any = None           # base_features.BaseFeatures appended for the learner
 
     @property
     def action_dim(self) -> int:
@@ -42,12 +43,18 @@ class ResidualPolicy:
     def reset(self, state: PyTree, done: jax.Array) -> PyTree:
         return self.base.reset(state, done)
 
+    def learner_obs(self, obs: PyTree, state: PyTree) -> PyTree:
+        """What the learner sees at obs, given the base state after its step there."""
+        return obs if self.features is None else self.features.augment(obs, state,
+                                                                         self.normalizer)
+
     def step(self, state: PyTree, obs: PyTree) -> tuple[jax.Array, PyTree]:
         raw, state = self.base.step(state, obs)
         a_b = self.normalizer.normalize_action(raw)
         if self.learner is None:
             action = a_b
         else:
-            _, aux = self.learner.act(self.learner_state, obs, a_b, _EVAL_KEY, deterministic=True)
+            _, aux = self.learner.act(self.learner_state, self.learner_obs(obs, state), a_b,
+                                      _EVAL_KEY, deterministic=True)
             action = aux["action"]
         return self.normalizer.unnormalize_action(action), state

@@ -63,6 +63,16 @@ def test_expert_success_and_demo_roundtrip(task_bundle, tmp_path):
                   "is_terminal"):
             np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
         assert (a.episode_id, a.success, a.seed) == (b.episode_id, b.success, b.seed)
+    # the residual preset's observation standardizer keeps every moving feature at its scale
+    from resfit_jax.demo_buffer import fit_normalizer
+    from resfit_jax.sim.presets import preset
+
+    cfg = preset(name, "cpu")
+    nz = fit_normalizer(eps, cfg.learner.action_scale, cfg.action_margin, cfg.obs_min_std)
+    std = np.concatenate([ep.observation for ep in eps]).std(axis=0)
+    moving = std > 1e-6
+    squash = np.asarray(nz.obs.std)[moving] / std[moving]
+    assert squash.max() <= 2.0, f"{name}: features squashed {np.round(squash, 1)}"
 
 
 def test_reset_distribution(task_bundle):

@@ -296,3 +296,46 @@ def test_time_feature_run_sees_time_and_its_base_does_not(demos, tmp_path):
     np.testing.assert_array_equal(ev_t["success"], ev_p["success"])
     summary = train_residual(timed, str(tmp_path), progress=False, task_name="PointReach")
     assert summary["complete"]
+
+
+def test_chunk_phase_is_the_same_for_online_demo_and_evaluation_frames(demos):
+    """base_phase appends (t mod K) / K for a chunk-K base (t = step in the episode) to the
+    learner's observation, identically in the demo buffer, the online replay and the
+    evaluation policy; the base keeps its own observation."""
+    import dataclasses
+
+    from resfit_jax.residual_policy import ResidualPolicy
+
+    k = 3
+    base = ChunkedBase(lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1),
+                       2, k)
+    cfg = CFG.replace(time_feature=True, base_phase=True,
+                      replay=dataclasses.replace(REPLAY, bootstrap_truncation=False))
+    tr = make_trainer(TASK, base, demos, cfg, seeds=[0])
+    assert tr.loop.learner.obs_dim == 4 + 1 + 1
+
+    def check(obs):          # columns: task obs [4], t / horizon, phase
+        t = np.round(obs[:, -2] * TASK.horizon).astype(int)
+        np.testing.assert_allclose(obs[:, -1], (t % k) / k, atol=1e-6)
+        return t
+
+    n = int(tr.offline.size)
+    t_demo = check(np.asarray(tr.offline.data.obs[:n]))
+    check(np.asarray(tr.offline.data.next_obs[:n]))
+    assert len(set(t_demo % k)) == k
+    ls, _ = tr.warmup(tr.init())
+    size = int(ls.replay_state.size[0])
+    t_online = check(np.asarray(ls.replay_state.data.obs[0, :size]))
+    check(np.asarray(ls.replay_state.data.next_obs[0, :size]))
+    assert len(set(t_online % k)) == k
+    policy = ResidualPolicy(tr.loop.base, tr.normalizer, tr.loop.learner, None, tr.loop.features)
+    env = EpisodeWrapper(tr.task)
+    s = jax.vmap(env.reset)(episode_keys(jax.random.key(0), 4))
+    q = policy.init_state(4)
+    for _ in range(7):
+        raw, q = tr.loop.base.step(q, s.obs)
+        check(np.asarray(policy.learner_obs(s.obs, q)))
+        s = jax.vmap(env.step)(s, raw)
+    with pytest.raises(ValueError, match="need a chunked base"):
+        make_trainer(TASK, FunctionBase(biased_base_action, 2), demos,
+                     CFG.replace(base_phase=True), seeds=[0])

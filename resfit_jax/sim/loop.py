@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from resfit_jax.base_features import BaseFeatures, augment
 from resfit_jax.base_policy import BasePolicy
 from resfit_jax.envs.core import AutoReset, Env, VmapWrapper
 from resfit_jax.learner import Learner
@@ -47,7 +48,8 @@ class LoopState:
 @dataclasses.dataclass(frozen=True)
 class SimLoop:
     """The jitted phases of residual training. ``offline_buffer`` is the demo buffer the
-    mixer samples from (None: no demos)."""
+    mixer samples from (None: no demos); ``features`` (optional) appends the base's chunk
+    phase / plan to the learner's observations (``base_features``)."""
 
     task: Env
     base: BasePolicy
@@ -57,6 +59,7 @@ class SimLoop:
     updates_per_step: int = 1
     warmup_noise: float = 0.2
     offline_buffer: ReplayBuffer | None = None
+    features: BaseFeatures | None = None
 
     def __post_init__(self):
         if self.base.action_dim != self.task.action_size:
@@ -79,12 +82,22 @@ class SimLoop:
     def buffer(self) -> ReplayBuffer:
         return self.replay.buffer()
 
+    @property
+    def learner_obs_spec(self):
+        spec = self.task.observation_spec
+        return spec if self.features is None else self.features.spec(spec)
+
+    def learner_obs(self, ls: LoopState) -> PyTree:
+        """The learner's observation [E, ...] of the current step."""
+        return augment(self.features, ls.env_state.obs, ls.base_state,
+                       ls.learner_state.normalizer)
+
     def init(self, key: jax.Array, learner_state: PyTree) -> LoopState:
         k_env, k_loop = jax.random.split(key)
         env_state = self.env.reset(k_env)
         bstate, a_b = initial_base_action(self.base, learner_state.normalizer, env_state,
                                           self.num_envs)
-        spec = self.task.observation_spec
+        spec = self.learner_obs_spec
         return LoopState(
             env_state=env_state, base_state=bstate, base_action=a_b,
             writer_state=self.writer.init(self.num_envs, spec, self.task.action_size),
@@ -93,11 +106,14 @@ class SimLoop:
 
     # ------------------------------------------------------------------------- one step
     def _env_step(self, ls: LoopState, residual: jax.Array) -> tuple[LoopState, dict]:
-        out = residual_env_step(self.env, self.base, ls.learner_state.normalizer, ls.env_state,
-                                ls.base_state, ls.base_action, residual)
+        nz = ls.learner_state.normalizer
+        out = residual_env_step(self.env, self.base, nz, ls.env_state, ls.base_state,
+                                ls.base_action, residual)
+        obs = augment(self.features, out.obs, ls.base_state, nz)
+        next_obs = augment(self.features, out.next_obs, out.next_base_state, nz)
         writer_state, cands, valid = self.writer.step(
-            ls.writer_state, out.obs, out.prev_base_action, out.action, out.reward,
-            out.next_obs, out.next_base_action, out.terminated, out.truncated)
+            ls.writer_state, obs, out.prev_base_action, out.action, out.reward,
+            next_obs, out.next_base_action, out.terminated, out.truncated)
         valid = valid & ~out.diverged[:, None]      # never store a non-finite next observation
         ls = ls.replace(
             env_state=out.env_state, base_state=out.base_state, base_action=out.base_action,
@@ -142,7 +158,7 @@ class SimLoop:
         """num_steps vector steps of act (exploration noise) + store + updates."""
         def body(ls, _):
             key, k = jax.random.split(ls.key)
-            r, _ = self.learner.act(ls.learner_state, ls.env_state.obs, ls.base_action, k)
+            r, _ = self.learner.act(ls.learner_state, self.learner_obs(ls), ls.base_action, k)
             ls, stats = self._env_step(ls.replace(key=key), r)
             ls, metrics = self._update(ls, offline)
             return ls, (stats, metrics)

@@ -62,6 +62,12 @@ class TrainConfig:
     action_margin: float = 0.0         # widen the demo action range by this fraction before
                                        # normalizing, so base actions beyond the demos' range
                                        # are not clipped (see ActionScaler.fit)
+    obs_min_std: float = 1e-3          # observation std floor (raw units: m, rad). 0.1, the
+                                       # floor before, squashed millimetre-scale task features
+                                       # (gripper opening, cube-minus-gripper) 2-33x
+    base_phase: bool = False           # learner observations gain the base's position in its
+                                       # open-loop chunk (base_features; Markov inputs)
+    base_plan: int = 0                 # ... and its next m planned actions (normalized)
     time_feature: bool = False         # learner observations gain t / horizon (the base does
                                        # not see it) and time-limit truncation becomes
                                        # terminal (replay.bootstrap_truncation must be False)
@@ -77,6 +83,10 @@ class TrainConfig:
                 errors.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if not 0.0 <= self.warmup_noise <= 1.0:
             errors.append(f"warmup_noise must be in [0, 1] (got {self.warmup_noise})")
+        if self.base_plan < 0:
+            errors.append(f"base_plan must be >= 0 (got {self.base_plan})")
+        if not 0.0 < self.obs_min_std < float("inf"):
+            errors.append(f"obs_min_std must be > 0 (got {self.obs_min_std})")
         if self.final_episodes is not None and self.final_episodes < 1:
             errors.append(f"final_episodes must be >= 1 or None (got {self.final_episodes})")
         if self.num_demos is not None and self.num_demos < 1:

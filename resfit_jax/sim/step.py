@@ -40,7 +40,8 @@ class ResidualStep:
     """The result of one step for E envs.
 
     env_state, base_state: after the step (new episodes already started where one ended);
-    base_action [E, A]: the normalized base action for ``env_state.obs``.
+    base_action [E, A]: the normalized base action for ``env_state.obs``;
+    next_base_state: the base state after querying ``next_obs`` (before any reset).
     The step itself: obs (the observation acted on), prev_base_action, action (executed,
     normalized) [E, A], reward [E], next_obs (true next observation), next_base_action
     [E, A] (the base at next_obs, before any reset), terminated / truncated / diverged /
@@ -50,6 +51,7 @@ class ResidualStep:
     env_state: PyTree
     base_state: PyTree
     base_action: jax.Array
+    next_base_state: PyTree
     obs: PyTree
     prev_base_action: jax.Array
     action: jax.Array
@@ -75,7 +77,7 @@ def residual_env_step(env: Env, base: BasePolicy, normalizer: Normalizer, env_st
     return ResidualStep(
         env_state=s, base_state=select(done, b_new, b_next),
         base_action=select(done, normalizer.normalize_action(a_new_raw), a_next),
-        obs=env_state.obs, prev_base_action=base_action, action=action, reward=s.reward,
+        next_base_state=b_next, obs=env_state.obs, prev_base_action=base_action, action=action, reward=s.reward,
         next_obs=final_obs, next_base_action=a_next, terminated=done & ~truncated,
         truncated=truncated, diverged=s.info["diverged"], done=done,
         success=done & s.info["success"])

@@ -37,11 +37,13 @@ import numpy as np
 
 from resfit_jax.agents.checks import raise_if_nonfinite
 from resfit_jax.agents.residual_td3 import make_learner
+from resfit_jax.base_features import BaseFeatures
 from resfit_jax.base_policy import BasePolicy, ObservationPrefix
 from resfit_jax.checkpointing import RunCheckpointer
 from resfit_jax.configs import to_dict
 from resfit_jax.data.rlds import Episode, check_compatible
-from resfit_jax.demo_buffer import fit_normalizer, offline_buffer, with_time_feature
+from resfit_jax.demo_buffer import (fit_normalizer, offline_buffer, with_feature_stats,
+                                    with_time_feature)
 from resfit_jax.envs.core import Env, TimeFeature
 from resfit_jax.logger import MetricsLogger
 from resfit_jax.normalization import Normalizer
@@ -96,6 +98,7 @@ class Trainer:
 
     def __post_init__(self):
         loop, cfg, base, learner = self.loop, self.cfg, self.loop.base, self.loop.learner
+        features = loop.features
         task, v = self.task, jax.vmap
         self.warmup = jax.jit(v(lambda ls: loop.warmup(ls, cfg.steps_per_chunk)),
                               donate_argnums=0)
@@ -106,7 +109,7 @@ class Trainer:
 
         def evaluators(n):
             residual = jax.jit(v(lambda lstate, key: run_episodes(
-                task, ResidualPolicy(base, lstate.normalizer, learner, lstate),
+                task, ResidualPolicy(base, lstate.normalizer, learner, lstate, features),
                 episode_keys(key, n))))
             base_only = jax.jit(v(lambda nz, key: run_episodes(
                 task, ResidualPolicy(base, nz), episode_keys(key, n)), in_axes=(None, 0)))
@@ -157,14 +160,20 @@ def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: 
         base = ObservationPrefix(base, obs_dim)
         episodes = with_time_feature(episodes, task.horizon)
         task = TimeFeature(task)
-    normalizer = fit_normalizer(episodes, cfg.learner.action_scale, cfg.action_margin)
-    learner = make_learner(cfg.learner, task.observation_spec, task.action_size)
+    normalizer = fit_normalizer(episodes, cfg.learner.action_scale, cfg.action_margin,
+                                cfg.obs_min_std)
+    features = BaseFeatures.for_base(base, cfg.base_phase, cfg.base_plan)
+    if features is not None:
+        normalizer = with_feature_stats(normalizer, episodes, base, features, cfg.obs_min_std)
+    obs_spec = task.observation_spec if features is None else features.spec(task.observation_spec)
+    learner = make_learner(cfg.learner, obs_spec, task.action_size)
     offline_buf, offline = None, None
     if cfg.replay.offline_fraction > 0:
-        offline_buf, offline = offline_buffer(episodes, base, normalizer, cfg.replay.writer())
+        offline_buf, offline = offline_buffer(episodes, base, normalizer, cfg.replay.writer(),
+                                              features)
     loop = SimLoop(task, base, learner, cfg.replay, num_envs=cfg.num_envs,
                    updates_per_step=cfg.updates_per_step, warmup_noise=cfg.warmup_noise,
-                   offline_buffer=offline_buf)
+                   offline_buffer=offline_buf, features=features)
     return Trainer(task, loop, cfg, normalizer, offline, list(seeds))
 
 

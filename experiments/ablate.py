@@ -1,0 +1,146 @@
+"""Ablation runner: train the same task and base under several settings (seeds vmapped per
+setting) and compare them on held-out starts.
+
+    python -m experiments.ablate --task=PickPlace --base=runs/bc/PickPlace --seeds=3 \
+        --factor=base_phase=false,true --factor=obs_min_std=0.1,0.001 --out=runs/ablate/pp
+    python -m experiments.ablate ... --setting="old:obs_min_std=0.1" \
+        --setting="new:base_phase=true;warmup_env_steps=10240"
+
+Each ``--factor=FIELD=V1,V2,...`` is one config field and its values; settings are their
+cartesian product. Each ``--setting=NAME:OVERRIDE;OVERRIDE`` adds one named setting. Common
+``--config.*`` / ``--override`` values apply to every setting. Every setting trains in
+<out>/<name> (re-running resumes unfinished settings and skips finished ones), then a table of
+the held-out final evaluation per setting is printed and written to <out>/ablation.json:
+base and final success (pooled over seeds), fixed / broken, churn, gain, the exact McNemar
+p-value against the base, the interval of the difference, mean steps of successes.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("task", "PickPlace", "Registered task name.")
+flags.DEFINE_string("base", None, "BC base: train_bc run / checkpoint / export directory "
+                    "(default runs/bc/<task>).")
+flags.DEFINE_string("demos", None, "RLDS demos for the offline buffer (default: the base's).")
+flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "Preset scale.")
+flags.DEFINE_multi_string("factor", [], "FIELD=V1,V2,...: one factor and its values.")
+flags.DEFINE_multi_string("setting", [], "NAME:OVERRIDE;OVERRIDE: one named setting.")
+flags.DEFINE_multi_string("override", [], "Overrides for every setting (like --config.*).")
+flags.DEFINE_integer("seeds", 3, "Seeds per setting, vmapped.")
+flags.DEFINE_string("out", None, "Output directory (default runs/ablate/<task>).")
+
+
+def settings(factors: list[str], named: list[str]) -> list[tuple[str, list[str]]]:
+    """[(name, overrides)]: the cartesian product of the factors, then the named settings."""
+    out = []
+    axes = []
+    for f in factors:
+        field, sep, values = f.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--factor={f!r}: expected FIELD=V1,V2,...")
+        axes.append([(field.strip(), v.strip()) for v in values.split(",")])
+    if axes:
+        for combo in itertools.product(*axes):
+            name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in combo)
+            out.append((name, [f"{k}={v}" for k, v in combo]))
+    for s in named:
+        name, sep, rest = s.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--setting={s!r}: expected NAME:OVERRIDE;OVERRIDE")
+        out.append((name.strip(), [o.strip() for o in rest.split(";") if o.strip()]))
+    if not out:
+        raise ValueError("Give at least one --factor or --setting.")
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Setting names repeat: {names}.")
+    return out
+
+
+def row(name: str, overrides: list[str], summary: dict) -> dict:
+    p = summary["final"]["pooled"]
+    return {"setting": name, "overrides": overrides, "seeds": summary["seeds"],
+            "env_steps": summary["env_steps"], "episodes": p["episodes"],
+            "base_success_rate": p["base_success_rate"], "success_rate": p["success_rate"],
+            "fixed": p["fixed"], "broken": p["broken"], "gain": p["gain"], "churn": p["churn"],
+            "p_value": p["p_value"], "diff_ci_low": p["diff_ci_low"],
+            "diff_ci_high": p["diff_ci_high"],
+            "base_mean_success_length": p["base_mean_success_length"],
+            "mean_success_length": p["mean_success_length"],
+            "per_seed_success": [r["success_rate"] for r in summary["final"]["per_seed"]],
+            "wall_s": summary["wall_s"]}
+
+
+def table(rows: list[dict]) -> str:
+    fmt = lambda x: "-" if x is None else f"{x:.1f}"
+    lines = [f"{'setting':<34}{'BC':>7}{'final':>8}{'fixed':>7}{'broken':>8}{'churn':>7}"
+             f"{'gain':>7}{'p':>9}{'diff 95% CI':>17}{'steps':>13}"]
+    for r in rows:
+        lines.append(f"{r['setting'][:33]:<34}{r['base_success_rate']:>7.1%}"
+                     f"{r['success_rate']:>8.1%}{r['fixed']:>7}{r['broken']:>8}{r['churn']:>7.1%}"
+                     f"{r['gain']:>7.1%}{r['p_value']:>9.2g}"
+                     f"{f'[{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}]':>17}"
+                     f"{fmt(r['base_mean_success_length']) + ' -> ' + fmt(r['mean_success_length']):>13}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    from resfit_jax.runtime import setup_script
+    setup_script()
+    from bases.frozen import open_base
+    from resfit_jax import envs
+    from resfit_jax.configs import config_overrides, resolve, usage_error
+    from resfit_jax.data import read_episodes
+    from resfit_jax.sim.presets import preset
+    from resfit_jax.sim.trainer import make_trainer, train_residual
+
+    try:
+        runs = settings(FLAGS.factor, FLAGS.setting)
+    except ValueError as e:
+        usage_error(str(e))
+    common = config_overrides(FLAGS.override)
+    configs = [(name, ovs, resolve(lambda: preset(FLAGS.task, FLAGS.scale), common + ovs))
+               for name, ovs in runs]                  # every setting validated before training
+    task = envs.make(FLAGS.task)
+    base_dir = FLAGS.base or os.path.join("runs", "bc", FLAGS.task)
+    base, info = open_base(base_dir, int(task.observation_spec.shape[0]), task.action_size)
+    demos = FLAGS.demos or info.get("demos")
+    if demos is None:
+        usage_error(f"The base in {info['path']} does not name its demos; pass --demos.")
+    episodes = read_episodes(demos)
+    out = os.path.abspath(FLAGS.out or os.path.join("runs", "ablate", FLAGS.task))
+    os.makedirs(out, exist_ok=True)
+    rows = []
+    for i, (name, ovs, cfg) in enumerate(configs):
+        run_dir = os.path.join(out, name.replace("/", "_"))
+        done = os.path.join(run_dir, "summary.json")
+        if os.path.exists(done) and json.load(open(done)).get("complete"):
+            print(f"[{i + 1}/{len(configs)}] {name}: done, reusing {run_dir}")
+            summary = json.load(open(done))
+        else:
+            print(f"[{i + 1}/{len(configs)}] {name}: {' '.join(common + ovs) or 'preset'}")
+            trainer = make_trainer(task, base, episodes, cfg, list(range(FLAGS.seeds)))
+            resume = os.path.isdir(os.path.join(run_dir, "checkpoints"))
+            summary = train_residual(trainer, run_dir, resume=resume, task_name=FLAGS.task,
+                                     extra_info={"base": info["path"], "demos": demos,
+                                                 "scale": FLAGS.scale, "overrides": common + ovs})
+        rows.append(row(name, common + ovs, summary))
+    from benchmarks.machine import machine_info
+
+    result = {"task": FLAGS.task, "base": os.path.relpath(info["path"]), "scale": FLAGS.scale,
+              "seeds": FLAGS.seeds, "machine": machine_info(), "rows": rows}
+    with open(os.path.join(out, "ablation.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\n{FLAGS.task}: held-out final evaluation, pooled over {FLAGS.seeds} seeds")
+    print(table(rows))
+    print(f"\nWrote {os.path.join(out, 'ablation.json')}")
+
+
+if __name__ == "__main__":
+    from resfit_jax.configs import config_flag_parser
+    app.run(main, flags_parser=config_flag_parser)

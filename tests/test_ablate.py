@@ -1,0 +1,35 @@
+"""The ablation runner's settings (cartesian factors, named settings) and its table."""
+import pytest
+
+from experiments.ablate import row, settings, table
+
+
+def test_factors_make_a_cartesian_product_and_named_settings_follow():
+    s = settings(["base_phase=false,true", "replay.n_step=3,10"],
+                 ["old:obs_min_std=0.1;warmup_env_steps=2048"])
+    assert [n for n, _ in s] == ["base_phase=false,n_step=3", "base_phase=false,n_step=10",
+                                 "base_phase=true,n_step=3", "base_phase=true,n_step=10", "old"]
+    assert s[3][1] == ["base_phase=true", "replay.n_step=10"]
+    assert s[4][1] == ["obs_min_std=0.1", "warmup_env_steps=2048"]
+    with pytest.raises(ValueError, match="FIELD=V1,V2"):
+        settings(["base_phase"], [])
+    with pytest.raises(ValueError, match="NAME:OVERRIDE"):
+        settings([], ["no_colon"])
+    with pytest.raises(ValueError, match="at least one"):
+        settings([], [])
+    with pytest.raises(ValueError, match="repeat"):
+        settings([], ["a:x=1", "a:x=2"])
+
+
+def test_rows_come_from_the_held_out_final_evaluation():
+    pooled = {"episodes": 200, "base_success_rate": 0.8, "success_rate": 0.9, "fixed": 25,
+              "broken": 5, "gain": 0.125, "churn": 0.025, "p_value": 0.0003,
+              "diff_ci_low": 0.04, "diff_ci_high": 0.16, "base_mean_success_length": 80.0,
+              "mean_success_length": 70.0}
+    summary = {"seeds": [0, 1], "env_steps": 1000, "wall_s": 5.0,
+               "final": {"pooled": pooled, "per_seed": [{"success_rate": 0.88},
+                                                        {"success_rate": 0.92}]}}
+    r = row("new", ["base_phase=true"], summary)
+    assert r["success_rate"] == 0.9 and r["per_seed_success"] == [0.88, 0.92]
+    text = table([r])
+    assert "new" in text and "90.0%" in text and "80.0 -> 70.0" in text
