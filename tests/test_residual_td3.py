@@ -308,3 +308,50 @@ def test_without_the_per_update_callback_the_mask_names_the_field(batches):
     _, m = jax.jit(quiet.update)(state, online, bad)
     with pytest.raises(FloatingPointError, match=r"in batch.next_base_action\."):
         raise_if_nonfinite(m["nonfinite_mask"], "chunk")
+
+
+def test_an_open_gate_equals_ungated_training_bit_for_bit(learner, trained, batches):
+    """gate_tau = -inf is the paper's ResFiT (no gate code runs); a gate that is always open
+    (tau = -1e30) goes through every gate computation and still changes nothing."""
+    online, offline = batches
+    open_gate = make_learner(dataclasses.replace(CFG, gate_tau=-1e30), OBS, ACT)
+    a, ma = jax.jit(learner.update)(trained, online, offline)
+    b, mb = jax.jit(open_gate.update)(trained, online, offline)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert ma["critic_loss"] == mb["critic_loss"]
+    obs = jax.random.normal(jax.random.key(4), (16, OBS))
+    a_b = jax.random.uniform(jax.random.key(5), (16, ACT), minval=-0.9, maxval=0.9)
+    r1, _ = learner.act(trained, obs, a_b, jax.random.key(6))
+    r2, aux = open_gate.act(trained, obs, a_b, jax.random.key(6))
+    np.testing.assert_array_equal(r1, r2)
+    assert bool(jnp.all(aux["gate"] == 1.0))
+
+
+@pytest.mark.parametrize("rule", ["min", "lcb"])
+def test_gated_td_target_matches_a_hand_written_reference(trained, batches, rule):
+    cfg = dataclasses.replace(CFG, gate_tau=0.01, gate_rule=rule, gate_k=0.5)
+    lrn = make_learner(cfg, OBS, ACT)
+    online, _ = batches
+    batch = jax.tree.map(lambda x: x[0], online)
+    key = jax.random.key(9)
+    y = lrn.td_target(trained, batch, key, noise_std=0.0)
+    # by hand: same head subset, gate on the target critic, then the min over the subset
+    k_subset, _ = jax.random.split(key)
+    heads = jax.random.choice(k_subset, cfg.num_critics, (cfg.num_min_critics,), replace=False)
+    feats = lrn.features(trained, batch.next_obs)
+    r = lrn.actor.apply(trained.target_actor_params, feats, batch.next_base_action)
+    q_all = lambda a: lrn.critic.apply(trained.target_critic_params, feats, a)
+    pess = (lambda q: q[heads].min(0)) if rule == "min" else \
+        (lambda q: q.mean(0) - 0.5 * q.std(0))
+    with_r = jnp.clip(batch.next_base_action + r, -1, 1)
+    g = (pess(q_all(with_r)) - pess(q_all(batch.next_base_action)) > 0.01).astype(jnp.float32)
+    a_next = jnp.clip(batch.next_base_action + g[:, None] * r, -1, 1)
+    subset = jax.tree.map(lambda p: p[heads], trained.target_critic_params)
+    q_next = lrn.critic.apply(subset, feats, a_next).min(0)
+    np.testing.assert_allclose(y, batch.reward + batch.discount * batch.nonterminal * q_next,
+                               rtol=1e-5, atol=1e-6)
+    # acting: the executed residual is g * r with the online critic's gate
+    _, aux = lrn.act(trained, batch.obs, batch.base_action, None, deterministic=True)
+    assert set(np.unique(np.asarray(aux["gate"]))) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="gate_rule"):
+        dataclasses.replace(CFG, gate_rule="max")

@@ -158,9 +158,11 @@ class SimLoop:
         """num_steps vector steps of act (exploration noise) + store + updates."""
         def body(ls, _):
             key, k = jax.random.split(ls.key)
-            r, _ = self.learner.act(ls.learner_state, self.learner_obs(ls), ls.base_action, k)
+            r, aux = self.learner.act(ls.learner_state, self.learner_obs(ls), ls.base_action, k)
             ls, stats = self._env_step(ls.replace(key=key), r)
             ls, metrics = self._update(ls, offline)
+            if "gate" in aux:                       # value-gated residual: share executed
+                metrics = metrics | {"gate_open": aux["gate"].mean()}
             return ls, (stats, metrics)
         ls, (stats, metrics) = jax.lax.scan(body, ls, None, length=num_steps)
         return ls, jax.tree.map(jnp.sum, stats) | reduce_metrics(metrics)

@@ -37,6 +37,7 @@ from resfit_jax.replay import Transition
 
 PyTree = Any
 CRITIC_LOSSES = ("mse", "release")
+GATE_RULES = ("min", "lcb")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,12 @@ class ResidualTD3Config:
     target_noise: bool = True
     target_noise_clip: float = 0.3
     critic_loss: str = "mse"
+    # value gate: execute a_b + g * r, g = 1 where a pessimistic Q says the residual beats the
+    # base by more than gate_tau (-inf: no gate, the paper's ResFiT); rule "min" = min over a
+    # random subset of num_min_critics heads, "lcb" = mean - gate_k * std over all heads
+    gate_tau: float = float("-inf")
+    gate_rule: str = "min"
+    gate_k: float = 1.0
     # raise a clear error inside every update when a batch or a loss is not finite (a host
     # callback: a device-to-host sync per update). Loops check every chunk in any case.
     check_finite: bool = True
@@ -83,6 +90,11 @@ class ResidualTD3Config:
                           f"(got {self.num_min_critics})")
         if self.critic_loss not in CRITIC_LOSSES:
             errors.append(f"critic_loss must be one of {CRITIC_LOSSES} (got {self.critic_loss!r})")
+        if self.gate_rule not in GATE_RULES:
+            errors.append(f"gate_rule must be one of {GATE_RULES} (got {self.gate_rule!r})")
+        if self.gate_tau != self.gate_tau or self.gate_tau == float("inf"):
+            errors.append(f"gate_tau must be a number < inf, or -inf for no gate "
+                          f"(got {self.gate_tau})")
         if not 0.0 < self.action_scale <= 1.0:
             errors.append(f"action_scale must be in (0, 1] (got {self.action_scale})")
         if self.residual_penalty < 0.0:
@@ -212,7 +224,8 @@ class ResidualTD3:
 
         Exploration adds N(0, std) (default config.exploration_std) to the mean and clamps the
         residual to [-1, 1]. aux["action"] = clip(base_action + r, -1, 1), the action to
-        execute (normalized); aux["residual_mean"] is the deterministic residual.
+        execute (normalized); aux["residual_mean"] is the deterministic residual. With the
+        value gate, r is the gated residual g * r and aux["gate"] [*B] holds g.
         """
         batch_shape = tuple(jnp.shape(base_action)[:-1])
         checks.check_action(self.action_dim, base_action, batch_shape, "act: base_action")
@@ -224,7 +237,19 @@ class ResidualTD3:
             sigma = self.config.exploration_std if std is None else std
             r = jnp.clip(mean + sigma * jax.random.normal(checks.raw_key(key), mean.shape),
                          -1.0, 1.0)
-        return r, {"residual_mean": mean, "action": jnp.clip(base_action + r, -1.0, 1.0)}
+        aux = {"residual_mean": mean}
+        if self.config.gate_tau > float("-inf"):
+            cfg = self.config
+            heads = (jnp.arange(cfg.num_min_critics) if key is None else jax.random.choice(
+                jax.random.fold_in(checks.raw_key(key), 1), cfg.num_critics,
+                (cfg.num_min_critics,), replace=False))
+            flat = lambda x: x.reshape((-1,) + x.shape[len(batch_shape):])
+            g = self.losses.gate(state.critic_params, flat(self.features(state, obs)),
+                                 flat(base_action), flat(r), heads).reshape(batch_shape)
+            r = g[..., None] * r
+            aux["gate"] = g
+        aux["action"] = jnp.clip(base_action + r, -1.0, 1.0)
+        return r, aux
 
     def q_values(self, state: LearnerState, obs: PyTree, action: jax.Array) -> jax.Array:
         """All online heads: obs [B, ...], action [B, A] (combined, normalized) -> [K, B]."""

@@ -15,6 +15,13 @@ TD target (per transition):
 S a random subset of ``num_min_critics`` target heads. The actor maximises the mean over all
 K heads of Q(s, clip(a_b + mu(s, a_b), -1, 1)), minus ``residual_penalty *
 mean((mu / action_scale)^2)`` when that option is on.
+
+Value gate (``gate_tau`` > -inf): the residual is executed only where a pessimistic estimate
+says it helps, a = clip(a_b + g * r) with g = 1[P(s, a_b + r) - P(s, a_b) > tau]; P is the min
+over a random subset of ``num_min_critics`` heads ("min") or mean - gate_k * std over all
+heads ("lcb"). The same rule (with the target critic and the target's head subset) picks the
+next action in the TD target. With gate_tau = -inf nothing is gated and no code of the gate
+runs.
 """
 from __future__ import annotations
 
@@ -47,10 +54,26 @@ class ResidualTD3Losses:
     td_target: Callable[..., jax.Array]
     critic_loss: Callable[..., tuple[jax.Array, dict]]
     actor_loss: Callable[..., tuple[jax.Array, dict]]
+    gate: Callable[..., jax.Array]
 
 
 def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config") -> ResidualTD3Losses:
     actor, critic = networks.actor, networks.critic
+    gated = config.gate_tau > float("-inf")
+
+    def pessimistic(q: jax.Array, heads: jax.Array) -> jax.Array:
+        """q [K, B] -> [B]: min over the given heads, or mean - k * std over all."""
+        if config.gate_rule == "min":
+            return q[heads].min(axis=0)
+        return q.mean(axis=0) - config.gate_k * q.std(axis=0)
+
+    def gate(critic_params, feats: jax.Array, base_action: jax.Array, residual: jax.Array,
+             heads: jax.Array) -> jax.Array:
+        """g [B] in {0, 1}: 1 where P(s, clip(a_b + r)) - P(s, a_b) > gate_tau."""
+        with_r = critic.apply(critic_params, feats, jnp.clip(base_action + residual, -1.0, 1.0))
+        without = critic.apply(critic_params, feats, base_action)
+        adv = pessimistic(with_r, heads) - pessimistic(without, heads)
+        return (adv > config.gate_tau).astype(residual.dtype)
 
     def features(normalizer: Normalizer, obs: PyTree) -> jax.Array:
         """Observation pytree [*B, ...] -> standardized flat features [*B, D]."""
@@ -64,9 +87,12 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config") -> R
         noise = jnp.clip(noise_std * jax.random.normal(k_noise, next_mean.shape),
                          -config.target_noise_clip, config.target_noise_clip)
         next_r = jnp.clip(next_mean + noise, -1.0, 1.0)
-        next_action = jnp.clip(batch.next_base_action + next_r, -1.0, 1.0)
         heads = jax.random.choice(k_subset, config.num_critics, (config.num_min_critics,),
                                   replace=False)
+        if gated:
+            next_r = gate(target_critic_params, next_feats, batch.next_base_action, next_r,
+                          heads)[:, None] * next_r
+        next_action = jnp.clip(batch.next_base_action + next_r, -1.0, 1.0)
         subset = jax.tree.map(lambda p: p[heads], target_critic_params)
         next_q = critic.apply(subset, next_feats, next_action).min(axis=0)
         return jax.lax.stop_gradient(batch.reward + batch.discount * batch.nonterminal * next_q)
@@ -91,4 +117,4 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config") -> R
         penalty = jnp.mean(jnp.square(r / config.action_scale))
         return -q.mean() + config.residual_penalty * penalty, {"residual": r, "q": q.mean()}
 
-    return ResidualTD3Losses(features, td_target, critic_loss, actor_loss)
+    return ResidualTD3Losses(features, td_target, critic_loss, actor_loss, gate)
