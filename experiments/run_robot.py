@@ -113,7 +113,7 @@ def main(argv):
         normalizer = fit_normalizer(demos, cfg.learner.action_scale, sim_cfg.action_margin,
                                     sim_cfg.obs_min_std)
         learner = make_learner(cfg.learner, obs_dim, act_dim)
-        offline = (offline_buffer(demos, base, normalizer, cfg.replay.writer())
+        offline = (offline_buffer(demos, base, normalizer, cfg.replay.demo_writer())
                    if cfg.replay.offline_fraction > 0 else None)
         limits = SafetyLimits.from_demos(demos, np.asarray(task.action_low),
                                          np.asarray(task.action_high), FLAGS.max_delta_margin,

@@ -223,6 +223,7 @@ class ReplayConfig:
     batch_size: int = 256
     offline_fraction: float = 0.5
     capacity: int = 200_000
+    demo_n_step: int | None = None     # n of the demo buffer's returns (None: n_step)
 
     def __post_init__(self):
         errors = []
@@ -238,6 +239,8 @@ class ReplayConfig:
             errors.append(f"offline_fraction must be in [0, 1) (got {self.offline_fraction})")
         if self.capacity < 1:
             errors.append(f"capacity must be >= 1 (got {self.capacity})")
+        if self.demo_n_step is not None and self.demo_n_step < 1:
+            errors.append(f"demo_n_step must be >= 1 or None (got {self.demo_n_step})")
         if errors:
             raise ValueError("ReplayConfig: " + "; ".join(errors) + ".")
 
@@ -252,6 +255,11 @@ class ReplayConfig:
     def writer(self) -> NStepWriter:
         """The n-step writer of this config (the one way to build it)."""
         return NStepWriter(self.n_step, self.gamma, self.bootstrap_truncation)
+
+    def demo_writer(self) -> NStepWriter:
+        """The n-step writer of the demo buffer (``demo_n_step``, default ``n_step``)."""
+        n = self.n_step if self.demo_n_step is None else self.demo_n_step
+        return NStepWriter(n, self.gamma, self.bootstrap_truncation)
 
     def buffer(self) -> ReplayBuffer:
         """The online ring buffer of this config."""

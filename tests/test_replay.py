@@ -178,3 +178,5 @@ def test_mixer_sampling_shapes_and_sources():
         ReplayConfig(offline_fraction=1.0)
     w = cfg.writer()
     assert (w.n, w.gamma, w.bootstrap_truncation) == (cfg.n_step, cfg.gamma, True)
+    assert cfg.demo_writer().n == cfg.n_step
+    assert ReplayConfig(n_step=10, demo_n_step=3).demo_writer().n == 3

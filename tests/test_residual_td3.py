@@ -355,3 +355,19 @@ def test_gated_td_target_matches_a_hand_written_reference(trained, batches, rule
     assert set(np.unique(np.asarray(aux["gate"]))) <= {0.0, 1.0}
     with pytest.raises(ValueError, match="gate_rule"):
         dataclasses.replace(CFG, gate_rule="max")
+
+
+def test_actor_on_online_states_only(trained, batches):
+    """actor_demo_weight = 0: the actor loss is -mean Q over the online rows of the last
+    batch row alone (demo states do not move the actor)."""
+    lrn = make_learner(dataclasses.replace(CFG, actor_demo_weight=0.0), OBS, ACT)
+    online, offline = batches
+    state, m = lrn.update(trained, online, offline)
+    on_last = jax.tree.map(lambda x: x[-1], online)
+    # the critic steps are the ungated ones; recompute the actor loss at the actor step's input
+    ref, _ = make_learner(CFG, OBS, ACT).update(trained, online, offline)
+    loss, _ = lrn.losses.actor_loss(trained.actor_params, ref.critic_params, trained.normalizer,
+                                    on_last)
+    np.testing.assert_allclose(float(m["actor_loss"]), float(loss), rtol=1e-5)
+    with pytest.raises(ValueError, match="actor_demo_weight"):
+        dataclasses.replace(CFG, actor_demo_weight=2.0)

@@ -135,3 +135,29 @@ def test_residual_env_step_is_the_loop_s_step_and_vmaps_over_seeds(loop):
     assert not np.any(out.done)
     np.testing.assert_allclose(out.next_obs, out.env_state.obs)
     np.testing.assert_allclose(out.base_action, out.next_base_action, atol=1e-6)
+
+
+def test_progressive_enablement_and_per_episode_exploration_std():
+    """progressive_steps = T: the residual is on w.p. min(t / T, 1), so with T huge the main
+    loop executes the base's actions; exploration_std_range draws each env's std per episode."""
+    import dataclasses
+
+    lrn = make_learner(CFG, 4, 2)
+    loop = SimLoop(TASK, FunctionBase(biased_base_action, 2), lrn, REPLAY, num_envs=8,
+                   progressive_steps=10 ** 9, explore_std_range=(0.01, 0.05))
+    ls = loop.init(jax.random.key(1), lrn.init(jax.random.key(2), NORM))
+    std0 = np.asarray(ls.explore_std)
+    assert np.all((std0 >= 0.01) & (std0 <= 0.05)) and len(set(std0.tolist())) == 8
+    ls, _ = jax.jit(loop.train, static_argnums=2)(ls, None, 30)
+    data = jax.tree.map(np.asarray, ls.replay_state.data)
+    new = slice(0, int(ls.replay_state.size))
+    np.testing.assert_allclose(data.action[new], data.base_action[new], atol=1e-6)
+    assert int(ls.train_env_steps) == 8 * 30
+    # 30 steps of 20-step episodes: every env started a new episode, with a new std
+    assert np.all(np.asarray(ls.explore_std) != std0)
+    always = dataclasses.replace(loop, progressive_steps=0)
+    ls2 = always.init(jax.random.key(1), lrn.init(jax.random.key(2), NORM))
+    ls2, _ = jax.jit(always.train, static_argnums=2)(ls2, None, 5)
+    d2 = jax.tree.map(np.asarray, ls2.replay_state.data)
+    n2 = int(ls2.replay_state.size)
+    assert np.abs(d2.action[:n2] - d2.base_action[:n2]).max() > 1e-3

@@ -43,6 +43,8 @@ class LoopState:
     learner_state: PyTree
     key: jax.Array
     env_steps: jax.Array            # total env steps collected (all envs)
+    train_env_steps: jax.Array      # of those, main-loop env steps
+    explore_std: jax.Array          # [E] exploration std of each env's current episode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,8 @@ class SimLoop:
     warmup_noise: float = 0.2
     offline_buffer: ReplayBuffer | None = None
     features: BaseFeatures | None = None
+    progressive_steps: int = 0      # residual on in each env step w.p. min(t / T, 1) (0: always)
+    explore_std_range: tuple[float, float] | None = None   # per-episode std ~ U(lo, hi)
 
     def __post_init__(self):
         if self.base.action_dim != self.task.action_size:
@@ -102,7 +106,15 @@ class SimLoop:
             env_state=env_state, base_state=bstate, base_action=a_b,
             writer_state=self.writer.init(self.num_envs, spec, self.task.action_size),
             replay_state=self.buffer.init(transition_spec(spec, self.task.action_size)),
-            learner_state=learner_state, key=k_loop, env_steps=jnp.zeros((), jnp.int32))
+            learner_state=learner_state, key=k_loop, env_steps=jnp.zeros((), jnp.int32),
+            train_env_steps=jnp.zeros((), jnp.int32),
+            explore_std=self._draw_std(jax.random.fold_in(k_loop, 7)))
+
+    def _draw_std(self, key: jax.Array) -> jax.Array:
+        if self.explore_std_range is None:
+            return jnp.zeros((self.num_envs,), jnp.float32)
+        lo, hi = self.explore_std_range
+        return jax.random.uniform(key, (self.num_envs,), minval=lo, maxval=hi)
 
     # ------------------------------------------------------------------------- one step
     def _env_step(self, ls: LoopState, residual: jax.Array) -> tuple[LoopState, dict]:
@@ -157,9 +169,19 @@ class SimLoop:
               ) -> tuple[LoopState, dict]:
         """num_steps vector steps of act (exploration noise) + store + updates."""
         def body(ls, _):
-            key, k = jax.random.split(ls.key)
-            r, aux = self.learner.act(ls.learner_state, self.learner_obs(ls), ls.base_action, k)
+            key, k, k_on, k_std = jax.random.split(ls.key, 4)
+            std = None if self.explore_std_range is None else ls.explore_std[:, None]
+            r, aux = self.learner.act(ls.learner_state, self.learner_obs(ls), ls.base_action, k,
+                                      std=std)
+            if self.progressive_steps > 0:          # Policy Decorator's progressive schedule
+                p = jnp.minimum(ls.train_env_steps / self.progressive_steps, 1.0)
+                r = r * (jax.random.uniform(k_on, (self.num_envs, 1)) < p)
             ls, stats = self._env_step(ls.replace(key=key), r)
+            if self.explore_std_range is not None:   # a new std for each new episode
+                ended = ls.env_state.info["steps"] == 0
+                ls = ls.replace(explore_std=jnp.where(ended, self._draw_std(k_std),
+                                                      ls.explore_std))
+            ls = ls.replace(train_env_steps=ls.train_env_steps + self.num_envs)
             ls, metrics = self._update(ls, offline)
             if "gate" in aux:                       # value-gated residual: share executed
                 metrics = metrics | {"gate_open": aux["gate"].mean()}

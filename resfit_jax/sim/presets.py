@@ -65,6 +65,10 @@ class TrainConfig:
     obs_min_std: float = 1e-3          # observation std floor (raw units: m, rad). 0.1, the
                                        # floor before, squashed millimetre-scale task features
                                        # (gripper opening, cube-minus-gripper) 2-33x
+    progressive_steps: int = 0         # main loop: each step's residual is on with probability
+                                       # min(t / T, 1) (Policy Decorator); 0 = always on
+    exploration_std_range: tuple[float, float] | None = None  # per-env exploration std drawn
+                                       # from U(lo, hi) at each episode start (FastTD3)
     base_phase: bool = False           # learner observations gain the base's position in its
                                        # open-loop chunk (base_features; Markov inputs)
     base_plan: int = 0                 # ... and its next m planned actions (normalized)
@@ -83,6 +87,11 @@ class TrainConfig:
                 errors.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if not 0.0 <= self.warmup_noise <= 1.0:
             errors.append(f"warmup_noise must be in [0, 1] (got {self.warmup_noise})")
+        if self.progressive_steps < 0:
+            errors.append(f"progressive_steps must be >= 0 (got {self.progressive_steps})")
+        r = self.exploration_std_range
+        if r is not None and not (len(r) == 2 and 0.0 <= r[0] <= r[1] < float("inf")):
+            errors.append(f"exploration_std_range must be (lo, hi) with 0 <= lo <= hi (got {r})")
         if self.base_plan < 0:
             errors.append(f"base_plan must be >= 0 (got {self.base_plan})")
         if not 0.0 < self.obs_min_std < float("inf"):

@@ -169,11 +169,14 @@ def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: 
     learner = make_learner(cfg.learner, obs_spec, task.action_size)
     offline_buf, offline = None, None
     if cfg.replay.offline_fraction > 0:
-        offline_buf, offline = offline_buffer(episodes, base, normalizer, cfg.replay.writer(),
-                                              features)
+        offline_buf, offline = offline_buffer(episodes, base, normalizer,
+                                              cfg.replay.demo_writer(), features)
     loop = SimLoop(task, base, learner, cfg.replay, num_envs=cfg.num_envs,
                    updates_per_step=cfg.updates_per_step, warmup_noise=cfg.warmup_noise,
-                   offline_buffer=offline_buf, features=features)
+                   offline_buffer=offline_buf, features=features,
+                   progressive_steps=cfg.progressive_steps,
+                   explore_std_range=(tuple(cfg.exploration_std_range)
+                                      if cfg.exploration_std_range is not None else None))
     return Trainer(task, loop, cfg, normalizer, offline, list(seeds))
 
 

@@ -71,6 +71,9 @@ class ResidualTD3Config:
     target_noise: bool = True
     target_noise_clip: float = 0.3
     critic_loss: str = "mse"
+    # weight of demo states in the actor loss (1 = the paper's symmetric batch, 0 = actor
+    # updates on online states only)
+    actor_demo_weight: float = 1.0
     # value gate: execute a_b + g * r, g = 1 where a pessimistic Q says the residual beats the
     # base by more than gate_tau (-inf: no gate, the paper's ResFiT); rule "min" = min over a
     # random subset of num_min_critics heads, "lcb" = mean - gate_k * std over all heads
@@ -90,6 +93,8 @@ class ResidualTD3Config:
                           f"(got {self.num_min_critics})")
         if self.critic_loss not in CRITIC_LOSSES:
             errors.append(f"critic_loss must be one of {CRITIC_LOSSES} (got {self.critic_loss!r})")
+        if not 0.0 <= self.actor_demo_weight <= 1.0:
+            errors.append(f"actor_demo_weight must be in [0, 1] (got {self.actor_demo_weight})")
         if self.gate_rule not in GATE_RULES:
             errors.append(f"gate_rule must be one of {GATE_RULES} (got {self.gate_rule!r})")
         if self.gate_tau != self.gate_tau or self.gate_tau == float("inf"):
@@ -288,12 +293,12 @@ class ResidualTD3:
         }
         return state, metrics
 
-    def _actor_step(self, state: LearnerState, batch: Transition
-                    ) -> tuple[LearnerState, dict[str, jax.Array]]:
+    def _actor_step(self, state: LearnerState, batch: Transition,
+                    weights: jax.Array | None = None) -> tuple[LearnerState, dict[str, jax.Array]]:
         step = gradient_update(self.losses.actor_loss, self.actor_tx)
         params, opt_state, loss, aux, grads = step(
             state.actor_params, state.actor_opt_state, state.critic_params, state.normalizer,
-            batch)
+            batch, weights)
         r = aux["residual"]
         state = state.replace(
             actor_params=params,
@@ -331,7 +336,12 @@ class ResidualTD3:
         step = lambda s, xs: self._critic_step(s, xs[0], xs[1], noise_std)
         state, cm = jax.lax.scan(step, state, (batch, jax.random.split(k_scan, num_steps)))
         last = jax.tree.map(lambda x: x[-1], batch)
-        state, am = self._actor_step(state, last)
+        weights = None
+        if offline is not None and self.config.actor_demo_weight != 1.0:
+            n_on, n_off = online.reward.shape[1], offline.reward.shape[1]
+            weights = jnp.concatenate([jnp.ones((n_on,)),
+                                       jnp.full((n_off,), self.config.actor_demo_weight)])
+        state, am = self._actor_step(state, last, weights)
         metrics = {k: v.mean() for k, v in cm.items()} | am
         metrics["nonfinite_mask"] = self._finite(
             batch, {"critic_loss": cm["critic_loss"], "actor_loss": am["actor_loss"]},

@@ -109,12 +109,15 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config") -> R
             loss = jnp.mean(jnp.square(jnp.mean(jnp.abs(q - target[None]), axis=0)))
         return loss, {"q": q, "target": target}
 
-    def actor_loss(actor_params, critic_params, normalizer: Normalizer, batch: Transition):
+    def actor_loss(actor_params, critic_params, normalizer: Normalizer, batch: Transition,
+                   weights: jax.Array | None = None):
+        """-mean Q over heads and samples (``weights`` [B]: a weighted mean over samples)."""
         feats = features(normalizer, batch.obs)
         r = actor.apply(actor_params, feats, batch.base_action)
         action = jnp.clip(batch.base_action + r, -1.0, 1.0)
         q = critic.apply(jax.lax.stop_gradient(critic_params), feats, action)
         penalty = jnp.mean(jnp.square(r / config.action_scale))
-        return -q.mean() + config.residual_penalty * penalty, {"residual": r, "q": q.mean()}
+        q_pi = q.mean() if weights is None else (q.mean(axis=0) * weights).sum() / weights.sum()
+        return -q_pi + config.residual_penalty * penalty, {"residual": r, "q": q_pi}
 
     return ResidualTD3Losses(features, td_target, critic_loss, actor_loss, gate)
