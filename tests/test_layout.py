@@ -75,3 +75,11 @@ def test_config_flags_and_readable_printing():
     with pytest.raises(SystemExit):
         configs.resolve(lambda: preset("PegInsertion"), ["replay.nope=1"])
     configs._CONFIG_ARGS.clear()
+
+
+def test_the_readme_results_table_is_generated_from_headline_json():
+    from benchmarks.headline import README, load, render_readme
+
+    readme = open(README).read()
+    assert render_readme(readme, load()) == readme, \
+        "README results table is stale: run python -m benchmarks.headline readme"

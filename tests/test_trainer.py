@@ -106,6 +106,12 @@ def test_every_evaluation_is_paired_and_the_final_one_uses_held_out_starts(train
     p = final["pooled"]
     assert p["fixed"] == sum(r["fixed"] for r in final["per_seed"])
     assert p["broken"] == sum(r["broken"] for r in final["per_seed"])
+    # a finished run becomes a headline.json row
+    from benchmarks.headline import add, row_from_run, table
+    row = row_from_run(out, "ResFiT", "test")
+    assert row["seeds"] == 2 and row["success_rate"] == p["success_rate"]
+    assert row["evaluation"] == f"held-out, {CFG.eval_episodes} per seed"
+    assert "| PointReach | ResFiT (test) |" in table(add({"rows": []}, row))
 
 
 def test_resume_equals_uninterrupted_run(trainer, full_run, tmp_path):

@@ -1,0 +1,136 @@
+"""The one source of truth for headline numbers: benchmarks/results/headline.json, one row per
+(task, method, scale, setting); the README's results table is generated from it.
+
+    python -m benchmarks.headline add --run=runs/residual/PickPlace --method=ResFiT
+    python -m benchmarks.headline readme          # rewrite the README table from the JSON
+    python -m benchmarks.headline check           # exit 1 if the README table is stale
+
+``add`` takes a finished run (summary.json with its held-out final evaluation) and writes
+its row: seeds, env steps, base and final success (pooled over seeds) with mean steps of
+successes, churn, gain, the McNemar p-value, wall clock and the machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+HEADLINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "headline.json")
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+START, END = "<!-- headline:start -->", "<!-- headline:end -->"
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("run", None, "add: a finished residual run directory.")
+flags.DEFINE_string("method", "ResFiT", "add: method name.")
+flags.DEFINE_string("setting", "preset", "add: what differs from the preset.")
+flags.DEFINE_string("note", "", "add: a short note for the table.")
+flags.DEFINE_string("headline", HEADLINE, "headline.json path.")
+flags.DEFINE_string("readme", README, "README path.")
+
+
+def load(path: str = HEADLINE) -> dict:
+    if not os.path.exists(path):
+        return {"rows": []}
+    with open(path) as f:
+        return json.load(f)
+
+
+def row_from_run(run: str, method: str, setting: str, note: str = "") -> dict:
+    from benchmarks.machine import machine_info
+
+    with open(os.path.join(run, "summary.json")) as f:
+        s = json.load(f)
+    with open(os.path.join(run, "config.json")) as f:
+        info = json.load(f)
+    if not s.get("complete") or not s.get("final"):
+        raise ValueError(f"{run}: the run has no held-out final evaluation yet (finish it first).")
+    p = s["final"]["pooled"]
+    return {"task": s["task"], "method": method, "scale": info.get("scale", "cpu"),
+            "setting": setting, "note": note, "seeds": len(s["seeds"]),
+            "env_steps": s["env_steps"], "warmup_env_steps": s["warmup_env_steps"],
+            "evaluation": f"held-out, {p['episodes'] // len(s['seeds'])} per seed",
+            "base_success_rate": p["base_success_rate"],
+            "base_mean_steps": p["base_mean_success_length"],
+            "success_rate": p["success_rate"], "mean_steps": p["mean_success_length"],
+            "per_seed_success": [r["success_rate"] for r in s["final"]["per_seed"]],
+            "fixed": p["fixed"], "broken": p["broken"], "churn": p["churn"], "gain": p["gain"],
+            "p_value": p["p_value"], "diff_ci": [p["diff_ci_low"], p["diff_ci_high"]],
+            "wall_min": round(s["wall_s"] / 60, 1), "overrides": info.get("overrides", []),
+            "machine": machine_info()}
+
+
+def add(data: dict, row: dict) -> dict:
+    key = lambda r: (r["task"], r["method"], r["scale"], r["setting"])
+    rows = [r for r in data["rows"] if key(r) != key(row)] + [row]
+    return {"rows": sorted(rows, key=lambda r: (r["task"], r["method"], r["setting"]))}
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _steps(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def table(data: dict) -> str:
+    """The README table (paper's shape: task, BC success / steps, ResFiT success / steps,
+    env steps, seeds), plus churn, gain and p."""
+    lines = ["| task | method (setting) | BC success / steps | final success / steps | "
+             "fixed / broken (churn) | p | env steps (+ warm-up) | seeds | evaluation |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        fb = ("-" if r.get("fixed") is None else
+              f"{r['fixed']} / {r['broken']} ({_pct(r['churn'])})")
+        p = "-" if r.get("p_value") is None else f"{r['p_value']:.2g}"
+        note = f"; {r['note']}" if r.get("note") else ""
+        lines.append(
+            f"| {r['task']} | {r['method']} ({r['setting']}{note}) | "
+            f"{_pct(r['base_success_rate'])} / {_steps(r['base_mean_steps'])} | "
+            f"**{_pct(r['success_rate'])}** / {_steps(r['mean_steps'])} | {fb} | {p} | "
+            f"{r['env_steps']:,} (+{r['warmup_env_steps']:,}) | {r['seeds']} | "
+            f"{r['evaluation']} |")
+    return "\n".join(lines)
+
+
+def render_readme(readme: str, data: dict) -> str:
+    if START not in readme or END not in readme:
+        raise ValueError(f"The README has no {START} ... {END} block for the results table.")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{table(data)}\n{END}{tail}"
+
+
+def main(argv):
+    cmd = argv[1] if len(argv) > 1 else "readme"
+    data = load(FLAGS.headline)
+    if cmd == "add":
+        if not FLAGS.run:
+            raise app.UsageError("add needs --run=<finished run directory>.")
+        data = add(data, row_from_run(FLAGS.run, FLAGS.method, FLAGS.setting, FLAGS.note))
+        with open(FLAGS.headline, "w") as f:
+            json.dump(data, f, indent=2)
+        print(f"wrote {FLAGS.headline}")
+        cmd = "readme"
+    with open(FLAGS.readme) as f:
+        readme = f.read()
+    new = render_readme(readme, data)
+    if cmd == "check":
+        if new != readme:
+            print("README results table is stale: run python -m benchmarks.headline readme",
+                  file=sys.stderr)
+            return 1
+        print("README results table matches headline.json")
+        return 0
+    if cmd != "readme":
+        raise app.UsageError(f"Unknown command {cmd!r}: add, readme or check.")
+    with open(FLAGS.readme, "w") as f:
+        f.write(new)
+    print(f"README table rewritten from {FLAGS.headline}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
