@@ -27,14 +27,16 @@ from resfit_jax.normalization import Normalizer
 PyTree = Any
 
 
-def _chunked(base: Any) -> ChunkedBase:
+def chunked_base(base: Any) -> ChunkedBase:
+    """The ChunkedBase inside ``base`` (through wrappers with a ``.base``), or a clear error."""
     inner = base
     while not isinstance(inner, ChunkedBase):
         inner = getattr(inner, "base", None)
         if inner is None:
             raise ValueError(f"Chunk-phase features need a chunked base (ChunkedBase, e.g. a "
                              f"BC base from bases.frozen); {type(base).__name__} has no chunk "
-                             "queue. Turn base_phase / base_plan off for this base.")
+                             "queue. Turn base_phase / base_plan / offset_bound off for this "
+                             "base.")
     return inner
 
 
@@ -53,7 +55,7 @@ class BaseFeatures:
             return None
         if plan < 0:
             raise ValueError(f"base_plan must be >= 0 (got {plan}).")
-        inner = _chunked(base)
+        inner = chunked_base(base)
         if inner.temporal_ensemble is not None:
             raise ValueError("Chunk-phase features are not defined for a temporally ensembled "
                              "base (it predicts a new chunk every step).")
@@ -81,6 +83,17 @@ class BaseFeatures:
 
     def spec(self, obs_spec: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct((obs_spec.shape[0] + self.size,), obs_spec.dtype)
+
+
+def refilled(state: ChunkQueue) -> jax.Array:
+    """[E] bool: the base's last step started a new chunk (it re-anchored to the state)."""
+    return state.index == 1
+
+
+def offset_update(bound: float, base_action: jax.Array, executed: jax.Array) -> jax.Array:
+    """The persistent offset after a step [E, A]: what the executed action added to the
+    base's own (normalized) action, bounded to +-bound."""
+    return jnp.clip(executed - base_action, -bound, bound)
 
 
 def augment(features: BaseFeatures | None, obs: PyTree, state: PyTree,

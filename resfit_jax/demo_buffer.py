@@ -41,17 +41,18 @@ def fit_normalizer(episodes: Sequence[Episode], action_scale: float, margin: flo
 
 
 def with_feature_stats(normalizer: Normalizer, episodes: Sequence[Episode], base: BasePolicy,
-                       features, min_std: float = 1e-3) -> Normalizer:
-    """The normalizer with the base's chunk features (``base_features``) appended to its
-    observation statistics, measured on the demo frames."""
+                       features, min_std: float = 1e-3, offset_bound: float = 0.0) -> Normalizer:
+    """The normalizer with the learner's extra inputs (the base's chunk features, the
+    persistent offset) appended to its observation statistics, measured on the demo frames."""
     import dataclasses as dc
 
     from resfit_jax.normalization import StateStandardizer
 
     padded = pad_episodes(episodes)
-    _, f = jax.jit(lambda p, nz: base_actions(p, base, features, nz))(
+    d = padded["observation"].shape[-1]
+    obs, _, _ = jax.jit(lambda p, nz: learner_frames(p, base, nz, features, offset_bound))(
         jax.tree.map(jnp.asarray, padded), normalizer)
-    f = np.asarray(f)
+    f = np.asarray(obs)[..., d:]
     frames = np.concatenate([f[i, : n + 1] for i, n in enumerate(padded["length"])])
     stats = StateStandardizer.fit(frames, min_std)
     obs = dc.replace(normalizer.obs, mean=jnp.concatenate([normalizer.obs.mean, stats.mean]),
@@ -105,10 +106,13 @@ def pad_episodes(episodes: Sequence[Episode], max_len: int | None = None) -> dic
 
 
 def base_actions(padded: dict[str, jax.Array], base: BasePolicy, features=None,
-                 normalizer: Normalizer | None = None):
+                 normalizer: Normalizer | None = None, with_refills: bool = False):
     """Jittable: the base's raw action at every frame [N, T+1, A], each episode run from a
     fresh base state (queue empty at its first frame). With ``features``
-    (``base_features.BaseFeatures``) returns (actions, features [N, T+1, F])."""
+    (``base_features.BaseFeatures``) returns (actions, features [N, T+1, F]); with
+    ``with_refills`` also the frames where the base started a new chunk [N, T+1] bool."""
+    from resfit_jax.base_features import refilled
+
     obs = padded["observation"]
     if base.action_dim != padded["action"].shape[-1]:
         raise ValueError(f"offline buffer: the base's action size ({base.action_dim}) does not "
@@ -117,24 +121,51 @@ def base_actions(padded: dict[str, jax.Array], base: BasePolicy, features=None,
 
     def body(bstate, o):
         a, bstate = base.step(bstate, o)
-        return bstate, (a, None if features is None else features(bstate, normalizer))
+        return bstate, (a, None if features is None else features(bstate, normalizer),
+                        refilled(bstate) if with_refills else None)
 
-    _, (a, f) = jax.lax.scan(body, bstate, jnp.swapaxes(obs, 0, 1))
-    a = jnp.swapaxes(a, 0, 1)
-    return a if features is None else (a, jnp.swapaxes(f, 0, 1))
+    _, (a, f, refill) = jax.lax.scan(body, bstate, jnp.swapaxes(obs, 0, 1))
+    swap = lambda x: None if x is None else jnp.swapaxes(x, 0, 1)
+    if with_refills:
+        return swap(a), swap(f), swap(refill)
+    return swap(a) if features is None else (swap(a), swap(f))
+
+
+def demo_offsets(base_action: jax.Array, action: jax.Array, refill: jax.Array, bound: float
+                 ) -> tuple[jax.Array, jax.Array]:
+    """Persistent offsets along demo episodes, as the online loop keeps them.
+
+    base_action [N, T+1, A] and action [N, T, A] normalized, refill [N, T+1] bool. Returns
+    (effective base actions clip(a_b + o) [N, T+1, A], the offset o seen at each frame
+    [N, T+1, A]): o is reset where the base starts a chunk and is otherwise what the previous
+    demo action added to the base's action, bounded to +-bound."""
+    from resfit_jax.base_features import offset_update
+
+    def body(carry, xs):
+        a_b, a, re = xs
+        o = jnp.where(re[:, None], 0.0, carry)
+        return offset_update(bound, a_b, a), (jnp.clip(a_b + o, -1.0, 1.0), o)
+
+    padded_act = jnp.concatenate([action, jnp.zeros_like(action[:, :1])], axis=1)
+    xs = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (base_action, padded_act, refill))
+    _, (eff, off) = jax.lax.scan(body, jnp.zeros_like(base_action[:, 0]), xs)
+    return jnp.swapaxes(eff, 0, 1), jnp.swapaxes(off, 0, 1)
 
 
 def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: jax.Array,
-                 normalizer: Normalizer, writer: NStepWriter, buffer: ReplayBuffer) -> ReplayState:
+                 normalizer: Normalizer, writer: NStepWriter, buffer: ReplayBuffer,
+                 base_normalized: bool = False) -> ReplayState:
     """Jittable: insert padded episodes' n-step transitions into ``state``.
 
     base_action: raw base actions [N, T+1, A] at every frame (``base_actions`` or, for robot
-    episodes, the ones actually used). Each episode ends at its ``length``: terminal where
-    ``padded["terminal"]`` is set on the last action, else a time-limit truncation.
+    episodes, the ones actually used; already normalized with ``base_normalized``). Each
+    episode ends at its ``length``: terminal where ``padded["terminal"]`` is set on the last
+    action, else a time-limit truncation.
     """
     obs, act = padded["observation"], padded["action"]
     n, t = act.shape[0], act.shape[1]
     norm = normalizer.normalize_action
+    nb = base_action if base_normalized else norm(base_action)
     spec = jax.ShapeDtypeStruct(obs.shape[2:], obs.dtype)
     wstate = writer.init(n, spec, act.shape[-1])
 
@@ -143,9 +174,9 @@ def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: 
         active = i < padded["length"]
         last = i == padded["length"] - 1
         terminal = last & padded["terminal"][:, i]
-        wstate, cands, valid = writer.step(wstate, obs[:, i], norm(base_action[:, i]),
+        wstate, cands, valid = writer.step(wstate, obs[:, i], nb[:, i],
                                            norm(act[:, i]), padded["reward"][:, i],
-                                           obs[:, i + 1], norm(base_action[:, i + 1]),
+                                           obs[:, i + 1], nb[:, i + 1],
                                            terminal, last & ~terminal)
         rstate = buffer.add(rstate, cands, valid & active[:, None])
         return (rstate, wstate), None
@@ -154,30 +185,46 @@ def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: 
     return state
 
 
-def relabel_demos(padded: dict[str, jax.Array], base: BasePolicy, normalizer: Normalizer,
-                  writer: NStepWriter, buffer: ReplayBuffer, features=None) -> ReplayState:
-    """Jittable: padded episodes (see ``pad_episodes``) -> a filled offline ReplayState. With
-    ``features`` the stored observations gain the base's chunk features of each frame."""
-    act = padded["action"]
-    if features is None:
-        a_b = base_actions(padded, base)
-    else:
-        a_b, f = base_actions(padded, base, features, normalizer)
-        padded = dict(padded, observation=jnp.concatenate(
-            [padded["observation"], f.astype(padded["observation"].dtype)], axis=-1))
+def learner_frames(padded: dict[str, jax.Array], base: BasePolicy, normalizer: Normalizer,
+                   features=None, offset_bound: float = 0.0):
+    """Jittable: (observations, base actions, normalized?) of demo frames as the learner sees
+    them online: observations [N, T+1, D (+F) (+A)] gain the base's chunk features and the
+    persistent offset (``offset_bound`` > 0); base actions are then the effective ones."""
     obs = padded["observation"]
+    if offset_bound <= 0:
+        if features is None:
+            return obs, base_actions(padded, base), False
+        a_b, f = base_actions(padded, base, features, normalizer)
+        return jnp.concatenate([obs, f.astype(obs.dtype)], axis=-1), a_b, False
+    a_b, f, refill = base_actions(padded, base, features, normalizer, with_refills=True)
+    eff, off = demo_offsets(normalizer.normalize_action(a_b),
+                            normalizer.normalize_action(padded["action"]), refill, offset_bound)
+    parts = [obs] + ([] if f is None else [f.astype(obs.dtype)]) + [off.astype(obs.dtype)]
+    return jnp.concatenate(parts, axis=-1), eff, True
+
+
+def relabel_demos(padded: dict[str, jax.Array], base: BasePolicy, normalizer: Normalizer,
+                  writer: NStepWriter, buffer: ReplayBuffer, features=None,
+                  offset_bound: float = 0.0) -> ReplayState:
+    """Jittable: padded episodes (see ``pad_episodes``) -> a filled offline ReplayState. With
+    ``features`` / ``offset_bound`` the stored frames are those of ``learner_frames``."""
+    act = padded["action"]
+    obs, a_b, normalized = learner_frames(padded, base, normalizer, features, offset_bound)
+    padded = dict(padded, observation=obs)
     spec = jax.ShapeDtypeStruct(obs.shape[2:], obs.dtype)
     state = buffer.init(transition_spec(spec, act.shape[-1]))
-    return add_episodes(state, padded, a_b, normalizer, writer, buffer)
+    return add_episodes(state, padded, a_b, normalizer, writer, buffer, normalized)
 
 
 def offline_buffer(episodes: Sequence[Episode], base: BasePolicy, normalizer: Normalizer,
-                   writer: NStepWriter, features=None) -> tuple[ReplayBuffer, ReplayState]:
+                   writer: NStepWriter, features=None, offset_bound: float = 0.0
+                   ) -> tuple[ReplayBuffer, ReplayState]:
     """Host entry point: demo episodes -> (ReplayBuffer sized to fit, filled ReplayState)."""
     padded = pad_episodes(episodes)
     capacity = int(padded["length"].sum())
     buffer = ReplayBuffer(capacity)
-    state = jax.jit(lambda p, nz: relabel_demos(p, base, nz, writer, buffer, features))(
+    state = jax.jit(lambda p, nz: relabel_demos(p, base, nz, writer, buffer, features,
+                                                offset_bound))(
         jax.tree.map(jnp.asarray, padded), normalizer)
     if int(state.size) != capacity:
         raise AssertionError(f"offline buffer: stored {int(state.size)} transitions for "

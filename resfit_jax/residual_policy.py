@@ -32,29 +32,49 @@ class ResidualPolicy:
     learner: Any = None
     learner_state: PyTree = None
     features: Any = None           # base_features.BaseFeatures appended for the learner
+    offset_bound: float = 0.0      # > 0: the persistent-offset mode of sim.loop (state carries
+                                   # the offset [E, A] next to the base's state)
 
     @property
     def action_dim(self) -> int:
         return self.base.action_dim
 
+    @property
+    def _offsets(self) -> bool:
+        return self.offset_bound > 0 and self.learner is not None
+
     def init_state(self, num_envs: int) -> PyTree:
+        if self._offsets:
+            return self.base.init_state(num_envs), jnp.zeros((num_envs, self.action_dim))
         return self.base.init_state(num_envs)
 
     def reset(self, state: PyTree, done: jax.Array) -> PyTree:
+        if self._offsets:
+            return self.base.reset(state[0], done), jnp.where(done[:, None], 0.0, state[1])
         return self.base.reset(state, done)
 
-    def learner_obs(self, obs: PyTree, state: PyTree) -> PyTree:
+    def learner_obs(self, obs: PyTree, state: PyTree, offset: jax.Array | None = None) -> PyTree:
         """What the learner sees at obs, given the base state after its step there."""
-        return obs if self.features is None else self.features.augment(obs, state,
-                                                                         self.normalizer)
+        x = obs if self.features is None else self.features.augment(obs, state, self.normalizer)
+        return x if offset is None else jnp.concatenate([x, offset], axis=-1)
 
     def step(self, state: PyTree, obs: PyTree) -> tuple[jax.Array, PyTree]:
+        from resfit_jax.base_features import offset_update, refilled
+
+        offset = None
+        if self._offsets:
+            state, offset = state
         raw, state = self.base.step(state, obs)
         a_b = self.normalizer.normalize_action(raw)
         if self.learner is None:
-            action = a_b
-        else:
-            _, aux = self.learner.act(self.learner_state, self.learner_obs(obs, state), a_b,
-                                      _EVAL_KEY, deterministic=True)
-            action = aux["action"]
+            return self.normalizer.unnormalize_action(a_b), state
+        base_action = a_b
+        if offset is not None:
+            offset = jnp.where(refilled(state)[:, None], 0.0, offset)
+            base_action = jnp.clip(a_b + offset, -1.0, 1.0)
+        _, aux = self.learner.act(self.learner_state, self.learner_obs(obs, state, offset),
+                                  base_action, _EVAL_KEY, deterministic=True)
+        action = aux["action"]
+        if offset is not None:
+            state = (state, offset_update(self.offset_bound, a_b, action))
         return self.normalizer.unnormalize_action(action), state

@@ -345,3 +345,43 @@ def test_chunk_phase_is_the_same_for_online_demo_and_evaluation_frames(demos):
     with pytest.raises(ValueError, match="need a chunked base"):
         make_trainer(TASK, FunctionBase(biased_base_action, 2), demos,
                      CFG.replace(base_phase=True), seeds=[0])
+    # re-anchoring more often: execution horizon 2 of the chunk of 3 gives phases 0, 1/2
+    tr2 = make_trainer(TASK, base, demos, cfg.replace(base_execution_horizon=2), seeds=[0])
+    assert tr2.loop.base.base.horizon == 2 and tr2.loop.features.horizon == 2
+    n2 = int(tr2.offline.size)
+    obs2 = np.asarray(tr2.offline.data.obs[:n2])
+    t2 = np.round(obs2[:, -2] * TASK.horizon).astype(int)
+    np.testing.assert_allclose(obs2[:, -1], (t2 % 2) / 2, atol=1e-6)
+
+
+def test_persistent_offset_resets_at_each_refill_and_stays_within_its_bound(demos, tmp_path):
+    """offset_bound: the learner's observation ends with the offset [A]; it is zero on every
+    frame where the chunk-3 base starts a chunk, never exceeds the bound, and accumulates in
+    between, in the demo buffer, the online replay and the evaluation policy alike."""
+    import dataclasses
+
+    k, bound = 3, 0.04
+    base = ChunkedBase(lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1),
+                       2, k)
+    cfg = CFG.replace(time_feature=True, offset_bound=bound, total_env_steps=64,
+                      replay=dataclasses.replace(REPLAY, bootstrap_truncation=False))
+    tr = make_trainer(TASK, base, demos, cfg, seeds=[0])
+    assert tr.loop.learner.obs_dim == 4 + 1 + 2
+
+    def check(obs):          # columns: task obs [4], t / horizon, offset [2]
+        t = np.round(obs[:, 4] * TASK.horizon).astype(int)
+        off = obs[:, -2:]
+        assert np.all(np.abs(off) <= bound + 1e-6)
+        np.testing.assert_array_equal(off[t % k == 0], 0.0)
+        assert np.abs(off[t % k != 0]).max() > 1e-3
+
+    n = int(tr.offline.size)
+    check(np.asarray(tr.offline.data.obs[:n]))
+    ls, _ = tr.warmup(tr.init())
+    size = int(ls.replay_state.size[0])
+    check(np.asarray(ls.replay_state.data.obs[0, :size]))
+    check(np.asarray(ls.replay_state.data.next_obs[0, :size]))
+    summary = train_residual(tr, str(tmp_path), progress=False, task_name="PointReach")
+    assert summary["complete"] and summary["final"]["pooled"]["episodes"] == CFG.eval_episodes
+    with pytest.raises(ValueError, match="offset_bound must be in"):
+        CFG.replace(offset_bound=-0.1)

@@ -12,6 +12,12 @@ UTD with E parallel envs: one vector step adds E env steps; each learner update 
 
 The run's normalization is ``learner_state.normalizer`` (part of the loop state, so it is
 in every checkpoint); the demo buffer state is an explicit argument of every chunk.
+
+Persistent offset (``offset_bound`` > 0, "lasting corrections"): with absolute targets the
+next action of an open-loop chunk erases a per-step correction. Here what the residual adds
+is kept as an offset o (bounded to +-offset_bound, reset when the base starts a new chunk or
+an episode) and the learner acts on the effective base clip(a_b + o), with o in its
+observation: a_t = clip(a_b,t + o_t-1 + r_t), o_t = clip(a_t - a_b,t).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from resfit_jax.base_features import BaseFeatures, augment
+from resfit_jax.base_features import BaseFeatures, augment, offset_update, refilled
 from resfit_jax.base_policy import BasePolicy
 from resfit_jax.envs.core import AutoReset, Env, VmapWrapper
 from resfit_jax.learner import Learner
@@ -45,6 +51,7 @@ class LoopState:
     env_steps: jax.Array            # total env steps collected (all envs)
     train_env_steps: jax.Array      # of those, main-loop env steps
     explore_std: jax.Array          # [E] exploration std of each env's current episode
+    offset: jax.Array               # [E, A] persistent offset (zeros without offset_bound)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +71,13 @@ class SimLoop:
     features: BaseFeatures | None = None
     progressive_steps: int = 0      # residual on in each env step w.p. min(t / T, 1) (0: always)
     explore_std_range: tuple[float, float] | None = None   # per-episode std ~ U(lo, hi)
+    offset_bound: float = 0.0       # > 0: persistent offset mode (see the module docstring)
 
     def __post_init__(self):
         if self.base.action_dim != self.task.action_size:
             raise ValueError(f"The base policy's action size ({self.base.action_dim}) does not "
                              f"match the task's ({self.task.action_size}).")
-        if self.learner.action_dim != self.task.action_size:
+        if self.learner is not None and self.learner.action_dim != self.task.action_size:
             raise ValueError(f"The learner's action_dim ({self.learner.action_dim}) does not "
                              f"match the task's ({self.task.action_size}).")
 
@@ -89,12 +97,25 @@ class SimLoop:
     @property
     def learner_obs_spec(self):
         spec = self.task.observation_spec
-        return spec if self.features is None else self.features.spec(spec)
+        spec = spec if self.features is None else self.features.spec(spec)
+        if self.offset_bound > 0:
+            spec = jax.ShapeDtypeStruct((spec.shape[0] + self.task.action_size,), spec.dtype)
+        return spec
+
+    def _learner_obs(self, obs, base_state, offset, normalizer) -> PyTree:
+        x = augment(self.features, obs, base_state, normalizer)
+        return x if self.offset_bound <= 0 else jnp.concatenate([x, offset], axis=-1)
 
     def learner_obs(self, ls: LoopState) -> PyTree:
         """The learner's observation [E, ...] of the current step."""
-        return augment(self.features, ls.env_state.obs, ls.base_state,
-                       ls.learner_state.normalizer)
+        return self._learner_obs(ls.env_state.obs, ls.base_state, ls.offset,
+                                 ls.learner_state.normalizer)
+
+    def effective_base_action(self, ls: LoopState) -> jax.Array:
+        """[E, A]: the base action the learner corrects (with the persistent offset)."""
+        if self.offset_bound <= 0:
+            return ls.base_action
+        return jnp.clip(ls.base_action + ls.offset, -1.0, 1.0)
 
     def init(self, key: jax.Array, learner_state: PyTree) -> LoopState:
         k_env, k_loop = jax.random.split(key)
@@ -108,6 +129,7 @@ class SimLoop:
             replay_state=self.buffer.init(transition_spec(spec, self.task.action_size)),
             learner_state=learner_state, key=k_loop, env_steps=jnp.zeros((), jnp.int32),
             train_env_steps=jnp.zeros((), jnp.int32),
+            offset=jnp.zeros((self.num_envs, self.task.action_size), jnp.float32),
             explore_std=self._draw_std(jax.random.fold_in(k_loop, 7)))
 
     def _draw_std(self, key: jax.Array) -> jax.Array:
@@ -120,16 +142,22 @@ class SimLoop:
     def _env_step(self, ls: LoopState, residual: jax.Array) -> tuple[LoopState, dict]:
         nz = ls.learner_state.normalizer
         out = residual_env_step(self.env, self.base, nz, ls.env_state, ls.base_state,
-                                ls.base_action, residual)
-        obs = augment(self.features, out.obs, ls.base_state, nz)
-        next_obs = augment(self.features, out.next_obs, out.next_base_state, nz)
+                                self.effective_base_action(ls), residual)
+        obs = self.learner_obs(ls)
+        next_base_action, offset = out.next_base_action, ls.offset
+        if self.offset_bound > 0:
+            kept = offset_update(self.offset_bound, ls.base_action, out.action)
+            offset = jnp.where(refilled(out.next_base_state)[:, None], 0.0, kept)
+            next_base_action = jnp.clip(out.next_base_action + offset, -1.0, 1.0)
+        next_obs = self._learner_obs(out.next_obs, out.next_base_state, offset, nz)
         writer_state, cands, valid = self.writer.step(
             ls.writer_state, obs, out.prev_base_action, out.action, out.reward,
-            next_obs, out.next_base_action, out.terminated, out.truncated)
+            next_obs, next_base_action, out.terminated, out.truncated)
+        offset = jnp.where(out.done[:, None], 0.0, offset)       # a new episode starts fresh
         valid = valid & ~out.diverged[:, None]      # never store a non-finite next observation
         ls = ls.replace(
             env_state=out.env_state, base_state=out.base_state, base_action=out.base_action,
-            writer_state=writer_state,
+            writer_state=writer_state, offset=offset,
             replay_state=self.buffer.add(ls.replay_state, cands, valid),
             env_steps=ls.env_steps + self.num_envs)
         stats = {"episodes": out.done.sum(), "successes": out.success.sum(),
@@ -171,8 +199,8 @@ class SimLoop:
         def body(ls, _):
             key, k, k_on, k_std = jax.random.split(ls.key, 4)
             std = None if self.explore_std_range is None else ls.explore_std[:, None]
-            r, aux = self.learner.act(ls.learner_state, self.learner_obs(ls), ls.base_action, k,
-                                      std=std)
+            r, aux = self.learner.act(ls.learner_state, self.learner_obs(ls),
+                                      self.effective_base_action(ls), k, std=std)
             if self.progressive_steps > 0:          # Policy Decorator's progressive schedule
                 p = jnp.minimum(ls.train_env_steps / self.progressive_steps, 1.0)
                 r = r * (jax.random.uniform(k_on, (self.num_envs, 1)) < p)

@@ -69,6 +69,11 @@ class TrainConfig:
                                        # min(t / T, 1) (Policy Decorator); 0 = always on
     exploration_std_range: tuple[float, float] | None = None  # per-env exploration std drawn
                                        # from U(lo, hi) at each episode start (FastTD3)
+    base_execution_horizon: int | None = None  # re-anchor the chunked base more often: execute
+                                       # this many actions per chunk (None: the base's own)
+    base_temporal_ensemble: float | None = None  # or predict every step and ensemble (ACT's m)
+    offset_bound: float = 0.0          # > 0: persistent residual offsets ("lasting
+                                       # corrections", sim.loop), bounded to +-offset_bound
     base_phase: bool = False           # learner observations gain the base's position in its
                                        # open-loop chunk (base_features; Markov inputs)
     base_plan: int = 0                 # ... and its next m planned actions (normalized)
@@ -87,6 +92,17 @@ class TrainConfig:
                 errors.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if not 0.0 <= self.warmup_noise <= 1.0:
             errors.append(f"warmup_noise must be in [0, 1] (got {self.warmup_noise})")
+        if self.base_execution_horizon is not None and self.base_execution_horizon < 1:
+            errors.append(f"base_execution_horizon must be >= 1 or None (got "
+                          f"{self.base_execution_horizon})")
+        if self.base_temporal_ensemble is not None and self.base_phase:
+            errors.append("base_phase has no meaning with base_temporal_ensemble (a new chunk "
+                          "every step)")
+        if not 0.0 <= self.offset_bound <= 2.0:
+            errors.append(f"offset_bound must be in [0, 2] (got {self.offset_bound})")
+        if self.offset_bound > 0 and self.base_temporal_ensemble is not None:
+            errors.append("offset_bound resets at each new chunk; with base_temporal_ensemble "
+                          "that is every step, so use one or the other")
         if self.progressive_steps < 0:
             errors.append(f"progressive_steps must be >= 0 (got {self.progressive_steps})")
         r = self.exploration_std_range

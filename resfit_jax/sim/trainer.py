@@ -37,8 +37,8 @@ import numpy as np
 
 from resfit_jax.agents.checks import raise_if_nonfinite
 from resfit_jax.agents.residual_td3 import make_learner
-from resfit_jax.base_features import BaseFeatures
-from resfit_jax.base_policy import BasePolicy, ObservationPrefix
+from resfit_jax.base_features import BaseFeatures, chunked_base
+from resfit_jax.base_policy import BasePolicy, ChunkedBase, ObservationPrefix
 from resfit_jax.checkpointing import RunCheckpointer
 from resfit_jax.configs import to_dict
 from resfit_jax.data.rlds import Episode, check_compatible
@@ -98,7 +98,7 @@ class Trainer:
 
     def __post_init__(self):
         loop, cfg, base, learner = self.loop, self.cfg, self.loop.base, self.loop.learner
-        features = loop.features
+        features, bound = loop.features, loop.offset_bound
         task, v = self.task, jax.vmap
         self.warmup = jax.jit(v(lambda ls: loop.warmup(ls, cfg.steps_per_chunk)),
                               donate_argnums=0)
@@ -109,7 +109,7 @@ class Trainer:
 
         def evaluators(n):
             residual = jax.jit(v(lambda lstate, key: run_episodes(
-                task, ResidualPolicy(base, lstate.normalizer, learner, lstate, features),
+                task, ResidualPolicy(base, lstate.normalizer, learner, lstate, features, bound),
                 episode_keys(key, n))))
             base_only = jax.jit(v(lambda nz, key: run_episodes(
                 task, ResidualPolicy(base, nz), episode_keys(key, n)), in_axes=(None, 0)))
@@ -147,6 +147,22 @@ class Trainer:
         return jax.jit(jax.vmap(one))(self.keys())
 
 
+def rechunk(base: BasePolicy, execution_horizon: int | None,
+            temporal_ensemble: float | None) -> BasePolicy:
+    """The base with another execution horizon / temporal ensembling (a ChunkedBase only)."""
+    if execution_horizon is None and temporal_ensemble is None:
+        return base
+    if not isinstance(base, ChunkedBase):
+        raise ValueError(f"base_execution_horizon / base_temporal_ensemble need a chunked base; "
+                         f"{type(base).__name__} has no chunk queue.")
+    kw = {}
+    if execution_horizon is not None:
+        kw["execution_horizon"] = execution_horizon
+    if temporal_ensemble is not None:
+        kw["temporal_ensemble"] = temporal_ensemble
+    return dataclasses.replace(base, **kw)
+
+
 def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: TrainConfig,
                  seeds: Sequence[int]) -> Trainer:
     """Build the normalizer, learner, sim loop and the relabelled demo buffer for a config."""
@@ -154,6 +170,7 @@ def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: 
         raise ValueError(f"The base policy's action size ({base.action_dim}) does not match the "
                          f"task's ({task.action_size}); load the base trained for this task.")
     episodes = list(episodes)[: cfg.num_demos] if cfg.num_demos else list(episodes)
+    base = rechunk(base, cfg.base_execution_horizon, cfg.base_temporal_ensemble)
     obs_dim = int(task.observation_spec.shape[0])
     check_compatible(episodes, obs_dim, task.action_size, type(task).__name__)
     if cfg.time_feature:
@@ -163,17 +180,23 @@ def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: 
     normalizer = fit_normalizer(episodes, cfg.learner.action_scale, cfg.action_margin,
                                 cfg.obs_min_std)
     features = BaseFeatures.for_base(base, cfg.base_phase, cfg.base_plan)
-    if features is not None:
-        normalizer = with_feature_stats(normalizer, episodes, base, features, cfg.obs_min_std)
-    obs_spec = task.observation_spec if features is None else features.spec(task.observation_spec)
-    learner = make_learner(cfg.learner, obs_spec, task.action_size)
+    if cfg.offset_bound > 0:
+        chunked_base(base)                     # offsets reset at refills: a chunked base only
+    if features is not None or cfg.offset_bound > 0:
+        normalizer = with_feature_stats(normalizer, episodes, base, features, cfg.obs_min_std,
+                                        cfg.offset_bound)
+    loop = SimLoop(task, base, None, cfg.replay, num_envs=cfg.num_envs, features=features,
+                   offset_bound=cfg.offset_bound)
+    learner = make_learner(cfg.learner, loop.learner_obs_spec, task.action_size)
     offline_buf, offline = None, None
     if cfg.replay.offline_fraction > 0:
         offline_buf, offline = offline_buffer(episodes, base, normalizer,
-                                              cfg.replay.demo_writer(), features)
+                                              cfg.replay.demo_writer(), features,
+                                              cfg.offset_bound)
     loop = SimLoop(task, base, learner, cfg.replay, num_envs=cfg.num_envs,
                    updates_per_step=cfg.updates_per_step, warmup_noise=cfg.warmup_noise,
                    offline_buffer=offline_buf, features=features,
+                   offset_bound=cfg.offset_bound,
                    progressive_steps=cfg.progressive_steps,
                    explore_std_range=(tuple(cfg.exploration_std_range)
                                       if cfg.exploration_std_range is not None else None))
