@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from resfit_jax.base_policy import ChunkedBase, ChunkQueue
+from resfit_jax.base_policy import BasePolicy, ChunkedBase, ChunkQueue
 from resfit_jax.normalization import Normalizer
 
 PyTree = Any
@@ -83,6 +83,22 @@ class BaseFeatures:
 
     def spec(self, obs_spec: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct((obs_spec.shape[0] + self.size,), obs_spec.dtype)
+
+
+def rechunk(base: BasePolicy, execution_horizon: int | None,
+            temporal_ensemble: float | None) -> BasePolicy:
+    """The base with another execution horizon / temporal ensembling (a ChunkedBase only)."""
+    if execution_horizon is None and temporal_ensemble is None:
+        return base
+    if not isinstance(base, ChunkedBase):
+        raise ValueError(f"base_execution_horizon / base_temporal_ensemble need a chunked base; "
+                         f"{type(base).__name__} has no chunk queue.")
+    kw = {}
+    if execution_horizon is not None:
+        kw["execution_horizon"] = execution_horizon
+    if temporal_ensemble is not None:
+        kw["temporal_ensemble"] = temporal_ensemble
+    return dataclasses.replace(base, **kw)
 
 
 def refilled(state: ChunkQueue) -> jax.Array:

@@ -37,8 +37,8 @@ import numpy as np
 
 from resfit_jax.agents.checks import raise_if_nonfinite
 from resfit_jax.agents.residual_td3 import make_learner
-from resfit_jax.base_features import BaseFeatures, chunked_base
-from resfit_jax.base_policy import BasePolicy, ChunkedBase, ObservationPrefix
+from resfit_jax.base_features import BaseFeatures, chunked_base, rechunk
+from resfit_jax.base_policy import BasePolicy, ObservationPrefix
 from resfit_jax.checkpointing import RunCheckpointer
 from resfit_jax.configs import to_dict
 from resfit_jax.data.rlds import Episode, check_compatible
@@ -145,22 +145,6 @@ class Trainer:
             k_loop, k_learn = jax.random.split(key)
             return self.loop.init(k_loop, learner.init(k_learn, normalizer))
         return jax.jit(jax.vmap(one))(self.keys())
-
-
-def rechunk(base: BasePolicy, execution_horizon: int | None,
-            temporal_ensemble: float | None) -> BasePolicy:
-    """The base with another execution horizon / temporal ensembling (a ChunkedBase only)."""
-    if execution_horizon is None and temporal_ensemble is None:
-        return base
-    if not isinstance(base, ChunkedBase):
-        raise ValueError(f"base_execution_horizon / base_temporal_ensemble need a chunked base; "
-                         f"{type(base).__name__} has no chunk queue.")
-    kw = {}
-    if execution_horizon is not None:
-        kw["execution_horizon"] = execution_horizon
-    if temporal_ensemble is not None:
-        kw["temporal_ensemble"] = temporal_ensemble
-    return dataclasses.replace(base, **kw)
 
 
 def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: TrainConfig,
