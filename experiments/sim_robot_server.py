@@ -22,6 +22,7 @@ flags.DEFINE_integer("seed", 0, "Scene randomisation seed.")
 flags.DEFINE_float("latency_s", 0.0, "Delay added to every reply (s).")
 flags.DEFINE_float("jitter_s", 0.0, "Extra uniform random delay per reply, up to this (s).")
 flags.DEFINE_integer("max_clients", None, "Exit after this many client sessions.")
+flags.DEFINE_integer("parent_pid", None, "Exit (robot stopped) when this process dies.")
 
 
 def main(argv):
@@ -38,7 +39,8 @@ def main(argv):
                      jitter_s=FLAGS.jitter_s)
     robot.reset()          # compile / warm the eager paths before announcing
     robot.success()
-    serve(robot, FLAGS.host, FLAGS.port, key.encode(), max_clients=FLAGS.max_clients)
+    serve(robot, FLAGS.host, FLAGS.port, key.encode(), max_clients=FLAGS.max_clients,
+          parent_pid=FLAGS.parent_pid)
 
 
 if __name__ == "__main__":

@@ -320,3 +320,36 @@ def test_end_to_end_sim_robot_survives_sigkill(sim_server, tmp_path):
     assert trainer.rebuilt["episodes"] == len(entries) and trainer.rl.replay_size == steps
     assert trainer.restored_step is not None
     trainer.close()
+
+
+@pytest.mark.slow
+def test_a_spawned_sim_server_exits_when_its_parent_is_killed():
+    """run_robot --spawn_sim SIGKILLed must not leave the simulated robot listening."""
+    code = ("import sys, time; sys.path.insert(0, %r)\n"
+            "from resfit_jax.robot.sim_server import spawn_server\n"
+            "p, a, k = spawn_server('PickPlace')\n"
+            "print(p.pid, flush=True)\n"
+            "time.sleep(600)\n") % os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(parent.stdout.readline())
+        os.kill(server_pid, 0)                                   # it runs
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                break
+            try:                                                 # reap it if it is ours
+                os.waitpid(server_pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.2)
+        else:
+            os.kill(server_pid, signal.SIGKILL)
+            raise AssertionError("the spawned sim server outlived its parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()

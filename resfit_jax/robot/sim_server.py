@@ -8,9 +8,8 @@ simulated, so the robot loop's rate control and deadline checks see only the tra
 the configured latency. ``success()`` is the simulator's ground truth, used by a scripted
 operator (``robot.operator.oracle_labeller``) in place of a person.
 
-Protocol: ``multiprocessing.connection`` (pickled tuples over TCP on 127.0.0.1) with its
-HMAC challenge on connect, so a client without the shared key is refused before any command
-is read. Requests are ``(command, *args)``; replies ``("ok", value)`` or ``("error", text)``.
+The link is ``robot.link``: length-prefixed JSON frames (no pickle) with a mutual HMAC
+challenge, timeouts, one client at a time and the robot stopped on any abnormal end.
 """
 from __future__ import annotations
 
@@ -18,11 +17,13 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
-from multiprocessing.connection import AuthenticationError, Client, Listener
-from typing import Any
-
 import numpy as np
+
+from resfit_jax.robot.link import RemoteRobot, RobotServer, exit_with_parent
+
+__all__ = ["KEY_ENV", "RemoteRobot", "SimRobot", "new_key", "read_key", "serve", "spawn_server"]
 
 KEY_ENV = "RESFIT_ROBOT_KEY"
 
@@ -138,116 +139,20 @@ class SimRobot:
 
 
 # ------------------------------------------------------------------------------ server
-_COMMANDS = ("spec", "reset", "observe", "send_action", "success", "stop")
-
-
 def serve(robot: SimRobot, host: str = "127.0.0.1", port: int = 0, authkey: bytes = b"",
-          max_clients: int | None = None, announce=print) -> None:
-    """Serve ``robot`` to one authenticated client at a time until ``max_clients`` sessions
-    have ended (forever if None). A client with the wrong key is rejected and logged."""
-    if not authkey:
-        raise ValueError("serve: an authkey is required (an unauthenticated robot is unsafe).")
-    with Listener((host, port), authkey=authkey) as listener:
-        announce(f"sim robot {robot.task_name} listening on {listener.address[0]}:"
-                 f"{listener.address[1]}")
-        sys.stdout.flush()
-        sessions = 0
-        while max_clients is None or sessions < max_clients:
-            try:
-                conn = listener.accept()
-            except (AuthenticationError, EOFError, ConnectionError) as e:
-                announce(f"rejected a client: {type(e).__name__}: {e}")
-                sys.stdout.flush()
-                continue
-            sessions += 1
-            with conn:
-                _session(robot, conn)
-            robot.stop()          # a dropped client leaves the robot halted
-
-
-def _session(robot: SimRobot, conn) -> None:
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, ConnectionError, OSError):
-            return
-        cmd, args = msg[0], msg[1:]
-        if cmd == "close":
-            conn.send(("ok", None))
-            return
-        if cmd not in _COMMANDS:
-            conn.send(("error", f"unknown command {cmd!r}"))
-            continue
-        try:
-            value = getattr(robot, cmd)(*args)
-            conn.send(("ok", value))
-        except Exception as e:  # reported to the client, the server keeps running
-            conn.send(("error", f"{type(e).__name__}: {e}"))
-
-
-class RemoteRobot:
-    """RobotInterface client of a robot server (``serve``), e.g. the simulated one."""
-
-    def __init__(self, address: str, authkey: bytes, timeout_s: float = 30.0):
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"RemoteRobot: address must be host:port, got {address!r}.")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self._conn = Client((host, int(port)), authkey=authkey)
-                break
-            except AuthenticationError as e:
-                raise PermissionError(f"Robot at {address} refused the connection: wrong key "
-                                      f"({e}). Pass the key the robot server was started "
-                                      f"with (--key_file or ${KEY_ENV}).") from e
-            except ConnectionRefusedError:
-                if time.monotonic() > deadline:
-                    raise ConnectionRefusedError(f"No robot server at {address} after "
-                                                 f"{timeout_s:.0f} s.") from None
-                time.sleep(0.2)
-        self._spec = self._call("spec")
-
-    def _call(self, cmd: str, *args) -> Any:
-        self._conn.send((cmd,) + args)
-        status, value = self._conn.recv()
-        if status != "ok":
-            raise RuntimeError(f"robot server: {cmd} failed: {value}")
-        return value
-
-    @property
-    def spec(self) -> dict:
-        return dict(self._spec)
-
-    @property
-    def observation_size(self) -> int:
-        return int(self._spec["observation_size"])
-
-    @property
-    def action_size(self) -> int:
-        return int(self._spec["action_size"])
-
-    def reset(self) -> np.ndarray:
-        return np.asarray(self._call("reset"), np.float32)
-
-    def observe(self) -> np.ndarray:
-        return np.asarray(self._call("observe"), np.float32)
-
-    def send_action(self, action: np.ndarray) -> None:
-        self._call("send_action", np.asarray(action, np.float32))
-
-    def success(self) -> bool:
-        return bool(self._call("success"))
-
-    def stop(self) -> None:
-        self._call("stop")
-
-    def close(self) -> None:
-        try:
-            self._call("close")
-        except (EOFError, OSError, RuntimeError):
-            pass
-        self._conn.close()
+          max_clients: int | None = None, announce=print, parent_pid: int | None = None
+          ) -> None:
+    """Serve ``robot`` over the robot link (``robot.link.RobotServer``: one authenticated
+    client at a time, the robot stopped on any abnormal end) until ``max_clients`` sessions
+    have ended (forever if None). With ``parent_pid`` the server exits when that process
+    dies."""
+    server = RobotServer(robot, authkey, host, port, max_sessions=max_clients,
+                         log=lambda line: (announce(line), sys.stdout.flush()))
+    if parent_pid is not None:
+        exit_with_parent(parent_pid, lambda: server.stop_robot("parent exit"))
+    announce(f"sim robot {robot.task_name} listening on {server.address}")
+    sys.stdout.flush()
+    server.serve_forever()
 
 
 def read_key(key_file: str | None = None) -> str:
@@ -277,7 +182,7 @@ def spawn_server(task_name: str = "PickPlace", authkey: str | None = None, seed:
     env = dict(os.environ, **{KEY_ENV: key})
     cmd = [sys.executable, "-m", "experiments.sim_robot_server", f"--task={task_name}",
            "--port=0", f"--seed={seed}", f"--latency_s={latency_s}", f"--jitter_s={jitter_s}",
-           *extra_args]
+           f"--parent_pid={os.getpid()}", *extra_args]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
@@ -289,6 +194,8 @@ def spawn_server(task_name: str = "PickPlace", authkey: str | None = None, seed:
                 raise RuntimeError(f"sim robot server exited with code {proc.returncode}")
             continue
         if "listening on" in line:
+            # keep reading its log lines, so a full pipe never blocks the server
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
             return proc, line.strip().rsplit(" ", 1)[-1], key
     proc.kill()
     raise TimeoutError("sim robot server did not start listening in time")

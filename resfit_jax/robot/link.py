@@ -1,0 +1,343 @@
+"""The robot link: a small authenticated request/reply protocol over TCP between a robot
+server (next to the arm) and the trainer's ``RemoteRobot`` client.
+
+Wire format: frames of a 4-byte big-endian length and that many bytes of UTF-8 JSON (no
+pickle: nothing a peer sends is ever executed). Frames over ``MAX_FRAME`` bytes end the
+connection. Arrays travel as lists of floats.
+
+Handshake (mutual HMAC-SHA256 challenge, the key never crosses the wire):
+    server -> {"hello": "resfit-robot/1", "challenge": S}
+    client -> {"auth": HMAC(key, S), "challenge": C}
+    server -> {"ok": true, "auth": HMAC(key, C)}   or   {"error": "..."} and close
+Requests: {"cmd": name, "args": [...]} -> {"ok": true, "value": v} | {"error": text}.
+
+What the server guarantees: every connection is handled in its own thread with a handshake
+timeout, so no input (random bytes, an HTTP request, oversize headers, a peer that never
+answers) can end the server or block it for others; one authenticated client at a time,
+others get a clear "busy" answer; the robot is stopped (``robot.stop()``) whenever a session
+ends other than by the client's "close" after a stop, on any error, malformed message,
+timeout or disconnect. What it does not do: encrypt. Use it on a trusted network or through
+an SSH tunnel / VPN.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import socket
+import struct
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+PROTOCOL = "resfit-robot/1"
+MAX_FRAME = 1 << 20                  # bytes
+COMMANDS = ("spec", "reset", "observe", "send_action", "success", "stop")
+
+
+class LinkError(ConnectionError):
+    """The robot link failed (timeout, disconnect, protocol or authentication error)."""
+
+
+def _mac(key: bytes, challenge: str) -> str:
+    return hmac.new(key, challenge.encode(), hashlib.sha256).hexdigest()
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        return x.item()
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def send_frame(sock: socket.socket, obj: Any) -> None:
+    data = json.dumps(_jsonable(obj), allow_nan=False).encode()
+    if len(data) > MAX_FRAME:
+        raise LinkError(f"robot link: a {len(data)}-byte message exceeds {MAX_FRAME} bytes.")
+    sock.sendall(struct.pack(">I", len(data)) + data)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise LinkError("robot link: the peer closed the connection.")
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket) -> Any:
+    """One frame's JSON value; LinkError on oversize, non-JSON or a closed peer (socket
+    timeouts raise TimeoutError)."""
+    (n,) = struct.unpack(">I", _recv_exact(sock, 4))
+    if n > MAX_FRAME:
+        raise LinkError(f"robot link: frame of {n} bytes announced, more than {MAX_FRAME}.")
+    try:
+        return json.loads(_recv_exact(sock, n).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LinkError(f"robot link: a frame is not UTF-8 JSON ({e}).") from None
+
+
+# ------------------------------------------------------------------------------ server
+class RobotServer:
+    """Serves ``robot`` (any object with the RobotInterface methods and ``spec()``) to one
+    authenticated client at a time. ``serve_forever`` until ``shutdown`` or ``max_sessions``
+    sessions; ``log`` receives one line per event."""
+
+    def __init__(self, robot: Any, authkey: bytes, host: str = "127.0.0.1", port: int = 0,
+                 handshake_timeout_s: float = 5.0, idle_timeout_s: float = 30.0,
+                 max_sessions: int | None = None, log: Callable[[str], None] = print):
+        if not authkey:
+            raise ValueError("RobotServer: an authkey is required (an unauthenticated robot "
+                             "is unsafe).")
+        self.robot, self.authkey = robot, authkey
+        self.handshake_timeout_s, self.idle_timeout_s = handshake_timeout_s, idle_timeout_s
+        self.max_sessions, self.log = max_sessions, log
+        self.sock = socket.create_server((host, port))
+        self.sock.settimeout(0.2)
+        self.address = "%s:%d" % self.sock.getsockname()[:2]
+        self.sessions = 0
+        self._busy = threading.Lock()
+        self._robot_lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+    def serve_forever(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.max_sessions is not None and self.sessions >= self.max_sessions \
+                        and not self._busy.locked():
+                    return
+                try:
+                    conn, peer = self.sock.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    if self._stop.is_set():
+                        return
+                    raise
+                threading.Thread(target=self._connection, args=(conn, peer), daemon=True).start()
+        finally:
+            self.sock.close()
+            self.stop_robot("server shutdown")
+
+    def stop_robot(self, why: str) -> None:
+        try:
+            with self._robot_lock:
+                self.robot.stop()
+        except Exception as e:  # stop must never take the server down
+            self.log(f"robot.stop() failed after {why}: {type(e).__name__}: {e}")
+
+    def _connection(self, conn: socket.socket, peer) -> None:
+        with conn:
+            try:
+                conn.settimeout(self.handshake_timeout_s)
+                if not self._handshake(conn, peer):
+                    return
+                if not self._busy.acquire(blocking=False):
+                    send_frame(conn, {"error": "busy: another client is connected to this "
+                                               "robot; try again when it disconnects"})
+                    self.log(f"refused {peer[0]}:{peer[1]}: busy")
+                    return
+            except (LinkError, OSError, ValueError, struct.error) as e:
+                self.log(f"dropped {peer[0]}:{peer[1]} before a session: {type(e).__name__}: {e}")
+                return
+            try:
+                self.sessions += 1
+                self._session(conn, peer)
+            finally:
+                self._busy.release()
+
+    def _handshake(self, conn: socket.socket, peer) -> bool:
+        challenge = secrets.token_hex(32)
+        send_frame(conn, {"hello": PROTOCOL, "challenge": challenge})
+        reply = recv_frame(conn)
+        if not (isinstance(reply, dict) and isinstance(reply.get("auth"), str)
+                and hmac.compare_digest(reply["auth"], _mac(self.authkey, challenge))):
+            send_frame(conn, {"error": "authentication failed: wrong key"})
+            self.log(f"rejected {peer[0]}:{peer[1]}: authentication failed")
+            return False
+        theirs = reply.get("challenge")
+        send_frame(conn, {"ok": True, "auth": _mac(self.authkey, str(theirs))})
+        return True
+
+    def _session(self, conn: socket.socket, peer) -> None:
+        conn.settimeout(self.idle_timeout_s)
+        ended = "disconnect"
+        try:
+            while not self._stop.is_set():
+                try:
+                    msg = recv_frame(conn)
+                except TimeoutError:
+                    ended = f"no request for {self.idle_timeout_s:g} s"
+                    return
+                if not (isinstance(msg, dict) and isinstance(msg.get("cmd"), str)
+                        and isinstance(msg.get("args", []), list)):
+                    ended = "a malformed request"
+                    send_frame(conn, {"error": "malformed request: expected "
+                                               '{"cmd": name, "args": [...]}; session closed'})
+                    return
+                cmd, args = msg["cmd"], msg.get("args", [])
+                if cmd == "close":
+                    send_frame(conn, {"ok": True, "value": None})
+                    ended = "close"
+                    return
+                if cmd not in COMMANDS:
+                    send_frame(conn, {"error": f"unknown command {cmd!r}; known: {COMMANDS}"})
+                    continue
+                try:
+                    with self._robot_lock:
+                        value = getattr(self.robot, cmd)(*args)
+                    send_frame(conn, {"ok": True, "value": value})
+                except (LinkError, OSError):
+                    raise
+                except Exception as e:  # reported to the client; the session goes on
+                    send_frame(conn, {"error": f"{type(e).__name__}: {e}"})
+        except (LinkError, OSError, ValueError, struct.error) as e:
+            ended = f"{type(e).__name__}: {e}"
+        finally:
+            # a dropped or misbehaving client leaves the robot halted, never moving
+            self.stop_robot(ended)
+            self.log(f"session with {peer[0]}:{peer[1]} ended ({ended}); robot stopped")
+
+
+def exit_with_parent(parent_pid: int, on_exit: Callable[[], None], poll_s: float = 0.5
+                     ) -> threading.Thread:
+    """A daemon thread that calls ``on_exit`` and ends this process once ``parent_pid`` is
+    gone (a spawned server must not outlive the trainer that started it)."""
+    def watch():
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent_pid:
+                try:
+                    on_exit()
+                finally:
+                    os._exit(0)
+
+    t = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    t.start()
+    return t
+
+
+# ------------------------------------------------------------------------------ client
+class RemoteRobot:
+    """RobotInterface client of a ``RobotServer``. Every wait is bounded: connecting (retried
+    while refused, up to ``connect_timeout_s``), the handshake and each reply
+    (``reply_timeout_s``); a timeout or a dropped link raises ``LinkError`` with the address."""
+
+    def __init__(self, address: str, authkey: bytes, connect_timeout_s: float = 30.0,
+                 reply_timeout_s: float = 10.0):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"RemoteRobot: address must be host:port, got {address!r}.")
+        self.address, self.reply_timeout_s = address, reply_timeout_s
+        deadline = time.monotonic() + connect_timeout_s
+        while True:
+            try:
+                self._sock = socket.create_connection((host, int(port)), timeout=reply_timeout_s)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise LinkError(f"No robot server at {address} after "
+                                    f"{connect_timeout_s:.0f} s (connection refused).") from None
+                time.sleep(0.2)
+            except (TimeoutError, OSError) as e:
+                raise LinkError(f"Cannot reach the robot server at {address}: {e}.") from None
+        try:
+            self._handshake(authkey)
+            self._spec = self._call("spec")
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def _handshake(self, authkey: bytes) -> None:
+        try:
+            hello = recv_frame(self._sock)
+            if not (isinstance(hello, dict) and hello.get("hello") == PROTOCOL):
+                raise LinkError(f"{self.address} is not a resfit robot server ({hello!r:.80}).")
+            mine = secrets.token_hex(32)
+            send_frame(self._sock, {"auth": _mac(authkey, str(hello["challenge"])),
+                                    "challenge": mine})
+            reply = recv_frame(self._sock)
+        except TimeoutError:
+            raise LinkError(f"Robot server at {self.address}: no handshake reply within "
+                            f"{self.reply_timeout_s:g} s.") from None
+        if isinstance(reply, dict) and "error" in reply:
+            if "authentication" in str(reply["error"]):
+                raise PermissionError(f"Robot at {self.address} refused the connection: wrong "
+                                      "key. Pass the key the robot server was started with "
+                                      "(--key_file or $RESFIT_ROBOT_KEY).")
+            raise LinkError(f"Robot at {self.address}: {reply['error']}")
+        if not (isinstance(reply, dict) and hmac.compare_digest(str(reply.get("auth")),
+                                                               _mac(authkey, mine))):
+            raise PermissionError(f"The server at {self.address} could not prove it holds the "
+                                  "key: it is not your robot server.")
+        self._sock.settimeout(self.reply_timeout_s)
+
+    def _call(self, cmd: str, *args) -> Any:
+        try:
+            send_frame(self._sock, {"cmd": cmd, "args": list(args)})
+            reply = recv_frame(self._sock)
+        except TimeoutError:
+            raise LinkError(f"Robot server at {self.address}: no reply to {cmd!r} within "
+                            f"{self.reply_timeout_s:g} s.") from None
+        except OSError as e:
+            raise LinkError(f"Robot server at {self.address}: link lost during {cmd!r} "
+                            f"({e}).") from None
+        if not isinstance(reply, dict):
+            raise LinkError(f"Robot server at {self.address}: malformed reply to {cmd!r}.")
+        if "error" in reply:
+            if str(reply["error"]).startswith("busy"):
+                raise LinkError(f"Robot at {self.address} is busy: {reply['error']}")
+            raise RuntimeError(f"robot server: {cmd} failed: {reply['error']}")
+        return reply.get("value")
+
+    @property
+    def spec(self) -> dict:
+        return dict(self._spec)
+
+    @property
+    def observation_size(self) -> int:
+        return int(self._spec["observation_size"])
+
+    @property
+    def action_size(self) -> int:
+        return int(self._spec["action_size"])
+
+    def reset(self) -> np.ndarray:
+        return np.asarray(self._call("reset"), np.float32)
+
+    def observe(self) -> np.ndarray:
+        return np.asarray(self._call("observe"), np.float32)
+
+    def send_action(self, action: np.ndarray) -> None:
+        a = np.asarray(action, np.float32)
+        if not np.all(np.isfinite(a)):
+            raise ValueError("RemoteRobot.send_action: the command is not finite; it was not "
+                             "sent.")
+        self._call("send_action", a)
+
+    def success(self) -> bool:
+        return bool(self._call("success"))
+
+    def stop(self) -> None:
+        self._call("stop")
+
+    def close(self) -> None:
+        try:
+            self._call("close")
+        except (LinkError, RuntimeError, OSError):
+            pass
+        self._sock.close()

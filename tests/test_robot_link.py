@@ -1,0 +1,162 @@
+"""The robot link under bad input: the server survives a fuzzing client (random bytes,
+oversize headers, HTTP, half-open connections, malformed authenticated requests), serves
+a legitimate client afterwards, answers "busy" to a second one, and stops the robot on every
+session end; the client's waits are all bounded."""
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from resfit_jax.robot.link import (LinkError, RemoteRobot, RobotServer, _mac, recv_frame,
+                                   send_frame)
+
+KEY = b"test-key-123"
+
+
+class FakeRobot:
+    observation_size, action_size = 3, 2
+
+    def __init__(self):
+        self.stops, self.sent = 0, []
+
+    def spec(self):
+        return {"observation_size": 3, "action_size": 2}
+
+    def reset(self):
+        return np.zeros(3, np.float32)
+
+    def observe(self):
+        return np.arange(3, dtype=np.float32)
+
+    def send_action(self, a):
+        self.sent.append(np.asarray(a))
+
+    def success(self):
+        return False
+
+    def stop(self):
+        self.stops += 1
+
+
+@pytest.fixture()
+def server():
+    robot = FakeRobot()
+    logs: list[str] = []
+    srv = RobotServer(robot, KEY, handshake_timeout_s=0.5, idle_timeout_s=1.0, log=logs.append)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv, robot, logs
+    srv.shutdown()
+    t.join(5)
+
+
+def _connect(srv):
+    host, port = srv.address.split(":")
+    s = socket.create_connection((host, int(port)), timeout=2.0)
+    return s
+
+
+def _authenticated(srv):
+    s = _connect(srv)
+    hello = recv_frame(s)
+    send_frame(s, {"auth": _mac(KEY, hello["challenge"]), "challenge": "c"})
+    assert recv_frame(s)["ok"] is True
+    return s
+
+
+def _wait(cond, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_server_survives_fuzzing_and_then_serves_a_legitimate_client(server):
+    srv, robot, logs = server
+    rng = np.random.default_rng(0)
+    half_open = [_connect(srv) for _ in range(4)]          # never answer the challenge
+    t0 = time.monotonic()
+    for i in range(40):                                    # bounded in count and time
+        if time.monotonic() - t0 > 20:
+            break
+        s = _connect(srv)
+        kind = i % 4
+        if kind == 0:
+            s.sendall(rng.integers(0, 256, int(rng.integers(1, 300)), dtype=np.uint8).tobytes())
+        elif kind == 1:
+            s.sendall(struct.pack(">I", 2 ** 31) + b"xx")
+        elif kind == 2:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        else:
+            s.sendall(struct.pack(">I", 5) + b"\xff\xfe{[")
+        s.close()
+    malformed = [[], 5, "x", {"cmd": 3}, {"cmd": "reset", "args": "no"}]
+    for msg in malformed:                                  # authenticated, then garbage
+        s = _authenticated(srv)
+        send_frame(s, msg)
+        assert "error" in recv_frame(s)
+        s.close()
+    s = _authenticated(srv)                                # invalid JSON inside a frame
+    s.sendall(struct.pack(">I", 3) + b"{{{")
+    s.close()
+    s = _authenticated(srv)                                # a dropped client mid-session
+    send_frame(s, {"cmd": "reset", "args": []})
+    recv_frame(s)
+    s.close()
+    abnormal = len(malformed) + 2
+    assert _wait(lambda: robot.stops >= abnormal), (robot.stops, logs[-5:])
+    # the half-open peers time out without blocking anyone; a real client works
+    robot_client = RemoteRobot(srv.address, KEY, connect_timeout_s=5, reply_timeout_s=5)
+    assert robot_client.observation_size == 3
+    np.testing.assert_array_equal(robot_client.observe(), [0, 1, 2])
+    robot_client.send_action(np.array([0.5, -0.5]))
+    np.testing.assert_allclose(robot.sent[-1], [0.5, -0.5])
+    assert robot_client.success() is False
+    with pytest.raises(ValueError, match="not finite"):
+        robot_client.send_action(np.array([np.nan, 0.0]))
+    robot_client.close()
+    assert _wait(lambda: robot.stops == abnormal + 1)      # a session end always stops it
+    for h in half_open:
+        h.close()
+    assert any("authentication" in line or "dropped" in line for line in logs)
+
+
+def test_one_client_at_a_time_wrong_key_and_idle_timeout(server):
+    srv, robot, _ = server
+    first = RemoteRobot(srv.address, KEY)
+    with pytest.raises(LinkError, match="busy"):
+        RemoteRobot(srv.address, KEY, reply_timeout_s=2)
+    first.close()
+    with pytest.raises(PermissionError, match="wrong key"):
+        RemoteRobot(srv.address, b"not-the-key")
+    again = RemoteRobot(srv.address, KEY)                  # still serving
+    stops = robot.stops
+    time.sleep(1.5)                                        # idle past the server's timeout
+    assert _wait(lambda: robot.stops == stops + 1)
+    with pytest.raises(LinkError):
+        again.observe()
+
+
+def test_client_waits_are_bounded():
+    # nothing listens: connection refused until the connect timeout
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    t0 = time.monotonic()
+    with pytest.raises(LinkError, match="No robot server"):
+        RemoteRobot(f"127.0.0.1:{port}", KEY, connect_timeout_s=0.5)
+    assert time.monotonic() - t0 < 5
+    # a listener that never speaks: the handshake times out with a clear error
+    mute = socket.create_server(("127.0.0.1", 0))
+    addr = "127.0.0.1:%d" % mute.getsockname()[1]
+    with pytest.raises(LinkError, match="no handshake reply"):
+        RemoteRobot(addr, KEY, reply_timeout_s=0.5)
+    mute.close()
+    with pytest.raises(ValueError, match="host:port"):
+        RemoteRobot("nowhere", KEY)
