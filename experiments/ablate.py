@@ -98,6 +98,7 @@ def main(argv):
     from resfit_jax.data import read_episodes
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.trainer import make_trainer, train_residual
+    from resfit_jax.checkpointing import content_hash
 
     try:
         runs = settings(FLAGS.factor, FLAGS.setting)
@@ -113,6 +114,7 @@ def main(argv):
     if demos is None:
         usage_error(f"The base in {info['path']} does not name its demos; pass --demos.")
     episodes = read_episodes(demos)
+    identity = {"base": content_hash(info["path"]), "demos": content_hash(demos)}
     out = os.path.abspath(FLAGS.out or os.path.join("runs", "ablate", FLAGS.task))
     os.makedirs(out, exist_ok=True)
     rows = []
@@ -128,7 +130,8 @@ def main(argv):
             resume = os.path.isdir(os.path.join(run_dir, "checkpoints"))
             summary = train_residual(trainer, run_dir, resume=resume, task_name=FLAGS.task,
                                      extra_info={"base": info["path"], "demos": demos,
-                                                 "scale": FLAGS.scale, "overrides": common + ovs})
+                                                 "scale": FLAGS.scale, "overrides": common + ovs},
+                                     identity=identity)
         rows.append(row(name, common + ovs, summary))
     from benchmarks.machine import machine_info
 

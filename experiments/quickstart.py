@@ -41,6 +41,7 @@ def main(argv):
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.report import results_table
     from resfit_jax.sim.trainer import make_trainer, train_residual
+    from resfit_jax.checkpointing import content_hash
 
     t0 = time.time()
     cfg = resolve(lambda: preset(FLAGS.task, "cpu"), FLAGS.override)   # bad flags fail first
@@ -59,13 +60,15 @@ def main(argv):
         print("[2/3] BC base: ACT chunk policy, CPU preset")
         train_bc(task_name, bc_dir, demos)
     task = envs.make(task_name)
-    base, _ = open_base(bc_dir, int(task.observation_spec.shape[0]), task.action_size)
+    base, base_info = open_base(bc_dir, int(task.observation_spec.shape[0]), task.action_size)
     print(f"[3/3] ResFiT residual, CPU preset:\n{config_lines(cfg)}")
     trainer = make_trainer(task, base, read_episodes(demos), cfg, list(range(FLAGS.seeds)))
     res_dir = os.path.join(out, "residual")
     resume = os.path.isdir(os.path.join(res_dir, "checkpoints"))
     summary = train_residual(trainer, res_dir, resume=resume, task_name=task_name,
-                             extra_info={"base": bc_dir, "demos": demos, "scale": "cpu"})
+                             extra_info={"base": bc_dir, "demos": demos, "scale": "cpu"},
+                             identity={"base": content_hash(base_info["path"]),
+                                       "demos": content_hash(demos)})
     png = os.path.join(res_dir, "curves.png")
     plot_runs([res_dir], png, labels=["ResFiT"], title=f"{task_name}: ResFiT on a BC base")
     print()

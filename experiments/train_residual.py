@@ -46,6 +46,8 @@ def main(argv):
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.report import results_table
     from resfit_jax.sim.trainer import make_trainer, train_residual
+    from resfit_jax.checkpointing import content_hash
+    from resfit_jax.locks import RunLockedError
 
     if FLAGS.seeds < 1:
         usage_error(f"--seeds must be >= 1 (got {FLAGS.seeds}).")
@@ -63,11 +65,19 @@ def main(argv):
     trainer = make_trainer(task, base, episodes, cfg,
                            list(range(FLAGS.seed, FLAGS.seed + FLAGS.seeds)))
     out = FLAGS.out or os.path.join("runs", "residual", FLAGS.task)
-    summary = train_residual(trainer, out, resume=FLAGS.resume, task_name=FLAGS.task,
-                             stop_at_env_steps=FLAGS.stop_at,
-                             extra_info={"base": info["path"], "demos": demos,
-                                         "scale": FLAGS.scale,
-                                         "overrides": config_overrides(FLAGS.override)})
+    identity = {"base": content_hash(info["path"]), "demos": content_hash(demos)}
+    try:
+        summary = train_residual(trainer, out, resume=FLAGS.resume, task_name=FLAGS.task,
+                                 stop_at_env_steps=FLAGS.stop_at, identity=identity,
+                                 extra_info={"base": info["path"], "demos": demos,
+                                             "scale": FLAGS.scale,
+                                             "overrides": config_overrides(FLAGS.override)})
+    except (RunLockedError, FileExistsError) as e:
+        usage_error(str(e))
+    except ValueError as e:
+        if not str(e).startswith("--resume"):
+            raise
+        usage_error(str(e))
     print()
     print(results_table(summary))
     if not summary["complete"]:

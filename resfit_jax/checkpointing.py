@@ -9,12 +9,17 @@ RNG) plus a JSON dict of host-side progress (phase, counters), for exact resume.
 Typed PRNG keys (``jax.random.key``) are stored as their raw key data and re-wrapped from the
 template on restore, so restored state is bit-identical to the saved state: on CPU a run that
 stops after chunk k and resumes equals the uninterrupted run.
-Writes are synchronous and atomic (orbax finalizes a step directory only when complete); a
-step that fails to read raises an error naming the directory and the step.
+Writes are synchronous and atomic (orbax finalizes a step directory only when complete).
+Every step also gets a content checksum (SHA-256 over its files, ``checksums/<step>.sha256``);
+``restore`` verifies it, and a damaged newest step is reported with its path and the previous
+good one is restored instead (with a message). A step that fails to read raises an error
+naming the directory and the step.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from typing import Any
 
 import jax
@@ -23,6 +28,27 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
+
+
+def content_hash(path: str) -> str:
+    """SHA-256 over the files under ``path`` (relative names and bytes, in sorted order), or of
+    the file itself: a run's identity of its base and demos, and checkpoint checksums."""
+    h = hashlib.sha256()
+    path = os.path.abspath(path)
+    if os.path.isfile(path):
+        files = [path]
+    else:
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+    for f in files:
+        h.update(os.path.relpath(f, path).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+class DamagedCheckpointError(ValueError):
+    """No checkpoint step of a run passed its checksum and could be read."""
 
 
 def _is_key(x) -> bool:
@@ -55,6 +81,20 @@ class RunCheckpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def _checksum_path(self, step: int) -> str:
+        return os.path.join(self.directory, "checksums", f"{step}.sha256")
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def verify(self, step: int) -> bool | None:
+        """True / False whether step's files match their checksum; None if it has none."""
+        path = self._checksum_path(step)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return f.read().strip() == content_hash(self._step_dir(step))
+
     @staticmethod
     def _flat(leaves: list) -> dict[str, Any]:
         """Leaves by index; zero-size leaves (e.g. MJX's empty act) are left out (orbax cannot
@@ -68,12 +108,52 @@ class RunCheckpointer:
                                                         progress=ocp.args.JsonSave(progress)),
                           force=True)
         self.manager.wait_until_finished()
+        path = self._checksum_path(step)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.write(content_hash(self._step_dir(step)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+        keep = {str(s) for s in self.manager.all_steps()}
+        for name in os.listdir(os.path.dirname(path)):
+            if name.endswith(".sha256") and name[: -len(".sha256")] not in keep:
+                os.remove(os.path.join(os.path.dirname(path), name))
 
     def restore(self, template: PyTree, step: int | None = None) -> tuple[PyTree, dict]:
-        step = self.latest_step() if step is None else step
-        if step is None:
+        """The newest step whose checksum matches (or ``step``); a damaged newer one is
+        reported on stderr and skipped."""
+        if step is not None:
+            if self.verify(step) is False:
+                raise DamagedCheckpointError(
+                    f"Run checkpoint {self._step_dir(step)} is damaged: its files do not match "
+                    "their checksum.")
+            return self._restore(template, step)
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"No run checkpoint under {self.directory}; start without "
                                     "--resume or point --out at the run to continue.")
+        damaged = []
+        for s in steps:
+            if self.verify(s) is False:
+                damaged.append(f"{self._step_dir(s)} (checksum mismatch)")
+                continue
+            try:
+                out = self._restore(template, s)
+            except ValueError as e:
+                if "does not match this configuration" in str(e):
+                    raise
+                damaged.append(f"{self._step_dir(s)} ({e})")
+                continue
+            if damaged:
+                print(f"warning: damaged run checkpoint {'; '.join(damaged)}; resuming from the "
+                      f"previous good one, {self._step_dir(s)}.", file=sys.stderr)
+            return out
+        raise DamagedCheckpointError(
+            f"No readable run checkpoint under {self.directory}: {'; '.join(damaged)}. Start "
+            "the run again in a new directory.")
+
+    def _restore(self, template: PyTree, step: int) -> tuple[PyTree, dict]:
         leaves, treedef = jax.tree.flatten(to_storable(template))
         abstract = {k: jax.ShapeDtypeStruct(np.shape(x), x.dtype)
                     for k, x in self._flat(leaves).items()}

@@ -39,10 +39,47 @@ def test_missing_and_corrupted_checkpoints_name_the_problem(tmp_path):
             if "state" in root and not name.startswith("_"):
                 with open(os.path.join(root, name), "wb") as f:
                     f.write(b"garbage")
-    with pytest.raises(ValueError, match="could not be read"):
+    with pytest.raises(ValueError, match=r"No readable run checkpoint.*checksum mismatch"):
         ckpt.restore(_tree(0))
     wrong = dict(_tree(0), f=jnp.zeros((6, 2)))
     fresh = RunCheckpointer(str(tmp_path / "run2"))
     fresh.save(1, _tree(0), {})
     with pytest.raises(ValueError, match=r"could not be read|does not match this configuration"):
         fresh.restore(wrong)
+
+
+def _flip_bytes(step_dir):
+    """Flip one byte in the middle of the largest array file of a step."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs
+             if "state" in d and not f.startswith("_")]
+    big = max(files, key=os.path.getsize)
+    with open(big, "r+b") as f:
+        f.seek(os.path.getsize(big) // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_good_one_restored(
+        tmp_path, capsys):
+    ckpt = RunCheckpointer(str(tmp_path / "run"))
+    ckpt.save(1, _tree(0), {"n": 1})
+    ckpt.save(2, _tree(1), {"n": 2})
+    assert ckpt.verify(2) is True
+    _flip_bytes(os.path.join(ckpt.directory, "2"))
+    assert ckpt.verify(2) is False
+    restored, progress = ckpt.restore(_tree(7))
+    assert progress == {"n": 1}
+    np.testing.assert_array_equal(restored["f"], _tree(0)["f"])
+    err = capsys.readouterr().err
+    assert "damaged run checkpoint" in err and os.path.join(ckpt.directory, "2") in err
+    with pytest.raises(ValueError, match="is damaged"):
+        ckpt.restore(_tree(7), step=2)
+    _flip_bytes(os.path.join(ckpt.directory, "1"))
+    with pytest.raises(ValueError, match="No readable run checkpoint"):
+        ckpt.restore(_tree(7))
+    # checksums of steps orbax dropped are dropped too
+    ckpt.save(3, _tree(2), {})
+    ckpt.save(4, _tree(3), {})
+    assert sorted(os.listdir(os.path.join(ckpt.directory, "checksums"))) == ["3.sha256",
+                                                                            "4.sha256"]

@@ -154,6 +154,25 @@ def test_resume_after_the_demos_changed_equals_the_uninterrupted_run(demos, full
     assert full["resfit"] == resumed["resfit"]
 
 
+def test_a_run_directory_is_locked_and_a_resume_with_other_inputs_is_refused(trainer, tmp_path):
+    """Two runs on one directory: the second is refused, naming the holder; a lock file left
+    by a dead process does not block; a resume whose base or demos differ is refused."""
+    from resfit_jax.locks import RunLock, RunLockedError
+
+    out = str(tmp_path / "locked")
+    with RunLock(out):
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+            train_residual(trainer, out, progress=False)
+    with open(os.path.join(out, ".lock"), "w") as f:          # stale: nobody holds it
+        f.write('{"pid": 999999}')
+    first = train_residual(trainer, out, progress=False, stop_at_env_steps=64,
+                           identity={"base": "aaa", "demos": "ddd"})
+    assert not first["complete"]
+    with pytest.raises(ValueError, match="started with another base"):
+        train_residual(trainer, out, resume=True, progress=False,
+                       identity={"base": "bbb", "demos": "ddd"})
+
+
 def test_resume_with_a_different_config_is_refused(demos, full_run):
     out, _ = full_run
     other = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos,

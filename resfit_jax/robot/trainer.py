@@ -37,6 +37,7 @@ from resfit_jax.base_policy import BasePolicy
 from resfit_jax.checkpointing import RunCheckpointer
 from resfit_jax.configs import to_dict
 from resfit_jax.learner import Learner, has_critic_warmup
+from resfit_jax.locks import RunLock
 from resfit_jax.logger import MetricsLogger
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import ReplayConfig
@@ -84,7 +85,14 @@ class RobotTrainer:
                  normalizer: Normalizer, offline: Any, out: str, extra_info: dict | None = None):
         self.cfg, self.base, self.learner = cfg, base, learner
         self.out = out
-        os.makedirs(out, exist_ok=True)
+        self.lock = RunLock(out, "robot run").acquire()   # one process per journal
+        try:
+            self._open(cfg, base, learner, normalizer, offline, out, extra_info)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, cfg, base, learner, normalizer, offline, out, extra_info) -> None:
         cfg_path = os.path.join(out, "config.json")
         cfg_dict = to_dict(cfg)
         if os.path.exists(cfg_path):
@@ -250,6 +258,7 @@ class RobotTrainer:
     def close(self) -> None:
         self.logger.close()
         self.ckpt.close()
+        self.lock.release()
 
 
 def _describe(row: dict) -> str:

@@ -45,6 +45,7 @@ from resfit_jax.data.rlds import Episode, check_compatible
 from resfit_jax.demo_buffer import (fit_normalizer, offline_buffer, with_feature_stats,
                                     with_time_feature)
 from resfit_jax.envs.core import Env, TimeFeature
+from resfit_jax.locks import RunLock
 from resfit_jax.logger import MetricsLogger
 from resfit_jax.normalization import Normalizer
 from resfit_jax.residual_policy import ResidualPolicy
@@ -75,6 +76,7 @@ class Progress:
     last_eval: list[dict] | None = None
     base_success: list[list[bool]] | None = None   # [S][N] base outcomes on the eval starts
     final: dict | None = None                      # held-out final evaluation
+    identity: dict | None = None                   # content hashes of the base and demos
 
     @classmethod
     def from_json(cls, d: dict) -> "Progress":
@@ -337,7 +339,8 @@ PHASE_FUNCTIONS = {"warmup": _warmup_phase, "critic_warmup": _critic_warmup_phas
 
 
 def _start(trainer: Trainer, out: str, resume: bool, task_name: str,
-           extra_info: dict | None) -> tuple[RunCheckpointer, MetricsLogger, Progress, Any]:
+           extra_info: dict | None, identity: dict | None
+           ) -> tuple[RunCheckpointer, MetricsLogger, Progress, Any]:
     """Open (resume) or create a run directory; returns its checkpointer, logger, progress
     and loop state."""
     cfg_dict, seeds = to_dict(trainer.cfg), trainer.seeds
@@ -349,6 +352,12 @@ def _start(trainer: Trainer, out: str, resume: bool, task_name: str,
         if prog.config != cfg_dict or prog.seeds != seeds:
             raise ValueError(f"--resume: the run in {out} was started with a different config "
                              "or seeds; resume with the same flags (see its config.json).")
+        if identity and prog.identity and identity != prog.identity:
+            changed = [k for k in identity if identity[k] != prog.identity.get(k)]
+            raise ValueError(f"--resume: the run in {out} was started with another "
+                             f"{' and '.join(changed)} (content hashes {prog.identity} now "
+                             f"{identity}); resume with the --base and --demos it started with "
+                             "(see its config.json) or choose a new --out.")
         state = restored["loop"]
         # the run keeps the statistics and demos it started with, whatever is on disk now
         trainer.offline = restored["offline"]
@@ -358,23 +367,32 @@ def _start(trainer: Trainer, out: str, resume: bool, task_name: str,
         raise FileExistsError(f"{out} already holds a run checkpoint; pass --resume to "
                               "continue it or choose a new --out.")
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(dict(extra_info or {}, task=task_name, seeds=seeds, config=cfg_dict), f,
-                  indent=2)
-    return ckpt, MetricsLogger(out, seeds), Progress(config=cfg_dict, seeds=seeds), state
+        json.dump(dict(extra_info or {}, task=task_name, seeds=seeds, identity=identity,
+                       config=cfg_dict), f, indent=2)
+    prog = Progress(config=cfg_dict, seeds=seeds, identity=identity)
+    return ckpt, MetricsLogger(out, seeds), prog, state
 
 
 def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: bool = True,
                    stop_at_env_steps: int | None = None, task_name: str = "",
-                   extra_info: dict | None = None) -> dict:
+                   extra_info: dict | None = None, identity: dict | None = None) -> dict:
     """Run (or resume) all phases; returns a summary (also written to <out>/summary.json)
-    with the final ``loop_state``.
+    with the final ``loop_state``. The run holds an exclusive lock on ``out``.
 
     stop_at_env_steps: stop after the first checkpoint at or past this many main-loop env
     steps (for staged runs and the resume test); a later call with resume=True continues.
+    identity: e.g. content hashes of the base and demos (``checkpointing.content_hash``);
+    recorded, and a resume with a different identity is refused.
     """
     out = os.path.abspath(out)
-    os.makedirs(out, exist_ok=True)
-    ckpt, logger, prog, state = _start(trainer, out, resume, task_name, extra_info)
+    with RunLock(out, "training run"):
+        return _train_residual(trainer, out, resume, progress, stop_at_env_steps, task_name,
+                               extra_info, identity)
+
+
+def _train_residual(trainer, out, resume, progress, stop_at_env_steps, task_name, extra_info,
+                    identity) -> dict:
+    ckpt, logger, prog, state = _start(trainer, out, resume, task_name, extra_info, identity)
     run = _Run(trainer, ckpt, logger, prog, state, time.time() - prog.wall_s, progress,
                task_name, stop_at_env_steps)
     try:
