@@ -46,16 +46,25 @@ def load_params(directory: str) -> tuple[Any, dict]:
     if not os.path.exists(info_path):
         raise FileNotFoundError(f"load_base: {info_path} is missing; {directory} is not a base "
                                 "checkpoint written by experiments/train_bc.py.")
-    with open(info_path) as f:
-        info = json.load(f)
-    config = BCConfig.from_dict(info["config"])
+    try:
+        with open(info_path) as f:
+            info = json.load(f)
+        missing = {"config", "obs_dim", "action_dim", "normalizer"} - set(info)
+        if missing:
+            raise ValueError(f"missing {sorted(missing)}")
+        config = BCConfig.from_dict(info["config"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"load_base: {info_path} is damaged ({e}); train the base again or "
+                         "restore the file.") from None
     net = make_network(config, info["action_dim"])
     abstract = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0),
                                                jax.numpy.zeros((1, info["obs_dim"])))["params"])
     manager = checkpoint_manager(directory)
     step = manager.best_step()
     if step is None:
-        raise FileNotFoundError(f"load_base: no checkpoint under {directory}.")
+        raise FileNotFoundError(f"load_base: {directory} has base_info.json but no saved "
+                                "parameters (training stopped before its first evaluation?); "
+                                "train the base again.")
     try:
         params = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:

@@ -47,6 +47,20 @@ class BCConfig:
     action_obs_index: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        from resfit_jax.validation import number_errors
+
+        errors = number_errors(
+            self, positive=("lr", "obs_std_floor", "action_std_floor", "grad_clip"),
+            at_least_one=("chunk_size", "dim", "heads", "ff_dim", "encoder_layers",
+                          "decoder_layers", "batch_size", "steps", "state_tokens"),
+            non_negative=("weight_decay",), unit=("dropout",))
+        if self.execution_horizon is not None and not 1 <= self.execution_horizon <= self.chunk_size:
+            errors.append(f"execution_horizon must be in [1, chunk_size={self.chunk_size}] "
+                          f"(got {self.execution_horizon})")
+        if any(h < 1 for h in self.mlp_hidden):
+            errors.append(f"mlp_hidden widths must be >= 1 (got {self.mlp_hidden})")
+        if errors:
+            raise ValueError("BCConfig: " + "; ".join(errors) + ".")
         if self.policy not in ("act", "mlp"):
             raise ValueError(f"BCConfig.policy must be 'act' or 'mlp', got {self.policy!r}.")
         if self.dim % self.heads:

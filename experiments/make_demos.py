@@ -28,9 +28,13 @@ def main(argv):
     from resfit_jax.runtime import setup_script
     setup_script()
     out = FLAGS.out or os.path.join("runs", "demos", FLAGS.task)
+    from resfit_jax.configs import usage_error
     from resfit_jax.data.demos import make_demos
-    make_demos(FLAGS.task, FLAGS.episodes, FLAGS.noise, out, FLAGS.seed, FLAGS.num_envs,
-               FLAGS.keep_failures)
+    try:
+        make_demos(FLAGS.task, FLAGS.episodes, FLAGS.noise, out, FLAGS.seed, FLAGS.num_envs,
+                   FLAGS.keep_failures)
+    except (ValueError, KeyError, FileExistsError) as e:
+        usage_error(str(e).strip('"'))
 
 
 if __name__ == "__main__":

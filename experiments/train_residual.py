@@ -56,11 +56,14 @@ def main(argv):
     print(f"Resolved config ({FLAGS.task}, {FLAGS.scale}):\n{config_lines(cfg)}")
     print(f"critic steps per env step: {cfg.critic_steps_per_env_step:g}")
     base_dir = FLAGS.base or os.path.join("runs", "bc", FLAGS.task)
-    base, info = open_base(base_dir, int(task.observation_spec.shape[0]), task.action_size)
-    demos = FLAGS.demos or info.get("demos")
-    if demos is None:
-        raise app.UsageError(f"The base in {info['path']} does not name its demos; pass --demos.")
-    episodes = read_episodes(demos)
+    try:
+        base, info = open_base(base_dir, int(task.observation_spec.shape[0]), task.action_size)
+        demos = FLAGS.demos or info.get("demos")
+        if demos is None:
+            usage_error(f"The base in {info['path']} does not name its demos; pass --demos.")
+        episodes = read_episodes(demos)
+    except (FileNotFoundError, ValueError) as e:
+        usage_error(f"{e} (--base={base_dir}, --demos={FLAGS.demos})")
     print(f"Base: {info['path']} ({info['format']}); {len(episodes)} demos from {demos}")
     trainer = make_trainer(task, base, episodes, cfg,
                            list(range(FLAGS.seed, FLAGS.seed + FLAGS.seeds)))

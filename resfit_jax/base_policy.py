@@ -202,8 +202,14 @@ def load_exported_base(directory: str, obs_dim: int | None = None,
         if not os.path.exists(p):
             raise FileNotFoundError(f"load_exported_base: {p} is missing; export the base with "
                                     "bases.export.export_base (or experiments/train_bc.py --export).")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict) or not {"obs_dim", "action_dim", "chunk_size"} <= set(meta):
+            raise ValueError("missing obs_dim / action_dim / chunk_size")
+    except ValueError as e:
+        raise ValueError(f"load_exported_base: {meta_path} is damaged ({e}); export the base "
+                         "again from its checkpoint (bases.export.export_base).") from None
     if meta.get("format_version") != EXPORT_FORMAT_VERSION:
         raise ValueError(f"load_exported_base: format_version {meta.get('format_version')} in "
                          f"{meta_path}; this library reads version {EXPORT_FORMAT_VERSION}.")
@@ -248,15 +254,23 @@ def host_callback_predictor(fn: Callable, obs_dim: int, action_dim: int,
     import numpy as np
 
     out_tail = (action_dim,) if chunk_size is None else (chunk_size, action_dim)
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
 
     def checked(x: np.ndarray) -> np.ndarray:
-        y = np.asarray(fn(x))
+        try:
+            y = np.asarray(fn(x))
+        except Exception as e:
+            raise RuntimeError(f"host base {name!r} raised {type(e).__name__}: {e}") from e
         if y.shape != (x.shape[0],) + out_tail:
             raise ValueError(f"host base: the callable returned shape {y.shape} for a batch of "
                              f"{x.shape[0]} observations; expected {(x.shape[0],) + out_tail}.")
         if not np.issubdtype(y.dtype, np.floating):
             raise ValueError(f"host base: the callable returned dtype {y.dtype}; expected a "
                              "float array.")
+        if not np.all(np.isfinite(y)):
+            raise FloatingPointError(f"host base {name!r} returned NaN/inf actions for a batch "
+                                     f"of {x.shape[0]} observations (finite inputs: "
+                                     f"{bool(np.all(np.isfinite(x)))}).")
         return y.astype(np.float32)
 
     checked(np.zeros((2, obs_dim), np.float32))

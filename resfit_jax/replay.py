@@ -226,7 +226,9 @@ class ReplayConfig:
     demo_n_step: int | None = None     # n of the demo buffer's returns (None: n_step)
 
     def __post_init__(self):
-        errors = []
+        from resfit_jax.validation import number_errors
+
+        errors = number_errors(self)
         if self.n_step < 1:
             errors.append(f"n_step must be >= 1 (got {self.n_step})")
         if not 0.0 < self.gamma <= 1.0:

@@ -103,7 +103,14 @@ def collect_episodes(rollout, num_episodes: int, num_envs: int, seed: int = 0,
 def make_demos(task_name: str, episodes: int, noise: float, out: str, seed: int = 0,
                num_envs: int = 32, keep_failures: bool = False, verbose: bool = True):
     """Roll the expert, write RLDS, return (dataset_dir, DemoStats)."""
+    import math
     import time
+
+    if episodes < 1 or num_envs < 1:
+        raise ValueError(f"make_demos: episodes and num_envs must be >= 1 (got {episodes}, "
+                         f"{num_envs}).")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"make_demos: noise must be a finite number >= 0 (got {noise}).")
 
     import tqdm
 

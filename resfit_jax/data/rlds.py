@@ -210,6 +210,20 @@ def read_episodes(dataset_dir: str, split: str = "train", limit: int | None = No
             f"read_episodes: {dataset_dir} is not a tfds dataset directory (no "
             "dataset_info.json); pass the directory write_episodes returned, e.g. "
             "<out>/resfit_demos/1.0.0.")
+    if not os.path.exists(os.path.join(dataset_dir, "features.json")):
+        raise FileNotFoundError(
+            f"read_episodes: {dataset_dir} has no features.json (the dataset's schema), so it is "
+            "incomplete or damaged; write the demos again (experiments.make_demos).")
+    if not any(".array_record" in f for f in os.listdir(dataset_dir)):
+        raise FileNotFoundError(
+            f"read_episodes: {dataset_dir} has no array_record data files; the dataset is "
+            "incomplete (an interrupted write?). Write the demos again.")
+    try:
+        with open(os.path.join(dataset_dir, "dataset_info.json")) as f:
+            json.load(f)
+    except ValueError as e:
+        raise ValueError(f"read_episodes: {dataset_dir}/dataset_info.json is not valid JSON "
+                         f"({e}); the dataset is damaged. Write the demos again.") from None
     try:
         source = tfds.builder_from_directory(dataset_dir).as_data_source(split)
     except Exception as e:  # corrupted metadata or missing files

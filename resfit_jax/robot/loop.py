@@ -30,6 +30,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from resfit_jax.data.rlds import Episode
+from resfit_jax.validation import number_errors
 from resfit_jax.robot.operator import Label, Labeller
 
 
@@ -234,6 +235,13 @@ class LoopConfig:
     max_episode_steps: int = 120
     deadline_tolerance_s: float | None = None     # default: a quarter of the period
     max_overruns: int = 20                         # per episode; more halts the episode
+
+    def __post_init__(self):
+        errors = number_errors(self, positive=("control_hz", "deadline_tolerance_s"),
+                               at_least_one=("max_episode_steps",),
+                               non_negative=("max_overruns",))
+        if errors:
+            raise ValueError("LoopConfig: " + "; ".join(errors) + ".")
 
     @property
     def tolerance_s(self) -> float:

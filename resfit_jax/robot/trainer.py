@@ -41,6 +41,7 @@ from resfit_jax.locks import RunLock
 from resfit_jax.logger import MetricsLogger
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import ReplayConfig
+from resfit_jax.validation import number_errors
 from resfit_jax.robot.journal import Journal
 from resfit_jax.robot.learner import AsyncLearner, PolicyRunner, RobotLearner
 from resfit_jax.robot.operator import Label, Labeller
@@ -67,6 +68,10 @@ class RobotTrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        errors = number_errors(self, non_negative=("warmup_noise", "critic_warmup_updates"),
+                               at_least_one=("min_replay",), positive=("max_update_ratio",))
+        if errors:
+            raise ValueError("RobotTrainConfig: " + "; ".join(errors) + ".")
         if self.mode not in ("sync", "async"):
             raise ValueError(f"RobotTrainConfig.mode must be 'sync' or 'async', got {self.mode!r}.")
         if self.sync_every not in ("step", "episode"):

@@ -37,6 +37,7 @@ from typing import Callable
 
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.replay import ReplayConfig
+from resfit_jax.validation import number_errors
 
 SCALES = ("paper", "cpu")
 
@@ -82,7 +83,7 @@ class TrainConfig:
                                        # terminal (replay.bootstrap_truncation must be False)
 
     def __post_init__(self):
-        errors = []
+        errors = number_errors(self)
         for name in ("num_envs", "updates_per_step", "steps_per_chunk", "critic_warmup_chunk",
                      "eval_every", "eval_episodes", "total_env_steps"):
             if getattr(self, name) < 1:

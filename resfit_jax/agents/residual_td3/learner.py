@@ -34,6 +34,7 @@ from resfit_jax.agents.residual_td3.losses import ResidualTD3Losses, make_losses
 from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks, make_networks
 from resfit_jax.normalization import Normalizer, StateStandardizer
 from resfit_jax.replay import Transition
+from resfit_jax.validation import number_errors
 
 PyTree = Any
 CRITIC_LOSSES = ("mse", "release")
@@ -85,7 +86,10 @@ class ResidualTD3Config:
     check_finite: bool = True
 
     def __post_init__(self):
-        errors = []
+        errors = number_errors(self, allow_neg_inf=("gate_tau",),
+                               positive=("actor_lr", "critic_lr", "max_grad_norm"),
+                               non_negative=("weight_decay", "exploration_std",
+                                             "target_noise_clip", "gate_k"))
         if self.num_critics < 1:
             errors.append(f"num_critics must be >= 1 (got {self.num_critics})")
         if not 1 <= self.num_min_critics <= self.num_critics:
@@ -104,13 +108,8 @@ class ResidualTD3Config:
             errors.append(f"action_scale must be in (0, 1] (got {self.action_scale})")
         if self.residual_penalty < 0.0:
             errors.append(f"residual_penalty must be >= 0 (got {self.residual_penalty})")
-        if not 0.0 <= self.tau <= 1.0:
-            errors.append(f"tau must be in [0, 1] (got {self.tau})")
-        for name in ("actor_lr", "critic_lr", "weight_decay", "max_grad_norm", "exploration_std",
-                     "target_noise_clip"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
-                errors.append(f"{name} must be a finite number >= 0 (got {v})")
+        if not 0.0 < self.tau <= 1.0:
+            errors.append(f"tau must be in (0, 1] (got {self.tau})")
         if any(int(d) < 1 for d in tuple(self.actor_hidden_dims) + tuple(self.critic_hidden_dims)):
             errors.append("hidden dims must be >= 1")
         if errors:
@@ -231,6 +230,9 @@ class ResidualTD3:
         residual to [-1, 1]. aux["action"] = clip(base_action + r, -1, 1), the action to
         execute (normalized); aux["residual_mean"] is the deterministic residual. With the
         value gate, r is the gated residual g * r and aux["gate"] [*B] holds g.
+        A sample whose observation holds NaN or inf gets residual 0 (the base acts alone)
+        and aux["obs_finite"] [*B] False marks it: a corrupt reading never turns into a NaN
+        correction.
         """
         batch_shape = tuple(jnp.shape(base_action)[:-1])
         checks.check_action(self.action_dim, base_action, batch_shape, "act: base_action")
@@ -253,6 +255,10 @@ class ResidualTD3:
                                  flat(base_action), flat(r), heads).reshape(batch_shape)
             r = g[..., None] * r
             aux["gate"] = g
+        finite = jnp.stack([jnp.all(jnp.isfinite(x.reshape(batch_shape + (-1,))), axis=-1)
+                            for x in jax.tree.leaves(obs)]).all(axis=0)
+        r = jnp.where(finite[..., None], r, 0.0)
+        aux["obs_finite"] = finite
         aux["action"] = jnp.clip(base_action + r, -1.0, 1.0)
         return r, aux
 

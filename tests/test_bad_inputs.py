@@ -1,0 +1,396 @@
+"""Bad input, one case per row: each must fail with the right error type and a message that
+names the offending flag, field or file (never a raw KeyError, JSONDecodeError or XLA error).
+
+Areas: script flags (subprocess), config fields, data files, run checkpoints, exported and
+checkpointed bases, the learner API, host-callback bases, the robot link and journal."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resfit_jax.data.rlds import Episode, check_compatible, read_episodes, write_episodes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------------------ script flags
+CLI = [
+    (["experiments.train_residual", "--config.replay.utdd=3"], "has no field 'utdd'"),
+    (["experiments.train_residual", "--config.learner.utd=3"], "'learner.utd' is now 'replay.utd'"),
+    (["experiments.train_residual", "--config.num_envs=abc"], "num_envs=abc': expected int"),
+    (["experiments.train_residual", "--config.learner.actor_lr=nan"], "actor_lr"),
+    (["experiments.train_residual", "--task=Nope"], "No residual-training preset for task 'Nope'"),
+    (["experiments.train_residual", "--seeds=0"], "--seeds must be >= 1"),
+    (["experiments.train_residual", "--task=PointReach", "--base=/nonexistent/base"],
+     "No base at /nonexistent/base"),
+    (["experiments.make_demos", "--episodes=0"], "episodes and num_envs must be >= 1"),
+    (["experiments.ablate", "--factor=base_phase"], "expected FIELD=V1,V2"),
+]
+
+
+@pytest.mark.parametrize("argv,message", CLI, ids=[" ".join(a[1:]) for a, _ in CLI])
+def test_script_flags(argv, message):
+    r = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert message in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------ config fields
+def _configs():
+    from bases.networks import BCConfig
+    from resfit_jax.replay import ReplayConfig
+    from resfit_jax.residual_td3 import ResidualTD3Config
+    from resfit_jax.robot.loop import LoopConfig
+    from resfit_jax.robot.trainer import RobotTrainConfig
+    from resfit_jax.sim.presets import TrainConfig
+
+    return [
+        (lambda: ResidualTD3Config(tau=0.0), "tau must be in (0, 1]"),
+        (lambda: ResidualTD3Config(critic_lr=float("inf")), "critic_lr must be a finite"),
+        (lambda: ResidualTD3Config(exploration_std=-0.1), "exploration_std must be >= 0"),
+        (lambda: ResidualTD3Config(gate_rule="max"), "gate_rule"),
+        (lambda: ResidualTD3Config(actor_hidden_dims=(0,)), "hidden dims"),
+        (lambda: ReplayConfig(gamma=1.5), "gamma must be in (0, 1]"),
+        (lambda: ReplayConfig(capacity=0), "capacity must be >= 1"),
+        (lambda: ReplayConfig(batch_size=1), "batch_size must be >= 2"),
+        (lambda: TrainConfig(num_envs=0), "num_envs must be >= 1"),
+        (lambda: TrainConfig(warmup_noise=float("nan")), "warmup_noise must be a finite"),
+        (lambda: TrainConfig(exploration_std_range=(0.1, 0.0)), "exploration_std_range"),
+        (lambda: TrainConfig(obs_min_std=0.0), "obs_min_std must be > 0"),
+        (lambda: LoopConfig(control_hz=0.0), "control_hz must be > 0"),
+        (lambda: RobotTrainConfig(min_replay=0), "min_replay must be >= 1"),
+        (lambda: BCConfig(dropout=2.0), "dropout must be in [0, 1]"),
+        (lambda: BCConfig(lr=float("nan")), "lr must be a finite"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_config_fields(case):
+    build, message = _configs()[case]
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        build()
+
+
+# ------------------------------------------------------------------------------ data files
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    t = 5
+    ep = Episode.from_rollout(np.zeros((t + 1, 4), np.float32), np.zeros((t, 2), np.float32),
+                              True)
+    return write_episodes(str(tmp_path_factory.mktemp("ds")), [ep, ep])
+
+
+def _copy(src, tmp_path):
+    dst = str(tmp_path / "copy")
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_dataset_missing_directory():
+    with pytest.raises(FileNotFoundError, match="/no/such/dataset is not a tfds dataset"):
+        read_episodes("/no/such/dataset")
+
+
+def test_dataset_without_features_file(dataset, tmp_path):
+    d = _copy(dataset, tmp_path)
+    os.remove(os.path.join(d, "features.json"))
+    with pytest.raises(FileNotFoundError, match="has no features.json"):
+        read_episodes(d)
+
+
+def test_dataset_without_data_files(dataset, tmp_path):
+    d = _copy(dataset, tmp_path)
+    for f in os.listdir(d):
+        if ".array_record" in f:
+            os.remove(os.path.join(d, f))
+    with pytest.raises(FileNotFoundError, match="no array_record data files"):
+        read_episodes(d)
+
+
+def test_dataset_with_damaged_info(dataset, tmp_path):
+    d = _copy(dataset, tmp_path)
+    with open(os.path.join(d, "dataset_info.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(ValueError, match="dataset_info.json is not valid JSON"):
+        read_episodes(d)
+
+
+def test_dataset_for_another_task(dataset):
+    with pytest.raises(ValueError, match="PickPlace"):
+        check_compatible(read_episodes(dataset), 28, 7, "PickPlace")
+
+
+def test_normalizer_from_nan_data():
+    from resfit_jax.normalization import Normalizer
+
+    with pytest.raises(ValueError, match=r"NaN/inf \(first \[row, dim\] indices"):
+        Normalizer.fit(np.zeros((3, 2)), np.array([[0.0, np.nan]]), 0.1)
+
+
+def test_no_demo_episodes():
+    from resfit_jax.demo_buffer import pad_episodes
+
+    with pytest.raises(ValueError, match="no demo episodes"):
+        pad_episodes([])
+
+
+def test_writing_over_a_dataset_is_refused(dataset):
+    ep = read_episodes(dataset)[0]
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_episodes(os.path.dirname(os.path.dirname(dataset)), [ep])
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def test_run_checkpoint_missing(tmp_path):
+    from resfit_jax.checkpointing import RunCheckpointer
+
+    with pytest.raises(FileNotFoundError, match="No run checkpoint under"):
+        RunCheckpointer(str(tmp_path / "empty")).restore({"x": jnp.zeros(2)})
+
+
+def test_run_checkpoint_with_another_shape(tmp_path):
+    from resfit_jax.checkpointing import RunCheckpointer
+
+    ckpt = RunCheckpointer(str(tmp_path / "c"))
+    ckpt.save(1, {"x": jnp.zeros(2)}, {})
+    with pytest.raises(ValueError, match=r"could not be read|does not match this configuration"):
+        ckpt.restore({"x": jnp.zeros(3)})
+
+
+# ------------------------------------------------------------------------------ bases
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from bases.export import export_base
+
+    d = str(tmp_path_factory.mktemp("export"))
+    predict = lambda params, obs: jnp.repeat(obs[:, None, :2], 3, axis=1) * params
+    export_base(d, predict, jnp.ones(()), obs_dim=4, action_dim=2, chunk_size=3)
+    return d
+
+
+def test_exported_base_missing(tmp_path):
+    from resfit_jax.base_policy import load_exported_base
+
+    with pytest.raises(FileNotFoundError, match="base.json is missing"):
+        load_exported_base(str(tmp_path))
+
+
+def test_exported_base_with_damaged_json(exported, tmp_path):
+    from resfit_jax.base_policy import load_exported_base
+
+    d = _copy(exported, tmp_path)
+    with open(os.path.join(d, "base.json"), "w") as f:
+        f.write('{"obs_dim": 4')
+    with pytest.raises(ValueError, match="base.json is damaged"):
+        load_exported_base(d)
+
+
+def test_exported_base_with_damaged_artifact(exported, tmp_path):
+    from resfit_jax.base_policy import load_exported_base
+
+    d = _copy(exported, tmp_path)
+    with open(os.path.join(d, "base.jaxexport"), "wb") as f:
+        f.write(b"\x00garbage")
+    with pytest.raises(ValueError, match="cannot deserialize"):
+        load_exported_base(d)
+
+
+def test_exported_base_for_another_task(exported):
+    from resfit_jax.base_policy import load_exported_base
+
+    with pytest.raises(ValueError, match="expects observations of size 4.*size is 28"):
+        load_exported_base(exported, obs_dim=28)
+
+
+def test_base_checkpoint_with_damaged_info(tmp_path):
+    from bases.frozen import load_base
+
+    with open(tmp_path / "base_info.json", "w") as f:
+        json.dump({"obs_dim": 4}, f)
+    with pytest.raises(ValueError, match="base_info.json is damaged"):
+        load_base(str(tmp_path))
+
+
+def test_base_checkpoint_without_parameters(tmp_path):
+    from bases.frozen import load_base
+    from bases.networks import BCConfig
+
+    info = {"obs_dim": 4, "action_dim": 2, "normalizer": {},
+            "config": BCConfig.cpu(policy="mlp").to_dict()}
+    with open(tmp_path / "base_info.json", "w") as f:
+        json.dump(info, f)
+    with pytest.raises(FileNotFoundError, match="no saved parameters"):
+        load_base(str(tmp_path))
+
+
+def test_open_base_on_an_empty_directory(tmp_path):
+    from bases.frozen import open_base
+
+    with pytest.raises(FileNotFoundError, match="No base at"):
+        open_base(str(tmp_path), 4, 2)
+
+
+# ------------------------------------------------------------------------------ learner API
+@pytest.fixture(scope="module")
+def learner():
+    from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+
+    lrn = make_learner(ResidualTD3Config(actor_hidden_dims=(8,), critic_hidden_dims=(8,),
+                                         num_critics=2), 3, 2)
+    return lrn, lrn.init(jax.random.key(0))
+
+
+def test_learner_act_with_the_wrong_action_size(learner):
+    lrn, state = learner
+    with pytest.raises(ValueError, match="does not match the learner's action_dim 2"):
+        lrn.act(state, jnp.zeros((4, 3)), jnp.zeros((4, 5)), None)
+
+
+def test_learner_act_with_the_wrong_observation_size(learner):
+    lrn, state = learner
+    with pytest.raises(ValueError, match=r"observation has shape \(4, 7\), expected \(4, 3\)"):
+        lrn.act(state, jnp.zeros((4, 7)), jnp.zeros((4, 2)), None)
+
+
+def test_learner_act_on_a_nan_observation_masks_the_residual(learner):
+    lrn, state = learner
+    state = state.replace(actor_params=jax.tree.map(lambda p: p + 0.3, state.actor_params))
+    obs = jnp.zeros((3, 3)).at[1, 0].set(jnp.nan)
+    a_b = jnp.full((3, 2), 0.1)
+    r, aux = jax.jit(lrn.act, static_argnames="deterministic")(state, obs, a_b, None,
+                                                               deterministic=True)
+    assert np.asarray(aux["obs_finite"]).tolist() == [True, False, True]
+    assert np.all(np.isfinite(np.asarray(r))) and np.all(np.asarray(r[1]) == 0.0)
+    np.testing.assert_array_equal(aux["action"][1], a_b[1])
+
+
+def test_learner_init_with_a_normalizer_of_another_size(learner):
+    from resfit_jax.normalization import Normalizer
+
+    lrn, _ = learner
+    with pytest.raises(ValueError, match="observation size 5 does not match"):
+        lrn.init(jax.random.key(0), Normalizer.identity(5, 2))
+
+
+def test_learner_with_pixel_observations():
+    from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+
+    with pytest.raises(ValueError, match="float vectors"):
+        make_learner(ResidualTD3Config(), {"pixels": jax.ShapeDtypeStruct((8, 8, 3), jnp.uint8)},
+                     2)
+
+
+def test_learner_without_actions():
+    from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+
+    with pytest.raises(ValueError, match="action_dim must be >= 1"):
+        make_learner(ResidualTD3Config(), 3, 0)
+
+
+def test_learner_update_not_a_transition(learner):
+    lrn, state = learner
+    with pytest.raises(TypeError, match="must be a replay.Transition"):
+        lrn.update(state, {"obs": 1}, None)
+
+
+# ------------------------------------------------------------------------------ host bases
+def test_host_base_with_the_wrong_shape():
+    from resfit_jax.base_policy import host_callback_base
+
+    with pytest.raises(ValueError, match=r"returned shape \(2, 3\).*expected \(2, 2\)"):
+        host_callback_base(lambda x: np.zeros((x.shape[0], 3)), obs_dim=4, action_dim=2)
+
+
+def test_host_base_with_an_integer_dtype():
+    from resfit_jax.base_policy import host_callback_base
+
+    with pytest.raises(ValueError, match="dtype int"):
+        host_callback_base(lambda x: np.zeros((x.shape[0], 2), np.int32), obs_dim=4,
+                           action_dim=2)
+
+
+class _Flaky:
+    """Fine at construction, then raises (or returns NaN) from call ``after`` on."""
+
+    def __init__(self, after, nan=False):
+        self.calls, self.after, self.nan = 0, after, nan
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.calls > self.after:
+            if self.nan:
+                return np.full((x.shape[0], 2), np.nan, np.float32)
+            raise IOError("inference server went away")
+        return np.zeros((x.shape[0], 2), np.float32)
+
+
+@pytest.mark.parametrize("nan", [False, True])
+def test_host_base_failing_mid_rollout_names_the_base(nan):
+    from resfit_jax.base_policy import host_callback_base
+
+    base = host_callback_base(_Flaky(after=2, nan=nan), obs_dim=4, action_dim=2)
+    step = jax.jit(base.step)
+    state = base.init_state(3)
+    a, state = step(state, jnp.zeros((3, 4)))
+    jax.block_until_ready(a)
+    with pytest.raises(Exception, match="host base '_Flaky'" + (".*NaN" if nan else
+                                                                ".*inference server")):
+        jax.block_until_ready(step(state, jnp.zeros((3, 4)))[0])
+
+
+# ------------------------------------------------------------------------------ robot side
+def test_robot_key_missing(monkeypatch):
+    from resfit_jax.robot.sim_server import KEY_ENV, read_key
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(ValueError, match="RESFIT_ROBOT_KEY"):
+        read_key(None)
+
+
+def test_robot_key_file_empty(tmp_path):
+    from resfit_jax.robot.sim_server import read_key
+
+    (tmp_path / "key").write_text("\n")
+    with pytest.raises(ValueError, match="No robot key"):
+        read_key(str(tmp_path / "key"))
+
+
+def test_safety_limits_inverted():
+    from resfit_jax.robot.loop import SafetyLimits
+
+    with pytest.raises(ValueError, match="low <= high"):
+        SafetyLimits(np.array([1.0]), np.array([0.0]), 0.1)
+
+
+def test_robot_address_malformed():
+    from resfit_jax.robot.link import RemoteRobot
+
+    with pytest.raises(ValueError, match="host:port"):
+        RemoteRobot("localhost", b"k")
+
+
+def test_robot_server_needs_a_key():
+    from resfit_jax.robot.link import RobotServer
+
+    with pytest.raises(ValueError, match="authkey is required"):
+        RobotServer(object(), b"")
+
+
+def test_damaged_journal_entry(tmp_path):
+    from resfit_jax.robot.journal import Journal
+
+    journal = Journal(str(tmp_path / "journal"))
+    ep = Episode.from_rollout(np.zeros((4, 2), np.float32), np.zeros((3, 1), np.float32), True)
+    entry = journal.write(ep, {"base_action": np.zeros((4, 1), np.float32)}, {"label": "success"})
+    os.remove(os.path.join(entry.path, "extras.npz"))
+    with pytest.raises((ValueError, FileNotFoundError), match=os.path.basename(entry.path)):
+        journal.read(journal.entries()[0])
