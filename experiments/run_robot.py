@@ -62,59 +62,77 @@ def main(argv):
     from bases.frozen import open_base
     from resfit_jax import envs
     from resfit_jax.agents.residual_td3 import make_learner
-    from resfit_jax.configs import config_lines, resolve
+    from resfit_jax.configs import config_lines, resolve, usage_error
     from resfit_jax.data import read_episodes
     from resfit_jax.demo_buffer import fit_normalizer, offline_buffer
+    from resfit_jax.locks import RunLockedError
+    from resfit_jax.robot.link import LinkError
     from resfit_jax.robot.loop import EmergencyStop, LoopConfig, SafetyLimits
     from resfit_jax.robot.operator import TerminalLabeller, oracle_labeller
     from resfit_jax.robot.sim_server import RemoteRobot, read_key, spawn_server
     from resfit_jax.robot.trainer import RobotTrainConfig, RobotTrainer
     from resfit_jax.sim.presets import preset
 
-    task = envs.make(FLAGS.task)
+    # flags, config, base and demos are checked before any robot is touched
+    if not FLAGS.spawn_sim and not FLAGS.address:
+        usage_error("Pass --address=host:port of a robot server, or --spawn_sim.")
+    key = None
+    if not FLAGS.spawn_sim:
+        try:
+            key = read_key(FLAGS.key_file)
+        except (ValueError, OSError) as e:
+            usage_error(str(e))
+    try:
+        task = envs.make(FLAGS.task)
+        sim_cfg = preset(FLAGS.task, "cpu")
+    except (KeyError, ValueError) as e:
+        usage_error(str(e).strip('"'))
     obs_dim, act_dim = int(task.observation_spec.shape[0]), task.action_size
+    horizon = FLAGS.max_steps or task.horizon
+    hz = FLAGS.control_hz or 1.0 / task.dt
+    cfg = resolve(lambda: RobotTrainConfig(
+        learner=sim_cfg.learner, replay=dataclasses.replace(sim_cfg.replay, capacity=100_000),
+        loop=LoopConfig(control_hz=hz, max_episode_steps=horizon,
+                        max_overruns=FLAGS.max_overruns),
+        mode=FLAGS.mode, sync_every=FLAGS.sync_every, updates_per_step=FLAGS.updates_per_step,
+        warmup_episodes=FLAGS.warmup_episodes, warmup_noise=sim_cfg.warmup_noise,
+        critic_warmup_updates=FLAGS.critic_warmup, seed=FLAGS.seed), FLAGS.override)
+    base_dir = FLAGS.base or os.path.join("runs", "bc", FLAGS.task)
+    try:
+        base, info = open_base(base_dir, obs_dim, act_dim)
+        demos_dir = FLAGS.demos or info.get("demos")
+        if demos_dir is None:
+            usage_error(f"The base in {info['path']} does not name its demos; pass --demos.")
+        demos = read_episodes(demos_dir)
+    except (FileNotFoundError, ValueError) as e:
+        usage_error(f"{e} (--base={base_dir}, --demos={FLAGS.demos})")
+    print(f"Resolved config:\n{config_lines(cfg)}")
+    normalizer = fit_normalizer(demos, cfg.learner.action_scale, sim_cfg.action_margin,
+                                sim_cfg.obs_min_std)
+    learner = make_learner(cfg.learner, obs_dim, act_dim)
+    offline = (offline_buffer(demos, base, normalizer, cfg.replay.demo_writer())
+               if cfg.replay.offline_fraction > 0 else None)
+
     server = None
     if FLAGS.spawn_sim:
         server, address, key = spawn_server(FLAGS.task, latency_s=FLAGS.sim_latency_s,
                                             jitter_s=FLAGS.sim_jitter_s, seed=FLAGS.seed)
         print(f"started a simulated {FLAGS.task} robot at {address}")
     else:
-        if not FLAGS.address:
-            raise app.UsageError("Pass --address=host:port of a robot server, or --spawn_sim.")
         address = FLAGS.address
-        try:
-            key = read_key(FLAGS.key_file)
-        except ValueError as e:
-            raise app.UsageError(str(e)) from None
     try:
-        robot = RemoteRobot(address, key.encode())
+        try:
+            robot = RemoteRobot(address, key.encode())
+        except (LinkError, PermissionError, ValueError) as e:
+            usage_error(str(e))
         if (robot.observation_size, robot.action_size) != (obs_dim, act_dim):
-            raise app.UsageError(
-                f"The robot has observation/action sizes {robot.observation_size}/"
-                f"{robot.action_size}; task {FLAGS.task} (and its base) has {obs_dim}/{act_dim}.")
-        base, info = open_base(FLAGS.base or os.path.join("runs", "bc", FLAGS.task), obs_dim,
-                               act_dim)
-        demos_dir = FLAGS.demos or info.get("demos")
-        if demos_dir is None:
-            raise app.UsageError(f"The base in {info['path']} does not name its demos; pass --demos.")
-        demos = read_episodes(demos_dir)
-        sim_cfg = preset(FLAGS.task, "cpu")
-        horizon = FLAGS.max_steps or task.horizon
-        hz = FLAGS.control_hz or float(robot.spec.get("control_hz", 1.0 / task.dt))
-        cfg = lambda: RobotTrainConfig(
-            learner=sim_cfg.learner, replay=dataclasses.replace(sim_cfg.replay, capacity=100_000),
-            loop=LoopConfig(control_hz=hz, max_episode_steps=horizon,
-                            max_overruns=FLAGS.max_overruns),
-            mode=FLAGS.mode, sync_every=FLAGS.sync_every, updates_per_step=FLAGS.updates_per_step,
-            warmup_episodes=FLAGS.warmup_episodes, warmup_noise=sim_cfg.warmup_noise,
-            critic_warmup_updates=FLAGS.critic_warmup, seed=FLAGS.seed)
-        cfg = resolve(cfg, FLAGS.override)
-        print(f"Resolved config:\n{config_lines(cfg)}")
-        normalizer = fit_normalizer(demos, cfg.learner.action_scale, sim_cfg.action_margin,
-                                    sim_cfg.obs_min_std)
-        learner = make_learner(cfg.learner, obs_dim, act_dim)
-        offline = (offline_buffer(demos, base, normalizer, cfg.replay.demo_writer())
-                   if cfg.replay.offline_fraction > 0 else None)
+            robot.close()
+            usage_error(f"The robot has observation/action sizes {robot.observation_size}/"
+                        f"{robot.action_size}; task {FLAGS.task} (and its base) has "
+                        f"{obs_dim}/{act_dim}.")
+        if not FLAGS.control_hz and "control_hz" in robot.spec:
+            cfg = dataclasses.replace(cfg, loop=dataclasses.replace(
+                cfg.loop, control_hz=float(robot.spec["control_hz"])))
         limits = SafetyLimits.from_demos(demos, np.asarray(task.action_low),
                                          np.asarray(task.action_high), FLAGS.max_delta_margin,
                                          robot.spec.get("action_obs_index",
@@ -122,8 +140,12 @@ def main(argv):
         print(f"Safety limits: low {np.round(limits.low, 3)}, high {np.round(limits.high, 3)}, "
               f"max change per step {np.round(limits.max_delta, 3)}")
         out = FLAGS.out or os.path.join("runs", "robot", FLAGS.task)
-        trainer = RobotTrainer(cfg, base, learner, normalizer, offline, out,
-                               {"task": FLAGS.task, "base": info["path"], "demos": demos_dir})
+        try:
+            trainer = RobotTrainer(cfg, base, learner, normalizer, offline, out,
+                                   {"task": FLAGS.task, "base": info["path"], "demos": demos_dir})
+        except (RunLockedError, ValueError) as e:
+            robot.close()
+            usage_error(str(e))
         if trainer.restored_step is not None or trainer.rebuilt["episodes"]:
             print(f"Continuing {out}: learner checkpoint after "
                   f"{trainer.progress.get('checkpoint_episodes', 0)} episodes, replay "

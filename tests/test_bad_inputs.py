@@ -31,6 +31,8 @@ CLI = [
      "No base at /nonexistent/base"),
     (["experiments.make_demos", "--episodes=0"], "episodes and num_envs must be >= 1"),
     (["experiments.ablate", "--factor=base_phase"], "expected FIELD=V1,V2"),
+    (["experiments.run_robot"], "Pass --address=host:port"),
+    (["experiments.run_robot", "--spawn_sim", "--base=/nonexistent/base"], "No base at"),
 ]
 
 
