@@ -45,15 +45,8 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
     from resfit_jax.sim.evaluation import evaluate_policy, make_episode_runner
 
     out = os.path.abspath(out)
-    os.makedirs(out, exist_ok=True)
     task = envs.make(task_name)
     obs_dim, action_dim = task.observation_spec.shape[0], task.action_size
-    if demos is None:
-        from resfit_jax.data.demos import make_demos
-        demos, _ = make_demos(task_name, demo_episodes, demo_noise, os.path.join(out, "demos"),
-                              seed=seed + 1000, verbose=verbose)
-    episodes = read_episodes(demos, limit=max_demos)
-    check_compatible(episodes, obs_dim, action_dim, task_name)
     if steps is None and preset == "cpu":
         steps = CPU_TASK_STEPS.get(task_name)
     kw = {k: v for k, v in dict(policy=policy, chunk_size=chunk_size,
@@ -61,7 +54,14 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
                                 batch_size=batch_size).items() if v is not None}
     if relative_actions:
         kw["action_obs_index"] = getattr(task, "action_obs_index", None)
-    config = (BCConfig.cpu if preset == "cpu" else BCConfig.paper)(**kw)
+    config = (BCConfig.cpu if preset == "cpu" else BCConfig.paper)(**kw)   # fails before demos
+    os.makedirs(out, exist_ok=True)
+    if demos is None:
+        from resfit_jax.data.demos import make_demos
+        demos, _ = make_demos(task_name, demo_episodes, demo_noise, os.path.join(out, "demos"),
+                              seed=seed + 1000, verbose=verbose)
+    episodes = read_episodes(demos, limit=max_demos)
+    check_compatible(episodes, obs_dim, action_dim, task_name)
     if verbose:
         from resfit_jax.configs import config_lines
         print(f"Resolved BCConfig:\n{config_lines(config)}\n{len(episodes)} demo episodes "

@@ -46,11 +46,18 @@ def main(argv):
     from resfit_jax.runtime import setup_script
     setup_script()
     from bases.pipeline import train_bc
-    train_bc(FLAGS.task, FLAGS.out or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos,
-             FLAGS.policy, FLAGS.preset, FLAGS.steps, FLAGS.batch_size, FLAGS.chunk_size,
-             FLAGS.execution_horizon, FLAGS.eval_every, FLAGS.eval_episodes,
-             FLAGS.final_episodes, FLAGS.num_envs, FLAGS.seed, FLAGS.max_demos,
-             FLAGS.demo_episodes, FLAGS.demo_noise, FLAGS.export, FLAGS.relative_actions)
+    from resfit_jax.configs import usage_error
+    for name in ("eval_every", "eval_episodes", "final_episodes", "num_envs", "demo_episodes"):
+        if getattr(FLAGS, name) < 1:
+            usage_error(f"--{name} must be >= 1 (got {getattr(FLAGS, name)}).")
+    try:
+        train_bc(FLAGS.task, FLAGS.out or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos,
+                 FLAGS.policy, FLAGS.preset, FLAGS.steps, FLAGS.batch_size, FLAGS.chunk_size,
+                 FLAGS.execution_horizon, FLAGS.eval_every, FLAGS.eval_episodes,
+                 FLAGS.final_episodes, FLAGS.num_envs, FLAGS.seed, FLAGS.max_demos,
+                 FLAGS.demo_episodes, FLAGS.demo_noise, FLAGS.export, FLAGS.relative_actions)
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as e:
+        usage_error(str(e).strip('"'))
 
 
 if __name__ == "__main__":

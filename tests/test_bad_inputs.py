@@ -32,6 +32,8 @@ CLI = [
     (["experiments.make_demos", "--episodes=0"], "episodes and num_envs must be >= 1"),
     (["experiments.ablate", "--factor=base_phase"], "expected FIELD=V1,V2"),
     (["experiments.run_robot"], "Pass --address=host:port"),
+    (["experiments.train_bc", "--task=Nope"], "Unknown task 'Nope'"),
+    (["experiments.train_bc", "--steps=0"], "steps must be >= 1"),
     (["experiments.run_robot", "--spawn_sim", "--base=/nonexistent/base"], "No base at"),
 ]
 
