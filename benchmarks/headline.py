@@ -22,12 +22,16 @@ README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run", None, "add: a finished residual run directory.")
-flags.DEFINE_string("method", "ResFiT", "add: method name.")
-flags.DEFINE_string("setting", "preset", "add: what differs from the preset.")
-flags.DEFINE_string("note", "", "add: a short note for the table.")
-flags.DEFINE_string("headline", HEADLINE, "headline.json path.")
-flags.DEFINE_string("readme", README, "README path.")
+
+
+def define_flags() -> None:
+    """The script's flags (defined only when it runs, so importing it defines none)."""
+    flags.DEFINE_string("run", None, "add: a finished residual run directory.")
+    flags.DEFINE_string("method", "ResFiT", "add: method name.")
+    flags.DEFINE_string("setting", "preset", "add: what differs from the preset.")
+    flags.DEFINE_string("note", "", "add: a short note for the table.")
+    flags.DEFINE_string("headline", HEADLINE, "headline.json path.")
+    flags.DEFINE_string("readme", README, "README path.")
 
 
 def load(path: str = HEADLINE) -> dict:
@@ -133,4 +137,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

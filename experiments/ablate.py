@@ -23,16 +23,20 @@ import os
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("task", "PickPlace", "Registered task name.")
-flags.DEFINE_string("base", None, "BC base: train_bc run / checkpoint / export directory "
-                    "(default runs/bc/<task>).")
-flags.DEFINE_string("demos", None, "RLDS demos for the offline buffer (default: the base's).")
-flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "Preset scale.")
-flags.DEFINE_multi_string("factor", [], "FIELD=V1,V2,...: one factor and its values.")
-flags.DEFINE_multi_string("setting", [], "NAME:OVERRIDE;OVERRIDE: one named setting.")
-flags.DEFINE_multi_string("override", [], "Overrides for every setting (like --config.*).")
-flags.DEFINE_integer("seeds", 3, "Seeds per setting, vmapped.")
-flags.DEFINE_string("out", None, "Output directory (default runs/ablate/<task>).")
+
+
+def define_flags() -> None:
+    """The script's flags (defined only when it runs, so importing it defines none)."""
+    flags.DEFINE_string("task", "PickPlace", "Registered task name.")
+    flags.DEFINE_string("base", None, "BC base: train_bc run / checkpoint / export directory "
+                        "(default runs/bc/<task>).")
+    flags.DEFINE_string("demos", None, "RLDS demos for the offline buffer (default: the base's).")
+    flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "Preset scale.")
+    flags.DEFINE_multi_string("factor", [], "FIELD=V1,V2,...: one factor and its values.")
+    flags.DEFINE_multi_string("setting", [], "NAME:OVERRIDE;OVERRIDE: one named setting.")
+    flags.DEFINE_multi_string("override", [], "Overrides for every setting (like --config.*).")
+    flags.DEFINE_integer("seeds", 3, "Seeds per setting, vmapped.")
+    flags.DEFINE_string("out", None, "Output directory (default runs/ablate/<task>).")
 
 
 def settings(factors: list[str], named: list[str]) -> list[tuple[str, list[str]]]:
@@ -145,5 +149,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     from resfit_jax.configs import config_flag_parser
     app.run(main, flags_parser=config_flag_parser)

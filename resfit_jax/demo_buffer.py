@@ -32,7 +32,7 @@ from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayState, transition
 
 
 def fit_normalizer(episodes: Sequence[Episode], action_scale: float, margin: float = 0.0,
-                   min_std: float = 1e-3) -> Normalizer:
+                   min_std: float = 2e-4) -> Normalizer:
     """Action scaling (demo [min, max], widened by 1 + margin and 1 + action_scale) and obs
     standardization (std floored at ``min_std``, raw units), from demo episodes."""
     actions = np.concatenate([ep.action[:-1] for ep in episodes])
@@ -41,7 +41,7 @@ def fit_normalizer(episodes: Sequence[Episode], action_scale: float, margin: flo
 
 
 def with_feature_stats(normalizer: Normalizer, episodes: Sequence[Episode], base: BasePolicy,
-                       features, min_std: float = 1e-3, offset_bound: float = 0.0) -> Normalizer:
+                       features, min_std: float = 2e-4, offset_bound: float = 0.0) -> Normalizer:
     """The normalizer with the learner's extra inputs (the base's chunk features, the
     persistent offset) appended to its observation statistics, measured on the demo frames."""
     import dataclasses as dc

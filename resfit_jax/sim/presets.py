@@ -63,7 +63,7 @@ class TrainConfig:
     action_margin: float = 0.0         # widen the demo action range by this fraction before
                                        # normalizing, so base actions beyond the demos' range
                                        # are not clipped (see ActionScaler.fit)
-    obs_min_std: float = 1e-3          # observation std floor (raw units: m, rad). 0.1, the
+    obs_min_std: float = 2e-4          # observation std floor (raw units: m, rad). 0.1, the
                                        # floor before, squashed millimetre-scale task features
                                        # (gripper opening, cube-minus-gripper) 2-33x
     progressive_steps: int = 0         # main loop: each step's residual is on with probability

@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resfit_jax.agents.checks import raise_if_nonfinite
 from resfit_jax.agents.residual_td3 import make_learner
 from resfit_jax.base_features import BaseFeatures, chunked_base, rechunk
 from resfit_jax.base_policy import BasePolicy, ObservationPrefix
@@ -52,36 +51,12 @@ from resfit_jax.residual_policy import ResidualPolicy
 from resfit_jax.sim.evaluation import episode_keys, run_episodes
 from resfit_jax.sim.loop import SimLoop
 from resfit_jax.sim.presets import TrainConfig
-from resfit_jax.sim.report import log_chunk, pooled, run_summary, summarize_eval
+from resfit_jax.sim.progress import Progress, Run
+from resfit_jax.sim.report import pooled, run_summary, summarize_eval
 
 PHASES = ("warmup", "critic_warmup", "train", "final_eval", "done")
 EVAL_SALT = 0xE7A1
 FINAL_SALT = 0xF17A1
-
-
-@dataclasses.dataclass
-class Progress:
-    """Host-side progress of a run, saved as JSON with every checkpoint."""
-
-    config: dict
-    seeds: list[int]
-    phase: str = "warmup"
-    chunk: int = 0                 # chunks done in the current phase
-    env_steps: int = 0             # main-loop env steps per seed
-    warmup_env_steps: int = 0
-    jsonl_lines: int = 0
-    wall_s: float = 0.0
-    saves: int = 0
-    base_eval: list[dict] | None = None
-    last_eval: list[dict] | None = None
-    base_success: list[list[bool]] | None = None   # [S][N] base outcomes on the eval starts
-    final: dict | None = None                      # held-out final evaluation
-    identity: dict | None = None                   # content hashes of the base and demos
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Progress":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclasses.dataclass
@@ -189,77 +164,7 @@ def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: 
     return Trainer(task, loop, cfg, normalizer, offline, list(seeds))
 
 
-# ------------------------------------------------------------------------------ the run
-@dataclasses.dataclass
-class _Run:
-    """What the phase functions share: the trainer, state, progress, files and the bar."""
-
-    trainer: Trainer
-    ckpt: RunCheckpointer
-    logger: MetricsLogger
-    prog: Progress
-    state: Any
-    t_start: float
-    show_progress: bool
-    task_name: str
-    stop_at_env_steps: int | None
-    bar: Any = None
-
-    @property
-    def cfg(self) -> TrainConfig:
-        return self.trainer.cfg
-
-    def save(self) -> None:
-        self.prog.jsonl_lines = self.logger.lines
-        self.prog.wall_s = time.time() - self.t_start
-        self.logger.flush()
-        self.prog.saves += 1
-        self.ckpt.save(self.prog.saves, {"loop": self.state, "offline": self.trainer.offline},
-                       dataclasses.asdict(self.prog))
-
-    def log_eval(self, ev: dict) -> list[dict]:
-        rows = []
-        for i, s in enumerate(self.prog.seeds):
-            r = summarize_eval(ev, i, self.prog.base_success[i])
-            rows.append(r)
-            self.logger.write({"kind": "eval", "seed": s, "env_steps": self.prog.env_steps,
-                               "total_env_steps": self.prog.env_steps + self.prog.warmup_env_steps,
-                               **r, "base_success_rate": self.prog.base_eval[i]["success_rate"],
-                               "wall_s": time.time() - self.t_start})
-        return rows
-
-    def log_chunk(self, stats: dict, kind: str) -> None:
-        """Check the chunk's updates were finite (once per chunk, on the host), then log."""
-        stats = dict(stats)
-        mask = stats.pop("nonfinite_mask", None)
-        if mask is not None:
-            raise_if_nonfinite(mask, f"{kind} chunk {self.prog.chunk} (not checkpointed; the "
-                               f"latest checkpoint in {self.ckpt.directory} is from before it)")
-        log_chunk(self.logger, self.prog.seeds, self.prog.env_steps, self.prog.warmup_env_steps,
-                  stats, kind)
-
-    def open_bar(self, desc: str, total: int, initial: int, unit: str) -> None:
-        from tqdm import tqdm
-
-        self.close_bar()
-        self.bar = tqdm(total=total, initial=initial, unit=unit, unit_scale=True,
-                        disable=not self.show_progress,
-                        desc=f"{desc} {self.task_name} x{len(self.prog.seeds)}".strip())
-        self.postfix()
-
-    def close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def postfix(self) -> None:
-        last = self.prog.last_eval or self.prog.base_eval
-        succ = np.mean([r["success_rate"] for r in last]) if last else float("nan")
-        if self.bar is not None:
-            self.bar.set_postfix(eval_success=f"{succ:.0%}")
-
-
-def _warmup_phase(run: _Run) -> bool:
+def _warmup_phase(run: Run) -> bool:
     cfg, prog = run.cfg, run.prog
     run.open_bar("warm-up", cfg.warmup_chunks * cfg.env_steps_per_chunk, prog.warmup_env_steps,
                  "env step")
@@ -274,7 +179,7 @@ def _warmup_phase(run: _Run) -> bool:
     return False
 
 
-def _critic_warmup_phase(run: _Run) -> bool:
+def _critic_warmup_phase(run: Run) -> bool:
     cfg, prog = run.cfg, run.prog
     run.open_bar("critic warm-up", cfg.critic_warmup_chunks * cfg.critic_warmup_chunk,
                  prog.chunk * cfg.critic_warmup_chunk, "update")
@@ -288,7 +193,7 @@ def _critic_warmup_phase(run: _Run) -> bool:
     return False
 
 
-def _train_phase(run: _Run) -> bool:
+def _train_phase(run: Run) -> bool:
     """Returns True when it stopped early (``stop_at_env_steps``)."""
     cfg, prog, trainer = run.cfg, run.prog, run.trainer
     run.open_bar("ResFiT", cfg.train_chunks * cfg.env_steps_per_chunk, prog.env_steps, "env step")
@@ -313,7 +218,7 @@ def _train_phase(run: _Run) -> bool:
     return False
 
 
-def _final_eval_phase(run: _Run) -> bool:
+def _final_eval_phase(run: Run) -> bool:
     """Base and residual on held-out starts: per seed and pooled paired statistics."""
     prog, trainer = run.prog, run.trainer
     run.close_bar()
@@ -393,7 +298,7 @@ def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: b
 def _train_residual(trainer, out, resume, progress, stop_at_env_steps, task_name, extra_info,
                     identity) -> dict:
     ckpt, logger, prog, state = _start(trainer, out, resume, task_name, extra_info, identity)
-    run = _Run(trainer, ckpt, logger, prog, state, time.time() - prog.wall_s, progress,
+    run = Run(trainer, ckpt, logger, prog, state, time.time() - prog.wall_s, progress,
                task_name, stop_at_env_steps)
     try:
         if prog.base_eval is None:

@@ -1,0 +1,108 @@
+"""What a simulated run keeps between chunks on the host: the typed ``Progress`` record
+(saved as JSON with every checkpoint) and the ``Run`` context the phase functions share."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+
+from resfit_jax.agents.checks import raise_if_nonfinite
+from resfit_jax.checkpointing import RunCheckpointer
+from resfit_jax.logger import MetricsLogger
+from resfit_jax.sim.report import log_chunk, summarize_eval
+
+
+@dataclasses.dataclass
+class Progress:
+    """Host-side progress of a run, saved as JSON with every checkpoint."""
+
+    config: dict
+    seeds: list[int]
+    phase: str = "warmup"
+    chunk: int = 0                 # chunks done in the current phase
+    env_steps: int = 0             # main-loop env steps per seed
+    warmup_env_steps: int = 0
+    jsonl_lines: int = 0
+    wall_s: float = 0.0
+    saves: int = 0
+    base_eval: list[dict] | None = None
+    last_eval: list[dict] | None = None
+    base_success: list[list[bool]] | None = None   # [S][N] base outcomes on the eval starts
+    final: dict | None = None                      # held-out final evaluation
+    identity: dict | None = None                   # content hashes of the base and demos
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Progress":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclasses.dataclass
+class Run:
+    """What the phase functions share: the trainer, state, progress, files and the bar."""
+
+    trainer: Any                   # sim.trainer.Trainer
+    ckpt: RunCheckpointer
+    logger: MetricsLogger
+    prog: Progress
+    state: Any
+    t_start: float
+    show_progress: bool
+    task_name: str
+    stop_at_env_steps: int | None
+    bar: Any = None
+
+    @property
+    def cfg(self):
+        return self.trainer.cfg
+
+    def save(self) -> None:
+        self.prog.jsonl_lines = self.logger.lines
+        self.prog.wall_s = time.time() - self.t_start
+        self.logger.flush()
+        self.prog.saves += 1
+        self.ckpt.save(self.prog.saves, {"loop": self.state, "offline": self.trainer.offline},
+                       dataclasses.asdict(self.prog))
+
+    def log_eval(self, ev: dict) -> list[dict]:
+        rows = []
+        for i, s in enumerate(self.prog.seeds):
+            r = summarize_eval(ev, i, self.prog.base_success[i])
+            rows.append(r)
+            self.logger.write({"kind": "eval", "seed": s, "env_steps": self.prog.env_steps,
+                               "total_env_steps": self.prog.env_steps + self.prog.warmup_env_steps,
+                               **r, "base_success_rate": self.prog.base_eval[i]["success_rate"],
+                               "wall_s": time.time() - self.t_start})
+        return rows
+
+    def log_chunk(self, stats: dict, kind: str) -> None:
+        """Check the chunk's updates were finite (once per chunk, on the host), then log."""
+        stats = dict(stats)
+        mask = stats.pop("nonfinite_mask", None)
+        if mask is not None:
+            raise_if_nonfinite(mask, f"{kind} chunk {self.prog.chunk} (not checkpointed; the "
+                               f"latest checkpoint in {self.ckpt.directory} is from before it)")
+        log_chunk(self.logger, self.prog.seeds, self.prog.env_steps, self.prog.warmup_env_steps,
+                  stats, kind)
+
+    def open_bar(self, desc: str, total: int, initial: int, unit: str) -> None:
+        from tqdm import tqdm
+
+        self.close_bar()
+        self.bar = tqdm(total=total, initial=initial, unit=unit, unit_scale=True,
+                        disable=not self.show_progress,
+                        desc=f"{desc} {self.task_name} x{len(self.prog.seeds)}".strip())
+        self.postfix()
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def postfix(self) -> None:
+        last = self.prog.last_eval or self.prog.base_eval
+        succ = np.mean([r["success_rate"] for r in last]) if last else float("nan")
+        if self.bar is not None:
+            self.bar.set_postfix(eval_success=f"{succ:.0%}")
