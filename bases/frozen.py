@@ -110,3 +110,21 @@ def open_base(path: str, obs_dim: int, action_dim: int, execution_horizon: int |
     raise FileNotFoundError(f"No base at {path}: expected a train_bc checkpoint "
                             f"({INFO_FILE}) or export ({METADATA_FILE}) directory; train one "
                             "with `python -m experiments.train_bc --task=<task>`.")
+
+
+def open_base_and_demos(base_dir: str, demos: str | None, obs_dim: int, action_dim: int
+                        ) -> tuple[ChunkedBase, dict, str, list]:
+    """What a training script needs: (base, info, demos directory, demo episodes). The demos
+    default to the ones the base was trained on. FileNotFoundError / ValueError name the
+    directories (``--base``, ``--demos``) when either is missing, damaged or mismatched."""
+    from resfit_jax.data import read_episodes
+
+    try:
+        base, info = open_base(base_dir, obs_dim, action_dim)
+        demos_dir = demos or info.get("demos")
+        if demos_dir is None:
+            raise ValueError(f"The base in {info['path']} does not name its demos; pass --demos.")
+        episodes = read_episodes(demos_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"{e} (--base={base_dir}, --demos={demos})") from None
+    return base, info, demos_dir, episodes

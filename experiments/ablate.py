@@ -96,10 +96,9 @@ def main(argv):
     del argv
     from resfit_jax.runtime import setup_script
     setup_script()
-    from bases.frozen import open_base
+    from bases.frozen import open_base_and_demos
     from resfit_jax import envs
     from resfit_jax.configs import config_overrides, resolve, usage_error
-    from resfit_jax.data import read_episodes
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.trainer import make_trainer, train_residual
     from resfit_jax.checkpointing import content_hash
@@ -112,12 +111,12 @@ def main(argv):
     configs = [(name, ovs, resolve(lambda: preset(FLAGS.task, FLAGS.scale), common + ovs))
                for name, ovs in runs]                  # every setting validated before training
     task = envs.make(FLAGS.task)
-    base_dir = FLAGS.base or os.path.join("runs", "bc", FLAGS.task)
-    base, info = open_base(base_dir, int(task.observation_spec.shape[0]), task.action_size)
-    demos = FLAGS.demos or info.get("demos")
-    if demos is None:
-        usage_error(f"The base in {info['path']} does not name its demos; pass --demos.")
-    episodes = read_episodes(demos)
+    try:
+        base, info, demos, episodes = open_base_and_demos(
+            FLAGS.base or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos,
+            int(task.observation_spec.shape[0]), task.action_size)
+    except (FileNotFoundError, ValueError) as e:
+        usage_error(str(e))
     identity = {"base": content_hash(info["path"]), "demos": content_hash(demos)}
     out = os.path.abspath(FLAGS.out or os.path.join("runs", "ablate", FLAGS.task))
     os.makedirs(out, exist_ok=True)

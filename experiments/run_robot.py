@@ -59,11 +59,10 @@ def main(argv):
 
     from resfit_jax.runtime import setup_script
     setup_script()
-    from bases.frozen import open_base
+    from bases.frozen import open_base_and_demos
     from resfit_jax import envs
     from resfit_jax.agents.residual_td3 import make_learner
     from resfit_jax.configs import config_lines, resolve, usage_error
-    from resfit_jax.data import read_episodes
     from resfit_jax.demo_buffer import fit_normalizer, offline_buffer
     from resfit_jax.locks import RunLockedError
     from resfit_jax.robot.link import LinkError
@@ -97,15 +96,11 @@ def main(argv):
         mode=FLAGS.mode, sync_every=FLAGS.sync_every, updates_per_step=FLAGS.updates_per_step,
         warmup_episodes=FLAGS.warmup_episodes, warmup_noise=sim_cfg.warmup_noise,
         critic_warmup_updates=FLAGS.critic_warmup, seed=FLAGS.seed), FLAGS.override)
-    base_dir = FLAGS.base or os.path.join("runs", "bc", FLAGS.task)
     try:
-        base, info = open_base(base_dir, obs_dim, act_dim)
-        demos_dir = FLAGS.demos or info.get("demos")
-        if demos_dir is None:
-            usage_error(f"The base in {info['path']} does not name its demos; pass --demos.")
-        demos = read_episodes(demos_dir)
+        base, info, demos_dir, demos = open_base_and_demos(
+            FLAGS.base or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos, obs_dim, act_dim)
     except (FileNotFoundError, ValueError) as e:
-        usage_error(f"{e} (--base={base_dir}, --demos={FLAGS.demos})")
+        usage_error(str(e))
     print(f"Resolved config:\n{config_lines(cfg)}")
     normalizer = fit_normalizer(demos, cfg.learner.action_scale, sim_cfg.action_margin,
                                 sim_cfg.obs_min_std)

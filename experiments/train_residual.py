@@ -39,10 +39,9 @@ def main(argv):
     del argv
     from resfit_jax.runtime import setup_script
     setup_script()
-    from bases.frozen import open_base
+    from bases.frozen import open_base_and_demos
     from resfit_jax import envs
     from resfit_jax.configs import config_lines, config_overrides, resolve, usage_error
-    from resfit_jax.data import read_episodes
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.report import results_table
     from resfit_jax.sim.trainer import make_trainer, train_residual
@@ -55,15 +54,12 @@ def main(argv):
     task = envs.make(FLAGS.task)
     print(f"Resolved config ({FLAGS.task}, {FLAGS.scale}):\n{config_lines(cfg)}")
     print(f"critic steps per env step: {cfg.critic_steps_per_env_step:g}")
-    base_dir = FLAGS.base or os.path.join("runs", "bc", FLAGS.task)
     try:
-        base, info = open_base(base_dir, int(task.observation_spec.shape[0]), task.action_size)
-        demos = FLAGS.demos or info.get("demos")
-        if demos is None:
-            usage_error(f"The base in {info['path']} does not name its demos; pass --demos.")
-        episodes = read_episodes(demos)
+        base, info, demos, episodes = open_base_and_demos(
+            FLAGS.base or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos,
+            int(task.observation_spec.shape[0]), task.action_size)
     except (FileNotFoundError, ValueError) as e:
-        usage_error(f"{e} (--base={base_dir}, --demos={FLAGS.demos})")
+        usage_error(str(e))
     print(f"Base: {info['path']} ({info['format']}); {len(episodes)} demos from {demos}")
     trainer = make_trainer(task, base, episodes, cfg,
                            list(range(FLAGS.seed, FLAGS.seed + FLAGS.seeds)))
