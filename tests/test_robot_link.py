@@ -96,20 +96,28 @@ def test_server_survives_fuzzing_and_then_serves_a_legitimate_client(server):
             s.sendall(struct.pack(">I", 5) + b"\xff\xfe{[")
         s.close()
     malformed = [[], 5, "x", {"cmd": 3}, {"cmd": "reset", "args": "no"}]
+    abnormal = 0
+
+    def ended():                     # one session at a time: wait for each to end (stopped)
+        nonlocal abnormal
+        abnormal += 1
+        assert _wait(lambda: robot.stops == abnormal), (robot.stops, abnormal, logs[-5:])
+
     for msg in malformed:                                  # authenticated, then garbage
         s = _authenticated(srv)
         send_frame(s, msg)
-        assert "error" in recv_frame(s)
+        assert "malformed" in recv_frame(s)["error"]
         s.close()
+        ended()
     s = _authenticated(srv)                                # invalid JSON inside a frame
     s.sendall(struct.pack(">I", 3) + b"{{{")
     s.close()
+    ended()
     s = _authenticated(srv)                                # a dropped client mid-session
     send_frame(s, {"cmd": "reset", "args": []})
     recv_frame(s)
     s.close()
-    abnormal = len(malformed) + 2
-    assert _wait(lambda: robot.stops >= abnormal), (robot.stops, logs[-5:])
+    ended()
     # the half-open peers time out without blocking anyone; a real client works
     robot_client = RemoteRobot(srv.address, KEY, connect_timeout_s=5, reply_timeout_s=5)
     assert robot_client.observation_size == 3

@@ -154,11 +154,17 @@ class RobotServer:
             except (LinkError, OSError, ValueError, struct.error) as e:
                 self.log(f"dropped {peer[0]}:{peer[1]} before a session: {type(e).__name__}: {e}")
                 return
+            closed = False
             try:
                 self.sessions += 1
-                self._session(conn, peer)
+                closed = self._session(conn, peer)
             finally:
                 self._busy.release()
+            if closed:           # answered once the robot is stopped and the slot is free
+                try:
+                    send_frame(conn, {"ok": True, "value": None})
+                except OSError:
+                    pass
 
     def _handshake(self, conn: socket.socket, peer) -> bool:
         challenge = secrets.token_hex(32)
@@ -173,7 +179,8 @@ class RobotServer:
         send_frame(conn, {"ok": True, "auth": _mac(self.authkey, str(theirs))})
         return True
 
-    def _session(self, conn: socket.socket, peer) -> None:
+    def _session(self, conn: socket.socket, peer) -> bool:
+        """Serve requests until the session ends; True when the client asked to close."""
         conn.settimeout(self.idle_timeout_s)
         ended = "disconnect"
         try:
@@ -191,9 +198,8 @@ class RobotServer:
                     return
                 cmd, args = msg["cmd"], msg.get("args", [])
                 if cmd == "close":
-                    send_frame(conn, {"ok": True, "value": None})
                     ended = "close"
-                    return
+                    return True
                 if cmd not in COMMANDS:
                     send_frame(conn, {"error": f"unknown command {cmd!r}; known: {COMMANDS}"})
                     continue
@@ -211,6 +217,7 @@ class RobotServer:
             # a dropped or misbehaving client leaves the robot halted, never moving
             self.stop_robot(ended)
             self.log(f"session with {peer[0]}:{peer[1]} ended ({ended}); robot stopped")
+        return False
 
 
 def exit_with_parent(parent_pid: int, on_exit: Callable[[], None], poll_s: float = 0.5
