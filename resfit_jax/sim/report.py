@@ -105,7 +105,8 @@ def results_table(summary: dict) -> str:
     fmt_len = _fmt_len
 
     n = summary["eval_episodes"]
-    lines = [f"{summary['task']}: BC vs ResFiT on {n} matched episodes per seed, "
+    lines = [f"{summary['task']}: BC vs ResFiT, last periodic evaluation ({n} matched starts per "
+             "seed), "
              f"{summary['env_steps']:,} main-loop env steps (+{summary['warmup_env_steps']:,} "
              "warm-up)",
              f"{'seed':<6}{'BC success':>12}{'BC steps':>10}{'ResFiT success':>16}"
