@@ -112,29 +112,35 @@ LOSS_FIELDS = ("critic_loss", "actor_loss")
 FINITE_FIELDS = tuple(f"batch.{f}" for f in BATCH_FIELDS) + LOSS_FIELDS
 
 
-def nonfinite_mask(batch: Transition, losses: dict[str, jax.Array]) -> jax.Array:
-    """int32 bitmask: bit i set when ``FINITE_FIELDS[i]`` holds a NaN or inf."""
+def nonfinite_bits(named: dict[str, PyTree]) -> jax.Array:
+    """int32 bitmask: bit i set when the i-th entry of ``named`` (a pytree; its floating
+    leaves are checked) holds a NaN or inf."""
     bits = []
-    for name in BATCH_FIELDS:
-        leaves = [x for x in jax.tree.leaves(getattr(batch, name))
-                  if jnp.issubdtype(x.dtype, jnp.floating)]
+    for value in named.values():
+        leaves = [x for x in jax.tree.leaves(value) if jnp.issubdtype(x.dtype, jnp.floating)]
         bits.append(jnp.stack([~jnp.all(jnp.isfinite(x)) for x in leaves]).any()
                     if leaves else jnp.zeros((), bool))
-    for name in LOSS_FIELDS:
-        bits.append(~jnp.all(jnp.isfinite(losses[name])) if name in losses
-                    else jnp.zeros((), bool))
     weights = jnp.left_shift(1, jnp.arange(len(bits), dtype=jnp.int32))
     return jnp.sum(jnp.where(jnp.stack(bits), weights, 0)).astype(jnp.int32)
 
 
-def raise_if_nonfinite(mask, where: str, switch: str | None = None) -> None:
+def nonfinite_mask(batch: Transition, losses: dict[str, jax.Array]) -> jax.Array:
+    """``nonfinite_bits`` over ``FINITE_FIELDS``: the batch's fields, then the losses."""
+    named = {f"batch.{name}": getattr(batch, name) for name in BATCH_FIELDS}
+    named |= {name: losses.get(name, jnp.zeros(())) for name in LOSS_FIELDS}
+    return nonfinite_bits(named)
+
+
+def raise_if_nonfinite(mask, where: str, switch: str | None = None,
+                       fields: tuple[str, ...] = FINITE_FIELDS) -> None:
     """Host side: FloatingPointError naming the fields flagged in ``mask`` (any shape, e.g.
-    [S] over seeds: the bits of all entries together)."""
+    [S] over seeds: the bits of all entries together). ``fields`` name the bits; those
+    starting with "batch." or "rollout." are data, the others losses."""
     m = int(np.bitwise_or.reduce(np.asarray(mask, np.int64).reshape(-1))) if np.size(mask) else 0
     if m == 0:
         return
-    bad = [name for i, name in enumerate(FINITE_FIELDS) if m >> i & 1]
-    bad_batch = [b for b in bad if b.startswith("batch.")]
+    bad = [name for i, name in enumerate(fields) if m >> i & 1]
+    bad_batch = [b for b in bad if b.startswith(("batch.", "rollout."))]
     skip = f" (Set {switch}=False to skip.)" if switch else ""
     if bad_batch:
         raise FloatingPointError(

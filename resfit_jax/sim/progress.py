@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from resfit_jax.agents.checks import raise_if_nonfinite
+from resfit_jax.agents.checks import FINITE_FIELDS, raise_if_nonfinite
 from resfit_jax.checkpointing import RunCheckpointer
 from resfit_jax.logger import MetricsLogger
 from resfit_jax.sim.report import log_chunk, summarize_eval
@@ -83,7 +83,8 @@ class Run:
         mask = stats.pop("nonfinite_mask", None)
         if mask is not None:
             raise_if_nonfinite(mask, f"{kind} chunk {self.prog.chunk} (not checkpointed; the "
-                               f"latest checkpoint in {self.ckpt.directory} is from before it)")
+                               f"latest checkpoint in {self.ckpt.directory} is from before it)",
+                               fields=getattr(self.trainer, "finite_fields", FINITE_FIELDS))
         log_chunk(self.logger, self.prog.seeds, self.prog.env_steps, self.prog.warmup_env_steps,
                   stats, kind)
 

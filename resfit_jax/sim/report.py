@@ -58,14 +58,17 @@ def _mean(rows: list[dict], k: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def run_summary(prog, cfg, task_name: str, out: str) -> dict:
+def run_summary(prog, cfg, task_name: str, out: str, method: str = "ResFiT") -> dict:
     """summary.json of a run from its progress record. ``final`` is the evaluation on
-    held-out starts (never used for periodic evaluation): per seed and pooled."""
+    held-out starts (never used for periodic evaluation): per seed and pooled. The method's
+    periodic results sit under "resfit" whatever the method (one schema for every run)."""
     base, final = prog.base_eval, prog.last_eval
-    return {"task": task_name, "seeds": prog.seeds, "env_steps": prog.env_steps,
+    critic_warmup = getattr(cfg, "critic_warmup_chunks", 0) * getattr(cfg, "critic_warmup_chunk", 0)
+    return {"task": task_name, "method": method, "seeds": prog.seeds,
+            "env_steps": prog.env_steps,
             "final": prog.final,
             "warmup_env_steps": prog.warmup_env_steps,
-            "critic_warmup_updates": cfg.critic_warmup_chunks * cfg.critic_warmup_chunk,
+            "critic_warmup_updates": critic_warmup,
             "eval_episodes": cfg.eval_episodes, "complete": prog.phase == "done",
             "base": base, "resfit": final,
             "base_success_rate": _mean(base, "success_rate"),
@@ -85,8 +88,10 @@ def final_table(summary: dict) -> str:
     if not final:
         return ""
     n = final["per_seed"][0]["episodes"]
+    method = summary.get("method", "ResFiT")
+    method = "PPO" if method == "ResidualPPO" else method[:8]
     lines = [f"Held-out final evaluation ({n} new starts per seed, never used for selection):",
-             f"{'seed':<7}{'BC':>8}{'ResFiT':>9}{'fixed':>7}{'broken':>8}{'churn':>7}"
+             f"{'seed':<7}{'BC':>8}{method:>9}{'fixed':>7}{'broken':>8}{'churn':>7}"
              f"{'p':>9}{'diff 95% CI':>18}{'BC steps':>10}{'steps':>7}"]
     rows = list(zip(summary["seeds"], final["per_seed"], final["base_per_seed"]))
     for s, r, b in rows + [("pooled", final["pooled"], None)]:
@@ -103,25 +108,26 @@ def results_table(summary: dict) -> str:
     """"BC vs ResFiT" table of a summary: the last periodic evaluation per seed and the mean
     over seeds, then the held-out final evaluation (when the run finished)."""
     fmt_len = _fmt_len
-
+    m = summary.get("method", "ResFiT")
+    w1, w2, w3 = (max(w, len(m) + k) for w, k in ((16, 10), (16, 9), (14, 8)))
     n = summary["eval_episodes"]
-    lines = [f"{summary['task']}: BC vs ResFiT, last periodic evaluation ({n} matched starts per "
+    lines = [f"{summary['task']}: BC vs {m}, last periodic evaluation ({n} matched starts per "
              "seed), "
              f"{summary['env_steps']:,} main-loop env steps (+{summary['warmup_env_steps']:,} "
              "warm-up)",
-             f"{'seed':<6}{'BC success':>12}{'BC steps':>10}{'ResFiT success':>16}"
-             f"{'ResFiT 95% CI':>16}{'ResFiT steps':>14}"]
+             f"{'seed':<6}{'BC success':>12}{'BC steps':>10}{m + ' success':>{w1}}"
+             f"{m + ' 95% CI':>{w2}}{m + ' steps':>{w3}}"]
     for s, b, r in zip(summary["seeds"], summary["base"], summary["resfit"]):
         lines.append(f"{s:<6}{b['success_rate']:>12.1%}{fmt_len(b['mean_success_length']):>10}"
-                     f"{r['success_rate']:>16.1%}"
-                     f"{f'[{r['ci_low']:.2f}, {r['ci_high']:.2f}]':>16}"
-                     f"{fmt_len(r['mean_success_length']):>14}")
+                     f"{r['success_rate']:>{w1}.1%}"
+                     f"{f'[{r['ci_low']:.2f}, {r['ci_high']:.2f}]':>{w2}}"
+                     f"{fmt_len(r['mean_success_length']):>{w3}}")
     if len(summary["seeds"]) > 1:
         rs = [r["success_rate"] for r in summary["resfit"]]
         lines.append(f"{'mean':<6}{summary['base_success_rate']:>12.1%}"
                      f"{fmt_len(summary['base_mean_success_length']):>10}"
-                     f"{summary['resfit_success_rate']:>16.1%}"
-                     f"{f'sd {np.std(rs):.2f}':>16}"
-                     f"{fmt_len(summary['resfit_mean_success_length']):>14}")
+                     f"{summary['resfit_success_rate']:>{w1}.1%}"
+                     f"{f'sd {np.std(rs):.2f}':>{w2}}"
+                     f"{fmt_len(summary['resfit_mean_success_length']):>{w3}}")
     final = final_table(summary)
     return "\n".join(lines) + ("\n\n" + final if final else "")

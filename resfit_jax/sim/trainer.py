@@ -59,30 +59,15 @@ EVAL_SALT = 0xE7A1
 FINAL_SALT = 0xF17A1
 
 
-@dataclasses.dataclass
-class Trainer:
-    """The compiled phase functions of one configuration (built by ``make_trainer``).
+class Evaluators:
+    """What every simulated trainer shares: the per-seed keys and the matched evaluations of
+    the base alone and of base + residual on periodic and on held-out starts.
+    Subclasses set task, cfg (eval_episodes, num_final_episodes), normalizer and seeds, then
+    call ``_build_evaluators``."""
 
-    ``normalizer`` and ``offline`` (the demo buffer state) are the run's starting
-    statistics and demos; a resumed run replaces them with the checkpoint's."""
-
-    task: Env
-    loop: SimLoop
-    cfg: TrainConfig
-    normalizer: Normalizer
-    offline: Any
-    seeds: list[int]
-
-    def __post_init__(self):
-        loop, cfg, base, learner = self.loop, self.cfg, self.loop.base, self.loop.learner
-        features, bound = loop.features, loop.offset_bound
-        task, v = self.task, jax.vmap
-        self.warmup = jax.jit(v(lambda ls: loop.warmup(ls, cfg.steps_per_chunk)),
-                              donate_argnums=0)
-        self.critic_warmup = jax.jit(v(lambda ls, off: loop.critic_warmup(
-            ls, off, cfg.critic_warmup_chunk), in_axes=(0, None)), donate_argnums=0)
-        self.train = jax.jit(v(lambda ls, off: loop.train(ls, off, cfg.steps_per_chunk),
-                               in_axes=(0, None)), donate_argnums=0)
+    def _build_evaluators(self, base: BasePolicy, learner: Any, features: Any,
+                          bound: float = 0.0) -> None:
+        task, cfg, v = self.task, self.cfg, jax.vmap
 
         def evaluators(n):
             residual = jax.jit(v(lambda lstate, key: run_episodes(
@@ -115,6 +100,33 @@ class Trainer:
         """Per seed: held-out starts, used once, by the final evaluation."""
         return jax.vmap(lambda k: jax.random.fold_in(k, FINAL_SALT))(self.keys())
 
+
+@dataclasses.dataclass
+class Trainer(Evaluators):
+    """The compiled phase functions of one configuration (built by ``make_trainer``).
+
+    ``normalizer`` and ``offline`` (the demo buffer state) are the run's starting
+    statistics and demos; a resumed run replaces them with the checkpoint's."""
+
+    task: Env
+    loop: SimLoop
+    cfg: TrainConfig
+    normalizer: Normalizer
+    offline: Any
+    seeds: list[int]
+    method: str = "ResFiT"
+    first_phase: str = "warmup"
+
+    def __post_init__(self):
+        loop, cfg, v = self.loop, self.cfg, jax.vmap
+        self.warmup = jax.jit(v(lambda ls: loop.warmup(ls, cfg.steps_per_chunk)),
+                              donate_argnums=0)
+        self.critic_warmup = jax.jit(v(lambda ls, off: loop.critic_warmup(
+            ls, off, cfg.critic_warmup_chunk), in_axes=(0, None)), donate_argnums=0)
+        self.train = jax.jit(v(lambda ls, off: loop.train(ls, off, cfg.steps_per_chunk),
+                               in_axes=(0, None)), donate_argnums=0)
+        self._build_evaluators(loop.base, loop.learner, loop.features, loop.offset_bound)
+
     def init(self):
         learner, normalizer = self.loop.learner, self.normalizer
 
@@ -124,9 +136,22 @@ class Trainer:
         return jax.jit(jax.vmap(one))(self.keys())
 
 
-def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: TrainConfig,
-                 seeds: Sequence[int]) -> Trainer:
-    """Build the normalizer, learner, sim loop and the relabelled demo buffer for a config."""
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What both simulated trainers build from a base, its demos and a config."""
+
+    task: Env
+    base: BasePolicy
+    episodes: list
+    normalizer: Normalizer
+    features: BaseFeatures | None
+
+
+def prepare_inputs(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: Any,
+                   action_scale: float) -> Inputs:
+    """Check the base and demos against the task, re-chunk the base, add the time feature,
+    fit the normalizer (demo action range widened by the residual's ``action_scale``) and the
+    base's chunk features. ``cfg``: a TrainConfig or a PPOTrainConfig."""
     if base.action_dim != task.action_size:
         raise ValueError(f"The base policy's action size ({base.action_dim}) does not match the "
                          f"task's ({task.action_size}); load the base trained for this task.")
@@ -134,18 +159,27 @@ def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: 
     base = rechunk(base, cfg.base_execution_horizon, cfg.base_temporal_ensemble)
     obs_dim = int(task.observation_spec.shape[0])
     check_compatible(episodes, obs_dim, task.action_size, type(task).__name__)
-    if cfg.time_feature:
+    if getattr(cfg, "time_feature", False):
         base = ObservationPrefix(base, obs_dim)
         episodes = with_time_feature(episodes, task.horizon)
         task = TimeFeature(task)
-    normalizer = fit_normalizer(episodes, cfg.learner.action_scale, cfg.action_margin,
-                                cfg.obs_min_std)
+    normalizer = fit_normalizer(episodes, action_scale, cfg.action_margin, cfg.obs_min_std)
     features = BaseFeatures.for_base(base, cfg.base_phase, cfg.base_plan)
-    if cfg.offset_bound > 0:
+    bound = getattr(cfg, "offset_bound", 0.0)
+    if bound > 0:
         chunked_base(base)                     # offsets reset at refills: a chunked base only
-    if features is not None or cfg.offset_bound > 0:
+    if features is not None or bound > 0:
         normalizer = with_feature_stats(normalizer, episodes, base, features, cfg.obs_min_std,
-                                        cfg.offset_bound)
+                                        bound)
+    return Inputs(task, base, episodes, normalizer, features)
+
+
+def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: TrainConfig,
+                 seeds: Sequence[int]) -> Trainer:
+    """Build the normalizer, learner, sim loop and the relabelled demo buffer for a config."""
+    inp = prepare_inputs(task, base, episodes, cfg, cfg.learner.action_scale)
+    task, base, episodes, normalizer, features = (inp.task, inp.base, inp.episodes,
+                                                  inp.normalizer, inp.features)
     loop = SimLoop(task, base, None, cfg.replay, num_envs=cfg.num_envs, features=features,
                    offset_bound=cfg.offset_bound)
     learner = make_learner(cfg.learner, loop.learner_obs_spec, task.action_size)
@@ -274,7 +308,7 @@ def _start(trainer: Trainer, out: str, resume: bool, task_name: str,
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(dict(extra_info or {}, task=task_name, seeds=seeds, identity=identity,
                        config=cfg_dict), f, indent=2)
-    prog = Progress(config=cfg_dict, seeds=seeds, identity=identity)
+    prog = Progress(config=cfg_dict, seeds=seeds, identity=identity, phase=trainer.first_phase)
     return ckpt, MetricsLogger(out, seeds), prog, state
 
 
@@ -289,14 +323,24 @@ def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: b
     identity: e.g. content hashes of the base and demos (``checkpointing.content_hash``);
     recorded, and a resume with a different identity is refused.
     """
+    return run_phases(trainer, PHASE_FUNCTIONS, out, resume, progress, stop_at_env_steps,
+                      task_name, extra_info, identity)
+
+
+def run_phases(trainer: Any, phase_functions: dict, out: str, resume: bool = False,
+               progress: bool = True, stop_at_env_steps: int | None = None, task_name: str = "",
+               extra_info: dict | None = None, identity: dict | None = None) -> dict:
+    """The driver both simulated trainers share: open or resume the run directory under its
+    lock, evaluate the base on the periodic starts once, run ``phase_functions[phase]`` until
+    "done" (or an early stop), write summary.json and return the summary."""
     out = os.path.abspath(out)
     with RunLock(out, "training run"):
-        return _train_residual(trainer, out, resume, progress, stop_at_env_steps, task_name,
-                               extra_info, identity)
+        return _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_steps,
+                           task_name, extra_info, identity)
 
 
-def _train_residual(trainer, out, resume, progress, stop_at_env_steps, task_name, extra_info,
-                    identity) -> dict:
+def _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_steps, task_name,
+                extra_info, identity) -> dict:
     ckpt, logger, prog, state = _start(trainer, out, resume, task_name, extra_info, identity)
     run = Run(trainer, ckpt, logger, prog, state, time.time() - prog.wall_s, progress,
                task_name, stop_at_env_steps)
@@ -308,7 +352,7 @@ def _train_residual(trainer, out, resume, progress, stop_at_env_steps, task_name
             # the residual starts at exactly zero, so the policy at step 0 is the base
             prog.last_eval = run.log_eval(ev)
         while prog.phase != "done":
-            if PHASE_FUNCTIONS[prog.phase](run):
+            if phase_functions[prog.phase](run):
                 break
     except KeyboardInterrupt:
         run.close_bar()
@@ -322,7 +366,7 @@ def _train_residual(trainer, out, resume, progress, stop_at_env_steps, task_name
         raise
     run.close_bar()
     logger.close()
-    summary = run_summary(prog, trainer.cfg, task_name, out)
+    summary = run_summary(prog, trainer.cfg, task_name, out, trainer.method)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     ckpt.close()

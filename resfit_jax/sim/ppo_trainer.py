@@ -1,0 +1,115 @@
+"""The residual-PPO driver in simulation: the same run directory, evaluation and outputs as
+ResFiT's (``sim.trainer``), with PPO's one training phase.
+
+    trainer = make_ppo_trainer(task, base, demos, ppo_preset("PickPlace"), seeds=[0, 1, 2])
+    summary = train_residual_ppo(trainer, out="runs/ppo/pp")
+
+Phases: "train" (jitted PPO iterations vmapped over seeds: rollout + update; periodic
+evaluation every ``eval_every`` env steps on the same matched starts as ResFiT's, with a
+checkpoint each time), then "final_eval" on the held-out starts (shared with ResFiT's
+trainer). The demos are used only to fit the normalizer, exactly as ResFiT fits it, so the
+base, its action space and the evaluation starts are identical for both methods.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+
+from resfit_jax.agents.residual_ppo import FINITE_FIELDS, make_ppo
+from resfit_jax.base_policy import BasePolicy
+from resfit_jax.data.rlds import Episode
+from resfit_jax.envs.core import Env
+from resfit_jax.normalization import Normalizer
+from resfit_jax.sim.ppo_loop import PPOLoop
+from resfit_jax.sim.ppo_presets import PPOTrainConfig
+from resfit_jax.sim.progress import Run
+from resfit_jax.sim.trainer import Evaluators, _final_eval_phase, prepare_inputs, run_phases
+
+
+@dataclasses.dataclass
+class PPOTrainer(Evaluators):
+    task: Env
+    loop: PPOLoop
+    cfg: PPOTrainConfig
+    normalizer: Normalizer
+    seeds: list[int]
+    offline: Any = None
+    method: str = "ResidualPPO"
+    first_phase: str = "train"
+    finite_fields: tuple[str, ...] = FINITE_FIELDS
+
+    def __post_init__(self):
+        loop = self.loop
+        self.iterate = jax.jit(jax.vmap(loop.iteration), donate_argnums=0)
+        self._build_evaluators(loop.base, loop.learner, loop.features)
+
+    @property
+    def env_steps_per_chunk(self) -> int:
+        return self.loop.env_steps_per_iteration
+
+    @property
+    def iterations(self) -> int:
+        return self.loop.learner.num_iterations
+
+    def init(self):
+        learner, normalizer = self.loop.learner, self.normalizer
+
+        def one(key):
+            k_loop, k_learn = jax.random.split(key)
+            return self.loop.init(k_loop, learner.init(k_learn, normalizer))
+        return jax.jit(jax.vmap(one))(self.keys())
+
+
+def make_ppo_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode],
+                     cfg: PPOTrainConfig, seeds: Sequence[int]) -> PPOTrainer:
+    """Normalizer and base features as ResFiT's ``make_trainer``, then the PPO loop."""
+    inp = prepare_inputs(task, base, episodes, cfg, cfg.learner.action_scale)
+    rollout = cfg.rollout_length or inp.task.horizon
+    probe = PPOLoop(inp.task, inp.base, None, cfg.num_envs, rollout, inp.features)
+    ppo = make_ppo(cfg.learner, probe.learner_obs_spec, inp.task.action_size,
+                   cfg.iterations(inp.task.horizon))
+    loop = PPOLoop(inp.task, inp.base, ppo, cfg.num_envs, rollout, inp.features)
+    return PPOTrainer(inp.task, loop, cfg, inp.normalizer, list(seeds))
+
+
+def _ppo_train_phase(run: Run) -> bool:
+    """PPO iterations; evaluates (and checkpoints) every eval_every env steps and after the
+    last one. Returns True when it stopped early (``stop_at_env_steps``)."""
+    prog, trainer, cfg = run.prog, run.trainer, run.trainer.cfg
+    per = trainer.env_steps_per_chunk
+    run.open_bar("residual PPO", trainer.iterations * per, prog.env_steps, "env step")
+    eval_keys = trainer.eval_keys()
+    while prog.chunk < trainer.iterations:
+        before = prog.env_steps
+        run.state, metrics = trainer.iterate(run.state)
+        prog.chunk += 1
+        prog.env_steps += per
+        run.bar.update(per)
+        run.log_chunk(metrics, "train")
+        last = prog.chunk == trainer.iterations
+        if prog.env_steps // cfg.eval_every > before // cfg.eval_every or last:
+            prog.last_eval = run.log_eval(trainer.evaluate(run.state.learner_state, eval_keys))
+            run.save()
+            run.postfix()
+            if (run.stop_at_env_steps is not None and prog.env_steps >= run.stop_at_env_steps
+                    and not last):
+                return True
+    prog.phase, prog.chunk = "final_eval", 0
+    run.save()
+    return False
+
+
+PPO_PHASES = {"train": _ppo_train_phase, "final_eval": _final_eval_phase}
+
+
+def train_residual_ppo(trainer: PPOTrainer, out: str, resume: bool = False,
+                       progress: bool = True, stop_at_env_steps: int | None = None,
+                       task_name: str = "", extra_info: dict | None = None,
+                       identity: dict | None = None) -> dict:
+    """Run (or resume) residual PPO; the same outputs as ``sim.trainer.train_residual``
+    (metrics.jsonl, TensorBoard, checkpoints, config.json, summary.json with the held-out
+    final evaluation) and the same locking and resume rules."""
+    return run_phases(trainer, PPO_PHASES, out, resume, progress, stop_at_env_steps, task_name,
+                      extra_info, identity)
