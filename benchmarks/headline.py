@@ -27,7 +27,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The script's flags (defined only when it runs, so importing it defines none)."""
     flags.DEFINE_string("run", None, "add: a finished residual run directory.")
-    flags.DEFINE_string("method", "ResFiT", "add: method name.")
+    flags.DEFINE_string("method", None, "add: method name (default: the run's, e.g. ResFiT "
+                        "or ResidualPPO).")
     flags.DEFINE_string("setting", "preset", "add: what differs from the preset.")
     flags.DEFINE_string("note", "", "add: a short note for the table.")
     flags.DEFINE_string("headline", HEADLINE, "headline.json path.")
@@ -41,7 +42,7 @@ def load(path: str = HEADLINE) -> dict:
         return json.load(f)
 
 
-def row_from_run(run: str, method: str, setting: str, note: str = "") -> dict:
+def row_from_run(run: str, method: str | None, setting: str, note: str = "") -> dict:
     from benchmarks.machine import machine_info
 
     with open(os.path.join(run, "summary.json")) as f:
@@ -51,6 +52,7 @@ def row_from_run(run: str, method: str, setting: str, note: str = "") -> dict:
     if not s.get("complete") or not s.get("final"):
         raise ValueError(f"{run}: the run has no held-out final evaluation yet (finish it first).")
     p = s["final"]["pooled"]
+    method = method or s.get("method", "ResFiT")
     return {"task": s["task"], "method": method, "scale": info.get("scale", "cpu"),
             "setting": setting, "note": note, "seeds": len(s["seeds"]),
             "env_steps": s["env_steps"], "warmup_env_steps": s["warmup_env_steps"],

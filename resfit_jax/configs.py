@@ -59,12 +59,12 @@ def apply_overrides(cfg, overrides: Sequence[str] | None):
             raise ValueError(f"Override {item!r}: expected field=value.")
         path, text = item.split("=", 1)
         path = path.strip()
-        if path in MOVED:
-            raise ValueError(f"Override {item!r}: {path!r} is now {MOVED[path]!r}.")
         obj, node, names = cfg, changes, path.split(".")
         for depth, name in enumerate(names):
-            fields = {f.name for f in dataclasses.fields(obj)}
+            fields = {f.name: f for f in dataclasses.fields(obj)}
             if name not in fields:
+                if path in MOVED:
+                    raise ValueError(f"Override {item!r}: {path!r} is now {MOVED[path]!r}.")
                 raise ValueError(f"Override {item!r}: {type(obj).__name__} has no field "
                                  f"{name!r}; fields: {sorted(fields)}.")
             obj = getattr(obj, name)
@@ -76,8 +76,10 @@ def apply_overrides(cfg, overrides: Sequence[str] | None):
             if dataclasses.is_dataclass(obj):
                 raise ValueError(f"Override {item!r}: {name!r} is a group of settings; set its "
                                  f"fields ({name}.<field>=value).")
+            optional = "None" in str(fields[name].type)
             try:
-                node[name] = _convert(text.strip(), obj)
+                node[name] = (None if optional and text.strip() == "None"
+                              else _convert(text.strip(), obj))
             except ValueError as e:
                 raise ValueError(f"Override {item!r}: {e}.") from None
 

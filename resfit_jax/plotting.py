@@ -18,8 +18,9 @@ from resfit_jax.logger import read_metrics
 
 
 def eval_curves(run_dir: str) -> dict:
-    """{"env_steps" [T], "success" [S, T], "length" [S, T] (NaN: no success), "base" [S],
-    "seeds" [S]} from a run's eval rows (only steps that every seed reached)."""
+    """{"env_steps" [T] (main loop), "total_env_steps" [T] (with warm-up collection),
+    "success" [S, T], "length" [S, T] (NaN: no success), "base" [S], "seeds" [S]} from a
+    run's eval rows (only steps that every seed reached)."""
     rows = [r for r in read_metrics(run_dir) if r.get("kind") == "eval"]
     if not rows:
         raise ValueError(f"{run_dir}: metrics.jsonl has no evaluation rows yet.")
@@ -33,7 +34,8 @@ def eval_curves(run_dir: str) -> dict:
     length = np.array([[np.nan if get(s, t, "mean_success_length") is None
                         else get(s, t, "mean_success_length") for t in steps] for s in seeds])
     base = np.array([by_seed[s][steps[0]].get("base_success_rate", np.nan) for s in seeds])
-    return {"env_steps": np.array(steps), "success": success, "length": length, "base": base,
+    total = np.array([by_seed[seeds[0]][t].get("total_env_steps", t) for t in steps])
+    return {"env_steps": np.array(steps), "total_env_steps": total, "success": success, "length": length, "base": base,
             "seeds": seeds}
 
 

@@ -1,0 +1,305 @@
+"""Sample efficiency: ResFiT against residual PPO on the same task, base and evaluation starts.
+
+    python -m benchmarks.sample_efficiency --task=PointReach --base=scripted --seeds=3
+    python -m benchmarks.sample_efficiency --task=PickPlace --base=runs/bc/PickPlace --seeds=3 \
+        --ppo_chunk=2000000          # PPO trains 2M more env steps per seed per invocation
+    python -m benchmarks.sample_efficiency --task=PickPlace --analyze_only
+
+Each method trains in its own run directory under --out (resfit/, ppo/), through the same
+trainers as experiments/train_residual and experiments/train_residual_ppo, 3 seeds vmapped
+each; the same seeds give both methods the same periodic and held-out starts. Re-running
+resumes both; with --ppo_chunk a long PPO budget is spread over several invocations.
+--resfit_run / --ppo_run use runs made elsewhere instead (same base, demos and seeds; checked
+through their content hashes).
+
+The analysis (also after every invocation, on whatever has been trained so far):
+- success against total env steps (warm-up collection counted), mean and min-max over seeds,
+  log-scale x, as a PNG;
+- the threshold: the base's periodic success + ``--fraction`` (0.75) of ResFiT's gain on the
+  held-out starts (final minus base, pooled over seeds), or ``--threshold`` (absolute);
+- the env steps each method's seed-mean periodic success first reaches it, with a bootstrap
+  interval over seeds, and the ratio PPO / ResFiT. When PPO has not reached it within the
+  steps it has run, its figure and the ratio are lower bounds and are reported as such.
+Writes benchmarks/results/sample_efficiency.json (one entry per task, with the machine).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("task", "PointReach", "Registered task name.")
+    flags.DEFINE_string("base", None, "BC base directory (default runs/bc/<task>); 'scripted' "
+                        "on PointReach: the biased scripted base with 60 expert demos.")
+    flags.DEFINE_string("demos", None, "RLDS demos (default: the base's).")
+    flags.DEFINE_integer("seeds", 3, "Seeds per method (vmapped).")
+    flags.DEFINE_string("out", None, "Run directories go here (default "
+                        "runs/sample_efficiency/<task>).")
+    flags.DEFINE_string("resfit_run", None, "Use this ResFiT run instead of training one.")
+    flags.DEFINE_string("ppo_run", None, "Use this residual-PPO run instead of training one.")
+    flags.DEFINE_multi_string("resfit_override", [], "ResFiT config overrides.")
+    flags.DEFINE_multi_string("ppo_override", [], "Residual-PPO config overrides (e.g. "
+                              "total_env_steps=10000000 for the budget).")
+    flags.DEFINE_integer("ppo_chunk", None, "PPO env steps (per seed) to train in this "
+                         "invocation (default: to the end of its budget).")
+    flags.DEFINE_bool("analyze_only", False, "Train nothing; analyze the runs as they are.")
+    flags.DEFINE_float("fraction", 0.75, "Threshold = base + fraction * (ResFiT final - base).")
+    flags.DEFINE_float("threshold", None, "Absolute success threshold instead of --fraction.")
+    flags.DEFINE_integer("bootstrap", 2000, "Bootstrap resamples over seeds.")
+    flags.DEFINE_string("json_out", os.path.join(RESULTS, "sample_efficiency.json"),
+                        "Results JSON (one entry per task is replaced).")
+    flags.DEFINE_string("plot", None, "PNG (default benchmarks/results/"
+                        "sample_efficiency_<task>.png).")
+
+
+# ------------------------------------------------------------------------------ analysis
+def first_reach(steps: np.ndarray, success: np.ndarray, threshold: float) -> float | None:
+    """The first env step at which success [T] >= threshold (None: never)."""
+    hit = np.nonzero(np.asarray(success) >= threshold - 1e-12)[0]
+    return float(steps[hit[0]]) if hit.size else None
+
+
+def steps_to_threshold(steps: np.ndarray, success: np.ndarray, threshold: float,
+                       num_bootstrap: int, seed: int = 0) -> dict:
+    """Env steps at which the seed-mean success [S, T] first reaches the threshold, and a 95%
+    bootstrap interval over seeds (resampled with replacement; a resample that never reaches
+    it counts as beyond the last step, so the upper end can be "not reached")."""
+    mean = first_reach(steps, success.mean(axis=0), threshold)
+    rng = np.random.default_rng(seed)
+    s = success.shape[0]
+    beyond = 2.0 * float(steps[-1]) + 1.0            # stands for "not reached"
+    draws = []
+    for _ in range(num_bootstrap):
+        x = first_reach(steps, success[rng.integers(0, s, s)].mean(axis=0), threshold)
+        draws.append(beyond if x is None else x)
+    lo, hi = (np.percentile(draws, [2.5, 97.5], method="lower") if draws
+              else (beyond, beyond))
+    bound = lambda v: None if v >= beyond else float(v)
+    return {"steps": mean, "reached": mean is not None, "ci95": [bound(lo), bound(hi)],
+            "max_steps": float(steps[-1]), "per_seed": [first_reach(steps, row, threshold)
+                                                        for row in success]}
+
+
+def compare(resfit: dict, ppo: dict, threshold: float, num_bootstrap: int) -> dict:
+    """Both methods' steps to the threshold and the ratio PPO / ResFiT (curves from
+    ``plotting.eval_curves``)."""
+    out = {"threshold": threshold}
+    for name, c in (("resfit", resfit), ("ppo", ppo)):
+        out[name] = steps_to_threshold(c["total_env_steps"], c["success"], threshold,
+                                       num_bootstrap)
+    r, p = out["resfit"], out["ppo"]
+    if not r["reached"]:
+        out["ratio"], out["ratio_kind"] = None, "ResFiT did not reach the threshold"
+    elif p["reached"]:
+        out["ratio"], out["ratio_kind"] = p["steps"] / r["steps"], "measured"
+    else:
+        out["ratio"], out["ratio_kind"] = p["max_steps"] / r["steps"], (
+            "lower bound: PPO had not reached the threshold after its "
+            f"{p['max_steps']:,.0f} env steps")
+    return out
+
+
+def threshold_of(base: float, final: dict | None, fraction: float,
+                 absolute: float | None) -> tuple[float | None, str]:
+    """The success threshold on the periodic curves: ``base`` (the base on the periodic
+    starts) + fraction x ResFiT's gain on the held-out starts (``final``: its pooled row)."""
+    if absolute is not None:
+        return absolute, f"absolute {absolute:.3f}"
+    if final is None:
+        return None, "ResFiT has no final evaluation yet"
+    gain = final["success_rate"] - final["base_success_rate"]
+    if gain <= 0:
+        return None, (f"ResFiT's held-out final success ({final['success_rate']:.1%}) does not "
+                      f"exceed the base's ({final['base_success_rate']:.1%}); pass --threshold "
+                      "for an absolute one")
+    return base + fraction * gain, (
+        f"periodic base {base:.1%} + {fraction:g} x ResFiT's held-out gain "
+        f"({final['base_success_rate']:.1%} -> {final['success_rate']:.1%})")
+
+
+def plot(resfit: dict, ppo: dict, threshold: float | None, path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (label, c) in enumerate((("ResFiT", resfit), ("residual PPO", ppo))):
+        if c is None:
+            continue
+        x = np.maximum(c["total_env_steps"], 1)
+        y = c["success"]
+        ax.plot(x, y.mean(axis=0), color=f"C{i}", marker=".",
+                label=f"{label} ({y.shape[0]} seeds)")
+        ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=f"C{i}", alpha=0.2)
+    base = resfit if resfit is not None else ppo
+    ax.axhline(float(np.mean(base["base"])), color="gray", ls="--", lw=1, label="BC base")
+    if threshold is not None:
+        ax.axhline(threshold, color="k", ls=":", lw=1, label=f"threshold {threshold:.1%}")
+    ax.set(xscale="log", xlabel="env steps (incl. warm-up collection)",
+           ylabel="success rate (periodic, matched starts)", ylim=(-0.02, 1.02), title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- training
+def _inputs(task_name: str):
+    from resfit_jax import envs
+
+    task = envs.make(task_name)
+    if FLAGS.base == "scripted":
+        if task_name != "PointReach":
+            raise app.UsageError("--base=scripted exists only for PointReach.")
+        from resfit_jax.base_policy import FunctionBase
+        from resfit_jax.data.demos import collect_episodes, make_rollout
+        from resfit_jax.envs.point_reach import biased_base_action
+
+        expert = envs.make_expert("PointReach", task, envs.ExpertStyle())
+        episodes, _ = collect_episodes(make_rollout(task, expert.init, expert.act), 60, 30)
+        return task, FunctionBase(biased_base_action, 2), episodes, {"base": "scripted"}
+    from bases.frozen import open_base_and_demos
+    from resfit_jax.checkpointing import content_hash
+
+    base, info, demos, episodes = open_base_and_demos(
+        FLAGS.base or os.path.join("runs", "bc", task_name), FLAGS.demos,
+        int(task.observation_spec.shape[0]), task.action_size)
+    return task, base, episodes, {"base": content_hash(info["path"]),
+                                  "demos": content_hash(demos)}
+
+
+def _finished(run: str) -> bool:
+    path = os.path.join(run, "summary.json")
+    return os.path.exists(path) and json.load(open(path)).get("complete", False)
+
+
+def _train(task_name: str, out: str) -> tuple[str, str]:
+    from resfit_jax.checkpointing import RunCheckpointer
+    from resfit_jax.configs import apply_overrides
+    from resfit_jax.sim.ppo_presets import ppo_preset
+    from resfit_jax.sim.ppo_trainer import make_ppo_trainer, train_residual_ppo
+    from resfit_jax.sim.presets import preset
+    from resfit_jax.sim.trainer import make_trainer, train_residual
+
+    resfit_run = FLAGS.resfit_run or os.path.join(out, "resfit")
+    ppo_run = FLAGS.ppo_run or os.path.join(out, "ppo")
+    if FLAGS.analyze_only:
+        return resfit_run, ppo_run
+    task, base, episodes, identity = _inputs(task_name)
+    seeds = list(range(FLAGS.seeds))
+    has_ckpt = lambda d: RunCheckpointer(os.path.join(d, "checkpoints")).latest_step() is not None
+    if not _finished(resfit_run):
+        print(f"ResFiT: {resfit_run}")
+        cfg = apply_overrides(preset(task_name, "cpu"), FLAGS.resfit_override)
+        train_residual(make_trainer(task, base, episodes, cfg, seeds), resfit_run,
+                       resume=has_ckpt(resfit_run), task_name=task_name, identity=identity,
+                       extra_info={"scale": "cpu", "overrides": FLAGS.resfit_override})
+    if not _finished(ppo_run):
+        print(f"residual PPO: {ppo_run}")
+        cfg = apply_overrides(ppo_preset(task_name, "cpu"), FLAGS.ppo_override)
+        resume = has_ckpt(ppo_run)
+        done = 0
+        if resume:
+            from resfit_jax.plotting import eval_curves
+            done = int(eval_curves(ppo_run)["env_steps"][-1])
+        stop = None if FLAGS.ppo_chunk is None else done + FLAGS.ppo_chunk
+        train_residual_ppo(make_ppo_trainer(task, base, episodes, cfg, seeds), ppo_run,
+                           resume=resume, stop_at_env_steps=stop, task_name=task_name,
+                           identity=identity,
+                           extra_info={"scale": "cpu", "method": "ResidualPPO",
+                                       "overrides": FLAGS.ppo_override})
+    return resfit_run, ppo_run
+
+
+def _identity(run: str) -> dict | None:
+    path = os.path.join(run, "config.json")
+    return json.load(open(path)).get("identity") if os.path.exists(path) else None
+
+
+def main(argv):
+    del argv
+    from resfit_jax.runtime import setup_script
+    setup_script()
+    from benchmarks.machine import machine_info, write_results
+    from resfit_jax.plotting import eval_curves
+
+    task = FLAGS.task
+    out = FLAGS.out or os.path.join("runs", "sample_efficiency", task)
+    resfit_run, ppo_run = _train(task, out)
+    ids = [_identity(resfit_run), _identity(ppo_run)]
+    if None not in ids and ids[0] != ids[1]:
+        raise app.UsageError(f"{resfit_run} and {ppo_run} were trained on different bases or "
+                             f"demos ({ids[0]} vs {ids[1]}); compare runs on the same inputs.")
+    curves = {}
+    for name, run in (("resfit", resfit_run), ("ppo", ppo_run)):
+        curves[name] = eval_curves(run) if os.path.exists(os.path.join(run, "metrics.jsonl")) \
+            else None
+    if curves["resfit"] is None or curves["ppo"] is None:
+        raise app.UsageError("Both runs need evaluations; train them first (drop --analyze_only).")
+    if curves["resfit"]["seeds"] != curves["ppo"]["seeds"]:
+        raise app.UsageError(f"The runs have different seeds ({curves['resfit']['seeds']} vs "
+                             f"{curves['ppo']['seeds']}), so different evaluation starts.")
+    summaries = {n: json.load(open(os.path.join(r, "summary.json")))
+                 if os.path.exists(os.path.join(r, "summary.json")) else {}
+                 for n, r in (("resfit", resfit_run), ("ppo", ppo_run))}
+    base = float(np.mean(curves["resfit"]["base"]))
+    final = (summaries["resfit"].get("final") or {}).get("pooled")
+    threshold, how = threshold_of(base, final, FLAGS.fraction, FLAGS.threshold)
+    result = {"task": task, "seeds": curves["resfit"]["seeds"], "threshold_rule": how,
+              "base_success_rate_periodic": base,
+              "resfit_run": os.path.abspath(resfit_run), "ppo_run": os.path.abspath(ppo_run),
+              "resfit_final": final,
+              "ppo_final": (summaries["ppo"].get("final") or {}).get("pooled"),
+              "ppo_complete": summaries["ppo"].get("complete", False),
+              "curves": {n: {"total_env_steps": c["total_env_steps"].tolist(),
+                             "success_mean": c["success"].mean(axis=0).tolist(),
+                             "success_min": c["success"].min(axis=0).tolist(),
+                             "success_max": c["success"].max(axis=0).tolist()}
+                         for n, c in curves.items()},
+              "machine": machine_info()}
+    if threshold is not None:
+        result |= compare(curves["resfit"], curves["ppo"], threshold, FLAGS.bootstrap)
+    png = FLAGS.plot or os.path.join(RESULTS, f"sample_efficiency_{task}.png")
+    plot(curves["resfit"], curves["ppo"], threshold, png,
+         f"{task}: ResFiT vs residual PPO, {len(result['seeds'])} seeds")
+    result["plot"] = os.path.relpath(png, os.path.dirname(RESULTS))
+    print(report(result))
+    data = json.load(open(FLAGS.json_out)) if os.path.exists(FLAGS.json_out) else {}
+    data[task] = result
+    write_results(FLAGS.json_out, data)
+    print(f"plot: {png}")
+
+
+def _fmt(x) -> str:
+    return "not reached" if x is None else f"{x:,.0f}"
+
+
+def report(r: dict) -> str:
+    lines = [f"{r['task']}: ResFiT vs residual PPO, seeds {r['seeds']}",
+             f"threshold: {r['threshold_rule']}"]
+    if "threshold" not in r:
+        return "\n".join(lines + ["(no threshold: no ratio)"])
+    lines.append(f"{'method':<14}{'env steps to threshold':>24}{'95% CI (bootstrap)':>28}"
+                 f"{'trained':>14}")
+    for name, label in (("resfit", "ResFiT"), ("ppo", "residual PPO")):
+        m = r[name]
+        lo, hi = m["ci95"]
+        ci = f"[{_fmt(lo)}, {_fmt(hi)}]"
+        lines.append(f"{label:<14}{_fmt(m['steps']):>24}{ci:>28}{m['max_steps']:>14,.0f}")
+    ratio = "-" if r["ratio"] is None else f"{r['ratio']:,.1f}x"
+    lines.append(f"ratio PPO / ResFiT: {ratio} ({r['ratio_kind']})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,43 @@
+"""The sample-efficiency analysis: first crossing, bootstrap over seeds, the threshold rule
+and the ratio, measured or a lower bound when PPO has not reached the threshold."""
+import numpy as np
+import pytest
+
+from benchmarks.sample_efficiency import compare, first_reach, steps_to_threshold, threshold_of
+
+
+def _curve(steps, success):
+    return {"total_env_steps": np.asarray(steps, float), "success": np.asarray(success, float)}
+
+
+def test_first_reach_and_the_bootstrap_interval():
+    steps = np.array([0, 10, 20, 30])
+    assert first_reach(steps, [0.5, 0.7, 0.9, 0.95], 0.9) == 20
+    assert first_reach(steps, [0.5, 0.7, 0.8, 0.85], 0.9) is None
+    same = steps_to_threshold(steps, np.array([[0.5, 0.7, 0.9, 0.9]] * 3), 0.9, 200)
+    assert same["steps"] == 20 and same["ci95"] == [20.0, 20.0] and same["reached"]
+    spread = steps_to_threshold(steps, np.array([[0.5, 0.95, 0.95, 0.95],
+                                                 [0.5, 0.5, 0.5, 0.95],
+                                                 [0.5, 0.5, 0.95, 0.95]]), 0.9, 2000)
+    assert spread["steps"] == 30 and spread["per_seed"] == [10, 30, 20]
+    lo, hi = spread["ci95"]
+    assert lo == 10 and hi == 30
+
+
+def test_the_ratio_is_measured_or_a_lower_bound():
+    resfit = _curve([0, 1_000, 2_000], [[0.5, 0.8, 0.95]] * 3)
+    ppo = _curve([0, 100_000, 200_000], [[0.5, 0.6, 0.96]] * 3)
+    out = compare(resfit, ppo, 0.9, 100)
+    assert out["ratio"] == pytest.approx(100.0) and out["ratio_kind"] == "measured"
+    slow = _curve([0, 100_000, 200_000], [[0.5, 0.6, 0.7]] * 3)
+    out = compare(resfit, slow, 0.9, 100)
+    assert out["ratio"] == pytest.approx(100.0) and out["ratio_kind"].startswith("lower bound")
+    assert out["ppo"]["steps"] is None and out["ppo"]["ci95"][1] is None
+
+
+def test_the_threshold_is_the_base_plus_a_fraction_of_the_held_out_gain():
+    t, how = threshold_of(0.5, {"success_rate": 0.9, "base_success_rate": 0.4}, 0.75, None)
+    assert t == pytest.approx(0.5 + 0.75 * 0.5) and "held-out" in how
+    t, how = threshold_of(0.5, {"success_rate": 0.8, "base_success_rate": 0.85}, 0.75, None)
+    assert t is None and "does not exceed" in how
+    assert threshold_of(0.5, None, 0.75, 0.9)[0] == 0.9
