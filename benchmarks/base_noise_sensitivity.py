@@ -1,6 +1,8 @@
 """How much action noise a BC base tolerates: its success under per-step Gaussian and uniform
 noise in the learner's normalized action units (the units of exploration_std, warmup_noise
-and action_scale), on the same N episodes per level.
+and action_scale), on the same N episodes per level, with the episodes the noise fixed and
+broke against the clean base (paired): how much churn a residual of a given size causes by
+chance alone.
 
     python -m benchmarks.base_noise_sensitivity --task=PickPlace --base=runs/bc/PickPlace
 
@@ -40,6 +42,7 @@ def main(argv):
     from resfit_jax.demo_buffer import fit_normalizer
     from resfit_jax.runtime import setup_script
     from resfit_jax.sim.evaluation import episode_keys, run_episodes
+    from resfit_jax.stats import paired_outcomes
 
     setup_script()
     task = envs.make(FLAGS.task)
@@ -70,17 +73,24 @@ def main(argv):
 
     @jax.jit
     def run(key, level, uniform):
-        return run_episodes(task, NoisyBase(level, uniform), episode_keys(key, n))["success_rate"]
+        return run_episodes(task, NoisyBase(level, uniform), episode_keys(key, n))["success"]
 
     rows = []
-    print(f"{FLAGS.task}: base {info['path']}, {n} episodes per level (same initial states)")
-    print(f"{'noise':<10}{'level':>8}{'success':>10}{'seconds':>9}")
+    clean = jax.device_get(run(jax.random.key(5), 0.0, False))
+    print(f"{FLAGS.task}: base {info['path']}, {n} episodes per level (same initial states); "
+          "fixed / broken: against the clean base on the same starts")
+    print(f"{'noise':<10}{'level':>8}{'success':>10}{'fixed':>7}{'broken':>8}{'p':>9}"
+          f"{'seconds':>9}")
     for kind, levels in (("gaussian", FLAGS.gaussian), ("uniform", FLAGS.uniform)):
         for level in map(float, levels):
             t0 = time.time()
-            rate = float(run(jax.random.key(5), level, kind == "uniform"))
-            rows.append({"noise": kind, "level": level, "success_rate": rate})
-            print(f"{kind:<10}{level:>8g}{rate:>10.1%}{time.time() - t0:>9.1f}")
+            succ = jax.device_get(run(jax.random.key(5), level, kind == "uniform"))
+            pair = paired_outcomes(clean, succ)
+            rows.append({"noise": kind, "level": level, "success_rate": float(succ.mean()),
+                         "fixed": pair["fixed"], "broken": pair["broken"],
+                         "p_value": pair["p_value"]})
+            print(f"{kind:<10}{level:>8g}{succ.mean():>10.1%}{pair['fixed']:>7}"
+                  f"{pair['broken']:>8}{pair['p_value']:>9.2g}{time.time() - t0:>9.1f}")
     write_results(FLAGS.out or f"benchmarks/results/noise_{FLAGS.task}.json",
                   {"machine": machine_info(), "task": FLAGS.task,
                    "base": os.path.relpath(info["path"]),

@@ -133,8 +133,8 @@ def plot(resfit: dict, ppo: dict, threshold: float | None, path: str, title: str
     for i, (label, c) in enumerate((("ResFiT", resfit), ("residual PPO", ppo))):
         if c is None:
             continue
-        x = np.maximum(c["total_env_steps"], 1)
-        y = c["success"]
+        keep = c["total_env_steps"] > 0          # step 0 (the base) is the dashed line
+        x, y = c["total_env_steps"][keep], c["success"][:, keep]
         ax.plot(x, y.mean(axis=0), color=f"C{i}", marker=".",
                 label=f"{label} ({y.shape[0]} seeds)")
         ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=f"C{i}", alpha=0.2)
