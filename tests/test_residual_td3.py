@@ -327,7 +327,7 @@ def test_an_open_gate_equals_ungated_training_bit_for_bit(learner, trained, batc
     assert bool(jnp.all(aux["gate"] == 1.0))
 
 
-@pytest.mark.parametrize("rule", ["min", "lcb"])
+@pytest.mark.parametrize("rule", ["min", "lcb", "agree"])
 def test_gated_td_target_matches_a_hand_written_reference(trained, batches, rule):
     cfg = dataclasses.replace(CFG, gate_tau=0.01, gate_rule=rule, gate_k=0.5)
     lrn = make_learner(cfg, OBS, ACT)
@@ -344,7 +344,11 @@ def test_gated_td_target_matches_a_hand_written_reference(trained, batches, rule
     pess = (lambda q: q[heads].min(0)) if rule == "min" else \
         (lambda q: q.mean(0) - 0.5 * q.std(0))
     with_r = jnp.clip(batch.next_base_action + r, -1, 1)
-    g = (pess(q_all(with_r)) - pess(q_all(batch.next_base_action)) > 0.01).astype(jnp.float32)
+    if rule == "agree":
+        adv = (q_all(with_r) - q_all(batch.next_base_action)).min(0)
+    else:
+        adv = pess(q_all(with_r)) - pess(q_all(batch.next_base_action))
+    g = (adv > 0.01).astype(jnp.float32)
     a_next = jnp.clip(batch.next_base_action + g[:, None] * r, -1, 1)
     subset = jax.tree.map(lambda p: p[heads], trained.target_critic_params)
     q_next = lrn.critic.apply(subset, feats, a_next).min(0)

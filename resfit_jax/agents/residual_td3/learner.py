@@ -38,7 +38,7 @@ from resfit_jax.validation import number_errors
 
 PyTree = Any
 CRITIC_LOSSES = ("mse", "release")
-GATE_RULES = ("min", "lcb")
+GATE_RULES = ("min", "lcb", "agree")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,9 @@ class ResidualTD3Config:
     actor_demo_weight: float = 1.0
     # value gate: execute a_b + g * r, g = 1 where a pessimistic Q says the residual beats the
     # base by more than gate_tau (-inf: no gate, the paper's ResFiT); rule "min" = min over a
-    # random subset of num_min_critics heads, "lcb" = mean - gate_k * std over all heads
+    # random subset of num_min_critics heads, "lcb" = mean - gate_k * std over all heads,
+    # "agree" = every head's paired advantage Q_k(a_b + r) - Q_k(a_b) > gate_tau (the actor
+    # maximises Q, so a gate on the same critic's values without pairing is nearly always open)
     gate_tau: float = float("-inf")
     gate_rule: str = "min"
     gate_k: float = 1.0

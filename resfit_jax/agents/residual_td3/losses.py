@@ -16,7 +16,8 @@ S a random subset of ``num_min_critics`` target heads. The actor maximises the m
 K heads of Q(s, clip(a_b + mu(s, a_b), -1, 1)), minus ``residual_penalty *
 mean((mu / action_scale)^2)`` when that option is on.
 
-Value gate (``gate_tau`` > -inf): the residual is executed only where a pessimistic estimate
+Value gate (``gate_tau`` > -inf; rule "agree" compares each head's paired advantage, see
+``gate``): the residual is executed only where a pessimistic estimate
 says it helps, a = clip(a_b + g * r) with g = 1[P(s, a_b + r) - P(s, a_b) > tau]; P is the min
 over a random subset of ``num_min_critics`` heads ("min") or mean - gate_k * std over all
 heads ("lcb"). The same rule (with the target critic and the target's head subset) picks the
@@ -69,10 +70,16 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config") -> R
 
     def gate(critic_params, feats: jax.Array, base_action: jax.Array, residual: jax.Array,
              heads: jax.Array) -> jax.Array:
-        """g [B] in {0, 1}: 1 where P(s, clip(a_b + r)) - P(s, a_b) > gate_tau."""
+        """g [B] in {0, 1}: 1 where the residual beats the base by more than gate_tau.
+        "min" / "lcb": P(s, clip(a_b + r)) - P(s, a_b) with P pessimistic over heads;
+        "agree": min over all K heads of the paired advantage Q_k(s, clip(a_b + r)) - Q_k(s, a_b)
+        (every head must say the residual helps)."""
         with_r = critic.apply(critic_params, feats, jnp.clip(base_action + residual, -1.0, 1.0))
         without = critic.apply(critic_params, feats, base_action)
-        adv = pessimistic(with_r, heads) - pessimistic(without, heads)
+        if config.gate_rule == "agree":
+            adv = (with_r - without).min(axis=0)
+        else:
+            adv = pessimistic(with_r, heads) - pessimistic(without, heads)
         return (adv > config.gate_tau).astype(residual.dtype)
 
     def features(normalizer: Normalizer, obs: PyTree) -> jax.Array:
