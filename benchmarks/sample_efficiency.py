@@ -256,7 +256,8 @@ def main(argv):
     threshold, how = threshold_of(base, final, FLAGS.fraction, FLAGS.threshold)
     result = {"task": task, "seeds": curves["resfit"]["seeds"], "threshold_rule": how,
               "base_success_rate_periodic": base,
-              "resfit_run": os.path.abspath(resfit_run), "ppo_run": os.path.abspath(ppo_run),
+              "resfit_run": os.path.basename(os.path.normpath(resfit_run)),
+              "ppo_run": os.path.basename(os.path.normpath(ppo_run)),
               "resfit_final": final,
               "ppo_final": (summaries["ppo"].get("final") or {}).get("pooled"),
               "ppo_complete": summaries["ppo"].get("complete", False),

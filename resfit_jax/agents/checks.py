@@ -51,6 +51,17 @@ def obs_dim(spec: PyTree) -> int:
     return int(sum(s.shape[0] for s in jax.tree.leaves(spec)))
 
 
+def check_normalizer(normalizer: Any, obs_dim: int, action_dim: int) -> None:
+    """A clear error when a ``Normalizer``'s sizes do not match the learner's."""
+    if normalizer.obs.mean.shape[-1] != obs_dim:
+        raise ValueError(f"The normalizer's observation size {normalizer.obs.mean.shape[-1]} "
+                         f"does not match the flattened observation ({obs_dim}); fit it on the "
+                         "same observations.")
+    if normalizer.action.center.shape[-1] != action_dim:
+        raise ValueError(f"The normalizer's action size {normalizer.action.center.shape[-1]} "
+                         f"does not match action_dim {action_dim}.")
+
+
 def check_obs(spec: PyTree, obs: PyTree, batch_shape: tuple[int, ...], where: str) -> None:
     try:
         pairs = jax.tree.map(lambda s, x: (s, x), spec, obs)

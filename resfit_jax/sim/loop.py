@@ -33,7 +33,7 @@ from resfit_jax.base_policy import BasePolicy
 from resfit_jax.envs.core import AutoReset, Env, VmapWrapper
 from resfit_jax.learner import Learner
 from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
-from resfit_jax.sim.step import initial_base_action, residual_env_step
+from resfit_jax.sim.step import check_action_sizes, initial_base_action, residual_env_step
 from resfit_jax.updates import critic_warmup_updates, reduce_metrics, replay_updates
 
 PyTree = Any
@@ -74,12 +74,7 @@ class SimLoop:
     offset_bound: float = 0.0       # > 0: persistent offset mode (see the module docstring)
 
     def __post_init__(self):
-        if self.base.action_dim != self.task.action_size:
-            raise ValueError(f"The base policy's action size ({self.base.action_dim}) does not "
-                             f"match the task's ({self.task.action_size}).")
-        if self.learner is not None and self.learner.action_dim != self.task.action_size:
-            raise ValueError(f"The learner's action_dim ({self.learner.action_dim}) does not "
-                             f"match the task's ({self.task.action_size}).")
+        check_action_sizes(self.task, self.base, self.learner)
 
     # ----------------------------------------------------------------------------- parts
     @property

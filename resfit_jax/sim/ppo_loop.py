@@ -25,7 +25,7 @@ from resfit_jax.agents.residual_ppo import ResidualPPO, Rollout
 from resfit_jax.base_features import BaseFeatures, augment
 from resfit_jax.base_policy import BasePolicy
 from resfit_jax.envs.core import AutoReset, Env, VmapWrapper
-from resfit_jax.sim.step import initial_base_action, residual_env_step
+from resfit_jax.sim.step import check_action_sizes, initial_base_action, residual_env_step
 
 PyTree = Any
 
@@ -50,12 +50,7 @@ class PPOLoop:
     features: BaseFeatures | None = None
 
     def __post_init__(self):
-        if self.base.action_dim != self.task.action_size:
-            raise ValueError(f"The base policy's action size ({self.base.action_dim}) does not "
-                             f"match the task's ({self.task.action_size}).")
-        if self.learner is not None and self.learner.action_dim != self.task.action_size:
-            raise ValueError(f"The learner's action_dim ({self.learner.action_dim}) does not "
-                             f"match the task's ({self.task.action_size}).")
+        check_action_sizes(self.task, self.base, self.learner)
 
     @property
     def env(self) -> VmapWrapper:

@@ -25,7 +25,8 @@ from resfit_jax.normalization import Normalizer
 from resfit_jax.sim.ppo_loop import PPOLoop
 from resfit_jax.sim.ppo_presets import PPOTrainConfig
 from resfit_jax.sim.progress import Run
-from resfit_jax.sim.trainer import Evaluators, _final_eval_phase, prepare_inputs, run_phases
+from resfit_jax.sim.trainer import (Evaluators, _final_eval_phase, evaluate_if_due,
+                                    prepare_inputs, run_phases)
 
 
 @dataclasses.dataclass
@@ -77,7 +78,7 @@ def make_ppo_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode],
 def _ppo_train_phase(run: Run) -> bool:
     """PPO iterations; evaluates (and checkpoints) every eval_every env steps and after the
     last one. Returns True when it stopped early (``stop_at_env_steps``)."""
-    prog, trainer, cfg = run.prog, run.trainer, run.trainer.cfg
+    prog, trainer = run.prog, run.trainer
     per = trainer.env_steps_per_chunk
     run.open_bar("residual PPO", trainer.iterations * per, prog.env_steps, "env step")
     eval_keys = trainer.eval_keys()
@@ -88,14 +89,8 @@ def _ppo_train_phase(run: Run) -> bool:
         prog.env_steps += per
         run.bar.update(per)
         run.log_chunk(metrics, "train")
-        last = prog.chunk == trainer.iterations
-        if prog.env_steps // cfg.eval_every > before // cfg.eval_every or last:
-            prog.last_eval = run.log_eval(trainer.evaluate(run.state.learner_state, eval_keys))
-            run.save()
-            run.postfix()
-            if (run.stop_at_env_steps is not None and prog.env_steps >= run.stop_at_env_steps
-                    and not last):
-                return True
+        if evaluate_if_due(run, before, prog.chunk == trainer.iterations, eval_keys):
+            return True
     prog.phase, prog.chunk = "final_eval", 0
     run.save()
     return False

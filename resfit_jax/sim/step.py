@@ -83,6 +83,16 @@ def residual_env_step(env: Env, base: BasePolicy, normalizer: Normalizer, env_st
         success=done & s.info["success"])
 
 
+def check_action_sizes(task: Env, base: BasePolicy, learner: Any = None) -> None:
+    """A clear error when the base's or the learner's action size is not the task's."""
+    if base.action_dim != task.action_size:
+        raise ValueError(f"The base policy's action size ({base.action_dim}) does not match the "
+                         f"task's ({task.action_size}).")
+    if learner is not None and learner.action_dim != task.action_size:
+        raise ValueError(f"The learner's action_dim ({learner.action_dim}) does not match the "
+                         f"task's ({task.action_size}).")
+
+
 def initial_base_action(base: BasePolicy, normalizer: Normalizer, env_state: PyTree,
                         num_envs: int) -> tuple[PyTree, jax.Array]:
     """(base_state, normalized base action [E, A]) for the first observation of E envs."""

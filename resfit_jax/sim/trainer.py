@@ -239,17 +239,25 @@ def _train_phase(run: Run) -> bool:
         prog.env_steps += cfg.env_steps_per_chunk
         run.bar.update(cfg.env_steps_per_chunk)
         run.log_chunk(stats, "train")
-        last_chunk = prog.chunk == cfg.train_chunks
-        if prog.env_steps // cfg.eval_every > before // cfg.eval_every or last_chunk:
-            prog.last_eval = run.log_eval(trainer.evaluate(run.state.learner_state, eval_keys))
-            run.save()
-            run.postfix()
-            if (run.stop_at_env_steps is not None and prog.env_steps >= run.stop_at_env_steps
-                    and not last_chunk):
-                return True
+        if evaluate_if_due(run, before, prog.chunk == cfg.train_chunks, eval_keys):
+            return True
     prog.phase, prog.chunk = "final_eval", 0
     run.save()
     return False
+
+
+def evaluate_if_due(run: Run, before: int, last: bool, eval_keys: jax.Array) -> bool:
+    """After a training chunk that started at ``before`` env steps: evaluate and checkpoint
+    when an ``eval_every`` boundary was crossed or it was the last chunk. Returns True when
+    the run should stop early there (``stop_at_env_steps``)."""
+    prog, trainer, every = run.prog, run.trainer, run.trainer.cfg.eval_every
+    if prog.env_steps // every <= before // every and not last:
+        return False
+    prog.last_eval = run.log_eval(trainer.evaluate(run.state.learner_state, eval_keys))
+    run.save()
+    run.postfix()
+    return (run.stop_at_env_steps is not None and prog.env_steps >= run.stop_at_env_steps
+            and not last)
 
 
 def _final_eval_phase(run: Run) -> bool:

@@ -152,13 +152,7 @@ class ResidualPPO:
     def init(self, key: jax.Array, normalizer: Normalizer | None = None) -> PPOState:
         if normalizer is None:
             normalizer = Normalizer.identity(self.obs_dim, self.action_dim)
-        if normalizer.obs.mean.shape[-1] != self.obs_dim:
-            raise ValueError(f"The normalizer's observation size {normalizer.obs.mean.shape[-1]} "
-                             f"does not match the flattened observation ({self.obs_dim}); fit "
-                             "it on the same observations.")
-        if normalizer.action.center.shape[-1] != self.action_dim:
-            raise ValueError(f"The normalizer's action size {normalizer.action.center.shape[-1]}"
-                             f" does not match action_dim {self.action_dim}.")
+        checks.check_normalizer(normalizer, self.obs_dim, self.action_dim)
         k_actor, k_critic, k_state = jax.random.split(checks.raw_key(key), 3)
         feats = jnp.zeros((1, self.obs_dim), jnp.float32)
         act = jnp.zeros((1, self.action_dim), jnp.float32)

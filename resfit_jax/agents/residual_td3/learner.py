@@ -195,13 +195,7 @@ class ResidualTD3:
         if normalizer is None:
             normalizer = self.default_normalizer or Normalizer.identity(self.obs_dim,
                                                                         self.action_dim)
-        if normalizer.obs.mean.shape[-1] != self.obs_dim:
-            raise ValueError(f"The normalizer's observation size {normalizer.obs.mean.shape[-1]} "
-                             f"does not match the flattened observation ({self.obs_dim}); fit "
-                             "it on the same observations.")
-        if normalizer.action.center.shape[-1] != self.action_dim:
-            raise ValueError(f"The normalizer's action size {normalizer.action.center.shape[-1]}"
-                             f" does not match action_dim {self.action_dim}.")
+        checks.check_normalizer(normalizer, self.obs_dim, self.action_dim)
         key = checks.raw_key(key)
         k_actor, k_critic, k_state = jax.random.split(key, 3)
         feats = jnp.zeros((1, self.obs_dim), jnp.float32)
