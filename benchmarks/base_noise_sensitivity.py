@@ -25,6 +25,10 @@ flags.DEFINE_list("gaussian", ["0", "0.01", "0.025", "0.05"], "Gaussian std leve
 flags.DEFINE_list("uniform", ["0.05", "0.1", "0.2"], "Uniform half-width levels.")
 flags.DEFINE_float("action_scale", 0.1, "Widening of the scaler (as the learner's).")
 flags.DEFINE_integer("episodes", 100, "Episodes per level.")
+flags.DEFINE_integer("execution_horizon", None,
+                     "Re-anchor the chunked base every N steps (default: the base's own).")
+flags.DEFINE_float("temporal_ensemble", None,
+                   "Predict a chunk every step and ensemble them with weight exp(-m i).")
 flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/noise_<task>.json).")
 
 
@@ -32,21 +36,24 @@ def main(argv):
     del argv
     import dataclasses
 
+    from resfit_jax.runtime import setup_script
+    setup_script()        # before the imports below: mujoco.mjx logs at INFO on import
+
     import jax
     import jax.numpy as jnp
 
     from bases.frozen import open_base
     from benchmarks.machine import machine_info, write_results
     from resfit_jax import envs
+    from resfit_jax.base_features import rechunk
     from resfit_jax.data import read_episodes
     from resfit_jax.demo_buffer import fit_normalizer
-    from resfit_jax.runtime import setup_script
     from resfit_jax.sim.evaluation import episode_keys, run_episodes
     from resfit_jax.stats import paired_outcomes
 
-    setup_script()
     task = envs.make(FLAGS.task)
     base, info = open_base(FLAGS.base, int(task.observation_spec.shape[0]), task.action_size)
+    base = rechunk(base, FLAGS.execution_horizon, FLAGS.temporal_ensemble)
     nz = fit_normalizer(read_episodes(FLAGS.demos or info["demos"]), FLAGS.action_scale)
     n = FLAGS.episodes
 
@@ -77,8 +84,11 @@ def main(argv):
 
     rows = []
     clean = jax.device_get(run(jax.random.key(5), 0.0, False))
-    print(f"{FLAGS.task}: base {info['path']}, {n} episodes per level (same initial states); "
-          "fixed / broken: against the clean base on the same starts")
+    chunking = (f"temporal ensemble m={FLAGS.temporal_ensemble}"
+                if FLAGS.temporal_ensemble is not None else
+                f"execution horizon {getattr(base, 'horizon', 'own')}")
+    print(f"{FLAGS.task}: base {info['path']} ({chunking}), {n} episodes per level (same "
+          "initial states); fixed / broken: against the clean base on the same starts")
     print(f"{'noise':<10}{'level':>8}{'success':>10}{'fixed':>7}{'broken':>8}{'p':>9}"
           f"{'seconds':>9}")
     for kind, levels in (("gaussian", FLAGS.gaussian), ("uniform", FLAGS.uniform)):
@@ -94,6 +104,8 @@ def main(argv):
     write_results(FLAGS.out or f"benchmarks/results/noise_{FLAGS.task}.json",
                   {"machine": machine_info(), "task": FLAGS.task,
                    "base": os.path.relpath(info["path"]),
+                   "execution_horizon": FLAGS.execution_horizon,
+                   "temporal_ensemble": FLAGS.temporal_ensemble,
                    "episodes": n, "rows": rows})
 
 

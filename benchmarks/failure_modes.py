@@ -102,7 +102,8 @@ def _rollouts(run: str, base_only: bool) -> tuple[dict, dict, dict]:
     with open(os.path.join(run, "config.json")) as f:
         info = json.load(f)
     task = envs.make(info["task"])
-    cfg = apply_overrides(preset(info["task"], info.get("scale", "cpu")),
+    cfg = apply_overrides(preset(info["task"], info.get("scale", "cpu"),
+                                 info.get("method", "resfit")),
                           migrate_overrides(info.get("overrides", [])))
     base, _ = open_base(info["base"], int(task.observation_spec.shape[0]), task.action_size)
     trainer = make_trainer(task, base, read_episodes(info["demos"]), cfg, info["seeds"])

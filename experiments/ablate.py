@@ -32,6 +32,9 @@ def define_flags() -> None:
                         "(default runs/bc/<task>).")
     flags.DEFINE_string("demos", None, "RLDS demos for the offline buffer (default: the base's).")
     flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "Preset scale.")
+    flags.DEFINE_enum("method", "resfit", ["resfit", "rlpd", "ibrl"],
+                      "Learner of every setting: resfit or a baseline's recipe "
+                      "(train_residual --method).")
     flags.DEFINE_multi_string("factor", [], "FIELD=V1,V2,...: one factor and its values.")
     flags.DEFINE_multi_string("setting", [], "NAME:OVERRIDE;OVERRIDE: one named setting.")
     flags.DEFINE_multi_string("override", [], "Overrides for every setting (like --config.*).")
@@ -108,7 +111,8 @@ def main(argv):
     except ValueError as e:
         usage_error(str(e))
     common = config_overrides(FLAGS.override)
-    configs = [(name, ovs, resolve(lambda: preset(FLAGS.task, FLAGS.scale), common + ovs))
+    configs = [(name, ovs, resolve(lambda: preset(FLAGS.task, FLAGS.scale, FLAGS.method),
+                                            common + ovs))
                for name, ovs in runs]                  # every setting validated before training
     task = envs.make(FLAGS.task)
     try:
@@ -133,12 +137,14 @@ def main(argv):
             resume = os.path.isdir(os.path.join(run_dir, "checkpoints"))
             summary = train_residual(trainer, run_dir, resume=resume, task_name=FLAGS.task,
                                      extra_info={"base": info["path"], "demos": demos,
-                                                 "scale": FLAGS.scale, "overrides": common + ovs},
+                                                 "scale": FLAGS.scale, "method": FLAGS.method,
+                                                 "overrides": common + ovs},
                                      identity=identity)
         rows.append(row(name, common + ovs, summary))
     from benchmarks.machine import machine_info
 
     result = {"task": FLAGS.task, "base": os.path.relpath(info["path"]), "scale": FLAGS.scale,
+              "method": FLAGS.method,
               "seeds": FLAGS.seeds, "machine": machine_info(), "rows": rows}
     with open(os.path.join(out, "ablation.json"), "w") as f:
         json.dump(result, f, indent=2)

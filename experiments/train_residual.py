@@ -1,9 +1,11 @@
-"""Train a residual policy (ResFiT) on top of a frozen BC base in MJX simulation.
+"""Train a residual policy (ResFiT) on top of a frozen BC base in MJX simulation, or one of
+the off-policy baselines on the same base, demos, starts and budget (--method).
 
     python -m experiments.train_residual --task=PickPlace --base=runs/bc/PickPlace \
         --out=runs/residual/PickPlace --seeds=3
     python -m experiments.train_residual ... --resume            # continue an interrupted run
     python -m experiments.train_residual ... --config.replay.utd=8 --config.num_envs=32
+    python -m experiments.train_residual ... --method=ibrl      # or rlpd (spec/baselines.md)
 
 --base is a train_bc run, checkpoint or export directory. The demos for the offline buffer
 default to the ones the base was trained on (--demos overrides; needed for an export).
@@ -25,6 +27,10 @@ flags.DEFINE_string("base", None, "BC base: train_bc run / checkpoint / export d
                     "(default runs/bc/<task>).")
 flags.DEFINE_string("demos", None, "RLDS demos for the offline buffer (default: the base's).")
 flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "Preset scale.")
+flags.DEFINE_enum("method", "resfit", ["resfit", "rlpd", "ibrl"],
+                  "resfit, or a baseline's recipe on the same task preset: rlpd (the same "
+                  "learner with no base), ibrl (the base and an RL actor propose, the critic "
+                  "picks).")
 flags.DEFINE_multi_string("override", [], "Config field overrides, e.g. replay.utd=8 (same as "
                           "--config.replay.utd=8).")
 flags.DEFINE_integer("seeds", 1, "Number of seeds, trained vmapped in one process.")
@@ -50,9 +56,10 @@ def main(argv):
 
     if FLAGS.seeds < 1:
         usage_error(f"--seeds must be >= 1 (got {FLAGS.seeds}).")
-    cfg = resolve(lambda: preset(FLAGS.task, FLAGS.scale), FLAGS.override)
+    cfg = resolve(lambda: preset(FLAGS.task, FLAGS.scale, FLAGS.method), FLAGS.override)
     task = envs.make(FLAGS.task)
-    print(f"Resolved config ({FLAGS.task}, {FLAGS.scale}):\n{config_lines(cfg)}")
+    print(f"Resolved config ({FLAGS.task}, {FLAGS.scale}, {FLAGS.method}):\n"
+          f"{config_lines(cfg)}")
     print(f"critic steps per env step: {cfg.critic_steps_per_env_step:g}")
     try:
         base, info, demos, episodes = open_base_and_demos(
@@ -63,13 +70,14 @@ def main(argv):
     print(f"Base: {info['path']} ({info['format']}); {len(episodes)} demos from {demos}")
     trainer = make_trainer(task, base, episodes, cfg,
                            list(range(FLAGS.seed, FLAGS.seed + FLAGS.seeds)))
-    out = FLAGS.out or os.path.join("runs", "residual", FLAGS.task)
+    out = FLAGS.out or os.path.join("runs", "residual" if FLAGS.method == "resfit"
+                                    else FLAGS.method, FLAGS.task)
     identity = {"base": content_hash(info["path"]), "demos": content_hash(demos)}
     try:
         summary = train_residual(trainer, out, resume=FLAGS.resume, task_name=FLAGS.task,
                                  stop_at_env_steps=FLAGS.stop_at, identity=identity,
                                  extra_info={"base": info["path"], "demos": demos,
-                                             "scale": FLAGS.scale,
+                                             "scale": FLAGS.scale, "method": FLAGS.method,
                                              "overrides": config_overrides(FLAGS.override)})
     except (RunLockedError, FileExistsError) as e:
         usage_error(str(e))

@@ -4,6 +4,9 @@ base + residual through ``ResidualPolicy``), on initial states fixed by a key.
     out = run_episodes(task, policy, episode_keys(key, N), record=False)     # jittable
     res = evaluate_policy(task, policy, N, key, num_envs=50)                # host, in rounds
 
+``Evaluators`` is what every simulated trainer shares on top of it: per-seed periodic and
+held-out starts and the matched base / base + residual evaluations on them.
+
 Episode i starts from ``EpisodeWrapper(task).reset(fold_in(key, i))``: the same key gives
 the same initial states for every policy (matched, paired comparisons), whatever the number
 of episodes run in parallel. Each episode runs to its own end (success or time limit) and
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resfit_jax.base_policy import BasePolicy
+from resfit_jax.residual_policy import ResidualPolicy
 from resfit_jax.envs.core import Env, EpisodeWrapper
 from resfit_jax.stats import wilson_interval
 
@@ -95,3 +99,52 @@ def evaluate_policy(task: Env, policy: BasePolicy | None, num_episodes: int, key
     return {"episodes": n, "successes": k, "success_rate": k / n, "ci95": (lo, hi),
             "mean_steps_success": float(steps[succ].mean()) if k else float("nan"),
             "success": succ, "steps": steps}
+
+
+EVAL_SALT = 0xE7A1
+FINAL_SALT = 0xF17A1
+
+
+class Evaluators:
+    """What every simulated trainer shares: the per-seed keys and the matched evaluations of
+    the base alone and of base + residual on periodic and on held-out starts.
+    Subclasses set task, cfg (eval_episodes, num_final_episodes), normalizer and seeds, then
+    call ``_build_evaluators``."""
+
+    def _build_evaluators(self, base: BasePolicy, learner: Any, features: Any,
+                          bound: float = 0.0, reference: BasePolicy | None = None) -> None:
+        """``base``: what the learner acts with; ``reference``: the base the paired
+        comparison runs alone (default ``base``; the BC base for a base-free learner)."""
+        task, cfg, v = self.task, self.cfg, jax.vmap
+        reference = base if reference is None else reference
+
+        def evaluators(n):
+            residual = jax.jit(v(lambda lstate, key: run_episodes(
+                task, ResidualPolicy(base, lstate.normalizer, learner, lstate, features, bound),
+                episode_keys(key, n))))
+            base_only = jax.jit(v(lambda nz, key: run_episodes(
+                task, ResidualPolicy(reference, nz), episode_keys(key, n)), in_axes=(None, 0)))
+            return residual, base_only
+
+        self.evaluate, self._evaluate_base = evaluators(cfg.eval_episodes)
+        self.evaluate_final, self._evaluate_base_final = (
+            (self.evaluate, self._evaluate_base)
+            if cfg.num_final_episodes == cfg.eval_episodes else evaluators(cfg.num_final_episodes))
+
+    def evaluate_base(self, keys: jax.Array) -> dict:
+        """The base alone (actions clipped to the run's range) on each seed's eval episodes."""
+        return self._evaluate_base(self.normalizer, keys)
+
+    def evaluate_base_final(self, keys: jax.Array) -> dict:
+        return self._evaluate_base_final(self.normalizer, keys)
+
+    def keys(self) -> jax.Array:
+        return jnp.stack([jax.random.key(s) for s in self.seeds])
+
+    def eval_keys(self) -> jax.Array:
+        """Per seed: the starts of every periodic evaluation."""
+        return jax.vmap(lambda k: jax.random.fold_in(k, EVAL_SALT))(self.keys())
+
+    def final_keys(self) -> jax.Array:
+        """Per seed: held-out starts, used once, by the final evaluation."""
+        return jax.vmap(lambda k: jax.random.fold_in(k, FINAL_SALT))(self.keys())

@@ -35,11 +35,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from resfit_jax.agents.ibrl import IBRLConfig
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.replay import ReplayConfig
 from resfit_jax.validation import number_errors
 
 SCALES = ("paper", "cpu")
+METHODS = ("resfit", "rlpd", "ibrl")
+METHOD_NAMES = {"resfit": "ResFiT", "rlpd": "RLPD", "ibrl": "IBRL"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +51,9 @@ class TrainConfig:
 
     learner: ResidualTD3Config = ResidualTD3Config()
     replay: ReplayConfig = ReplayConfig()
+    method: str = "resfit"             # "resfit"; baselines (``with_method``): "rlpd" (the
+                                       # same learner with no base), "ibrl" (the base and an
+                                       # RL actor propose, the critic picks)
     num_envs: int = 1
     updates_per_step: int = 1          # learner updates per vector step
     warmup_env_steps: int = 10_000     # phase 1: base + U(-warmup_noise, warmup_noise) residual
@@ -84,6 +90,15 @@ class TrainConfig:
 
     def __post_init__(self):
         errors = number_errors(self)
+        if self.method not in METHODS:
+            errors.append(f"method must be one of {METHODS} (got {self.method!r})")
+        elif (self.method == "ibrl") != isinstance(self.learner, IBRLConfig):
+            errors.append(f"method {self.method!r} with a {type(self.learner).__name__}: build "
+                          "the config with preset(task, scale, method) (sim.presets.with_method)")
+        if self.method != "resfit" and (self.base_phase or self.base_plan or self.offset_bound
+                                        or self.learner.gate_tau > float("-inf")):
+            errors.append("base_phase, base_plan, offset_bound and the value gate are ResFiT's "
+                          f"options, not {self.method!r}'s")
         for name in ("num_envs", "updates_per_step", "steps_per_chunk", "critic_warmup_chunk",
                      "eval_every", "eval_episodes", "total_env_steps"):
             if getattr(self, name) < 1:
@@ -225,6 +240,39 @@ def bimanual_handover(scale: str = "cpu") -> TrainConfig:
     return _arm_cpu(150_000)
 
 
+def with_method(cfg: TrainConfig, method: str) -> TrainConfig:
+    """A task preset turned into a baseline's recipe (spec/baselines.md), keeping the task's
+    network sizes, env counts, UTD, batch, demos, budget and evaluation:
+
+    - "rlpd" (the paper's Tuned RLPD): the same learner with no base (the base's action is
+      replaced by the middle of the action range), full-range output (1.0 * tanh) with the
+      default last-layer init, actor lr 1e-4, tau 0.01, exploration std 0.1, 10k warm-up env
+      steps of uniform-random actions, no critic warm-up, n = 3.
+    - "ibrl": ``IBRLConfig`` (5 heads, min over 2, soft selection with beta 10, actor lr 1e-4,
+      tau 0.01, exploration 0.1), n = 3, no critic warm-up; the warm-up rolls out the base
+      alone (warmup_noise 0). Deviation: demos keep the run's 50/50 batch mix (IBRL adds
+      them to one replay without oversampling).
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+    if method == "resfit":
+        return cfg
+    lr = cfg.learner
+    shared = dict(actor_hidden_dims=lr.actor_hidden_dims, critic_hidden_dims=lr.critic_hidden_dims,
+                  layer_norm=lr.layer_norm, critic_lr=lr.critic_lr, weight_decay=lr.weight_decay,
+                  max_grad_norm=lr.max_grad_norm, check_finite=lr.check_finite)
+    replay = dataclasses.replace(cfg.replay, n_step=3)
+    if method == "rlpd":
+        learner = ResidualTD3Config(num_critics=lr.num_critics, action_scale=1.0,
+                                    actor_zero_init=False, actor_lr=1e-4, tau=0.01,
+                                    exploration_std=0.1, **shared)
+        return dataclasses.replace(cfg, method=method, learner=learner, replay=replay,
+                                   warmup_env_steps=10_000, warmup_noise=1.0,
+                                   critic_warmup_updates=0)
+    return dataclasses.replace(cfg, method=method, learner=IBRLConfig(**shared), replay=replay,
+                               warmup_noise=0.0, critic_warmup_updates=0)
+
+
 PRESETS: dict[str, Callable[[str], TrainConfig]] = {
     "PointReach": point_reach,
     "PickPlace": pick_place,
@@ -233,12 +281,13 @@ PRESETS: dict[str, Callable[[str], TrainConfig]] = {
 }
 
 
-def preset(task: str, scale: str = "cpu", **overrides) -> TrainConfig:
-    """The preset of ``task`` at ``scale`` ("paper" or "cpu"), with top-level field overrides."""
+def preset(task: str, scale: str = "cpu", method: str = "resfit", **overrides) -> TrainConfig:
+    """The preset of ``task`` at ``scale`` ("paper" or "cpu") for ``method`` (ResFiT or a
+    baseline's recipe, ``with_method``), with top-level field overrides."""
     if scale not in SCALES:
         raise ValueError(f"Unknown scale {scale!r}; choose one of {SCALES}.")
     if task not in PRESETS:
         raise ValueError(f"No residual-training preset for task {task!r}; known: "
                          f"{sorted(PRESETS)}.")
-    cfg = PRESETS[task](scale)
+    cfg = with_method(PRESETS[task](scale), method)
     return dataclasses.replace(cfg, **overrides) if overrides else cfg

@@ -32,10 +32,11 @@ import time
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from resfit_jax.agents.ibrl import make_ibrl
 from resfit_jax.agents.residual_td3 import make_learner
+from resfit_jax.agents.rlpd import NoBase
 from resfit_jax.base_features import BaseFeatures, chunked_base, rechunk
 from resfit_jax.base_policy import BasePolicy, ObservationPrefix
 from resfit_jax.checkpointing import RunCheckpointer
@@ -47,60 +48,13 @@ from resfit_jax.envs.core import Env, TimeFeature
 from resfit_jax.locks import RunLock
 from resfit_jax.logger import MetricsLogger
 from resfit_jax.normalization import Normalizer
-from resfit_jax.residual_policy import ResidualPolicy
-from resfit_jax.sim.evaluation import episode_keys, run_episodes
+from resfit_jax.sim.evaluation import EVAL_SALT, FINAL_SALT, Evaluators  # noqa: F401
 from resfit_jax.sim.loop import SimLoop
-from resfit_jax.sim.presets import TrainConfig
+from resfit_jax.sim.presets import METHOD_NAMES, TrainConfig
 from resfit_jax.sim.progress import Progress, Run
 from resfit_jax.sim.report import pooled, run_summary, summarize_eval
 
 PHASES = ("warmup", "critic_warmup", "train", "final_eval", "done")
-EVAL_SALT = 0xE7A1
-FINAL_SALT = 0xF17A1
-
-
-class Evaluators:
-    """What every simulated trainer shares: the per-seed keys and the matched evaluations of
-    the base alone and of base + residual on periodic and on held-out starts.
-    Subclasses set task, cfg (eval_episodes, num_final_episodes), normalizer and seeds, then
-    call ``_build_evaluators``."""
-
-    def _build_evaluators(self, base: BasePolicy, learner: Any, features: Any,
-                          bound: float = 0.0) -> None:
-        task, cfg, v = self.task, self.cfg, jax.vmap
-
-        def evaluators(n):
-            residual = jax.jit(v(lambda lstate, key: run_episodes(
-                task, ResidualPolicy(base, lstate.normalizer, learner, lstate, features, bound),
-                episode_keys(key, n))))
-            base_only = jax.jit(v(lambda nz, key: run_episodes(
-                task, ResidualPolicy(base, nz), episode_keys(key, n)), in_axes=(None, 0)))
-            return residual, base_only
-
-        self.evaluate, self._evaluate_base = evaluators(cfg.eval_episodes)
-        self.evaluate_final, self._evaluate_base_final = (
-            (self.evaluate, self._evaluate_base)
-            if cfg.num_final_episodes == cfg.eval_episodes else evaluators(cfg.num_final_episodes))
-
-    def evaluate_base(self, keys: jax.Array) -> dict:
-        """The base alone (actions clipped to the run's range) on each seed's eval episodes."""
-        return self._evaluate_base(self.normalizer, keys)
-
-    def evaluate_base_final(self, keys: jax.Array) -> dict:
-        return self._evaluate_base_final(self.normalizer, keys)
-
-    def keys(self) -> jax.Array:
-        return jnp.stack([jax.random.key(s) for s in self.seeds])
-
-    def eval_keys(self) -> jax.Array:
-        """Per seed: the starts of every periodic evaluation."""
-        return jax.vmap(lambda k: jax.random.fold_in(k, EVAL_SALT))(self.keys())
-
-    def final_keys(self) -> jax.Array:
-        """Per seed: held-out starts, used once, by the final evaluation."""
-        return jax.vmap(lambda k: jax.random.fold_in(k, FINAL_SALT))(self.keys())
-
-
 @dataclasses.dataclass
 class Trainer(Evaluators):
     """The compiled phase functions of one configuration (built by ``make_trainer``).
@@ -116,6 +70,12 @@ class Trainer(Evaluators):
     seeds: list[int]
     method: str = "ResFiT"
     first_phase: str = "warmup"
+    reference: BasePolicy | None = None     # the BC base of the paired evaluations (RLPD)
+
+    @property
+    def starts_at_base(self) -> bool:
+        """Whether the policy at step 0 is the base (ResFiT's zero-initialised residual)."""
+        return self.cfg.method == "resfit"
 
     def __post_init__(self):
         loop, cfg, v = self.loop, self.cfg, jax.vmap
@@ -125,7 +85,8 @@ class Trainer(Evaluators):
             ls, off, cfg.critic_warmup_chunk), in_axes=(0, None)), donate_argnums=0)
         self.train = jax.jit(v(lambda ls, off: loop.train(ls, off, cfg.steps_per_chunk),
                                in_axes=(0, None)), donate_argnums=0)
-        self._build_evaluators(loop.base, loop.learner, loop.features, loop.offset_bound)
+        self._build_evaluators(loop.base, loop.learner, loop.features, loop.offset_bound,
+                               self.reference)
 
     def init(self):
         learner, normalizer = self.loop.learner, self.normalizer
@@ -176,13 +137,21 @@ def prepare_inputs(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg
 
 def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: TrainConfig,
                  seeds: Sequence[int]) -> Trainer:
-    """Build the normalizer, learner, sim loop and the relabelled demo buffer for a config."""
-    inp = prepare_inputs(task, base, episodes, cfg, cfg.learner.action_scale)
+    """Build the normalizer, learner, sim loop and the relabelled demo buffer for a config.
+    ``cfg.method`` picks the learner: ResFiT, RLPD (``NoBase`` acts; ``base`` stays the
+    evaluations' reference) or IBRL. The baselines' action range is the demos' (widened by
+    ``action_margin`` only): their actor's output is the whole action, not a correction."""
+    widen = cfg.learner.action_scale if cfg.method == "resfit" else 0.0
+    inp = prepare_inputs(task, base, episodes, cfg, widen)
     task, base, episodes, normalizer, features = (inp.task, inp.base, inp.episodes,
                                                   inp.normalizer, inp.features)
+    reference = None
+    if cfg.method == "rlpd":
+        reference, base = base, NoBase.for_normalizer(normalizer)
     loop = SimLoop(task, base, None, cfg.replay, num_envs=cfg.num_envs, features=features,
                    offset_bound=cfg.offset_bound)
-    learner = make_learner(cfg.learner, loop.learner_obs_spec, task.action_size)
+    build = make_ibrl if cfg.method == "ibrl" else make_learner
+    learner = build(cfg.learner, loop.learner_obs_spec, task.action_size)
     offline_buf, offline = None, None
     if cfg.replay.offline_fraction > 0:
         offline_buf, offline = offline_buffer(episodes, base, normalizer,
@@ -195,7 +164,8 @@ def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: 
                    progressive_steps=cfg.progressive_steps,
                    explore_std_range=(tuple(cfg.exploration_std_range)
                                       if cfg.exploration_std_range is not None else None))
-    return Trainer(task, loop, cfg, normalizer, offline, list(seeds))
+    return Trainer(task, loop, cfg, normalizer, offline, list(seeds),
+                   method=METHOD_NAMES[cfg.method], reference=reference)
 
 
 def _warmup_phase(run: Run) -> bool:
@@ -230,7 +200,7 @@ def _critic_warmup_phase(run: Run) -> bool:
 def _train_phase(run: Run) -> bool:
     """Returns True when it stopped early (``stop_at_env_steps``)."""
     cfg, prog, trainer = run.cfg, run.prog, run.trainer
-    run.open_bar("ResFiT", cfg.train_chunks * cfg.env_steps_per_chunk, prog.env_steps, "env step")
+    run.open_bar(trainer.method, cfg.train_chunks * cfg.env_steps_per_chunk, prog.env_steps, "env step")
     eval_keys = trainer.eval_keys()
     while prog.chunk < cfg.train_chunks:
         before = prog.env_steps
@@ -357,8 +327,11 @@ def _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_ste
             ev = jax.device_get(trainer.evaluate_base(trainer.eval_keys()))
             prog.base_success = np.asarray(ev["success"]).tolist()
             prog.base_eval = [summarize_eval(ev, i) for i in range(len(prog.seeds))]
-            # the residual starts at exactly zero, so the policy at step 0 is the base
-            prog.last_eval = run.log_eval(ev)
+            # a zero-initialised residual makes the policy at step 0 the base; the baselines'
+            # own actors are evaluated
+            prog.last_eval = run.log_eval(ev if getattr(trainer, "starts_at_base", True) else
+                                          trainer.evaluate(state.learner_state,
+                                                           trainer.eval_keys()))
         while prog.phase != "done":
             if phase_functions[prog.phase](run):
                 break

@@ -58,6 +58,9 @@ class ResidualTD3Config:
     num_min_critics: int = 2
     layer_norm: bool = True
     action_scale: float = 0.1
+    # the actor's output layer starts at zero (residual = 0 at init; False: default init,
+    # as the no-base RLPD baseline uses)
+    actor_zero_init: bool = True
     # actor loss += residual_penalty * mean((r / action_scale)^2): holds the residual at 0
     # where the critic's action gradient is weak (0 = the paper's objective)
     residual_penalty: float = 0.0

@@ -28,7 +28,8 @@ class ResidualTD3Networks:
 def make_networks(config: "ResidualTD3Config", action_dim: int) -> ResidualTD3Networks:
     return ResidualTD3Networks(
         actor=ResidualActor(action_dim=int(action_dim), hidden_dims=tuple(config.actor_hidden_dims),
-                            action_scale=config.action_scale, layer_norm=config.layer_norm),
+                            action_scale=config.action_scale, layer_norm=config.layer_norm,
+                            zero_init_output=config.actor_zero_init),
         critic=EnsembleCritic(num_heads=config.num_critics,
                               hidden_dims=tuple(config.critic_hidden_dims),
                               layer_norm=config.layer_norm))
