@@ -20,6 +20,8 @@ from absl import app, flags
 HEADLINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "headline.json")
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
+CMP_START, CMP_END = "<!-- compare:start -->", "<!-- compare:end -->"
+METHOD_ORDER = ("ResFiT", "RLPD", "IBRL", "ResidualPPO", "FilteredBC")
 
 FLAGS = flags.FLAGS
 
@@ -57,6 +59,7 @@ def row_from_run(run: str, method: str | None, setting: str, note: str = "") -> 
             "setting": setting, "note": note, "seeds": len(s["seeds"]),
             "env_steps": s["env_steps"], "warmup_env_steps": s["warmup_env_steps"],
             "evaluation": f"held-out, {p['episodes'] // len(s['seeds'])} per seed",
+            "final_episodes": p["episodes"],
             "base_success_rate": p["base_success_rate"],
             "base_mean_steps": p["base_mean_success_length"],
             "success_rate": p["success_rate"], "mean_steps": p["mean_success_length"],
@@ -101,12 +104,50 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def compare_table(data: dict) -> str:
+    """The paper's comparison shape from the rows of ``benchmarks.compare`` (setting
+    "compare"): one line per task, one column per method, held-out success / mean steps of
+    successes, with the BC base and the env steps each method trained."""
+    rows = [r for r in data["rows"] if r["setting"] == "compare"]
+    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in rows)]
+    methods += sorted({r["method"] for r in rows} - set(methods))
+    lines = ["| task | BC | " + " | ".join(methods) + " | seeds |",
+             "|---|---|" + "---|" * len(methods) + "---|"]
+    for task in sorted({r["task"] for r in rows}):
+        mine = {r["method"]: r for r in rows if r["task"] == task}
+        first = next(iter(mine.values()))
+        cells = []
+        for m in methods:
+            r = mine.get(m)
+            cells.append("-" if r is None else
+                         f"{_pct(r['success_rate'])} / {_steps(r['mean_steps'])} "
+                         f"({_env_steps(r)})")
+        lines.append(f"| {task} | {_pct(first['base_success_rate'])} / "
+                     f"{_steps(first['base_mean_steps'])} | " + " | ".join(cells) +
+                     f" | {first['seeds']} |")
+    return "\n".join(lines)
+
+
+def _env_steps(r: dict) -> str:
+    n = r["env_steps"] + r["warmup_env_steps"]
+    return f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def _replace_block(text: str, start: str, end: str, body: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def render_readme(readme: str, data: dict) -> str:
+    """The README with its results table (required) and its comparison table (where the
+    README has the block) generated from ``data``."""
     if START not in readme or END not in readme:
         raise ValueError(f"The README has no {START} ... {END} block for the results table.")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table(data)}\n{END}{tail}"
+    readme = _replace_block(readme, START, END, table(data))
+    if CMP_START in readme and CMP_END in readme:
+        readme = _replace_block(readme, CMP_START, CMP_END, compare_table(data))
+    return readme
 
 
 def main(argv):

@@ -153,76 +153,33 @@ def plot(resfit: dict, ppo: dict, threshold: float | None, path: str, title: str
 
 
 # ----------------------------------------------------------------------------- training
-def _inputs(task_name: str):
-    from resfit_jax import envs
-
-    task = envs.make(task_name)
-    if FLAGS.base == "scripted":
-        if task_name != "PointReach":
-            raise app.UsageError("--base=scripted exists only for PointReach.")
-        from resfit_jax.base_policy import FunctionBase
-        from resfit_jax.data.demos import collect_episodes, make_rollout
-        from resfit_jax.envs.point_reach import biased_base_action
-
-        expert = envs.make_expert("PointReach", task, envs.ExpertStyle())
-        episodes, _ = collect_episodes(make_rollout(task, expert.init, expert.act), 60, 30)
-        return task, FunctionBase(biased_base_action, 2), episodes, {"base": "scripted"}
-    from bases.frozen import open_base_and_demos
-    from resfit_jax.checkpointing import content_hash
-
-    base, info, demos, episodes = open_base_and_demos(
-        FLAGS.base or os.path.join("runs", "bc", task_name), FLAGS.demos,
-        int(task.observation_spec.shape[0]), task.action_size)
-    return task, base, episodes, {"base": content_hash(info["path"]),
-                                  "demos": content_hash(demos)}
-
-
-def _finished(run: str) -> bool:
-    path = os.path.join(run, "summary.json")
-    return os.path.exists(path) and json.load(open(path)).get("complete", False)
-
-
 def _train(task_name: str, out: str) -> tuple[str, str]:
-    from resfit_jax.checkpointing import RunCheckpointer
-    from resfit_jax.configs import apply_overrides
-    from resfit_jax.sim.ppo_presets import ppo_preset
-    from resfit_jax.sim.ppo_trainer import make_ppo_trainer, train_residual_ppo
-    from resfit_jax.sim.presets import preset
-    from resfit_jax.sim.trainer import make_trainer, train_residual
+    from benchmarks.runs import finished, open_inputs, train_or_resume
 
     resfit_run = FLAGS.resfit_run or os.path.join(out, "resfit")
     ppo_run = FLAGS.ppo_run or os.path.join(out, "ppo")
     if FLAGS.analyze_only:
         return resfit_run, ppo_run
-    task, base, episodes, identity = _inputs(task_name)
+    try:
+        inputs = open_inputs(task_name, FLAGS.base, FLAGS.demos)
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
     seeds = list(range(FLAGS.seeds))
-    has_ckpt = lambda d: RunCheckpointer(os.path.join(d, "checkpoints")).latest_step() is not None
-    if not _finished(resfit_run):
+    if not finished(resfit_run):
         print(f"ResFiT: {resfit_run}")
-        cfg = apply_overrides(preset(task_name, "cpu"), FLAGS.resfit_override)
-        train_residual(make_trainer(task, base, episodes, cfg, seeds), resfit_run,
-                       resume=has_ckpt(resfit_run), task_name=task_name, identity=identity,
-                       extra_info={"scale": "cpu", "overrides": FLAGS.resfit_override})
-    if not _finished(ppo_run):
+        train_or_resume("resfit", task_name, inputs, resfit_run, seeds, FLAGS.resfit_override)
+    if not finished(ppo_run):
         print(f"residual PPO: {ppo_run}")
-        cfg = apply_overrides(ppo_preset(task_name, "cpu"), FLAGS.ppo_override)
-        resume = has_ckpt(ppo_run)
-        done = 0
-        if resume:
-            from resfit_jax.plotting import eval_curves
-            done = int(eval_curves(ppo_run)["env_steps"][-1])
-        stop = None if FLAGS.ppo_chunk is None else done + FLAGS.ppo_chunk
-        train_residual_ppo(make_ppo_trainer(task, base, episodes, cfg, seeds), ppo_run,
-                           resume=resume, stop_at_env_steps=stop, task_name=task_name,
-                           identity=identity,
-                           extra_info={"scale": "cpu", "method": "ResidualPPO",
-                                       "overrides": FLAGS.ppo_override})
+        stop = None
+        if FLAGS.ppo_chunk is not None:
+            done = 0
+            if os.path.exists(os.path.join(ppo_run, "metrics.jsonl")):
+                from resfit_jax.plotting import eval_curves
+                done = int(eval_curves(ppo_run)["env_steps"][-1])
+            stop = done + FLAGS.ppo_chunk
+        train_or_resume("ppo", task_name, inputs, ppo_run, seeds, FLAGS.ppo_override,
+                        stop_at_env_steps=stop)
     return resfit_run, ppo_run
-
-
-def _identity(run: str) -> dict | None:
-    path = os.path.join(run, "config.json")
-    return json.load(open(path)).get("identity") if os.path.exists(path) else None
 
 
 def main(argv):
@@ -230,12 +187,13 @@ def main(argv):
     from resfit_jax.runtime import setup_script
     setup_script()
     from benchmarks.machine import machine_info, write_results
+    from benchmarks.runs import run_identity
     from resfit_jax.plotting import eval_curves
 
     task = FLAGS.task
     out = FLAGS.out or os.path.join("runs", "sample_efficiency", task)
     resfit_run, ppo_run = _train(task, out)
-    ids = [_identity(resfit_run), _identity(ppo_run)]
+    ids = [run_identity(resfit_run), run_identity(ppo_run)]
     if None not in ids and ids[0] != ids[1]:
         raise app.UsageError(f"{resfit_run} and {ppo_run} were trained on different bases or "
                              f"demos ({ids[0]} vs {ids[1]}); compare runs on the same inputs.")

@@ -112,16 +112,20 @@ class Evaluators:
     call ``_build_evaluators``."""
 
     def _build_evaluators(self, base: BasePolicy, learner: Any, features: Any,
-                          bound: float = 0.0, reference: BasePolicy | None = None) -> None:
+                          bound: float = 0.0, reference: BasePolicy | None = None,
+                          policy_of: Callable[[Any], BasePolicy] | None = None) -> None:
         """``base``: what the learner acts with; ``reference``: the base the paired
-        comparison runs alone (default ``base``; the BC base for a base-free learner)."""
+        comparison runs alone (default ``base``; the BC base for a base-free learner);
+        ``policy_of(learner_state)``: the evaluated policy (default base + residual)."""
         task, cfg, v = self.task, self.cfg, jax.vmap
         reference = base if reference is None else reference
+        if policy_of is None:
+            policy_of = lambda lstate: ResidualPolicy(base, lstate.normalizer, learner, lstate,
+                                                      features, bound)
 
         def evaluators(n):
             residual = jax.jit(v(lambda lstate, key: run_episodes(
-                task, ResidualPolicy(base, lstate.normalizer, learner, lstate, features, bound),
-                episode_keys(key, n))))
+                task, policy_of(lstate), episode_keys(key, n))))
             base_only = jax.jit(v(lambda nz, key: run_episodes(
                 task, ResidualPolicy(reference, nz), episode_keys(key, n)), in_axes=(None, 0)))
             return residual, base_only

@@ -185,8 +185,9 @@ def _warmup_phase(run: Run) -> bool:
 
 def _critic_warmup_phase(run: Run) -> bool:
     cfg, prog = run.cfg, run.prog
-    run.open_bar("critic warm-up", cfg.critic_warmup_chunks * cfg.critic_warmup_chunk,
-                 prog.chunk * cfg.critic_warmup_chunk, "update")
+    if cfg.critic_warmup_chunks:                 # the baselines have no critic warm-up
+        run.open_bar("critic warm-up", cfg.critic_warmup_chunks * cfg.critic_warmup_chunk,
+                     prog.chunk * cfg.critic_warmup_chunk, "update")
     while prog.chunk < cfg.critic_warmup_chunks:
         run.state, metrics = run.trainer.critic_warmup(run.state, run.trainer.offline)
         prog.chunk += 1

@@ -1,0 +1,108 @@
+"""What the multi-method benchmarks share: their inputs (task, base, demos) and the state of
+the run directories they train into and resume.
+
+    task, base, episodes, identity = open_inputs("PickPlace", "runs/bc/PickPlace", None)
+    finished(run) / has_checkpoint(run) / run_identity(run)
+
+``base="scripted"`` on PointReach is the biased scripted base with 60 expert demos (pure JAX,
+fast: the benchmarks' laptop-sized default).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def open_inputs(task_name: str, base: str | None, demos: str | None
+                ) -> tuple[Any, Any, list, dict]:
+    """(task, base policy, demo episodes, identity) where identity holds the content hashes
+    that every run on these inputs records (runs on other inputs are refused)."""
+    from resfit_jax import envs
+
+    task = envs.make(task_name)
+    if base == "scripted":
+        if task_name != "PointReach":
+            raise ValueError("--base=scripted exists only for PointReach.")
+        from resfit_jax.base_policy import FunctionBase
+        from resfit_jax.data.demos import collect_episodes, make_rollout
+        from resfit_jax.envs.point_reach import biased_base_action
+
+        expert = envs.make_expert("PointReach", task, envs.ExpertStyle())
+        episodes, _ = collect_episodes(make_rollout(task, expert.init, expert.act), 60, 30)
+        return task, FunctionBase(biased_base_action, 2), episodes, {"base": "scripted"}
+    from bases.frozen import open_base_and_demos
+    from resfit_jax.checkpointing import content_hash
+
+    policy, info, demo_dir, episodes = open_base_and_demos(
+        base or os.path.join("runs", "bc", task_name), demos,
+        int(task.observation_spec.shape[0]), task.action_size)
+    return task, policy, episodes, {"base": content_hash(info["path"]),
+                                    "demos": content_hash(demo_dir)}
+
+
+def finished(run: str) -> bool:
+    """The run's summary says it completed (held-out final evaluation included)."""
+    path = os.path.join(run, "summary.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return bool(json.load(f).get("complete", False))
+
+
+def has_checkpoint(run: str) -> bool:
+    from resfit_jax.checkpointing import RunCheckpointer
+
+    return RunCheckpointer(os.path.join(run, "checkpoints")).latest_step() is not None
+
+
+def run_identity(run: str) -> dict | None:
+    path = os.path.join(run, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("identity")
+
+
+METHODS = ("resfit", "rlpd", "ibrl", "ppo", "fbc")
+
+
+def train_or_resume(method: str, task_name: str, inputs: tuple, run: str, seeds: list[int],
+                    overrides: list[str], scale: str = "cpu",
+                    stop_at_env_steps: int | None = None, base_dir: str | None = None) -> dict:
+    """Train ``method`` ("resfit", "rlpd", "ibrl" through train_residual's trainer, "ppo"
+    through train_residual_ppo's, "fbc" through train_filtered_bc's) on ``inputs`` (from
+    ``open_inputs``) into ``run``, resuming it when it has a checkpoint; returns the run's
+    summary. "fbc" needs ``base_dir``, the train_bc checkpoint it fine-tunes."""
+    from resfit_jax.configs import apply_overrides
+    from resfit_jax.sim.ppo_presets import ppo_preset
+    from resfit_jax.sim.ppo_trainer import make_ppo_trainer, train_residual_ppo
+    from resfit_jax.sim.presets import preset
+    from resfit_jax.sim.trainer import make_trainer, train_residual
+
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
+    task, base, episodes, identity = inputs
+    extra = {"scale": scale, "overrides": list(overrides)}
+    if method == "fbc":
+        from bases.filtered_bc import filtered_bc_preset, make_filtered_bc, train_filtered_bc
+
+        if base_dir is None or base_dir == "scripted":
+            raise ValueError("Filtered BC tunes a train_bc base: pass its checkpoint directory "
+                             "(the scripted PointReach base has no parameters).")
+        cfg = apply_overrides(filtered_bc_preset(task_name), overrides)
+        return train_filtered_bc(make_filtered_bc(task, base_dir, episodes, cfg, seeds), run,
+                                 resume=has_checkpoint(run), stop_at_env_steps=stop_at_env_steps,
+                                 task_name=task_name, identity=identity,
+                                 extra_info=extra | {"method": "fbc"})
+    if method == "ppo":
+        cfg = apply_overrides(ppo_preset(task_name, scale), overrides)
+        return train_residual_ppo(make_ppo_trainer(task, base, episodes, cfg, seeds), run,
+                                  resume=has_checkpoint(run), stop_at_env_steps=stop_at_env_steps,
+                                  task_name=task_name, identity=identity,
+                                  extra_info=extra | {"method": "ResidualPPO"})
+    cfg = apply_overrides(preset(task_name, scale, method), overrides)
+    return train_residual(make_trainer(task, base, episodes, cfg, seeds), run,
+                          resume=has_checkpoint(run), stop_at_env_steps=stop_at_env_steps,
+                          task_name=task_name, identity=identity,
+                          extra_info=extra | {"method": method})
