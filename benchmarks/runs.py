@@ -15,9 +15,10 @@ from typing import Any
 
 
 def open_inputs(task_name: str, base: str | None, demos: str | None
-                ) -> tuple[Any, Any, list, dict]:
-    """(task, base policy, demo episodes, identity) where identity holds the content hashes
-    that every run on these inputs records (runs on other inputs are refused)."""
+                ) -> tuple[Any, Any, list, dict, dict]:
+    """(task, base policy, demo episodes, identity, paths): identity holds the content hashes
+    that every run on these inputs records (runs on other inputs are refused); paths the
+    base and demo directories ("scripted" for the scripted base)."""
     from resfit_jax import envs
 
     task = envs.make(task_name)
@@ -30,15 +31,17 @@ def open_inputs(task_name: str, base: str | None, demos: str | None
 
         expert = envs.make_expert("PointReach", task, envs.ExpertStyle())
         episodes, _ = collect_episodes(make_rollout(task, expert.init, expert.act), 60, 30)
-        return task, FunctionBase(biased_base_action, 2), episodes, {"base": "scripted"}
+        return (task, FunctionBase(biased_base_action, 2), episodes, {"base": "scripted"},
+                {"base": "scripted", "demos": "scripted"})
     from bases.frozen import open_base_and_demos
     from resfit_jax.checkpointing import content_hash
 
     policy, info, demo_dir, episodes = open_base_and_demos(
         base or os.path.join("runs", "bc", task_name), demos,
         int(task.observation_spec.shape[0]), task.action_size)
-    return task, policy, episodes, {"base": content_hash(info["path"]),
-                                    "demos": content_hash(demo_dir)}
+    return (task, policy, episodes,
+            {"base": content_hash(info["path"]), "demos": content_hash(demo_dir)},
+            {"base": info["path"], "demos": demo_dir})
 
 
 def finished(run: str) -> bool:
@@ -82,7 +85,7 @@ def train_or_resume(method: str, task_name: str, inputs: tuple, run: str, seeds:
 
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
-    task, base, episodes, identity = inputs
+    task, base, episodes, identity = inputs[:4]
     extra = {"scale": scale, "overrides": list(overrides)}
     if method == "fbc":
         from bases.filtered_bc import filtered_bc_preset, make_filtered_bc, train_filtered_bc

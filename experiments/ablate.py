@@ -6,6 +6,11 @@ setting) and compare them on held-out starts.
     python -m experiments.ablate ... --setting="old:obs_min_std=0.1" \
         --setting="new:base_phase=true;warmup_env_steps=10240"
 
+    python -m experiments.ablate --task=PointReach --base=scripted --paper_ablations
+
+``--paper_ablations`` adds the paper's design ablations as named settings (``PAPER_ABLATIONS``:
+the preset, LayerNorm off, no demos, critic steps per env step 1/2, 1, 4 and 8 at the
+preset's env count, n = 1, 3, 5, 10, K = 2 and 5 heads, warm-up phases off).
 Each ``--factor=FIELD=V1,V2,...`` is one config field and its values; settings are their
 cartesian product. Each ``--setting=NAME:OVERRIDE;OVERRIDE`` adds one named setting. Common
 ``--config.*`` / ``--override`` values apply to every setting. Every setting trains in
@@ -29,7 +34,8 @@ def define_flags() -> None:
     """The script's flags (defined only when it runs, so importing it defines none)."""
     flags.DEFINE_string("task", "PickPlace", "Registered task name.")
     flags.DEFINE_string("base", None, "BC base: train_bc run / checkpoint / export directory "
-                        "(default runs/bc/<task>).")
+                        "(default runs/bc/<task>); 'scripted' on PointReach: the biased "
+                        "scripted base with 60 expert demos.")
     flags.DEFINE_string("demos", None, "RLDS demos for the offline buffer (default: the base's).")
     flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "Preset scale.")
     flags.DEFINE_enum("method", "resfit", ["resfit", "rlpd", "ibrl"],
@@ -39,7 +45,20 @@ def define_flags() -> None:
     flags.DEFINE_multi_string("setting", [], "NAME:OVERRIDE;OVERRIDE: one named setting.")
     flags.DEFINE_multi_string("override", [], "Overrides for every setting (like --config.*).")
     flags.DEFINE_integer("seeds", 3, "Seeds per setting, vmapped.")
+    flags.DEFINE_bool("paper_ablations", False, "Add the paper's design ablations as settings.")
     flags.DEFINE_string("out", None, "Output directory (default runs/ablate/<task>).")
+
+
+def paper_ablations(num_envs: int, updates_per_step: int = 1) -> list[str]:
+    """The paper's ablations as --setting strings for a preset with ``num_envs`` envs (UTD is
+    set as critic steps per env step: replay.utd = x * num_envs / updates_per_step)."""
+    utd = lambda x: max(1, round(x * num_envs / updates_per_step))
+    return ["preset:", "layernorm_off:learner.layer_norm=false",
+            "no_demos:replay.offline_fraction=0.0",
+            *(f"utd_{x:g}:replay.utd={utd(x)}" for x in (0.5, 1, 4, 8)),
+            *(f"nstep_{n}:replay.n_step={n}" for n in (1, 3, 5, 10)),
+            "heads_2:learner.num_critics=2", "heads_5:learner.num_critics=5",
+            "warmup_off:warmup_env_steps=0;critic_warmup_updates=0"]
 
 
 def settings(factors: list[str], named: list[str]) -> list[tuple[str, list[str]]]:
@@ -99,29 +118,27 @@ def main(argv):
     del argv
     from resfit_jax.runtime import setup_script
     setup_script()
-    from bases.frozen import open_base_and_demos
-    from resfit_jax import envs
+    from benchmarks.runs import open_inputs
     from resfit_jax.configs import config_overrides, resolve, usage_error
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.trainer import make_trainer, train_residual
-    from resfit_jax.checkpointing import content_hash
 
+    named = list(FLAGS.setting)
+    if FLAGS.paper_ablations:
+        p = preset(FLAGS.task, FLAGS.scale, FLAGS.method)
+        named += paper_ablations(p.num_envs, p.updates_per_step)
     try:
-        runs = settings(FLAGS.factor, FLAGS.setting)
+        runs = settings(FLAGS.factor, named)
     except ValueError as e:
         usage_error(str(e))
     common = config_overrides(FLAGS.override)
     configs = [(name, ovs, resolve(lambda: preset(FLAGS.task, FLAGS.scale, FLAGS.method),
                                             common + ovs))
                for name, ovs in runs]                  # every setting validated before training
-    task = envs.make(FLAGS.task)
     try:
-        base, info, demos, episodes = open_base_and_demos(
-            FLAGS.base or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos,
-            int(task.observation_spec.shape[0]), task.action_size)
+        task, base, episodes, identity, paths = open_inputs(FLAGS.task, FLAGS.base, FLAGS.demos)
     except (FileNotFoundError, ValueError) as e:
         usage_error(str(e))
-    identity = {"base": content_hash(info["path"]), "demos": content_hash(demos)}
     out = os.path.abspath(FLAGS.out or os.path.join("runs", "ablate", FLAGS.task))
     os.makedirs(out, exist_ok=True)
     rows = []
@@ -136,14 +153,16 @@ def main(argv):
             trainer = make_trainer(task, base, episodes, cfg, list(range(FLAGS.seeds)))
             resume = os.path.isdir(os.path.join(run_dir, "checkpoints"))
             summary = train_residual(trainer, run_dir, resume=resume, task_name=FLAGS.task,
-                                     extra_info={"base": info["path"], "demos": demos,
+                                     extra_info={"base": paths["base"],
+                                                 "demos": paths["demos"],
                                                  "scale": FLAGS.scale, "method": FLAGS.method,
                                                  "overrides": common + ovs},
                                      identity=identity)
         rows.append(row(name, common + ovs, summary))
     from benchmarks.machine import machine_info
 
-    result = {"task": FLAGS.task, "base": os.path.relpath(info["path"]), "scale": FLAGS.scale,
+    base_name = paths["base"] if paths["base"] == "scripted" else os.path.relpath(paths["base"])
+    result = {"task": FLAGS.task, "base": base_name, "scale": FLAGS.scale,
               "method": FLAGS.method,
               "seeds": FLAGS.seeds, "machine": machine_info(), "rows": rows}
     with open(os.path.join(out, "ablation.json"), "w") as f:

@@ -33,3 +33,20 @@ def test_rows_come_from_the_held_out_final_evaluation():
     assert r["success_rate"] == 0.9 and r["per_seed_success"] == [0.88, 0.92]
     text = table([r])
     assert "new" in text and "90.0%" in text and "80.0 -> 70.0" in text
+
+
+def test_the_paper_ablations_are_valid_settings_of_every_preset():
+    from experiments.ablate import paper_ablations
+    from resfit_jax.configs import apply_overrides
+    from resfit_jax.sim.presets import preset
+
+    for task in ("PointReach", "PickPlace"):
+        p = preset(task, "cpu")
+        named = settings([], paper_ablations(p.num_envs, p.updates_per_step))
+        assert [n for n, _ in named][:3] == ["preset", "layernorm_off", "no_demos"]
+        for name, ovs in named:
+            cfg = apply_overrides(p, ovs)              # each one validates as a config
+            if name.startswith("utd_"):
+                assert cfg.critic_steps_per_env_step == float(name[4:])
+        assert apply_overrides(p, dict(named)["warmup_off"]).warmup_env_steps == 0
+        assert not apply_overrides(p, dict(named)["layernorm_off"]).learner.layer_norm
