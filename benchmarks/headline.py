@@ -91,6 +91,8 @@ def table(data: dict) -> str:
              "fixed / broken (churn) | p | env steps (+ warm-up) | seeds | evaluation |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
+        if r["setting"] == "compare":          # benchmarks.compare's rows: compare_table
+            continue
         fb = ("-" if r.get("fixed") is None else
               f"{r['fixed']} / {r['broken']} ({_pct(r['churn'])})")
         p = "-" if r.get("p_value") is None else f"{r['p_value']:.2g}"
