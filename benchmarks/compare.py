@@ -1,7 +1,7 @@
 """The paper's comparison: ResFiT and the baselines on the same task, base, demos, evaluation
 starts and seeds.
 
-    python -m benchmarks.compare                          # PointReach, scripted base (~25 min)
+    python -m benchmarks.compare --override=ppo:total_env_steps=512000   # PointReach (~1 h)
     python -m benchmarks.compare --task=PickPlace --base=runs/bc/PickPlace --headline
     python -m benchmarks.compare ... --methods=resfit,ibrl --override=ibrl:learner.rule=greedy
 
