@@ -256,24 +256,10 @@ def make_filtered_bc(task: Env, base_path: str, episodes: Sequence[Episode],
 
 
 def _train_phase(run: Run) -> bool:
-    from resfit_jax.sim.trainer import evaluate_if_due
+    """Rounds (rollouts, kept successes, fine-tuning), evaluated every eval_every env steps."""
+    from resfit_jax.sim.trainer import iteration_phase
 
-    prog, trainer = run.prog, run.trainer
-    per = trainer.env_steps_per_chunk
-    run.open_bar("Filtered BC", trainer.iterations * per, prog.env_steps, "env step")
-    eval_keys = trainer.eval_keys()
-    while prog.chunk < trainer.iterations:
-        before = prog.env_steps
-        run.state, metrics = trainer.round(run.state)
-        prog.chunk += 1
-        prog.env_steps += per
-        run.bar.update(per)
-        run.log_chunk(metrics, "train")
-        if evaluate_if_due(run, before, prog.chunk == trainer.iterations, eval_keys):
-            return True
-    prog.phase, prog.chunk = "final_eval", 0
-    run.save()
-    return False
+    return iteration_phase(run, "Filtered BC", run.trainer.round)
 
 
 def train_filtered_bc(trainer: FilteredBCTrainer, out: str, resume: bool = False,

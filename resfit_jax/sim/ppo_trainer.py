@@ -25,7 +25,7 @@ from resfit_jax.normalization import Normalizer
 from resfit_jax.sim.ppo_loop import PPOLoop
 from resfit_jax.sim.ppo_presets import PPOTrainConfig
 from resfit_jax.sim.progress import Run
-from resfit_jax.sim.trainer import (Evaluators, _final_eval_phase, evaluate_if_due,
+from resfit_jax.sim.trainer import (Evaluators, _final_eval_phase, iteration_phase,
                                     prepare_inputs, run_phases)
 
 
@@ -76,24 +76,8 @@ def make_ppo_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode],
 
 
 def _ppo_train_phase(run: Run) -> bool:
-    """PPO iterations; evaluates (and checkpoints) every eval_every env steps and after the
-    last one. Returns True when it stopped early (``stop_at_env_steps``)."""
-    prog, trainer = run.prog, run.trainer
-    per = trainer.env_steps_per_chunk
-    run.open_bar("residual PPO", trainer.iterations * per, prog.env_steps, "env step")
-    eval_keys = trainer.eval_keys()
-    while prog.chunk < trainer.iterations:
-        before = prog.env_steps
-        run.state, metrics = trainer.iterate(run.state)
-        prog.chunk += 1
-        prog.env_steps += per
-        run.bar.update(per)
-        run.log_chunk(metrics, "train")
-        if evaluate_if_due(run, before, prog.chunk == trainer.iterations, eval_keys):
-            return True
-    prog.phase, prog.chunk = "final_eval", 0
-    run.save()
-    return False
+    """PPO iterations (rollout + update), evaluated every eval_every env steps."""
+    return iteration_phase(run, "residual PPO", run.trainer.iterate)
 
 
 PPO_PHASES = {"train": _ppo_train_phase, "final_eval": _final_eval_phase}

@@ -217,6 +217,29 @@ def _train_phase(run: Run) -> bool:
     return False
 
 
+def iteration_phase(run: Run, label: str, iterate) -> bool:
+    """The train phase of a trainer whose chunks are whole iterations (``iterate(state) ->
+    (state, metrics)``, ``trainer.iterations`` of ``trainer.env_steps_per_chunk`` env steps
+    each): evaluates (and checkpoints) every eval_every env steps and after the last one.
+    Returns True when it stopped early (``stop_at_env_steps``)."""
+    prog, trainer = run.prog, run.trainer
+    per = trainer.env_steps_per_chunk
+    run.open_bar(label, trainer.iterations * per, prog.env_steps, "env step")
+    eval_keys = trainer.eval_keys()
+    while prog.chunk < trainer.iterations:
+        before = prog.env_steps
+        run.state, metrics = iterate(run.state)
+        prog.chunk += 1
+        prog.env_steps += per
+        run.bar.update(per)
+        run.log_chunk(metrics, "train")
+        if evaluate_if_due(run, before, prog.chunk == trainer.iterations, eval_keys):
+            return True
+    prog.phase, prog.chunk = "final_eval", 0
+    run.save()
+    return False
+
+
 def evaluate_if_due(run: Run, before: int, last: bool, eval_keys: jax.Array) -> bool:
     """After a training chunk that started at ``before`` env steps: evaluate and checkpoint
     when an ``eval_every`` boundary was crossed or it was the last chunk. Returns True when
