@@ -38,6 +38,7 @@ from typing import Callable
 from resfit_jax.agents.ibrl import IBRLConfig
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.replay import ReplayConfig
+from resfit_jax.sim.selection import SELECT_RULES
 from resfit_jax.validation import number_errors
 
 SCALES = ("paper", "cpu")
@@ -65,6 +66,9 @@ class TrainConfig:
     eval_every: int = 10_000           # main-loop env steps between evaluations
     eval_episodes: int = 100           # exactly this many full episodes per evaluation
     final_episodes: int | None = None  # held-out final evaluation (None: eval_episodes)
+    select: str = "last"               # which state the held-out evaluation scores: "last",
+                                       # or "best": each seed's best periodic evaluation
+                                       # (step 0 included; sim.selection)
     num_demos: int | None = None       # offline demos to use (None: all available)
     action_margin: float = 0.0         # widen the demo action range by this fraction before
                                        # normalizing, so base actions beyond the demos' range
@@ -128,6 +132,8 @@ class TrainConfig:
             errors.append(f"base_plan must be >= 0 (got {self.base_plan})")
         if not 0.0 < self.obs_min_std < float("inf"):
             errors.append(f"obs_min_std must be > 0 (got {self.obs_min_std})")
+        if self.select not in SELECT_RULES:
+            errors.append(f"select must be one of {SELECT_RULES} (got {self.select!r})")
         if self.final_episodes is not None and self.final_episodes < 1:
             errors.append(f"final_episodes must be >= 1 or None (got {self.final_episodes})")
         if self.num_demos is not None and self.num_demos < 1:

@@ -12,6 +12,7 @@ from resfit_jax.agents.checks import FINITE_FIELDS, raise_if_nonfinite
 from resfit_jax.checkpointing import RunCheckpointer
 from resfit_jax.logger import MetricsLogger
 from resfit_jax.sim.report import log_chunk, summarize_eval
+from resfit_jax.sim.selection import copy_tree, improved, keep_better
 
 
 @dataclasses.dataclass
@@ -32,6 +33,8 @@ class Progress:
     base_success: list[list[bool]] | None = None   # [S][N] base outcomes on the eval starts
     final: dict | None = None                      # held-out final evaluation
     identity: dict | None = None                   # content hashes of the base and demos
+    best_success: list[float] | None = None        # select="best": kept state's periodic
+    best_env_steps: list[int] | None = None        # success rate and env steps, per seed
 
     @classmethod
     def from_json(cls, d: dict) -> "Progress":
@@ -53,6 +56,7 @@ class Run:
     task_name: str
     stop_at_env_steps: int | None
     bar: Any = None
+    best: Any = None               # select="best": the kept learner states (sim.selection)
 
     @property
     def cfg(self):
@@ -63,8 +67,32 @@ class Run:
         self.prog.wall_s = time.time() - self.t_start
         self.logger.flush()
         self.prog.saves += 1
-        self.ckpt.save(self.prog.saves, {"loop": self.state, "offline": self.trainer.offline},
+        self.ckpt.save(self.prog.saves, self.checkpoint_tree(self.state, self.best),
                        dataclasses.asdict(self.prog))
+
+    def checkpoint_tree(self, state: Any, best: Any) -> dict:
+        tree = {"loop": state, "offline": self.trainer.offline}
+        return tree if best is None else tree | {"best": best}
+
+    def keep_if_best(self, rows: list[dict]) -> None:
+        """select="best": keep each seed's learner state whose periodic success rate is the
+        highest so far (strictly; the first call, at step 0, keeps the starting state)."""
+        if getattr(self.cfg, "select", "last") != "best":
+            return
+        rates = [r["success_rate"] for r in rows]
+        current = self.state.learner_state
+        if self.best is None:
+            self.best = copy_tree(current)
+            self.prog.best_success = rates
+            self.prog.best_env_steps = [self.prog.env_steps] * len(rates)
+            return
+        better = improved(rates, self.prog.best_success)
+        if better.any():
+            self.best = keep_better(self.best, current, better)
+            self.prog.best_success = [r if b else k for r, b, k in
+                                      zip(rates, better, self.prog.best_success)]
+            self.prog.best_env_steps = [self.prog.env_steps if b else k for b, k in
+                                        zip(better, self.prog.best_env_steps)]
 
     def log_eval(self, ev: dict) -> list[dict]:
         rows = []

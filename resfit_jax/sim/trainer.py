@@ -9,7 +9,8 @@ Phases (spec/resfit.md), one function each, each resumable at a chunk boundary:
 3. ``_train_phase``: act with exploration noise, store, ``updates_per_step`` updates per
    vector step, evaluate every ``eval_every`` env steps;
 4. ``_final_eval_phase``: base and residual on held-out starts that no periodic evaluation
-   (and so no selection) has seen.
+   (and so no selection) has seen; with ``select="best"`` the residual of each seed's best
+   periodic evaluation (``sim.selection``), and the last one for contrast.
 Every phase runs as jitted ``lax.scan`` chunks (``SimLoop``) vmapped over S seeds; between
 chunks the host only logs, evaluates and checkpoints.
 
@@ -248,6 +249,7 @@ def evaluate_if_due(run: Run, before: int, last: bool, eval_keys: jax.Array) -> 
     if prog.env_steps // every <= before // every and not last:
         return False
     prog.last_eval = run.log_eval(trainer.evaluate(run.state.learner_state, eval_keys))
+    run.keep_if_best(prog.last_eval)
     run.save()
     run.postfix()
     return (run.stop_at_env_steps is not None and prog.env_steps >= run.stop_at_env_steps
@@ -260,12 +262,20 @@ def _final_eval_phase(run: Run) -> bool:
     run.close_bar()
     keys = trainer.final_keys()
     ev_base = jax.device_get(trainer.evaluate_base_final(keys))
-    ev = jax.device_get(trainer.evaluate_final(run.state.learner_state, keys))
     seeds = range(len(prog.seeds))
     base_rows = [summarize_eval(ev_base, i) for i in seeds]
-    rows = [summarize_eval(ev, i, ev_base["success"][i]) for i in seeds]
-    prog.final = {"per_seed": rows, "base_per_seed": base_rows,
-                  "pooled": pooled(ev_base["success"], ev["success"], base_rows, rows)}
+
+    def held_out(learner_state) -> dict:
+        ev = jax.device_get(trainer.evaluate_final(learner_state, keys))
+        rows = [summarize_eval(ev, i, ev_base["success"][i]) for i in seeds]
+        return {"per_seed": rows, "base_per_seed": base_rows,
+                "pooled": pooled(ev_base["success"], ev["success"], base_rows, rows)}
+    prog.final = held_out(run.state.learner_state if run.best is None else run.best)
+    if run.best is not None:            # select="best": the kept states; the last for contrast
+        last = held_out(run.state.learner_state)
+        prog.final |= {"selected_env_steps": prog.best_env_steps,
+                       "last": {"per_seed": last["per_seed"], "pooled": last["pooled"]}}
+    rows = prog.final["per_seed"]
     for i, s in enumerate(prog.seeds):
         run.logger.write({"kind": "final_eval", "seed": s, "env_steps": prog.env_steps,
                           "total_env_steps": prog.env_steps + prog.warmup_env_steps,
@@ -281,14 +291,17 @@ PHASE_FUNCTIONS = {"warmup": _warmup_phase, "critic_warmup": _critic_warmup_phas
 
 def _start(trainer: Trainer, out: str, resume: bool, task_name: str,
            extra_info: dict | None, identity: dict | None
-           ) -> tuple[RunCheckpointer, MetricsLogger, Progress, Any]:
-    """Open (resume) or create a run directory; returns its checkpointer, logger, progress
-    and loop state."""
+           ) -> tuple[RunCheckpointer, MetricsLogger, Progress, Any, Any]:
+    """Open (resume) or create a run directory; returns its checkpointer, logger, progress,
+    loop state and the kept learner states of ``select="best"`` (or None)."""
     cfg_dict, seeds = to_dict(trainer.cfg), trainer.seeds
     ckpt = RunCheckpointer(os.path.join(out, "checkpoints"))
     state = trainer.init()
     if resume and ckpt.latest_step() is not None:
-        restored, saved = ckpt.restore({"loop": state, "offline": trainer.offline})
+        template = {"loop": state, "offline": trainer.offline}
+        if getattr(trainer.cfg, "select", "last") == "best":
+            template["best"] = state.learner_state
+        restored, saved = ckpt.restore(template)
         prog = Progress.from_json(saved)
         if prog.config != cfg_dict or prog.seeds != seeds:
             raise ValueError(f"--resume: the run in {out} was started with a different config "
@@ -303,7 +316,8 @@ def _start(trainer: Trainer, out: str, resume: bool, task_name: str,
         # the run keeps the statistics and demos it started with, whatever is on disk now
         trainer.offline = restored["offline"]
         trainer.normalizer = jax.tree.map(lambda x: x[0], state.learner_state.normalizer)
-        return ckpt, MetricsLogger(out, seeds, keep_lines=prog.jsonl_lines), prog, state
+        return (ckpt, MetricsLogger(out, seeds, keep_lines=prog.jsonl_lines), prog, state,
+                restored.get("best"))
     if not resume and ckpt.latest_step() is not None:
         raise FileExistsError(f"{out} already holds a run checkpoint; pass --resume to "
                               "continue it or choose a new --out.")
@@ -311,14 +325,15 @@ def _start(trainer: Trainer, out: str, resume: bool, task_name: str,
         json.dump(dict(extra_info or {}, task=task_name, seeds=seeds, identity=identity,
                        config=cfg_dict), f, indent=2)
     prog = Progress(config=cfg_dict, seeds=seeds, identity=identity, phase=trainer.first_phase)
-    return ckpt, MetricsLogger(out, seeds), prog, state
+    return ckpt, MetricsLogger(out, seeds), prog, state, None
 
 
 def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: bool = True,
                    stop_at_env_steps: int | None = None, task_name: str = "",
                    extra_info: dict | None = None, identity: dict | None = None) -> dict:
     """Run (or resume) all phases; returns a summary (also written to <out>/summary.json)
-    with the final ``loop_state``. The run holds an exclusive lock on ``out``.
+    with the final ``loop_state`` (and ``selected_state``, the kept learner states, with
+    ``select="best"``). The run holds an exclusive lock on ``out``.
 
     stop_at_env_steps: stop after the first checkpoint at or past this many main-loop env
     steps (for staged runs and the resume test); a later call with resume=True continues.
@@ -343,9 +358,10 @@ def run_phases(trainer: Any, phase_functions: dict, out: str, resume: bool = Fal
 
 def _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_steps, task_name,
                 extra_info, identity) -> dict:
-    ckpt, logger, prog, state = _start(trainer, out, resume, task_name, extra_info, identity)
+    ckpt, logger, prog, state, best = _start(trainer, out, resume, task_name, extra_info,
+                                             identity)
     run = Run(trainer, ckpt, logger, prog, state, time.time() - prog.wall_s, progress,
-               task_name, stop_at_env_steps)
+               task_name, stop_at_env_steps, best=best)
     try:
         if prog.base_eval is None:
             ev = jax.device_get(trainer.evaluate_base(trainer.eval_keys()))
@@ -356,6 +372,7 @@ def _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_ste
             prog.last_eval = run.log_eval(ev if getattr(trainer, "starts_at_base", True) else
                                           trainer.evaluate(state.learner_state,
                                                            trainer.eval_keys()))
+            run.keep_if_best(prog.last_eval)
         while prog.phase != "done":
             if phase_functions[prog.phase](run):
                 break
@@ -376,4 +393,6 @@ def _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_ste
         json.dump(summary, f, indent=2)
     ckpt.close()
     summary["loop_state"] = run.state
+    if run.best is not None:
+        summary["selected_state"] = run.best
     return summary

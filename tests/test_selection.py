@@ -1,0 +1,61 @@
+"""Selection on periodic evaluations (``select="best"``): it keeps each seed's best state
+(step 0 included, ties keep the earlier), survives a resume, leaves training untouched, and
+the held-out evaluation scores the kept state (and the last one for contrast)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resfit_jax.base_policy import FunctionBase
+from resfit_jax.checkpointing import to_storable
+from resfit_jax.envs.point_reach import biased_base_action
+from resfit_jax.logger import read_metrics
+from resfit_jax.sim.selection import improved, keep_better
+from resfit_jax.sim.trainer import make_trainer, train_residual
+from tests.test_trainer import CFG, TASK, demos, full_run, trainer  # noqa: F401
+
+
+def test_keep_better_picks_per_seed_and_ties_keep_the_earlier():
+    kept = {"w": jnp.zeros((3, 2, 2)), "b": jnp.zeros((3,))}
+    cur = {"w": jnp.ones((3, 2, 2)), "b": jnp.ones((3,))}
+    better = improved([0.5, 0.7, 0.9], [0.5, 0.6, 0.95])
+    assert better.tolist() == [False, True, False]          # a tie is not better
+    out = keep_better(kept, cur, better)
+    assert out["b"].tolist() == [0.0, 1.0, 0.0]
+    np.testing.assert_array_equal(out["w"][1], 1.0)
+    np.testing.assert_array_equal(np.asarray(out["w"])[[0, 2]], 0.0)
+
+
+def test_select_best_keeps_each_seeds_best_periodic_state(demos, full_run, tmp_path):  # noqa: F811
+    _, full = full_run
+    tr = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos,
+                      CFG.replace(select="best"), seeds=[0, 1])
+    out = str(tmp_path / "sel")
+    train_residual(tr, out, progress=False, stop_at_env_steps=64)
+    summary = train_residual(tr, out, resume=True, progress=False)
+    # selection does not change training
+    a, b = to_storable(full["loop_state"]), to_storable(summary["loop_state"])
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    final = summary["final"]
+    for i, seed in enumerate((0, 1)):
+        mine = sorted((r for r in evals if r["seed"] == seed), key=lambda r: r["env_steps"])
+        rates = [r["success_rate"] for r in mine]
+        first_best = mine[int(np.argmax(rates))]["env_steps"]   # argmax: the earliest max
+        assert final["selected_env_steps"][i] == first_best
+        # the kept state reproduces the periodic evaluation it was kept for
+        kept = summary["selected_state"]
+        ev = tr.evaluate(kept, tr.eval_keys())
+        assert float(np.mean(ev["success"][i])) == pytest.approx(max(rates))
+    # the last state's held-out result is the unselected run's
+    assert final["last"]["pooled"] == full["final"]["pooled"]
+    for i in range(2):
+        if final["selected_env_steps"][i] == full["env_steps"]:
+            assert final["per_seed"][i] == full["final"]["per_seed"][i]
+        if final["selected_env_steps"][i] == 0:     # the zero residual: the base itself
+            assert final["per_seed"][i]["fixed"] == final["per_seed"][i]["broken"] == 0
+
+
+def test_select_must_be_a_known_rule():
+    with pytest.raises(ValueError, match="select must be one of"):
+        CFG.replace(select="median")
