@@ -104,6 +104,37 @@ def to_dict(cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def same_config(saved: dict, cfg) -> bool:
+    """Whether a config saved with ``to_dict`` (e.g. by a run started with an older version)
+    is ``cfg``: fields the saved dict lacks must hold their class default in ``cfg``
+    (options added since keep old runs resumable only while they are off)."""
+    current = to_dict(cfg)
+
+    def match(s: dict, c: dict, obj) -> bool:
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if f.name not in s:
+                if f.default is not dataclasses.MISSING:
+                    default = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    default = f.default_factory()
+                else:
+                    return False
+                if json.loads(json.dumps(default, default=_as_json)) != c[f.name]:
+                    return False
+            elif dataclasses.is_dataclass(v) and isinstance(s[f.name], dict):
+                if not match(s[f.name], c[f.name], v):
+                    return False
+            elif s[f.name] != c[f.name]:
+                return False
+        return set(s) <= set(c)
+    return match(saved, current, cfg)
+
+
+def _as_json(x):
+    return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else str(x)
+
+
 def config_lines(cfg, prefix: str = "") -> str:
     """One ``path = value`` line per field, nested configs flattened with dots."""
     lines = []

@@ -206,7 +206,7 @@ def test_wrong_shapes_raise_clear_errors(learner, trained, batches):
     with pytest.raises(ValueError, match="num_min_critics"):
         ResidualTD3Config(num_critics=2, num_min_critics=3)
     with pytest.raises(ValueError, match="float vectors"):
-        make_learner(CFG, {"pixels": jax.ShapeDtypeStruct((8, 8, 3), jnp.uint8)}, ACT)
+        make_learner(CFG, {"grid": jax.ShapeDtypeStruct((8, 8), jnp.float32)}, ACT)
 
 
 @pytest.mark.parametrize("jit", [False, True])

@@ -59,3 +59,12 @@ def test_select_best_keeps_each_seeds_best_periodic_state(demos, full_run, tmp_p
 def test_select_must_be_a_known_rule():
     with pytest.raises(ValueError, match="select must be one of"):
         CFG.replace(select="median")
+
+
+def test_a_run_saved_before_an_option_existed_resumes_while_the_option_is_off():
+    from resfit_jax.configs import same_config, to_dict
+    saved = to_dict(CFG)
+    del saved["select"], saved["learner"]["augment_pad"]
+    assert same_config(saved, CFG)
+    assert not same_config(saved, CFG.replace(select="best"))
+    assert not same_config(to_dict(CFG.replace(num_envs=8)), CFG)

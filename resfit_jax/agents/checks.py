@@ -29,8 +29,9 @@ def raw_key(key: jax.Array) -> jax.Array:
     return key
 
 
-def as_obs_spec(obs_spec: PyTree) -> PyTree:
-    """int D -> one flat vector; otherwise a pytree whose leaves have .shape/.dtype."""
+def as_obs_spec(obs_spec: PyTree, pixels: bool = False) -> PyTree:
+    """int D -> one flat vector; otherwise a pytree whose leaves have .shape/.dtype: float
+    vectors [D], and with ``pixels`` also camera fields uint8 [H, W, C] (``encoders``)."""
     if isinstance(obs_spec, (int, np.integer)):
         return jax.ShapeDtypeStruct((int(obs_spec),), jnp.float32)
     leaves = jax.tree.leaves(obs_spec)
@@ -40,7 +41,15 @@ def as_obs_spec(obs_spec: PyTree) -> PyTree:
     spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s.shape), s.dtype), obs_spec)
     for path, s in jax.tree_util.tree_leaves_with_path(spec):
         name = jax.tree_util.keystr(path) or "obs"
+        if pixels and len(s.shape) == 3 and s.dtype == jnp.uint8:
+            continue
+        if pixels and len(s.shape) == 3:
+            raise ValueError(f"obs_spec{name}: a camera field must be uint8 [H, W, C]; got "
+                             f"dtype {s.dtype}. Store images as uint8 (0-255).")
         if len(s.shape) != 1 or not jnp.issubdtype(s.dtype, jnp.floating):
+            if pixels:
+                raise ValueError(f"obs_spec{name}: fields are float vectors [D] or camera "
+                                 f"images uint8 [H, W, C]; got shape {s.shape} dtype {s.dtype}.")
             raise ValueError(
                 f"obs_spec{name}: the state learner takes float vectors [D]; got shape {s.shape} "
                 f"dtype {s.dtype}. Flatten the field, or use an image encoder for pixel fields.")

@@ -41,7 +41,7 @@ from resfit_jax.agents.rlpd import NoBase
 from resfit_jax.base_features import BaseFeatures, chunked_base, rechunk
 from resfit_jax.base_policy import BasePolicy, ObservationPrefix
 from resfit_jax.checkpointing import RunCheckpointer
-from resfit_jax.configs import to_dict
+from resfit_jax.configs import same_config, to_dict
 from resfit_jax.data.rlds import Episode, check_compatible
 from resfit_jax.demo_buffer import (fit_normalizer, offline_buffer, with_feature_stats,
                                     with_time_feature)
@@ -303,7 +303,7 @@ def _start(trainer: Trainer, out: str, resume: bool, task_name: str,
             template["best"] = state.learner_state
         restored, saved = ckpt.restore(template)
         prog = Progress.from_json(saved)
-        if prog.config != cfg_dict or prog.seeds != seeds:
+        if not same_config(prog.config, trainer.cfg) or prog.seeds != seeds:
             raise ValueError(f"--resume: the run in {out} was started with a different config "
                              "or seeds; resume with the same flags (see its config.json).")
         if identity and prog.identity and identity != prog.identity:

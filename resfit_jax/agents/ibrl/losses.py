@@ -55,7 +55,8 @@ def make_ibrl_losses(networks: ResidualTD3Networks, config: "IBRLConfig",
                      action_dim: int) -> IBRLLosses:
     actor, critic = networks.actor, networks.critic
 
-    def features(normalizer: Normalizer, obs) -> jax.Array:
+    def features(normalizer: Normalizer, obs, encoder_params=None) -> jax.Array:
+        """State observations only (make_ibrl refuses camera fields)."""
         return normalizer.obs.normalize(flatten_obs(obs))
 
     def proposal(actor_params, feats: jax.Array) -> jax.Array:
@@ -73,7 +74,8 @@ def make_ibrl_losses(networks: ResidualTD3Networks, config: "IBRLConfig",
         return chosen, jnp.where(took > 0, p_rl, p_b), took
 
     def td_target(target_actor_params, target_critic_params, normalizer: Normalizer,
-                  batch: Transition, key: jax.Array, noise_std) -> jax.Array:
+                  batch: Transition, key: jax.Array, noise_std, encoder_params=None
+                  ) -> jax.Array:
         k_subset, k_noise, k_rule = jax.random.split(key, 3)
         next_feats = features(normalizer, batch.next_obs)
         next_mean = proposal(target_actor_params, next_feats)
@@ -87,14 +89,15 @@ def make_ibrl_losses(networks: ResidualTD3Networks, config: "IBRLConfig",
         return jax.lax.stop_gradient(batch.reward + batch.discount * batch.nonterminal * next_q)
 
     def critic_loss(critic_params, target_actor_params, target_critic_params,
-                    normalizer: Normalizer, batch: Transition, key: jax.Array, noise_std):
+                    normalizer: Normalizer, batch: Transition, key: jax.Array, noise_std,
+                    encoder_params=None):
         target = td_target(target_actor_params, target_critic_params, normalizer, batch, key,
                            noise_std)
         q = critic.apply(critic_params, features(normalizer, batch.obs), batch.action)
         return jnp.mean(jnp.square(q - target[None])), {"q": q, "target": target}
 
     def actor_loss(actor_params, critic_params, normalizer: Normalizer, batch: Transition,
-                   weights: jax.Array | None = None):
+                   weights: jax.Array | None = None, encoder_params=None):
         feats = features(normalizer, batch.obs)
         a = proposal(actor_params, feats)
         q = critic.apply(jax.lax.stop_gradient(critic_params), feats, a)

@@ -7,7 +7,9 @@
     state, metrics = learner.critic_warmup(state, online, offline) # [N, B_on|B_off, ...]
 
 All actions are in the normalized space of the state's ``Normalizer`` ([-1, 1]).
-Observations are a pytree of float vectors (one per sample: [D_i]); they are flattened,
+Observations are a pytree of float vectors (one per sample: [D_i]) and, for pixel tasks,
+camera images (uint8 [H, W, C]; ``encoders``: per-camera encoders trained by the critic
+loss, DrQ shifts in updates). State fields are flattened,
 concatenated in tree order and standardized with ``state.normalizer`` inside the networks,
 so replay stores raw observations and a checkpoint of the state carries the statistics its
 params were trained under. Everything here is jittable and vmappable (e.g. over seeds:
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,117 +34,13 @@ from resfit_jax.agents import checks
 from resfit_jax.agents.gradients import gradient_update, make_optimizer
 from resfit_jax.agents.residual_td3.losses import ResidualTD3Losses, make_losses
 from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks, make_networks
+from resfit_jax.agents.residual_td3.config import (CRITIC_LOSSES, GATE_RULES, PRESETS,  # noqa: F401
+                                                  ResidualTD3Config)
+from resfit_jax.encoders import ObservationEncoder, state_dim
 from resfit_jax.normalization import Normalizer, StateStandardizer
 from resfit_jax.replay import Transition
-from resfit_jax.validation import number_errors
 
 PyTree = Any
-CRITIC_LOSSES = ("mse", "release")
-GATE_RULES = ("min", "lcb", "agree")
-
-
-@dataclasses.dataclass(frozen=True)
-class ResidualTD3Config:
-    """Learner hyperparameters. Defaults are the paper's (single-arm tasks).
-
-    ``critic_loss``: "mse" = mean over heads of each head's MSE to the shared target
-    (standard); "release" = the reference code's mean_b((mean_k |Q_k - y|)^2).
-    Returns and batches (n-step, gamma, truncation, UTD, batch size, demo fraction) are in
-    ``replay.ReplayConfig``.
-    """
-
-    # networks
-    actor_hidden_dims: tuple[int, ...] = (1024, 1024)
-    critic_hidden_dims: tuple[int, ...] = (1024, 1024)
-    num_critics: int = 10
-    num_min_critics: int = 2
-    layer_norm: bool = True
-    action_scale: float = 0.1
-    # the actor's output layer starts at zero (residual = 0 at init; False: default init,
-    # as the no-base RLPD baseline uses)
-    actor_zero_init: bool = True
-    # actor loss += residual_penalty * mean((r / action_scale)^2): holds the residual at 0
-    # where the critic's action gradient is weak (0 = the paper's objective)
-    residual_penalty: float = 0.0
-    # optimisation (AdamW, global-norm clip per module group)
-    actor_lr: float = 1e-6
-    critic_lr: float = 1e-4
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    tau: float = 0.005
-    # exploration and target-policy smoothing (normalized action units)
-    exploration_std: float = 0.05
-    target_noise: bool = True
-    target_noise_clip: float = 0.3
-    critic_loss: str = "mse"
-    # weight of demo states in the actor loss (1 = the paper's symmetric batch, 0 = actor
-    # updates on online states only)
-    actor_demo_weight: float = 1.0
-    # value gate: execute a_b + g * r, g = 1 where a pessimistic Q says the residual beats the
-    # base by more than gate_tau (-inf: no gate, the paper's ResFiT); rule "min" = min over a
-    # random subset of num_min_critics heads, "lcb" = mean - gate_k * std over all heads,
-    # "agree" = every head's paired advantage Q_k(a_b + r) - Q_k(a_b) > gate_tau (the actor
-    # maximises Q, so a gate on the same critic's values without pairing is nearly always open)
-    gate_tau: float = float("-inf")
-    gate_rule: str = "min"
-    gate_k: float = 1.0
-    # raise a clear error inside every update when a batch or a loss is not finite (a host
-    # callback: a device-to-host sync per update). Loops check every chunk in any case.
-    check_finite: bool = True
-
-    def __post_init__(self):
-        errors = number_errors(self, allow_neg_inf=("gate_tau",),
-                               positive=("actor_lr", "critic_lr", "max_grad_norm"),
-                               non_negative=("weight_decay", "exploration_std",
-                                             "target_noise_clip", "gate_k"))
-        if self.num_critics < 1:
-            errors.append(f"num_critics must be >= 1 (got {self.num_critics})")
-        if not 1 <= self.num_min_critics <= self.num_critics:
-            errors.append(f"num_min_critics must be in [1, num_critics={self.num_critics}] "
-                          f"(got {self.num_min_critics})")
-        if self.critic_loss not in CRITIC_LOSSES:
-            errors.append(f"critic_loss must be one of {CRITIC_LOSSES} (got {self.critic_loss!r})")
-        if not 0.0 <= self.actor_demo_weight <= 1.0:
-            errors.append(f"actor_demo_weight must be in [0, 1] (got {self.actor_demo_weight})")
-        if self.gate_rule not in GATE_RULES:
-            errors.append(f"gate_rule must be one of {GATE_RULES} (got {self.gate_rule!r})")
-        if self.gate_tau != self.gate_tau or self.gate_tau == float("inf"):
-            errors.append(f"gate_tau must be a number < inf, or -inf for no gate "
-                          f"(got {self.gate_tau})")
-        if not 0.0 < self.action_scale <= 1.0:
-            errors.append(f"action_scale must be in (0, 1] (got {self.action_scale})")
-        if self.residual_penalty < 0.0:
-            errors.append(f"residual_penalty must be >= 0 (got {self.residual_penalty})")
-        if not 0.0 < self.tau <= 1.0:
-            errors.append(f"tau must be in (0, 1] (got {self.tau})")
-        if any(int(d) < 1 for d in tuple(self.actor_hidden_dims) + tuple(self.critic_hidden_dims)):
-            errors.append("hidden dims must be >= 1")
-        if errors:
-            raise ValueError("ResidualTD3Config: " + "; ".join(errors) + ".")
-
-    @classmethod
-    def paper(cls, **overrides) -> "ResidualTD3Config":
-        """Paper scale: 2x1024 actor and critic, K=10 heads."""
-        return cls(**overrides)
-
-    @classmethod
-    def cpu(cls, **overrides) -> "ResidualTD3Config":
-        """CPU scale for a 2-core laptop: 2x256 networks, K=10 heads.
-
-        The actor lr is raised to 1e-4 because CPU runs use ~100x fewer env steps than the
-        paper; the residual stays bounded by action_scale, and the critic warm-up still
-        anchors Q before the actor moves. All other settings are the paper's.
-        """
-        base = dict(actor_hidden_dims=(256, 256), critic_hidden_dims=(256, 256), actor_lr=1e-4)
-        base.update(overrides)
-        return cls(**base)
-
-
-PRESETS: dict[str, Callable[..., ResidualTD3Config]] = {
-    "paper": ResidualTD3Config.paper,
-    "cpu": ResidualTD3Config.cpu,
-}
-
 
 @struct.dataclass
 class LearnerState:
@@ -159,6 +57,9 @@ class LearnerState:
     rng: jax.Array
     critic_steps: jax.Array
     actor_steps: jax.Array
+    # camera encoders (pixel observations only; {} otherwise) and their optimizer state
+    encoder_params: PyTree = struct.field(default_factory=dict)
+    encoder_opt_state: PyTree = struct.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,10 +75,16 @@ class ResidualTD3:
     actor_tx: optax.GradientTransformation
     critic_tx: optax.GradientTransformation
     default_normalizer: Normalizer | None = None
+    obs_encoder: ObservationEncoder | None = None
 
     @property
     def obs_dim(self) -> int:
-        return checks.obs_dim(self.obs_spec)
+        """Size of the flattened state fields (what the normalizer standardizes)."""
+        return state_dim(self.obs_spec)
+
+    @property
+    def pixels(self) -> bool:
+        return self.obs_encoder is not None and self.obs_encoder.cameras > 0
 
     @property
     def actor(self):
@@ -188,8 +95,9 @@ class ResidualTD3:
         return self.networks.critic
 
     def features(self, state: LearnerState, obs: PyTree) -> jax.Array:
-        """Observation pytree [*batch, ...] -> standardized flat features [*batch, D]."""
-        return self.losses.features(state.normalizer, obs)
+        """Observation pytree [*batch, ...] -> features [*batch, F] (standardized flat state;
+        with cameras, the camera encoders' features first)."""
+        return self.losses.features(state.normalizer, obs, state.encoder_params)
 
     # ------------------------------------------------------------------------------- init
     def init(self, key: jax.Array, normalizer: Normalizer | None = None) -> LearnerState:
@@ -203,9 +111,15 @@ class ResidualTD3:
         k_actor, k_critic, k_state = jax.random.split(key, 3)
         feats = jnp.zeros((1, self.obs_dim), jnp.float32)
         act = jnp.zeros((1, self.action_dim), jnp.float32)
+        encoder = {}
+        if self.pixels:                         # a key of its own: state learners unchanged
+            encoder = self.obs_encoder.init(jax.random.fold_in(k_critic, 1))
+            feats = jnp.zeros((1, self.obs_encoder.feature_dim), jnp.float32)
         actor_params = self.actor.init(k_actor, feats, act)
         critic_params = self.critic.init(k_critic, feats, act)
         return LearnerState(
+            encoder_params=encoder,
+            encoder_opt_state=self.critic_tx.init(encoder) if self.pixels else {},
             actor_params=actor_params,
             critic_params=critic_params,
             # copies, so the state has no aliased buffers and can be donated to a jitted update
@@ -269,15 +183,21 @@ class ResidualTD3:
                   noise_std: float | jax.Array) -> jax.Array:
         """y [B] for a batch [B, ...] (see ``losses``)."""
         return self.losses.td_target(state.target_actor_params, state.target_critic_params,
-                                     state.normalizer, batch, key, noise_std)
+                                     state.normalizer, batch, key, noise_std,
+                                     state.encoder_params)
 
     # ----------------------------------------------------------------------------- update
     def _critic_step(self, state: LearnerState, batch: Transition, key: jax.Array,
                      noise_std: float) -> tuple[LearnerState, dict[str, jax.Array]]:
-        step = gradient_update(self.losses.critic_loss, self.critic_tx)
-        params, opt_state, loss, aux, grads = step(
-            state.critic_params, state.critic_opt_state, state.target_actor_params,
-            state.target_critic_params, state.normalizer, batch, key, noise_std)
+        args = (state.target_actor_params, state.target_critic_params, state.normalizer, batch,
+                key, noise_std)
+        if self.pixels:
+            state, loss, aux, grads = self._critic_and_encoder_step(state, args)
+            params, opt_state = state.critic_params, state.critic_opt_state
+        else:
+            step = gradient_update(self.losses.critic_loss, self.critic_tx)
+            params, opt_state, loss, aux, grads = step(state.critic_params,
+                                                       state.critic_opt_state, *args)
         q, target = aux["q"], aux["target"]
         state = state.replace(
             critic_params=params,
@@ -298,12 +218,32 @@ class ResidualTD3:
         }
         return state, metrics
 
+    def _critic_and_encoder_step(self, state: LearnerState, args: tuple):
+        """One critic step that also trains the camera encoders (their own AdamW state and
+        gradient clip, the critic's learning rate). Returns (state, loss, aux, grads)."""
+        loss_fn = lambda cp, ep: self.losses.critic_loss(cp, *args, ep)
+        (loss, aux), (g_c, g_e) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+            state.critic_params, state.encoder_params)
+        up_c, opt_c = self.critic_tx.update(g_c, state.critic_opt_state, state.critic_params)
+        up_e, opt_e = self.critic_tx.update(g_e, state.encoder_opt_state, state.encoder_params)
+        state = state.replace(critic_params=optax.apply_updates(state.critic_params, up_c),
+                              critic_opt_state=opt_c, encoder_opt_state=opt_e,
+                              encoder_params=optax.apply_updates(state.encoder_params, up_e))
+        return state, loss, aux, g_c
+
+    def _augment(self, batch: Transition, key: jax.Array) -> Transition:
+        """DrQ random shift of the camera fields of obs and next obs (independent shifts)."""
+        k_obs, k_next = jax.random.split(key)
+        pad = self.config.augment_pad
+        return batch.replace(obs=self.obs_encoder.augment(k_obs, batch.obs, pad),
+                             next_obs=self.obs_encoder.augment(k_next, batch.next_obs, pad))
+
     def _actor_step(self, state: LearnerState, batch: Transition,
                     weights: jax.Array | None = None) -> tuple[LearnerState, dict[str, jax.Array]]:
         step = gradient_update(self.losses.actor_loss, self.actor_tx)
         params, opt_state, loss, aux, grads = step(
             state.actor_params, state.actor_opt_state, state.critic_params, state.normalizer,
-            batch, weights)
+            batch, weights, state.encoder_params)
         r = aux["residual"]
         state = state.replace(
             actor_params=params,
@@ -337,6 +277,9 @@ class ResidualTD3:
         batch = self._join(online, offline, "update")
         num_steps = batch.reward.shape[0]
         rng, k_scan = jax.random.split(state.rng)
+        if self.pixels:
+            rng, k_aug = jax.random.split(rng)
+            batch = self._augment(batch, k_aug)
         noise_std = self.config.exploration_std if self.config.target_noise else 0.0
         step = lambda s, xs: self._critic_step(s, xs[0], xs[1], noise_std)
         state, cm = jax.lax.scan(step, state, (batch, jax.random.split(k_scan, num_steps)))
@@ -358,6 +301,9 @@ class ResidualTD3:
         """Critic-only steps, one per leading row of [N, B_on|B_off, ...]; no target noise."""
         batch = self._join(online, offline, "critic_warmup")
         rng, k_scan = jax.random.split(state.rng)
+        if self.pixels:
+            rng, k_aug = jax.random.split(rng)
+            batch = self._augment(batch, k_aug)
         step = lambda s, xs: self._critic_step(s, xs[0], xs[1], 0.0)
         state, cm = jax.lax.scan(step, state, (batch, jax.random.split(k_scan, batch.reward.shape[0])))
         metrics = {k: v.mean() for k, v in cm.items()}
@@ -377,22 +323,23 @@ def make_learner(config: ResidualTD3Config, obs_spec: PyTree, action_dim: int,
     """
     if int(action_dim) < 1:
         raise ValueError(f"action_dim must be >= 1, got {action_dim}.")
-    spec = checks.as_obs_spec(obs_spec)
+    spec = checks.as_obs_spec(obs_spec, pixels=True)
     default = None
     if obs_normalizer is not None:
         warnings.warn("make_learner(obs_normalizer=...) is deprecated: pass a "
                       "normalization.Normalizer to learner.init instead.", DeprecationWarning,
                       stacklevel=2)
-        dim = checks.obs_dim(spec)
+        dim = state_dim(spec)
         if obs_normalizer.dim != dim:
             raise ValueError(f"obs_normalizer has dimension {obs_normalizer.dim} but the "
                              f"flattened observation has {dim}; fit it on the same observations.")
         default = Normalizer(obs=obs_normalizer,
                              action=Normalizer.identity(dim, int(action_dim)).action)
     networks = make_networks(config, int(action_dim))
+    obs_encoder = ObservationEncoder(spec, config.encoder, config.camera_feature_dim)
     return ResidualTD3(
         config=config, obs_spec=spec, action_dim=int(action_dim), networks=networks,
-        losses=make_losses(networks, config),
+        losses=make_losses(networks, config, obs_encoder), obs_encoder=obs_encoder,
         actor_tx=make_optimizer(config.actor_lr, config.weight_decay, config.max_grad_norm),
         critic_tx=make_optimizer(config.critic_lr, config.weight_decay, config.max_grad_norm),
         default_normalizer=default,

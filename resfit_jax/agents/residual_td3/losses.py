@@ -2,12 +2,18 @@
 the params it differentiates; everything else (other params, the normalizer, the batch, a
 key) is explicit.
 
-    losses = make_losses(networks, config, obs_spec)
+    losses = make_losses(networks, config, obs_encoder)
     y            = losses.td_target(target_actor_params, target_critic_params, normalizer,
                                     batch, key, noise_std)                      # [B]
     loss, aux    = losses.critic_loss(critic_params, target_actor_params,
                                       target_critic_params, normalizer, batch, key, noise_std)
     loss, aux    = losses.actor_loss(actor_params, critic_params, normalizer, batch)
+
+Pixel observations (``encoders.ObservationEncoder`` with cameras): every loss also takes
+``encoder_params``. The camera encoders are trained through the critic loss only
+(differentiate ``critic_loss`` with respect to them); the TD target and the actor loss see
+their features through ``stop_gradient``, so the actor's own first layer is a projection of
+detached features (DrQ-v2's split).
 
 TD target (per transition):
     y = R + discount * nonterminal * min_{j in S} Q'_j(s', clip(a_b' + r~', -1, 1)),
@@ -33,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks
+from resfit_jax.encoders import ObservationEncoder
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import Transition
 
@@ -58,7 +65,8 @@ class ResidualTD3Losses:
     gate: Callable[..., jax.Array]
 
 
-def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config") -> ResidualTD3Losses:
+def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config",
+                obs_encoder: ObservationEncoder | None = None) -> ResidualTD3Losses:
     actor, critic = networks.actor, networks.critic
     gated = config.gate_tau > float("-inf")
 
@@ -82,14 +90,19 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config") -> R
             adv = pessimistic(with_r, heads) - pessimistic(without, heads)
         return (adv > config.gate_tau).astype(residual.dtype)
 
-    def features(normalizer: Normalizer, obs: PyTree) -> jax.Array:
-        """Observation pytree [*B, ...] -> standardized flat features [*B, D]."""
-        return normalizer.obs.normalize(flatten_obs(obs))
+    def features(normalizer: Normalizer, obs: PyTree, encoder_params: PyTree = None
+                 ) -> jax.Array:
+        """Observation pytree [*B, ...] -> features [*B, F]: standardized flat state (and,
+        with cameras, the camera encoders' features first)."""
+        if obs_encoder is None or not obs_encoder.cameras:
+            return normalizer.obs.normalize(flatten_obs(obs))
+        return obs_encoder(encoder_params, normalizer, obs)
 
     def td_target(target_actor_params, target_critic_params, normalizer: Normalizer,
-                  batch: Transition, key: jax.Array, noise_std) -> jax.Array:
+                  batch: Transition, key: jax.Array, noise_std, encoder_params=None
+                  ) -> jax.Array:
         k_subset, k_noise = jax.random.split(key)
-        next_feats = features(normalizer, batch.next_obs)
+        next_feats = jax.lax.stop_gradient(features(normalizer, batch.next_obs, encoder_params))
         next_mean = actor.apply(target_actor_params, next_feats, batch.next_base_action)
         noise = jnp.clip(noise_std * jax.random.normal(k_noise, next_mean.shape),
                          -config.target_noise_clip, config.target_noise_clip)
@@ -105,11 +118,13 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config") -> R
         return jax.lax.stop_gradient(batch.reward + batch.discount * batch.nonterminal * next_q)
 
     def critic_loss(critic_params, target_actor_params, target_critic_params,
-                    normalizer: Normalizer, batch: Transition, key: jax.Array, noise_std):
+                    normalizer: Normalizer, batch: Transition, key: jax.Array, noise_std,
+                    encoder_params=None):
         """Per-head MSE ("mse") or the release's mean_b((mean_k |Q_k - y|)^2) ("release")."""
         target = td_target(target_actor_params, target_critic_params, normalizer, batch, key,
-                           noise_std)
-        q = critic.apply(critic_params, features(normalizer, batch.obs), batch.action)  # [K, B]
+                           noise_std, encoder_params)
+        q = critic.apply(critic_params, features(normalizer, batch.obs, encoder_params),
+                         batch.action)                                             # [K, B]
         if config.critic_loss == "mse":
             loss = jnp.mean(jnp.square(q - target[None]))
         else:
@@ -117,9 +132,9 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config") -> R
         return loss, {"q": q, "target": target}
 
     def actor_loss(actor_params, critic_params, normalizer: Normalizer, batch: Transition,
-                   weights: jax.Array | None = None):
+                   weights: jax.Array | None = None, encoder_params=None):
         """-mean Q over heads and samples (``weights`` [B]: a weighted mean over samples)."""
-        feats = features(normalizer, batch.obs)
+        feats = jax.lax.stop_gradient(features(normalizer, batch.obs, encoder_params))
         r = actor.apply(actor_params, feats, batch.base_action)
         action = jnp.clip(batch.base_action + r, -1.0, 1.0)
         q = critic.apply(jax.lax.stop_gradient(critic_params), feats, action)
