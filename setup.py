@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "chex>=0.1.90,<0.2",
     "mujoco==3.17.0",
     "mujoco-mjx==3.17.0",
+    "warp-lang>=1.15,<1.20",  # camera observations: MJX's MuJoCo Warp renderer (CPU or GPU)
     "tensorflow-datasets>=4.9.8,<4.10",
     "array-record>=0.8,<0.9",
     "importlib_resources>=6",  # tfds builders need it (via etils.epath) but do not declare it

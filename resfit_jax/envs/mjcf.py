@@ -39,7 +39,9 @@ def options(timestep: float, iterations: int = 6, ls_iterations: int = 8) -> str
 
 
 def world(extra_bodies: str, extra_assets: str = "") -> str:
-    """Floor (the table top, z = 0), lights, camera."""
+    """Floor (the table top, z = 0), lights, cameras: "front" (wide, for videos) and
+    "workspace" (the pixel tasks' fixed view of the table); each arm has a "{prefix}wrist"
+    camera on its hand looking past the fingers."""
     return f"""
   <asset>
     <texture name="grid" type="2d" builtin="checker" rgb1="0.55 0.5 0.45" rgb2="0.5 0.45 0.4"
@@ -50,6 +52,7 @@ def world(extra_bodies: str, extra_assets: str = "") -> str:
   <worldbody>
     <light pos="0.3 0 1.5" dir="0 0 -1" diffuse="0.8 0.8 0.8"/>
     <camera name="front" pos="1.25 0 0.75" xyaxes="0 1 0 -0.5 0 0.85"/>
+    <camera name="workspace" pos="0.9 0.02 0.55" xyaxes="0 1 0 -0.75 0 0.66" fovy="45"/>
     <geom name="table" type="plane" size="1.5 1.5 0.05" material="table"/>
     {extra_bodies}
   </worldbody>"""
@@ -86,6 +89,7 @@ def arm(prefix: str, pos: tuple[float, float, float] = (0.0, 0.0, 0.0), yaw: flo
                 <inertial pos="0 0 0.06" mass="0.5" diaginertia="0.002 0.002 0.001"/>
                 <joint name="{p}j6" axis="0 0 1" {r(5)}/>
                 <geom type="box" size="0.02 0.055 0.02" pos="0 0 0.075" rgba="0.3 0.3 0.35 1"/>
+                <camera name="{p}wrist" pos="0.09 0 0.06" xyaxes="0.93 0 0.37 0 -1 0" fovy="70"/>
                 <site name="{p}tcp" pos="0 0 {WRIST_TO_TCP}" size="0.006" rgba="1 0 0 0.5"/>
                 <body name="{p}finger_l" pos="0 0 {WRIST_TO_TCP}" gravcomp="1">
                   <inertial pos="0 0 0" mass="0.05" diaginertia="1e-5 1e-5 1e-5"/>

@@ -1,0 +1,184 @@
+"""Camera observations for the MJX tasks: the MuJoCo Warp batch ray tracer on JAX-physics data.
+
+Physics stays MJX's JAX implementation (the state tasks are untouched); only rendering uses
+MuJoCo Warp, which runs on a GPU or on Warp's CPU backend. A Warp render context has a fixed
+number of worlds, so rendering is a batch operation outside ``vmap``:
+
+    pixel = pixel_env(envs.make("PickPlace"), num_envs=16, resolution=64)
+    s = pixel.reset(key)                 # s.obs = {"state": [16, P], "workspace": uint8
+    s = pixel.step(s, actions)           #          [16, 64, 64, 3], "wrist": ...}
+
+- ``CameraTask`` (per env, vmappable): the observation becomes the arm proprioception
+  (``MjxTask._proprio``: the privileged object poses stay out) plus the scene's kinematic
+  fields (geom and camera poses) the renderer needs.
+- ``PixelObservations`` (batch level, on ``VmapWrapper(AutoReset(CameraTask))``): renders the
+  scene into uint8 images per camera, for ``obs`` and for ``info["final_obs"]`` (the true
+  last frame of an episode that ended: when any env reset this step, the pre-reset and the
+  fresh scenes are rendered in one call of 2E worlds, else once).
+- ``CameraRenderer``: scene [N, ...] -> {camera: uint8 [N, H, W, 3]} under jit / scan.
+
+Lights must be fixed in the world (their poses are taken once from MuJoCo C).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+
+from resfit_jax.envs.core import AutoReset, State, VmapWrapper, Wrapper
+
+SCENE_FIELDS = ("geom_xpos", "geom_xmat", "cam_xpos", "cam_xmat")
+RESOLUTIONS = (32, 64, 84, 96, 128)
+
+
+def default_cameras(mj_model: mujoco.MjModel) -> tuple[str, ...]:
+    """The fixed "workspace" camera and every arm's wrist camera, in model order."""
+    names = [mj_model.camera(i).name for i in range(mj_model.ncam)]
+    return tuple(n for n in names if n == "workspace" or n.endswith("wrist"))
+
+
+def _mjx():
+    try:
+        import warp
+        warp.config.quiet = True                # no start-up banner, no per-module load
+        warp.config.log_level = warp.LOG_WARNING   # timings in the scripts' output
+        import mujoco.mjx.warp as mjxw
+    except ImportError:                                       # pragma: no cover
+        mjxw = None
+    from mujoco import mjx
+    if mjxw is None or not mjxw.WARP_INSTALLED:
+        raise ImportError("Camera observations need MuJoCo Warp: pip install mujoco-warp "
+                          "warp-lang (setup.py lists them).")
+    return mjx
+
+
+class CameraRenderer:
+    """Renders ``cameras`` of ``mj_model`` for exactly ``num_worlds`` scenes at
+    ``resolution`` x ``resolution`` (RGB, no shadows). Call under jit or not."""
+
+    def __init__(self, mj_model: mujoco.MjModel, num_worlds: int, cameras: Sequence[str],
+                 resolution: int = 64):
+        mjx = _mjx()
+        names = [mj_model.camera(i).name for i in range(mj_model.ncam)]
+        missing = [c for c in cameras if c not in names]
+        if missing:
+            raise ValueError(f"Cameras {missing} are not in the model (it has {names}).")
+        if not cameras:
+            raise ValueError("CameraRenderer needs at least one camera.")
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {RESOLUTIONS} (got {resolution}).")
+        if np.any(mj_model.light_bodyid != 0):
+            raise ValueError("CameraRenderer supports lights fixed in the world only.")
+        self.mj_model, self.num_worlds, self.resolution = mj_model, int(num_worlds), resolution
+        # the context numbers its active cameras in model order
+        self.cameras = tuple(sorted(cameras, key=names.index))
+        self.model = mjx.put_model(mj_model, impl="warp")
+        self.context = mjx.create_render_context(
+            mj_model, nworld=self.num_worlds, cam_res=(resolution, resolution),
+            render_rgb=True, render_depth=False, use_shadows=False,
+            cam_active=list(self.cameras))
+        d = mujoco.MjData(mj_model)
+        mujoco.mj_forward(mj_model, d)
+        self._light = (np.asarray(d.light_xpos, np.float32), np.asarray(d.light_xdir, np.float32))
+
+    def __call__(self, scene: dict) -> dict[str, jax.Array]:
+        """scene: SCENE_FIELDS with a leading [num_worlds] -> {camera: uint8 [N, H, W, 3]}."""
+        mjx, n = _mjx(), self.num_worlds
+        if scene["geom_xpos"].shape[0] != n:
+            raise ValueError(f"CameraRenderer renders {n} worlds; got "
+                             f"{scene['geom_xpos'].shape[0]}.")
+        d = jax.vmap(lambda _: mjx.make_data(self.mj_model, impl="warp"))(jnp.arange(n))
+        d = d.replace(**{f: scene[f] for f in SCENE_FIELDS})
+        shape = d._impl.light_xpos.shape
+        d = d.tree_replace({"_impl.light_xpos": jnp.broadcast_to(self._light[0], shape),
+                            "_impl.light_xdir": jnp.broadcast_to(self._light[1], shape)})
+        ctx = self.context.pytree()
+        d = mjx.refit_bvh(self.model, d, ctx)
+        rgb, _, _ = mjx.render(self.model, d, ctx)
+        return {c: jnp.round(mjx.get_rgb(ctx, i, rgb) * 255.0).astype(jnp.uint8)
+                for i, c in enumerate(self.cameras)}
+
+
+class CameraTask(Wrapper):
+    """Per-env pixel variant of an MJX task before rendering: obs = {"state": proprio [P],
+    "scene": the kinematic fields ``CameraRenderer`` reads}."""
+
+    def _obs(self, state: State) -> dict:
+        data = state.data["mjx"]
+        proprio, _ = self.env._proprio(data)
+        return {"state": jnp.concatenate(proprio),
+                "scene": {f: getattr(data, f) for f in SCENE_FIELDS}}
+
+    def reset(self, key):
+        s = self.env.reset(key)
+        return s.replace(obs=self._obs(s))
+
+    def step(self, state, action):
+        s = self.env.step(state, action)
+        return s.replace(obs=self._obs(s))
+
+    @property
+    def proprio_size(self) -> int:
+        return self.env.PROPRIO_SIZE * len(self.env.arms)
+
+
+class PixelObservations(Wrapper):
+    """Batch level: renders the scenes of ``VmapWrapper(AutoReset(CameraTask(task)), E)``
+    into {"state": [E, P], camera: uint8 [E, H, W, 3], ...} for obs and final_obs."""
+
+    def __init__(self, env: VmapWrapper, cameras: Sequence[str] | None = None,
+                 resolution: int = 64, keep_scene: bool = False):
+        super().__init__(env)
+        self.keep_scene = keep_scene            # also keep obs["scene"] (tests, debugging)
+        mj_model = env.unwrapped.mj_model
+        cams = tuple(cameras) if cameras is not None else default_cameras(mj_model)
+        self.num_envs = env.num_envs
+        self.renderer = CameraRenderer(mj_model, self.num_envs, cams, resolution)
+        self.renderer_x2 = CameraRenderer(mj_model, 2 * self.num_envs, cams, resolution)
+        self.cameras = self.renderer.cameras
+        self.resolution = resolution
+
+    def _pixels(self, obs: dict, images: dict) -> dict:
+        extra = {"scene": obs["scene"]} if self.keep_scene else {}
+        return {"state": obs["state"], **images} | extra
+
+    def reset(self, key):
+        s = self.env.reset(key)
+        obs = self._pixels(s.obs, self.renderer(s.obs["scene"]))
+        return s.replace(obs=obs, info=dict(s.info, final_obs=obs))
+
+    def step(self, state, action):
+        s = self.env.step(state, action)
+        now, final = s.obs["scene"], s.info["final_obs"]["scene"]
+
+        def once(_):
+            images = self.renderer(now)
+            return images, images
+
+        def twice(_):
+            both = self.renderer_x2(jax.tree.map(lambda a, b: jnp.concatenate([a, b]), now,
+                                                 final))
+            e = self.num_envs
+            return ({c: x[:e] for c, x in both.items()}, {c: x[e:] for c, x in both.items()})
+
+        images, final_images = jax.lax.cond(jnp.any(s.done), twice, once, None)
+        return s.replace(obs=self._pixels(s.obs, images),
+                         info=dict(s.info, final_obs=self._pixels(s.info["final_obs"],
+                                                                  final_images)))
+
+    @property
+    def observation_spec(self) -> dict:
+        r = self.resolution
+        spec = {"state": jax.ShapeDtypeStruct((self.env.proprio_size,), jnp.float32)}
+        return spec | {c: jax.ShapeDtypeStruct((r, r, 3), jnp.uint8) for c in self.cameras}
+
+
+def pixel_env(task, num_envs: int, resolution: int = 64,
+              cameras: Sequence[str] | None = None, keep_scene: bool = False
+              ) -> PixelObservations:
+    """E auto-resetting pixel envs of an MJX task (see the module docstring)."""
+    return PixelObservations(VmapWrapper(AutoReset(CameraTask(task)), num_envs), cameras,
+                             resolution, keep_scene)
