@@ -192,6 +192,10 @@ class ReplayBuffer:
             if store.shape[1:] != x.shape[1:]:
                 raise ValueError(f"ReplayBuffer.add: item shape {x.shape[1:]} does not match "
                                  f"stored shape {store.shape[1:]}.")
+            if jnp.issubdtype(store.dtype, jnp.integer) and jnp.issubdtype(x.dtype, jnp.floating):
+                raise ValueError(f"ReplayBuffer.add: a {x.dtype} field into {store.dtype} "
+                                 "storage would be truncated; pass camera images as uint8 "
+                                 "(0-255), as the spec says.")
             return store.at[idx].set(x.astype(store.dtype), mode="drop")
 
         data = jax.tree.map(write, state.data, flat)

@@ -86,11 +86,11 @@ def test_encoder_learns_from_the_critic_loss_only():
     assert jax.tree.leaves(state.encoder_params)
     batch, _ = batch_of(jax.random.PRNGKey(1), 16)
     L = learner.losses
-    g_critic = jax.grad(lambda ep: L.critic_loss(
+    g_critic = jax.jit(jax.grad(lambda ep: L.critic_loss(
         state.critic_params, state.target_actor_params, state.target_critic_params,
-        state.normalizer, batch, jax.random.PRNGKey(2), 0.1, ep)[0])(state.encoder_params)
-    g_actor = jax.grad(lambda ep: L.actor_loss(
-        state.actor_params, state.critic_params, state.normalizer, batch, None, ep)[0])(
+        state.normalizer, batch, jax.random.PRNGKey(2), 0.1, ep)[0]))(state.encoder_params)
+    g_actor = jax.jit(jax.grad(lambda ep: L.actor_loss(
+        state.actor_params, state.critic_params, state.normalizer, batch, None, ep)[0]))(
         state.encoder_params)
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g_critic)) > 0
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(g_actor))
@@ -101,7 +101,7 @@ def test_encoder_learns_from_the_critic_loss_only():
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.encoder_params,
                          new.encoder_params)
     assert max(jax.tree.leaves(moved)) > 0
-    after_actor, _ = learner._actor_step(new, batch)
+    after_actor, _ = jax.jit(learner._actor_step)(new, batch)
     jax.tree.map(np.testing.assert_array_equal, new.encoder_params, after_actor.encoder_params)
 
 
@@ -130,13 +130,15 @@ def test_pixel_learner_acts_and_updates_under_jit(encoder):
 def test_a_critic_learns_a_value_only_the_image_reveals():
     learner = make_learner(CFG, SPEC, 1)
     state = learner.init(jax.random.PRNGKey(0))
-    warm = jax.jit(learner.critic_warmup)
-    for i in range(150):
-        batch, _ = batch_of(jax.random.PRNGKey(100 + i), 64)
-        state, _ = warm(state, jax.tree.map(lambda x: x[None], batch), None)
-    test, side = batch_of(jax.random.PRNGKey(7), 200)
-    right = learner.q_values(state, test.obs, jnp.full((200, 1), 0.5)).mean(axis=0)
-    left = learner.q_values(state, test.obs, jnp.full((200, 1), -0.5)).mean(axis=0)
+    @jax.jit
+    def train(state):                   # 100 critic steps, each on a fresh batch of 32
+        rows, _ = jax.vmap(lambda k: batch_of(k, 32))(jax.random.split(jax.random.PRNGKey(1), 100))
+        return learner.critic_warmup(state, rows, None)[0]
+    state = train(state)
+    test, side = jax.jit(lambda: batch_of(jax.random.PRNGKey(7), 200))()
+    q = jax.jit(learner.q_values)
+    right = q(state, test.obs, jnp.full((200, 1), 0.5)).mean(axis=0)
+    left = q(state, test.obs, jnp.full((200, 1), -0.5)).mean(axis=0)
     correct = np.where(np.asarray(side) == 1, right - left, left - right)
     assert np.mean(correct > 0) >= 0.9 and np.mean(correct) > 0.3, np.mean(correct)
 
@@ -147,3 +149,36 @@ def test_bad_pixel_specs_are_refused():
     from resfit_jax.agents.ibrl import IBRLConfig, make_ibrl
     with pytest.raises(ValueError, match="state learner"):
         make_ibrl(IBRLConfig(), SPEC, 1)
+
+
+def test_uint8_frames_round_trip_through_the_n_step_writer_and_replay_exactly():
+    """Each env step's frame is a distinct uint8 image; every stored transition holds the
+    frame of its start and the frame k steps later, bit for bit, in uint8."""
+    from resfit_jax.replay import NStepWriter, ReplayBuffer, transition_spec
+    e, n, steps = 2, 3, 7
+    spec = {"front": jax.ShapeDtypeStruct((8, 8, 3), jnp.uint8),
+            "state": jax.ShapeDtypeStruct((1,), jnp.float32)}
+    frames = jax.random.randint(jax.random.PRNGKey(0), (steps + 1, e, 8, 8, 3), 0, 256
+                                ).astype(jnp.uint8)
+    obs_at = lambda t: {"front": frames[t], "state": jnp.full((e, 1), float(t))}
+    writer, buf = NStepWriter(n=n), ReplayBuffer(64)
+    ws, rs = writer.init(e, spec, 1), buf.init(transition_spec(spec, 1))
+    assert rs.data.obs["front"].dtype == jnp.uint8
+    z, f = jnp.zeros((e, 1)), jnp.zeros((e,), bool)
+    for t in range(steps):
+        ws, cands, valid = writer.step(ws, obs_at(t), z, z, jnp.zeros((e,)), obs_at(t + 1), z, f, f)
+        rs = buf.add(rs, cands, valid)
+    size = int(rs.size)
+    assert size == e * (steps - n + 1)
+    for i in range(size):
+        t0 = int(rs.data.obs["state"][i, 0])
+        t1 = int(rs.data.next_obs["state"][i, 0])
+        assert t1 == t0 + n
+        env = [j for j in range(e) if np.array_equal(frames[t0, j], rs.data.obs["front"][i])]
+        assert env and np.array_equal(rs.data.next_obs["front"][i], frames[t1, env[0]])
+    # frames stored as float would be silently truncated: refused
+    bad = jax.tree.map(lambda x: x, cands)
+    bad = bad.replace(obs={"front": cands.obs["front"].astype(jnp.float32) / 255.0,
+                           "state": cands.obs["state"]})
+    with pytest.raises(ValueError, match="uint8"):
+        buf.add(rs, bad, valid)
