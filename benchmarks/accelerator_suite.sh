@@ -5,7 +5,9 @@
 #      steps per env step (benchmarks.loop_throughput);
 #   3. critic updates/s of the paper-scale learner at UTD 4 and 8 (benchmarks.learner_throughput);
 #   4. the paper-scale preset's first evaluation on PickPlace, on a BC base trained in the run
-#      (experiments.train_bc, then experiments.train_residual --scale=paper --stop_at=10000).
+#      (experiments.train_bc, then experiments.train_residual --scale=paper --stop_at=10000);
+#   5. pixel envs: step + render frames/s at 64 and 84 px (benchmarks.render_throughput),
+#      only where warp-lang is importable (its wheel, 149 MB, is over the carry limit).
 # Every step has its own time limit, so a slow one costs its share only; everything lands in
 # $OUT (default benchmarks/results/accelerator): device.txt, suite.log, three JSON files and
 # paper_metrics.jsonl, each with the machine description.
@@ -56,13 +58,13 @@ if [[ $SMOKE == 1 ]]; then
   PAPER=(--scale=cpu --stop_at=64 --config.warmup_env_steps=64 --config.critic_warmup_updates=4
          --config.critic_warmup_chunk=2 --config.total_env_steps=128 --config.eval_every=64
          --config.eval_episodes=2 --config.steps_per_chunk=4)
-  LIMITS=(300 600 300 600 900)
+  LIMITS=(300 600 300 600 900 600); RENDER=(--envs=2 --resolutions=32 --scan=2 --min_seconds=0.5)
 else
   MJX_ENVS=256,1024,4096,8192; LOOP_ENVS=256,1024,4096; LOOP=(); UTDS=4,8; PRESET=paper
   BC=(--steps=2000 --demo_episodes=30 --eval_every=1000 --eval_episodes=50 --final_episodes=50
       --num_envs=50)
   PAPER=(--scale=paper --stop_at=10000)
-  LIMITS=(100 170 60 90 170)
+  LIMITS=(100 150 60 90 150 40); RENDER=(--envs=256,1024 --resolutions=64,84 --scan=5 --min_seconds=1)
 fi
 
 step() {   # step NAME LIMIT_S python -m args...
@@ -89,5 +91,11 @@ step train_bc "${LIMITS[3]}" experiments.train_bc --task=PickPlace "${BC[@]}" \
 step paper_residual "${LIMITS[4]}" experiments.train_residual --task=PickPlace \
   --base="$RUNS/bc" --out="$RUNS/residual" "${PAPER[@]}"
 [[ -f "$RUNS/residual/metrics.jsonl" ]] && cp "$RUNS/residual/metrics.jsonl" "$DEST/paper_metrics.jsonl"
+if "$PY" -c "import warp" >/dev/null 2>&1; then
+  step render_throughput "${LIMITS[5]}" benchmarks.render_throughput --tasks=PickPlace \
+    "${RENDER[@]}" --out="$DEST/render_throughput.json"
+else
+  echo "== render_throughput: skipped (warp-lang is not installed here)" | tee -a "$LOG"
+fi
 echo "results in $DEST:" | tee -a "$LOG"
 ls "$DEST" | tee -a "$LOG"
