@@ -15,7 +15,9 @@ number of worlds, so rendering is a batch operation outside ``vmap``:
   scene into uint8 images per camera, for ``obs`` and for ``info["final_obs"]`` (the true
   last frame of an episode that ended: when any env reset this step, the pre-reset and the
   fresh scenes are rendered in one call of 2E worlds, else once).
-- ``CameraRenderer``: scene [N, ...] -> {camera: uint8 [N, H, W, 3]} under jit / scan.
+- ``CameraRenderer``: scene [N, ...] -> {camera: uint8 [N, H, W, 3]} under jit / scan, and
+  under ``vmap`` (e.g. over seeds): a batching rule folds the mapped axes into the worlds of
+  one call (a render context per world count, made at trace time).
 
 Lights must be fixed in the world (their poses are taken once from MuJoCo C).
 """
@@ -56,8 +58,9 @@ def _mjx():
 
 
 class CameraRenderer:
-    """Renders ``cameras`` of ``mj_model`` for exactly ``num_worlds`` scenes at
-    ``resolution`` x ``resolution`` (RGB, no shadows). Call under jit or not."""
+    """Renders ``cameras`` of ``mj_model`` at ``resolution`` x ``resolution`` (RGB, no
+    shadows) for a batch of scenes; ``num_worlds`` is the batch the first context is made
+    for (others are made when first needed). Call under jit, scan or vmap."""
 
     def __init__(self, mj_model: mujoco.MjModel, num_worlds: int, cameras: Sequence[str],
                  resolution: int = 64):
@@ -76,26 +79,47 @@ class CameraRenderer:
         # the context numbers its active cameras in model order
         self.cameras = tuple(sorted(cameras, key=names.index))
         self.model = mjx.put_model(mj_model, impl="warp")
-        self.context = mjx.create_render_context(
-            mj_model, nworld=self.num_worlds, cam_res=(resolution, resolution),
-            render_rgb=True, render_depth=False, use_shadows=False,
-            cam_active=list(self.cameras))
+        self._contexts: dict[int, object] = {}
+        self.context(self.num_worlds)
         d = mujoco.MjData(mj_model)
         mujoco.mj_forward(mj_model, d)
         self._light = (np.asarray(d.light_xpos, np.float32), np.asarray(d.light_xdir, np.float32))
+        self._render = jax.custom_batching.custom_vmap(self._render_worlds)
+        self._render.def_vmap(self._fold_batch)
+
+    def context(self, n: int):
+        """The Warp render context for n worlds (made once per n)."""
+        if n not in self._contexts:
+            r = self.resolution
+            self._contexts[n] = _mjx().create_render_context(
+                self.mj_model, nworld=n, cam_res=(r, r), render_rgb=True, render_depth=False,
+                use_shadows=False, cam_active=list(self.cameras))
+        return self._contexts[n]
 
     def __call__(self, scene: dict) -> dict[str, jax.Array]:
-        """scene: SCENE_FIELDS with a leading [num_worlds] -> {camera: uint8 [N, H, W, 3]}."""
-        mjx, n = _mjx(), self.num_worlds
-        if scene["geom_xpos"].shape[0] != n:
-            raise ValueError(f"CameraRenderer renders {n} worlds; got "
-                             f"{scene['geom_xpos'].shape[0]}.")
+        """scene: SCENE_FIELDS with a leading [N] -> {camera: uint8 [N, H, W, 3]}."""
+        return self._render(scene)
+
+    def _fold_batch(self, axis_size: int, in_batched, scene: dict):
+        """vmap rule: render the mapped axis and the worlds in one call."""
+        if not any(jax.tree.leaves(in_batched)):
+            return self._render(scene), jax.tree.map(lambda _: False, self._out_spec())
+        flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), scene)
+        out = self._render(flat)
+        return ({c: x.reshape((axis_size, -1) + x.shape[1:]) for c, x in out.items()},
+                jax.tree.map(lambda _: True, self._out_spec()))
+
+    def _out_spec(self) -> dict:
+        return {c: 0 for c in self.cameras}
+
+    def _render_worlds(self, scene: dict) -> dict[str, jax.Array]:
+        mjx, n = _mjx(), int(scene["geom_xpos"].shape[0])
         d = jax.vmap(lambda _: mjx.make_data(self.mj_model, impl="warp"))(jnp.arange(n))
         d = d.replace(**{f: scene[f] for f in SCENE_FIELDS})
         shape = d._impl.light_xpos.shape
         d = d.tree_replace({"_impl.light_xpos": jnp.broadcast_to(self._light[0], shape),
                             "_impl.light_xdir": jnp.broadcast_to(self._light[1], shape)})
-        ctx = self.context.pytree()
+        ctx = self.context(n).pytree()
         d = mjx.refit_bvh(self.model, d, ctx)
         rgb, _, _ = mjx.render(self.model, d, ctx)
         return {c: jnp.round(mjx.get_rgb(ctx, i, rgb) * 255.0).astype(jnp.uint8)
@@ -137,7 +161,6 @@ class PixelObservations(Wrapper):
         cams = tuple(cameras) if cameras is not None else default_cameras(mj_model)
         self.num_envs = env.num_envs
         self.renderer = CameraRenderer(mj_model, self.num_envs, cams, resolution)
-        self.renderer_x2 = CameraRenderer(mj_model, 2 * self.num_envs, cams, resolution)
         self.cameras = self.renderer.cameras
         self.resolution = resolution
 
@@ -159,8 +182,8 @@ class PixelObservations(Wrapper):
             return images, images
 
         def twice(_):
-            both = self.renderer_x2(jax.tree.map(lambda a, b: jnp.concatenate([a, b]), now,
-                                                 final))
+            both = self.renderer(jax.tree.map(lambda a, b: jnp.concatenate([a, b]), now,
+                                              final))
             e = self.num_envs
             return ({c: x[:e] for c, x in both.items()}, {c: x[e:] for c, x in both.items()})
 
