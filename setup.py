@@ -33,8 +33,8 @@ setup(
                                     "experiments", "experiments.*", "benchmarks", "benchmarks.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],
-        "dev": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "ruff>=0.6"],
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "pytest-xdist>=3.5,<4"],
+        "dev": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "pytest-xdist>=3.5,<4", "ruff>=0.6"],
         # experiments/render_rollout.py: GIF via Pillow, MP4 via imageio-ffmpeg's bundled
         # ffmpeg. Rendering itself needs an OpenGL backend (EGL or OSMesa) from the OS.
         "render": ["pillow>=10,<14", "imageio-ffmpeg>=0.5,<0.9"],

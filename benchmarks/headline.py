@@ -153,6 +153,8 @@ def render_readme(readme: str, data: dict) -> str:
 
 
 def main(argv):
+    from resfit_jax.runtime import quiet_logging
+    quiet_logging()
     cmd = argv[1] if len(argv) > 1 else "readme"
     data = load(FLAGS.headline)
     if cmd == "add":
