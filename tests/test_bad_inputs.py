@@ -288,9 +288,12 @@ def test_learner_init_with_a_normalizer_of_another_size(learner):
 def test_learner_with_pixel_observations():
     from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
 
-    with pytest.raises(ValueError, match="float vectors"):
-        make_learner(ResidualTD3Config(), {"pixels": jax.ShapeDtypeStruct((8, 8, 3), jnp.uint8)},
+    # camera fields are uint8 [H, W, C] (see test_vision.py); float images are refused
+    with pytest.raises(ValueError, match="must be uint8"):
+        make_learner(ResidualTD3Config(), {"pixels": jax.ShapeDtypeStruct((8, 8, 3), jnp.float32)},
                      2)
+    with pytest.raises(ValueError, match="float vectors"):
+        make_learner(ResidualTD3Config(), {"grid": jax.ShapeDtypeStruct((8, 8), jnp.uint8)}, 2)
 
 
 def test_learner_without_actions():
