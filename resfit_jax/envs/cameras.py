@@ -104,6 +104,9 @@ class CameraRenderer:
         """vmap rule: render the mapped axis and the worlds in one call."""
         if not any(jax.tree.leaves(in_batched)):
             return self._render(scene), jax.tree.map(lambda _: False, self._out_spec())
+        flags = in_batched[0] if isinstance(in_batched, (list, tuple)) else in_batched
+        scene = jax.tree.map(lambda x, b: x if b else jnp.broadcast_to(x, (axis_size,) + x.shape),
+                             scene, flags)                 # a leaf the map does not touch
         flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), scene)
         out = self._render(flat)
         return ({c: x.reshape((axis_size, -1) + x.shape[1:]) for c, x in out.items()},
