@@ -89,6 +89,15 @@ class Trainer(Evaluators):
         self._build_evaluators(loop.base, loop.learner, loop.features, loop.offset_bound,
                                self.reference)
 
+    @property
+    def iterations(self) -> int:
+        """Main-loop chunks (``iteration_phase``)."""
+        return self.cfg.train_chunks
+
+    @property
+    def env_steps_per_chunk(self) -> int:
+        return self.cfg.env_steps_per_chunk
+
     def init(self):
         learner, normalizer = self.loop.learner, self.normalizer
 
@@ -201,21 +210,8 @@ def _critic_warmup_phase(run: Run) -> bool:
 
 def _train_phase(run: Run) -> bool:
     """Returns True when it stopped early (``stop_at_env_steps``)."""
-    cfg, prog, trainer = run.cfg, run.prog, run.trainer
-    run.open_bar(trainer.method, cfg.train_chunks * cfg.env_steps_per_chunk, prog.env_steps, "env step")
-    eval_keys = trainer.eval_keys()
-    while prog.chunk < cfg.train_chunks:
-        before = prog.env_steps
-        run.state, stats = trainer.train(run.state, trainer.offline)
-        prog.chunk += 1
-        prog.env_steps += cfg.env_steps_per_chunk
-        run.bar.update(cfg.env_steps_per_chunk)
-        run.log_chunk(stats, "train")
-        if evaluate_if_due(run, before, prog.chunk == cfg.train_chunks, eval_keys):
-            return True
-    prog.phase, prog.chunk = "final_eval", 0
-    run.save()
-    return False
+    trainer = run.trainer
+    return iteration_phase(run, trainer.method, lambda s: trainer.train(s, trainer.offline))
 
 
 def iteration_phase(run: Run, label: str, iterate) -> bool:
