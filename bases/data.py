@@ -10,6 +10,17 @@ import numpy as np
 from flax import struct
 
 from resfit_jax.data.rlds import Episode
+from resfit_jax.observations import map_state, state_of
+
+
+def sample_obs(obs_dim: int, cameras: dict | None = None, batch: int = 1):
+    """Zeros shaped like a batch of observations: [batch, O], or with ``cameras`` (name ->
+    image shape) {"state": [batch, O], camera: uint8 [batch, H, W, C], ...}."""
+    state = jnp.zeros((batch, obs_dim), jnp.float32)
+    if not cameras:
+        return state
+    return {"state": state, **{c: jnp.zeros((batch,) + tuple(s), jnp.uint8)
+                               for c, s in cameras.items()}}
 
 
 @struct.dataclass
@@ -32,7 +43,8 @@ class ChunkNormalizer:
                    action_std=jnp.asarray(np.maximum(actions.std(0), action_floor), jnp.float32))
 
     def norm_obs(self, obs):
-        return (obs - self.obs_mean) / self.obs_std
+        """Standardize the state vector [..., O] (camera images pass through)."""
+        return map_state(obs, lambda x: (x - self.obs_mean) / self.obs_std)
 
     def norm_action(self, a):
         return (a - self.action_mean) / self.action_std
@@ -54,8 +66,9 @@ def chunk_dataset(episodes: Sequence[Episode], chunk_size: int
                   ) -> dict[str, np.ndarray]:
     """Samples for every action step t of every episode.
 
-    Returns obs [N, O], chunk [N, K, A] (actions t..t+K-1, padded past the episode end with
-    its last action) and mask [N, K] (False on padding, which the L1 loss ignores).
+    Returns obs [N, O] (with cameras ``Episode.obs``'s dict, each field [N, ...]), chunk
+    [N, K, A] (actions t..t+K-1, padded past the episode end with its last action) and mask
+    [N, K] (False on padding, which the L1 loss ignores).
     """
     obs, chunks, masks = [], [], []
     for ep in episodes:
@@ -66,10 +79,10 @@ def chunk_dataset(episodes: Sequence[Episode], chunk_size: int
         idx = np.arange(t_len)[:, None] + np.arange(chunk_size)[None]
         masks.append(idx < t_len)
         chunks.append(acts[np.minimum(idx, t_len - 1)])
-        obs.append(ep.observation[:t_len])
+        obs.append(jax.tree.map(lambda x: x[:t_len], ep.obs))
     if not obs:
         raise ValueError("chunk_dataset: no episode has an action step.")
-    return {"obs": np.concatenate(obs).astype(np.float32),
+    return {"obs": jax.tree.map(lambda *xs: np.concatenate(xs), *obs),
             "chunk": np.concatenate(chunks).astype(np.float32),
             "mask": np.concatenate(masks)}
 
@@ -78,6 +91,7 @@ def action_reference(obs: jax.Array, index: tuple[int, ...] | None, action_dim: 
                      ) -> jax.Array:
     """Per-dim reference [B, A] that relative chunks are measured from: obs[:, index[i]]
     where index[i] >= 0, else 0 (absolute dim). ``index`` None: all zeros."""
+    obs = state_of(obs)
     if index is None:
         return jnp.zeros(obs.shape[:-1] + (action_dim,), obs.dtype)
     if len(index) != action_dim:
@@ -92,6 +106,7 @@ def fit_normalizer(data: dict, action_obs_index: tuple[int, ...] | None,
     """Normalizer for the training targets: observation stats, and action stats over every
     valid chunk position of the (relative, if ``action_obs_index``) chunk."""
     a = data["chunk"].shape[-1]
-    ref = np.asarray(action_reference(jnp.asarray(data["obs"]), action_obs_index, a))
+    ref = np.asarray(action_reference(jnp.asarray(state_of(data["obs"])), action_obs_index, a))
     rel = data["chunk"] - ref[:, None]
-    return ChunkNormalizer.fit(data["obs"], rel[data["mask"]], obs_floor, action_floor)
+    return ChunkNormalizer.fit(state_of(data["obs"]), rel[data["mask"]], obs_floor,
+                               action_floor)

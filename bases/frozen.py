@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from bases.data import ChunkNormalizer
+from bases.data import ChunkNormalizer, sample_obs
 from bases.networks import BCConfig, make_network
 from bases.train import make_predict
 from resfit_jax.base_policy import ChunkedBase
@@ -57,8 +57,8 @@ def load_params(directory: str) -> tuple[Any, dict]:
         raise ValueError(f"load_base: {info_path} is damaged ({e}); train the base again or "
                          "restore the file.") from None
     net = make_network(config, info["action_dim"])
-    abstract = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0),
-                                               jax.numpy.zeros((1, info["obs_dim"])))["params"])
+    obs = sample_obs(info["obs_dim"], info.get("cameras"))
+    abstract = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), obs)["params"])
     manager = checkpoint_manager(directory)
     step = manager.best_step()
     if step is None:
@@ -74,10 +74,13 @@ def load_params(directory: str) -> tuple[Any, dict]:
 
 
 def load_base(directory: str, obs_dim: int | None = None, action_dim: int | None = None,
-              execution_horizon: int | None = None, temporal_ensemble: float | None = None
-              ) -> tuple[ChunkedBase, dict]:
-    """The frozen base of a train_bc checkpoint as a ChunkedBase (raw units in and out)."""
+              execution_horizon: int | None = None, temporal_ensemble: float | None = None,
+              cameras: dict | None = None) -> tuple[ChunkedBase, dict]:
+    """The frozen base of a train_bc checkpoint as a ChunkedBase (raw units in and out).
+    ``cameras`` (the task's, name -> image shape; None: not checked) must match a pixel
+    base's."""
     params, info = load_params(directory)
+    check_cameras(info, cameras, directory)
     for name, want in (("obs_dim", obs_dim), ("action_dim", action_dim)):
         if want is not None and info[name] != want:
             raise ValueError(f"Base in {directory} has {name} {info[name]}, but the task has "
@@ -90,8 +93,20 @@ def load_base(directory: str, obs_dim: int | None = None, action_dim: int | None
     return base, dict(info, params=params)
 
 
-def open_base(path: str, obs_dim: int, action_dim: int, execution_horizon: int | None = None
-              ) -> tuple[ChunkedBase, dict]:
+def check_cameras(info: dict, cameras: dict | None, directory: str) -> None:
+    """A clear error when a base's cameras (``info["cameras"]``) are not the task's."""
+    if cameras is None:
+        return
+    have = {c: list(v) for c, v in (info.get("cameras") or {}).items()}
+    want = {c: list(v) for c, v in cameras.items()}
+    if have != want:
+        raise ValueError(f"Base in {directory} sees cameras {have or 'none (a state base)'}, "
+                         f"but the task gives {want or 'none (a state task)'}; train the base "
+                         "on this task's observations (cameras and resolution).")
+
+
+def open_base(path: str, obs_dim: int, action_dim: int, execution_horizon: int | None = None,
+              cameras: dict | None = None) -> tuple[ChunkedBase, dict]:
     """A base from either format: a train_bc checkpoint directory (``base_info.json``), a
     jax.export directory (``base.json``), or a train_bc run directory holding either.
     Returns (base, info); info["demos"] is the base's demo dataset when known."""
@@ -100,27 +115,29 @@ def open_base(path: str, obs_dim: int, action_dim: int, execution_horizon: int |
     path = os.path.abspath(path)
     for candidate in (path, os.path.join(path, "checkpoint"), os.path.join(path, "export")):
         if os.path.exists(os.path.join(candidate, INFO_FILE)):
-            base, info = load_base(candidate, obs_dim, action_dim, execution_horizon)
+            base, info = load_base(candidate, obs_dim, action_dim, execution_horizon,
+                                   cameras=cameras)
             return base, dict(info, format="checkpoint", path=candidate)
         if os.path.exists(os.path.join(candidate, METADATA_FILE)):
             base = load_exported_base(candidate, obs_dim, action_dim, execution_horizon)
             with open(os.path.join(candidate, METADATA_FILE)) as f:
                 info = json.load(f)
+            check_cameras(info, cameras, candidate)
             return base, dict(info, format="export", path=candidate)
     raise FileNotFoundError(f"No base at {path}: expected a train_bc checkpoint "
                             f"({INFO_FILE}) or export ({METADATA_FILE}) directory; train one "
                             "with `python -m experiments.train_bc --task=<task>`.")
 
 
-def open_base_and_demos(base_dir: str, demos: str | None, obs_dim: int, action_dim: int
-                        ) -> tuple[ChunkedBase, dict, str, list]:
+def open_base_and_demos(base_dir: str, demos: str | None, obs_dim: int, action_dim: int,
+                        cameras: dict | None = None) -> tuple[ChunkedBase, dict, str, list]:
     """What a training script needs: (base, info, demos directory, demo episodes). The demos
     default to the ones the base was trained on. FileNotFoundError / ValueError name the
     directories (``--base``, ``--demos``) when either is missing, damaged or mismatched."""
     from resfit_jax.data import read_episodes
 
     try:
-        base, info = open_base(base_dir, obs_dim, action_dim)
+        base, info = open_base(base_dir, obs_dim, action_dim, cameras=cameras)
         demos_dir = demos or info.get("demos")
         if demos_dir is None:
             raise ValueError(f"The base in {info['path']} does not name its demos; pass --demos.")

@@ -2,8 +2,10 @@
 
 Both map a (standardized) observation to a chunk of K standardized actions [B, K, A].
 Observation input is a dict: ``{"state": [B, O]}``, optionally with ``"tokens": [B, T, F]``
-(e.g. image patch features from a vision backbone), which the transformer projects and
-appends to its encoder sequence. A bare [B, O] array is read as the state.
+(precomputed features), which the transformer projects and appends to its encoder sequence,
+and camera images ``uint8 [B, H, W, C]`` under any other key (a pixel base): each camera has
+its own conv backbone (``ImageTokens``: 3x3 convs, stride 2 until the map is at most
+``image_map`` cells a side) whose feature map cells become tokens. A bare [B, O] array is read as the state.
 
 ACT here follows the reference base of the paper without the VAE: the state is projected
 into ``state_tokens`` encoder tokens, a post-norm transformer encoder runs over them (plus
@@ -19,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resfit_jax.encoders import SliceConv
+
 
 @dataclasses.dataclass(frozen=True)
 class BCConfig:
@@ -30,6 +34,8 @@ class BCConfig:
     heads: int = 8
     ff_dim: int = 3200
     encoder_layers: int = 4
+    image_channels: int = 32            # conv backbone of a pixel base (ImageTokens): width
+    image_map: int = 4                  # and the side of its token map (tokens per camera: 16)
     decoder_layers: int = 1
     state_tokens: int = 4
     dropout: float = 0.1
@@ -52,7 +58,8 @@ class BCConfig:
         errors = number_errors(
             self, positive=("lr", "obs_std_floor", "action_std_floor", "grad_clip"),
             at_least_one=("chunk_size", "dim", "heads", "ff_dim", "encoder_layers",
-                          "decoder_layers", "batch_size", "steps", "state_tokens"),
+                          "decoder_layers", "batch_size", "steps", "state_tokens",
+                          "image_channels", "image_map"),
             non_negative=("weight_decay",), unit=("dropout",))
         if self.execution_horizon is not None and not 1 <= self.execution_horizon <= self.chunk_size:
             errors.append(f"execution_horizon must be in [1, chunk_size={self.chunk_size}] "
@@ -94,10 +101,39 @@ class BCConfig:
         return cls(**d)
 
 
-def _state_and_tokens(obs: Any) -> tuple[jax.Array, jax.Array | None]:
+def _state_and_tokens(obs: Any) -> tuple[jax.Array, jax.Array | None, list[jax.Array]]:
+    """(state [B, O], tokens [B, T, F] or None, camera images [B, H, W, C] in key order)."""
     if isinstance(obs, dict):
-        return obs["state"], obs.get("tokens")
-    return obs, None
+        images = [obs[k] for k in sorted(obs) if k not in ("state", "tokens")]
+        return obs["state"], obs.get("tokens"), images
+    return obs, None, []
+
+
+class ImageTokens(nn.Module):
+    """uint8 [B, H, W, C] -> tokens [B, h * w, channels]: 3x3 ReLU convs, stride 2 while the
+    map is larger than ``side`` x ``side``, then one stride-1 conv; each cell is a token."""
+    channels: int = 32
+    side: int = 4
+
+    @nn.compact
+    def __call__(self, image: jax.Array) -> jax.Array:
+        x = image.astype(jnp.float32) / 255.0 - 0.5
+        i = 0
+        while x.shape[1] > self.side or x.shape[2] > self.side:
+            x = nn.relu(SliceConv(self.channels, 3, 2, "SAME", name=f"conv{i}")(x))
+            i += 1
+        x = nn.relu(SliceConv(self.channels, 3, 1, "SAME", name=f"conv{i}")(x))
+        return x.reshape(x.shape[0], -1, self.channels)
+
+
+def _camera_tokens(images: list[jax.Array], channels: int, side: int) -> jax.Array | None:
+    """Tokens of every camera [B, sum h * w, channels], each with a learned camera embedding."""
+    if not images:
+        return None
+    embed = nn.Embed(len(images), channels, name="camera_embed")
+    out = [ImageTokens(channels, side, name=f"camera{i}")(img) + embed(jnp.array([i]))
+           for i, img in enumerate(images)]
+    return jnp.concatenate(out, axis=1)
 
 
 class _EncoderLayer(nn.Module):
@@ -142,12 +178,15 @@ class ACTPolicy(nn.Module):
     @nn.compact
     def __call__(self, obs: Any, train: bool = False) -> jax.Array:
         c = self.config
-        state, extra = _state_and_tokens(obs)
+        state, extra, images = _state_and_tokens(obs)
         b = state.shape[0]
         tokens = nn.Dense(c.dim * c.state_tokens, name="state_proj")(state)
         tokens = tokens.reshape(b, c.state_tokens, c.dim)
         if extra is not None:
             tokens = jnp.concatenate([tokens, nn.Dense(c.dim, name="token_proj")(extra)], 1)
+        cams = _camera_tokens(images, c.image_channels, c.image_map)
+        if cams is not None:
+            tokens = jnp.concatenate([tokens, nn.Dense(c.dim, name="image_proj")(cams)], 1)
         pos = self.param("encoder_pos", nn.initializers.normal(0.02), (tokens.shape[1], c.dim))
         x = tokens + pos[None]
         for i in range(c.encoder_layers):
@@ -167,10 +206,13 @@ class MLPChunkPolicy(nn.Module):
     @nn.compact
     def __call__(self, obs: Any, train: bool = False) -> jax.Array:
         c = self.config
-        state, extra = _state_and_tokens(obs)
+        state, extra, images = _state_and_tokens(obs)
         x = state
         if extra is not None:
             x = jnp.concatenate([x, extra.reshape(extra.shape[0], -1)], -1)
+        cams = _camera_tokens(images, c.image_channels, c.image_map)
+        if cams is not None:
+            x = jnp.concatenate([x, cams.reshape(cams.shape[0], -1)], -1)
         for h in c.mlp_hidden:
             x = nn.relu(nn.LayerNorm()(nn.Dense(h)(x)))
             x = nn.Dropout(c.dropout, deterministic=not train)(x)

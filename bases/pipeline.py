@@ -18,12 +18,15 @@ import time
 
 # Gradient steps of the CPU preset per task where the preset's default is too few: the
 # PegInsertion base needs longer training to track the hole (3000 steps: 20%, 8000: 42%).
-CPU_TASK_STEPS = {"PegInsertion": 8000}
+CPU_TASK_STEPS = {"PegInsertion": 8000, "PixelPointReach": 2000}
+# Chunk sizes per task where the default (20) is longer than the task's episodes (about 10
+# steps on PixelPointReach).
+TASK_CHUNK_SIZE = {"PixelPointReach": 5}
 
 
 def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "act",
              preset: str = "cpu", steps: int | None = None, batch_size: int | None = None,
-             chunk_size: int = 20, execution_horizon: int | None = None,
+             chunk_size: int | None = None, execution_horizon: int | None = None,
              eval_every: int = 1000, eval_episodes: int = 50, final_episodes: int = 100,
              num_envs: int = 50, seed: int = 0, max_demos: int | None = None,
              demo_episodes: int = 30, demo_noise: float = 1.0, export: bool = True,
@@ -42,13 +45,17 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
     from resfit_jax import envs
     from resfit_jax.base_policy import ChunkedBase
     from resfit_jax.data import check_compatible, read_episodes
+    from resfit_jax.observations import camera_shapes, state_size
     from resfit_jax.sim.evaluation import evaluate_policy, make_episode_runner
 
     out = os.path.abspath(out)
     task = envs.make(task_name)
-    obs_dim, action_dim = task.observation_spec.shape[0], task.action_size
+    spec = task.observation_spec
+    obs_dim, action_dim, cameras = state_size(spec), task.action_size, camera_shapes(spec)
     if steps is None and preset == "cpu":
         steps = CPU_TASK_STEPS.get(task_name)
+    if chunk_size is None:
+        chunk_size = TASK_CHUNK_SIZE.get(task_name, 20)
     kw = {k: v for k, v in dict(policy=policy, chunk_size=chunk_size,
                                 execution_horizon=execution_horizon, steps=steps,
                                 batch_size=batch_size).items() if v is not None}
@@ -61,7 +68,7 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
         demos, _ = make_demos(task_name, demo_episodes, demo_noise, os.path.join(out, "demos"),
                               seed=seed + 1000, verbose=verbose)
     episodes = read_episodes(demos, limit=max_demos)
-    check_compatible(episodes, obs_dim, action_dim, task_name)
+    check_compatible(episodes, obs_dim, action_dim, task_name, cameras)
     if verbose:
         from resfit_jax.configs import config_lines
         print(f"Resolved BCConfig:\n{config_lines(config)}\n{len(episodes)} demo episodes "
@@ -69,7 +76,7 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
     data = chunk_dataset(episodes, config.chunk_size)
     normalizer = fit_normalizer(data, config.action_obs_index, config.obs_std_floor,
                                 config.action_std_floor)
-    trainer = make_trainer(config, obs_dim, action_dim, normalizer)
+    trainer = make_trainer(config, obs_dim, action_dim, normalizer, cameras)
     state = trainer.init(jax.random.PRNGKey(seed))
     device_data = jax.device_put(data)
     make_base = lambda params: ChunkedBase(lambda o: trainer.predict(params, o), action_dim,
@@ -78,7 +85,8 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
     runner = make_episode_runner(task, make_base, e)
     manager = checkpoint_manager(os.path.join(out, "checkpoint"))
     meta = {"task": task_name, "obs_dim": int(obs_dim), "action_dim": int(action_dim),
-            "demos": demos, "num_demos": len(episodes)}
+            "demos": demos, "num_demos": len(episodes),
+            "cameras": {c: list(v) for c, v in cameras.items()}}
     writer = SummaryWriter(os.path.join(out, "tb"))
     jsonl = open(os.path.join(out, "metrics.jsonl"), "a")
     eval_key = jax.random.PRNGKey(seed + 7)
@@ -108,7 +116,7 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
     bar.close()
     writer.close()
     jsonl.close()
-    _, info = load_base(os.path.join(out, "checkpoint"), obs_dim, action_dim)
+    _, info = load_base(os.path.join(out, "checkpoint"), obs_dim, action_dim, cameras=cameras)
     final = evaluate_policy(task, None, final_episodes, jax.random.PRNGKey(seed + 99),
                           min(num_envs, final_episodes),
                           make_episode_runner(task, make_base, min(num_envs, final_episodes)),
@@ -117,7 +125,7 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
         export_base(os.path.join(out, "export"), trainer.predict, info["params"],
                     obs_dim=int(obs_dim), action_dim=int(action_dim),
                     chunk_size=config.chunk_size, execution_horizon=config.execution_horizon,
-                    normalizer=normalizer, task=task_name)
+                    normalizer=normalizer, task=task_name, cameras=cameras)
     summary = {"task": task_name, "policy": policy, "best_step": info["best_step"],
                "final_episodes": final["episodes"], "success_rate": final["success_rate"],
                "ci95": final["ci95"], "mean_steps_success": final["mean_steps_success"],

@@ -4,6 +4,9 @@
     state = trainer.init(key)
     state, metrics = trainer.train(state, data, num_steps)   # jitted scan of minibatch steps
     chunk = trainer.predict(state.params, obs [B, O])         # raw units [B, K, A]
+
+A pixel base: ``cameras`` (name -> image shape [H, W, C]) and dict observations
+{"state": [B, O], camera: uint8 [B, H, W, C]} (``bases.networks``).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from bases.data import ChunkNormalizer, action_reference
+from bases.data import ChunkNormalizer, action_reference, sample_obs
 from bases.networks import BCConfig, make_network
 
 
@@ -37,6 +40,7 @@ class BCTrainer:
     train: Callable
     predict: Callable
     loss: Callable
+    cameras: dict | None = None
 
 
 def make_predict(config: BCConfig, action_dim: int, normalizer: ChunkNormalizer):
@@ -51,14 +55,14 @@ def make_predict(config: BCConfig, action_dim: int, normalizer: ChunkNormalizer)
 
 
 def make_trainer(config: BCConfig, obs_dim: int, action_dim: int,
-                 normalizer: ChunkNormalizer) -> BCTrainer:
+                 normalizer: ChunkNormalizer, cameras: dict | None = None) -> BCTrainer:
     net = make_network(config, action_dim)
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
                      optax.adamw(config.lr, weight_decay=config.weight_decay))
 
     def init(key):
         k_init, k_rng = jax.random.split(key)
-        params = net.init(k_init, jnp.zeros((1, obs_dim)), train=False)["params"]
+        params = net.init(k_init, sample_obs(obs_dim, cameras), train=False)["params"]
         return BCState(params=params, opt_state=tx.init(params), rng=k_rng,
                        step=jnp.zeros((), jnp.int32))
 
@@ -70,7 +74,7 @@ def make_trainer(config: BCConfig, obs_dim: int, action_dim: int,
         return (err * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
     def train(state: BCState, data: dict, num_steps: int):
-        n = data["obs"].shape[0]
+        n = data["chunk"].shape[0]
 
         def one(state, _):
             rng, k_idx, k_drop = jax.random.split(state.rng, 3)
@@ -87,4 +91,4 @@ def make_trainer(config: BCConfig, obs_dim: int, action_dim: int,
 
     return BCTrainer(config, obs_dim, action_dim, normalizer, init,
                      jax.jit(train, static_argnums=2), make_predict(config, action_dim, normalizer),
-                     loss)
+                     loss, cameras)

@@ -19,7 +19,8 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("task", "PickPlace", "Task (a registered manipulation task).")
+flags.DEFINE_string("task", "PickPlace", "Task with a residual preset (PickPlace, PegInsertion, "
+                    "BimanualHandover, PointReach, PixelPointReach).")
 flags.DEFINE_string("out", os.path.join("runs", "quickstart"), "Output directory.")
 flags.DEFINE_integer("seeds", 1, "Residual seeds (vmapped in one process).")
 flags.DEFINE_integer("demo_episodes", 30, "Expert demos for BC and the offline buffer.")
@@ -34,6 +35,7 @@ def main(argv):
     from bases.frozen import open_base
     from bases.pipeline import train_bc
     from resfit_jax import envs
+    from resfit_jax.observations import camera_shapes, state_size
     from resfit_jax.configs import config_lines, resolve
     from resfit_jax.data import read_episodes
     from resfit_jax.data.demos import make_demos
@@ -60,7 +62,8 @@ def main(argv):
         print("[2/3] BC base: ACT chunk policy, CPU preset")
         train_bc(task_name, bc_dir, demos)
     task = envs.make(task_name)
-    base, base_info = open_base(bc_dir, int(task.observation_spec.shape[0]), task.action_size)
+    base, base_info = open_base(bc_dir, state_size(task.observation_spec), task.action_size,
+                                cameras=camera_shapes(task.observation_spec))
     print(f"[3/3] ResFiT residual, CPU preset:\n{config_lines(cfg)}")
     trainer = make_trainer(task, base, read_episodes(demos), cfg, list(range(FLAGS.seeds)))
     res_dir = os.path.join(out, "residual")

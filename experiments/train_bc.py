@@ -27,7 +27,7 @@ flags.DEFINE_enum("preset", "cpu", ["cpu", "paper"], "BCConfig preset.")
 flags.DEFINE_integer("steps", None, "Gradient steps (default: the preset's; 8000 for "
                      "PegInsertion on the CPU preset).")
 flags.DEFINE_integer("batch_size", None, "Batch size (default: the preset's).")
-flags.DEFINE_integer("chunk_size", 20, "Chunk length K.")
+flags.DEFINE_integer("chunk_size", None, "Chunk length K (default 20; 5 on PixelPointReach).")
 flags.DEFINE_integer("execution_horizon", None, "Actions executed per chunk (default K).")
 flags.DEFINE_integer("eval_every", 1000, "Evaluate every N steps.")
 flags.DEFINE_integer("eval_episodes", 50, "Episodes per periodic evaluation.")

@@ -36,6 +36,7 @@ def main(argv):
     from bases.filtered_bc import filtered_bc_preset, make_filtered_bc, train_filtered_bc
     from bases.frozen import open_base_and_demos
     from resfit_jax import envs
+    from resfit_jax.observations import camera_shapes, state_size
     from resfit_jax.checkpointing import content_hash
     from resfit_jax.configs import config_lines, config_overrides, resolve, usage_error
     from resfit_jax.locks import RunLockedError
@@ -47,7 +48,8 @@ def main(argv):
     base_dir = FLAGS.base or os.path.join("runs", "bc", FLAGS.task)
     try:
         _, info, demos, episodes = open_base_and_demos(
-            base_dir, FLAGS.demos, int(task.observation_spec.shape[0]), task.action_size)
+            base_dir, FLAGS.demos, state_size(task.observation_spec), task.action_size,
+            cameras=camera_shapes(task.observation_spec))
         trainer = make_filtered_bc(task, base_dir, episodes, cfg,
                                    list(range(FLAGS.seed, FLAGS.seed + FLAGS.seeds)))
     except (FileNotFoundError, ValueError) as e:

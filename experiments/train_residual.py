@@ -47,6 +47,7 @@ def main(argv):
     setup_script()
     from bases.frozen import open_base_and_demos
     from resfit_jax import envs
+    from resfit_jax.observations import camera_shapes, state_size
     from resfit_jax.configs import config_lines, config_overrides, resolve, usage_error
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.report import results_table
@@ -64,7 +65,8 @@ def main(argv):
     try:
         base, info, demos, episodes = open_base_and_demos(
             FLAGS.base or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos,
-            int(task.observation_spec.shape[0]), task.action_size)
+            state_size(task.observation_spec), task.action_size,
+            cameras=camera_shapes(task.observation_spec))
     except (FileNotFoundError, ValueError) as e:
         usage_error(str(e))
     print(f"Base: {info['path']} ({info['format']}); {len(episodes)} demos from {demos}")

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from resfit_jax.base_policy import BasePolicy, ChunkedBase, ChunkQueue
 from resfit_jax.normalization import Normalizer
+from resfit_jax.observations import append_state, spec_with_state
 
 PyTree = Any
 
@@ -77,12 +78,12 @@ class BaseFeatures:
             parts.append(normalizer.normalize_action(planned).reshape(planned.shape[0], -1))
         return jnp.concatenate(parts, axis=-1)
 
-    def augment(self, obs: jax.Array, state: ChunkQueue, normalizer: Normalizer) -> jax.Array:
-        """Flat obs [E, D] -> [E, D + size]."""
-        return jnp.concatenate([obs, self(state, normalizer).astype(obs.dtype)], axis=-1)
+    def augment(self, obs: PyTree, state: ChunkQueue, normalizer: Normalizer) -> PyTree:
+        """obs [E, D] -> [E, D + size] (a dict observation: its "state" vector grows)."""
+        return append_state(obs, self(state, normalizer))
 
-    def spec(self, obs_spec: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct((obs_spec.shape[0] + self.size,), obs_spec.dtype)
+    def spec(self, obs_spec: PyTree) -> PyTree:
+        return spec_with_state(obs_spec, self.size)
 
 
 def rechunk(base: BasePolicy, execution_horizon: int | None,

@@ -186,7 +186,8 @@ def load_exported_base(directory: str, obs_dim: int | None = None,
                        temporal_ensemble: float | None = None) -> ChunkedBase:
     """Load a base written by ``bases.export.export_base`` as a ChunkedBase.
 
-    The artifact maps raw observations [b, O] (symbolic b) to raw chunks [b, K, A] with the
+    The artifact maps raw observations [b, O] (a pixel base: {"state", camera, ...}, as the
+    metadata's ``cameras`` lists) (symbolic b) to raw chunks [b, K, A] with the
     normalisation baked in, so no model code is needed. ``obs_dim`` / ``action_dim`` (the
     task's) are checked against the metadata. Artifacts are tied to JAX's serialization
     compatibility window; keep params + architecture config as the archival format.
@@ -228,9 +229,21 @@ def load_exported_base(directory: str, obs_dim: int | None = None,
             raise ValueError(f"load_exported_base: cannot deserialize {art_path} (corrupted, "
                              f"or outside this JAX's compatibility window): {e}") from e
 
+    cameras = meta.get("cameras") or {}
+
     def predict(obs):
-        lead = obs.shape[:-1]
-        out = exported.call(obs.reshape(-1, obs.shape[-1]).astype(jnp.float32))
+        if cameras:                         # a pixel base: {"state": [..., O], camera: ...}
+            if not isinstance(obs, dict) or set(obs) != {"state", *cameras}:
+                raise ValueError(f"Exported base in {directory} takes observations "
+                                 f"{{'state', {', '.join(map(repr, cameras))}}}; got "
+                                 f"{sorted(obs) if isinstance(obs, dict) else 'an array'}.")
+            lead = obs["state"].shape[:-1]
+            flat = {"state": obs["state"].reshape(-1, obs["state"].shape[-1]).astype(jnp.float32),
+                    **{c: obs[c].reshape((-1,) + tuple(v)) for c, v in cameras.items()}}
+            out = exported.call(flat)
+        else:
+            lead = obs.shape[:-1]
+            out = exported.call(obs.reshape(-1, obs.shape[-1]).astype(jnp.float32))
         return out.reshape(lead + out.shape[1:])
 
     return ChunkedBase(predict, int(meta["action_dim"]), int(meta["chunk_size"]),

@@ -28,6 +28,7 @@ import numpy as np
 from resfit_jax.base_policy import BasePolicy
 from resfit_jax.data.rlds import Episode
 from resfit_jax.normalization import Normalizer
+from resfit_jax.observations import append_state, state_of
 from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayState, transition_spec
 
 
@@ -49,10 +50,10 @@ def with_feature_stats(normalizer: Normalizer, episodes: Sequence[Episode], base
     from resfit_jax.normalization import StateStandardizer
 
     padded = pad_episodes(episodes)
-    d = padded["observation"].shape[-1]
+    d = state_of(padded["observation"]).shape[-1]
     obs, _, _ = jax.jit(lambda p, nz: learner_frames(p, base, nz, features, offset_bound))(
         jax.tree.map(jnp.asarray, padded), normalizer)
-    f = np.asarray(obs)[..., d:]
+    f = np.asarray(state_of(obs))[..., d:]
     frames = np.concatenate([f[i, : n + 1] for i, n in enumerate(padded["length"])])
     stats = StateStandardizer.fit(frames, min_std)
     obs = dc.replace(normalizer.obs, mean=jnp.concatenate([normalizer.obs.mean, stats.mean]),
@@ -73,8 +74,9 @@ def with_time_feature(episodes: Sequence[Episode], horizon: int) -> list[Episode
 
 def pad_episodes(episodes: Sequence[Episode], max_len: int | None = None) -> dict[str, np.ndarray]:
     """Stack episodes, padded to the longest (or to ``max_len`` actions): observation
-    [N, T+1, O], action [N, T, A], reward [N, T], terminal [N, T] (is_terminal of the frame
-    after each action), length [N]."""
+    [N, T+1, O] (with cameras, ``Episode.obs``'s dict, each field [N, T+1, ...]), action
+    [N, T, A], reward [N, T], terminal [N, T] (is_terminal of the frame after each action),
+    length [N]. Padding repeats an episode's last frame."""
     if not episodes:
         raise ValueError("offline buffer: no demo episodes given.")
     for ep in episodes:
@@ -82,27 +84,41 @@ def pad_episodes(episodes: Sequence[Episode], max_len: int | None = None) -> dic
     dims = {(ep.observation.shape[1], ep.action.shape[1]) for ep in episodes}
     if len(dims) != 1:
         raise ValueError(f"offline buffer: demo episodes have mixed (obs, action) sizes {dims}.")
-    (o, a), = dims
+    cams = {tuple(sorted(ep.camera_shapes.items())) for ep in episodes}
+    if len(cams) != 1:
+        raise ValueError(f"offline buffer: demo episodes have mixed cameras {cams}.")
+    (_, a), = dims
     n, t = len(episodes), max(ep.num_actions for ep in episodes)
     if max_len is not None:
         if t > max_len:
             raise ValueError(f"offline buffer: an episode has {t} actions, more than "
                              f"max_len={max_len}.")
         t = int(max_len)
-    out = {"observation": np.zeros((n, t + 1, o), np.float32),
+    out = {"observation": jax.tree.map(lambda x: np.zeros((n, t + 1) + x.shape[1:], x.dtype),
+                                       episodes[0].obs),
            "action": np.zeros((n, t, a), np.float32),
            "reward": np.zeros((n, t), np.float32),
            "terminal": np.zeros((n, t), bool),
            "length": np.zeros((n,), np.int32)}
     for i, ep in enumerate(episodes):
         m = ep.num_actions
-        out["observation"][i, :m + 1] = ep.observation
-        out["observation"][i, m + 1:] = ep.observation[-1]
+        for dst, src in zip(jax.tree.leaves(out["observation"]), jax.tree.leaves(ep.obs)):
+            dst[i, :m + 1] = src
+            dst[i, m + 1:] = src[-1]
         out["action"][i, :m] = ep.action[:m]
         out["reward"][i, :m] = ep.reward[:m]
         out["terminal"][i, :m] = ep.is_terminal[1:m + 1]
         out["length"][i] = m
     return out
+
+
+def _frame_spec(obs) -> object:
+    """The spec of one frame of padded observations [N, T+1, ...]."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[2:], x.dtype), obs)
+
+
+def _time_major(obs):
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), obs)
 
 
 def base_actions(padded: dict[str, jax.Array], base: BasePolicy, features=None,
@@ -117,14 +133,14 @@ def base_actions(padded: dict[str, jax.Array], base: BasePolicy, features=None,
     if base.action_dim != padded["action"].shape[-1]:
         raise ValueError(f"offline buffer: the base's action size ({base.action_dim}) does not "
                          f"match the episodes' ({padded['action'].shape[-1]}).")
-    bstate = base.init_state(obs.shape[0])
+    bstate = base.init_state(state_of(obs).shape[0])
 
     def body(bstate, o):
         a, bstate = base.step(bstate, o)
         return bstate, (a, None if features is None else features(bstate, normalizer),
                         refilled(bstate) if with_refills else None)
 
-    _, (a, f, refill) = jax.lax.scan(body, bstate, jnp.swapaxes(obs, 0, 1))
+    _, (a, f, refill) = jax.lax.scan(body, bstate, _time_major(obs))
     swap = lambda x: None if x is None else jnp.swapaxes(x, 0, 1)
     if with_refills:
         return swap(a), swap(f), swap(refill)
@@ -166,7 +182,8 @@ def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: 
     n, t = act.shape[0], act.shape[1]
     norm = normalizer.normalize_action
     nb = base_action if base_normalized else norm(base_action)
-    spec = jax.ShapeDtypeStruct(obs.shape[2:], obs.dtype)
+    spec = _frame_spec(obs)
+    at = lambda j: jax.tree.map(lambda x: x[:, j], obs)
     wstate = writer.init(n, spec, act.shape[-1])
 
     def body(carry, i):
@@ -174,9 +191,9 @@ def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: 
         active = i < padded["length"]
         last = i == padded["length"] - 1
         terminal = last & padded["terminal"][:, i]
-        wstate, cands, valid = writer.step(wstate, obs[:, i], nb[:, i],
+        wstate, cands, valid = writer.step(wstate, at(i), nb[:, i],
                                            norm(act[:, i]), padded["reward"][:, i],
-                                           obs[:, i + 1], nb[:, i + 1],
+                                           at(i + 1), nb[:, i + 1],
                                            terminal, last & ~terminal)
         rstate = buffer.add(rstate, cands, valid & active[:, None])
         return (rstate, wstate), None
@@ -189,18 +206,18 @@ def learner_frames(padded: dict[str, jax.Array], base: BasePolicy, normalizer: N
                    features=None, offset_bound: float = 0.0):
     """Jittable: (observations, base actions, normalized?) of demo frames as the learner sees
     them online: observations [N, T+1, D (+F) (+A)] gain the base's chunk features and the
-    persistent offset (``offset_bound`` > 0); base actions are then the effective ones."""
+    persistent offset (``offset_bound`` > 0), appended to the state vector; base actions are
+    then the effective ones."""
     obs = padded["observation"]
     if offset_bound <= 0:
         if features is None:
             return obs, base_actions(padded, base), False
         a_b, f = base_actions(padded, base, features, normalizer)
-        return jnp.concatenate([obs, f.astype(obs.dtype)], axis=-1), a_b, False
+        return append_state(obs, f), a_b, False
     a_b, f, refill = base_actions(padded, base, features, normalizer, with_refills=True)
     eff, off = demo_offsets(normalizer.normalize_action(a_b),
                             normalizer.normalize_action(padded["action"]), refill, offset_bound)
-    parts = [obs] + ([] if f is None else [f.astype(obs.dtype)]) + [off.astype(obs.dtype)]
-    return jnp.concatenate(parts, axis=-1), eff, True
+    return append_state(obs, *([] if f is None else [f]), off), eff, True
 
 
 def relabel_demos(padded: dict[str, jax.Array], base: BasePolicy, normalizer: Normalizer,
@@ -211,8 +228,7 @@ def relabel_demos(padded: dict[str, jax.Array], base: BasePolicy, normalizer: No
     act = padded["action"]
     obs, a_b, normalized = learner_frames(padded, base, normalizer, features, offset_bound)
     padded = dict(padded, observation=obs)
-    spec = jax.ShapeDtypeStruct(obs.shape[2:], obs.dtype)
-    state = buffer.init(transition_spec(spec, act.shape[-1]))
+    state = buffer.init(transition_spec(_frame_spec(obs), act.shape[-1]))
     return add_episodes(state, padded, a_b, normalizer, writer, buffer, normalized)
 
 

@@ -47,6 +47,40 @@ def state_dim(spec: PyTree) -> int:
     return int(sum(s.shape[0] for s in jax.tree.leaves(spec) if not is_pixel(s)))
 
 
+class SliceConv(nn.Module):
+    """A k x k convolution as k * k shifted slices and one matmul ("im2col"), with the same
+    params ({"kernel": [k, k, C, F], "bias": [F]}) and outputs as ``nn.Conv``.
+
+    Why: on XLA's CPU backend the gradient of ``lax.conv`` inside a loop (``lax.scan``, which
+    is how every training chunk runs) is about 20x slower than outside one (measured: 1.39 s
+    against 0.06 s for two encoder gradients at batch 128, 32 x 32 px); slices and a matmul
+    differentiate into pads and matmuls, fast in and out of loops, on every backend.
+    """
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    padding: str = "VALID"          # or "SAME" (nn.Conv's split of the padding)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s = self.kernel_size, self.strides
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (k, k, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.padding == "SAME":
+            pads = []
+            for n in x.shape[-3:-1]:
+                total = max((-(-n // s) - 1) * s + k - n, 0)
+                pads.append((total // 2, total - total // 2))
+            x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + pads + [(0, 0)])
+        h, w = x.shape[-3], x.shape[-2]
+        ho, wo = (h - k) // s + 1, (w - k) // s + 1
+        cols = [x[..., i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
+                for i in range(k) for j in range(k)]
+        return jnp.concatenate(cols, axis=-1) @ kernel.reshape(-1, self.features) + bias
+
+
 class ConvEncoder(nn.Module):
     """[B, H, W, C] float -> [B, feature_dim] (DrQ-v2's conv stack and trunk)."""
 
@@ -56,8 +90,7 @@ class ConvEncoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, stride in enumerate((2, 1, 1, 1)):
-            x = nn.relu(nn.Conv(self.channels, (3, 3), strides=stride, padding="VALID",
-                                name=f"conv{i}")(x))
+            x = nn.relu(SliceConv(self.channels, 3, stride, "VALID", name=f"conv{i}")(x))
         x = x.reshape(x.shape[0], -1)
         return jnp.tanh(nn.LayerNorm(epsilon=1e-5)(nn.Dense(self.feature_dim)(x)))
 
@@ -73,9 +106,8 @@ class ViTEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.relu(nn.Conv(32, (3, 3), padding="SAME", name="stem")(x))
-        x = nn.Conv(self.width, (self.patch, self.patch), strides=self.patch, padding="VALID",
-                    name="patchify")(x)
+        x = nn.relu(SliceConv(32, 3, 1, "SAME", name="stem")(x))
+        x = SliceConv(self.width, self.patch, self.patch, "VALID", name="patchify")(x)
         tokens = x.reshape(x.shape[0], -1, self.width)                   # [B, N, width]
         pos = self.param("pos_embedding", nn.initializers.normal(0.02), tokens.shape[1:])
         tokens = tokens + pos

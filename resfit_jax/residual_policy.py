@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from resfit_jax.base_policy import BasePolicy
 from resfit_jax.normalization import Normalizer
+from resfit_jax.observations import append_state
 
 PyTree = Any
 _EVAL_KEY = jnp.zeros((2,), jnp.uint32)   # the mean residual needs no randomness
@@ -56,7 +57,7 @@ class ResidualPolicy:
     def learner_obs(self, obs: PyTree, state: PyTree, offset: jax.Array | None = None) -> PyTree:
         """What the learner sees at obs, given the base state after its step there."""
         x = obs if self.features is None else self.features.augment(obs, state, self.normalizer)
-        return x if offset is None else jnp.concatenate([x, offset], axis=-1)
+        return x if offset is None else append_state(x, offset)
 
     def step(self, state: PyTree, obs: PyTree) -> tuple[jax.Array, PyTree]:
         from resfit_jax.base_features import offset_update, refilled

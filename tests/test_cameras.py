@@ -103,3 +103,24 @@ def test_rendering_under_vmap_over_seeds_equals_separate_calls(rollout, render):
         for seed in range(2):
             alone = render(jax.tree.map(lambda x: x[seed], scene))
             np.testing.assert_array_equal(both[c][seed], alone[c])
+
+
+def test_the_per_env_pixel_task_renders_what_the_batch_form_renders(task, rollout):
+    """``PixelTask`` is a plain task (vmap it, as episode runners do): each env renders one
+    world and vmap folds them into one call; its batch form (what the training loops get
+    from ``auto_reset_envs``) gives the same first frames from the same key."""
+    from resfit_jax.envs.cameras import PixelObservations, PixelTask
+    from resfit_jax.envs.core import EpisodeWrapper, auto_reset_envs
+
+    pixel = PixelTask(task, RES, ("workspace", "wrist"))
+    assert pixel.observation_spec["wrist"].shape == (RES, RES, 3)
+    batch = auto_reset_envs(pixel, E)
+    assert isinstance(batch, PixelObservations) and batch.renderer is pixel.renderer
+    keys = jax.random.split(jax.random.PRNGKey(3), E)
+    per_env = jax.jit(jax.vmap(EpisodeWrapper(pixel).reset))(keys).obs
+    together = jax.jit(batch.reset)(jax.random.PRNGKey(3)).obs
+    s0, _ = rollout
+    for c in ("workspace", "wrist"):
+        np.testing.assert_array_equal(per_env[c], together[c])
+        np.testing.assert_array_equal(per_env[c], s0.obs[c])
+    np.testing.assert_array_equal(per_env["state"], together["state"])

@@ -31,8 +31,8 @@ class DemoStats:
 
 def make_rollout(task: Env, policy_init: Callable[[jax.Array], Any],
                  policy_act: Callable[[Any, Any], tuple[jax.Array, Any]]):
-    """Jitted ``rollout(keys [E, 2]) -> (obs [H+1, E, O], act [H, E, A], steps [E],
-    success [E])`` of one episode per env with a per-env policy (e.g. a scripted expert)."""
+    """Jitted ``rollout(keys [E, 2]) -> (obs [H+1, E, ...] (the task's obs pytree), act
+    [H, E, A], steps [E], success [E])`` of one episode per env with a per-env policy (e.g. a scripted expert)."""
     env = EpisodeWrapper(task)
 
     def one(key):
@@ -50,12 +50,13 @@ def make_rollout(task: Env, policy_init: Callable[[jax.Array], Any],
 
         (s, _, _), (obs, act) = jax.lax.scan(body, (s0, p0, jnp.zeros((), bool)), None,
                                              env.horizon)
-        obs = jnp.concatenate([s0.obs[None], obs], axis=0)
+        obs = jax.tree.map(lambda x0, x: jnp.concatenate([x0[None], x], axis=0), s0.obs, obs)
         return obs, act, s.info["steps"], s.info["success"]
 
     def rollout(keys):
         obs, act, steps, success = jax.vmap(one)(keys)
-        return jnp.swapaxes(obs, 0, 1), jnp.swapaxes(act, 0, 1), steps, success
+        return (jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), obs), jnp.swapaxes(act, 0, 1),
+                steps, success)
 
     return jax.jit(rollout)
 
@@ -87,7 +88,8 @@ def collect_episodes(rollout, num_episodes: int, num_envs: int, seed: int = 0,
             if ok:
                 steps_ok.append(t)
             if (ok or not successful_only) and len(episodes) < num_episodes:
-                episodes.append(Episode.from_rollout(obs[:t + 1, e], act[:t, e], ok,
+                frames = jax.tree.map(lambda x: x[:t + 1, e], obs)
+                episodes.append(Episode.from_rollout(frames, act[:t, e], ok,
                                                      episode_id=len(episodes), seed=int(ids[e])))
         if progress is not None:
             progress(len(episodes), attempted, succeeded)

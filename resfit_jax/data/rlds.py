@@ -3,6 +3,7 @@
 Step schema (one dataset = a list of episodes; every field per step):
 
     observation/state  float32 [O]   the task's state observation
+    observation/<cam>  uint8 [H, W, C]  one image per camera (pixel tasks; raw, no codec)
     action             float32 [A]   the action taken at this observation (raw task units)
     reward             float32 []    reward received after ``action``
     discount           float32 []    0 on the last step of a terminated episode, else 1
@@ -38,7 +39,7 @@ STEP_KEYS = ("action", "reward", "discount", "is_first", "is_last", "is_terminal
 @dataclasses.dataclass
 class Episode:
     """One episode as numpy arrays, T + 1 steps (see the module docstring)."""
-    observation: np.ndarray      # [T + 1, O] float32
+    observation: np.ndarray      # [T + 1, O] float32 (the state vector)
     action: np.ndarray           # [T + 1, A] float32 (last row zeros)
     reward: np.ndarray           # [T + 1] float32
     discount: np.ndarray         # [T + 1] float32
@@ -48,16 +49,32 @@ class Episode:
     episode_id: int = 0
     success: bool = False
     seed: int = -1
+    images: dict[str, np.ndarray] | None = None    # camera -> uint8 [T + 1, H, W, C]
 
     @property
     def num_actions(self) -> int:
         return int(self.action.shape[0]) - 1
 
+    @property
+    def obs(self):
+        """The observations as the task gives them: the state [T + 1, O], or with cameras
+        {"state": [T + 1, O], camera: uint8 [T + 1, H, W, C], ...}."""
+        return {"state": self.observation, **self.images} if self.images else self.observation
+
+    @property
+    def camera_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {c: tuple(x.shape[1:]) for c, x in (self.images or {}).items()}
+
     @classmethod
     def from_rollout(cls, observations: np.ndarray, actions: np.ndarray, success: bool,
                      episode_id: int = 0, seed: int = -1) -> "Episode":
-        """Build from T + 1 observations [T + 1, O] and T actions [T, A]; the reward is the
-        sparse success reward (1 on the last action of a successful episode)."""
+        """Build from T + 1 observations [T + 1, O] (or a dict with "state" [T + 1, O] and
+        camera images uint8 [T + 1, H, W, C]) and T actions [T, A]; the reward is the sparse
+        success reward (1 on the last action of a successful episode)."""
+        images = None
+        if isinstance(observations, dict):
+            images = {k: np.asarray(v, np.uint8) for k, v in observations.items() if k != "state"}
+            observations = observations["state"]
         observations = np.asarray(observations, np.float32)
         actions = np.asarray(actions, np.float32)
         t = actions.shape[0]
@@ -74,7 +91,8 @@ class Episode:
                    reward=reward, discount=discount,
                    is_first=_first(t + 1),
                    is_last=_last(t + 1), is_terminal=_last(t + 1) & bool(success),
-                   episode_id=int(episode_id), success=bool(success), seed=int(seed))
+                   episode_id=int(episode_id), success=bool(success), seed=int(seed),
+                   images=images or None)
 
     def validate(self) -> None:
         n = self.observation.shape[0]
@@ -87,6 +105,11 @@ class Episode:
                              "single well-formed episode.")
         if not np.all(np.isfinite(self.observation)) or not np.all(np.isfinite(self.action)):
             raise ValueError(f"Episode {self.episode_id}: non-finite observation or action.")
+        for c, x in (self.images or {}).items():
+            if x.dtype != np.uint8 or x.ndim != 4 or x.shape[0] != n:
+                raise ValueError(f"Episode {self.episode_id}: camera {c!r} has shape {x.shape} "
+                                 f"dtype {x.dtype}; expected uint8 [{n}, H, W, C] (one image "
+                                 "per step).")
 
 
 def _first(n: int) -> np.ndarray:
@@ -101,12 +124,14 @@ def _last(n: int) -> np.ndarray:
     return f
 
 
-def _features(obs_dim: int, action_dim: int):
+def _features(obs_dim: int, action_dim: int, cameras: dict[str, tuple[int, ...]]):
     import tensorflow_datasets as tfds
     f = tfds.features
+    images = {c: f.Tensor(shape=shape, dtype=np.uint8) for c, shape in cameras.items()}
     return f.FeaturesDict({
         "steps": f.Dataset({
-            "observation": f.FeaturesDict({"state": f.Tensor(shape=(obs_dim,), dtype=np.float32)}),
+            "observation": f.FeaturesDict(
+                {"state": f.Tensor(shape=(obs_dim,), dtype=np.float32), **images}),
             "action": f.Tensor(shape=(action_dim,), dtype=np.float32),
             "reward": f.Scalar(dtype=np.float32),
             "discount": f.Scalar(dtype=np.float32),
@@ -123,7 +148,9 @@ def _features(obs_dim: int, action_dim: int):
 
 
 def _episode_example(ep: Episode) -> dict:
-    steps = [{"observation": {"state": ep.observation[i]}, "action": ep.action[i],
+    cams = ep.images or {}
+    steps = [{"observation": {"state": ep.observation[i], **{c: x[i] for c, x in cams.items()}},
+              "action": ep.action[i],
               "reward": ep.reward[i], "discount": ep.discount[i], "is_first": ep.is_first[i],
               "is_last": ep.is_last[i], "is_terminal": ep.is_terminal[i]}
              for i in range(ep.observation.shape[0])]
@@ -145,17 +172,21 @@ def write_episodes(directory: str, episodes: Sequence[Episode], *, name: str = "
     for ep in episodes:
         ep.validate()
     obs_dim, action_dim = episodes[0].observation.shape[1], episodes[0].action.shape[1]
+    cameras = episodes[0].camera_shapes
     for ep in episodes:
         if ep.observation.shape[1] != obs_dim or ep.action.shape[1] != action_dim:
             raise ValueError(f"write_episodes: episode {ep.episode_id} has obs/action dims "
                              f"{ep.observation.shape[1]}/{ep.action.shape[1]}, the first has "
                              f"{obs_dim}/{action_dim}.")
+        if ep.camera_shapes != cameras:
+            raise ValueError(f"write_episodes: episode {ep.episode_id} has cameras "
+                             f"{ep.camera_shapes}, the first has {cameras}.")
     directory = os.path.abspath(directory)
     target = os.path.join(directory, name, "1.0.0")
     if os.path.exists(os.path.join(target, "dataset_info.json")):
         raise FileExistsError(f"write_episodes: a dataset already exists at {target}; "
                               "write to a new directory (existing data is never overwritten).")
-    features = _features(obs_dim, action_dim)
+    features = _features(obs_dim, action_dim, cameras)
     description = json.dumps(metadata or {})
 
     class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -187,6 +218,7 @@ def write_episodes(directory: str, episodes: Sequence[Episode], *, name: str = "
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     with open(os.path.join(target, METADATA_FILE), "w") as f:
         json.dump(dict(metadata or {}, obs_dim=int(obs_dim), action_dim=int(action_dim),
+                       cameras={c: list(v) for c, v in cameras.items()},
                        num_episodes=len(episodes), format="rlds/array_record/1"), f, indent=2)
     return target
 
@@ -245,11 +277,13 @@ def _to_episode(ex: dict, index: int) -> Episode:
     rows = [steps[j] for j in range(len(steps))]
     if not rows:
         raise ValueError(f"read_episodes: episode {index} has no steps.")
-    obs = [r["observation"] for r in rows]
+    obs, images = [r["observation"] for r in rows], None
     if isinstance(obs[0], dict):
         if "state" not in obs[0]:
             raise ValueError(f"read_episodes: observation has keys {sorted(obs[0])}; this "
                              "reader needs a flat state vector under observation/state.")
+        cams = [k for k in obs[0] if k != "state"]
+        images = {c: np.stack([np.asarray(o[c]) for o in obs]) for c in cams} or None
         obs = [o["state"] for o in obs]
     stack = lambda k, dt: np.stack([np.asarray(r[k], dt) for r in rows])
     meta = ex.get("episode_metadata", {}) or {}
@@ -260,15 +294,22 @@ def _to_episode(ex: dict, index: int) -> Episode:
                  is_terminal=stack("is_terminal", bool),
                  episode_id=int(meta.get("episode_id", index)),
                  success=bool(meta.get("success", bool(stack("reward", np.float32).sum() > 0))),
-                 seed=int(meta.get("seed", -1)))
+                 seed=int(meta.get("seed", -1)), images=images)
     ep.validate()
     return ep
 
 
 def check_compatible(episodes: Iterable[Episode], obs_dim: int, action_dim: int,
-                     task_name: str = "the task") -> None:
-    """Raise ValueError if any episode's observation or action size differs from the task."""
+                     task_name: str = "the task",
+                     cameras: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Raise ValueError if any episode's observation or action size, or its cameras (name ->
+    image shape; None: a state task, images ignored), differ from the task's."""
     for ep in episodes:
+        if cameras is not None and ep.camera_shapes != dict(cameras):
+            raise ValueError(
+                f"Dataset episode {ep.episode_id} has cameras {ep.camera_shapes}, but "
+                f"{task_name} has {dict(cameras)}. Record the demos with the task's cameras "
+                "and resolution.")
         o, a = ep.observation.shape[1], ep.action.shape[1]
         if o != obs_dim or a != action_dim:
             raise ValueError(

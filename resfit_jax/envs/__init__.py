@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from resfit_jax.envs.core import AutoReset, Env, EpisodeWrapper, State, VmapWrapper, Wrapper
+from resfit_jax.envs.pixel_point_reach import PixelPointReach
 from resfit_jax.envs.point_reach import PointReach
 from resfit_jax.envs.randomization import DomainRandomization, RandomizationConfig
 from resfit_jax.envs.scripted import ExpertStyle
@@ -37,12 +38,14 @@ def _expert(module: str, cls: str):
 
 _REGISTRY: dict[str, Callable[..., Env]] = {
     "PointReach": PointReach,
+    "PixelPointReach": PixelPointReach,
     "PickPlace": _pick_place,
     "PegInsertion": _peg_insertion,
     "BimanualHandover": _bimanual_handover,
 }
 _EXPERTS: dict[str, Callable] = {
     "PointReach": _expert("point_reach", "PointReachExpert"),
+    "PixelPointReach": _expert("pixel_point_reach", "PixelPointReachExpert"),
     "PickPlace": _expert("pick_place", "PickPlaceExpert"),
     "PegInsertion": _expert("peg_insertion", "PegInsertionExpert"),
     "BimanualHandover": _expert("bimanual_handover", "BimanualHandoverExpert"),
@@ -71,5 +74,5 @@ def make_expert(name: str, env: Env, style: ExpertStyle = ExpertStyle()):
 
 
 __all__ = ["AutoReset", "DomainRandomization", "Env", "EpisodeWrapper", "ExpertStyle",
-           "MANIPULATION_TASKS", "PointReach", "RandomizationConfig", "State", "VmapWrapper",
+           "MANIPULATION_TASKS", "PixelPointReach", "PointReach", "RandomizationConfig", "State", "VmapWrapper",
            "Wrapper", "make", "make_expert", "register"]

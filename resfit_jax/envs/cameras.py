@@ -157,13 +157,15 @@ class PixelObservations(Wrapper):
     into {"state": [E, P], camera: uint8 [E, H, W, 3], ...} for obs and final_obs."""
 
     def __init__(self, env: VmapWrapper, cameras: Sequence[str] | None = None,
-                 resolution: int = 64, keep_scene: bool = False):
+                 resolution: int = 64, keep_scene: bool = False,
+                 renderer: CameraRenderer | None = None):
         super().__init__(env)
         self.keep_scene = keep_scene            # also keep obs["scene"] (tests, debugging)
         mj_model = env.unwrapped.mj_model
         cams = tuple(cameras) if cameras is not None else default_cameras(mj_model)
         self.num_envs = env.num_envs
-        self.renderer = CameraRenderer(mj_model, self.num_envs, cams, resolution)
+        self.renderer = renderer or CameraRenderer(mj_model, self.num_envs, cams, resolution)
+        resolution = self.renderer.resolution
         self.cameras = self.renderer.cameras
         self.resolution = resolution
 
@@ -208,3 +210,40 @@ def pixel_env(task, num_envs: int, resolution: int = 64,
     """E auto-resetting pixel envs of an MJX task (see the module docstring)."""
     return PixelObservations(VmapWrapper(AutoReset(CameraTask(task)), num_envs), cameras,
                              resolution, keep_scene)
+
+
+class PixelTask(Wrapper):
+    """One env of an MJX task with camera observations {"state": proprio [P], camera: uint8
+    [H, W, 3], ...}: the task that episode runners and loops take (``vmap`` it as any task;
+    the renderer's batching rule renders all mapped envs in one call).
+
+    ``auto_reset_batch`` (used by ``envs.core.auto_reset_envs``, so by the training loops)
+    gives the batch form ``PixelObservations``, which renders obs and final_obs together."""
+
+    def __init__(self, task, resolution: int = 64, cameras: Sequence[str] | None = None,
+                 num_worlds: int = 1):
+        super().__init__(CameraTask(task))
+        cams = tuple(cameras) if cameras is not None else default_cameras(task.mj_model)
+        self.renderer = CameraRenderer(task.mj_model, num_worlds, cams, resolution)
+        self.cameras, self.resolution = self.renderer.cameras, resolution
+
+    def _render(self, s: State) -> State:
+        scene = jax.tree.map(lambda x: x[None], s.obs["scene"])
+        images = {c: x[0] for c, x in self.renderer(scene).items()}
+        return s.replace(obs={"state": s.obs["state"], **images})
+
+    def reset(self, key):
+        return self._render(self.env.reset(key))
+
+    def step(self, state, action):
+        return self._render(self.env.step(state, action))
+
+    def auto_reset_batch(self, num_envs: int) -> PixelObservations:
+        return PixelObservations(VmapWrapper(AutoReset(self.env), num_envs), self.cameras,
+                                 self.resolution, renderer=self.renderer)
+
+    @property
+    def observation_spec(self) -> dict:
+        r = self.resolution
+        spec = {"state": jax.ShapeDtypeStruct((self.env.proprio_size,), jnp.float32)}
+        return spec | {c: jax.ShapeDtypeStruct((r, r, 3), jnp.uint8) for c in self.cameras}

@@ -217,3 +217,11 @@ class VmapWrapper(Wrapper):
     @property
     def observation_spec(self):
         return self.env.observation_spec
+
+
+def auto_reset_envs(task: Env, num_envs: int) -> Env:
+    """E auto-resetting envs of ``task`` with a leading [E] on state and obs: the task's own
+    batch form when its class defines ``auto_reset_batch(num_envs)`` (a camera task renders
+    all its envs in one call), else ``VmapWrapper(AutoReset(task), E)``."""
+    batch = getattr(type(task), "auto_reset_batch", None)
+    return batch(task, num_envs) if batch is not None else VmapWrapper(AutoReset(task), num_envs)

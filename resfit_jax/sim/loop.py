@@ -30,8 +30,9 @@ from flax import struct
 
 from resfit_jax.base_features import BaseFeatures, augment, offset_update, refilled
 from resfit_jax.base_policy import BasePolicy
-from resfit_jax.envs.core import AutoReset, Env, VmapWrapper
+from resfit_jax.envs.core import Env, auto_reset_envs
 from resfit_jax.learner import Learner
+from resfit_jax.observations import append_state, spec_with_state
 from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
 from resfit_jax.sim.step import check_action_sizes, initial_base_action, residual_env_step
 from resfit_jax.updates import critic_warmup_updates, reduce_metrics, replay_updates
@@ -78,8 +79,8 @@ class SimLoop:
 
     # ----------------------------------------------------------------------------- parts
     @property
-    def env(self) -> VmapWrapper:
-        return VmapWrapper(AutoReset(self.task), self.num_envs)
+    def env(self) -> Env:
+        return auto_reset_envs(self.task, self.num_envs)
 
     @property
     def writer(self):
@@ -93,13 +94,11 @@ class SimLoop:
     def learner_obs_spec(self):
         spec = self.task.observation_spec
         spec = spec if self.features is None else self.features.spec(spec)
-        if self.offset_bound > 0:
-            spec = jax.ShapeDtypeStruct((spec.shape[0] + self.task.action_size,), spec.dtype)
-        return spec
+        return spec_with_state(spec, self.task.action_size if self.offset_bound > 0 else 0)
 
     def _learner_obs(self, obs, base_state, offset, normalizer) -> PyTree:
         x = augment(self.features, obs, base_state, normalizer)
-        return x if self.offset_bound <= 0 else jnp.concatenate([x, offset], axis=-1)
+        return x if self.offset_bound <= 0 else append_state(x, offset)
 
     def learner_obs(self, ls: LoopState) -> PyTree:
         """The learner's observation [E, ...] of the current step."""

@@ -24,7 +24,7 @@ from flax import struct
 from resfit_jax.agents.residual_ppo import ResidualPPO, Rollout
 from resfit_jax.base_features import BaseFeatures, augment
 from resfit_jax.base_policy import BasePolicy
-from resfit_jax.envs.core import AutoReset, Env, VmapWrapper
+from resfit_jax.envs.core import Env, auto_reset_envs
 from resfit_jax.sim.step import check_action_sizes, initial_base_action, residual_env_step
 
 PyTree = Any
@@ -53,8 +53,8 @@ class PPOLoop:
         check_action_sizes(self.task, self.base, self.learner)
 
     @property
-    def env(self) -> VmapWrapper:
-        return VmapWrapper(AutoReset(self.task), self.num_envs)
+    def env(self) -> Env:
+        return auto_reset_envs(self.task, self.num_envs)
 
     @property
     def learner_obs_spec(self):

@@ -226,6 +226,19 @@ def point_reach(scale: str = "cpu") -> TrainConfig:
         critic_warmup_chunk=500, eval_every=10_240, eval_episodes=100)
 
 
+def pixel_point_reach(scale: str = "cpu") -> TrainConfig:
+    """PixelPointReach (the goal only in a 32 x 32 image): ``point_reach``'s recipe with the
+    conv camera encoder; on CPU a smaller batch (128) and UTD 2 keep the pixel critic's
+    update affordable, n = 3, 16 envs, 1k warm-up env steps, 500 critic warm-up steps."""
+    cfg = point_reach(scale)
+    if scale == "paper":
+        return cfg
+    return dataclasses.replace(
+        cfg, replay=dataclasses.replace(cfg.replay, batch_size=128, utd=2),
+        warmup_env_steps=1_024, critic_warmup_updates=500, critic_warmup_chunk=250,
+        total_env_steps=10_240, eval_every=2_048)
+
+
 def pick_place(scale: str = "cpu") -> TrainConfig:
     """PickPlace: paper 300k steps; CPU ``_arm_cpu`` with 100k main-loop env steps."""
     return _paper(300_000) if scale == "paper" else _arm_cpu(100_000)
@@ -281,6 +294,7 @@ def with_method(cfg: TrainConfig, method: str) -> TrainConfig:
 
 PRESETS: dict[str, Callable[[str], TrainConfig]] = {
     "PointReach": point_reach,
+    "PixelPointReach": pixel_point_reach,
     "PickPlace": pick_place,
     "PegInsertion": peg_insertion,
     "BimanualHandover": bimanual_handover,

@@ -49,6 +49,7 @@ from resfit_jax.envs.core import Env, TimeFeature
 from resfit_jax.locks import RunLock
 from resfit_jax.logger import MetricsLogger
 from resfit_jax.normalization import Normalizer
+from resfit_jax.observations import camera_shapes, state_size
 from resfit_jax.sim.evaluation import EVAL_SALT, FINAL_SALT, Evaluators  # noqa: F401
 from resfit_jax.sim.loop import SimLoop
 from resfit_jax.sim.presets import METHOD_NAMES, TrainConfig
@@ -128,8 +129,10 @@ def prepare_inputs(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg
                          f"task's ({task.action_size}); load the base trained for this task.")
     episodes = list(episodes)[: cfg.num_demos] if cfg.num_demos else list(episodes)
     base = rechunk(base, cfg.base_execution_horizon, cfg.base_temporal_ensemble)
-    obs_dim = int(task.observation_spec.shape[0])
-    check_compatible(episodes, obs_dim, task.action_size, type(task).__name__)
+    spec = task.observation_spec
+    obs_dim = state_size(spec)
+    check_compatible(episodes, obs_dim, task.action_size, type(task).__name__,
+                     camera_shapes(spec))
     if getattr(cfg, "time_feature", False):
         base = ObservationPrefix(base, obs_dim)
         episodes = with_time_feature(episodes, task.horizon)
