@@ -124,3 +124,21 @@ def test_the_per_env_pixel_task_renders_what_the_batch_form_renders(task, rollou
         np.testing.assert_array_equal(per_env[c], together[c])
         np.testing.assert_array_equal(per_env[c], s0.obs[c])
     np.testing.assert_array_equal(per_env["state"], together["state"])
+
+
+@pytest.mark.slow
+def test_pixel_demos_of_an_mjx_task_carry_the_cameras():
+    """The registered camera variant collects demos with its scripted expert (which reads
+    the env state), and the episodes hold one uint8 frame per step per camera."""
+    from resfit_jax.data.demos import collect_episodes, make_rollout
+
+    task = envs.make("PixelPickPlace", resolution=RES, episode_length=4)
+    expert = envs.make_expert("PixelPickPlace", task)
+    eps, stats = collect_episodes(make_rollout(task, expert.init, expert.act), 2, 2,
+                                  successful_only=False)
+    assert stats.attempted == 2
+    for ep in eps:
+        assert ep.camera_shapes == {"workspace": (RES, RES, 3), "wrist": (RES, RES, 3)}
+        assert ep.images["wrist"].shape[0] == ep.observation.shape[0] == ep.num_actions + 1
+        assert ep.observation.shape[1] == 16                       # proprio only
+        assert len({ep.images["workspace"][t].tobytes() for t in range(ep.num_actions + 1)}) > 1

@@ -29,6 +29,16 @@ def _bimanual_handover(**kw):
     return BimanualHandover(**kw)
 
 
+def _pixel(name: str, factory: Callable[..., Env]):
+    """The camera variant of an MJX task: ``PixelTask`` at ``resolution`` px (default 84, the
+    paper's) with its default cameras; other keywords go to the task."""
+    def build(resolution: int = 84, cameras=None, **kw):
+        from resfit_jax.envs.cameras import PixelTask
+        return PixelTask(factory(**kw), resolution, cameras)
+    build.__name__ = f"Pixel{name}"
+    return build
+
+
 def _expert(module: str, cls: str):
     def build(env, style):
         import importlib
@@ -51,6 +61,9 @@ _EXPERTS: dict[str, Callable] = {
     "BimanualHandover": _expert("bimanual_handover", "BimanualHandoverExpert"),
 }
 MANIPULATION_TASKS = ("PickPlace", "PegInsertion", "BimanualHandover")
+for _name in MANIPULATION_TASKS:          # PixelPickPlace, ...: cameras instead of object poses
+    _REGISTRY[f"Pixel{_name}"] = _pixel(_name, _REGISTRY[_name])
+    _EXPERTS[f"Pixel{_name}"] = _EXPERTS[_name]
 
 
 def register(name: str, factory: Callable[..., Env], expert: Callable | None = None) -> None:
@@ -74,5 +87,5 @@ def make_expert(name: str, env: Env, style: ExpertStyle = ExpertStyle()):
 
 
 __all__ = ["AutoReset", "DomainRandomization", "Env", "EpisodeWrapper", "ExpertStyle",
-           "MANIPULATION_TASKS", "PixelPointReach", "PointReach", "RandomizationConfig", "State", "VmapWrapper",
-           "Wrapper", "make", "make_expert", "register"]
+           "MANIPULATION_TASKS", "PixelPointReach", "PointReach", "RandomizationConfig", "State",
+           "VmapWrapper", "Wrapper", "make", "make_expert", "register"]

@@ -259,6 +259,24 @@ def bimanual_handover(scale: str = "cpu") -> TrainConfig:
     return _arm_cpu(150_000)
 
 
+def _pixels(make: Callable[[str], TrainConfig]) -> Callable[[str], TrainConfig]:
+    """The preset of an MJX task's camera variant (``PixelPickPlace``, ...): the state
+    task's recipe with a camera encoder per camera; paper scale: the paper's small ViT and a
+    100k replay (84 px, 2 cameras: 8.5 GB of frames); CPU: the conv encoder, batch 128, UTD
+    2 and a 30k replay."""
+    def build(scale: str = "cpu") -> TrainConfig:
+        cfg = make(scale)
+        if scale == "paper":
+            return dataclasses.replace(
+                cfg, learner=dataclasses.replace(cfg.learner, encoder="vit"),
+                replay=dataclasses.replace(cfg.replay, capacity=100_000))
+        return dataclasses.replace(
+            cfg, learner=dataclasses.replace(cfg.learner, encoder="conv"),
+            replay=dataclasses.replace(cfg.replay, batch_size=128, utd=2, capacity=30_000))
+    build.__doc__ = f"{make.__name__} with cameras (``_pixels``)."
+    return build
+
+
 def with_method(cfg: TrainConfig, method: str) -> TrainConfig:
     """A task preset turned into a baseline's recipe (spec/baselines.md), keeping the task's
     network sizes, env counts, UTD, batch, demos, budget and evaluation:
@@ -299,6 +317,8 @@ PRESETS: dict[str, Callable[[str], TrainConfig]] = {
     "PegInsertion": peg_insertion,
     "BimanualHandover": bimanual_handover,
 }
+PRESETS.update({f"Pixel{name}": _pixels(make) for name, make in list(PRESETS.items())
+                if name in ("PickPlace", "PegInsertion", "BimanualHandover")})
 
 
 def preset(task: str, scale: str = "cpu", method: str = "resfit", **overrides) -> TrainConfig:
