@@ -24,6 +24,8 @@ flags.DEFINE_string("out", "benchmarks/results/expert_success.json", "JSON outpu
 
 
 def main(argv):
+    from resfit_jax.runtime import quiet_logging
+    quiet_logging()               # library INFO logs (jax backends, mujoco.mjx) off
     del argv
     rows, results = [], {"machine": machine_info(), "episodes": FLAGS.episodes, "runs": []}
     for name in FLAGS.tasks:

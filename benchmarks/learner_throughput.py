@@ -96,6 +96,8 @@ def measure(preset: str, utd: int, encoder: str = "none") -> dict:
 
 
 def main(_):
+    from resfit_jax.runtime import quiet_logging
+    quiet_logging()               # library INFO logs (jax backends, mujoco.mjx) off
     jax.config.update("jax_enable_compilation_cache", False)
     rows = [measure(p, int(u), e) for e in FLAGS.encoders for p in FLAGS.presets
             for u in FLAGS.utds]

@@ -57,6 +57,8 @@ def throughput(env, task, num_envs: int, scan: int, min_seconds: float) -> dict:
 
 
 def main(argv):
+    from resfit_jax.runtime import quiet_logging
+    quiet_logging()               # library INFO logs (jax backends, mujoco.mjx) off
     del argv
     jax.config.update("jax_enable_compilation_cache", False)
     results = {"machine": machine_info(), "scan": FLAGS.scan, "rows": []}

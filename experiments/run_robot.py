@@ -65,6 +65,7 @@ def main(argv):
     from resfit_jax.configs import config_lines, resolve, usage_error
     from resfit_jax.demo_buffer import fit_normalizer, offline_buffer
     from resfit_jax.locks import RunLockedError
+    from resfit_jax.observations import camera_shapes, state_size
     from resfit_jax.robot.link import LinkError
     from resfit_jax.robot.loop import EmergencyStop, LoopConfig, SafetyLimits
     from resfit_jax.robot.operator import TerminalLabeller, oracle_labeller
@@ -86,7 +87,8 @@ def main(argv):
         sim_cfg = preset(FLAGS.task, "cpu")
     except (KeyError, ValueError) as e:
         usage_error(str(e).strip('"'))
-    obs_dim, act_dim = int(task.observation_spec.shape[0]), task.action_size
+    spec = task.observation_spec                  # a camera task (PixelPickPlace): a dict
+    obs_dim, act_dim, cameras = state_size(spec), task.action_size, camera_shapes(spec)
     horizon = FLAGS.max_steps or task.horizon
     hz = FLAGS.control_hz or 1.0 / task.dt
     cfg = resolve(lambda: RobotTrainConfig(
@@ -98,13 +100,14 @@ def main(argv):
         critic_warmup_updates=FLAGS.critic_warmup, seed=FLAGS.seed), FLAGS.override)
     try:
         base, info, demos_dir, demos = open_base_and_demos(
-            FLAGS.base or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos, obs_dim, act_dim)
+            FLAGS.base or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos, obs_dim, act_dim,
+            cameras=cameras)
     except (FileNotFoundError, ValueError) as e:
         usage_error(str(e))
     print(f"Resolved config:\n{config_lines(cfg)}")
     normalizer = fit_normalizer(demos, cfg.learner.action_scale, sim_cfg.action_margin,
                                 sim_cfg.obs_min_std)
-    learner = make_learner(cfg.learner, obs_dim, act_dim)
+    learner = make_learner(cfg.learner, spec, act_dim)
     offline = (offline_buffer(demos, base, normalizer, cfg.replay.demo_writer())
                if cfg.replay.offline_fraction > 0 else None)
 

@@ -57,7 +57,8 @@ class RobotLearner:
         self.offline_buffer, self.offline = offline if offline is not None else (None, None)
         k_init, self.key = jax.random.split(key)
         self.state = learner.init(k_init, normalizer)
-        spec = jax.ShapeDtypeStruct((learner.obs_dim,), jnp.float32)
+        spec = (learner.obs_spec if getattr(learner, "pixels", False)   # camera frames too
+                else jax.ShapeDtypeStruct((learner.obs_dim,), jnp.float32))
         self.replay = self.buffer.init(transition_spec(spec, learner.action_dim))
         self.updates = 0
         mixer = replay.mixer(self.offline_buffer)
@@ -162,7 +163,7 @@ class PolicyRunner:
         self._bstate = self.base.init_state(1)        # a fresh chunk queue every episode
 
     def base_action(self, obs: np.ndarray) -> np.ndarray:
-        a, self._bstate = self._base_step(self._bstate, jnp.asarray(obs)[None])
+        a, self._bstate = self._base_step(self._bstate, _batch_of_one(obs))
         return np.asarray(a[0], np.float32)
 
     def act(self, obs: np.ndarray, base_action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,11 +177,16 @@ class PolicyRunner:
             r = jax.random.uniform(k, a_b.shape, minval=-self.warmup_noise,
                                    maxval=self.warmup_noise)
         else:
-            r, _ = self._act(state, jnp.asarray(obs)[None], a_b[None], k,
+            r, _ = self._act(state, _batch_of_one(obs), a_b[None], k,
                              deterministic=self.mode == "eval")
             r = r[0]
         action = self._unnorm(state.normalizer, jnp.clip(a_b + r, -1.0, 1.0))
         return np.asarray(r, np.float32), np.asarray(action, np.float32)
+
+
+def _batch_of_one(obs):
+    """One robot observation (a state [O] or a dict with camera frames) -> a batch of one."""
+    return jax.tree.map(lambda x: jnp.asarray(x)[None], obs)
 
 
 class AsyncLearner:

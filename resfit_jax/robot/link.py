@@ -3,7 +3,8 @@ server (next to the arm) and the trainer's ``RemoteRobot`` client.
 
 Wire format: frames of a 4-byte big-endian length and that many bytes of UTF-8 JSON (no
 pickle: nothing a peer sends is ever executed). Frames over ``MAX_FRAME`` bytes end the
-connection. Arrays travel as lists of floats.
+connection. Arrays travel as lists of floats; camera frames (uint8 arrays) as
+{"uint8_b64": base64 of the bytes, "shape": [...]}.
 
 Handshake (mutual HMAC-SHA256 challenge, the key never crosses the wire):
     server -> {"hello": "resfit-robot/1", "challenge": S}
@@ -21,6 +22,7 @@ an SSH tunnel / VPN.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -48,6 +50,9 @@ def _mac(key: bytes, challenge: str) -> str:
 
 
 def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim >= 2:     # a camera frame
+        return {"uint8_b64": base64.b64encode(np.ascontiguousarray(x).tobytes()).decode(),
+                "shape": list(x.shape)}
     if isinstance(x, np.ndarray):
         return x.tolist()
     if isinstance(x, (np.floating, np.integer, np.bool_)):
@@ -57,6 +62,13 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
     return x
+
+
+def _frame(v: dict) -> np.ndarray:
+    """A camera frame sent by ``_jsonable`` -> uint8 [H, W, C]."""
+    shape = tuple(int(n) for n in v["shape"])
+    data = base64.b64decode(v["uint8_b64"], validate=True)
+    return np.frombuffer(data, np.uint8).reshape(shape).copy()
 
 
 def send_frame(sock: socket.socket, obj: Any) -> None:
@@ -323,11 +335,26 @@ class RemoteRobot:
     def action_size(self) -> int:
         return int(self._spec["action_size"])
 
-    def reset(self) -> np.ndarray:
-        return np.asarray(self._call("reset"), np.float32)
+    @property
+    def cameras(self) -> dict[str, tuple[int, ...]]:
+        """Camera name -> frame shape [H, W, C] ({} for a state-only robot)."""
+        return {c: tuple(v) for c, v in (self._spec.get("cameras") or {}).items()}
 
-    def observe(self) -> np.ndarray:
-        return np.asarray(self._call("observe"), np.float32)
+    def reset(self):
+        return self._observation(self._call("reset"))
+
+    def observe(self):
+        return self._observation(self._call("observe"))
+
+    def _observation(self, value):
+        if not isinstance(value, dict):
+            return np.asarray(value, np.float32)
+        try:
+            return {k: (np.asarray(v, np.float32) if k == "state" else _frame(v))
+                    for k, v in value.items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise LinkError(f"Robot server at {self.address}: malformed camera frame ({e}).") \
+                from None
 
     def send_action(self, action: np.ndarray) -> None:
         a = np.asarray(action, np.float32)

@@ -30,12 +30,15 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from resfit_jax.data.rlds import Episode
+from resfit_jax.observations import state_of
 from resfit_jax.validation import number_errors
 from resfit_jax.robot.operator import Label, Labeller
 
 
 class RobotInterface(Protocol):
-    """A robot driver. Observations [O] and actions [A] are float32 in task units.
+    """A robot driver. Observations [O] and actions [A] are float32 in task units. A robot
+    with cameras also has ``cameras`` (name -> image shape [H, W, C]); its observations are
+    then {"state": [O] float32, camera: uint8 [H, W, C], ...}, one frame per camera per tick.
 
     reset() blocks until a new episode can start (a person or a script resets the scene) and
     returns the first observation. send_action() commands the robot and returns at once;
@@ -114,7 +117,7 @@ class SafetyLimits:
         if self.obs_index is not None:
             idx = np.asarray(self.obs_index)
             known = idx >= 0
-            prev[known] = np.asarray(obs, np.float32)[idx[known]]
+            prev[known] = np.asarray(state_of(obs), np.float32)[idx[known]]
         return prev
 
     def apply(self, previous: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +178,8 @@ class RateClock:
 class EpisodeRecord:
     """One robot episode. T actions, T + 1 observations."""
 
-    observation: np.ndarray          # [T+1, O]
+    observation: np.ndarray          # [T+1, O] the state
+
     base_action: np.ndarray          # [T+1, A] raw base action at every observation
     residual: np.ndarray             # [T, A] normalized residual
     command: np.ndarray              # [T, A] what was sent (after safety limits)
@@ -187,6 +191,7 @@ class EpisodeRecord:
     timed_out: bool
     wall_s: float
     error: str = ""
+    images: dict[str, np.ndarray] | None = None    # camera -> uint8 [T+1, H, W, C]
 
     @property
     def steps(self) -> int:
@@ -205,8 +210,8 @@ class EpisodeRecord:
     def to_episode(self, failure_is_terminal: bool = True) -> Episode:
         """RLDS episode: the executed commands as actions; reward 1 on the last step of a
         success; terminal (discount 0) on success and on an operator failure."""
-        ep = Episode.from_rollout(self.observation, self.command,
-                                  success=self.label == Label.SUCCESS)
+        obs = {"state": self.observation, **self.images} if self.images else self.observation
+        ep = Episode.from_rollout(obs, self.command, success=self.label == Label.SUCCESS)
         if self.terminal(failure_is_terminal) and self.label != Label.SUCCESS:
             ep.is_terminal[-1] = True
             ep.discount[-1] = 0.0
@@ -260,7 +265,22 @@ class Policy(Protocol):
     def act(self, obs: np.ndarray, base_action: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def _check_obs(obs, size: int) -> np.ndarray:
+def _check_obs(obs, size: int, cameras: dict | None = None):
+    """The observation as float32 [O] (with ``cameras``: the dict with uint8 frames), or a
+    ValueError naming what is wrong."""
+    if cameras:
+        if not isinstance(obs, dict) or set(obs) != {"state", *cameras}:
+            raise ValueError(f"robot observation must be a dict with 'state' and the cameras "
+                             f"{sorted(cameras)}; got "
+                             f"{sorted(obs) if isinstance(obs, dict) else type(obs).__name__}.")
+        out = {"state": _check_obs(obs["state"], size)}
+        for c, shape in cameras.items():
+            img = np.asarray(obs[c])
+            if img.dtype != np.uint8 or img.shape != tuple(shape):
+                raise ValueError(f"robot camera {c!r} gave shape {img.shape} dtype {img.dtype}; "
+                                 f"expected uint8 {tuple(shape)}.")
+            out[c] = img
+        return out
     o = np.asarray(obs, np.float32)
     if o.shape != (size,):
         raise ValueError(f"robot observation has shape {o.shape}, expected ({size},).")
@@ -268,6 +288,13 @@ def _check_obs(obs, size: int) -> np.ndarray:
         raise ValueError(f"robot observation is not finite (entries "
                          f"{np.flatnonzero(~np.isfinite(o)).tolist()}).")
     return o
+
+
+def _blank(size: int, cameras: dict):
+    state = np.zeros(size, np.float32)
+    if not cameras:
+        return state
+    return {"state": state, **{c: np.zeros(tuple(s), np.uint8) for c, s in cameras.items()}}
 
 
 def run_episode(robot: RobotInterface, policy: Policy, labeller: Labeller,
@@ -278,6 +305,7 @@ def run_episode(robot: RobotInterface, policy: Policy, labeller: Labeller,
     (residual [A] normalized, action [A] raw, before the safety limits); ``after_step`` runs
     inside each control period (e.g. sync learner updates)."""
     size = int(robot.observation_size)
+    cameras = dict(getattr(robot, "cameras", None) or {})
     if limits.action_size != robot.action_size:
         raise ValueError(f"SafetyLimits are for {limits.action_size} action dims, the robot "
                          f"has {robot.action_size}.")
@@ -289,13 +317,13 @@ def run_episode(robot: RobotInterface, policy: Policy, labeller: Labeller,
     clock = clock or RateClock(cfg.control_hz, cfg.tolerance_s)
     last_obs = None
     try:
-        obs = last_obs = _check_obs(robot.reset(), size)
+        obs = last_obs = _check_obs(robot.reset(), size, cameras)
         prev = limits.initial_command(obs)
         clock.start()
         for t in range(cfg.max_episode_steps):
             t0 = time.perf_counter()
             if t > 0:
-                obs = last_obs = _check_obs(robot.observe(), size)
+                obs = last_obs = _check_obs(robot.observe(), size, cameras)
             a_b = policy.base_action(obs)
             r, raw = policy.act(obs, a_b)
             cmd, clipped = limits.apply(prev, raw)
@@ -322,7 +350,7 @@ def run_episode(robot: RobotInterface, policy: Policy, labeller: Labeller,
         if label == Label.ESTOP:
             robot.stop()
             reason = "operator estop"
-        final = _check_obs(robot.observe(), size)
+        final = _check_obs(robot.observe(), size, cameras)
     except KeyboardInterrupt:
         robot.stop()
         label, reason, final = Label.ESTOP, "keyboard interrupt", None
@@ -332,7 +360,7 @@ def run_episode(robot: RobotInterface, policy: Policy, labeller: Labeller,
         finally:
             label, reason, final, error = Label.ESTOP, "error", None, f"{type(e).__name__}: {e}"
     if final is None:
-        final = last_obs if last_obs is not None else np.zeros(size, np.float32)
+        final = last_obs if last_obs is not None else _blank(size, cameras)
     try:
         base_l.append(policy.base_action(final))
     except Exception:       # keep the data even if the base cannot run any more
@@ -340,8 +368,11 @@ def run_episode(robot: RobotInterface, policy: Policy, labeller: Labeller,
     dt_l += [float("nan")] * (len(cmd_l) - len(dt_l))
     a = limits.action_size
     stack = lambda xs, shape: np.stack(xs).astype(np.float32) if xs else np.zeros(shape, np.float32)
+    frames = obs_l + [final]
+    images = ({c: np.stack([o[c] for o in frames]) for c in cameras} if cameras else None)
+    states = [state_of(o) for o in frames]
     return EpisodeRecord(
-        observation=np.concatenate([stack(obs_l, (0, size)), final[None]]).astype(np.float32),
+        observation=np.stack(states).astype(np.float32), images=images,
         base_action=stack(base_l, (0, a)),
         residual=stack(res_l, (0, a)), command=stack(cmd_l, (0, a)),
         clipped=np.stack(clip_l) if clip_l else np.zeros((0, a), bool),

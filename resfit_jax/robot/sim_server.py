@@ -30,12 +30,16 @@ KEY_ENV = "RESFIT_ROBOT_KEY"
 
 class SimRobot:
     """A MuJoCo C rollout of an MJX task (``envs.make(name)``) driven one command at a time.
-
     Observations [O] and actions [A] are exactly those of the MJX task (float32, task units).
+
+    With ``cameras`` (names, or "default": the workspace and wrist cameras) the robot is the
+    camera variant (``envs.cameras.PixelTask``): observations are {"state": the arm
+    proprioception, camera: uint8 [R, R, 3]}, frames rendered from the MuJoCo C state by the
+    same MuJoCo Warp renderer as the simulated pixel tasks, at ``resolution`` px.
     """
 
     def __init__(self, task_name: str = "PickPlace", seed: int = 0, latency_s: float = 0.0,
-                 jitter_s: float = 0.0, **task_kwargs):
+                 jitter_s: float = 0.0, cameras=None, resolution: int = 64, **task_kwargs):
         import jax
         import mujoco
 
@@ -43,6 +47,10 @@ class SimRobot:
         from resfit_jax.envs.mjx_env import MjxTask
 
         task = envs.make(task_name, **task_kwargs)
+        if not isinstance(task, MjxTask) and isinstance(task.unwrapped, MjxTask) \
+                and hasattr(task, "cameras"):           # a camera variant, e.g. PixelPickPlace
+            cameras, resolution = cameras or task.cameras, task.resolution
+            task = task.unwrapped
         if not isinstance(task, MjxTask):
             raise ValueError(f"SimRobot needs a MuJoCo task; {task_name} is not one "
                              f"(choose from {envs.MANIPULATION_TASKS}).")
@@ -55,6 +63,15 @@ class SimRobot:
         self._key = jax.random.key(seed)
         self._info: dict | None = None
         self.stopped = False
+        self._renderer = None
+        if cameras:
+            from resfit_jax.envs.cameras import CameraRenderer, default_cameras
+            names = default_cameras(self.model) if cameras == "default" else tuple(cameras)
+            renderer = CameraRenderer(self.model, 1, names, resolution)
+            self._renderer = jax.jit(renderer)
+            self.cameras = {c: (resolution, resolution, 3) for c in renderer.cameras}
+        else:
+            self.cameras = {}
         self.low = np.asarray(task.action_low, np.float32)
         self.high = np.asarray(task.action_high, np.float32)
         self.episodes = 0
@@ -62,6 +79,8 @@ class SimRobot:
     # -- spec ---------------------------------------------------------------------------------
     @property
     def observation_size(self) -> int:
+        if self.cameras:
+            return int(self.task.PROPRIO_SIZE * len(self.task.arms))
         return int(self.task.observation_spec.shape[0])
 
     @property
@@ -72,7 +91,8 @@ class SimRobot:
         return {"task": self.task_name, "observation_size": self.observation_size,
                 "action_size": self.action_size, "control_hz": 1.0 / self.task.ctrl_dt,
                 "action_low": self.low.tolist(), "action_high": self.high.tolist(),
-                "action_obs_index": list(self.task.action_obs_index)}
+                "action_obs_index": list(self.task.action_obs_index),
+                "cameras": {c: list(v) for c, v in self.cameras.items()}}
 
     # -- RobotInterface -----------------------------------------------------------------------
     def _delay(self) -> None:
@@ -101,7 +121,17 @@ class SimRobot:
         if self._info is None:
             raise RuntimeError("SimRobot.observe before reset().")
         self._delay()
-        return np.asarray(self.task._observe(self.data, self._info), np.float32)
+        if not self.cameras:
+            return np.asarray(self.task._observe(self.data, self._info), np.float32)
+        d = self.data
+        proprio, _ = self.task._proprio(d)
+        scene = {f: np.asarray(getattr(d, f), np.float32)[None]
+                 for f in ("geom_xpos", "geom_xmat", "cam_xpos", "cam_xmat")}
+        scene["geom_xmat"] = scene["geom_xmat"].reshape(1, -1, 3, 3)
+        scene["cam_xmat"] = scene["cam_xmat"].reshape(1, -1, 3, 3)
+        frames = self._renderer(scene)
+        return {"state": np.concatenate([np.asarray(x, np.float32) for x in proprio]),
+                **{c: np.asarray(x[0]) for c, x in frames.items()}}
 
     def send_action(self, action: np.ndarray) -> None:
         if self._info is None:

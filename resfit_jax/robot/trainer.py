@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from resfit_jax.observations import camera_shapes
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.base_policy import BasePolicy
 from resfit_jax.checkpointing import RunCheckpointer
@@ -174,6 +175,10 @@ class RobotTrainer:
         if robot.observation_size != self.learner.obs_dim:
             raise ValueError(f"The robot observes {robot.observation_size} values; the "
                              f"learner expects {self.learner.obs_dim}.")
+        cams = dict(getattr(robot, "cameras", None) or {})
+        if cams != self._cameras:
+            raise ValueError(f"The robot's cameras are {cams or 'none'}; the learner expects "
+                             f"{self._cameras or 'none'} (name -> frame shape).")
         rows, async_l = [], None
         self._compile(robot)
         try:
@@ -221,6 +226,8 @@ class RobotTrainer:
         """Compile the actor (and the sync step update) before the first tick, so the
         first control steps are not late."""
         obs = np.zeros(self.learner.obs_dim, np.float32)
+        if self._cameras:
+            obs = {"state": obs, **{c: np.zeros(v, np.uint8) for c, v in self._cameras.items()}}
         mode = self.runner.mode
         for m in ("base", "train", "eval", "warmup"):
             self.runner.mode = m
@@ -229,6 +236,13 @@ class RobotTrainer:
         self.runner.mode = mode
         if self.rl.ready():
             self.rl.compile_update()
+
+    @property
+    def _cameras(self) -> dict:
+        """Camera name -> frame shape of the learner's observations ({} without)."""
+        if not getattr(self.learner, "pixels", False):
+            return {}
+        return camera_shapes(self.learner.obs_spec)
 
     def _finish(self, rec: EpisodeRecord, phase: str, async_l, updates_before: int) -> dict:
         """Journal (first), then replay, then sync updates and the log row."""
