@@ -76,8 +76,7 @@ def test_nstep_matches_brute_force(n, bootstrap):
         for e in range(E):
             for j in range(n):
                 if valid[e, j]:
-                    k = n - j
-                    # slot j covers k steps ending at t when the episode ended, else n steps
+                    # slot j covers n - j steps ending at t when the episode ended, else n
                     s = t - (n - 1) + j
                     assert (e, s) not in got
                     got[(e, s)] = jax.tree.map(lambda x: np.asarray(x[e, j]), cands)
