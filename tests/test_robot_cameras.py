@@ -44,6 +44,9 @@ def _limits(robot):
 
 def test_a_camera_episode_is_recorded_and_journaled_exactly(robot, tmp_path):
     assert robot.cameras == {"workspace": (RES, RES, 3), "wrist": (RES, RES, 3)}
+    from resfit_jax.robot.sim_server import SimRobot
+    variant = SimRobot("PixelPickPlace", resolution=RES)       # the registered camera variant
+    assert variant.cameras == robot.cameras and variant.observation_size == 16
     policy = _HomePolicy(robot.task.home_action)
     rec = run_episode(robot, policy, ScriptedLabeller(lambda e, t, o: Label.SUCCESS if t == 5
                                                       else None), _limits(robot),

@@ -35,11 +35,13 @@ class SimRobot:
     With ``cameras`` (names, or "default": the workspace and wrist cameras) the robot is the
     camera variant (``envs.cameras.PixelTask``): observations are {"state": the arm
     proprioception, camera: uint8 [R, R, 3]}, frames rendered from the MuJoCo C state by the
-    same MuJoCo Warp renderer as the simulated pixel tasks, at ``resolution`` px.
+    same MuJoCo Warp renderer as the simulated pixel tasks, at ``resolution`` px (default: the
+    camera variant's, else 64).
     """
 
     def __init__(self, task_name: str = "PickPlace", seed: int = 0, latency_s: float = 0.0,
-                 jitter_s: float = 0.0, cameras=None, resolution: int = 64, **task_kwargs):
+                 jitter_s: float = 0.0, cameras=None, resolution: int | None = None,
+                 **task_kwargs):
         import jax
         import mujoco
 
@@ -49,8 +51,11 @@ class SimRobot:
         task = envs.make(task_name, **task_kwargs)
         if not isinstance(task, MjxTask) and isinstance(task.unwrapped, MjxTask) \
                 and hasattr(task, "cameras"):           # a camera variant, e.g. PixelPickPlace
+            if resolution is not None and resolution != task.resolution:
+                task = envs.make(task_name, resolution=resolution, **task_kwargs)
             cameras, resolution = cameras or task.cameras, task.resolution
             task = task.unwrapped
+        resolution = 64 if resolution is None else int(resolution)
         if not isinstance(task, MjxTask):
             raise ValueError(f"SimRobot needs a MuJoCo task; {task_name} is not one "
                              f"(choose from {envs.MANIPULATION_TASKS}).")

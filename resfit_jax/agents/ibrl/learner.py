@@ -22,6 +22,7 @@ from resfit_jax.agents.gradients import make_optimizer
 from resfit_jax.agents.ibrl.losses import make_ibrl_losses
 from resfit_jax.agents.residual_td3.learner import LearnerState, ResidualTD3, ResidualTD3Config
 from resfit_jax.agents.residual_td3.networks import make_networks
+from resfit_jax.encoders import ObservationEncoder
 
 RULES = ("greedy", "soft")
 
@@ -106,8 +107,11 @@ def make_ibrl(config: IBRLConfig, obs_spec, action_dim: int) -> IBRL:
     if int(action_dim) < 1:
         raise ValueError(f"action_dim must be >= 1, got {action_dim}.")
     networks = make_networks(config, int(action_dim))
+    spec = checks.as_obs_spec(obs_spec, pixels=True)
+    obs_encoder = ObservationEncoder(spec, config.encoder, config.camera_feature_dim)
     return IBRL(
-        config=config, obs_spec=checks.as_obs_spec(obs_spec), action_dim=int(action_dim),
-        networks=networks, losses=make_ibrl_losses(networks, config, int(action_dim)),
+        config=config, obs_spec=spec, action_dim=int(action_dim), networks=networks,
+        losses=make_ibrl_losses(networks, config, int(action_dim), obs_encoder),
+        obs_encoder=obs_encoder,
         actor_tx=make_optimizer(config.actor_lr, config.weight_decay, config.max_grad_norm),
         critic_tx=make_optimizer(config.critic_lr, config.weight_decay, config.max_grad_norm))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from resfit_jax.agents.residual_td3.losses import ResidualTD3Losses, flatten_obs
 from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks
+from resfit_jax.encoders import ObservationEncoder
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import Transition
 
@@ -52,12 +53,17 @@ class IBRLLosses(ResidualTD3Losses):
 
 
 def make_ibrl_losses(networks: ResidualTD3Networks, config: "IBRLConfig",
-                     action_dim: int) -> IBRLLosses:
+                     action_dim: int, obs_encoder: ObservationEncoder | None = None
+                     ) -> IBRLLosses:
+    """With camera fields (``obs_encoder``), as in residual TD3: the critic loss trains the
+    encoders; the TD target and the actor see their features through ``stop_gradient``."""
     actor, critic = networks.actor, networks.critic
 
     def features(normalizer: Normalizer, obs, encoder_params=None) -> jax.Array:
-        """State observations only (make_ibrl refuses camera fields)."""
-        return normalizer.obs.normalize(flatten_obs(obs))
+        """Standardized flat state (with cameras, the camera encoders' features first)."""
+        if obs_encoder is None or not obs_encoder.cameras:
+            return normalizer.obs.normalize(flatten_obs(obs))
+        return obs_encoder(encoder_params, normalizer, obs)
 
     def proposal(actor_params, feats: jax.Array) -> jax.Array:
         """The RL actor's action [B, A] in [-1, 1] from features [B, F]."""
@@ -77,7 +83,7 @@ def make_ibrl_losses(networks: ResidualTD3Networks, config: "IBRLConfig",
                   batch: Transition, key: jax.Array, noise_std, encoder_params=None
                   ) -> jax.Array:
         k_subset, k_noise, k_rule = jax.random.split(key, 3)
-        next_feats = features(normalizer, batch.next_obs)
+        next_feats = jax.lax.stop_gradient(features(normalizer, batch.next_obs, encoder_params))
         next_mean = proposal(target_actor_params, next_feats)
         noise = jnp.clip(noise_std * jax.random.normal(k_noise, next_mean.shape),
                          -config.target_noise_clip, config.target_noise_clip)
@@ -92,13 +98,14 @@ def make_ibrl_losses(networks: ResidualTD3Networks, config: "IBRLConfig",
                     normalizer: Normalizer, batch: Transition, key: jax.Array, noise_std,
                     encoder_params=None):
         target = td_target(target_actor_params, target_critic_params, normalizer, batch, key,
-                           noise_std)
-        q = critic.apply(critic_params, features(normalizer, batch.obs), batch.action)
+                           noise_std, encoder_params)
+        q = critic.apply(critic_params, features(normalizer, batch.obs, encoder_params),
+                         batch.action)
         return jnp.mean(jnp.square(q - target[None])), {"q": q, "target": target}
 
     def actor_loss(actor_params, critic_params, normalizer: Normalizer, batch: Transition,
                    weights: jax.Array | None = None, encoder_params=None):
-        feats = features(normalizer, batch.obs)
+        feats = jax.lax.stop_gradient(features(normalizer, batch.obs, encoder_params))
         a = proposal(actor_params, feats)
         q = critic.apply(jax.lax.stop_gradient(critic_params), feats, a)
         q_pi = q.mean() if weights is None else (q.mean(axis=0) * weights).sum() / weights.sum()
