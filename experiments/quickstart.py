@@ -1,6 +1,7 @@
 """Quick start, the main job end to end on a laptop CPU: demos -> BC base -> ResFiT residual.
 
     python -m experiments.quickstart                     # PickPlace, CPU preset, 1 seed
+    python -m experiments.quickstart --task=PixelPointReach --seeds=3   # from pixels
 
 1. 30 noisy scripted-expert demos of PickPlace (RLDS, <out>/demos);
 2. an ACT-style BC base trained on them, best checkpoint by success (<out>/bc);

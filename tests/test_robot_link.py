@@ -147,7 +147,50 @@ def test_one_client_at_a_time_wrong_key_and_idle_timeout(server):
     time.sleep(1.5)                                        # idle past the server's timeout
     assert _wait(lambda: robot.stops == stops + 1)
     with pytest.raises(LinkError):
-        again.observe()
+        again.observe()                                    # mid-episode: never resumed
+    later = RemoteRobot(srv.address, KEY)
+    time.sleep(1.5)                                        # e.g. a long compile between episodes
+    assert _wait(lambda: robot.stops == stops + 2)
+    np.testing.assert_array_equal(later.reset(), np.zeros(3))   # a reset reconnects once
+    assert later.reconnects == 1
+    np.testing.assert_array_equal(later.observe(), np.arange(3))
+    later.close()
+
+
+def test_a_failing_stop_after_a_robot_error_keeps_the_episode():
+    from resfit_jax.robot.loop import LoopConfig, SafetyLimits, run_episode
+    from resfit_jax.robot.operator import ScriptedLabeller
+
+    class Dying(FakeRobot):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def observe(self):
+            self.calls += 1
+            if self.calls > 3:
+                raise LinkError("link lost during 'observe'")
+            return super().observe()
+
+        def stop(self):
+            raise LinkError("link lost during 'stop'")
+
+    class Hold:
+        def begin(self):
+            pass
+
+        def base_action(self, obs):
+            return np.zeros(2, np.float32)
+
+        def act(self, obs, a_b):
+            return np.zeros(2, np.float32), a_b
+
+    rec = run_episode(Dying(), Hold(), ScriptedLabeller(lambda e, t, o: None),
+                      SafetyLimits(-np.ones(2), np.ones(2), 0.5),
+                      LoopConfig(control_hz=1000.0, max_episode_steps=10,
+                                 deadline_tolerance_s=10.0))
+    assert rec.steps == 4 and rec.observation.shape == (5, 3)     # the steps so far are kept
+    assert "observe" in rec.error and "robot.stop() failed too" in rec.error
 
 
 def test_client_waits_are_bounded():

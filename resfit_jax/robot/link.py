@@ -254,7 +254,13 @@ def exit_with_parent(parent_pid: int, on_exit: Callable[[], None], poll_s: float
 class RemoteRobot:
     """RobotInterface client of a ``RobotServer``. Every wait is bounded: connecting (retried
     while refused, up to ``connect_timeout_s``), the handshake and each reply
-    (``reply_timeout_s``); a timeout or a dropped link raises ``LinkError`` with the address."""
+    (``reply_timeout_s``); a timeout or a dropped link raises ``LinkError`` with the address.
+
+    Between episodes the server may end an idle session (its ``idle_timeout_s``, e.g. while
+    the trainer compiles or runs its critic warm-up; the robot is stopped then). ``reset()``
+    therefore reconnects once when it finds the link dropped: a new episode starts from a
+    reset anyway. Every other command raises, so an episode never continues over a new
+    session."""
 
     def __init__(self, address: str, authkey: bytes, connect_timeout_s: float = 30.0,
                  reply_timeout_s: float = 10.0):
@@ -262,6 +268,14 @@ class RemoteRobot:
         if not host or not port.isdigit():
             raise ValueError(f"RemoteRobot: address must be host:port, got {address!r}.")
         self.address, self.reply_timeout_s = address, reply_timeout_s
+        self._authkey, self._connect_timeout_s = authkey, connect_timeout_s
+        self.reconnects = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        host, _, port = self.address.rpartition(":")
+        address, connect_timeout_s, reply_timeout_s = (self.address, self._connect_timeout_s,
+                                                       self.reply_timeout_s)
         deadline = time.monotonic() + connect_timeout_s
         while True:
             try:
@@ -275,7 +289,7 @@ class RemoteRobot:
             except (TimeoutError, OSError) as e:
                 raise LinkError(f"Cannot reach the robot server at {address}: {e}.") from None
         try:
-            self._handshake(authkey)
+            self._handshake(self._authkey)
             self._spec = self._call("spec")
         except BaseException:
             self._sock.close()
@@ -341,7 +355,15 @@ class RemoteRobot:
         return {c: tuple(v) for c, v in (self._spec.get("cameras") or {}).items()}
 
     def reset(self):
-        return self._observation(self._call("reset"))
+        try:
+            return self._observation(self._call("reset"))
+        except LinkError as e:
+            if "link lost" not in str(e) and "closed" not in str(e):
+                raise
+            self._sock.close()               # the server ended the idle session: start anew
+            self._connect()
+            self.reconnects += 1
+            return self._observation(self._call("reset"))
 
     def observe(self):
         return self._observation(self._call("observe"))

@@ -290,6 +290,16 @@ def _check_obs(obs, size: int, cameras: dict | None = None):
     return o
 
 
+def _stop(robot: RobotInterface) -> str:
+    """Stop the robot after a failure; the episode's data is kept even if the stop fails too
+    (a lost link: the robot server stops the robot itself when a session ends abnormally)."""
+    try:
+        robot.stop()
+        return ""
+    except Exception as e:
+        return f"; robot.stop() failed too ({type(e).__name__}: {e})"
+
+
 def _blank(size: int, cameras: dict):
     state = np.zeros(size, np.float32)
     if not cameras:
@@ -352,13 +362,11 @@ def run_episode(robot: RobotInterface, policy: Policy, labeller: Labeller,
             reason = "operator estop"
         final = _check_obs(robot.observe(), size, cameras)
     except KeyboardInterrupt:
-        robot.stop()
         label, reason, final = Label.ESTOP, "keyboard interrupt", None
+        error = _stop(robot).lstrip("; ")
     except Exception as e:     # robot I/O error, non-finite observation or command
-        try:
-            robot.stop()
-        finally:
-            label, reason, final, error = Label.ESTOP, "error", None, f"{type(e).__name__}: {e}"
+        label, reason, final, error = Label.ESTOP, "error", None, f"{type(e).__name__}: {e}"
+        error += _stop(robot)
     if final is None:
         final = last_obs if last_obs is not None else _blank(size, cameras)
     try:
