@@ -199,9 +199,14 @@ class PixelObservations(Wrapper):
 
     @property
     def observation_spec(self) -> dict:
-        r = self.resolution
-        spec = {"state": jax.ShapeDtypeStruct((self.env.proprio_size,), jnp.float32)}
-        return spec | {c: jax.ShapeDtypeStruct((r, r, 3), jnp.uint8) for c in self.cameras}
+        return _pixel_spec(self.env.proprio_size, self.cameras, self.resolution)
+
+
+def _pixel_spec(proprio_size: int, cameras: Sequence[str], resolution: int) -> dict:
+    """{"state": float32 [P], camera: uint8 [R, R, 3], ...}."""
+    r = resolution
+    spec = {"state": jax.ShapeDtypeStruct((proprio_size,), jnp.float32)}
+    return spec | {c: jax.ShapeDtypeStruct((r, r, 3), jnp.uint8) for c in cameras}
 
 
 def pixel_env(task, num_envs: int, resolution: int = 64,
@@ -244,6 +249,4 @@ class PixelTask(Wrapper):
 
     @property
     def observation_spec(self) -> dict:
-        r = self.resolution
-        spec = {"state": jax.ShapeDtypeStruct((self.env.proprio_size,), jnp.float32)}
-        return spec | {c: jax.ShapeDtypeStruct((r, r, 3), jnp.uint8) for c in self.cameras}
+        return _pixel_spec(self.env.proprio_size, self.cameras, self.resolution)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from resfit_jax.envs.core import State
-from resfit_jax.envs.point_reach import PointReach, expert_action
+from resfit_jax.envs.point_reach import PointReach, PointReachExpert
 
 CAMERA = "top"
 
@@ -60,21 +60,10 @@ class PixelPointReach(PointReach):
         return self._observe(super().step(state, action))
 
 
-class PixelPointReachExpert:
-    """The P-controller of PointReach on the true goal (env state), with Gaussian action
-    noise ``style.action_noise * 10`` as PointReach's expert."""
-
-    def __init__(self, env: PixelPointReach, style=None):
-        self.noise = 0.0 if style is None else float(style.action_noise) * 10.0
-
-    def init(self, key: jax.Array) -> jax.Array:
-        return key
-
-    def reset(self, key: jax.Array, done: jax.Array) -> jax.Array:
-        return key
+class PixelPointReachExpert(PointReachExpert):
+    """PointReach's expert (P-controller, Gaussian action noise) on the true goal, read
+    from the env state: the image is not parsed."""
 
     def act(self, key: jax.Array, env_state: State) -> tuple[jax.Array, jax.Array]:
-        key, k = jax.random.split(key)
         obs = jnp.concatenate([env_state.data["pos"], env_state.data["goal"]])
-        a = expert_action(obs) + self.noise * jax.random.normal(k, (2,))
-        return jnp.clip(a, -1.0, 1.0), key
+        return super().act(key, env_state.replace(obs=obs))
