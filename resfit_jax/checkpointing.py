@@ -10,6 +10,9 @@ Typed PRNG keys (``jax.random.key``) are stored as their raw key data and re-wra
 template on restore, so restored state is bit-identical to the saved state: on CPU a run that
 stops after chunk k and resumes equals the uninterrupted run.
 Writes are synchronous and atomic (orbax finalizes a step directory only when complete).
+Sharded state is written collectively: every process calls ``save`` and writes its own
+shards (arrays on one host go as numpy); ``restore`` places each leaf like the template's,
+so a run resumes on another device count whenever its layout fits (``sharding``).
 Every step also gets a content checksum (SHA-256 over its files, ``checksums/<step>.sha256``);
 ``restore`` verifies it, and a damaged newest step is reported with its path and the previous
 good one is restored instead (with a message). A step that fails to read raises an error
@@ -45,6 +48,13 @@ def content_hash(path: str) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def _global(x) -> bool:
+    """Whether orbax should get the jax.Array itself (each process writes its shards): on one
+    host every array; on several, those that span hosts (host-local ones go as numpy)."""
+    return isinstance(x, jax.Array) and (jax.process_count() == 1
+                                         or not x.is_fully_addressable)
 
 
 class DamagedCheckpointError(ValueError):
@@ -102,12 +112,21 @@ class RunCheckpointer:
         return {f"{i:06d}": x for i, x in enumerate(leaves) if np.size(x) > 0}
 
     def save(self, step: int, state: PyTree, progress: dict) -> None:
-        stored = {k: np.asarray(v) for k, v in
+        """Every process calls it (multi-host: each writes its own shards of the arrays);
+        the primary process writes the checksum once the step is complete."""
+        stored = {k: v if _global(v) else np.asarray(v) for k, v in
                   self._flat(jax.tree.leaves(to_storable(state))).items()}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(stored),
                                                         progress=ocp.args.JsonSave(progress)),
                           force=True)
         self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            self._write_checksum(step)
+        if jax.process_count() > 1:              # every process sees the finished step
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"resfit_jax checkpoint {step}")
+
+    def _write_checksum(self, step: int) -> None:
         path = self._checksum_path(step)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:
@@ -155,8 +174,9 @@ class RunCheckpointer:
 
     def _restore(self, template: PyTree, step: int) -> tuple[PyTree, dict]:
         leaves, treedef = jax.tree.flatten(to_storable(template))
-        abstract = {k: jax.ShapeDtypeStruct(np.shape(x), x.dtype)
-                    for k, x in self._flat(leaves).items()}
+        # restored arrays are placed like the template's (any device count the layout fits)
+        abstract = {k: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=(
+                        x.sharding if _global(x) else None)) for k, x in self._flat(leaves).items()}
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
@@ -165,9 +185,9 @@ class RunCheckpointer:
                              f"(corrupted, or written by a different configuration): {e}") from e
         for k, want in abstract.items():
             got = out["state"][k]
-            if np.shape(got) != want.shape or np.asarray(got).dtype != want.dtype:
+            if np.shape(got) != want.shape or got.dtype != want.dtype:
                 raise ValueError(f"Run checkpoint step {step} in {self.directory} does not match "
-                                 f"this configuration: leaf {k} is {np.asarray(got).dtype}"
+                                 f"this configuration: leaf {k} is {got.dtype}"
                                  f"{list(np.shape(got))}, expected {want.dtype}{list(want.shape)}"
                                  ". Resume with the flags the run was started with.")
         stored = [out["state"].get(f"{i:06d}", x) for i, x in enumerate(leaves)]

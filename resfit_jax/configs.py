@@ -104,15 +104,18 @@ def to_dict(cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def same_config(saved: dict, cfg) -> bool:
+def same_config(saved: dict, cfg, ignore: tuple[str, ...] = ()) -> bool:
     """Whether a config saved with ``to_dict`` (e.g. by a run started with an older version)
     is ``cfg``: fields the saved dict lacks must hold their class default in ``cfg``
-    (options added since keep old runs resumable only while they are off)."""
+    (options added since keep old runs resumable only while they are off). Top-level fields
+    in ``ignore`` (e.g. device placement) are not compared."""
     current = to_dict(cfg)
 
     def match(s: dict, c: dict, obj) -> bool:
         for f in dataclasses.fields(obj):
             v = getattr(obj, f.name)
+            if obj is cfg and f.name in ignore:
+                continue
             if f.name not in s:
                 if f.default is not dataclasses.MISSING:
                     default = f.default
@@ -127,7 +130,7 @@ def same_config(saved: dict, cfg) -> bool:
                     return False
             elif s[f.name] != c[f.name]:
                 return False
-        return set(s) <= set(c)
+        return set(s) - set(ignore if obj is cfg else ()) <= set(c)
     return match(saved, current, cfg)
 
 

@@ -16,6 +16,8 @@ import socket
 import sys
 import time
 
+import jax
+
 
 class RunLockedError(RuntimeError):
     """Another live process holds the run directory."""
@@ -24,7 +26,9 @@ class RunLockedError(RuntimeError):
 class RunLock:
     def __init__(self, directory: str, what: str = "run"):
         self.directory = os.path.abspath(directory)
-        self.path = os.path.join(self.directory, ".lock")
+        # a multi-host run: one lock per process slot (process 0 keeps the plain name)
+        index = jax.process_index() if jax.process_count() > 1 else 0
+        self.path = os.path.join(self.directory, ".lock" + (f".{index}" if index else ""))
         self.what = what
         self._fd: int | None = None
 

@@ -21,9 +21,16 @@ def _clean(v: Any) -> Any:
 
 
 class MetricsLogger:
-    def __init__(self, directory: str, seeds: list[int], keep_lines: int | None = None):
+    """``enabled=False`` (a multi-host run's other processes) writes nothing but counts rows."""
+
+    def __init__(self, directory: str, seeds: list[int], keep_lines: int | None = None,
+                 enabled: bool = True):
         from tensorboardX import SummaryWriter
 
+        self.enabled = enabled
+        self.lines = keep_lines or 0
+        if not enabled:
+            return
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, "metrics.jsonl")
         if keep_lines is not None and os.path.exists(self.path):
@@ -38,6 +45,9 @@ class MetricsLogger:
         self._tb = {s: SummaryWriter(os.path.join(directory, "tb", f"seed_{s}")) for s in seeds}
 
     def write(self, row: dict) -> None:
+        if not self.enabled:
+            self.lines += 1
+            return
         row = {k: _clean(v) for k, v in row.items()}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
@@ -51,11 +61,15 @@ class MetricsLogger:
                     tb.add_scalar(f"{row['kind']}/{k}", v, step)
 
     def flush(self) -> None:
+        if not self.enabled:
+            return
         self._file.flush()
         for tb in self._tb.values():
             tb.flush()
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._file.close()
         for tb in self._tb.values():
             tb.close()

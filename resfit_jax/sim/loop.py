@@ -38,6 +38,7 @@ from resfit_jax.sim.step import check_action_sizes, initial_base_action, residua
 from resfit_jax.updates import critic_warmup_updates, reduce_metrics, replay_updates
 
 PyTree = Any
+STAT_KEYS = ("episodes", "successes", "diverged")     # per-chunk counts (summed over shards)
 
 
 @struct.dataclass

@@ -91,6 +91,11 @@ class TrainConfig:
     time_feature: bool = False         # learner observations gain t / horizon (the base does
                                        # not see it) and time-limit truncation becomes
                                        # terminal (replay.bootstrap_truncation must be False)
+    mesh: tuple[int, int] = (1, 1)     # (data, seed) devices (resfit_jax.sharding): envs, their
+                                       # replay and every batch split over the data devices,
+                                       # gradients averaged; seeds split over the seed devices
+    shards: int = 0                    # data shards (0: one per data device): the run's layout;
+                                       # a run resumes on any data-device count dividing it
 
     def __post_init__(self):
         errors = number_errors(self)
@@ -134,6 +139,7 @@ class TrainConfig:
             errors.append(f"obs_min_std must be > 0 (got {self.obs_min_std})")
         if self.select not in SELECT_RULES:
             errors.append(f"select must be one of {SELECT_RULES} (got {self.select!r})")
+        errors += self._layout_errors()
         if self.final_episodes is not None and self.final_episodes < 1:
             errors.append(f"final_episodes must be >= 1 or None (got {self.final_episodes})")
         if self.num_demos is not None and self.num_demos < 1:
@@ -154,6 +160,34 @@ class TrainConfig:
     @property
     def env_steps_per_chunk(self) -> int:
         return self.num_envs * self.steps_per_chunk
+
+    @property
+    def data_shards(self) -> int:
+        """N: the envs, the online replay and each batch are split N ways (``sharding``)."""
+        return self.shards or int(self.mesh[0])
+
+    @property
+    def local_replay(self) -> ReplayConfig:
+        """One shard's replay: capacity and batch size divided by ``data_shards``."""
+        n = self.data_shards
+        return dataclasses.replace(self.replay, capacity=self.replay.capacity // n,
+                                   batch_size=self.replay.batch_size // n)
+
+    def _layout_errors(self) -> list[str]:
+        if len(self.mesh) != 2 or min(self.mesh) < 1 or self.shards < 0:
+            return [f"mesh must be (data, seed) devices >= 1 and shards >= 0 (got mesh="
+                    f"{tuple(self.mesh)}, shards={self.shards})"]
+        n, errors = self.data_shards, []
+        if n % self.mesh[0]:
+            errors.append(f"shards ({n}) must be a multiple of the mesh's data devices "
+                          f"({self.mesh[0]})")
+        rp = self.replay
+        for name, size in (("num_envs", self.num_envs), ("replay.capacity", rp.capacity),
+                           ("replay.batch_size's online part", rp.online_batch_size),
+                           ("replay.batch_size's demo part", rp.offline_batch_size)):
+            if size % n:
+                errors.append(f"{name} ({size}) must divide into {n} data shards")
+        return errors
 
     @property
     def warmup_chunks(self) -> int:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from typing import Any
 
+import jax
 import numpy as np
 
 from resfit_jax.agents.checks import FINITE_FIELDS, raise_if_nonfinite
 from resfit_jax.checkpointing import RunCheckpointer
+from resfit_jax.configs import same_config, to_dict
 from resfit_jax.logger import MetricsLogger
+from resfit_jax.sharding import primary
 from resfit_jax.sim.report import log_chunk, summarize_eval
 from resfit_jax.sim.selection import copy_tree, improved, keep_better
 
@@ -135,3 +140,63 @@ class Run:
         succ = np.mean([r["success_rate"] for r in last]) if last else float("nan")
         if self.bar is not None:
             self.bar.set_postfix(eval_success=f"{succ:.0%}")
+
+
+PLACEMENT = ("mesh", "shards")     # where a run's shards sit: free to change on resume
+
+
+def check_resume_layout(out: str, cfg: Any) -> None:
+    """A run resumes on another device count only with the data shards it started with (its
+    state's layout); the mesh may change to any data-device count that divides them."""
+    path = os.path.join(out, "config.json")
+    if not (hasattr(cfg, "data_shards") and os.path.exists(path)):
+        return
+    with open(path) as f:
+        saved = json.load(f).get("config", {})
+    shards = saved.get("shards", 0) or saved.get("mesh", [1, 1])[0]
+    if shards != cfg.data_shards:
+        raise ValueError(f"--resume: the run in {out} was started with {shards} data shard(s) "
+                         f"and this config has {cfg.data_shards}; its replay and envs are split "
+                         f"{shards} ways, so resume with --config.shards={shards} (on any "
+                         f"--config.mesh whose data size divides {shards}).")
+
+
+def start_run(trainer: Any, out: str, resume: bool, task_name: str,
+           extra_info: dict | None, identity: dict | None
+           ) -> tuple[RunCheckpointer, MetricsLogger, Progress, Any, Any]:
+    """Open (resume) or create a run directory; returns its checkpointer, logger, progress,
+    loop state and the kept learner states of ``select="best"`` (or None)."""
+    cfg_dict, seeds = to_dict(trainer.cfg), trainer.seeds
+    ckpt = RunCheckpointer(os.path.join(out, "checkpoints"))
+    state = trainer.init()
+    if resume and ckpt.latest_step() is not None:
+        check_resume_layout(out, trainer.cfg)
+        template = {"loop": state, "offline": trainer.offline}
+        if getattr(trainer.cfg, "select", "last") == "best":
+            template["best"] = state.learner_state
+        restored, saved = ckpt.restore(template)
+        prog = Progress.from_json(saved)
+        if not same_config(prog.config, trainer.cfg, ignore=PLACEMENT) or prog.seeds != seeds:
+            raise ValueError(f"--resume: the run in {out} was started with a different config "
+                             "or seeds; resume with the same flags (see its config.json).")
+        if identity and prog.identity and identity != prog.identity:
+            changed = [k for k in identity if identity[k] != prog.identity.get(k)]
+            raise ValueError(f"--resume: the run in {out} was started with another "
+                             f"{' and '.join(changed)} (content hashes {prog.identity} now "
+                             f"{identity}); resume with the --base and --demos it started with "
+                             "(see its config.json) or choose a new --out.")
+        state = restored["loop"]          # placed like the template (this run's mesh)
+        # the run keeps the statistics and demos it started with, whatever is on disk now
+        trainer.offline = restored["offline"]
+        trainer.normalizer = jax.tree.map(lambda x: x[0], state.learner_state.normalizer)
+        return (ckpt, MetricsLogger(out, seeds, prog.jsonl_lines, primary()), prog, state,
+                restored.get("best"))
+    if not resume and ckpt.latest_step() is not None:
+        raise FileExistsError(f"{out} already holds a run checkpoint; pass --resume to "
+                              "continue it or choose a new --out.")
+    if primary():
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump(dict(extra_info or {}, task=task_name, seeds=seeds, identity=identity,
+                           config=cfg_dict), f, indent=2)
+    prog = Progress(config=cfg_dict, seeds=seeds, identity=identity, phase=trainer.first_phase)
+    return ckpt, MetricsLogger(out, seeds, enabled=primary()), prog, state, None

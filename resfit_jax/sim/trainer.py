@@ -40,20 +40,18 @@ from resfit_jax.agents.residual_td3 import make_learner
 from resfit_jax.agents.rlpd import NoBase
 from resfit_jax.base_features import BaseFeatures, chunked_base, rechunk
 from resfit_jax.base_policy import BasePolicy, ObservationPrefix
-from resfit_jax.checkpointing import RunCheckpointer
-from resfit_jax.configs import same_config, to_dict
 from resfit_jax.data.rlds import Episode, check_compatible
 from resfit_jax.demo_buffer import (fit_normalizer, offline_buffer, with_feature_stats,
                                     with_time_feature)
 from resfit_jax.envs.core import Env, TimeFeature
 from resfit_jax.locks import RunLock
-from resfit_jax.logger import MetricsLogger
 from resfit_jax.normalization import Normalizer
 from resfit_jax.observations import camera_shapes, state_size
 from resfit_jax.sim.evaluation import EVAL_SALT, FINAL_SALT, Evaluators  # noqa: F401
-from resfit_jax.sim.loop import SimLoop
+from resfit_jax.sharding import GRAD_AXES, Layout, make_mesh, primary
+from resfit_jax.sim.loop import STAT_KEYS, SimLoop
 from resfit_jax.sim.presets import METHOD_NAMES, TrainConfig
-from resfit_jax.sim.progress import Progress, Run
+from resfit_jax.sim.progress import Run, start_run
 from resfit_jax.sim.report import pooled, run_summary, summarize_eval
 
 PHASES = ("warmup", "critic_warmup", "train", "final_eval", "done")
@@ -80,13 +78,14 @@ class Trainer(Evaluators):
         return self.cfg.method == "resfit"
 
     def __post_init__(self):
-        loop, cfg, v = self.loop, self.cfg, jax.vmap
-        self.warmup = jax.jit(v(lambda ls: loop.warmup(ls, cfg.steps_per_chunk)),
-                              donate_argnums=0)
-        self.critic_warmup = jax.jit(v(lambda ls, off: loop.critic_warmup(
-            ls, off, cfg.critic_warmup_chunk), in_axes=(0, None)), donate_argnums=0)
-        self.train = jax.jit(v(lambda ls, off: loop.train(ls, off, cfg.steps_per_chunk),
-                               in_axes=(0, None)), donate_argnums=0)
+        loop, cfg = self.loop, self.cfg
+        self.layout = Layout(make_mesh(*cfg.mesh), cfg.data_shards, len(self.seeds))
+        chunk = self.layout.chunk             # shard_map over the mesh, vmap over seeds
+        self.warmup = chunk(lambda ls: loop.warmup(ls, cfg.steps_per_chunk), sums=STAT_KEYS)
+        self.critic_warmup = chunk(lambda ls, off: loop.critic_warmup(
+            ls, off, cfg.critic_warmup_chunk))
+        self.train = chunk(lambda ls, off: loop.train(ls, off, cfg.steps_per_chunk),
+                           sums=STAT_KEYS)
         self._build_evaluators(loop.base, loop.learner, loop.features, loop.offset_bound,
                                self.reference)
 
@@ -100,12 +99,10 @@ class Trainer(Evaluators):
         return self.cfg.env_steps_per_chunk
 
     def init(self):
+        """The loop state of every (shard, seed) (layout: ``sharding``)."""
         learner, normalizer = self.loop.learner, self.normalizer
-
-        def one(key):
-            k_loop, k_learn = jax.random.split(key)
-            return self.loop.init(k_loop, learner.init(k_learn, normalizer))
-        return jax.jit(jax.vmap(one))(self.keys())
+        return self.layout.init(self.loop.init, lambda k: learner.init(k, normalizer)
+                                )(self.keys())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,17 +158,18 @@ def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: 
     reference = None
     if cfg.method == "rlpd":
         reference, base = base, NoBase.for_normalizer(normalizer)
-    loop = SimLoop(task, base, None, cfg.replay, num_envs=cfg.num_envs, features=features,
+    # one data shard's loop: its envs, replay and batches (``sharding``; one shard: all)
+    envs, replay = cfg.num_envs // cfg.data_shards, cfg.local_replay
+    loop = SimLoop(task, base, None, replay, num_envs=envs, features=features,
                    offset_bound=cfg.offset_bound)
     build = make_ibrl if cfg.method == "ibrl" else make_learner
-    learner = build(cfg.learner, loop.learner_obs_spec, task.action_size)
+    learner = build(cfg.learner, loop.learner_obs_spec, task.action_size, axis_name=GRAD_AXES)
     offline_buf, offline = None, None
     if cfg.replay.offline_fraction > 0:
         offline_buf, offline = offline_buffer(episodes, base, normalizer,
                                               cfg.replay.demo_writer(), features,
                                               cfg.offset_bound)
-    loop = SimLoop(task, base, learner, cfg.replay, num_envs=cfg.num_envs,
-                   updates_per_step=cfg.updates_per_step, warmup_noise=cfg.warmup_noise,
+    loop = SimLoop(task, base, learner, replay, num_envs=envs, updates_per_step=cfg.updates_per_step, warmup_noise=cfg.warmup_noise,
                    offline_buffer=offline_buf, features=features,
                    offset_bound=cfg.offset_bound,
                    progressive_steps=cfg.progressive_steps,
@@ -288,45 +286,6 @@ PHASE_FUNCTIONS = {"warmup": _warmup_phase, "critic_warmup": _critic_warmup_phas
                    "train": _train_phase, "final_eval": _final_eval_phase}
 
 
-def _start(trainer: Trainer, out: str, resume: bool, task_name: str,
-           extra_info: dict | None, identity: dict | None
-           ) -> tuple[RunCheckpointer, MetricsLogger, Progress, Any, Any]:
-    """Open (resume) or create a run directory; returns its checkpointer, logger, progress,
-    loop state and the kept learner states of ``select="best"`` (or None)."""
-    cfg_dict, seeds = to_dict(trainer.cfg), trainer.seeds
-    ckpt = RunCheckpointer(os.path.join(out, "checkpoints"))
-    state = trainer.init()
-    if resume and ckpt.latest_step() is not None:
-        template = {"loop": state, "offline": trainer.offline}
-        if getattr(trainer.cfg, "select", "last") == "best":
-            template["best"] = state.learner_state
-        restored, saved = ckpt.restore(template)
-        prog = Progress.from_json(saved)
-        if not same_config(prog.config, trainer.cfg) or prog.seeds != seeds:
-            raise ValueError(f"--resume: the run in {out} was started with a different config "
-                             "or seeds; resume with the same flags (see its config.json).")
-        if identity and prog.identity and identity != prog.identity:
-            changed = [k for k in identity if identity[k] != prog.identity.get(k)]
-            raise ValueError(f"--resume: the run in {out} was started with another "
-                             f"{' and '.join(changed)} (content hashes {prog.identity} now "
-                             f"{identity}); resume with the --base and --demos it started with "
-                             "(see its config.json) or choose a new --out.")
-        state = restored["loop"]
-        # the run keeps the statistics and demos it started with, whatever is on disk now
-        trainer.offline = restored["offline"]
-        trainer.normalizer = jax.tree.map(lambda x: x[0], state.learner_state.normalizer)
-        return (ckpt, MetricsLogger(out, seeds, keep_lines=prog.jsonl_lines), prog, state,
-                restored.get("best"))
-    if not resume and ckpt.latest_step() is not None:
-        raise FileExistsError(f"{out} already holds a run checkpoint; pass --resume to "
-                              "continue it or choose a new --out.")
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(dict(extra_info or {}, task=task_name, seeds=seeds, identity=identity,
-                       config=cfg_dict), f, indent=2)
-    prog = Progress(config=cfg_dict, seeds=seeds, identity=identity, phase=trainer.first_phase)
-    return ckpt, MetricsLogger(out, seeds), prog, state, None
-
-
 def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: bool = True,
                    stop_at_env_steps: int | None = None, task_name: str = "",
                    extra_info: dict | None = None, identity: dict | None = None) -> dict:
@@ -357,9 +316,10 @@ def run_phases(trainer: Any, phase_functions: dict, out: str, resume: bool = Fal
 
 def _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_steps, task_name,
                 extra_info, identity) -> dict:
-    ckpt, logger, prog, state, best = _start(trainer, out, resume, task_name, extra_info,
-                                             identity)
-    run = Run(trainer, ckpt, logger, prog, state, time.time() - prog.wall_s, progress,
+    ckpt, logger, prog, state, best = start_run(trainer, out, resume, task_name, extra_info,
+                                                identity)
+    run = Run(trainer, ckpt, logger, prog, state, time.time() - prog.wall_s,
+              progress and primary(),
                task_name, stop_at_env_steps, best=best)
     try:
         if prog.base_eval is None:
@@ -388,8 +348,9 @@ def _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_ste
     run.close_bar()
     logger.close()
     summary = run_summary(prog, trainer.cfg, task_name, out, trainer.method)
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if primary():
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     ckpt.close()
     summary["loop_state"] = run.state
     if run.best is not None:

@@ -99,8 +99,8 @@ class IBRL(ResidualTD3):
                                       "obs_finite": finite}
 
 
-def make_ibrl(config: IBRLConfig, obs_spec, action_dim: int) -> IBRL:
-    """Build IBRL's pure functions (obs_spec as for ``make_learner``)."""
+def make_ibrl(config: IBRLConfig, obs_spec, action_dim: int, axis_name=None) -> IBRL:
+    """Build IBRL's pure functions (obs_spec and axis_name as for ``make_learner``)."""
     if not isinstance(config, IBRLConfig):
         raise TypeError(f"make_ibrl needs an IBRLConfig (got {type(config).__name__}); "
                         "IBRLConfig() holds the recipe's defaults.")
@@ -111,7 +111,7 @@ def make_ibrl(config: IBRLConfig, obs_spec, action_dim: int) -> IBRL:
     obs_encoder = ObservationEncoder(spec, config.encoder, config.camera_feature_dim)
     return IBRL(
         config=config, obs_spec=spec, action_dim=int(action_dim), networks=networks,
-        losses=make_ibrl_losses(networks, config, int(action_dim), obs_encoder),
-        obs_encoder=obs_encoder,
+        losses=make_ibrl_losses(networks, config, int(action_dim), obs_encoder, axis_name),
+        obs_encoder=obs_encoder, axis_name=axis_name,
         actor_tx=make_optimizer(config.actor_lr, config.weight_decay, config.max_grad_norm),
         critic_tx=make_optimizer(config.critic_lr, config.weight_decay, config.max_grad_norm))

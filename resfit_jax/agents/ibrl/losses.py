@@ -26,6 +26,7 @@ from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks
 from resfit_jax.encoders import ObservationEncoder
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import Transition
+from resfit_jax.sharding import local_draw, shard_index
 
 if TYPE_CHECKING:
     from resfit_jax.agents.ibrl.learner import IBRLConfig
@@ -53,8 +54,8 @@ class IBRLLosses(ResidualTD3Losses):
 
 
 def make_ibrl_losses(networks: ResidualTD3Networks, config: "IBRLConfig",
-                     action_dim: int, obs_encoder: ObservationEncoder | None = None
-                     ) -> IBRLLosses:
+                     action_dim: int, obs_encoder: ObservationEncoder | None = None,
+                     axis_name=None) -> IBRLLosses:
     """With camera fields (``obs_encoder``), as in residual TD3: the critic loss trains the
     encoders; the TD target and the actor see their features through ``stop_gradient``."""
     actor, critic = networks.actor, networks.critic
@@ -83,9 +84,12 @@ def make_ibrl_losses(networks: ResidualTD3Networks, config: "IBRLConfig",
                   batch: Transition, key: jax.Array, noise_std, encoder_params=None
                   ) -> jax.Array:
         k_subset, k_noise, k_rule = jax.random.split(key, 3)
+        if axis_name is not None:         # data-parallel shards: each its own soft choices
+            k_rule = jax.random.fold_in(k_rule, shard_index(axis_name))
         next_feats = jax.lax.stop_gradient(features(normalizer, batch.next_obs, encoder_params))
         next_mean = proposal(target_actor_params, next_feats)
-        noise = jnp.clip(noise_std * jax.random.normal(k_noise, next_mean.shape),
+        noise = jnp.clip(noise_std * local_draw(jax.random.normal, k_noise, next_mean.shape,
+                                                axis_name),
                          -config.target_noise_clip, config.target_noise_clip)
         next_rl = jnp.clip(next_mean + noise, -1.0, 1.0)
         heads = jax.random.choice(k_subset, config.num_critics, (config.num_min_critics,),

@@ -39,6 +39,7 @@ from resfit_jax.agents.residual_td3.config import (CRITIC_LOSSES, GATE_RULES, PR
 from resfit_jax.encoders import ObservationEncoder, state_dim
 from resfit_jax.normalization import Normalizer, StateStandardizer
 from resfit_jax.replay import Transition
+from resfit_jax.sharding import mean_grads, shard_index
 
 PyTree = Any
 
@@ -76,6 +77,7 @@ class ResidualTD3:
     critic_tx: optax.GradientTransformation
     default_normalizer: Normalizer | None = None
     obs_encoder: ObservationEncoder | None = None
+    axis_name: Any = None       # data-parallel shards: gradients averaged over them (sharding)
 
     @property
     def obs_dim(self) -> int:
@@ -195,7 +197,7 @@ class ResidualTD3:
             state, loss, aux, grads = self._critic_and_encoder_step(state, args)
             params, opt_state = state.critic_params, state.critic_opt_state
         else:
-            step = gradient_update(self.losses.critic_loss, self.critic_tx)
+            step = gradient_update(self.losses.critic_loss, self.critic_tx, self.axis_name)
             params, opt_state, loss, aux, grads = step(state.critic_params,
                                                        state.critic_opt_state, *args)
         q, target = aux["q"], aux["target"]
@@ -224,6 +226,7 @@ class ResidualTD3:
         loss_fn = lambda cp, ep: self.losses.critic_loss(cp, *args, ep)
         (loss, aux), (g_c, g_e) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
             state.critic_params, state.encoder_params)
+        g_c, g_e = mean_grads((g_c, g_e), self.axis_name)
         up_c, opt_c = self.critic_tx.update(g_c, state.critic_opt_state, state.critic_params)
         up_e, opt_e = self.critic_tx.update(g_e, state.encoder_opt_state, state.encoder_params)
         state = state.replace(critic_params=optax.apply_updates(state.critic_params, up_c),
@@ -232,7 +235,10 @@ class ResidualTD3:
         return state, loss, aux, g_c
 
     def _augment(self, batch: Transition, key: jax.Array) -> Transition:
-        """DrQ random shift of the camera fields of obs and next obs (independent shifts)."""
+        """DrQ random shift of the camera fields of obs and next obs (independent shifts; each
+        data-parallel shard draws its own)."""
+        if self.axis_name is not None:
+            key = jax.random.fold_in(key, shard_index(self.axis_name))
         k_obs, k_next = jax.random.split(key)
         pad = self.config.augment_pad
         return batch.replace(obs=self.obs_encoder.augment(k_obs, batch.obs, pad),
@@ -240,7 +246,7 @@ class ResidualTD3:
 
     def _actor_step(self, state: LearnerState, batch: Transition,
                     weights: jax.Array | None = None) -> tuple[LearnerState, dict[str, jax.Array]]:
-        step = gradient_update(self.losses.actor_loss, self.actor_tx)
+        step = gradient_update(self.losses.actor_loss, self.actor_tx, self.axis_name)
         params, opt_state, loss, aux, grads = step(
             state.actor_params, state.actor_opt_state, state.critic_params, state.normalizer,
             batch, weights, state.encoder_params)
@@ -313,13 +319,16 @@ class ResidualTD3:
 
 
 def make_learner(config: ResidualTD3Config, obs_spec: PyTree, action_dim: int,
-                 obs_normalizer: StateStandardizer | None = None) -> ResidualTD3:
+                 obs_normalizer: StateStandardizer | None = None, axis_name: Any = None
+                 ) -> ResidualTD3:
     """Build the learner's pure functions.
 
     obs_spec: observation dimension (int) or a pytree of ShapeDtypeStruct of float vectors
     (no batch axis). action_dim: size of the (normalized) action. The normalization is part
     of the state: pass a ``Normalizer`` to ``init``. ``obs_normalizer`` is deprecated (it
-    becomes the default observation statistics of ``init``).
+    becomes the default observation statistics of ``init``). ``axis_name``: the named axes
+    of data-parallel shards (``sharding.GRAD_AXES``); updates then average gradients over
+    them and must run inside shard_map / a named vmap.
     """
     if int(action_dim) < 1:
         raise ValueError(f"action_dim must be >= 1, got {action_dim}.")
@@ -339,8 +348,8 @@ def make_learner(config: ResidualTD3Config, obs_spec: PyTree, action_dim: int,
     obs_encoder = ObservationEncoder(spec, config.encoder, config.camera_feature_dim)
     return ResidualTD3(
         config=config, obs_spec=spec, action_dim=int(action_dim), networks=networks,
-        losses=make_losses(networks, config, obs_encoder), obs_encoder=obs_encoder,
+        losses=make_losses(networks, config, obs_encoder, axis_name), obs_encoder=obs_encoder,
         actor_tx=make_optimizer(config.actor_lr, config.weight_decay, config.max_grad_norm),
         critic_tx=make_optimizer(config.critic_lr, config.weight_decay, config.max_grad_norm),
-        default_normalizer=default,
+        default_normalizer=default, axis_name=axis_name,
     )

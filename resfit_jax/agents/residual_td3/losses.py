@@ -42,6 +42,7 @@ from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks
 from resfit_jax.encoders import ObservationEncoder
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import Transition
+from resfit_jax.sharding import local_draw
 
 if TYPE_CHECKING:
     from resfit_jax.agents.residual_td3.learner import ResidualTD3Config
@@ -66,7 +67,10 @@ class ResidualTD3Losses:
 
 
 def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config",
-                obs_encoder: ObservationEncoder | None = None) -> ResidualTD3Losses:
+                obs_encoder: ObservationEncoder | None = None, axis_name=None
+                ) -> ResidualTD3Losses:
+    """``axis_name``: data-parallel shards; per-sample target noise is then drawn at the
+    global batch shape (``sharding.local_draw``)."""
     actor, critic = networks.actor, networks.critic
     gated = config.gate_tau > float("-inf")
 
@@ -104,7 +108,8 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config",
         k_subset, k_noise = jax.random.split(key)
         next_feats = jax.lax.stop_gradient(features(normalizer, batch.next_obs, encoder_params))
         next_mean = actor.apply(target_actor_params, next_feats, batch.next_base_action)
-        noise = jnp.clip(noise_std * jax.random.normal(k_noise, next_mean.shape),
+        noise = jnp.clip(noise_std * local_draw(jax.random.normal, k_noise, next_mean.shape,
+                                                axis_name),
                          -config.target_noise_clip, config.target_noise_clip)
         next_r = jnp.clip(next_mean + noise, -1.0, 1.0)
         heads = jax.random.choice(k_subset, config.num_critics, (config.num_min_critics,),
