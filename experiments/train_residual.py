@@ -12,6 +12,9 @@ default to the ones the base was trained on (--demos overrides; needed for an ex
 --scale picks the preset (cpu: 2x256 networks, 16 envs, 100k env steps; paper: 2x1024, one
 env, UTD 4, 300k-500k steps); --config.<field>=value (or --override=<field>=value) changes
 single fields of it, nested ones with dots. --seeds S trains S seeds vmapped in one process.
+--config.mesh=D,M splits envs, replay and batches over D devices (seeds over M;
+--config.shards sets the layout, default D); on several hosts run the same command on each
+with --coordinator=host0:port --num_processes=P --process_id=i (docs/scaling.md).
 Library logs are hidden; --verbosity=0 shows them. Writes <out>/metrics.jsonl, TensorBoard under <out>/tb,
 orbax checkpoints under <out>/checkpoints, config.json and summary.json.
 """
@@ -37,6 +40,11 @@ flags.DEFINE_integer("seeds", 1, "Number of seeds, trained vmapped in one proces
 flags.DEFINE_integer("seed", 0, "First seed.")
 flags.DEFINE_string("out", None, "Run directory (default runs/residual/<task>).")
 flags.DEFINE_bool("resume", False, "Continue the run in --out from its latest checkpoint.")
+flags.DEFINE_string("coordinator", None, "Multi-host: host:port of process 0 (or "
+                    "RESFIT_JAX_COORDINATOR); run the same command on every host.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (one per host).")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (0 writes the "
+                     "run's files).")
 flags.DEFINE_integer("stop_at", None, "Stop after the first checkpoint at or past this many "
                      "main-loop env steps (resume later with --resume).")
 
@@ -45,6 +53,9 @@ def main(argv):
     del argv
     from resfit_jax.runtime import setup_script
     setup_script()
+    from resfit_jax.sharding import initialize_distributed, primary
+    initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    say = print if primary() else (lambda *a, **k: None)
     from bases.frozen import open_base_and_demos
     from resfit_jax import envs
     from resfit_jax.observations import camera_shapes, state_size
@@ -59,9 +70,9 @@ def main(argv):
         usage_error(f"--seeds must be >= 1 (got {FLAGS.seeds}).")
     cfg = resolve(lambda: preset(FLAGS.task, FLAGS.scale, FLAGS.method), FLAGS.override)
     task = envs.make(FLAGS.task)
-    print(f"Resolved config ({FLAGS.task}, {FLAGS.scale}, {FLAGS.method}):\n"
+    say(f"Resolved config ({FLAGS.task}, {FLAGS.scale}, {FLAGS.method}):\n"
           f"{config_lines(cfg)}")
-    print(f"critic steps per env step: {cfg.critic_steps_per_env_step:g}")
+    say(f"critic steps per env step: {cfg.critic_steps_per_env_step:g}")
     try:
         base, info, demos, episodes = open_base_and_demos(
             FLAGS.base or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos,
@@ -69,9 +80,12 @@ def main(argv):
             cameras=camera_shapes(task.observation_spec))
     except (FileNotFoundError, ValueError) as e:
         usage_error(str(e))
-    print(f"Base: {info['path']} ({info['format']}); {len(episodes)} demos from {demos}")
-    trainer = make_trainer(task, base, episodes, cfg,
-                           list(range(FLAGS.seed, FLAGS.seed + FLAGS.seeds)))
+    say(f"Base: {info['path']} ({info['format']}); {len(episodes)} demos from {demos}")
+    try:          # e.g. a --config.mesh with more devices than this machine has
+        trainer = make_trainer(task, base, episodes, cfg,
+                               list(range(FLAGS.seed, FLAGS.seed + FLAGS.seeds)))
+    except ValueError as e:
+        usage_error(str(e))
     out = FLAGS.out or os.path.join("runs", "residual" if FLAGS.method == "resfit"
                                     else FLAGS.method, FLAGS.task)
     identity = {"base": content_hash(info["path"]), "demos": content_hash(demos)}
@@ -87,11 +101,11 @@ def main(argv):
         if not str(e).startswith("--resume"):
             raise
         usage_error(str(e))
-    print()
-    print(results_table(summary))
+    say()
+    say(results_table(summary))
     if not summary["complete"]:
-        print(f"Stopped early at {summary['env_steps']:,} env steps; continue with --resume.")
-    print(f"Run directory: {os.path.abspath(out)} (plot: python -m experiments.plot {out})")
+        say(f"Stopped early at {summary['env_steps']:,} env steps; continue with --resume.")
+    say(f"Run directory: {os.path.abspath(out)} (plot: python -m experiments.plot {out})")
 
 
 if __name__ == "__main__":

@@ -279,22 +279,26 @@ def primary() -> bool:
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> bool:
     """``jax.distributed.initialize`` from the arguments or the environment
-    (RESFIT_JAX_COORDINATOR host:port, RESFIT_JAX_NUM_PROCESSES, RESFIT_JAX_PROCESS_ID; on
-    managed clusters JAX's own auto-detection). Returns whether it ran (one process: no).
-    Call before any other JAX call."""
-    coordinator = coordinator or os.environ.get("RESFIT_JAX_COORDINATOR")
-    num_processes = num_processes or int(os.environ.get("RESFIT_JAX_NUM_PROCESSES", "0") or 0)
-    if process_id is None and os.environ.get("RESFIT_JAX_PROCESS_ID"):
-        process_id = int(os.environ["RESFIT_JAX_PROCESS_ID"])
-    if not coordinator and not num_processes:
+    (RESFIT_JAX_COORDINATOR host:port, RESFIT_JAX_NUM_PROCESSES, RESFIT_JAX_PROCESS_ID);
+    coordinator "auto" leaves it to JAX's cluster detection (SLURM, Kubernetes, ...).
+    Returns whether it ran (a single process: nothing to do). Call before any JAX
+    computation; on CPU hosts the collectives go through gloo."""
+    env = os.environ.get
+    coordinator = coordinator or env("RESFIT_JAX_COORDINATOR")
+    num_processes = num_processes or int(env("RESFIT_JAX_NUM_PROCESSES") or 0)
+    if process_id is None and env("RESFIT_JAX_PROCESS_ID"):
+        process_id = int(env("RESFIT_JAX_PROCESS_ID"))
+    if not coordinator or (num_processes == 1 and coordinator != "auto"):
         return False
-    if num_processes and num_processes > 1 and (coordinator is None or process_id is None):
-        raise ValueError("Multi-process runs need a coordinator address (host:port) and this "
-                         "process's id: pass --coordinator and --process_id (or set "
-                         "RESFIT_JAX_COORDINATOR and RESFIT_JAX_PROCESS_ID).")
-    if num_processes == 1:
-        return False
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")   # CPU hosts
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator == "auto":
+        jax.distributed.initialize()
+        return True
+    if not num_processes or process_id is None:
+        raise ValueError("A multi-process run needs the coordinator (host:port), the number "
+                         "of processes and this process's id: pass --coordinator, "
+                         "--num_processes and --process_id (or set RESFIT_JAX_COORDINATOR, "
+                         "RESFIT_JAX_NUM_PROCESSES and RESFIT_JAX_PROCESS_ID).")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
     return True

@@ -110,6 +110,11 @@ def loop_check(out_dir: str) -> dict:
     ref, _ = train(jax.tree.map(jnp.copy, state), single.offline)
     got, _ = single.train(state, single.offline)
     res["single_diff"] = max_diff(ref, got)
+    # seeds as the second mesh axis: seed 0 on one device, seed 1 on the other
+    c, _, _ = chunks(make(dataclasses.replace(CFG, mesh=(1, 2))))
+    res["seed_mesh_diff"] = max_diff(chunks(single)[0], c)
+    res["seed_placed"] = len(jax.tree.leaves(c.learner_state.critic_params)[0]
+                             .sharding.device_set)
     # resume on another device count: 2 shards started on 2 devices, continued on 1
     full = train_residual(on_two, os.path.join(out_dir, "full"), progress=False)
     part = os.path.join(out_dir, "part")

@@ -3,7 +3,8 @@
 The device count is fixed when JAX starts, so each check runs tests/sharding_worker.py in a
 subprocess: a sharded update equals the update of the global batch (2 and 4 devices); two
 shards on two devices equal the same two shards on one device, chunk by chunk; one shard
-through the layout equals the plain seed-vmapped loop; a run started on two devices resumes
+through the layout equals the plain seed-vmapped loop; seeds split over two devices equal
+them on one; a run started on two devices resumes
 on one; and two jax.distributed processes on localhost train, checkpoint and resume a run.
 """
 import dataclasses
@@ -62,6 +63,7 @@ def test_sharded_chunks_and_resume_on_another_device_count(tmp_path):
     # one critic warm-up chunk (10 steps) + one train chunk (8 vector steps x UTD 2)
     assert r["critic_steps"] == [10 + 8 * 2] * 2
     assert r["single_diff"] < 1e-5
+    assert r["seed_mesh_diff"] < 1e-5 and r["seed_placed"] == 2
     assert r["resume_diff"] < 1e-4
     assert r["resume_success"][0] == r["resume_success"][1]
     assert "started with 2 data shard(s)" in r["shards_error"]
