@@ -7,7 +7,9 @@
 #   4. the paper-scale preset's first evaluation on PickPlace, on a BC base trained in the run
 #      (experiments.train_bc, then experiments.train_residual --scale=paper --stop_at=10000);
 #   5. pixel envs: step + render frames/s at 64 and 84 px (benchmarks.render_throughput),
-#      only where warp-lang is importable (its wheel, 149 MB, is over the carry limit).
+#      only where warp-lang is importable (its wheel, 149 MB, is over the carry limit);
+#   6. with several GPUs only: the sharded loop's env and critic steps/s against the device
+#      count (benchmarks.scaling, 1024 envs per device; docs/scaling.md).
 # Every step has its own time limit, so a slow one costs its share only; everything lands in
 # $OUT (default benchmarks/results/accelerator): device.txt, suite.log, three JSON files and
 # paper_metrics.jsonl, each with the machine description.
@@ -96,6 +98,14 @@ if "$PY" -c "import warp" >/dev/null 2>&1; then
     "${RENDER[@]}" --out="$DEST/render_throughput.json"
 else
   echo "== render_throughput: skipped (warp-lang is not installed here)" | tee -a "$LOG"
+fi
+NGPU=$("$PY" -c "import jax; print(jax.device_count() if jax.default_backend() != 'cpu' else 1)" 2>/dev/null || echo 1)
+if [[ $SMOKE == 1 || $NGPU -gt 1 ]]; then
+  if [[ $SMOKE == 1 ]]; then SCALE=(--task=PointReach --devices=1,2 --envs_per_device=4 --chunks=1)
+  else SCALE=(--devices=1,2,4,8 --envs_per_device=1024 --timeout=120); fi
+  step scaling 600 benchmarks.scaling "${SCALE[@]}" --out="$DEST/scaling.json"
+else
+  echo "== scaling: skipped (one device)" | tee -a "$LOG"
 fi
 echo "results in $DEST:" | tee -a "$LOG"
 ls "$DEST" | tee -a "$LOG"

@@ -4,9 +4,10 @@ number of devices the run is sharded over (``resfit_jax.sharding``), with the ra
     python -m benchmarks.scaling                                    # forced CPU devices 1, 2, 4
     python -m benchmarks.scaling --devices=1,2,4,8 --envs_per_device=1024    # real GPUs
 
-Weak scaling: each device runs ``--envs_per_device`` envs with the task's CPU preset batch
-per device (so the global batch grows with the devices) and UTD set so that the global
-critic steps per env step stay ``--critic_per_env_step``. Each device count runs in its own
+Weak scaling (default): each device runs ``--envs_per_device`` envs with the task's CPU
+preset batch per device (so the global batch grows with the devices) and UTD set so that
+the global critic steps per env step stay ``--critic_per_env_step``. ``--strong``: the
+one-device run's envs and batch split over the N devices (the same work at every N). Each device count runs in its own
 subprocess (on a CPU: ``--xla_force_host_platform_device_count``; on GPUs: the first N
 devices). The first chunk (compile) is timed apart from the next ``--chunks``. Prints a
 table and writes JSON with the machine description. Forced CPU devices share this
@@ -27,6 +28,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("task", "PickPlace", "Registered task.")
 flags.DEFINE_list("devices", ["1", "2", "4"], "Device counts.")
 flags.DEFINE_integer("envs_per_device", 16, "Envs per device (weak scaling).")
+flags.DEFINE_bool("strong", False, "Strong scaling: the 1-device run's envs and batch split "
+                  "over the N devices (the same work, so the ratio is the sharding's cost "
+                  "or gain).")
 flags.DEFINE_float("critic_per_env_step", 0.25, "Global critic steps per env step.")
 flags.DEFINE_integer("steps_per_chunk", 16, "Vector steps per jitted chunk.")
 flags.DEFINE_integer("chunks", 3, "Timed chunks per device count (after the compiling one).")
@@ -55,14 +59,15 @@ def measure(n: int) -> dict:
     else:
         base = random_act_base(task, episodes)
     p = preset(FLAGS.task, "cpu")
-    e = n * FLAGS.envs_per_device
+    scale = 1 if FLAGS.strong else n
+    e = scale * FLAGS.envs_per_device
     utd = max(1, round(FLAGS.critic_per_env_step * e))
-    capacity = n * max(p.replay.capacity // n, 4 * FLAGS.envs_per_device * FLAGS.steps_per_chunk)
+    capacity = n * max(p.replay.capacity // n, 4 * e * FLAGS.steps_per_chunk // n)
     cfg = dataclasses.replace(
         p, num_envs=e, updates_per_step=1, steps_per_chunk=FLAGS.steps_per_chunk,
         warmup_env_steps=e * FLAGS.steps_per_chunk, critic_warmup_updates=0,
         mesh=(n, 1), shards=n,
-        replay=dataclasses.replace(p.replay, utd=utd, batch_size=n * p.replay.batch_size,
+        replay=dataclasses.replace(p.replay, utd=utd, batch_size=scale * p.replay.batch_size,
                                    capacity=capacity))
     trainer = make_trainer(task, base, episodes, cfg, seeds=[0])
     state, _ = trainer.warmup(trainer.init())
@@ -95,8 +100,10 @@ def main(argv):
 
     from benchmarks.machine import machine_info, write_results
     cpu = jax.default_backend() == "cpu"
-    print(f"{FLAGS.task}: ResFiT loop sharded over N devices ({FLAGS.envs_per_device} envs "
-          f"per device, {FLAGS.critic_per_env_step:g} critic steps per env step, "
+    how = (f"{FLAGS.envs_per_device} envs in all" if FLAGS.strong else
+           f"{FLAGS.envs_per_device} envs per device")
+    print(f"{FLAGS.task}: ResFiT loop sharded over N devices ({how}, "
+          f"{FLAGS.critic_per_env_step:g} critic steps per env step, "
           f"{'forced CPU devices' if cpu else jax.devices()[0].device_kind})")
     print(f"{'N':>4}{'E':>7}{'batch':>7}{'utd':>5}{'first chunk s':>15}{'env steps/s':>13}"
           f"{'critic steps/s':>16}{'x one':>7}")
@@ -111,7 +118,7 @@ def main(argv):
         args = [sys.executable, "-m", "benchmarks.scaling", f"--child={n}"] + [
             f"--{k}={FLAGS[k].value}" for k in ("task", "envs_per_device",
                                                  "critic_per_env_step", "steps_per_chunk",
-                                                 "chunks")]
+                                                 "chunks", "strong")]
         try:
             p = subprocess.run(args, capture_output=True, text=True, env=env,
                                timeout=FLAGS.timeout)
@@ -131,7 +138,8 @@ def main(argv):
               f"{row['compile_s']:>15.1f}{row['env_steps_per_s']:>13,.0f}"
               f"{row['critic_steps_per_s']:>16,.1f}{row['env_ratio']:>7.2f}")
     write_results(FLAGS.out, {"machine": machine_info(), "task": FLAGS.task,
-                              "forced_cpu_devices": cpu, "scaling": "weak",
+                              "forced_cpu_devices": cpu,
+                              "scaling": "strong" if FLAGS.strong else "weak",
                               "envs_per_device": FLAGS.envs_per_device,
                               "critic_per_env_step": FLAGS.critic_per_env_step,
                               "steps_per_chunk": FLAGS.steps_per_chunk, "rows": rows})

@@ -174,11 +174,12 @@ class Layout:
         return jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs,
                              out_specs=out_specs, check_vma=False)
 
-    def _split(self, x):        # local replicas [k * s, ...] -> [k, s, ...]
-        return x.reshape((self.per_device, -1) + x.shape[1:])
+    def _split(self, x):        # local replicas [k * s, ...] -> [k, s, ...] (sizes explicit:
+        k = self.per_device     # MJX states hold zero-size leaves)
+        return x.reshape((k, x.shape[0] // k) + x.shape[1:])
 
     def _merge(self, x):
-        return x.reshape((-1,) + x.shape[2:])
+        return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
     def init(self, local_init: Callable, learner_init: Callable) -> Callable:
         """Jitted ``init(seed_keys [S]) -> state``: ``learner_init(key)`` once per seed and
