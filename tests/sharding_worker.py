@@ -1,6 +1,6 @@
 """Multi-device checks run in a subprocess (the device count is fixed when JAX starts):
 
-    python tests/sharding_worker.py update DEVICES             # sharded update == global update
+    python tests/sharding_worker.py update                     # sharded update == global update
     python tests/sharding_worker.py loop OUT                   # 2 devices: chunks, resume
     python tests/sharding_worker.py host PROCESS_ID PORT OUT   # one process of a 2-host run
 
@@ -12,7 +12,7 @@ import os
 import sys
 
 MODE = sys.argv[1]
-DEVICES = {"update": lambda: int(sys.argv[2]), "loop": lambda: 2, "host": lambda: 1}[MODE]()
+DEVICES = {"update": 4, "loop": 2, "host": 1}[MODE]
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -51,30 +51,37 @@ def update_check() -> dict:
     on, off = make_batch(jax.random.key(1), batch=16), make_batch(jax.random.key(2), batch=8)
     for _ in range(2):                        # a state whose actor and targets have moved
         state, _ = jax.jit(plain.update)(state, on, off)
-    n = jax.device_count()
-    mesh = sharding.make_mesh(data=n)
-    # the global batch of a sharded update: [shard 0's online, shard 0's demos, shard 1's ...]
-    part = lambda x, i, b: x[:, i * b // n:(i + 1) * b // n]
-    joined = jax.tree.map(lambda a, b: jnp.concatenate(
-        [jnp.concatenate([part(a, i, 16), part(b, i, 8)], axis=1) for i in range(n)], axis=1),
-        on, off)
-    out = {"devices": n}
-    for method in ("update", "critic_warmup"):
-        ref, m_ref = jax.jit(getattr(plain, method))(state, joined, None)
-        got, m_got = sharding.sharded_update(sharded, mesh, method)(state, on, off)
-        out[method] = max_diff(ref, got)
-        out[method + "_loss"] = abs(float(m_ref["critic_loss"]) - float(m_got["critic_loss"]))
-        out[method + "_moved"] = max_diff(ref.critic_params, state.critic_params)
+    out = {}
+    for n in (2, 4):                          # meshes over the first 2 and all 4 devices
+        mesh = sharding.make_mesh(data=n)
+        # the global batch of a sharded update: [shard 0's online, shard 0's demos, shard 1's
+        # ...]
+        part = lambda x, i, b: x[:, i * b // n:(i + 1) * b // n]
+        joined = jax.tree.map(lambda a, b: jnp.concatenate(
+            [jnp.concatenate([part(a, i, 16), part(b, i, 8)], axis=1) for i in range(n)],
+            axis=1), on, off)
+        for method in ("update", "critic_warmup"):
+            ref, m_ref = jax.jit(getattr(plain, method))(state, joined, None)
+            got, m_got = sharding.sharded_update(sharded, mesh, method)(state, on, off)
+            out[f"{method}_{n}"] = max_diff(ref, got)
+            out[f"{method}_loss_{n}"] = abs(float(m_ref["critic_loss"])
+                                            - float(m_got["critic_loss"]))
+            out[f"{method}_moved_{n}"] = max_diff(ref.critic_params, state.critic_params)
     return out
+
+
+_DEMOS = []
 
 
 def make(cfg, seeds=(0, 1)):
     from test_trainer import TASK, FunctionBase, biased_base_action, collect_episodes, \
         envs, make_rollout
     from resfit_jax.sim.trainer import make_trainer
-    expert = envs.make_expert("PointReach", TASK, envs.ExpertStyle())
-    demos, _ = collect_episodes(make_rollout(TASK, expert.init, expert.act), 12, 12)
-    return make_trainer(TASK, FunctionBase(biased_base_action, 2), demos, cfg, list(seeds))
+    if not _DEMOS:
+        expert = envs.make_expert("PointReach", TASK, envs.ExpertStyle())
+        _DEMOS.append(collect_episodes(make_rollout(TASK, expert.init, expert.act), 12, 12)[0])
+    return make_trainer(TASK, FunctionBase(biased_base_action, 2), _DEMOS[0], cfg,
+                        list(seeds))
 
 
 def chunks(trainer):
@@ -118,14 +125,13 @@ def loop_check(out_dir: str) -> dict:
     # resume on another device count: 2 shards started on 2 devices, continued on 1
     full = train_residual(on_two, os.path.join(out_dir, "full"), progress=False)
     part = os.path.join(out_dir, "part")
-    train_residual(make(dataclasses.replace(two, mesh=(2, 1))), part, progress=False,
-                   stop_at_env_steps=64)
-    resumed = train_residual(make(two), part, resume=True, progress=False)
+    train_residual(on_two, part, progress=False, stop_at_env_steps=64)
+    resumed = train_residual(on_one, part, resume=True, progress=False)
     res["resume_diff"] = max_diff(full["loop_state"], resumed["loop_state"])
     res["resume_success"] = [full["final"]["pooled"]["success_rate"],
                              resumed["final"]["pooled"]["success_rate"]]
     try:
-        train_residual(make(CFG), part, resume=True, progress=False)
+        train_residual(single, part, resume=True, progress=False)
         res["shards_error"] = ""
     except ValueError as e:
         res["shards_error"] = str(e)
@@ -139,10 +145,11 @@ def host_check(out_dir: str) -> dict:
     from resfit_jax.sim.trainer import train_residual
     cfg = dataclasses.replace(CFG, mesh=(2, 1), total_env_steps=64, eval_every=32,
                               eval_episodes=4)
-    first = train_residual(make(cfg), out_dir, progress=False, stop_at_env_steps=32)
+    trainer = make(cfg)
+    first = train_residual(trainer, out_dir, progress=False, stop_at_env_steps=32)
     steps = sorted(int(s) for s in os.listdir(os.path.join(out_dir, "checkpoints"))
                    if s.isdigit())
-    done = train_residual(make(cfg), out_dir, resume=True, progress=False)
+    done = train_residual(trainer, out_dir, resume=True, progress=False)
     ls = done["loop_state"]
     return {"process": jax.process_index(), "processes": jax.process_count(),
             "devices": jax.device_count(), "local": jax.local_device_count(),

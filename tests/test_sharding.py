@@ -43,15 +43,15 @@ def run_worker(*args, timeout=900) -> dict:
     return _result(p.stdout)
 
 
-@pytest.mark.parametrize("devices", [2, 4])
-def test_a_sharded_update_equals_the_update_of_the_global_batch(devices):
+def test_a_sharded_update_equals_the_update_of_the_global_batch():
     """Gradients averaged over shards + target noise drawn at the global shape: the params
-    after a sharded update (and a critic warm-up) equal the single-device ones."""
-    r = run_worker("update", devices, timeout=300)
-    assert r["devices"] == devices
-    for method in ("update", "critic_warmup"):
-        assert r[method + "_moved"] > 1e-4            # the update really changed the params
-        assert r[method] < 1e-5 and r[method + "_loss"] < 1e-5
+    after a sharded update (and a critic warm-up) on 2 and on 4 devices equal the
+    single-device ones."""
+    r = run_worker("update", timeout=300)
+    for n in (2, 4):
+        for method in ("update", "critic_warmup"):
+            assert r[f"{method}_moved_{n}"] > 1e-4    # the update really changed the params
+            assert r[f"{method}_{n}"] < 1e-5 and r[f"{method}_loss_{n}"] < 1e-5
 
 
 @pytest.mark.slow
