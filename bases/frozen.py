@@ -59,6 +59,10 @@ def load_params(directory: str) -> tuple[Any, dict]:
     net = make_network(config, info["action_dim"])
     obs = sample_obs(info["obs_dim"], info.get("cameras"))
     abstract = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), obs)["params"])
+    # every process reads the whole (small) base onto its own first device (multi-host too)
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=local),
+                            abstract)
     manager = checkpoint_manager(directory)
     step = manager.best_step()
     if step is None:
