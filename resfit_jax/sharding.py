@@ -203,8 +203,7 @@ class Layout:
             return self._map(per_device, (self.spec(False),), specs)(keys)
         return jax.jit(build)
 
-    def chunk(self, local_fn: Callable, num_replicated: int = 0, sums: Sequence[str] = ()
-              ) -> Callable:
+    def chunk(self, local_fn: Callable, sums: Sequence[str] = ()) -> Callable:
         """Jitted ``chunk(state, *replicated) -> (state, metrics [S])`` from
         ``local_fn(local_state, *replicated) -> (local_state, metrics)`` for one (shard, seed);
         ``replicated`` arguments (e.g. the demo buffer) are the same for every replica.
@@ -230,9 +229,6 @@ class Layout:
             return self._map(per_device, (specs,) + rep_specs, (specs, self.spec(False))
                              )(state, *rep)
         return jax.jit(run, donate_argnums=0)
-
-    def learner_states(self, state: PyTree) -> PyTree:
-        return state.learner_state
 
 
 def _split_keys(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
