@@ -50,6 +50,23 @@ def random_act_base(task, episodes):
     return ChunkedBase(lambda obs: predict(params, obs), a, cfg.chunk_size)
 
 
+def time_train_chunks(trainer, chunks: int) -> tuple[float, float]:
+    """(seconds of the first train chunk, compile included; seconds of the next ``chunks``)
+    after one warm-up chunk."""
+    import jax
+
+    state, _ = trainer.warmup(trainer.init())
+    t0 = time.perf_counter()
+    state, _ = trainer.train(state, trainer.offline)
+    jax.block_until_ready(state)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(chunks):
+        state, _ = trainer.train(state, trainer.offline)
+    jax.block_until_ready(state)
+    return compile_s, time.perf_counter() - t0
+
+
 def main(argv):
     del argv
     from resfit_jax.runtime import setup_script
@@ -80,17 +97,8 @@ def main(argv):
             replay=dataclasses.replace(p.replay, utd=utd,
                                        capacity=max(p.replay.capacity,
                                                     4 * e * FLAGS.steps_per_chunk)))
-        trainer = make_trainer(task, base, episodes, cfg, seeds=[0])
-        state, _ = trainer.warmup(trainer.init())
-        t0 = time.perf_counter()
-        state, _ = trainer.train(state, trainer.offline)
-        jax.block_until_ready(state)
-        compile_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(FLAGS.chunks):
-            state, _ = trainer.train(state, trainer.offline)
-        jax.block_until_ready(state)
-        dt = time.perf_counter() - t0
+        compile_s, dt = time_train_chunks(make_trainer(task, base, episodes, cfg, seeds=[0]),
+                                          FLAGS.chunks)
         steps = FLAGS.chunks * cfg.env_steps_per_chunk
         row = {"num_envs": e, "utd": utd, "critic_steps_per_env_step": utd / e,
                "compile_s": compile_s, "env_steps_per_s": steps / dt,

@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from absl import app, flags
 
@@ -43,7 +42,7 @@ def measure(n: int) -> dict:
     """One device count, in this process (JAX already started with >= n devices)."""
     import jax
 
-    from benchmarks.loop_throughput import random_act_base
+    from benchmarks.loop_throughput import random_act_base, time_train_chunks
     from resfit_jax import envs
     from resfit_jax.data.demos import collect_episodes, make_rollout
     from resfit_jax.sim.presets import preset
@@ -69,17 +68,8 @@ def measure(n: int) -> dict:
         mesh=(n, 1), shards=n,
         replay=dataclasses.replace(p.replay, utd=utd, batch_size=scale * p.replay.batch_size,
                                    capacity=capacity))
-    trainer = make_trainer(task, base, episodes, cfg, seeds=[0])
-    state, _ = trainer.warmup(trainer.init())
-    t0 = time.perf_counter()
-    state, _ = trainer.train(state, trainer.offline)
-    jax.block_until_ready(state)
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(FLAGS.chunks):
-        state, _ = trainer.train(state, trainer.offline)
-    jax.block_until_ready(state)
-    dt = time.perf_counter() - t0
+    compile_s, dt = time_train_chunks(make_trainer(task, base, episodes, cfg, seeds=[0]),
+                                      FLAGS.chunks)
     return {"devices": n, "num_envs": e, "batch_size": cfg.replay.batch_size, "utd": utd,
             "critic_steps_per_env_step": utd / e, "compile_s": compile_s,
             "env_steps_per_s": FLAGS.chunks * cfg.env_steps_per_chunk / dt,
