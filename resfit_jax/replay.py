@@ -11,7 +11,9 @@ Pure pieces, each a frozen dataclass of functions over explicit state (optax sty
   scatters. Storage dtypes follow the example transition (e.g. uint8 image fields stay uint8).
 - ``Mixer`` (``make_mixer``, ``ReplayConfig.mixer``): online [UTD, B_on, ...] and offline
   [UTD, B_off, ...] batches drawn uniformly and independently, for a learner's ``update``.
-- ``ReplayConfig``: n-step, gamma, truncation handling, UTD, batch and demo fraction, capacity.
+- ``ReplayConfig``: n-step, gamma, truncation handling, UTD, batch and demo fraction, capacity,
+  frame-once storage of camera frames (``frames``: transitions hold frame ids, the frames
+  live once in a ring next to them and ``sample`` puts them back).
 
 Transition fields (per sample): obs (pytree), base_action [A] (normalized base action at
 obs), action [A] (executed normalized action), reward [] (n-step return
@@ -26,6 +28,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from resfit_jax.frames import FrameState, FrameStore, frame_capacity, resolve
 
 PyTree = Any
 
@@ -151,11 +155,14 @@ class NStepWriter:
 # ----------------------------------------------------------------------------- ring buffer
 @struct.dataclass
 class ReplayState:
-    """data: Transition with leaves [capacity, ...]; insert_index, size: int32 scalars."""
+    """data: Transition with leaves [capacity, ...]; insert_index, size: int32 scalars;
+    frames: the camera frames of frame-once storage (``frames.FrameState``; then data's
+    camera fields hold int32 frame ids), or None."""
 
     data: Transition
     insert_index: jax.Array
     size: jax.Array
+    frames: FrameState | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,11 +175,13 @@ class ReplayBuffer:
         if self.capacity < 1:
             raise ValueError(f"ReplayBuffer.capacity must be >= 1, got {self.capacity}.")
 
-    def init(self, spec: Transition) -> ReplayState:
-        """Empty buffer for a per-sample Transition spec (see ``transition_spec``)."""
+    def init(self, spec: Transition, frames: FrameState | None = None) -> ReplayState:
+        """Empty buffer for a per-sample Transition spec (see ``transition_spec``). With
+        ``frames`` (frame-once storage) the spec's camera fields are frame ids
+        (``frames.id_spec``) and ``sample`` reads the frames back."""
         data = jax.tree.map(lambda s: jnp.zeros((self.capacity,) + tuple(s.shape), s.dtype), spec)
         return ReplayState(data=data, insert_index=jnp.zeros((), jnp.int32),
-                           size=jnp.zeros((), jnp.int32))
+                           size=jnp.zeros((), jnp.int32), frames=frames)
 
     def add(self, state: ReplayState, items: Transition, valid: jax.Array | None = None) -> ReplayState:
         """Insert items with leaves [*M, ...] where ``valid`` [*M] is True (all if None)."""
@@ -200,14 +209,19 @@ class ReplayBuffer:
 
         data = jax.tree.map(write, state.data, flat)
         count = mask.sum().astype(jnp.int32)
-        return ReplayState(data=data,
-                           insert_index=(state.insert_index + count) % self.capacity,
-                           size=jnp.minimum(state.size + count, self.capacity))
+        return state.replace(data=data,
+                             insert_index=(state.insert_index + count) % self.capacity,
+                             size=jnp.minimum(state.size + count, self.capacity))
 
     def sample(self, state: ReplayState, key: jax.Array, shape: tuple[int, ...]) -> Transition:
-        """Uniform sample with replacement; leaves [*shape, ...]. Needs state.size > 0."""
+        """Uniform sample with replacement; leaves [*shape, ...]. Needs state.size > 0.
+        Frame-once storage: the sampled frame ids are replaced by their frames."""
         idx = jax.random.randint(key, shape, 0, jnp.maximum(state.size, 1))
-        return jax.tree.map(lambda x: x[idx], state.data)
+        out = jax.tree.map(lambda x: x[idx], state.data)
+        if state.frames is None:
+            return out
+        return out.replace(obs=resolve(out.obs, state.frames),
+                           next_obs=resolve(out.next_obs, state.frames))
 
 
 # ----------------------------------------------------------------------------- config, mixer
@@ -228,6 +242,11 @@ class ReplayConfig:
     offline_fraction: float = 0.5
     capacity: int = 200_000
     demo_n_step: int | None = None     # n of the demo buffer's returns (None: n_step)
+    frame_once: bool = False           # camera observations: store each frame once (``frames``)
+                                       # instead of twice per transition (the pixel presets)
+    frame_margin: float = 0.25         # frame-once ring: capacity * (1 + margin) frames plus
+                                       # the n-step windows (``frames.frame_capacity``); enough
+                                       # while episodes last >= 1 / margin steps on average
 
     def __post_init__(self):
         from resfit_jax.validation import number_errors
@@ -247,6 +266,8 @@ class ReplayConfig:
             errors.append(f"capacity must be >= 1 (got {self.capacity})")
         if self.demo_n_step is not None and self.demo_n_step < 1:
             errors.append(f"demo_n_step must be >= 1 or None (got {self.demo_n_step})")
+        if not 0.0 <= self.frame_margin <= 4.0:
+            errors.append(f"frame_margin must be in [0, 4] (got {self.frame_margin})")
         if errors:
             raise ValueError("ReplayConfig: " + "; ".join(errors) + ".")
 
@@ -270,6 +291,11 @@ class ReplayConfig:
     def buffer(self) -> ReplayBuffer:
         """The online ring buffer of this config."""
         return ReplayBuffer(self.capacity)
+
+    def frame_store(self, num_envs: int) -> FrameStore:
+        """The frame-once ring for ``num_envs`` streams (``frames.frame_capacity``)."""
+        return FrameStore(frame_capacity(self.capacity, self.n_step, num_envs,
+                                         self.frame_margin))
 
     def mixer(self, offline: ReplayBuffer | None, steps: int | None = None) -> "Mixer":
         """Online + demo mixer with ``steps`` batch rows per sample (default ``utd``)."""

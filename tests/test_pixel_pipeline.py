@@ -136,8 +136,9 @@ def test_pixel_residual_runs_every_phase(pixel_base, demos, task, tmp_path):
     summary = train_residual(res, str(tmp_path / "run"), progress=False)
     assert summary["complete"] and summary["final"]["pooled"]["episodes"] == 8
     ls = summary["loop_state"]
-    assert ls.replay_state.data.obs["top"].dtype == jnp.uint8      # frames stay uint8
-    assert int(ls.replay_state.size.min()) >= 32 + 64 - 4 * cfg.replay.n_step
+    rs = ls.replay_state                                             # each frame once, uint8
+    assert rs.frames.frames["top"].dtype == jnp.uint8 and rs.data.obs["top"].dtype == jnp.int32
+    assert int(rs.size.min()) >= 32 + 64 - 4 * cfg.replay.n_step
     assert np.asarray(ls.learner_state.critic_steps).tolist() == [4 + 8 * 2] * 2
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
                          ls.learner_state.encoder_params, start)

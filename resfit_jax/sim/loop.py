@@ -18,6 +18,13 @@ next action of an open-loop chunk erases a per-step correction. Here what the re
 is kept as an offset o (bounded to +-offset_bound, reset when the base starts a new chunk or
 an episode) and the learner acts on the effective base clip(a_b + o), with o in its
 observation: a_t = clip(a_b,t + o_t-1 + r_t), o_t = clip(a_t - a_b,t).
+
+Frame-once replay (``replay.frame_once`` with camera observations; ``resfit_jax.frames``):
+every env step writes each env's true next frame, plus the first frame of a new episode,
+into the replay's frame ring; the n-step writer and the stored transitions carry frame ids
+(``LoopState.frame_id`` is the id of each env's current frame) and sampling reads the
+frames back. Each chunk reports ``stale_frames_max``, the stored transitions whose frames
+were overwritten (the trainer raises when it is not 0).
 """
 from __future__ import annotations
 
@@ -31,8 +38,9 @@ from flax import struct
 from resfit_jax.base_features import BaseFeatures, augment, offset_update, refilled
 from resfit_jax.base_policy import BasePolicy
 from resfit_jax.envs.core import Env, auto_reset_envs
+from resfit_jax.frames import FrameStore, camera_spec, id_spec, stale_count, with_ids
 from resfit_jax.learner import Learner
-from resfit_jax.observations import append_state, spec_with_state
+from resfit_jax.observations import append_state, cameras_of, spec_with_state
 from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
 from resfit_jax.sim.step import check_action_sizes, initial_base_action, residual_env_step
 from resfit_jax.updates import critic_warmup_updates, reduce_metrics, replay_updates
@@ -54,6 +62,8 @@ class LoopState:
     train_env_steps: jax.Array      # of those, main-loop env steps
     explore_std: jax.Array          # [E] exploration std of each env's current episode
     offset: jax.Array               # [E, A] persistent offset (zeros without offset_bound)
+    frame_id: jax.Array | None = None   # [E] int32: the frame-once id of each env's current
+                                        # frame (None without frame-once storage)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +102,15 @@ class SimLoop:
         return self.replay.buffer()
 
     @property
+    def frame_once(self) -> bool:
+        """Camera frames stored once in the replay's frame ring (``resfit_jax.frames``)."""
+        return bool(self.replay.frame_once and camera_spec(self.task.observation_spec))
+
+    @property
+    def frame_store(self) -> FrameStore:
+        return self.replay.frame_store(self.num_envs)
+
+    @property
     def learner_obs_spec(self):
         spec = self.task.observation_spec
         spec = spec if self.features is None else self.features.spec(spec)
@@ -117,15 +136,20 @@ class SimLoop:
         env_state = self.env.reset(k_env)
         bstate, a_b = initial_base_action(self.base, learner_state.normalizer, env_state,
                                           self.num_envs)
-        spec = self.learner_obs_spec
+        spec, frames, frame_id = self.learner_obs_spec, None, None
+        if self.frame_once:             # the replay stores frame ids; frames go to the ring
+            store = self.frame_store
+            frames, frame_id = store.write(store.init(camera_spec(spec)),
+                                           cameras_of(env_state.obs))
+            spec = id_spec(spec)
         return LoopState(
             env_state=env_state, base_state=bstate, base_action=a_b,
             writer_state=self.writer.init(self.num_envs, spec, self.task.action_size),
-            replay_state=self.buffer.init(transition_spec(spec, self.task.action_size)),
+            replay_state=self.buffer.init(transition_spec(spec, self.task.action_size), frames),
             learner_state=learner_state, key=k_loop, env_steps=jnp.zeros((), jnp.int32),
             train_env_steps=jnp.zeros((), jnp.int32),
             offset=jnp.zeros((self.num_envs, self.task.action_size), jnp.float32),
-            explore_std=self._draw_std(jax.random.fold_in(k_loop, 7)))
+            explore_std=self._draw_std(jax.random.fold_in(k_loop, 7)), frame_id=frame_id)
 
     def _draw_std(self, key: jax.Array) -> jax.Array:
         if self.explore_std_range is None:
@@ -145,6 +169,14 @@ class SimLoop:
             offset = jnp.where(refilled(out.next_base_state)[:, None], 0.0, kept)
             next_base_action = jnp.clip(out.next_base_action + offset, -1.0, 1.0)
         next_obs = self._learner_obs(out.next_obs, out.next_base_state, offset, nz)
+        replay_state, frame_id = ls.replay_state, ls.frame_id
+        if self.frame_once:             # each frame once: the true next one, then new episodes'
+            store = self.frame_store
+            frames, next_ids = store.write(replay_state.frames, cameras_of(out.next_obs))
+            frames, reset_ids = store.write(frames, cameras_of(out.env_state.obs), out.done)
+            obs, next_obs = with_ids(obs, ls.frame_id), with_ids(next_obs, next_ids)
+            replay_state = replay_state.replace(frames=frames)
+            frame_id = jnp.where(out.done, reset_ids, next_ids)
         writer_state, cands, valid = self.writer.step(
             ls.writer_state, obs, out.prev_base_action, out.action, out.reward,
             next_obs, next_base_action, out.terminated, out.truncated)
@@ -152,8 +184,8 @@ class SimLoop:
         valid = valid & ~out.diverged[:, None]      # never store a non-finite next observation
         ls = ls.replace(
             env_state=out.env_state, base_state=out.base_state, base_action=out.base_action,
-            writer_state=writer_state, offset=offset,
-            replay_state=self.buffer.add(ls.replay_state, cands, valid),
+            writer_state=writer_state, offset=offset, frame_id=frame_id,
+            replay_state=self.buffer.add(replay_state, cands, valid),
             env_steps=ls.env_steps + self.num_envs)
         stats = {"episodes": out.done.sum(), "successes": out.success.sum(),
                  "diverged": out.diverged.sum()}
@@ -167,6 +199,14 @@ class SimLoop:
                                                 self.updates_per_step)
         return ls.replace(learner_state=learner_state, key=key), metrics
 
+    def _frame_stats(self, ls: LoopState) -> dict:
+        """{"stale_frames_max": stored transitions whose frames were overwritten} (frame-once)."""
+        if not self.frame_once:
+            return {}
+        rs = ls.replay_state
+        ids = next(iter(cameras_of(rs.data.obs).values()))
+        return {"stale_frames_max": stale_count(rs.frames, ids, rs.size)}
+
     # --------------------------------------------------------------------------- chunks
     def warmup(self, ls: LoopState, num_steps: int) -> tuple[LoopState, dict]:
         """Collect num_steps vector steps with base + U(-warmup_noise, warmup_noise) residual."""
@@ -176,7 +216,7 @@ class SimLoop:
                                    maxval=self.warmup_noise)
             return self._env_step(ls.replace(key=key), r)
         ls, stats = jax.lax.scan(body, ls, None, length=num_steps)
-        return ls, jax.tree.map(jnp.sum, stats)
+        return ls, jax.tree.map(jnp.sum, stats) | self._frame_stats(ls)
 
     def critic_warmup(self, ls: LoopState, offline: ReplayState | None, num_updates: int
                       ) -> tuple[LoopState, dict]:
@@ -210,5 +250,6 @@ class SimLoop:
                 metrics = metrics | {"gate_open": aux["gate"].mean()}
             return ls, (stats, metrics)
         ls, (stats, metrics) = jax.lax.scan(body, ls, None, length=num_steps)
-        return ls, jax.tree.map(jnp.sum, stats) | reduce_metrics(metrics)
+        return ls, (jax.tree.map(jnp.sum, stats) | reduce_metrics(metrics)
+                    | self._frame_stats(ls))
 

@@ -263,12 +263,13 @@ def point_reach(scale: str = "cpu") -> TrainConfig:
 def pixel_point_reach(scale: str = "cpu") -> TrainConfig:
     """PixelPointReach (the goal only in a 32 x 32 image): ``point_reach``'s recipe with the
     conv camera encoder; on CPU a smaller batch (128) and UTD 2 keep the pixel critic's
-    update affordable, n = 3, 16 envs, 1k warm-up env steps, 500 critic warm-up steps."""
+    update affordable, n = 3, 16 envs, 1k warm-up env steps, 500 critic warm-up steps; each
+    camera frame stored once in the replay (``replay.frame_once``)."""
     cfg = point_reach(scale)
     if scale == "paper":
         return cfg
     return dataclasses.replace(
-        cfg, replay=dataclasses.replace(cfg.replay, batch_size=128, utd=2),
+        cfg, replay=dataclasses.replace(cfg.replay, batch_size=128, utd=2, frame_once=True),
         warmup_env_steps=1_024, critic_warmup_updates=500, critic_warmup_chunk=250,
         total_env_steps=10_240, eval_every=2_048)
 
@@ -295,18 +296,19 @@ def bimanual_handover(scale: str = "cpu") -> TrainConfig:
 
 def _pixels(make: Callable[[str], TrainConfig]) -> Callable[[str], TrainConfig]:
     """The preset of an MJX task's camera variant (``PixelPickPlace``, ...): the state
-    task's recipe with a camera encoder per camera; paper scale: the paper's small ViT and a
-    100k replay (84 px, 2 cameras: 8.5 GB of frames); CPU: the conv encoder, batch 128, UTD
-    2 and a 30k replay."""
+    task's recipe with a camera encoder per camera and each frame stored once in the replay
+    (``replay.frame_once``); paper scale: the paper's small ViT and a 100k replay (84 px, 2
+    cameras: 5.3 GB of frames); CPU: the conv encoder, batch 128, UTD 2 and a 30k replay."""
     def build(scale: str = "cpu") -> TrainConfig:
         cfg = make(scale)
         if scale == "paper":
             return dataclasses.replace(
                 cfg, learner=dataclasses.replace(cfg.learner, encoder="vit"),
-                replay=dataclasses.replace(cfg.replay, capacity=100_000))
+                replay=dataclasses.replace(cfg.replay, capacity=100_000, frame_once=True))
         return dataclasses.replace(
             cfg, learner=dataclasses.replace(cfg.learner, encoder="conv"),
-            replay=dataclasses.replace(cfg.replay, batch_size=128, utd=2, capacity=30_000))
+            replay=dataclasses.replace(cfg.replay, batch_size=128, utd=2, capacity=30_000,
+                                       frame_once=True))
     build.__doc__ = f"{make.__name__} with cameras (``_pixels``)."
     return build
 

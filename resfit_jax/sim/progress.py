@@ -118,6 +118,15 @@ class Run:
             raise_if_nonfinite(mask, f"{kind} chunk {self.prog.chunk} (not checkpointed; the "
                                f"latest checkpoint in {self.ckpt.directory} is from before it)",
                                fields=getattr(self.trainer, "finite_fields", FINITE_FIELDS))
+        stale = np.max(np.asarray(stats.get("stale_frames_max", 0)))
+        if stale > 0:
+            loop = self.trainer.loop
+            raise ValueError(
+                f"{kind} chunk {self.prog.chunk}: {int(stale)} stored transitions lost their camera "
+                f"frames (the frame-once ring of {loop.frame_store.capacity} frames was overwritten: "
+                "episodes end more often than replay.frame_margin="
+                f"{loop.replay.frame_margin} allows). Restart with a larger "
+                "--config.replay.frame_margin, or --config.replay.frame_once=false.")
         log_chunk(self.logger, self.prog.seeds, self.prog.env_steps, self.prog.warmup_env_steps,
                   stats, kind)
 
