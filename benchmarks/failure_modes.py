@@ -119,7 +119,7 @@ def _rollouts(run: str, base_only: bool) -> tuple[dict, dict, dict]:
 
     def evaluate(lstate, key, nz):
         policy = ResidualPolicy(loop.base, nz, None if lstate is None else loop.learner, lstate,
-                                loop.features, loop.offset_bound)
+                                loop.features, loop.offsets)
         return run_episodes(trainer.task, policy, episode_keys(key, n), record=True)
 
     results = {"base": jax.device_get(jax.jit(jax.vmap(

@@ -113,6 +113,61 @@ def offset_update(bound: float, base_action: jax.Array, executed: jax.Array) -> 
     return jnp.clip(executed - base_action, -bound, bound)
 
 
+@dataclasses.dataclass(frozen=True)
+class Offsets:
+    """Lasting corrections on a chunked base: the learner corrects the effective base action
+    clip(a_b + o), where the offset o [E, A] carries corrections along the base's chunk and
+    is reset when the base starts a new chunk (or an episode).
+
+    - ``hold=False`` ("accumulate", ``TrainConfig.offset_bound``): every step's residual adds
+      to o: a_t = clip(a_b,t + o_t-1 + r_t), o_t = clip(a_t - a_b,t, +-bound).
+    - ``hold=True`` (``TrainConfig.residual_hold``): the residual acts only on the first step
+      of each chunk and what it chose is held for the rest of it (one decision per chunk;
+      exploration noise is held, never summed). The learner's observation also gains the
+      0/1 flag "the residual acts here" as its last entry, which the learner multiplies its
+      residual with (``ResidualTD3Config.residual_mask``), in acting and in the TD target.
+
+    Learner observations gain ``o`` [A] (and the flag [1]) after the base's chunk features.
+    """
+
+    bound: float
+    hold: bool = False
+
+    def size(self, action_dim: int) -> int:
+        return action_dim + int(self.hold)
+
+    def acts(self, state: ChunkQueue) -> jax.Array:
+        """[E, 1] float: 1 where the residual acts (hold: the first step of a chunk)."""
+        return refilled(state)[:, None].astype(jnp.float32)
+
+    def observe(self, obs: PyTree, offset: jax.Array, state: ChunkQueue) -> PyTree:
+        """obs [E, D] -> [E, D + size]: the offset (and the acts flag) appended."""
+        return append_state(obs, offset, *([self.acts(state)] if self.hold else []))
+
+    def effective(self, base_action: jax.Array, offset: jax.Array) -> jax.Array:
+        """The base action the learner corrects, clip(a_b + o) [E, A]."""
+        return jnp.clip(base_action + offset, -1.0, 1.0)
+
+    def after_step(self, offset: jax.Array, base_action: jax.Array, executed: jax.Array,
+                   state: ChunkQueue) -> jax.Array:
+        """The offset after executing ``executed`` at base state ``state`` (the one that
+        produced ``base_action``), before any reset."""
+        kept = offset_update(self.bound, base_action, executed)
+        return jnp.where(refilled(state)[:, None], kept, offset) if self.hold else kept
+
+    def reset(self, offset: jax.Array, next_state: ChunkQueue) -> jax.Array:
+        """Zero where the base's next step starts a new chunk."""
+        return jnp.where(refilled(next_state)[:, None], 0.0, offset)
+
+
+def make_offsets(offset_bound: float, hold: bool) -> Offsets | None:
+    """The offsets of a config (None: per-step residuals). Hold without its own bound keeps
+    whatever the residual chose (its bound is the learner's ``action_scale``)."""
+    if hold:
+        return Offsets(offset_bound if offset_bound > 0 else 2.0, True)
+    return Offsets(offset_bound) if offset_bound > 0 else None
+
+
 def augment(features: BaseFeatures | None, obs: PyTree, state: PyTree,
             normalizer: Normalizer) -> PyTree:
     """``features.augment`` or obs unchanged without features."""

@@ -42,7 +42,7 @@ def fit_normalizer(episodes: Sequence[Episode], action_scale: float, margin: flo
 
 
 def with_feature_stats(normalizer: Normalizer, episodes: Sequence[Episode], base: BasePolicy,
-                       features, min_std: float = 2e-4, offset_bound: float = 0.0) -> Normalizer:
+                       features, min_std: float = 2e-4, offsets=None) -> Normalizer:
     """The normalizer with the learner's extra inputs (the base's chunk features, the
     persistent offset) appended to its observation statistics, measured on the demo frames."""
     import dataclasses as dc
@@ -51,7 +51,7 @@ def with_feature_stats(normalizer: Normalizer, episodes: Sequence[Episode], base
 
     padded = pad_episodes(episodes)
     d = state_of(padded["observation"]).shape[-1]
-    obs, _, _ = jax.jit(lambda p, nz: learner_frames(p, base, nz, features, offset_bound))(
+    obs, _, _ = jax.jit(lambda p, nz: learner_frames(p, base, nz, features, offsets))(
         jax.tree.map(jnp.asarray, padded), normalizer)
     f = np.asarray(state_of(obs))[..., d:]
     frames = np.concatenate([f[i, : n + 1] for i, n in enumerate(padded["length"])])
@@ -147,20 +147,25 @@ def base_actions(padded: dict[str, jax.Array], base: BasePolicy, features=None,
     return swap(a) if features is None else (swap(a), swap(f))
 
 
-def demo_offsets(base_action: jax.Array, action: jax.Array, refill: jax.Array, bound: float
+def demo_offsets(base_action: jax.Array, action: jax.Array, refill: jax.Array, offsets
                  ) -> tuple[jax.Array, jax.Array]:
-    """Persistent offsets along demo episodes, as the online loop keeps them.
+    """Persistent offsets along demo episodes, as the online loop keeps them
+    (``base_features.Offsets``).
 
     base_action [N, T+1, A] and action [N, T, A] normalized, refill [N, T+1] bool. Returns
     (effective base actions clip(a_b + o) [N, T+1, A], the offset o seen at each frame
     [N, T+1, A]): o is reset where the base starts a chunk and is otherwise what the previous
-    demo action added to the base's action, bounded to +-bound."""
+    demo action added to the base's action ("accumulate"), or what the demo action added at
+    the chunk's first frame ("hold"), bounded to +-bound."""
     from resfit_jax.base_features import offset_update
 
     def body(carry, xs):
         a_b, a, re = xs
         o = jnp.where(re[:, None], 0.0, carry)
-        return offset_update(bound, a_b, a), (jnp.clip(a_b + o, -1.0, 1.0), o)
+        kept = offset_update(offsets.bound, a_b, a)
+        if offsets.hold:
+            kept = jnp.where(re[:, None], kept, o)
+        return kept, (jnp.clip(a_b + o, -1.0, 1.0), o)
 
     padded_act = jnp.concatenate([action, jnp.zeros_like(action[:, :1])], axis=1)
     xs = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (base_action, padded_act, refill))
@@ -203,44 +208,45 @@ def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: 
 
 
 def learner_frames(padded: dict[str, jax.Array], base: BasePolicy, normalizer: Normalizer,
-                   features=None, offset_bound: float = 0.0):
+                   features=None, offsets=None):
     """Jittable: (observations, base actions, normalized?) of demo frames as the learner sees
-    them online: observations [N, T+1, D (+F) (+A)] gain the base's chunk features and the
-    persistent offset (``offset_bound`` > 0), appended to the state vector; base actions are
-    then the effective ones."""
+    them online: observations [N, T+1, D (+F) (+A) (+1)] gain the base's chunk features and
+    the persistent offset (``offsets``; with hold, also the "residual acts" flag), appended
+    to the state vector; base actions are then the effective ones."""
     obs = padded["observation"]
-    if offset_bound <= 0:
+    if offsets is None:
         if features is None:
             return obs, base_actions(padded, base), False
         a_b, f = base_actions(padded, base, features, normalizer)
         return append_state(obs, f), a_b, False
     a_b, f, refill = base_actions(padded, base, features, normalizer, with_refills=True)
     eff, off = demo_offsets(normalizer.normalize_action(a_b),
-                            normalizer.normalize_action(padded["action"]), refill, offset_bound)
-    return append_state(obs, *([] if f is None else [f]), off), eff, True
+                            normalizer.normalize_action(padded["action"]), refill, offsets)
+    flag = [refill[..., None].astype(jnp.float32)] if offsets.hold else []
+    return append_state(obs, *([] if f is None else [f]), off, *flag), eff, True
 
 
 def relabel_demos(padded: dict[str, jax.Array], base: BasePolicy, normalizer: Normalizer,
                   writer: NStepWriter, buffer: ReplayBuffer, features=None,
-                  offset_bound: float = 0.0) -> ReplayState:
+                  offsets=None) -> ReplayState:
     """Jittable: padded episodes (see ``pad_episodes``) -> a filled offline ReplayState. With
-    ``features`` / ``offset_bound`` the stored frames are those of ``learner_frames``."""
+    ``features`` / ``offsets`` the stored frames are those of ``learner_frames``."""
     act = padded["action"]
-    obs, a_b, normalized = learner_frames(padded, base, normalizer, features, offset_bound)
+    obs, a_b, normalized = learner_frames(padded, base, normalizer, features, offsets)
     padded = dict(padded, observation=obs)
     state = buffer.init(transition_spec(_frame_spec(obs), act.shape[-1]))
     return add_episodes(state, padded, a_b, normalizer, writer, buffer, normalized)
 
 
 def offline_buffer(episodes: Sequence[Episode], base: BasePolicy, normalizer: Normalizer,
-                   writer: NStepWriter, features=None, offset_bound: float = 0.0
+                   writer: NStepWriter, features=None, offsets=None
                    ) -> tuple[ReplayBuffer, ReplayState]:
     """Host entry point: demo episodes -> (ReplayBuffer sized to fit, filled ReplayState)."""
     padded = pad_episodes(episodes)
     capacity = int(padded["length"].sum())
     buffer = ReplayBuffer(capacity)
     state = jax.jit(lambda p, nz: relabel_demos(p, base, nz, writer, buffer, features,
-                                                offset_bound))(
+                                                offsets))(
         jax.tree.map(jnp.asarray, padded), normalizer)
     if int(state.size) != capacity:
         raise AssertionError(f"offline buffer: stored {int(state.size)} transitions for "

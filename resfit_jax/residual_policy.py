@@ -20,7 +20,6 @@ import jax.numpy as jnp
 
 from resfit_jax.base_policy import BasePolicy
 from resfit_jax.normalization import Normalizer
-from resfit_jax.observations import append_state
 
 PyTree = Any
 _EVAL_KEY = jnp.zeros((2,), jnp.uint32)   # the mean residual needs no randomness
@@ -33,8 +32,8 @@ class ResidualPolicy:
     learner: Any = None
     learner_state: PyTree = None
     features: Any = None           # base_features.BaseFeatures appended for the learner
-    offset_bound: float = 0.0      # > 0: the persistent-offset mode of sim.loop (state carries
-                                   # the offset [E, A] next to the base's state)
+    offsets: Any = None            # base_features.Offsets: lasting corrections as in sim.loop
+                                   # (state carries the offset [E, A] next to the base's state)
 
     @property
     def action_dim(self) -> int:
@@ -42,7 +41,7 @@ class ResidualPolicy:
 
     @property
     def _offsets(self) -> bool:
-        return self.offset_bound > 0 and self.learner is not None
+        return self.offsets is not None and self.learner is not None
 
     def init_state(self, num_envs: int) -> PyTree:
         if self._offsets:
@@ -57,11 +56,9 @@ class ResidualPolicy:
     def learner_obs(self, obs: PyTree, state: PyTree, offset: jax.Array | None = None) -> PyTree:
         """What the learner sees at obs, given the base state after its step there."""
         x = obs if self.features is None else self.features.augment(obs, state, self.normalizer)
-        return x if offset is None else append_state(x, offset)
+        return x if offset is None else self.offsets.observe(x, offset, state)
 
     def step(self, state: PyTree, obs: PyTree) -> tuple[jax.Array, PyTree]:
-        from resfit_jax.base_features import offset_update, refilled
-
         offset = None
         if self._offsets:
             state, offset = state
@@ -71,11 +68,11 @@ class ResidualPolicy:
             return self.normalizer.unnormalize_action(a_b), state
         base_action = a_b
         if offset is not None:
-            offset = jnp.where(refilled(state)[:, None], 0.0, offset)
-            base_action = jnp.clip(a_b + offset, -1.0, 1.0)
+            offset = self.offsets.reset(offset, state)
+            base_action = self.offsets.effective(a_b, offset)
         _, aux = self.learner.act(self.learner_state, self.learner_obs(obs, state, offset),
                                   base_action, _EVAL_KEY, deterministic=True)
         action = aux["action"]
         if offset is not None:
-            state = (state, offset_update(self.offset_bound, a_b, action))
+            state = (state, self.offsets.after_step(offset, a_b, action, state))
         return self.normalizer.unnormalize_action(action), state

@@ -404,3 +404,73 @@ def test_persistent_offset_resets_at_each_refill_and_stays_within_its_bound(demo
     assert summary["complete"] and summary["final"]["pooled"]["episodes"] == CFG.eval_episodes
     with pytest.raises(ValueError, match="offset_bound must be in"):
         CFG.replace(offset_bound=-0.1)
+
+
+def test_held_residual_acts_at_chunk_starts_only_and_holds_its_correction(demos, tmp_path):
+    """residual_hold: the learner's observation ends with the held offset [A] and the 0/1
+    "residual acts" flag, which is 1 exactly where the chunk-3 base starts a chunk; there the
+    offset is 0, and within a chunk it stays what the first step chose (demo buffer and
+    online replay); online, the executed action equals the effective base wherever the flag
+    is 0; the learner's residual and TD target ignore the actor there."""
+    import dataclasses
+
+    k = 3
+    base = ChunkedBase(lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1),
+                       2, k)
+    cfg = CFG.replace(time_feature=True, residual_hold=True, total_env_steps=64,
+                      replay=dataclasses.replace(REPLAY, bootstrap_truncation=False))
+    tr = make_trainer(TASK, base, demos, cfg, seeds=[0])
+    assert tr.loop.learner.obs_dim == 4 + 1 + 2 + 1 and tr.loop.learner.config.residual_mask
+
+    def check(obs, online=None):      # columns: task obs [4], t / horizon, offset [2], flag
+        t = np.round(obs[:, 4] * TASK.horizon).astype(int)
+        off, flag = obs[:, 5:7], obs[:, 7]
+        np.testing.assert_array_equal(flag, (t % k == 0).astype(np.float32))
+        np.testing.assert_array_equal(off[t % k == 0], 0.0)
+        assert np.abs(off[t % k != 0]).max() > 1e-3
+        if online is not None:                  # the residual acted at chunk starts only
+            action, base_action = online
+            np.testing.assert_allclose(action[flag == 0], base_action[flag == 0], atol=1e-6)
+            assert np.abs(action - base_action)[flag == 1].max() > 1e-3
+        return t, off
+
+    def held(obs):                 # within one chunk of one episode (its goal), one offset
+        t, off = check(obs)
+        groups = {}
+        for i, key in enumerate(zip(map(tuple, np.round(obs[:, 2:4], 5)), t // k)):
+            if t[i] % k:
+                groups.setdefault(key, []).append(i)
+        assert max(map(len, groups.values())) == k - 1
+        for rows in groups.values():
+            np.testing.assert_allclose(off[rows], np.repeat(off[rows[:1]], len(rows), 0),
+                                       atol=1e-6)
+
+    held(np.asarray(tr.offline.data.obs[: int(tr.offline.size)]))
+    ls, _ = tr.warmup(tr.init())
+    size = int(ls.replay_state.size[0])
+    d = jax.tree.map(lambda x: np.asarray(x[0, :size]), ls.replay_state.data)
+    check(d.obs, (d.action, d.base_action))
+    held(d.obs)
+    check(d.next_obs)
+    # the learner: no residual where the flag is 0, and the target ignores the actor there
+    from resfit_jax.residual_td3 import make_learner         # the same, outside shard_map
+    lrn = make_learner(tr.loop.learner.config, tr.loop.learner.obs_spec, 2)
+    lstate = jax.tree.map(lambda x: x[0], ls.learner_state)
+    lstate = lstate.replace(actor_params=jax.tree.map(lambda p: p + 0.3, lstate.actor_params),
+                            target_actor_params=jax.tree.map(lambda p: p + 0.3,
+                                                             lstate.target_actor_params))
+    r, _ = lrn.act(lstate, d.obs, d.base_action, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.asarray(r)[d.obs[:, 7] == 0], 0.0)
+    assert np.abs(np.asarray(r)[d.obs[:, 7] == 1]).max() > 1e-4
+    batch = jax.tree.map(jnp.asarray, d)
+    moved = lstate.replace(target_actor_params=jax.tree.map(lambda p: -p,     # r' flips sign
+                                                            lstate.target_actor_params))
+    y1 = np.asarray(lrn.td_target(lstate, batch, jax.random.PRNGKey(1), 0.0))
+    y2 = np.asarray(lrn.td_target(moved, batch, jax.random.PRNGKey(1), 0.0))
+    still = (d.next_obs[:, 7] == 0) | (d.nonterminal == 0)
+    np.testing.assert_allclose(y1[still], y2[still], atol=1e-6)
+    assert np.abs(y1 - y2)[~still].max() > 1e-5
+    summary = train_residual(tr, str(tmp_path), progress=False, task_name="PointReach")
+    assert summary["complete"] and summary["final"]["pooled"]["episodes"] == CFG.eval_episodes
+    with pytest.raises(ValueError, match="residual_hold"):
+        CFG.replace(learner=dataclasses.replace(LEARNER, residual_mask=True))

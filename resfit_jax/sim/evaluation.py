@@ -112,7 +112,7 @@ class Evaluators:
     call ``_build_evaluators``."""
 
     def _build_evaluators(self, base: BasePolicy, learner: Any, features: Any,
-                          bound: float = 0.0, reference: BasePolicy | None = None,
+                          offsets: Any = None, reference: BasePolicy | None = None,
                           policy_of: Callable[[Any], BasePolicy] | None = None) -> None:
         """``base``: what the learner acts with; ``reference``: the base the paired
         comparison runs alone (default ``base``; the BC base for a base-free learner);
@@ -121,7 +121,7 @@ class Evaluators:
         reference = base if reference is None else reference
         if policy_of is None:
             policy_of = lambda lstate: ResidualPolicy(base, lstate.normalizer, learner, lstate,
-                                                      features, bound)
+                                                      features, offsets)
 
         def evaluators(n):
             residual = jax.jit(v(lambda lstate, key: run_episodes(

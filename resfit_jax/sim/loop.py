@@ -13,11 +13,13 @@ UTD with E parallel envs: one vector step adds E env steps; each learner update 
 The run's normalization is ``learner_state.normalizer`` (part of the loop state, so it is
 in every checkpoint); the demo buffer state is an explicit argument of every chunk.
 
-Persistent offset (``offset_bound`` > 0, "lasting corrections"): with absolute targets the
-next action of an open-loop chunk erases a per-step correction. Here what the residual adds
-is kept as an offset o (bounded to +-offset_bound, reset when the base starts a new chunk or
-an episode) and the learner acts on the effective base clip(a_b + o), with o in its
-observation: a_t = clip(a_b,t + o_t-1 + r_t), o_t = clip(a_t - a_b,t).
+Lasting corrections (``offsets``, ``base_features.Offsets``): with absolute targets the next
+action of an open-loop chunk erases a per-step correction. Here what the residual adds is
+kept as an offset o (reset when the base starts a new chunk or an episode) and the learner
+acts on the effective base clip(a_b + o), with o in its observation. "accumulate":
+a_t = clip(a_b,t + o_t-1 + r_t), o_t = clip(a_t - a_b,t, +-bound); "hold": the residual acts
+on the first step of each chunk only (exploration and warm-up noise too) and its correction
+is held for the rest of the chunk.
 
 Frame-once replay (``replay.frame_once`` with camera observations; ``resfit_jax.frames``):
 every env step writes each env's true next frame, plus the first frame of a new episode,
@@ -35,12 +37,12 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from resfit_jax.base_features import BaseFeatures, augment, offset_update, refilled
+from resfit_jax.base_features import BaseFeatures, Offsets, augment
 from resfit_jax.base_policy import BasePolicy
 from resfit_jax.envs.core import Env, auto_reset_envs
 from resfit_jax.frames import FrameStore, camera_spec, id_spec, stale_count, with_ids
 from resfit_jax.learner import Learner
-from resfit_jax.observations import append_state, cameras_of, spec_with_state
+from resfit_jax.observations import cameras_of, spec_with_state
 from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
 from resfit_jax.sim.step import check_action_sizes, initial_base_action, residual_env_step
 from resfit_jax.updates import critic_warmup_updates, reduce_metrics, replay_updates
@@ -61,7 +63,7 @@ class LoopState:
     env_steps: jax.Array            # total env steps collected (all envs)
     train_env_steps: jax.Array      # of those, main-loop env steps
     explore_std: jax.Array          # [E] exploration std of each env's current episode
-    offset: jax.Array               # [E, A] persistent offset (zeros without offset_bound)
+    offset: jax.Array               # [E, A] persistent offset (zeros without offsets)
     frame_id: jax.Array | None = None   # [E] int32: the frame-once id of each env's current
                                         # frame (None without frame-once storage)
 
@@ -83,7 +85,7 @@ class SimLoop:
     features: BaseFeatures | None = None
     progressive_steps: int = 0      # residual on in each env step w.p. min(t / T, 1) (0: always)
     explore_std_range: tuple[float, float] | None = None   # per-episode std ~ U(lo, hi)
-    offset_bound: float = 0.0       # > 0: persistent offset mode (see the module docstring)
+    offsets: Offsets | None = None  # lasting corrections (see the module docstring)
 
     def __post_init__(self):
         check_action_sizes(self.task, self.base, self.learner)
@@ -114,11 +116,12 @@ class SimLoop:
     def learner_obs_spec(self):
         spec = self.task.observation_spec
         spec = spec if self.features is None else self.features.spec(spec)
-        return spec_with_state(spec, self.task.action_size if self.offset_bound > 0 else 0)
+        return spec_with_state(spec, 0 if self.offsets is None
+                               else self.offsets.size(self.task.action_size))
 
     def _learner_obs(self, obs, base_state, offset, normalizer) -> PyTree:
         x = augment(self.features, obs, base_state, normalizer)
-        return x if self.offset_bound <= 0 else append_state(x, offset)
+        return x if self.offsets is None else self.offsets.observe(x, offset, base_state)
 
     def learner_obs(self, ls: LoopState) -> PyTree:
         """The learner's observation [E, ...] of the current step."""
@@ -127,9 +130,15 @@ class SimLoop:
 
     def effective_base_action(self, ls: LoopState) -> jax.Array:
         """[E, A]: the base action the learner corrects (with the persistent offset)."""
-        if self.offset_bound <= 0:
+        if self.offsets is None:
             return ls.base_action
-        return jnp.clip(ls.base_action + ls.offset, -1.0, 1.0)
+        return self.offsets.effective(ls.base_action, ls.offset)
+
+    def held(self, ls: LoopState, r: jax.Array) -> jax.Array:
+        """r [E, A] zeroed where the residual does not act (hold: all but chunk starts)."""
+        if self.offsets is None or not self.offsets.hold:
+            return r
+        return r * self.offsets.acts(ls.base_state)
 
     def init(self, key: jax.Array, learner_state: PyTree) -> LoopState:
         k_env, k_loop = jax.random.split(key)
@@ -164,10 +173,10 @@ class SimLoop:
                                 self.effective_base_action(ls), residual)
         obs = self.learner_obs(ls)
         next_base_action, offset = out.next_base_action, ls.offset
-        if self.offset_bound > 0:
-            kept = offset_update(self.offset_bound, ls.base_action, out.action)
-            offset = jnp.where(refilled(out.next_base_state)[:, None], 0.0, kept)
-            next_base_action = jnp.clip(out.next_base_action + offset, -1.0, 1.0)
+        if self.offsets is not None:
+            kept = self.offsets.after_step(offset, ls.base_action, out.action, ls.base_state)
+            offset = self.offsets.reset(kept, out.next_base_state)
+            next_base_action = self.offsets.effective(out.next_base_action, offset)
         next_obs = self._learner_obs(out.next_obs, out.next_base_state, offset, nz)
         replay_state, frame_id = ls.replay_state, ls.frame_id
         if self.frame_once:             # each frame once: the true next one, then new episodes'
@@ -214,7 +223,7 @@ class SimLoop:
             key, k = jax.random.split(ls.key)
             r = jax.random.uniform(k, ls.base_action.shape, minval=-self.warmup_noise,
                                    maxval=self.warmup_noise)
-            return self._env_step(ls.replace(key=key), r)
+            return self._env_step(ls.replace(key=key), self.held(ls, r))
         ls, stats = jax.lax.scan(body, ls, None, length=num_steps)
         return ls, jax.tree.map(jnp.sum, stats) | self._frame_stats(ls)
 
@@ -239,7 +248,7 @@ class SimLoop:
             if self.progressive_steps > 0:          # Policy Decorator's progressive schedule
                 p = jnp.minimum(ls.train_env_steps / self.progressive_steps, 1.0)
                 r = r * (jax.random.uniform(k_on, (self.num_envs, 1)) < p)
-            ls, stats = self._env_step(ls.replace(key=key), r)
+            ls, stats = self._env_step(ls.replace(key=key), self.held(ls, r))
             if self.explore_std_range is not None:   # a new std for each new episode
                 ended = ls.env_state.info["steps"] == 0
                 ls = ls.replace(explore_std=jnp.where(ended, self._draw_std(k_std),

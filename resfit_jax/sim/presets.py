@@ -85,6 +85,11 @@ class TrainConfig:
     base_temporal_ensemble: float | None = None  # or predict every step and ensemble (ACT's m)
     offset_bound: float = 0.0          # > 0: persistent residual offsets ("lasting
                                        # corrections", sim.loop), bounded to +-offset_bound
+    residual_hold: bool = False        # the residual acts on the first step of each base chunk
+                                       # and its correction is held for the rest of the chunk
+                                       # (one decision per chunk, noise held, never summed;
+                                       # base_features.Offsets); learner obs gain the held
+                                       # offset and a 0/1 "acts here" flag
     base_phase: bool = False           # learner observations gain the base's position in its
                                        # open-loop chunk (base_features; Markov inputs)
     base_plan: int = 0                 # ... and its next m planned actions (normalized)
@@ -105,9 +110,13 @@ class TrainConfig:
             errors.append(f"method {self.method!r} with a {type(self.learner).__name__}: build "
                           "the config with preset(task, scale, method) (sim.presets.with_method)")
         if self.method != "resfit" and (self.base_phase or self.base_plan or self.offset_bound
+                                        or self.residual_hold
                                         or self.learner.gate_tau > float("-inf")):
-            errors.append("base_phase, base_plan, offset_bound and the value gate are ResFiT's "
-                          f"options, not {self.method!r}'s")
+            errors.append("base_phase, base_plan, offset_bound, residual_hold and the value "
+                          f"gate are ResFiT's options, not {self.method!r}'s")
+        if getattr(self.learner, "residual_mask", False) and not self.residual_hold:
+            errors.append("learner.residual_mask is set by residual_hold (the loop appends the "
+                          "flag it reads); set residual_hold=true instead")
         for name in ("num_envs", "updates_per_step", "steps_per_chunk", "critic_warmup_chunk",
                      "eval_every", "eval_episodes", "total_env_steps"):
             if getattr(self, name) < 1:
@@ -125,9 +134,10 @@ class TrainConfig:
                           "every step)")
         if not 0.0 <= self.offset_bound <= 2.0:
             errors.append(f"offset_bound must be in [0, 2] (got {self.offset_bound})")
-        if self.offset_bound > 0 and self.base_temporal_ensemble is not None:
-            errors.append("offset_bound resets at each new chunk; with base_temporal_ensemble "
-                          "that is every step, so use one or the other")
+        if (self.offset_bound > 0 or self.residual_hold) and \
+                self.base_temporal_ensemble is not None:
+            errors.append("offset_bound / residual_hold reset at each new chunk; with "
+                          "base_temporal_ensemble that is every step, so use one or the other")
         if self.progressive_steps < 0:
             errors.append(f"progressive_steps must be >= 0 (got {self.progressive_steps})")
         r = self.exploration_std_range

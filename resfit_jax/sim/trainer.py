@@ -38,7 +38,7 @@ import numpy as np
 from resfit_jax.agents.ibrl import make_ibrl
 from resfit_jax.agents.residual_td3 import make_learner
 from resfit_jax.agents.rlpd import NoBase
-from resfit_jax.base_features import BaseFeatures, chunked_base, rechunk
+from resfit_jax.base_features import BaseFeatures, Offsets, chunked_base, make_offsets, rechunk
 from resfit_jax.base_policy import BasePolicy, ObservationPrefix
 from resfit_jax.data.rlds import Episode, check_compatible
 from resfit_jax.demo_buffer import (fit_normalizer, offline_buffer, with_feature_stats,
@@ -86,7 +86,7 @@ class Trainer(Evaluators):
             ls, off, cfg.critic_warmup_chunk))
         self.train = chunk(lambda ls, off: loop.train(ls, off, cfg.steps_per_chunk),
                            sums=STAT_KEYS)
-        self._build_evaluators(loop.base, loop.learner, loop.features, loop.offset_bound,
+        self._build_evaluators(loop.base, loop.learner, loop.features, loop.offsets,
                                self.reference)
 
     @property
@@ -114,6 +114,7 @@ class Inputs:
     episodes: list
     normalizer: Normalizer
     features: BaseFeatures | None
+    offsets: Offsets | None = None
 
 
 def prepare_inputs(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: Any,
@@ -136,13 +137,13 @@ def prepare_inputs(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg
         task = TimeFeature(task)
     normalizer = fit_normalizer(episodes, action_scale, cfg.action_margin, cfg.obs_min_std)
     features = BaseFeatures.for_base(base, cfg.base_phase, cfg.base_plan)
-    bound = getattr(cfg, "offset_bound", 0.0)
-    if bound > 0:
+    offsets = make_offsets(getattr(cfg, "offset_bound", 0.0), getattr(cfg, "residual_hold", False))
+    if offsets is not None:
         chunked_base(base)                     # offsets reset at refills: a chunked base only
-    if features is not None or bound > 0:
+    if features is not None or offsets is not None:
         normalizer = with_feature_stats(normalizer, episodes, base, features, cfg.obs_min_std,
-                                        bound)
-    return Inputs(task, base, episodes, normalizer, features)
+                                        offsets)
+    return Inputs(task, base, episodes, normalizer, features, offsets)
 
 
 def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: TrainConfig,
@@ -153,25 +154,25 @@ def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: 
     ``action_margin`` only): their actor's output is the whole action, not a correction."""
     widen = cfg.learner.action_scale if cfg.method == "resfit" else 0.0
     inp = prepare_inputs(task, base, episodes, cfg, widen)
-    task, base, episodes, normalizer, features = (inp.task, inp.base, inp.episodes,
-                                                  inp.normalizer, inp.features)
+    task, base, episodes, normalizer, features, offsets = (
+        inp.task, inp.base, inp.episodes, inp.normalizer, inp.features, inp.offsets)
     reference = None
     if cfg.method == "rlpd":
         reference, base = base, NoBase.for_normalizer(normalizer)
     # one data shard's loop: its envs, replay and batches (``sharding``; one shard: all)
     envs, replay = cfg.num_envs // cfg.data_shards, cfg.local_replay
-    loop = SimLoop(task, base, None, replay, num_envs=envs, features=features,
-                   offset_bound=cfg.offset_bound)
+    loop = SimLoop(task, base, None, replay, num_envs=envs, features=features, offsets=offsets)
     build = make_ibrl if cfg.method == "ibrl" else make_learner
-    learner = build(cfg.learner, loop.learner_obs_spec, task.action_size, axis_name=GRAD_AXES)
+    learner_cfg = cfg.learner                  # hold: the learner masks its residual by the flag
+    if offsets is not None and offsets.hold:
+        learner_cfg = dataclasses.replace(learner_cfg, residual_mask=True)
+    learner = build(learner_cfg, loop.learner_obs_spec, task.action_size, axis_name=GRAD_AXES)
     offline_buf, offline = None, None
     if cfg.replay.offline_fraction > 0:
         offline_buf, offline = offline_buffer(episodes, base, normalizer,
-                                              cfg.replay.demo_writer(), features,
-                                              cfg.offset_bound)
+                                              cfg.replay.demo_writer(), features, offsets)
     loop = SimLoop(task, base, learner, replay, num_envs=envs, updates_per_step=cfg.updates_per_step, warmup_noise=cfg.warmup_noise,
-                   offline_buffer=offline_buf, features=features,
-                   offset_bound=cfg.offset_bound,
+                   offline_buffer=offline_buf, features=features, offsets=offsets,
                    progressive_steps=cfg.progressive_steps,
                    explore_std_range=(tuple(cfg.exploration_std_range)
                                       if cfg.exploration_std_range is not None else None))

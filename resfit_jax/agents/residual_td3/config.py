@@ -56,6 +56,10 @@ class ResidualTD3Config:
     gate_tau: float = float("-inf")
     gate_rule: str = "min"
     gate_k: float = 1.0
+    # the last entry of the observation's state vector (raw, 0 or 1) says where the residual
+    # acts; the residual is multiplied by it in acting and in the TD target, and the actor
+    # learns on the states where it is 1 (the sim loop's hold mode, ``residual_hold``)
+    residual_mask: bool = False
     # raise a clear error inside every update when a batch or a loss is not finite (a host
     # callback: a device-to-host sync per update). Loops check every chunk in any case.
     check_finite: bool = True

@@ -32,7 +32,7 @@ from flax import struct
 
 from resfit_jax.agents import checks
 from resfit_jax.agents.gradients import gradient_update, make_optimizer
-from resfit_jax.agents.residual_td3.losses import ResidualTD3Losses, make_losses
+from resfit_jax.agents.residual_td3.losses import ResidualTD3Losses, make_losses, residual_mask
 from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks, make_networks
 from resfit_jax.agents.residual_td3.config import (CRITIC_LOSSES, GATE_RULES, PRESETS,  # noqa: F401
                                                   ResidualTD3Config)
@@ -170,6 +170,9 @@ class ResidualTD3:
                                  flat(base_action), flat(r), heads).reshape(batch_shape)
             r = g[..., None] * r
             aux["gate"] = g
+        if self.config.residual_mask:       # hold mode: the residual acts where the flag is 1
+            m = residual_mask(obs)
+            r, aux["residual_mean"] = r * m, mean * m
         finite = jnp.stack([jnp.all(jnp.isfinite(x.reshape(batch_shape + (-1,))), axis=-1)
                             for x in jax.tree.leaves(obs)]).all(axis=0)
         r = jnp.where(finite[..., None], r, 0.0)

@@ -29,6 +29,10 @@ over a random subset of ``num_min_critics`` heads ("min") or mean - gate_k * std
 heads ("lcb"). The same rule (with the target critic and the target's head subset) picks the
 next action in the TD target. With gate_tau = -inf nothing is gated and no code of the gate
 runs.
+
+Residual mask (``residual_mask``): the last raw entry m of the state vector (0 or 1) gates
+the residual: r~' is multiplied by m(s') in the target, and the actor loss averages over
+the samples with m(s) = 1 only.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ import jax.numpy as jnp
 from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks
 from resfit_jax.encoders import ObservationEncoder
 from resfit_jax.normalization import Normalizer
+from resfit_jax.observations import state_of
 from resfit_jax.replay import Transition
 from resfit_jax.sharding import local_draw
 
@@ -48,6 +53,11 @@ if TYPE_CHECKING:
     from resfit_jax.agents.residual_td3.learner import ResidualTD3Config
 
 PyTree = Any
+
+
+def residual_mask(obs: PyTree) -> jax.Array:
+    """[*B, 1]: the last raw entry of the state vector (where the residual acts)."""
+    return state_of(obs)[..., -1:].astype(jnp.float32)
 
 
 def flatten_obs(obs: PyTree) -> jax.Array:
@@ -117,6 +127,8 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config",
         if gated:
             next_r = gate(target_critic_params, next_feats, batch.next_base_action, next_r,
                           heads)[:, None] * next_r
+        if config.residual_mask:
+            next_r = next_r * residual_mask(batch.next_obs)
         next_action = jnp.clip(batch.next_base_action + next_r, -1.0, 1.0)
         subset = jax.tree.map(lambda p: p[heads], target_critic_params)
         next_q = critic.apply(subset, next_feats, next_action).min(axis=0)
@@ -141,10 +153,15 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config",
         """-mean Q over heads and samples (``weights`` [B]: a weighted mean over samples)."""
         feats = jax.lax.stop_gradient(features(normalizer, batch.obs, encoder_params))
         r = actor.apply(actor_params, feats, batch.base_action)
+        if config.residual_mask:            # learn only where the residual acts
+            m = residual_mask(batch.obs)
+            r = r * m
+            weights = m[:, 0] if weights is None else weights * m[:, 0]
         action = jnp.clip(batch.base_action + r, -1.0, 1.0)
         q = critic.apply(jax.lax.stop_gradient(critic_params), feats, action)
         penalty = jnp.mean(jnp.square(r / config.action_scale))
-        q_pi = q.mean() if weights is None else (q.mean(axis=0) * weights).sum() / weights.sum()
+        q_pi = q.mean() if weights is None else ((q.mean(axis=0) * weights).sum()
+                                                 / jnp.maximum(weights.sum(), 1e-6))
         return -q_pi + config.residual_penalty * penalty, {"residual": r, "q": q_pi}
 
     return ResidualTD3Losses(features, td_target, critic_loss, actor_loss, gate)
