@@ -42,11 +42,39 @@ def default_cameras(mj_model: mujoco.MjModel) -> tuple[str, ...]:
     return tuple(n for n in names if n == "workspace" or n.endswith("wrist"))
 
 
+NO_CUDA = "Could not find or load the NVIDIA CUDA driver"
+
+
+def _init_warp(warp) -> None:
+    """``warp.init()`` with its native stderr captured: on a machine without CUDA, Warp's
+    line saying so (every process, before any frame) is dropped; anything else it prints is
+    passed on."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            warp.init()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode(errors="replace")
+    rest = [ln for ln in text.splitlines() if NO_CUDA not in ln]
+    if rest:
+        print("\n".join(rest), file=sys.stderr)
+
+
 def _mjx():
     try:
         import warp
         warp.config.quiet = True                # no start-up banner, no per-module load
         warp.config.log_level = warp.LOG_WARNING   # timings in the scripts' output
+        _init_warp(warp)
         import mujoco.mjx.warp as mjxw
     except ImportError:                                       # pragma: no cover
         mjxw = None
