@@ -54,6 +54,10 @@ def test_select_best_keeps_each_seeds_best_periodic_state(demos, full_run, tmp_p
             assert final["per_seed"][i] == full["final"]["per_seed"][i]
         if final["selected_env_steps"][i] == 0:     # the zero residual: the base itself
             assert final["per_seed"][i]["fixed"] == final["per_seed"][i]["broken"] == 0
+    from resfit_jax.sim.report import results_table    # the table says what was scored
+    table = results_table(summary)
+    assert "select=best" in table and f"{final['selected_env_steps'][0]:,}" in table
+    assert f"The last states scored {final['last']['pooled']['success_rate']:.1%}" in table
 
 
 def test_select_must_be_a_known_rule():

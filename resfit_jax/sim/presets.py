@@ -240,17 +240,21 @@ def _paper(total_env_steps: int, capacity: int = 200_000, action_scale: float = 
 def _arm_cpu(total_env_steps: int, action_margin: float = 0.0) -> TrainConfig:
     """CPU scale of the MJX arm tasks: 2x256 networks, actor lr 3e-6, residual bound 0.05,
     exploration 0.01, n = 10, truncation terminal, 16 envs with 1 update of UTD 4 per
-    vector step, 2k warm-up env steps with noise 0.05, 5k critic warm-up steps."""
+    vector step, 10k warm-up env steps with noise 0.05, 5k critic warm-up steps; the base's
+    chunk phase and next planned action in the learner's observation (Markov inputs), and
+    each seed keeps its best periodic state, the base at step 0 included (``select="best"``:
+    on PickPlace, PegInsertion and BimanualHandover the residual drifts below the base at
+    this budget, docs/residual_study.md, and the run then ends on the base)."""
     return TrainConfig(
         learner=ResidualTD3Config(actor_hidden_dims=(256, 256), critic_hidden_dims=(256, 256),
                                   num_critics=10, action_scale=0.05, actor_lr=3e-6,
                                   critic_lr=1e-4, exploration_std=0.01, check_finite=False),
         replay=ReplayConfig(n_step=10, gamma=0.99, bootstrap_truncation=False, utd=4,
                             batch_size=256, offline_fraction=0.5, capacity=120_000),
-        num_envs=16, updates_per_step=1, warmup_env_steps=2_048, warmup_noise=0.05,
+        num_envs=16, updates_per_step=1, warmup_env_steps=10_240, warmup_noise=0.05,
         critic_warmup_updates=5_000, total_env_steps=total_env_steps, steps_per_chunk=64,
         critic_warmup_chunk=500, eval_every=10_240, eval_episodes=100,
-        action_margin=action_margin)
+        action_margin=action_margin, base_phase=True, base_plan=1, select="best")
 
 
 def point_reach(scale: str = "cpu") -> TrainConfig:
@@ -340,6 +344,7 @@ def with_method(cfg: TrainConfig, method: str) -> TrainConfig:
         raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
     if method == "resfit":
         return cfg
+    cfg = dataclasses.replace(cfg, base_phase=False, base_plan=0)   # ResFiT's inputs only
     lr = cfg.learner
     shared = dict(actor_hidden_dims=lr.actor_hidden_dims, critic_hidden_dims=lr.critic_hidden_dims,
                   layer_norm=lr.layer_norm, critic_lr=lr.critic_lr, weight_decay=lr.weight_decay,

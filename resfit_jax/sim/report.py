@@ -101,6 +101,13 @@ def final_table(summary: dict) -> str:
                      f"{r['churn']:>7.1%}{r['p_value']:>9.2g}"
                      f"{f'[{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}]':>18}"
                      f"{_fmt_len(bsteps):>10}{_fmt_len(r['mean_success_length']):>7}")
+    kept, last = final.get("selected_env_steps"), (final.get("last") or {}).get("pooled")
+    if kept is not None:
+        lines.append(f"select=best: each seed's best periodic state was scored (kept at env "
+                     f"steps {', '.join(f'{k:,}' for k in kept)}; 0 = the base itself).")
+        if last:
+            lines.append(f"The last states scored {last['success_rate']:.1%} ({last['fixed']} "
+                         f"fixed / {last['broken']} broken, p {last['p_value']:.2g}).")
     return "\n".join(lines)
 
 
