@@ -248,11 +248,13 @@ def test_presets_and_overrides():
     cpu, paper = preset("PickPlace", "cpu"), preset("BimanualHandover", "paper")
     assert cpu.learner.critic_hidden_dims == (256, 256) and cpu.num_envs == 16
     assert cpu.critic_steps_per_env_step == pytest.approx(0.25)
-    # issue 14's arm preset: Markov inputs, a 10k warm-up, each seed's best periodic state
-    assert (cpu.base_phase, cpu.base_plan, cpu.select) == (True, 1, "best")
+    # issue 14's arm preset: Markov inputs, the held residual, a 10k warm-up, each seed's
+    # best periodic state
+    assert (cpu.base_phase, cpu.base_plan, cpu.residual_hold, cpu.select) == (True, 1, True,
+                                                                              "best")
     assert cpu.warmup_env_steps >= 10_000
-    rlpd = preset("PickPlace", "cpu", "rlpd")          # the baselines get no ResFiT inputs
-    assert (rlpd.base_phase, rlpd.base_plan) == (False, 0)
+    rlpd = preset("PickPlace", "cpu", "rlpd")          # the baselines get no ResFiT options
+    assert (rlpd.base_phase, rlpd.base_plan, rlpd.residual_hold) == (False, 0, False)
     assert paper.learner.critic_hidden_dims == (1024, 1024) and paper.num_envs == 1
     assert paper.learner.action_scale == 0.2 and paper.learner.actor_lr == 5e-6
     assert paper.critic_steps_per_env_step == 4 and paper.total_env_steps == 500_000
