@@ -17,6 +17,8 @@ The analysis (also after every invocation, on whatever has been trained so far):
   log-scale x, as a PNG;
 - the threshold: the base's periodic success + ``--fraction`` (0.75) of ResFiT's gain on the
   held-out starts (final minus base, pooled over seeds), or ``--threshold`` (absolute);
+- a warning when the threshold lies inside the base's own 95% interval on the periodic
+  starts (pooled over seeds): a curve can then cross it by evaluation noise alone;
 - the env steps each method's seed-mean periodic success first reaches it, with a bootstrap
   interval over seeds, and the ratio PPO / ResFiT. When PPO has not reached it within the
   steps it has run, its figure and the ratio are lower bounds and are reported as such.
@@ -124,6 +126,17 @@ def threshold_of(base: float, final: dict | None, fraction: float,
         f"({final['base_success_rate']:.1%} -> {final['success_rate']:.1%})")
 
 
+def noise_ceiling(base: np.ndarray, episodes: np.ndarray) -> float:
+    """The upper end of the 95% Wilson interval of the base's periodic success, pooled over
+    seeds (``base`` [S] rates, ``episodes`` [S] per evaluation). A threshold at or below it
+    can be crossed by evaluation noise alone, so steps to it do not measure learning."""
+    from resfit_jax.stats import wilson_interval
+    n = int(np.sum(episodes))
+    if n < 1:
+        return float("nan")
+    return float(wilson_interval(int(round(float(np.dot(base, episodes)))), n)[1])
+
+
 def plot(resfit: dict, ppo: dict, threshold: float | None, path: str, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -227,6 +240,9 @@ def main(argv):
               "machine": machine_info()}
     if threshold is not None:
         result |= compare(curves["resfit"], curves["ppo"], threshold, FLAGS.bootstrap)
+        ceiling = noise_ceiling(curves["resfit"]["base"], curves["resfit"]["episodes"])
+        result["base_noise_ceiling"] = ceiling
+        result["threshold_above_noise"] = bool(threshold > ceiling)
     png = FLAGS.plot or os.path.join(RESULTS, f"sample_efficiency_{task}.png")
     plot(curves["resfit"], curves["ppo"], threshold, png,
          f"{task}: ResFiT vs residual PPO, {len(result['seeds'])} seeds")
@@ -256,6 +272,11 @@ def report(r: dict) -> str:
         lines.append(f"{label:<14}{_fmt(m['steps']):>24}{ci:>28}{m['max_steps']:>14,.0f}")
     ratio = "-" if r["ratio"] is None else f"{r['ratio']:,.1f}x"
     lines.append(f"ratio PPO / ResFiT: {ratio} ({r['ratio_kind']})")
+    if not r.get("threshold_above_noise", True):
+        lines.append(f"warning: the threshold {r['threshold']:.1%} is inside the base's 95% "
+                     f"interval on the periodic starts (up to {r['base_noise_ceiling']:.1%}): "
+                     "a curve can cross it by evaluation noise alone, so these steps do not "
+                     "measure learning. Pass --threshold above that for a meaningful ratio.")
     return "\n".join(lines)
 
 

@@ -19,8 +19,8 @@ from resfit_jax.logger import read_metrics
 
 def eval_curves(run_dir: str) -> dict:
     """{"env_steps" [T] (main loop), "total_env_steps" [T] (with warm-up collection),
-    "success" [S, T], "length" [S, T] (NaN: no success), "base" [S], "seeds" [S]} from a
-    run's eval rows (only steps that every seed reached)."""
+    "success" [S, T], "length" [S, T] (NaN: no success), "base" [S], "episodes" [S] (per
+    evaluation), "seeds" [S]} from a run's eval rows (only steps that every seed reached)."""
     rows = [r for r in read_metrics(run_dir) if r.get("kind") == "eval"]
     if not rows:
         raise ValueError(f"{run_dir}: metrics.jsonl has no evaluation rows yet.")
@@ -34,9 +34,10 @@ def eval_curves(run_dir: str) -> dict:
     length = np.array([[np.nan if get(s, t, "mean_success_length") is None
                         else get(s, t, "mean_success_length") for t in steps] for s in seeds])
     base = np.array([by_seed[s][steps[0]].get("base_success_rate", np.nan) for s in seeds])
+    episodes = np.array([by_seed[s][steps[0]].get("episodes", 0) for s in seeds], int)
     total = np.array([by_seed[seeds[0]][t].get("total_env_steps", t) for t in steps])
-    return {"env_steps": np.array(steps), "total_env_steps": total, "success": success, "length": length, "base": base,
-            "seeds": seeds}
+    return {"env_steps": np.array(steps), "total_env_steps": total, "success": success,
+            "length": length, "base": base, "episodes": episodes, "seeds": seeds}
 
 
 def plot_runs(run_dirs: Sequence[str], out: str, labels: Sequence[str] | None = None,

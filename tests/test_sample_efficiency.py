@@ -3,7 +3,8 @@ and the ratio, measured or a lower bound when PPO has not reached the threshold.
 import numpy as np
 import pytest
 
-from benchmarks.sample_efficiency import compare, first_reach, steps_to_threshold, threshold_of
+from benchmarks.sample_efficiency import (compare, first_reach, noise_ceiling, report,
+                                          steps_to_threshold, threshold_of)
 
 
 def _curve(steps, success):
@@ -41,3 +42,19 @@ def test_the_threshold_is_the_base_plus_a_fraction_of_the_held_out_gain():
     t, how = threshold_of(0.5, {"success_rate": 0.8, "base_success_rate": 0.85}, 0.75, None)
     assert t is None and "does not exceed" in how
     assert threshold_of(0.5, None, 0.75, 0.9)[0] == 0.9
+
+
+def test_a_threshold_inside_the_bases_noise_is_flagged():
+    # 3 seeds x 100 episodes at 85%: the pooled Wilson interval reaches about 88.9%
+    ceiling = noise_ceiling(np.array([0.9, 0.8, 0.85]), np.array([100, 100, 100]))
+    assert 0.885 < ceiling < 0.892
+    # more episodes narrow it
+    assert noise_ceiling(np.array([0.85] * 3), np.array([1000] * 3)) < ceiling
+    resfit = _curve([0, 1_000, 2_000], [[0.85, 0.9, 0.9]] * 3)
+    ppo = _curve([0, 100_000, 200_000], [[0.85, 0.88, 0.9]] * 3)
+    r = {"task": "T", "seeds": [0, 1, 2], "threshold_rule": "absolute 0.870"}
+    r |= compare(resfit, ppo, 0.87, 100)
+    r |= {"base_noise_ceiling": ceiling, "threshold_above_noise": 0.87 > ceiling}
+    assert "evaluation noise" in report(r)
+    r |= {"threshold_above_noise": True}
+    assert "evaluation noise" not in report(r)
