@@ -35,6 +35,10 @@ def test_report_and_the_paper_shaped_table():
     assert table[0] == "| task | BC | ResFiT | IBRL | seeds |"
     assert table[2].startswith("| PickPlace | 86.0% / 60.0 | 88.0% / 50.0 (23k) | - |")
     assert table[3].startswith("| PointReach | 50.0% / 60.0 | 95.0% / 50.0 (23k) | 90.0%")
+    # the BC column is ResFiT's pairing, whichever row came first
+    data_rev = {"rows": [_row("PickPlace", "IBRL", 0.0, base=0.867),
+                         _row("PickPlace", "ResFiT", 0.88, base=0.86)]}
+    assert compare_table(data_rev).splitlines()[2].startswith("| PickPlace | 86.0% / 60.0 |")
     readme = ("x\n<!-- headline:start -->\nold\n<!-- headline:end -->\n"
               f"{CMP_START}\nold\n{CMP_END}\ny\n")
     new = render_readme(readme, data)
