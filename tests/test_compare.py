@@ -43,3 +43,17 @@ def test_report_and_the_paper_shaped_table():
               f"{CMP_START}\nold\n{CMP_END}\ny\n")
     new = render_readme(readme, data)
     assert "| PickPlace | 86.0% / 60.0 | 88.0%" in new and "old" not in new and new.endswith("y\n")
+
+
+def test_the_held_out_table_says_what_step_0_is_for_each_method():
+    from resfit_jax.sim.report import final_table
+    r = {"episodes": 100, "base_success_rate": 0.86, "success_rate": 0.0, "fixed": 0,
+         "broken": 86, "churn": 0.86, "p_value": 1e-26, "diff_ci_low": -0.9,
+         "diff_ci_high": -0.8, "base_mean_success_length": 80.0, "mean_success_length": None}
+    b = {"success_rate": 0.86, "mean_success_length": 80.0}
+    final = {"per_seed": [r], "base_per_seed": [b], "pooled": r, "selected_env_steps": [0],
+             "last": {"pooled": r}}
+    text = lambda method: final_table({"method": method, "seeds": [0], "final": final})
+    assert "0 = the base itself" in text("ResFiT")
+    assert "0 = the untrained policy, not the base" in text("IBRL")
+    assert "0 = the untrained policy, not the base" in text("RLPD")

@@ -103,8 +103,11 @@ def final_table(summary: dict) -> str:
                      f"{_fmt_len(bsteps):>10}{_fmt_len(r['mean_success_length']):>7}")
     kept, last = final.get("selected_env_steps"), (final.get("last") or {}).get("pooled")
     if kept is not None:
+        start = ("the base itself" if summary.get("method", "resfit").lower() in
+                 ("resfit", "residualppo", "fbc", "filteredbc")
+                 else "the untrained policy, not the base")
         lines.append(f"select=best: each seed's best periodic state was scored (kept at env "
-                     f"steps {', '.join(f'{k:,}' for k in kept)}; 0 = the base itself).")
+                     f"steps {', '.join(f'{k:,}' for k in kept)}; 0 = {start}).")
         if last:
             lines.append(f"The last states scored {last['success_rate']:.1%} ({last['fixed']} "
                          f"fixed / {last['broken']} broken, p {last['p_value']:.2g}).")
