@@ -82,6 +82,10 @@ def _fmt_len(x):
     return "-" if x is None else f"{x:.1f}"
 
 
+# methods whose state at step 0 is not the base (their actor replaces its actions)
+NO_BASE_START = ("IBRL", "RLPD")
+
+
 def final_table(summary: dict) -> str:
     """The held-out final evaluation: per seed and pooled, with fixed / broken and p."""
     final = summary.get("final")
@@ -103,9 +107,8 @@ def final_table(summary: dict) -> str:
                      f"{_fmt_len(bsteps):>10}{_fmt_len(r['mean_success_length']):>7}")
     kept, last = final.get("selected_env_steps"), (final.get("last") or {}).get("pooled")
     if kept is not None:
-        start = ("the base itself" if summary.get("method", "resfit").lower() in
-                 ("resfit", "residualppo", "fbc", "filteredbc")
-                 else "the untrained policy, not the base")
+        start = ("the untrained policy, not the base" if summary.get("method") in NO_BASE_START
+                 else "the base itself")
         lines.append(f"select=best: each seed's best periodic state was scored (kept at env "
                      f"steps {', '.join(f'{k:,}' for k in kept)}; 0 = {start}).")
         if last:
