@@ -68,6 +68,14 @@ def first_reach(steps: np.ndarray, success: np.ndarray, threshold: float) -> flo
     return float(steps[hit[0]]) if hit.size else None
 
 
+def last_below(steps: np.ndarray, success: np.ndarray, threshold: float) -> float | None:
+    """The evaluation just before the first one that reaches the threshold: the curve crossed
+    somewhere in (last_below, first_reach], the resolution of the evaluation grid (None when
+    the first evaluation already reaches it, or it is never reached)."""
+    hit = np.nonzero(np.asarray(success) >= threshold - 1e-12)[0]
+    return float(steps[hit[0] - 1]) if hit.size and hit[0] > 0 else None
+
+
 def steps_to_threshold(steps: np.ndarray, success: np.ndarray, threshold: float,
                        num_bootstrap: int, seed: int = 0) -> dict:
     """Env steps at which the seed-mean success [S, T] first reaches the threshold, and a 95%
@@ -85,6 +93,7 @@ def steps_to_threshold(steps: np.ndarray, success: np.ndarray, threshold: float,
               else (beyond, beyond))
     bound = lambda v: None if v >= beyond else float(v)
     return {"steps": mean, "reached": mean is not None, "ci95": [bound(lo), bound(hi)],
+            "after": last_below(steps, success.mean(axis=0), threshold),
             "max_steps": float(steps[-1]), "per_seed": [first_reach(steps, row, threshold)
                                                         for row in success]}
 
@@ -101,11 +110,22 @@ def compare(resfit: dict, ppo: dict, threshold: float, num_bootstrap: int) -> di
         out["ratio"], out["ratio_kind"] = None, "ResFiT did not reach the threshold"
     elif p["reached"]:
         out["ratio"], out["ratio_kind"] = p["steps"] / r["steps"], "measured"
+        out["ratio_range"] = ratio_range(r, p)
     else:
         out["ratio"], out["ratio_kind"] = p["max_steps"] / r["steps"], (
             "lower bound: PPO had not reached the threshold after its "
             f"{p['max_steps']:,.0f} env steps")
     return out
+
+
+def ratio_range(resfit: dict, ppo: dict) -> list[float | None]:
+    """[low, high] of PPO / ResFiT that the evaluation grids allow: each curve crossed in
+    (after, steps], so the ratio lies in [ppo.after / resfit.steps, ppo.steps / resfit.after]
+    (low 0 when PPO's first evaluation reached it; high None, unbounded, when ResFiT's
+    crossing may lie anywhere before its first evaluation)."""
+    low = (ppo["after"] or 0.0) / resfit["steps"]
+    high = ppo["steps"] / resfit["after"] if resfit["after"] else None
+    return [float(low), None if high is None else float(high)]
 
 
 def threshold_of(base: float, final: dict | None, fraction: float,
@@ -272,6 +292,13 @@ def report(r: dict) -> str:
         lines.append(f"{label:<14}{_fmt(m['steps']):>24}{ci:>28}{m['max_steps']:>14,.0f}")
     ratio = "-" if r["ratio"] is None else f"{r['ratio']:,.1f}x"
     lines.append(f"ratio PPO / ResFiT: {ratio} ({r['ratio_kind']})")
+    if r.get("ratio_range"):
+        lo, hi = r["ratio_range"]
+        hi = "unbounded" if hi is None else f"{hi:,.1f}x"
+        crossed = ", ".join(f"{label} in ({_fmt(r[n]['after'] or 0)}, {_fmt(r[n]['steps'])}]"
+                            for n, label in (("resfit", "ResFiT"), ("ppo", "PPO")))
+        lines.append(f"  the evaluation grids place the crossings at {crossed}: the ratio lies "
+                     f"in [{lo:,.1f}x, {hi}]")
     if not r.get("threshold_above_noise", True):
         lines.append(f"warning: the threshold {r['threshold']:.1%} is inside the base's 95% "
                      f"interval on the periodic starts (up to {r['base_noise_ceiling']:.1%}): "

@@ -30,10 +30,20 @@ def test_the_ratio_is_measured_or_a_lower_bound():
     ppo = _curve([0, 100_000, 200_000], [[0.5, 0.6, 0.96]] * 3)
     out = compare(resfit, ppo, 0.9, 100)
     assert out["ratio"] == pytest.approx(100.0) and out["ratio_kind"] == "measured"
+    # ResFiT crossed in (1k, 2k], PPO in (100k, 200k]: the grid allows 50x to 200x
+    assert out["resfit"]["after"] == 1_000 and out["ppo"]["after"] == 100_000
+    assert out["ratio_range"] == pytest.approx([50.0, 200.0])
+    r = {"task": "T", "seeds": [0, 1, 2], "threshold_rule": "absolute 0.900"} | out
+    assert "[50.0x, 200.0x]" in report(r)
     slow = _curve([0, 100_000, 200_000], [[0.5, 0.6, 0.7]] * 3)
     out = compare(resfit, slow, 0.9, 100)
     assert out["ratio"] == pytest.approx(100.0) and out["ratio_kind"].startswith("lower bound")
     assert out["ppo"]["steps"] is None and out["ppo"]["ci95"][1] is None
+    assert "ratio_range" not in out
+    # a curve already at the threshold at its first evaluation: no lower grid point
+    early = _curve([1_000, 2_000], [[0.95, 0.95]] * 3)
+    out = compare(early, ppo, 0.9, 100)
+    assert out["resfit"]["after"] is None and out["ratio_range"][1] is None
 
 
 def test_the_threshold_is_the_base_plus_a_fraction_of_the_held_out_gain():
