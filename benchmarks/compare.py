@@ -74,7 +74,8 @@ def wilson(successes: int, n: int) -> tuple[float, float]:
 def report(task: str, rows: dict[str, dict | None]) -> str:
     """The held-out table, one line per method (a dash for a run without a final evaluation)."""
     lines = [f"{task}: held-out final evaluation, pooled over seeds (BC base on the same starts)",
-             f"{'method':<14}{'success':>9}{'95% CI':>16}{'steps':>7}{'BC':>8}{'BC steps':>9}"
+             f"{'method':<14}{'success':>9}{'95% CI':>16}{'steps':>7}{'95% CI':>16}{'BC':>8}"
+             f"{'BC steps':>9}"
              f"{'fixed':>7}{'broken':>7}{'p':>9}{'env steps':>12}{'wall min':>9}"]
     for m, r in rows.items():
         if r is None:
@@ -83,8 +84,11 @@ def report(task: str, rows: dict[str, dict | None]) -> str:
         lo, hi = r["ci95"]
         steps = "-" if r["mean_steps"] is None else f"{r['mean_steps']:.1f}"
         base_steps = "-" if r["base_mean_steps"] is None else f"{r['base_mean_steps']:.1f}"
+        sci = r.get("mean_steps_ci95")      # None for runs recorded before it was kept
+        sci = "-" if sci is None else f"[{sci[0]:.1f}, {sci[1]:.1f}]"
         lines.append(f"{LABELS[m]:<14}{r['success_rate']:>9.1%}{f'[{lo:.2f}, {hi:.2f}]':>16}"
-                     f"{steps:>7}{r['base_success_rate']:>8.1%}{base_steps:>9}{r['fixed']:>7}"
+                     f"{steps:>7}{sci:>16}{r['base_success_rate']:>8.1%}{base_steps:>9}"
+                     f"{r['fixed']:>7}"
                      f"{r['broken']:>7}{r['p_value']:>9.2g}"
                      f"{r['env_steps'] + r['warmup_env_steps']:>12,}{r['wall_min']:>9.1f}")
     return "\n".join(lines)

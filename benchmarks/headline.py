@@ -63,6 +63,8 @@ def row_from_run(run: str, method: str | None, setting: str, note: str = "") -> 
             "base_success_rate": p["base_success_rate"],
             "base_mean_steps": p["base_mean_success_length"],
             "success_rate": p["success_rate"], "mean_steps": p["mean_success_length"],
+            "mean_steps_ci95": p.get("mean_success_length_ci95"),
+            "base_mean_steps_ci95": p.get("base_mean_success_length_ci95"),
             "per_seed_success": [r["success_rate"] for r in s["final"]["per_seed"]],
             "fixed": p["fixed"], "broken": p["broken"], "churn": p["churn"], "gain": p["gain"],
             "p_value": p["p_value"], "diff_ci": [p["diff_ci_low"], p["diff_ci_high"]],

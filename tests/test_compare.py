@@ -28,6 +28,8 @@ def test_report_and_the_paper_shaped_table():
     rows = {"resfit": _row("PointReach", "ResFiT", 0.95), "rlpd": None}
     text = report("PointReach", rows)
     assert "ResFiT" in text and "95.0%" in text and "(not finished)" in text
+    rows["resfit"]["mean_steps_ci95"] = [48.25, 51.75]
+    assert "[48.2, 51.8]" in report("PointReach", rows)
     data = {"rows": [_row("PointReach", "ResFiT", 0.95), _row("PointReach", "IBRL", 0.9),
                      _row("PickPlace", "ResFiT", 0.88, base=0.86),
                      dict(_row("PickPlace", "ResFiT", 0.5), setting="preset")]}
@@ -57,3 +59,25 @@ def test_the_held_out_table_says_what_step_0_is_for_each_method():
     assert "0 = the base itself" in text("ResFiT")
     assert "0 = the untrained policy, not the base" in text("IBRL")
     assert "0 = the untrained policy, not the base" in text("RLPD")
+
+
+def test_the_mean_steps_interval_pools_every_success_once():
+    """summarize_eval keeps each seed's SD of successful lengths; pooled() gives the normal
+    95% interval of the mean over all successes, as if computed from the episodes directly."""
+    import numpy as np
+    from resfit_jax.sim.report import length_interval, pooled, summarize_eval
+
+    success = np.array([[True, True, False, True], [True, False, False, True]])
+    length = np.array([[40, 50, 100, 60], [70, 100, 100, 90]])
+    ev = {"success": success, "length": length,
+          "mean_success_length": np.array([50.0, 80.0])}
+    rows = [summarize_eval(ev, s) for s in range(2)]
+    assert rows[0]["success_length_sd"] == pytest.approx(10.0)
+    every = np.array([40, 50, 60, 70, 90], float)
+    half = 1.959964 * every.std(ddof=1) / np.sqrt(every.size)
+    assert length_interval(rows) == pytest.approx([every.mean() - half, every.mean() + half])
+    out = pooled(success, success, rows, rows)
+    assert out["mean_success_length_ci95"] == pytest.approx(length_interval(rows))
+    # rows recorded before the SD was kept have no interval
+    old = [{k: v for k, v in r.items() if k != "success_length_sd"} for r in rows]
+    assert length_interval(old) is None

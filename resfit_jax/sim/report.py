@@ -23,6 +23,9 @@ def summarize_eval(ev: dict, s: int, base_success=None) -> dict:
     msl = float(ev["mean_success_length"][s])
     row = {"success_rate": k / n, "successes": k, "episodes": n, "ci_low": lo, "ci_high": hi,
            "mean_success_length": msl if np.isfinite(msl) else None}
+    if "length" in ev:
+        lengths = np.asarray(ev["length"][s], float)[succ]
+        row["success_length_sd"] = float(lengths.std(ddof=1)) if k > 1 else None
     if base_success is not None:
         paired = paired_outcomes(base_success, succ)
         row |= {k: paired[k] for k in PAIRED_KEYS}
@@ -36,7 +39,26 @@ def pooled(base_success: list, policy_success: list, base_rows: list[dict],
     out = paired_outcomes(flat(base_success), flat(policy_success))
     out["base_mean_success_length"] = _mean(base_rows, "mean_success_length")
     out["mean_success_length"] = _mean(rows, "mean_success_length")
+    out["base_mean_success_length_ci95"] = length_interval(base_rows)
+    out["mean_success_length_ci95"] = length_interval(rows)
     return out
+
+
+def length_interval(rows: list[dict]) -> list[float] | None:
+    """95% normal interval [low, high] (steps) of the mean length of successful episodes,
+    every success of every seed counted once: pooled from each row's successes, mean and
+    sample SD (``success_length_sd``). None when a row lacks the SD (runs recorded before it
+    was kept) or there are fewer than two successes."""
+    k = np.array([r["successes"] for r in rows], float)
+    if any("success_length_sd" not in r for r in rows) or k.sum() < 2:
+        return None
+    m = np.array([r["mean_success_length"] if r["successes"] else 0.0 for r in rows], float)
+    sd = np.array([r["success_length_sd"] or 0.0 for r in rows], float)
+    n = k.sum()
+    mean = float((k * m).sum() / n)
+    ss = ((np.maximum(k - 1, 0)) * sd ** 2).sum() + (k * (m - mean) ** 2).sum()
+    half = 1.959964 * float(np.sqrt(ss / (n - 1) / n))
+    return [mean - half, mean + half]
 
 
 def log_chunk(logger: MetricsLogger, seeds: list[int], env_steps: int, warmup_env_steps: int,
