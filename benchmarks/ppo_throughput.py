@@ -7,6 +7,8 @@ or learner).
     python -m benchmarks.ppo_throughput                        # PickPlace, E = 256, 1 seed
     python -m benchmarks.ppo_throughput --envs=1024,4096       # accelerator
 
+Each E runs twice: the chunked base queried for all envs every step (the peer) and only
+for the envs whose queue is empty, in blocks (``ChunkedBase.query_block``, the default).
 The base is an ACT chunk policy of the CPU BC size with random weights (as in
 ``loop_throughput``; a trained one costs the same per step), so the benchmark needs no
 files. Each part is timed on its second call (the first compiles). Prints a table and writes
@@ -26,6 +28,9 @@ def define_flags() -> None:
     flags.DEFINE_list("envs", ["256"], "Numbers of envs E (one seed).")
     flags.DEFINE_integer("rollout_length", 0, "Vector steps per iteration (0: the task's "
                          "horizon, as the PPO preset).")
+    flags.DEFINE_list("base_query", ["all", "blocks"], "How the chunked base is queried: "
+                      "'all' envs every step (the peer), or only empty queues in 'blocks' "
+                      "(ChunkedBase's default query_block).")
     flags.DEFINE_integer("repeats", 2, "Timed calls per part (after the compiling one).")
     flags.DEFINE_string("out", "benchmarks/results/ppo_throughput.json", "JSON output path.")
 
@@ -63,13 +68,16 @@ def main(argv):
     task = envs.make(FLAGS.task)
     expert = envs.make_expert(FLAGS.task, task, envs.ExpertStyle())
     episodes, _ = collect_episodes(make_rollout(task, expert.init, expert.act), 16, 16)
-    base = random_act_base(task, episodes)
+    act_base = random_act_base(task, episodes)
     rows = []
     print(f"{FLAGS.task}: one residual-PPO iteration (CPU preset learner, 1 seed) on "
           f"{jax.devices()[0].device_kind}")
-    print(f"{'E':>6}{'T':>5}{'rollout s':>11}{'update s':>10}{'env alone s':>13}"
+    print(f"{'E':>6}{'T':>5}{'base query':>12}{'rollout s':>11}{'update s':>10}{'env alone s':>13}"
           f"{'env share':>11}{'env steps/s':>13}")
-    for e in map(int, FLAGS.envs):
+    for e, query in [(int(e), q) for e in FLAGS.envs for q in FLAGS.base_query]:
+        if query not in ("all", "blocks"):
+            raise app.UsageError(f"--base_query: {query!r}; choose from all, blocks.")
+        base = dataclasses.replace(act_base, query_block=e if query == "all" else None)
         cfg = dataclasses.replace(ppo_preset(FLAGS.task, "cpu"), num_envs=e,
                                   rollout_length=FLAGS.rollout_length or None)
         trainer = make_ppo_trainer(task, base, episodes, cfg, seeds=[0])
@@ -92,14 +100,15 @@ def main(argv):
             return jax.lax.scan(lambda s, a: (env.step(s, a), None), state, actions)[0]
         _, env_s, _ = timed(env_alone, start, executed, repeats=FLAGS.repeats)
         steps = e * t
-        row = {"num_envs": e, "rollout_length": t, "rollout_s": rollout_s,
+        row = {"num_envs": e, "rollout_length": t, "base_query": query,
+               "query_block": base.block_size(e), "rollout_s": rollout_s,
                "update_s": update_s, "env_alone_s": env_s,
                "env_share_of_iteration": env_s / (rollout_s + update_s),
                "rollout_share_of_iteration": rollout_s / (rollout_s + update_s),
                "env_steps_per_s": steps / (rollout_s + update_s),
                "env_alone_steps_per_s": steps / env_s}
         rows.append(row)
-        print(f"{e:>6}{t:>5}{rollout_s:>11.1f}{update_s:>10.1f}{env_s:>13.1f}"
+        print(f"{e:>6}{t:>5}{query:>12}{rollout_s:>11.1f}{update_s:>10.1f}{env_s:>13.1f}"
               f"{row['env_share_of_iteration']:>11.0%}{row['env_steps_per_s']:>13,.0f}")
     write_results(FLAGS.out, {"machine": machine_info(), "task": FLAGS.task,
                               "base": "ACT (CPU BC size), random weights",

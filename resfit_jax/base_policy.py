@@ -101,8 +101,12 @@ class ChunkedBase:
     ``reset(state, done)`` clears the queues of ended episodes (success or timeout), so the
     next episode's first step queries its own first observation.
 
-    The prediction runs for all envs every step and is selected per env with ``where``
-    (jit/vmap friendly; the cost is one batched forward pass per step).
+    Without ensembling only the envs whose queue is empty are queried: their observations
+    are gathered into blocks of ``query_block`` rows (default: twice the envs expected to
+    refill per step, E / horizon) and predicted block by block in a ``while_loop`` that runs
+    as many blocks as there are such envs (none on most steps; E / block when all refill
+    together). Row i of a chunk depends only on observation i, so the result is that of one
+    pass over all envs. ``query_block >= E`` predicts all envs every step and selects.
     """
 
     predict: Callable[[PyTree], jax.Array]
@@ -110,12 +114,15 @@ class ChunkedBase:
     chunk_size: int
     execution_horizon: int | None = None
     temporal_ensemble: float | None = None
+    query_block: int | None = None
 
     def __post_init__(self):
         h = self.horizon
         if not 1 <= h <= self.chunk_size:
             raise ValueError(f"ChunkedBase: execution_horizon {h} must be in [1, chunk_size="
                              f"{self.chunk_size}].")
+        if self.query_block is not None and self.query_block < 1:
+            raise ValueError(f"ChunkedBase: query_block must be >= 1 (got {self.query_block}).")
 
     @property
     def horizon(self) -> int:
@@ -147,13 +154,36 @@ class ChunkedBase:
                              f"{chunk.shape}, expected {expected} [E, K, A].")
         return chunk.astype(jnp.float32)
 
+    def block_size(self, num_envs: int) -> int:
+        """Rows per query block for E envs."""
+        auto = 2 * -(-num_envs // self.horizon)
+        return max(1, min(num_envs, self.query_block or auto))
+
+    def _refill(self, chunk: jax.Array, obs: PyTree, refill: jax.Array) -> jax.Array:
+        """chunk [E, K, A] with the rows where ``refill`` [E] replaced by new predictions."""
+        e = refill.shape[0]
+        c = self.block_size(e)
+        if c >= e:
+            return jnp.where(refill[:, None, None], self._predict(obs, e), chunk)
+        blocks = -(-e // c)
+        # the rows to query first, then e (out of range: gathered as row e - 1, not written)
+        order = jnp.nonzero(refill, size=blocks * c, fill_value=e)[0]
+        count = refill.sum()
+
+        def body(carry):
+            i, chunk = carry
+            rows = jax.lax.dynamic_slice(order, (i * c,), (c,))
+            block = jax.tree.map(lambda x: x[jnp.minimum(rows, e - 1)], obs)
+            return i + 1, chunk.at[rows].set(self._predict(block, c), mode="drop")
+
+        return jax.lax.while_loop(lambda carry: carry[0] * c < count, body, (0, chunk))[1]
+
     def step(self, state: ChunkQueue, obs: PyTree) -> tuple[jax.Array, ChunkQueue]:
         e = state.index.shape[0]
-        new = self._predict(obs, e)
         if self.temporal_ensemble is not None:
-            return self._step_ensemble(state, new)
+            return self._step_ensemble(state, self._predict(obs, e))
         refill = state.index >= self.horizon
-        chunk = jnp.where(refill[:, None, None], new, state.chunk)
+        chunk = self._refill(state.chunk, obs, refill)
         index = jnp.where(refill, 0, state.index)
         action = jnp.take_along_axis(chunk, index[:, None, None], axis=1)[:, 0]
         return action, state.replace(chunk=chunk, index=index + 1, steps=state.steps + 1)

@@ -90,3 +90,43 @@ def test_vmap_over_seeds_and_shape_errors():
     bad = ChunkedBase(lambda o: jnp.zeros((o.shape[0], K + 1, A)), A, K)
     with pytest.raises(ValueError, match=r"expected \(2, 4, 2\)"):
         bad.step(bad.init_state(2), jnp.zeros((2, 1)))
+
+
+def test_query_blocks_give_the_full_batch_result_and_query_only_empty_queues():
+    """Refilling in blocks of rows (any block size, jit, scan and vmap over seeds) gives the
+    actions of one pass over all envs; the predictor only sees blocks of the block size."""
+    e, t_len = 13, 12
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, (t_len, e))
+    dones = rng.random((t_len, e)) < 0.2
+    shapes = []
+
+    def recording(obs):
+        shapes.append(obs.shape[0])
+        return _predict(obs)
+    full = _run(ChunkedBase(_predict, A, K, query_block=e), ids, dones)
+    for block in (1, 3, None):
+        shapes.clear()
+        base = ChunkedBase(recording, A, K, query_block=block)
+        np.testing.assert_array_equal(_run(base, ids, dones), full)
+        assert set(shapes) == {base.block_size(e)} and base.block_size(e) < e
+    assert ChunkedBase(_predict, A, K).block_size(e) == 8       # 2 x ceil(13 / 4)
+
+    # vmapped over seeds with different episode ends: each seed as if run alone
+    base = ChunkedBase(_predict, A, K, query_block=2)
+    seeds_dones = np.stack([dones, dones[::-1]])
+
+    @jax.jit
+    @jax.vmap
+    def run(d):
+        def body(q, x):
+            ids_t, d_t = x
+            a, q = base.step(base.reset(q, d_t), ids_t[:, None].astype(jnp.float32))
+            return q, a[:, 0]
+        return jax.lax.scan(body, base.init_state(e), (jnp.asarray(ids), d))[1]
+    out = np.asarray(run(jnp.asarray(seeds_dones)))
+    np.testing.assert_array_equal(out[0], full)
+    np.testing.assert_array_equal(out[1], _run(ChunkedBase(_predict, A, K, query_block=e),
+                                               ids, seeds_dones[1]))
+    with pytest.raises(ValueError, match="query_block"):
+        ChunkedBase(_predict, A, K, query_block=0)
