@@ -106,7 +106,9 @@ class ChunkedBase:
     refill per step, E / horizon) and predicted block by block in a ``while_loop`` that runs
     as many blocks as there are such envs (none on most steps; E / block when all refill
     together). Row i of a chunk depends only on observation i, so the result is that of one
-    pass over all envs. ``query_block >= E`` predicts all envs every step and selects.
+    pass over all envs up to float32 rounding (a matmul's rounding can depend on its batch
+    size: at most 5e-7 on PickPlace's ACT base). ``query_block >= E`` predicts all envs
+    every step and selects.
     """
 
     predict: Callable[[PyTree], jax.Array]
