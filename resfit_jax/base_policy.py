@@ -107,8 +107,9 @@ class ChunkedBase:
     as many blocks as there are such envs (none on most steps; E / block when all refill
     together). Row i of a chunk depends only on observation i, so the result is that of one
     pass over all envs up to float32 rounding (a matmul's rounding can depend on its batch
-    size: at most 5e-7 on PickPlace's ACT base). ``query_block >= E`` predicts all envs
-    every step and selects.
+    size: at most 5e-7 on PickPlace's ACT base). With one env (a robot) the base runs only
+    on the steps that start a chunk. ``query_block >= E`` predicts all envs every step and
+    selects.
     """
 
     predict: Callable[[PyTree], jax.Array]
@@ -165,8 +166,11 @@ class ChunkedBase:
         """chunk [E, K, A] with the rows where ``refill`` [E] replaced by new predictions."""
         e = refill.shape[0]
         c = self.block_size(e)
-        if c >= e:
+        if self.query_block is not None and self.query_block >= e:
             return jnp.where(refill[:, None, None], self._predict(obs, e), chunk)
+        if c >= e:          # one block holds every env: skip the predictor when none refills
+            return jax.lax.cond(refill.any(), lambda: jnp.where(
+                refill[:, None, None], self._predict(obs, e), chunk), lambda: chunk)
         blocks = -(-e // c)
         # the rows to query first, then e (out of range: gathered as row e - 1, not written)
         order = jnp.nonzero(refill, size=blocks * c, fill_value=e)[0]

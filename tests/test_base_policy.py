@@ -130,3 +130,19 @@ def test_query_blocks_give_the_full_batch_result_and_query_only_empty_queues():
                                                ids, seeds_dones[1]))
     with pytest.raises(ValueError, match="query_block"):
         ChunkedBase(_predict, A, K, query_block=0)
+
+
+def test_one_env_runs_the_predictor_only_when_a_chunk_starts():
+    """With E = 1 (a robot) a host predictor is called once per chunk, not every step."""
+    from resfit_jax.base_policy import host_callback_base
+
+    calls = []
+
+    def host(obs):
+        calls.append(obs.shape)
+        return np.asarray(_predict(jnp.asarray(obs)))
+    base = host_callback_base(host, 1, A, chunk_size=K)
+    calls.clear()                                   # the constructor's own shape probe
+    out = _run(base, np.arange(10)[:, None])[:, 0]
+    np.testing.assert_array_equal(out, [0, 1, 2, 3, 400, 401, 402, 403, 800, 801])
+    assert len(calls) == 3                                      # steps 0, 4 and 8
