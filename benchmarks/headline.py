@@ -5,6 +5,10 @@
     python -m benchmarks.headline readme          # rewrite the README table from the JSON
     python -m benchmarks.headline check           # exit 1 if the README table is stale
 
+The comparison table (rows of setting "compare", from ``benchmarks.compare --headline``) and
+the sample-efficiency table (the "sample_efficiency" rows, from
+``benchmarks.sample_efficiency --headline``) are generated from the same file.
+
 ``add`` takes a finished run (summary.json with its held-out final evaluation) and writes
 its row: seeds, env steps, base and final success (pooled over seeds) with mean steps of
 successes, churn, gain, the McNemar p-value, wall clock and the machine.
@@ -21,6 +25,7 @@ HEADLINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
 CMP_START, CMP_END = "<!-- compare:start -->", "<!-- compare:end -->"
+SE_START, SE_END = "<!-- sample_efficiency:start -->", "<!-- sample_efficiency:end -->"
 METHOD_ORDER = ("ResFiT", "RLPD", "IBRL", "ResidualPPO", "FilteredBC")
 
 FLAGS = flags.FLAGS
@@ -143,6 +148,64 @@ def _replace_block(text: str, start: str, end: str, body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
+def se_row(r: dict) -> dict:
+    """The README's sample-efficiency row of one ``benchmarks.sample_efficiency`` result (a
+    task with a threshold): steps to the threshold, the ratio and the final successes."""
+    ppo_curve = r["curves"]["ppo"]
+    keep = ("task", "threshold", "threshold_rule", "threshold_above_noise", "ratio",
+            "ratio_kind", "ratio_range", "ppo_complete")
+    out = {k: r.get(k) for k in keep}
+    for m in ("resfit", "ppo"):
+        out[m] = {k: r[m][k] for k in ("steps", "ci95", "max_steps")}
+        final = r.get(f"{m}_final")
+        out[m]["final_success"] = None if final is None else final["success_rate"]
+    out["base_final_success"] = (r.get("resfit_final") or {}).get("base_success_rate")
+    out["ppo"]["last_periodic"] = ppo_curve["success_mean"][-1]
+    return out
+
+
+def add_se(data: dict, row: dict) -> dict:
+    """``data`` with ``row`` in its "sample_efficiency" list (replacing the same task and
+    threshold)."""
+    key = lambda x: (x["task"], round(x["threshold"], 6))
+    rows = [x for x in data.get("sample_efficiency", []) if key(x) != key(row)] + [row]
+    return data | {"sample_efficiency": sorted(rows, key=key)}
+
+
+def _steps_cell(m: dict) -> str:
+    fmt = lambda v: "not reached" if v is None else f"{v:,.0f}"
+    return f"{fmt(m['steps'])} [{fmt(m['ci95'][0])}, {fmt(m['ci95'][1])}] of {m['max_steps']:,.0f}"
+
+
+def se_table(data: dict) -> str:
+    """The README's sample-efficiency table (ResFiT against residual PPO), one row per task
+    and threshold."""
+    lines = ["| task (BC held out) | threshold | ResFiT: env steps to it [95% CI] of trained | "
+             "residual PPO: env steps to it [95% CI] of trained | PPO / ResFiT | "
+             "final held-out success: ResFiT / PPO |", "|---|---|---|---|---|---|"]
+    for r in data.get("sample_efficiency", []):
+        absolute = r["threshold_rule"].startswith("absolute")
+        thr = f"{_pct(r['threshold'])} ({'absolute' if absolute else 'base + 75% of ResFiT gain'}"
+        thr += ("; inside the base's noise" if r.get("threshold_above_noise") is False else "") + ")"
+        if r["ratio"] is None:
+            ratio = "-"
+        elif r["ratio_kind"] == "measured":
+            ratio = f"**{r['ratio']:.0f}x**"
+        else:
+            ratio = f">= {r['ratio']:.0f}x"
+        if r.get("ratio_range"):
+            lo, hi = r["ratio_range"]
+            ratio += f" (grid: {lo:.0f}-{'inf' if hi is None else f'{hi:.0f}'}x)"
+        ppo = r["ppo"]
+        ppo_final = (_pct(ppo["final_success"]) if r.get("ppo_complete") else
+                     f"(periodic {_pct(ppo['last_periodic'])} at {ppo['max_steps'] / 1e6:.2f}M, "
+                     "running)")
+        lines.append(f"| {r['task']} ({_pct(r['base_final_success'])}) | {thr} | "
+                     f"{_steps_cell(r['resfit'])} | {_steps_cell(ppo)} | {ratio} | "
+                     f"{_pct(r['resfit']['final_success'])} / {ppo_final} |")
+    return "\n".join(lines)
+
+
 def render_readme(readme: str, data: dict) -> str:
     """The README with its results table (required) and its comparison table (where the
     README has the block) generated from ``data``."""
@@ -151,6 +214,8 @@ def render_readme(readme: str, data: dict) -> str:
     readme = _replace_block(readme, START, END, table(data))
     if CMP_START in readme and CMP_END in readme:
         readme = _replace_block(readme, CMP_START, CMP_END, compare_table(data))
+    if SE_START in readme and SE_END in readme:
+        readme = _replace_block(readme, SE_START, SE_END, se_table(data))
     return readme
 
 

@@ -57,6 +57,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("bootstrap", 2000, "Bootstrap resamples over seeds.")
     flags.DEFINE_string("json_out", os.path.join(RESULTS, "sample_efficiency.json"),
                         "Results JSON (one entry per task is replaced).")
+    flags.DEFINE_bool("headline", False, "Add the task's row (this threshold) to headline.json "
+                      "and regenerate the README tables.")
     flags.DEFINE_string("plot", None, "PNG (default benchmarks/results/"
                         "sample_efficiency_<task>.png).")
 
@@ -272,6 +274,16 @@ def main(argv):
     data[task] = result
     write_results(FLAGS.json_out, data)
     print(f"plot: {png}")
+    if FLAGS.headline and threshold is not None:
+        from benchmarks import headline
+        rows = headline.add_se(headline.load(), headline.se_row(result))
+        with open(headline.HEADLINE, "w") as f:
+            json.dump(rows, f, indent=2)
+        with open(headline.README) as f:
+            readme = f.read()
+        with open(headline.README, "w") as f:
+            f.write(headline.render_readme(readme, rows))
+        print(f"wrote the {task} row to {headline.HEADLINE} and the README table")
 
 
 def _fmt(x) -> str:

@@ -68,3 +68,25 @@ def test_a_threshold_inside_the_bases_noise_is_flagged():
     assert "evaluation noise" in report(r)
     r |= {"threshold_above_noise": True}
     assert "evaluation noise" not in report(r)
+
+
+def test_the_readme_table_is_generated_from_headline_rows():
+    """sample_efficiency --headline: a compact row per task and threshold in headline.json,
+    the README block rewritten from it (a rerun replaces its row)."""
+    from benchmarks.headline import SE_END, SE_START, add_se, render_readme, se_row
+
+    resfit = _curve([0, 1_000, 2_000], [[0.5, 0.8, 0.95]] * 3)
+    ppo = _curve([0, 100_000, 200_000], [[0.5, 0.6, 0.96]] * 3)
+    result = {"task": "T", "threshold_rule": "absolute 0.900", "ppo_complete": False,
+              "resfit_final": {"success_rate": 0.9, "base_success_rate": 0.5},
+              "ppo_final": None,
+              "curves": {"ppo": {"success_mean": [0.5, 0.6, 0.96]}}} | compare(resfit, ppo, 0.9, 50)
+    data = add_se({"rows": []}, se_row(result))
+    data = add_se(data, se_row(result))                       # replaced, not duplicated
+    assert len(data["sample_efficiency"]) == 1
+    readme = f"a\n<!-- headline:start -->\n<!-- headline:end -->\n{SE_START}\nold\n{SE_END}\nb\n"
+    new = render_readme(readme, data)
+    row = new.split(SE_START)[1].split(SE_END)[0].strip().splitlines()[-1]
+    assert row.startswith("| T (50.0%) | 90.0% (absolute) | 2,000 [2,000, 2,000] of 2,000 |")
+    assert "**100x** (grid: 50-200x)" in row and "(periodic 96.0% at 0.20M, running)" in row
+    assert "\nold\n" not in new
