@@ -187,15 +187,17 @@ def se_table(data: dict) -> str:
         absolute = r["threshold_rule"].startswith("absolute")
         thr = f"{_pct(r['threshold'])} ({'absolute' if absolute else 'base + 75% of ResFiT gain'}"
         thr += ("; inside the base's noise" if r.get("threshold_above_noise") is False else "") + ")"
+        noisy = r.get("threshold_above_noise") is False
         if r["ratio"] is None:
             ratio = "-"
         elif r["ratio_kind"] == "measured":
-            ratio = f"**{r['ratio']:.0f}x**"
+            ratio = f"{r['ratio']:.3g}x" if noisy else f"**{r['ratio']:.3g}x**"
         else:
-            ratio = f">= {r['ratio']:.0f}x"
+            ratio = f">= {r['ratio']:.3g}x"
         if r.get("ratio_range"):
             lo, hi = r["ratio_range"]
-            ratio += f" (grid: {lo:.0f}-{'inf' if hi is None else f'{hi:.0f}'}x)"
+            ratio += (f" (grid: >= {lo:.3g}x)" if hi is None else
+                      f" (grid: {lo:.3g}-{hi:.3g}x)")
         ppo = r["ppo"]
         ppo_final = (_pct(ppo["final_success"]) if r.get("ppo_complete") else
                      f"(periodic {_pct(ppo['last_periodic'])} at {ppo['max_steps'] / 1e6:.2f}M, "
