@@ -195,12 +195,7 @@ def main(argv):
         for m, r in rows.items():
             if r is not None:
                 hl = headline.add(hl, {k: v for k, v in r.items() if k != "ci95"})
-        with open(headline.HEADLINE, "w") as f:
-            json.dump(hl, f, indent=2)
-        with open(headline.README) as f:
-            readme = f.read()
-        with open(headline.README, "w") as f:
-            f.write(headline.render_readme(readme, hl))
+        headline.save(hl)
         print(f"headline rows added; README tables regenerated from {headline.HEADLINE}")
 
 

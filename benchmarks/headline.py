@@ -221,6 +221,16 @@ def render_readme(readme: str, data: dict) -> str:
     return readme
 
 
+def save(data: dict, path: str = HEADLINE, readme_path: str = README) -> None:
+    """Write ``data`` to headline.json and regenerate the README tables from it."""
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+    with open(readme_path) as f:
+        readme = f.read()
+    with open(readme_path, "w") as f:
+        f.write(render_readme(readme, data))
+
+
 def main(argv):
     from resfit_jax.runtime import quiet_logging
     quiet_logging()

@@ -50,6 +50,18 @@ def random_act_base(task, episodes):
     return ChunkedBase(lambda obs: predict(params, obs), a, cfg.chunk_size)
 
 
+def synthetic_inputs(task_name: str):
+    """(task, 16 scripted-expert demo episodes, random-weight ACT base): a benchmark's inputs
+    made in the run, no files needed."""
+    from resfit_jax import envs
+    from resfit_jax.data.demos import collect_episodes, make_rollout
+
+    task = envs.make(task_name)
+    expert = envs.make_expert(task_name, task, envs.ExpertStyle())
+    episodes, _ = collect_episodes(make_rollout(task, expert.init, expert.act), 16, 16)
+    return task, episodes, random_act_base(task, episodes)
+
+
 def time_train_chunks(trainer, chunks: int) -> tuple[float, float]:
     """(seconds of the first train chunk, compile included; seconds of the next ``chunks``)
     after one warm-up chunk."""
@@ -74,15 +86,10 @@ def main(argv):
     import jax
 
     from benchmarks.machine import machine_info, write_results
-    from resfit_jax import envs
-    from resfit_jax.data.demos import collect_episodes, make_rollout
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.trainer import make_trainer
 
-    task = envs.make(FLAGS.task)
-    expert = envs.make_expert(FLAGS.task, task, envs.ExpertStyle())
-    episodes, _ = collect_episodes(make_rollout(task, expert.init, expert.act), 16, 16)
-    base = random_act_base(task, episodes)
+    task, episodes, base = synthetic_inputs(FLAGS.task)
     rows = []
     print(f"{FLAGS.task}: ResFiT training chunks ({FLAGS.scale} learner, "
           f"{FLAGS.critic_per_env_step:g} critic steps per env step) on "

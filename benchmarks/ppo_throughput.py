@@ -58,17 +58,12 @@ def main(argv):
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.loop_throughput import random_act_base
+    from benchmarks.loop_throughput import synthetic_inputs
     from benchmarks.machine import machine_info, write_results
-    from resfit_jax import envs
-    from resfit_jax.data.demos import collect_episodes, make_rollout
     from resfit_jax.sim.ppo_presets import ppo_preset
     from resfit_jax.sim.ppo_trainer import make_ppo_trainer
 
-    task = envs.make(FLAGS.task)
-    expert = envs.make_expert(FLAGS.task, task, envs.ExpertStyle())
-    episodes, _ = collect_episodes(make_rollout(task, expert.init, expert.act), 16, 16)
-    act_base = random_act_base(task, episodes)
+    task, episodes, act_base = synthetic_inputs(FLAGS.task)
     rows = []
     print(f"{FLAGS.task}: one residual-PPO iteration (CPU preset learner, 1 seed) on "
           f"{jax.devices()[0].device_kind}")

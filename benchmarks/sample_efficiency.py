@@ -276,13 +276,7 @@ def main(argv):
     print(f"plot: {png}")
     if FLAGS.headline and threshold is not None:
         from benchmarks import headline
-        rows = headline.add_se(headline.load(), headline.se_row(result))
-        with open(headline.HEADLINE, "w") as f:
-            json.dump(rows, f, indent=2)
-        with open(headline.README) as f:
-            readme = f.read()
-        with open(headline.README, "w") as f:
-            f.write(headline.render_readme(readme, rows))
+        headline.save(headline.add_se(headline.load(), headline.se_row(result)))
         print(f"wrote the {task} row to {headline.HEADLINE} and the README table")
 
 
