@@ -16,7 +16,9 @@ task's preset; PPO has its own (its preset), reported as trained.
 
 Prints a table of the held-out final evaluation per method (pooled over seeds: success with
 a 95% Wilson interval, mean steps of successes, fixed / broken against the BC base on the
-same starts, McNemar p), plots success against env steps (mean and min-max over seeds) and
+same starts, McNemar p), then each baseline against ResFiT on the same held-out starts,
+episode by episode (``vs_resfit``: fixed / broken, p, interval of the difference; runs
+recorded before outcomes were kept are left out), plots success against env steps (mean and min-max over seeds) and
 writes benchmarks/results/compare.json (one entry per task, with the machine). --headline
 adds each finished method's row to benchmarks/results/headline.json (setting "compare") and
 regenerates the README tables.
@@ -91,6 +93,39 @@ def report(task: str, rows: dict[str, dict | None]) -> str:
                      f"{r['fixed']:>7}"
                      f"{r['broken']:>7}{r['p_value']:>9.2g}"
                      f"{r['env_steps'] + r['warmup_env_steps']:>12,}{r['wall_min']:>9.1f}")
+    return "\n".join(lines)
+
+
+def against_resfit(runs: dict[str, str], rows: dict[str, dict | None]) -> dict[str, dict]:
+    """Each finished baseline against ResFiT on the same held-out starts, episode by episode
+    (``report.paired_between``; fixed: ResFiT fails and the baseline succeeds). Set as
+    ``rows[m]["vs_resfit"]`` and returned; runs recorded without outcomes are skipped."""
+    from resfit_jax.sim.report import paired_between
+
+    if rows.get("resfit") is None:
+        return {}
+    load = lambda m: json.load(open(os.path.join(runs[m], "summary.json")))
+    ref, out = load("resfit"), {}
+    for m, r in rows.items():
+        if m == "resfit" or r is None:
+            continue
+        try:
+            out[m] = r["vs_resfit"] = paired_between(ref, load(m))
+        except ValueError as e:
+            print(f"{LABELS[m]}: not paired with ResFiT ({e})")
+    return out
+
+
+def resfit_table(paired: dict[str, dict]) -> str:
+    lines = ["Against ResFiT, episode by episode on the same held-out starts (fixed: ResFiT "
+             "fails and the method succeeds)",
+             f"{'method':<14}{'ResFiT':>8}{'method':>8}{'fixed':>7}{'broken':>8}{'p':>9}"
+             f"{'diff 95% CI':>17}"]
+    for m, v in paired.items():
+        lines.append(f"{LABELS[m]:<14}{v['reference_success_rate']:>8.1%}"
+                     f"{v['success_rate']:>8.1%}{v['fixed']:>7}{v['broken']:>8}"
+                     f"{v['p_value']:>9.2g}"
+                     f"{f'[{v['diff_ci_low']:+.2f}, {v['diff_ci_high']:+.2f}]':>17}")
     return "\n".join(lines)
 
 
@@ -173,6 +208,9 @@ def main(argv):
         raise app.UsageError(f"The runs have different seeds {sorted(seeds)}, so different "
                              "evaluation starts; train them with the same --seeds.")
     print(report(task, rows))
+    paired = against_resfit(runs, rows)
+    if paired:
+        print(resfit_table(paired))
     png = FLAGS.plot or os.path.join(RESULTS, f"compare_{task}.png")
     if curves:
         plot(curves, png, f"{task}: ResFiT and baselines, same base and starts")

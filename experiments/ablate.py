@@ -17,7 +17,10 @@ cartesian product. Each ``--setting=NAME:OVERRIDE;OVERRIDE`` adds one named sett
 <out>/<name> (re-running resumes unfinished settings and skips finished ones), then a table of
 the held-out final evaluation per setting is printed and written to <out>/ablation.json:
 base and final success (pooled over seeds), fixed / broken, churn, gain, the exact McNemar
-p-value against the base, the interval of the difference, mean steps of successes.
+p-value against the base, the interval of the difference, mean steps of successes. A second
+table compares every setting with ``--reference`` (default: the first setting; the preset
+with ``--paper_ablations``) on the same held-out starts, episode by episode: fixed / broken
+against the reference, p-value and the interval of setting - reference (``vs_reference``).
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("seeds", 3, "Seeds per setting, vmapped.")
     flags.DEFINE_bool("paper_ablations", False, "Add the paper's design ablations as settings.")
     flags.DEFINE_string("out", None, "Output directory (default runs/ablate/<task>).")
+    flags.DEFINE_string("reference", None, "Setting every other one is compared with, episode "
+                        "by episode on the same held-out starts (default: the first).")
 
 
 def paper_ablations(num_envs: int, updates_per_step: int = 1) -> list[str]:
@@ -101,6 +106,40 @@ def row(name: str, overrides: list[str], summary: dict) -> dict:
             "wall_s": summary["wall_s"]}
 
 
+def against_reference(rows: list[dict], summaries: list[dict], reference: str) -> None:
+    """Set each row's ``vs_reference``: the paired comparison with the reference setting's
+    held-out episodes (``report.paired_between``); None for the reference itself and for
+    runs without stored outcomes (a note is printed)."""
+    from resfit_jax.sim.report import paired_between
+
+    names = [r["setting"] for r in rows]
+    if reference not in names:
+        raise ValueError(f"--reference={reference!r} is not a setting; settings: {names}.")
+    ref = summaries[names.index(reference)]
+    for r, s in zip(rows, summaries):
+        r["vs_reference"] = None
+        if r["setting"] == reference:
+            continue
+        try:
+            r["vs_reference"] = {"reference": reference, **paired_between(ref, s)}
+        except ValueError as e:
+            print(f"{r['setting']}: not compared with {reference} ({e})")
+
+
+def reference_table(rows: list[dict], reference: str) -> str:
+    lines = [f"{'setting':<34}{reference[:10]:>11}{'final':>8}{'fixed':>7}{'broken':>8}"
+             f"{'p':>9}{'diff 95% CI':>17}"]
+    for r in rows:
+        v = r.get("vs_reference")
+        if v is None:
+            continue
+        lines.append(f"{r['setting'][:33]:<34}{v['reference_success_rate']:>11.1%}"
+                     f"{v['success_rate']:>8.1%}{v['fixed']:>7}{v['broken']:>8}"
+                     f"{v['p_value']:>9.2g}"
+                     f"{f'[{v['diff_ci_low']:+.2f}, {v['diff_ci_high']:+.2f}]':>17}")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     fmt = lambda x: "-" if x is None else f"{x:.1f}"
     lines = [f"{'setting':<34}{'BC':>7}{'final':>8}{'fixed':>7}{'broken':>8}{'churn':>7}"
@@ -141,7 +180,11 @@ def main(argv):
         usage_error(str(e))
     out = os.path.abspath(FLAGS.out or os.path.join("runs", "ablate", FLAGS.task))
     os.makedirs(out, exist_ok=True)
-    rows = []
+    reference = FLAGS.reference or configs[0][0]
+    if reference not in [name for name, _, _ in configs]:
+        usage_error(f"--reference={reference!r} is not a setting; settings: "
+                    f"{[name for name, _, _ in configs]}.")
+    rows, summaries = [], []
     for i, (name, ovs, cfg) in enumerate(configs):
         run_dir = os.path.join(out, name.replace("/", "_"))
         done = os.path.join(run_dir, "summary.json")
@@ -158,7 +201,11 @@ def main(argv):
                                                  "scale": FLAGS.scale, "method": FLAGS.method,
                                                  "overrides": common + ovs},
                                      identity=identity)
+            summary = {k: v for k, v in summary.items()      # the JSON part, not the states
+                       if k not in ("loop_state", "selected_state")}
         rows.append(row(name, common + ovs, summary))
+        summaries.append(summary)
+    against_reference(rows, summaries, reference)
     from benchmarks.machine import machine_info
 
     base_name = paths["base"] if paths["base"] == "scripted" else os.path.relpath(paths["base"])
@@ -169,6 +216,10 @@ def main(argv):
         json.dump(result, f, indent=2)
     print(f"\n{FLAGS.task}: held-out final evaluation, pooled over {FLAGS.seeds} seeds")
     print(table(rows))
+    if any(r["vs_reference"] is not None for r in rows):
+        print(f"\nAgainst {reference}, episode by episode on the same held-out starts "
+              "(fixed: the reference fails and the setting succeeds)")
+        print(reference_table(rows, reference))
     print(f"\nWrote {os.path.join(out, 'ablation.json')}")
 
 

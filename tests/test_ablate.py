@@ -50,3 +50,46 @@ def test_the_paper_ablations_are_valid_settings_of_every_preset():
                 assert cfg.critic_steps_per_env_step == float(name[4:])
         assert apply_overrides(p, dict(named)["warmup_off"]).warmup_env_steps == 0
         assert not apply_overrides(p, dict(named)["layernorm_off"]).learner.layer_norm
+
+
+def _summary(base: list[str], policy: list[str], seeds=(0, 1), task="PointReach") -> dict:
+    """A summary.json with held-out outcomes per seed ("0110..." strings)."""
+    row = lambda bits: {"outcomes": bits, "episodes": len(bits), "successes": bits.count("1")}
+    return {"task": task, "seeds": list(seeds),
+            "final": {"per_seed": [row(b) for b in policy],
+                      "base_per_seed": [row(b) for b in base]}}
+
+
+def test_settings_are_compared_with_the_reference_episode_by_episode():
+    from experiments.ablate import against_reference, reference_table
+    from resfit_jax.sim.report import paired_between
+
+    base = ["0011", "0101"]
+    ref = _summary(base, ["0111", "1101"])            # 6 / 8
+    other = _summary(base, ["1110", "0111"])          # 6 / 8: 2 fixed, 2 broken vs ref
+    better = _summary(base, ["1111", "1111"])         # 8 / 8: 2 fixed, 0 broken
+    v = paired_between(ref, other)
+    assert (v["fixed"], v["broken"], v["episodes"]) == (2, 2, 8)
+    assert v["reference_success_rate"] == v["success_rate"] == 0.75 and v["p_value"] == 1.0
+    v = paired_between(ref, better)
+    assert (v["fixed"], v["broken"]) == (2, 0) and v["diff_ci_low"] < 0.25 < v["diff_ci_high"]
+    # not the same starts: other seeds, another task, or the base scoring differently
+    with pytest.raises(ValueError, match="seeds"):
+        paired_between(ref, _summary(base, ["1111", "1111"], seeds=(0, 2)))
+    with pytest.raises(ValueError, match="task"):
+        paired_between(ref, _summary(base, ["1111", "1111"], task="PickPlace"))
+    with pytest.raises(ValueError, match="base's held-out outcomes differ in 1 of 8"):
+        paired_between(ref, _summary(["0011", "0111"], ["1111", "1111"]))
+    old = _summary(base, ["1111", "1111"])
+    del old["final"]["per_seed"][0]["outcomes"]
+    with pytest.raises(ValueError, match="no held-out outcomes"):
+        paired_between(ref, old)
+
+    rows = [{"setting": n} for n in ("preset", "other", "better", "old")]
+    against_reference(rows, [ref, other, better, old], "preset")
+    assert rows[0]["vs_reference"] is None and rows[3]["vs_reference"] is None
+    assert rows[2]["vs_reference"]["fixed"] == 2 and rows[2]["vs_reference"]["reference"] == "preset"
+    text = reference_table(rows, "preset")
+    assert "better" in text and "100.0%" in text and "old" not in text
+    with pytest.raises(ValueError, match="not a setting"):
+        against_reference(rows, [ref, other, better, old], "nope")

@@ -81,3 +81,35 @@ def test_the_mean_steps_interval_pools_every_success_once():
     # rows recorded before the SD was kept have no interval
     old = [{k: v for k, v in r.items() if k != "success_length_sd"} for r in rows]
     assert length_interval(old) is None
+
+
+def test_baselines_are_paired_with_resfit_on_the_same_held_out_episodes(tmp_path):
+    import json
+    import os
+
+    from benchmarks.compare import against_resfit, resfit_table
+
+    def run(name, policy, base=("0011", "0101"), with_outcomes=True):
+        row = lambda bits: ({"outcomes": bits} if with_outcomes else {}) | {
+            "episodes": len(bits), "successes": bits.count("1")}
+        path = tmp_path / name
+        os.makedirs(path)
+        json.dump({"task": "PointReach", "seeds": [0, 1],
+                   "final": {"per_seed": [row(b) for b in policy],
+                             "base_per_seed": [row(b) for b in base]}},
+                  open(path / "summary.json", "w"))
+        return str(path)
+
+    runs = {"resfit": run("resfit", ["0111", "1101"]), "rlpd": run("rlpd", ["0000", "0000"]),
+            "ibrl": run("ibrl", ["1111", "1101"]), "fbc": run("fbc", ["0011", "0101"], with_outcomes=False),
+            "ppo": None}
+    rows = {m: (None if r is None else {}) for m, r in runs.items()}
+    paired = against_resfit(runs, rows)
+    assert set(paired) == {"rlpd", "ibrl"}                 # fbc has no outcomes, ppo unfinished
+    assert (paired["rlpd"]["fixed"], paired["rlpd"]["broken"]) == (0, 6)
+    assert paired["rlpd"]["reference_success_rate"] == 0.75 and paired["rlpd"]["success_rate"] == 0
+    assert (paired["ibrl"]["fixed"], paired["ibrl"]["broken"]) == (1, 0)
+    assert rows["rlpd"]["vs_resfit"] is paired["rlpd"] and "vs_resfit" not in rows["fbc"]
+    text = resfit_table(paired)
+    assert "RLPD" in text and "IBRL" in text and "Filtered BC" not in text
+    assert against_resfit(runs, dict(rows, resfit=None)) == {}

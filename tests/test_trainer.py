@@ -22,7 +22,7 @@ from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayConfig
 from resfit_jax.residual_td3 import ResidualTD3Config
 from resfit_jax.sim.evaluation import episode_keys
 from resfit_jax.sim.presets import TrainConfig, preset
-from resfit_jax.sim.report import results_table
+from resfit_jax.sim.report import held_out_outcomes, paired_between, results_table
 from resfit_jax.sim.trainer import make_trainer, train_residual
 
 TASK = envs.PointReach(episode_length=20)
@@ -106,6 +106,12 @@ def test_every_evaluation_is_paired_and_the_final_one_uses_held_out_starts(train
     p = final["pooled"]
     assert p["fixed"] == sum(r["fixed"] for r in final["per_seed"])
     assert p["broken"] == sum(r["broken"] for r in final["per_seed"])
+    # every held-out episode's outcome is kept, consistent with the counts
+    for r in final["per_seed"] + final["base_per_seed"]:
+        assert len(r["outcomes"]) == r["episodes"] and r["outcomes"].count("1") == r["successes"]
+    base, pol = held_out_outcomes(summary)
+    assert sum(b == "0" and q == "1" for b, q in zip(base, pol)) == p["fixed"]
+    assert sum(b == "1" and q == "0" for b, q in zip(base, pol)) == p["broken"]
     # a finished run becomes a headline.json row
     from benchmarks.headline import add, row_from_run, table
     row = row_from_run(out, "ResFiT", "test")
@@ -117,15 +123,22 @@ def test_every_evaluation_is_paired_and_the_final_one_uses_held_out_starts(train
 def test_resume_equals_uninterrupted_run(trainer, full_run, tmp_path):
     _, full = full_run
     out = str(tmp_path / "staged")
-    first = train_residual(trainer, out, progress=False, stop_at_env_steps=64)
+    first = train_residual(trainer, out, progress=False, stop_at_env_steps=64,
+                           task_name="PointReach")
     assert not first["complete"] and first["env_steps"] == 64
     with pytest.raises(FileExistsError, match="--resume"):
         train_residual(trainer, out, progress=False)
-    resumed = train_residual(trainer, out, resume=True, progress=False)
+    resumed = train_residual(trainer, out, resume=True, progress=False, task_name="PointReach")
     assert resumed["complete"]
     a, b = to_storable(full["loop_state"]), to_storable(resumed["loop_state"])
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert full["resfit"] == resumed["resfit"]
+    # the same starts and base: the two runs pair episode by episode, and agree
+    same = paired_between(full, resumed)
+    assert same["fixed"] == same["broken"] == 0
+    assert same["episodes"] == 2 * CFG.eval_episodes
+    assert same["success_rate"] == same["reference_success_rate"] == full["final"]["pooled"][
+        "success_rate"]
     # the metrics file holds each row once
     rows = read_metrics(out)
     evals = [(r["seed"], r["env_steps"]) for r in rows if r["kind"] == "eval"]

@@ -32,6 +32,54 @@ def summarize_eval(ev: dict, s: int, base_success=None) -> dict:
     return row
 
 
+def outcome_bits(success) -> str:
+    """Bool [N] -> "0110...": one character per episode, kept in summary.json for the
+    held-out starts so two runs on the same starts can be compared episode by episode."""
+    return "".join("1" if bool(x) else "0" for x in np.asarray(success).ravel())
+
+
+def held_out_outcomes(summary: dict, last: bool = False) -> tuple[str, str] | None:
+    """(base, policy) held-out outcomes of a run, every seed's episodes in seed order, as
+    outcome strings; ``last``: the last state's instead of the kept one. None for runs
+    recorded before outcomes were kept."""
+    final = summary.get("final") or {}
+    rows = (final.get("last") or {}).get("per_seed") if last else final.get("per_seed")
+    base_rows = final.get("base_per_seed")
+    if not rows or not base_rows or any("outcomes" not in r for r in rows + base_rows):
+        return None
+    return "".join(r["outcomes"] for r in base_rows), "".join(r["outcomes"] for r in rows)
+
+
+def paired_between(reference: dict, other: dict) -> dict:
+    """Two runs' held-out final evaluations compared episode by episode (summary.json
+    dicts). ``fixed``: episodes the reference fails and ``other`` solves; ``broken``: the
+    reverse; with the McNemar p-value and the interval of other - reference.
+
+    Pairing needs the same held-out starts: the same task and seeds (each seed's starts come
+    from its key) and the same base, checked through the base's own outcomes, which the same
+    base on the same starts reproduces. Raises ValueError naming what differs, or when a run
+    has no stored outcomes (recorded before they were kept)."""
+    for name, s in (("reference", reference), ("other", other)):
+        if held_out_outcomes(s) is None:
+            raise ValueError(f"paired_between: the {name} run ({s.get('out', '?')}) has no "
+                             "held-out outcomes in its summary.json (recorded before they "
+                             "were kept); re-run its final evaluation.")
+    for field in ("task", "seeds"):
+        if reference.get(field) != other.get(field):
+            raise ValueError(f"paired_between: the runs differ in {field} "
+                             f"({reference.get(field)} vs {other.get(field)}), so their "
+                             "held-out starts differ; compare runs of the same task and seeds.")
+    (ref_base, ref), (other_base, pol) = held_out_outcomes(reference), held_out_outcomes(other)
+    if ref_base != other_base:
+        differ = sum(a != b for a, b in zip(ref_base, other_base)) + abs(len(ref_base)
+                                                                         - len(other_base))
+        raise ValueError(f"paired_between: the base's held-out outcomes differ in {differ} of "
+                         f"{len(ref_base)} episodes, so the runs did not use the same starts "
+                         "and base (or the base's action range differs); they are not paired.")
+    out = paired_outcomes([c == "1" for c in ref], [c == "1" for c in pol])
+    return out | {"reference_success_rate": out.pop("base_success_rate")}
+
+
 def pooled(base_success: list, policy_success: list, base_rows: list[dict],
            rows: list[dict]) -> dict:
     """Paired statistics over all seeds' episodes together, and mean steps of successes."""

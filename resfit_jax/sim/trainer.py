@@ -52,7 +52,7 @@ from resfit_jax.sharding import GRAD_AXES, Layout, make_mesh, primary
 from resfit_jax.sim.loop import STAT_KEYS, SimLoop
 from resfit_jax.sim.presets import METHOD_NAMES, TrainConfig
 from resfit_jax.sim.progress import Run, start_run
-from resfit_jax.sim.report import pooled, run_summary, summarize_eval
+from resfit_jax.sim.report import outcome_bits, pooled, run_summary, summarize_eval
 
 PHASES = ("warmup", "critic_warmup", "train", "final_eval", "done")
 @dataclasses.dataclass
@@ -261,11 +261,13 @@ def _final_eval_phase(run: Run) -> bool:
     keys = trainer.final_keys()
     ev_base = jax.device_get(trainer.evaluate_base_final(keys))
     seeds = range(len(prog.seeds))
-    base_rows = [summarize_eval(ev_base, i) for i in seeds]
+    base_rows = [summarize_eval(ev_base, i) | {"outcomes": outcome_bits(ev_base["success"][i])}
+                 for i in seeds]
 
     def held_out(learner_state) -> dict:
         ev = jax.device_get(trainer.evaluate_final(learner_state, keys))
-        rows = [summarize_eval(ev, i, ev_base["success"][i]) for i in seeds]
+        rows = [summarize_eval(ev, i, ev_base["success"][i])
+                | {"outcomes": outcome_bits(ev["success"][i])} for i in seeds]
         return {"per_seed": rows, "base_per_seed": base_rows,
                 "pooled": pooled(ev_base["success"], ev["success"], base_rows, rows)}
     prog.final = held_out(run.state.learner_state if run.best is None else run.best)
