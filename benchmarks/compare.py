@@ -18,7 +18,8 @@ Prints a table of the held-out final evaluation per method (pooled over seeds: s
 a 95% Wilson interval, mean steps of successes, fixed / broken against the BC base on the
 same starts, McNemar p), then each baseline against ResFiT on the same held-out starts,
 episode by episode (``vs_resfit``: fixed / broken, p, interval of the difference; runs
-recorded before outcomes were kept are left out), plots success against env steps (mean and min-max over seeds) and
+recorded before outcomes were kept are left out until ``--rescore`` re-runs their held-out
+evaluation from their last checkpoint), plots success against env steps (mean and min-max over seeds) and
 writes benchmarks/results/compare.json (one entry per task, with the machine). --headline
 adds each finished method's row to benchmarks/results/headline.json (setting "compare") and
 regenerates the README tables.
@@ -49,6 +50,9 @@ def define_flags() -> None:
     flags.DEFINE_string("out", None, "Run directories (default runs/compare/<task>).")
     flags.DEFINE_bool("analyze_only", False, "Train nothing; report the runs as they are.")
     flags.DEFINE_bool("headline", False, "Add the finished rows to headline.json + README.")
+    flags.DEFINE_bool("rescore", False, "Re-run the held-out final evaluation of finished runs "
+                      "recorded before per-episode outcomes were kept, so they pair with ResFiT "
+                      "(same --override values as their training).")
     flags.DEFINE_string("json_out", os.path.join(RESULTS, "compare.json"),
                         "Results JSON (the task's entry is replaced).")
     flags.DEFINE_string("plot", None, "PNG (default benchmarks/results/compare_<task>.png).")
@@ -162,7 +166,8 @@ def main(argv):
     setup_script()
     from benchmarks import headline
     from benchmarks.machine import machine_info, write_results
-    from benchmarks.runs import METHODS, finished, open_inputs, run_identity, train_or_resume
+    from benchmarks.runs import (METHODS, finished, has_outcomes, open_inputs, rescore,
+                                 run_identity, train_or_resume)
     from resfit_jax.plotting import eval_curves
 
     task, methods = FLAGS.task, list(FLAGS.methods)
@@ -178,7 +183,7 @@ def main(argv):
         methods.remove("fbc")
     out = FLAGS.out or os.path.join("runs", "compare", task)
     runs = {m: os.path.join(out, m) for m in methods}
-    if not FLAGS.analyze_only:
+    if not FLAGS.analyze_only or FLAGS.rescore:
         try:
             inputs = open_inputs(task, FLAGS.base, FLAGS.demos)
         except (FileNotFoundError, ValueError) as e:
@@ -186,6 +191,15 @@ def main(argv):
         for m in methods:
             if finished(runs[m]):
                 print(f"{LABELS[m]}: finished run in {runs[m]}")
+                if FLAGS.rescore and not has_outcomes(runs[m]):
+                    print(f"{LABELS[m]}: rescoring its held-out evaluation")
+                    try:
+                        rescore(m, task, inputs, runs[m], list(range(FLAGS.seeds)),
+                                overrides[m], base_dir=FLAGS.base)
+                    except ValueError as e:
+                        raise app.UsageError(f"{LABELS[m]}: {e}") from None
+                continue
+            if FLAGS.analyze_only:
                 continue
             print(f"{LABELS[m]}: training into {runs[m]}")
             train_or_resume(m, task, inputs, runs[m], list(range(FLAGS.seeds)), overrides[m],

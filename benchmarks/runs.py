@@ -70,13 +70,13 @@ def run_identity(run: str) -> dict | None:
 METHODS = ("resfit", "rlpd", "ibrl", "ppo", "fbc")
 
 
-def train_or_resume(method: str, task_name: str, inputs: tuple, run: str, seeds: list[int],
-                    overrides: list[str], scale: str = "cpu",
-                    stop_at_env_steps: int | None = None, base_dir: str | None = None) -> dict:
-    """Train ``method`` ("resfit", "rlpd", "ibrl" through train_residual's trainer, "ppo"
-    through train_residual_ppo's, "fbc" through train_filtered_bc's) on ``inputs`` (from
-    ``open_inputs``) into ``run``, resuming it when it has a checkpoint; returns the run's
-    summary. "fbc" needs ``base_dir``, the train_bc checkpoint it fine-tunes."""
+def method_trainer(method: str, task_name: str, inputs: tuple, seeds: list[int],
+                   overrides: list[str], scale: str = "cpu", base_dir: str | None = None
+                   ) -> tuple[Any, Any]:
+    """(trainer, train function) of ``method``: "resfit", "rlpd", "ibrl" through
+    train_residual's trainer, "ppo" through train_residual_ppo's, "fbc" through
+    train_filtered_bc's, on ``inputs`` (from ``open_inputs``). "fbc" needs ``base_dir``, the
+    train_bc checkpoint it fine-tunes."""
     from resfit_jax.configs import apply_overrides
     from resfit_jax.sim.ppo_presets import ppo_preset
     from resfit_jax.sim.ppo_trainer import make_ppo_trainer, train_residual_ppo
@@ -85,8 +85,7 @@ def train_or_resume(method: str, task_name: str, inputs: tuple, run: str, seeds:
 
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
-    task, base, episodes, identity = inputs[:4]
-    extra = {"scale": scale, "overrides": list(overrides)}
+    task, base, episodes = inputs[:3]
     if method == "fbc":
         from bases.filtered_bc import filtered_bc_preset, make_filtered_bc, train_filtered_bc
 
@@ -94,18 +93,42 @@ def train_or_resume(method: str, task_name: str, inputs: tuple, run: str, seeds:
             raise ValueError("Filtered BC tunes a train_bc base: pass its checkpoint directory "
                              "(the scripted PointReach base has no parameters).")
         cfg = apply_overrides(filtered_bc_preset(task_name), overrides)
-        return train_filtered_bc(make_filtered_bc(task, base_dir, episodes, cfg, seeds), run,
-                                 resume=has_checkpoint(run), stop_at_env_steps=stop_at_env_steps,
-                                 task_name=task_name, identity=identity,
-                                 extra_info=extra | {"method": "fbc"})
+        return make_filtered_bc(task, base_dir, episodes, cfg, seeds), train_filtered_bc
     if method == "ppo":
         cfg = apply_overrides(ppo_preset(task_name, scale), overrides)
-        return train_residual_ppo(make_ppo_trainer(task, base, episodes, cfg, seeds), run,
-                                  resume=has_checkpoint(run), stop_at_env_steps=stop_at_env_steps,
-                                  task_name=task_name, identity=identity,
-                                  extra_info=extra | {"method": "ResidualPPO"})
+        return make_ppo_trainer(task, base, episodes, cfg, seeds), train_residual_ppo
     cfg = apply_overrides(preset(task_name, scale, method), overrides)
-    return train_residual(make_trainer(task, base, episodes, cfg, seeds), run,
-                          resume=has_checkpoint(run), stop_at_env_steps=stop_at_env_steps,
-                          task_name=task_name, identity=identity,
-                          extra_info=extra | {"method": method})
+    return make_trainer(task, base, episodes, cfg, seeds), train_residual
+
+
+RUN_METHOD_NAMES = {"fbc": "fbc", "ppo": "ResidualPPO"}
+
+
+def train_or_resume(method: str, task_name: str, inputs: tuple, run: str, seeds: list[int],
+                    overrides: list[str], scale: str = "cpu",
+                    stop_at_env_steps: int | None = None, base_dir: str | None = None) -> dict:
+    """Train ``method`` (``method_trainer``) on ``inputs`` into ``run``, resuming it when it
+    has a checkpoint; returns the run's summary."""
+    trainer, train = method_trainer(method, task_name, inputs, seeds, overrides, scale, base_dir)
+    return train(trainer, run, resume=has_checkpoint(run), stop_at_env_steps=stop_at_env_steps,
+                 task_name=task_name, identity=inputs[3],
+                 extra_info={"scale": scale, "overrides": list(overrides),
+                             "method": RUN_METHOD_NAMES.get(method, method)})
+
+
+def has_outcomes(run: str) -> bool:
+    """The finished run's summary keeps every held-out episode's outcome."""
+    from resfit_jax.sim.report import held_out_outcomes
+
+    with open(os.path.join(run, "summary.json")) as f:
+        return held_out_outcomes(json.load(f)) is not None
+
+
+def rescore(method: str, task_name: str, inputs: tuple, run: str, seeds: list[int],
+            overrides: list[str], scale: str = "cpu", base_dir: str | None = None) -> dict:
+    """Re-run a finished run's held-out final evaluation (``sim.trainer.rescore_run``) with
+    the trainer it was trained with (same overrides: the resume checks apply)."""
+    from resfit_jax.sim.trainer import rescore_run
+
+    trainer, _ = method_trainer(method, task_name, inputs, seeds, overrides, scale, base_dir)
+    return rescore_run(trainer, run, task_name=task_name, identity=inputs[3])

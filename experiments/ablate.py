@@ -21,6 +21,8 @@ p-value against the base, the interval of the difference, mean steps of successe
 table compares every setting with ``--reference`` (default: the first setting; the preset
 with ``--paper_ablations``) on the same held-out starts, episode by episode: fixed / broken
 against the reference, p-value and the interval of setting - reference (``vs_reference``).
+``--rescore`` re-runs the held-out evaluation of finished settings recorded before each
+episode's outcome was kept, so they can be paired.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("seeds", 3, "Seeds per setting, vmapped.")
     flags.DEFINE_bool("paper_ablations", False, "Add the paper's design ablations as settings.")
     flags.DEFINE_string("out", None, "Output directory (default runs/ablate/<task>).")
+    flags.DEFINE_bool("rescore", False, "Re-run the held-out final evaluation of finished "
+                      "settings recorded before per-episode outcomes were kept.")
     flags.DEFINE_string("reference", None, "Setting every other one is compared with, episode "
                         "by episode on the same held-out starts (default: the first).")
 
@@ -160,7 +164,8 @@ def main(argv):
     from benchmarks.runs import open_inputs
     from resfit_jax.configs import config_overrides, resolve, usage_error
     from resfit_jax.sim.presets import preset
-    from resfit_jax.sim.trainer import make_trainer, train_residual
+    from resfit_jax.sim.report import held_out_outcomes
+    from resfit_jax.sim.trainer import make_trainer, rescore_run, train_residual
 
     named = list(FLAGS.setting)
     if FLAGS.paper_ablations:
@@ -191,6 +196,11 @@ def main(argv):
         if os.path.exists(done) and json.load(open(done)).get("complete"):
             print(f"[{i + 1}/{len(configs)}] {name}: done, reusing {run_dir}")
             summary = json.load(open(done))
+            if FLAGS.rescore and held_out_outcomes(summary) is None:
+                print(f"[{i + 1}/{len(configs)}] {name}: rescoring its held-out evaluation")
+                trainer = make_trainer(task, base, episodes, cfg, list(range(FLAGS.seeds)))
+                rescore_run(trainer, run_dir, task_name=FLAGS.task, identity=identity)
+                summary = json.load(open(done))
         else:
             print(f"[{i + 1}/{len(configs)}] {name}: {' '.join(common + ovs) or 'preset'}")
             trainer = make_trainer(task, base, episodes, cfg, list(range(FLAGS.seeds)))

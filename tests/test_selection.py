@@ -20,6 +20,9 @@ def test_keep_better_picks_per_seed_and_ties_keep_the_earlier():
     cur = {"w": jnp.ones((3, 2, 2)), "b": jnp.ones((3,))}
     better = improved([0.5, 0.7, 0.9], [0.5, 0.6, 0.95])
     assert better.tolist() == [False, True, False]          # a tie is not better
+    # with a margin the lead must exceed it: 2 of 100 episodes beat 0.01, 1 does not
+    assert improved([0.86, 0.87, 0.90], [0.85, 0.85, 0.80], 0.01).tolist() == [False, True, True]
+    assert improved([0.87], [0.85], 0.02).tolist() == [False]
     out = keep_better(kept, cur, better)
     assert out["b"].tolist() == [0.0, 1.0, 0.0]
     np.testing.assert_array_equal(out["w"][1], 1.0)
@@ -63,6 +66,25 @@ def test_select_best_keeps_each_seeds_best_periodic_state(demos, full_run, tmp_p
 def test_select_must_be_a_known_rule():
     with pytest.raises(ValueError, match="select must be one of"):
         CFG.replace(select="median")
+    with pytest.raises(ValueError, match="select_margin must be in"):
+        CFG.replace(select="best", select_margin=-0.01)
+
+
+def test_the_run_keeps_a_state_only_when_it_leads_by_more_than_the_margin():
+    from types import SimpleNamespace
+
+    from resfit_jax.sim.progress import Run
+
+    cfg = CFG.replace(select="best", select_margin=0.01)
+    run = SimpleNamespace(cfg=cfg, best=None, state=SimpleNamespace(learner_state=jnp.zeros(2)),
+                          prog=SimpleNamespace(env_steps=0, best_success=None,
+                                               best_env_steps=None))
+    rows = lambda *rates: [{"success_rate": r} for r in rates]
+    Run.keep_if_best(run, rows(0.85, 0.85))                   # step 0: the base is kept
+    run.prog.env_steps, run.state.learner_state = 10_000, jnp.ones(2)
+    Run.keep_if_best(run, rows(0.86, 0.87))                   # leads by 1 and 2 episodes
+    assert run.best.tolist() == [0.0, 1.0] and run.prog.best_env_steps == [0, 10_000]
+    assert run.prog.best_success == [0.85, 0.87]
 
 
 def test_a_run_saved_before_an_option_existed_resumes_while_the_option_is_off():

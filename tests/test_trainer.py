@@ -23,7 +23,7 @@ from resfit_jax.residual_td3 import ResidualTD3Config
 from resfit_jax.sim.evaluation import episode_keys
 from resfit_jax.sim.presets import TrainConfig, preset
 from resfit_jax.sim.report import held_out_outcomes, paired_between, results_table
-from resfit_jax.sim.trainer import make_trainer, train_residual
+from resfit_jax.sim.trainer import make_trainer, rescore_run, train_residual
 
 TASK = envs.PointReach(episode_length=20)
 LEARNER = ResidualTD3Config(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32),
@@ -139,6 +139,12 @@ def test_resume_equals_uninterrupted_run(trainer, full_run, tmp_path):
     assert same["episodes"] == 2 * CFG.eval_episodes
     assert same["success_rate"] == same["reference_success_rate"] == full["final"]["pooled"][
         "success_rate"]
+    # rescoring a finished run reproduces its held-out evaluation and changes nothing else
+    n_rows = len(read_metrics(out))
+    again = rescore_run(trainer, out, task_name="PointReach")
+    assert again["final"] == resumed["final"] and "rescored_from" not in again["final"]
+    assert len(read_metrics(out)) == n_rows
+    assert again["wall_s"] == pytest.approx(resumed["wall_s"], abs=1.0)
     # the metrics file holds each row once
     rows = read_metrics(out)
     evals = [(r["seed"], r["env_steps"]) for r in rows if r["kind"] == "eval"]
@@ -156,6 +162,8 @@ def test_resume_after_the_demos_changed_equals_the_uninterrupted_run(demos, full
     base = FunctionBase(biased_base_action, 2)
     first = make_trainer(TASK, base, demos, CFG, seeds=[0, 1])
     train_residual(first, out, progress=False, stop_at_env_steps=64)
+    with pytest.raises(ValueError, match="not finished"):
+        rescore_run(first, out)
     changed = [dataclasses.replace(ep, observation=ep.observation * 1.3 + 0.1,
                                    action=ep.action * 0.8) for ep in demos]
     other = make_trainer(TASK, base, changed, CFG, seeds=[0, 1])

@@ -69,6 +69,9 @@ class TrainConfig:
     select: str = "last"               # which state the held-out evaluation scores: "last",
                                        # or "best": each seed's best periodic evaluation
                                        # (step 0 included; sim.selection)
+    select_margin: float = 0.0         # select="best": a new state is kept only when its
+                                       # periodic success rate leads the kept one's by more
+                                       # than this (0.01: 2 of 100 episodes)
     num_demos: int | None = None       # offline demos to use (None: all available)
     action_margin: float = 0.0         # widen the demo action range by this fraction before
                                        # normalizing, so base actions beyond the demos' range
@@ -149,6 +152,8 @@ class TrainConfig:
             errors.append(f"obs_min_std must be > 0 (got {self.obs_min_std})")
         if self.select not in SELECT_RULES:
             errors.append(f"select must be one of {SELECT_RULES} (got {self.select!r})")
+        if not 0.0 <= self.select_margin < 1.0:
+            errors.append(f"select_margin must be in [0, 1) (got {self.select_margin})")
         errors += self._layout_errors()
         if self.final_episodes is not None and self.final_episodes < 1:
             errors.append(f"final_episodes must be >= 1 or None (got {self.final_episodes})")

@@ -62,6 +62,7 @@ class Run:
     stop_at_env_steps: int | None
     bar: Any = None
     best: Any = None               # select="best": the kept learner states (sim.selection)
+    rescoring: bool = False        # re-running a finished run's final evaluation (no new rows)
 
     @property
     def cfg(self):
@@ -81,7 +82,8 @@ class Run:
 
     def keep_if_best(self, rows: list[dict]) -> None:
         """select="best": keep each seed's learner state whose periodic success rate is the
-        highest so far (strictly; the first call, at step 0, keeps the starting state)."""
+        highest so far (strictly, by more than ``select_margin``; the first call, at step 0,
+        keeps the starting state)."""
         if getattr(self.cfg, "select", "last") != "best":
             return
         rates = [r["success_rate"] for r in rows]
@@ -91,7 +93,8 @@ class Run:
             self.prog.best_success = rates
             self.prog.best_env_steps = [self.prog.env_steps] * len(rates)
             return
-        better = improved(rates, self.prog.best_success)
+        better = improved(rates, self.prog.best_success,
+                          getattr(self.cfg, "select_margin", 0.0))
         if better.any():
             self.best = keep_better(self.best, current, better)
             self.prog.best_success = [r if b else k for r, b, k in

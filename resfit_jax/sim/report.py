@@ -63,7 +63,9 @@ def paired_between(reference: dict, other: dict) -> dict:
         if held_out_outcomes(s) is None:
             raise ValueError(f"paired_between: the {name} run ({s.get('out', '?')}) has no "
                              "held-out outcomes in its summary.json (recorded before they "
-                             "were kept); re-run its final evaluation.")
+                             "were kept); re-run its final evaluation with --rescore "
+                             "(benchmarks.compare, experiments.ablate) or "
+                             "sim.trainer.rescore_run.")
     for field in ("task", "seeds"):
         if reference.get(field) != other.get(field):
             raise ValueError(f"paired_between: the runs differ in {field} "

@@ -4,7 +4,9 @@ With ``TrainConfig.select="best"`` a run keeps, for each seed, the learner state
 best periodic evaluation so far (success rate on the periodic starts; the step-0
 evaluation is the first candidate, so a ResFiT run whose residual never beats its base on
 those starts ends with the zero residual, i.e. the base). Only a strictly higher success
-rate replaces the kept state: ties keep the earlier, less-changed policy. The held-out
+rate replaces the kept state: ties keep the earlier, less-changed policy; with
+``select_margin`` m the lead must exceed m (a guard against keeping a state on the periodic
+evaluation's noise). The held-out
 final evaluation then scores the kept state on starts that no selection has seen, and
 also the last state, so the summary shows what selection bought.
 """
@@ -35,6 +37,7 @@ def keep_better(kept: Any, current: Any, better: np.ndarray) -> Any:
     return jax.tree.map(pick, kept, current)
 
 
-def improved(rates: list[float], best: list[float]) -> np.ndarray:
-    """bool [S]: where this evaluation's success rate beats the kept one strictly."""
-    return np.asarray(rates, float) > np.asarray(best, float) + 1e-12
+def improved(rates: list[float], best: list[float], margin: float = 0.0) -> np.ndarray:
+    """bool [S]: where this evaluation's success rate beats the kept one by more than
+    ``margin`` (strictly: a tie, or a lead of exactly the margin, keeps the earlier)."""
+    return np.asarray(rates, float) > np.asarray(best, float) + margin + 1e-12

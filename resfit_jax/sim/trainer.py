@@ -276,7 +276,7 @@ def _final_eval_phase(run: Run) -> bool:
         prog.final |= {"selected_env_steps": prog.best_env_steps,
                        "last": {"per_seed": last["per_seed"], "pooled": last["pooled"]}}
     rows = prog.final["per_seed"]
-    for i, s in enumerate(prog.seeds):
+    for i, s in enumerate(prog.seeds if not run.rescoring else []):   # rows exist already
         run.logger.write({"kind": "final_eval", "seed": s, "env_steps": prog.env_steps,
                           "total_env_steps": prog.env_steps + prog.warmup_env_steps,
                           **rows[i], "base_success_rate": base_rows[i]["success_rate"]})
@@ -305,25 +305,59 @@ def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: b
                       task_name, extra_info, identity)
 
 
+def rescore_run(trainer: Any, out: str, task_name: str = "", identity: dict | None = None
+                ) -> dict:
+    """Re-run a finished run's held-out final evaluation from its last checkpoint (the kept
+    states with ``select="best"``), e.g. for a run recorded before summaries kept each
+    episode's outcome. ``trainer`` must be the run's (same config, seeds and inputs: the
+    resume checks apply). The training's wall time and metrics rows stay as they were; if
+    the new pooled numbers differ from the recorded ones (code changed since), a warning
+    names both and ``final["rescored_from"]`` keeps the recorded ones."""
+    return run_phases(trainer, {"final_eval": _final_eval_phase}, out, resume=True,
+                      progress=False, task_name=task_name, identity=identity, rescore=True)
+
+
+def rescore_differences(recorded: dict, new: dict) -> list[str]:
+    """What a rescored final evaluation changed: "field: old -> new" for the pooled counts
+    and rates of the kept and (select="best") last states."""
+    out = []
+    for part in ("pooled", "last"):
+        a = recorded.get(part) or {}
+        b = new.get(part) or {}
+        a, b = (a.get("pooled", a), b.get("pooled", b)) if part == "last" else (a, b)
+        for k in ("episodes", "base_success_rate", "success_rate", "fixed", "broken"):
+            if k in a and a[k] != b.get(k):
+                out.append(f"{part}.{k}: {a[k]} -> {b.get(k)}")
+    return out
+
+
 def run_phases(trainer: Any, phase_functions: dict, out: str, resume: bool = False,
                progress: bool = True, stop_at_env_steps: int | None = None, task_name: str = "",
-               extra_info: dict | None = None, identity: dict | None = None) -> dict:
+               extra_info: dict | None = None, identity: dict | None = None,
+               rescore: bool = False) -> dict:
     """The driver both simulated trainers share: open or resume the run directory under its
     lock, evaluate the base on the periodic starts once, run ``phase_functions[phase]`` until
-    "done" (or an early stop), write summary.json and return the summary."""
+    "done" (or an early stop), write summary.json and return the summary. ``rescore``: a
+    finished run's final evaluation again (``rescore_run``)."""
     out = os.path.abspath(out)
     with RunLock(out, "training run"):
         return _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_steps,
-                           task_name, extra_info, identity)
+                           task_name, extra_info, identity, rescore)
 
 
 def _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_steps, task_name,
-                extra_info, identity) -> dict:
+                extra_info, identity, rescore=False) -> dict:
     ckpt, logger, prog, state, best = start_run(trainer, out, resume, task_name, extra_info,
                                                 identity)
     run = Run(trainer, ckpt, logger, prog, state, time.time() - prog.wall_s,
               progress and primary(),
                task_name, stop_at_env_steps, best=best)
+    if rescore:
+        if prog.phase != "done":
+            raise ValueError(f"{out}: the run is not finished (phase {prog.phase!r}); resume "
+                             "it to finish it instead of rescoring.")
+        recorded, wall = prog.final, prog.wall_s
+        prog.phase, run.rescoring = "final_eval", True
     try:
         if prog.base_eval is None:
             ev = jax.device_get(trainer.evaluate_base(trainer.eval_keys()))
@@ -349,6 +383,15 @@ def _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_ste
         logger.close()
         raise
     run.close_bar()
+    if rescore:
+        changed = rescore_differences(recorded, prog.final)
+        if changed:
+            prog.final["rescored_from"] = {k: recorded[k] for k in ("pooled", "last")
+                                           if k in recorded}
+            print(f"WARNING: {out}: the rescored held-out evaluation differs from the recorded "
+                  f"one ({'; '.join(changed)}); the summary now holds the new one.")
+        run.t_start = time.time() - wall              # the training's wall time, not ours
+        run.save()
     logger.close()
     summary = run_summary(prog, trainer.cfg, task_name, out, trainer.method)
     if primary():
