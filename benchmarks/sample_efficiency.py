@@ -254,6 +254,7 @@ def main(argv):
               "resfit_final": final,
               "ppo_final": (summaries["ppo"].get("final") or {}).get("pooled"),
               "ppo_complete": summaries["ppo"].get("complete", False),
+              "ppo_vs_resfit": held_out_pairing(summaries["resfit"], summaries["ppo"]),
               "curves": {n: {"total_env_steps": c["total_env_steps"].tolist(),
                              "success_mean": c["success"].mean(axis=0).tolist(),
                              "success_min": c["success"].min(axis=0).tolist(),
@@ -278,6 +279,21 @@ def main(argv):
         from benchmarks import headline
         headline.save(headline.add_se(headline.load(), headline.se_row(result)))
         print(f"wrote the {task} row to {headline.HEADLINE} and the README table")
+
+
+def held_out_pairing(resfit: dict, ppo: dict) -> dict | None:
+    """PPO's final state against ResFiT's kept state on the same held-out episodes
+    (``report.paired_between``: fixed = ResFiT fails and PPO succeeds); None until both runs
+    are finished with per-episode outcomes (``compare --rescore`` adds them to older runs)."""
+    from resfit_jax.sim.report import paired_between
+
+    if not (resfit.get("complete") and ppo.get("complete")):
+        return None
+    try:
+        return paired_between(resfit, ppo)
+    except ValueError as e:
+        print(f"held-out pairing left out: {e}")
+        return None
 
 
 def _fmt(x) -> str:
@@ -305,6 +321,12 @@ def report(r: dict) -> str:
                             for n, label in (("resfit", "ResFiT"), ("ppo", "PPO")))
         lines.append(f"  the evaluation grids place the crossings at {crossed}: the ratio lies "
                      f"in [{lo:,.1f}x, {hi}]")
+    v = r.get("ppo_vs_resfit")
+    if v:
+        lines.append(f"held out, episode by episode: ResFiT {v['reference_success_rate']:.1%}, "
+                     f"PPO {v['success_rate']:.1%} (PPO fixes {v['fixed']} and breaks "
+                     f"{v['broken']} of ResFiT's episodes, p = {v['p_value']:.2g}; "
+                     f"{v['episodes']} starts)")
     if not r.get("threshold_above_noise", True):
         lines.append(f"warning: the threshold {r['threshold']:.1%} is inside the base's 95% "
                      f"interval on the periodic starts (up to {r['base_noise_ceiling']:.1%}): "

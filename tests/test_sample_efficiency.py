@@ -90,3 +90,21 @@ def test_the_readme_table_is_generated_from_headline_rows():
     assert row.startswith("| T (50.0%) | 90.0% (absolute) | 2,000 [2,000, 2,000] of 2,000 |")
     assert "**100x** (grid: 50-200x)" in row and "(periodic 96.0% at 0.20M, running)" in row
     assert "\nold\n" not in new
+
+
+def test_ppo_is_paired_with_resfit_on_the_held_out_episodes_once_both_finished():
+    from benchmarks.sample_efficiency import held_out_pairing
+
+    row = lambda bits: {"outcomes": bits, "episodes": len(bits), "successes": bits.count("1")}
+    run = lambda policy, done=True: {
+        "task": "PickPlace", "seeds": [0], "complete": done,
+        "final": {"per_seed": [row(policy)], "base_per_seed": [row("0110")]}}
+    v = held_out_pairing(run("0111"), run("1101"))
+    assert (v["fixed"], v["broken"], v["reference_success_rate"]) == (1, 1, 0.75)
+    assert held_out_pairing(run("0111"), run("1101", done=False)) is None
+    assert held_out_pairing(run("0111"), {"task": "PickPlace", "seeds": [0], "complete": True,
+                                          "final": {}}) is None      # no outcomes: left out
+    resfit = _curve([0, 1_000], [[0.5, 0.95]])
+    r = {"task": "T", "seeds": [0], "threshold_rule": "absolute 0.9",
+         "ppo_vs_resfit": v} | compare(resfit, resfit, 0.9, 10)
+    assert "PPO fixes 1 and breaks 1 of ResFiT's episodes" in report(r)
