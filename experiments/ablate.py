@@ -21,7 +21,11 @@ p-value against the base, the interval of the difference, mean steps of successe
 table compares every setting with ``--reference`` (default: the first setting; the preset
 with ``--paper_ablations``) on the same held-out starts, episode by episode: fixed / broken
 against the reference, p-value and the interval of setting - reference (``vs_reference``).
-``--rescore`` re-runs the held-out evaluation of finished settings recorded before each
+A setting whose config equals an earlier one's (``nstep_3`` when the preset's n is 3) reuses
+that run. With ``--paper_ablations`` the paper's claims (``PAPER_CLAIMS``: UTD 4 beats 1/2
+and 1, 8 adds little, n > 1 is necessary, n = 10 no better than 3 or 5, LayerNorm, demos and
+the warm-up phases matter) are checked on the held-out episodes and printed with a verdict
+(``paper_claims`` in ablation.json). ``--rescore`` re-runs the held-out evaluation of finished settings recorded before each
 episode's outcome was kept, so they can be paired.
 """
 from __future__ import annotations
@@ -68,6 +72,80 @@ def paper_ablations(num_envs: int, updates_per_step: int = 1) -> list[str]:
             *(f"nstep_{n}:replay.n_step={n}" for n in (1, 3, 5, 10)),
             "heads_2:learner.num_critics=2", "heads_5:learner.num_critics=5",
             "warmup_off:warmup_env_steps=0;critic_warmup_updates=0"]
+
+
+# The paper's qualitative claims about its ablations, as (claim, better, worse, kind) over
+# the settings of ``paper_ablations``: "better" means the better setting's held-out success
+# exceeds the worse one's (interval of the paired difference above 0); "no_gain" means the
+# first does not beat the second (interval not above 0).
+PAPER_CLAIMS = (
+    ("UTD 4 beats UTD 1/2", "utd_4", "utd_0.5", "better"),
+    ("UTD 4 beats UTD 1", "utd_4", "utd_1", "better"),
+    ("UTD 8 adds little over UTD 4", "utd_8", "utd_4", "no_gain"),
+    ("n-step > 1 is necessary (n = 3 beats n = 1)", "nstep_3", "nstep_1", "better"),
+    ("n = 10 is no better than n = 3", "nstep_10", "nstep_3", "no_gain"),
+    ("n = 10 is no better than n = 5", "nstep_10", "nstep_5", "no_gain"),
+    ("LayerNorm matters", "preset", "layernorm_off", "better"),
+    ("demos matter", "preset", "no_demos", "better"),
+    ("the warm-up phases matter", "preset", "warmup_off", "better"),
+)
+
+
+def paper_claims(summaries: dict[str, dict]) -> list[dict]:
+    """Each of ``PAPER_CLAIMS`` checked on the held-out episodes (``summaries``: setting name
+    -> summary.json): the paired comparison of the two settings (``report.paired_between``,
+    reference = the claim's second setting) and a verdict: "supported", "not supported"
+    (the interval of the difference includes 0), "contradicted" (significant the other way),
+    or "not measured" (a setting missing or without outcomes)."""
+    from resfit_jax.sim.report import paired_between
+
+    out = []
+    for claim, first, second, kind in PAPER_CLAIMS:
+        row = {"claim": claim, "setting": first, "against": second, "kind": kind}
+        try:
+            v = paired_between(summaries[second], summaries[first])
+        except (KeyError, ValueError) as e:
+            out.append(row | {"verdict": "not measured", "why": str(e)})
+            continue
+        lo, hi = v["diff_ci_low"], v["diff_ci_high"]
+        if kind == "better":
+            verdict = ("supported" if lo > 0 else "contradicted" if hi < 0 else "not supported")
+        else:
+            verdict = "contradicted" if lo > 0 else "supported"
+        out.append(row | v | {"verdict": verdict})
+    return out
+
+
+def claims_table(claims: list[dict]) -> str:
+    lines = [f"{'claim':<46}{'setting':>10}{'against':>10}{'fixed':>7}{'broken':>8}"
+             f"{'p':>9}{'diff 95% CI':>17}  verdict"]
+    for c in claims:
+        if c["verdict"] == "not measured":
+            lines.append(f"{c['claim'][:45]:<46}{c['setting']:>10}{c['against']:>10}"
+                         f"{'':>51}  not measured")
+            continue
+        lines.append(f"{c['claim'][:45]:<46}{c['success_rate']:>10.1%}"
+                     f"{c['reference_success_rate']:>10.1%}{c['fixed']:>7}{c['broken']:>8}"
+                     f"{c['p_value']:>9.2g}"
+                     f"{f'[{c['diff_ci_low']:+.2f}, {c['diff_ci_high']:+.2f}]':>17}  "
+                     f"{c['verdict']}")
+    return "\n".join(lines)
+
+
+def same_as_earlier(configs: list) -> dict[int, int]:
+    """{i: j}: setting i's config equals the earlier setting j's (the first such), so i
+    reuses j's run instead of training the same thing twice."""
+    from resfit_jax.configs import to_dict
+
+    first: dict[str, int] = {}
+    out = {}
+    for i, cfg in enumerate(configs):
+        key = json.dumps(to_dict(cfg), sort_keys=True)
+        if key in first:
+            out[i] = first[key]
+        else:
+            first[key] = i
+    return out
 
 
 def settings(factors: list[str], named: list[str]) -> list[tuple[str, list[str]]]:
@@ -189,10 +267,17 @@ def main(argv):
     if reference not in [name for name, _, _ in configs]:
         usage_error(f"--reference={reference!r} is not a setting; settings: "
                     f"{[name for name, _, _ in configs]}.")
+    same = same_as_earlier([cfg for _, _, cfg in configs])
     rows, summaries = [], []
     for i, (name, ovs, cfg) in enumerate(configs):
         run_dir = os.path.join(out, name.replace("/", "_"))
         done = os.path.join(run_dir, "summary.json")
+        if i in same:                        # e.g. nstep_3 when the preset's n is 3
+            print(f"[{i + 1}/{len(configs)}] {name}: the same config as "
+                  f"{configs[same[i]][0]}, reusing its run")
+            rows.append(row(name, common + ovs, summaries[same[i]]))
+            summaries.append(summaries[same[i]])
+            continue
         if os.path.exists(done) and json.load(open(done)).get("complete"):
             print(f"[{i + 1}/{len(configs)}] {name}: done, reusing {run_dir}")
             summary = json.load(open(done))
@@ -222,6 +307,8 @@ def main(argv):
     result = {"task": FLAGS.task, "base": base_name, "scale": FLAGS.scale,
               "method": FLAGS.method,
               "seeds": FLAGS.seeds, "machine": machine_info(), "rows": rows}
+    if FLAGS.paper_ablations:
+        result["paper_claims"] = paper_claims({r["setting"]: s for r, s in zip(rows, summaries)})
     with open(os.path.join(out, "ablation.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"\n{FLAGS.task}: held-out final evaluation, pooled over {FLAGS.seeds} seeds")
@@ -230,6 +317,10 @@ def main(argv):
         print(f"\nAgainst {reference}, episode by episode on the same held-out starts "
               "(fixed: the reference fails and the setting succeeds)")
         print(reference_table(rows, reference))
+    if "paper_claims" in result:
+        print("\nThe paper's claims, on the same held-out starts (success of the setting and of "
+              "the one it is compared with)")
+        print(claims_table(result["paper_claims"]))
     print(f"\nWrote {os.path.join(out, 'ablation.json')}")
 
 

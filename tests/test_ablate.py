@@ -49,6 +49,12 @@ def test_the_paper_ablations_are_valid_settings_of_every_preset():
             if name.startswith("utd_"):
                 assert cfg.critic_steps_per_env_step == float(name[4:])
         assert apply_overrides(p, dict(named)["warmup_off"]).warmup_env_steps == 0
+        # a setting equal to the preset (n = 3 on PointReach) reuses the preset's run
+        from experiments.ablate import same_as_earlier
+        same = same_as_earlier([apply_overrides(p, ovs) for _, ovs in named])
+        names = [n for n, _ in named]
+        assert {names[i]: names[j] for i, j in same.items()} == (
+            {"nstep_3": "preset"} if task == "PointReach" else {"nstep_10": "preset"})
         assert not apply_overrides(p, dict(named)["layernorm_off"]).learner.layer_norm
 
 
@@ -93,3 +99,28 @@ def test_settings_are_compared_with_the_reference_episode_by_episode():
     assert "better" in text and "100.0%" in text and "old" not in text
     with pytest.raises(ValueError, match="not a setting"):
         against_reference(rows, [ref, other, better, old], "nope")
+
+
+def test_the_paper_claims_get_a_verdict_from_paired_held_out_episodes():
+    from experiments.ablate import PAPER_CLAIMS, claims_table, paper_claims
+
+    base = ["0" * 50 + "1" * 50] * 3                          # the base: 50% on each seed
+    at = lambda k: _summary(base, ["1" * k + "0" * (100 - k)] * 3)   # k% on each seed
+    runs = {"preset": at(90), "layernorm_off": at(60), "no_demos": at(89),
+            "utd_0.5": at(70), "utd_1": at(95), "utd_4": at(90), "utd_8": at(91),
+            "nstep_1": at(40), "nstep_3": at(90), "nstep_5": at(92), "nstep_10": at(99)}
+    claims = {c["claim"]: c for c in paper_claims(runs)}
+    assert len(claims) == len(PAPER_CLAIMS)
+    verdict = {(c["setting"], c["against"]): c["verdict"] for c in claims.values()}
+    assert verdict["utd_4", "utd_0.5"] == "supported"                # 90% vs 70%
+    assert verdict["utd_4", "utd_1"] == "contradicted"               # 90% vs 95%
+    assert verdict["utd_8", "utd_4"] == "supported"                  # 91% vs 90%: no gain
+    assert verdict["nstep_3", "nstep_1"] == "supported"
+    assert verdict["nstep_10", "nstep_3"] == "contradicted"          # 99% vs 90%
+    assert verdict["preset", "layernorm_off"] == "supported"
+    assert verdict["preset", "no_demos"] == "not supported"          # 90% vs 89%
+    assert verdict["preset", "warmup_off"] == "not measured"         # warmup_off missing
+    c = claims["UTD 4 beats UTD 1/2"]
+    assert (c["fixed"], c["broken"], c["episodes"]) == (60, 0, 300)
+    text = claims_table(list(claims.values()))
+    assert "contradicted" in text and "not measured" in text and "90.0%" in text
