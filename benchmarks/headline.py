@@ -80,7 +80,7 @@ def row_from_run(run: str, method: str | None, setting: str, note: str = "") -> 
 def add(data: dict, row: dict) -> dict:
     key = lambda r: (r["task"], r["method"], r["scale"], r["setting"])
     rows = [r for r in data["rows"] if key(r) != key(row)] + [row]
-    return {"rows": sorted(rows, key=lambda r: (r["task"], r["method"], r["setting"]))}
+    return data | {"rows": sorted(rows, key=lambda r: (r["task"], r["method"], r["setting"]))}
 
 
 def _pct(x) -> str:

@@ -84,6 +84,12 @@ def test_the_readme_table_is_generated_from_headline_rows():
     data = add_se({"rows": []}, se_row(result))
     data = add_se(data, se_row(result))                       # replaced, not duplicated
     assert len(data["sample_efficiency"]) == 1
+    # adding a results row (compare --headline, headline add) keeps the sample-efficiency rows
+    from benchmarks.headline import add
+    from tests.test_compare import _row
+    data = add(data, _row("T", "ResFiT", 0.9))
+    assert len(data["rows"]) == 1 and data["sample_efficiency"] == add_se(
+        {"rows": []}, se_row(result))["sample_efficiency"]
     readme = f"a\n<!-- headline:start -->\n<!-- headline:end -->\n{SE_START}\nold\n{SE_END}\nb\n"
     new = render_readme(readme, data)
     row = new.split(SE_START)[1].split(SE_END)[0].strip().splitlines()[-1]
