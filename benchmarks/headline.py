@@ -3,7 +3,8 @@
 
     python -m benchmarks.headline add --run=runs/residual/PickPlace --method=ResFiT
     python -m benchmarks.headline readme          # rewrite the README table from the JSON
-    python -m benchmarks.headline check           # exit 1 if the README table is stale
+    python -m benchmarks.headline check           # exit 1 if the README table is stale or
+                                                  # a compare / sample-efficiency result lacks its row
 
 The comparison table (rows of setting "compare", from ``benchmarks.compare --headline``) and
 the sample-efficiency table (the "sample_efficiency" rows, from
@@ -221,6 +222,27 @@ def render_readme(readme: str, data: dict) -> str:
     return readme
 
 
+def missing_rows(data: dict, results_dir: str = os.path.dirname(HEADLINE)) -> list[str]:
+    """Results the README should show but headline.json lacks: each finished method of
+    compare.json (a "compare" row per task and method) and each task of
+    sample_efficiency.json (a "sample_efficiency" row). Empty when nothing is missing."""
+    out = []
+    have = {(r["task"], r["method"]) for r in data["rows"] if r["setting"] == "compare"}
+    path = os.path.join(results_dir, "compare.json")
+    if os.path.exists(path):
+        for task, entry in json.load(open(path)).items():
+            for r in (entry.get("rows") or {}).values():
+                if r is not None and (task, r["method"]) not in have:
+                    out.append(f"compare row {task} / {r['method']} (compare.json)")
+    se_tasks = {r["task"] for r in data.get("sample_efficiency", [])}
+    path = os.path.join(results_dir, "sample_efficiency.json")
+    if os.path.exists(path):
+        for task, entry in json.load(open(path)).items():
+            if "threshold" in entry and task not in se_tasks:
+                out.append(f"sample-efficiency row {task} (sample_efficiency.json)")
+    return out
+
+
 def save(data: dict, path: str = HEADLINE, readme_path: str = README) -> None:
     """Write ``data`` to headline.json and regenerate the README tables from it."""
     with open(path, "w") as f:
@@ -250,6 +272,12 @@ def main(argv):
     if cmd == "check":
         if new != readme:
             print("README results table is stale: run python -m benchmarks.headline readme",
+                  file=sys.stderr)
+            return 1
+        missing = missing_rows(data, os.path.dirname(os.path.abspath(FLAGS.headline)))
+        if missing:
+            print("headline.json lacks results that the README should show: "
+                  f"{'; '.join(missing)}. Re-run that benchmark with --headline.",
                   file=sys.stderr)
             return 1
         print("README results table matches headline.json")

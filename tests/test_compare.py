@@ -113,3 +113,22 @@ def test_baselines_are_paired_with_resfit_on_the_same_held_out_episodes(tmp_path
     text = resfit_table(paired)
     assert "RLPD" in text and "IBRL" in text and "Filtered BC" not in text
     assert against_resfit(runs, dict(rows, resfit=None)) == {}
+
+
+def test_headline_check_names_results_that_lack_their_rows(tmp_path):
+    import json
+
+    from benchmarks.headline import add, add_se, missing_rows
+
+    json.dump({"PickPlace": {"rows": {"resfit": _row("PickPlace", "ResFiT", 0.88),
+                                      "rlpd": _row("PickPlace", "RLPD", 0.0), "ibrl": None}}},
+              open(tmp_path / "compare.json", "w"))
+    json.dump({"PointReach": {"threshold": 0.8}, "PickPlace": {"note": "no threshold"}},
+              open(tmp_path / "sample_efficiency.json", "w"))
+    row = lambda method, success: dict(_row("PickPlace", method, success), scale="cpu")
+    data = add({"rows": []}, row("ResFiT", 0.88))
+    assert missing_rows(data, str(tmp_path)) == [
+        "compare row PickPlace / RLPD (compare.json)",
+        "sample-efficiency row PointReach (sample_efficiency.json)"]
+    data = add_se(add(data, row("RLPD", 0.0)), {"task": "PointReach", "threshold": 0.8})
+    assert missing_rows(data, str(tmp_path)) == []

@@ -83,3 +83,5 @@ def test_the_readme_results_table_is_generated_from_headline_json():
     readme = open(README).read()
     assert render_readme(readme, load()) == readme, \
         "README results table is stale: run python -m benchmarks.headline readme"
+    from benchmarks.headline import missing_rows
+    assert missing_rows(load()) == [], "headline.json lacks rows the README should show"
