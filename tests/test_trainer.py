@@ -502,3 +502,16 @@ def test_held_residual_acts_at_chunk_starts_only_and_holds_its_correction(demos,
     assert summary["complete"] and summary["final"]["pooled"]["episodes"] == CFG.eval_episodes
     with pytest.raises(ValueError, match="residual_hold"):
         CFG.replace(learner=dataclasses.replace(LEARNER, residual_mask=True))
+
+
+def test_a_rescore_names_what_changed():
+    from resfit_jax.sim.trainer import rescore_differences
+
+    pooled = {"episodes": 200, "base_success_rate": 0.5, "success_rate": 0.6, "fixed": 30,
+              "broken": 10}
+    recorded = {"pooled": pooled, "last": {"pooled": pooled}}
+    assert rescore_differences(recorded, recorded) == []
+    new = {"pooled": dict(pooled, success_rate=0.605, fixed=31),
+           "last": {"pooled": dict(pooled, broken=11)}}
+    assert rescore_differences(recorded, new) == [
+        "pooled.success_rate: 0.6 -> 0.605", "pooled.fixed: 30 -> 31", "last.broken: 10 -> 11"]

@@ -354,6 +354,8 @@ def _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_ste
                task_name, stop_at_env_steps, best=best)
     if rescore:
         if prog.phase != "done":
+            logger.close()
+            ckpt.close()
             raise ValueError(f"{out}: the run is not finished (phase {prog.phase!r}); resume "
                              "it to finish it instead of rescoring.")
         recorded, wall = prog.final, prog.wall_s
