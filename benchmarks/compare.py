@@ -121,15 +121,11 @@ def against_resfit(runs: dict[str, str], rows: dict[str, dict | None]) -> dict[s
 
 
 def resfit_table(paired: dict[str, dict]) -> str:
+    from resfit_jax.sim.report import paired_header, paired_cells
+
     lines = ["Against ResFiT, episode by episode on the same held-out starts (fixed: ResFiT "
-             "fails and the method succeeds)",
-             f"{'method':<14}{'ResFiT':>8}{'method':>8}{'fixed':>7}{'broken':>8}{'p':>9}"
-             f"{'diff 95% CI':>17}"]
-    for m, v in paired.items():
-        lines.append(f"{LABELS[m]:<14}{v['reference_success_rate']:>8.1%}"
-                     f"{v['success_rate']:>8.1%}{v['fixed']:>7}{v['broken']:>8}"
-                     f"{v['p_value']:>9.2g}"
-                     f"{f'[{v['diff_ci_low']:+.2f}, {v['diff_ci_high']:+.2f}]':>17}")
+             "fails and the method succeeds)", f"{'method':<14}{paired_header('ResFiT', 'method')}"]
+    lines += [f"{LABELS[m]:<14}{paired_cells(v)}" for m, v in paired.items()]
     return "\n".join(lines)
 
 

@@ -117,18 +117,13 @@ def paper_claims(summaries: dict[str, dict]) -> list[dict]:
 
 
 def claims_table(claims: list[dict]) -> str:
-    lines = [f"{'claim':<46}{'setting':>10}{'against':>10}{'fixed':>7}{'broken':>8}"
-             f"{'p':>9}{'diff 95% CI':>17}  verdict"]
+    from resfit_jax.sim.report import paired_header, paired_cells
+
+    lines = [f"{'claim':<46}{paired_header('against', 'setting')}  verdict"]
     for c in claims:
-        if c["verdict"] == "not measured":
-            lines.append(f"{c['claim'][:45]:<46}{c['setting']:>10}{c['against']:>10}"
-                         f"{'':>51}  not measured")
-            continue
-        lines.append(f"{c['claim'][:45]:<46}{c['success_rate']:>10.1%}"
-                     f"{c['reference_success_rate']:>10.1%}{c['fixed']:>7}{c['broken']:>8}"
-                     f"{c['p_value']:>9.2g}"
-                     f"{f'[{c['diff_ci_low']:+.2f}, {c['diff_ci_high']:+.2f}]':>17}  "
-                     f"{c['verdict']}")
+        cells = (f"{c['against']:>11}{c['setting']:>11}{'':>41}"
+                 if c["verdict"] == "not measured" else paired_cells(c))
+        lines.append(f"{c['claim'][:45]:<46}{cells}  {c['verdict']}")
     return "\n".join(lines)
 
 
@@ -209,16 +204,11 @@ def against_reference(rows: list[dict], summaries: list[dict], reference: str) -
 
 
 def reference_table(rows: list[dict], reference: str) -> str:
-    lines = [f"{'setting':<34}{reference[:10]:>11}{'final':>8}{'fixed':>7}{'broken':>8}"
-             f"{'p':>9}{'diff 95% CI':>17}"]
-    for r in rows:
-        v = r.get("vs_reference")
-        if v is None:
-            continue
-        lines.append(f"{r['setting'][:33]:<34}{v['reference_success_rate']:>11.1%}"
-                     f"{v['success_rate']:>8.1%}{v['fixed']:>7}{v['broken']:>8}"
-                     f"{v['p_value']:>9.2g}"
-                     f"{f'[{v['diff_ci_low']:+.2f}, {v['diff_ci_high']:+.2f}]':>17}")
+    from resfit_jax.sim.report import paired_header, paired_cells
+
+    lines = [f"{'setting':<34}{paired_header(reference, 'setting')}"]
+    lines += [f"{r['setting'][:33]:<34}{paired_cells(r['vs_reference'])}"
+              for r in rows if r.get("vs_reference") is not None]
     return "\n".join(lines)
 
 

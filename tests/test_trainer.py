@@ -505,7 +505,7 @@ def test_held_residual_acts_at_chunk_starts_only_and_holds_its_correction(demos,
 
 
 def test_a_rescore_names_what_changed():
-    from resfit_jax.sim.trainer import rescore_differences
+    from resfit_jax.sim.report import rescore_differences
 
     pooled = {"episodes": 200, "base_success_rate": 0.5, "success_rate": 0.6, "fixed": 30,
               "broken": 10}

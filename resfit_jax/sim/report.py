@@ -82,6 +82,34 @@ def paired_between(reference: dict, other: dict) -> dict:
     return out | {"reference_success_rate": out.pop("base_success_rate")}
 
 
+def paired_header(reference: str, other: str) -> str:
+    """Column titles for ``paired_cells``."""
+    return (f"{reference[:10]:>11}{other[:10]:>11}{'fixed':>7}{'broken':>8}{'p':>9}"
+            f"{'diff 95% CI':>17}")
+
+
+def paired_cells(v: dict) -> str:
+    """A ``paired_between`` result as fixed-width cells: the reference's success, the other
+    run's, fixed, broken, p-value and the interval of other - reference."""
+    ci = f"[{v['diff_ci_low']:+.2f}, {v['diff_ci_high']:+.2f}]"
+    return (f"{v['reference_success_rate']:>11.1%}{v['success_rate']:>11.1%}{v['fixed']:>7}"
+            f"{v['broken']:>8}{v['p_value']:>9.2g}{ci:>17}")
+
+
+def rescore_differences(recorded: dict, new: dict) -> list[str]:
+    """What a rescored final evaluation changed: "field: old -> new" for the pooled counts
+    and rates of the kept and (select="best") last states."""
+    out = []
+    for part in ("pooled", "last"):
+        a = recorded.get(part) or {}
+        b = new.get(part) or {}
+        a, b = (a.get("pooled", a), b.get("pooled", b)) if part == "last" else (a, b)
+        for k in ("episodes", "base_success_rate", "success_rate", "fixed", "broken"):
+            if k in a and a[k] != b.get(k):
+                out.append(f"{part}.{k}: {a[k]} -> {b.get(k)}")
+    return out
+
+
 def pooled(base_success: list, policy_success: list, base_rows: list[dict],
            rows: list[dict]) -> dict:
     """Paired statistics over all seeds' episodes together, and mean steps of successes."""

@@ -52,7 +52,8 @@ from resfit_jax.sharding import GRAD_AXES, Layout, make_mesh, primary
 from resfit_jax.sim.loop import STAT_KEYS, SimLoop
 from resfit_jax.sim.presets import METHOD_NAMES, TrainConfig
 from resfit_jax.sim.progress import Run, start_run
-from resfit_jax.sim.report import outcome_bits, pooled, run_summary, summarize_eval
+from resfit_jax.sim.report import (outcome_bits, pooled, rescore_differences, run_summary,
+                                   summarize_eval)
 
 PHASES = ("warmup", "critic_warmup", "train", "final_eval", "done")
 @dataclasses.dataclass
@@ -315,20 +316,6 @@ def rescore_run(trainer: Any, out: str, task_name: str = "", identity: dict | No
     names both and ``final["rescored_from"]`` keeps the recorded ones."""
     return run_phases(trainer, {"final_eval": _final_eval_phase}, out, resume=True,
                       progress=False, task_name=task_name, identity=identity, rescore=True)
-
-
-def rescore_differences(recorded: dict, new: dict) -> list[str]:
-    """What a rescored final evaluation changed: "field: old -> new" for the pooled counts
-    and rates of the kept and (select="best") last states."""
-    out = []
-    for part in ("pooled", "last"):
-        a = recorded.get(part) or {}
-        b = new.get(part) or {}
-        a, b = (a.get("pooled", a), b.get("pooled", b)) if part == "last" else (a, b)
-        for k in ("episodes", "base_success_rate", "success_rate", "fixed", "broken"):
-            if k in a and a[k] != b.get(k):
-                out.append(f"{part}.{k}: {a[k]} -> {b.get(k)}")
-    return out
 
 
 def run_phases(trainer: Any, phase_functions: dict, out: str, resume: bool = False,
