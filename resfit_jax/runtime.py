@@ -1,4 +1,4 @@
-"""Script set-up: JAX's persistent compilation cache and a quiet terminal.
+"""Script set-up: JAX's persistent compilation cache, a quiet terminal, SIGTERM as Ctrl-C.
 
     from resfit_jax.runtime import setup_script
     setup_script()        # first line of an absl main()
@@ -7,11 +7,15 @@ MJX and learner compiles take tens of seconds on CPU; the cache lets a second ru
 same script reuse them from disk. Libraries log at INFO (orbax's checkpoint save / finalize
 / delete messages, JAX's backend probes); a script shows only its own progress, results and
 warnings unless absl's ``--verbosity`` flag is given (``--verbosity=0`` brings INFO back).
+A SIGTERM (``kill``, a cluster's preemption) is raised as ``KeyboardInterrupt``, so a run
+checkpoints on it as it does on Ctrl-C.
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import warnings
 
 import jax
@@ -49,7 +53,22 @@ def quiet_logging(verbose: bool | None = None) -> bool:
     return False
 
 
+def _terminate_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_sigterm() -> bool:
+    """Raise SIGTERM as ``KeyboardInterrupt`` in the main thread (the trainers' Ctrl-C path:
+    checkpoint, then stop). Returns False where no handler can be set (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    return True
+
+
 def setup_script(cache_dir: str | None = None) -> None:
-    """Compilation cache + quiet library logs: call first in a script's main()."""
+    """Compilation cache + quiet library logs + SIGTERM as Ctrl-C: call first in a script's
+    main()."""
     quiet_logging()
     enable_compilation_cache(cache_dir)
+    interrupt_on_sigterm()

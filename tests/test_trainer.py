@@ -151,6 +151,54 @@ def test_resume_equals_uninterrupted_run(trainer, full_run, tmp_path):
     assert len(evals) == len(set(evals)) == 8
 
 
+def test_a_killed_run_resumes_from_its_timed_checkpoint_between_evaluations(
+        trainer, full_run, tmp_path, monkeypatch):
+    """With save_every_s=0 every chunk end checkpoints: a run killed without warning (no
+    Ctrl-C path) in its 4th training chunk resumes from the 3rd's end (96 env steps, between
+    the evaluations at 64 and 128) and ends exactly where the uninterrupted run ends."""
+    _, full = full_run
+    out = str(tmp_path / "killed")
+    train, calls = trainer.train, []
+
+    def dies_in_the_fourth_chunk(state, offline):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("power cut")
+        return train(state, offline)
+
+    monkeypatch.setattr(trainer, "train", dies_in_the_fourth_chunk)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_residual(trainer, out, progress=False, save_every_s=0.0)
+    monkeypatch.undo()
+    from resfit_jax.checkpointing import RunCheckpointer
+    ckpt = RunCheckpointer(os.path.join(out, "checkpoints"))
+    _, saved = ckpt.restore({"loop": trainer.init(), "offline": trainer.offline})
+    ckpt.close()
+    assert saved["phase"] == "train" and saved["env_steps"] == 96 and saved["chunk"] == 3
+    resumed = train_residual(trainer, out, resume=True, progress=False)
+    assert resumed["complete"] and resumed["resfit"] == full["resfit"]
+    jax.tree.map(np.testing.assert_array_equal, to_storable(full["loop_state"]),
+                 to_storable(resumed["loop_state"]))
+
+
+def test_sigterm_in_a_script_is_a_ctrl_c():
+    """setup_script's handler turns SIGTERM (kill, preemption) into KeyboardInterrupt, the
+    trainers' checkpoint-and-stop path."""
+    import signal
+
+    from resfit_jax.runtime import interrupt_on_sigterm
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert interrupt_on_sigterm()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):       # the handler runs at the next bytecode boundary
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_resume_after_the_demos_changed_equals_the_uninterrupted_run(demos, full_run, tmp_path):
     """The normalizer and the demo buffer travel in the checkpoint: a run resumed by a trainer
     built from different demos (other statistics, other relabelled transitions) continues with

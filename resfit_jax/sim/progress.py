@@ -47,6 +47,9 @@ class Progress:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+SAVE_EVERY_S = 600.0     # seconds of work a killed run may lose at most (plus one chunk)
+
+
 @dataclasses.dataclass
 class Run:
     """What the phase functions share: the trainer, state, progress, files and the bar."""
@@ -63,6 +66,8 @@ class Run:
     bar: Any = None
     best: Any = None               # select="best": the kept learner states (sim.selection)
     rescoring: bool = False        # re-running a finished run's final evaluation (no new rows)
+    save_every_s: float = SAVE_EVERY_S   # also checkpoint at the first chunk end past this
+    saved_at: float = dataclasses.field(default_factory=time.monotonic)
 
     @property
     def cfg(self):
@@ -75,6 +80,13 @@ class Run:
         self.prog.saves += 1
         self.ckpt.save(self.prog.saves, self.checkpoint_tree(self.state, self.best),
                        dataclasses.asdict(self.prog))
+        self.saved_at = time.monotonic()
+
+    def save_if_due(self) -> None:
+        """At a chunk boundary: checkpoint when ``save_every_s`` seconds have passed since the
+        last checkpoint, so a killed run loses at most that much work between evaluations."""
+        if time.monotonic() - self.saved_at >= self.save_every_s:
+            self.save()
 
     def checkpoint_tree(self, state: Any, best: Any) -> dict:
         tree = {"loop": state, "offline": self.trainer.offline}

@@ -20,9 +20,10 @@ paired fixed / broken counts, churn, gain and the exact McNemar p-value against 
 
 Checkpoints (``RunCheckpointer``) hold the whole per-seed loop state (learner with its
 normalizer, online replay, env and base state, n-step windows, RNG), the demo buffer and the
-typed ``Progress`` record; one is written after each phase and at every evaluation (and on
-Ctrl-C). ``resume=True`` continues from the latest one with the statistics and demo buffer
-the run started with and, on CPU, reproduces the uninterrupted run exactly.
+typed ``Progress`` record; one is written after each phase, at every evaluation, at the first
+chunk end ``save_every_s`` (10 min) after the last one, and on Ctrl-C (SIGTERM in scripts).
+``resume=True`` continues from the latest one with the statistics and demo buffer the run
+started with and, on CPU, reproduces the uninterrupted run exactly.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ from resfit_jax.sim.evaluation import EVAL_SALT, FINAL_SALT, Evaluators  # noqa:
 from resfit_jax.sharding import GRAD_AXES, Layout, make_mesh, primary
 from resfit_jax.sim.loop import STAT_KEYS, SimLoop
 from resfit_jax.sim.presets import METHOD_NAMES, TrainConfig
-from resfit_jax.sim.progress import Run, start_run
+from resfit_jax.sim.progress import SAVE_EVERY_S, Run, start_run
 from resfit_jax.sim.report import (outcome_bits, pooled, rescore_differences, run_summary,
                                    summarize_eval)
 
@@ -191,6 +192,7 @@ def _warmup_phase(run: Run) -> bool:
         prog.warmup_env_steps += cfg.env_steps_per_chunk
         run.bar.update(cfg.env_steps_per_chunk)
         run.log_chunk(stats, "warmup")
+        run.save_if_due()
     prog.phase, prog.chunk = "critic_warmup", 0
     run.save()
     return False
@@ -206,6 +208,7 @@ def _critic_warmup_phase(run: Run) -> bool:
         prog.chunk += 1
         run.bar.update(cfg.critic_warmup_chunk)
         run.log_chunk(metrics, "critic_warmup")
+        run.save_if_due()
     prog.phase, prog.chunk = "train", 0
     run.save()
     return False
@@ -235,6 +238,7 @@ def iteration_phase(run: Run, label: str, iterate) -> bool:
         run.log_chunk(metrics, "train")
         if evaluate_if_due(run, before, prog.chunk == trainer.iterations, eval_keys):
             return True
+        run.save_if_due()
     prog.phase, prog.chunk = "final_eval", 0
     run.save()
     return False
@@ -292,7 +296,8 @@ PHASE_FUNCTIONS = {"warmup": _warmup_phase, "critic_warmup": _critic_warmup_phas
 
 def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: bool = True,
                    stop_at_env_steps: int | None = None, task_name: str = "",
-                   extra_info: dict | None = None, identity: dict | None = None) -> dict:
+                   extra_info: dict | None = None, identity: dict | None = None,
+                   save_every_s: float = SAVE_EVERY_S) -> dict:
     """Run (or resume) all phases; returns a summary (also written to <out>/summary.json)
     with the final ``loop_state`` (and ``selected_state``, the kept learner states, with
     ``select="best"``). The run holds an exclusive lock on ``out``.
@@ -301,9 +306,11 @@ def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: b
     steps (for staged runs and the resume test); a later call with resume=True continues.
     identity: e.g. content hashes of the base and demos (``checkpointing.content_hash``);
     recorded, and a resume with a different identity is refused.
+    save_every_s: besides each phase end and evaluation, checkpoint at the first chunk end
+    this many seconds after the last checkpoint (a killed run loses at most that much).
     """
     return run_phases(trainer, PHASE_FUNCTIONS, out, resume, progress, stop_at_env_steps,
-                      task_name, extra_info, identity)
+                      task_name, extra_info, identity, save_every_s=save_every_s)
 
 
 def rescore_run(trainer: Any, out: str, task_name: str = "", identity: dict | None = None
@@ -321,7 +328,7 @@ def rescore_run(trainer: Any, out: str, task_name: str = "", identity: dict | No
 def run_phases(trainer: Any, phase_functions: dict, out: str, resume: bool = False,
                progress: bool = True, stop_at_env_steps: int | None = None, task_name: str = "",
                extra_info: dict | None = None, identity: dict | None = None,
-               rescore: bool = False) -> dict:
+               rescore: bool = False, save_every_s: float = SAVE_EVERY_S) -> dict:
     """The driver both simulated trainers share: open or resume the run directory under its
     lock, evaluate the base on the periodic starts once, run ``phase_functions[phase]`` until
     "done" (or an early stop), write summary.json and return the summary. ``rescore``: a
@@ -329,16 +336,16 @@ def run_phases(trainer: Any, phase_functions: dict, out: str, resume: bool = Fal
     out = os.path.abspath(out)
     with RunLock(out, "training run"):
         return _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_steps,
-                           task_name, extra_info, identity, rescore)
+                           task_name, extra_info, identity, rescore, save_every_s)
 
 
 def _run_phases(trainer, phase_functions, out, resume, progress, stop_at_env_steps, task_name,
-                extra_info, identity, rescore=False) -> dict:
+                extra_info, identity, rescore=False, save_every_s=SAVE_EVERY_S) -> dict:
     ckpt, logger, prog, state, best = start_run(trainer, out, resume, task_name, extra_info,
                                                 identity)
     run = Run(trainer, ckpt, logger, prog, state, time.time() - prog.wall_s,
               progress and primary(),
-               task_name, stop_at_env_steps, best=best)
+               task_name, stop_at_env_steps, best=best, save_every_s=save_every_s)
     if rescore:
         if prog.phase != "done":
             logger.close()
