@@ -50,10 +50,12 @@ def held_out_outcomes(summary: dict, last: bool = False) -> tuple[str, str] | No
     return "".join(r["outcomes"] for r in base_rows), "".join(r["outcomes"] for r in rows)
 
 
-# The share of held-out episodes whose base outcome may differ between two runs that are
-# still paired: float32 rounding of the same base queried in other batches (measured: 2 of 300
-# PickPlace episodes between the held-residual ResFiT run and the baselines).
-BASE_ROUNDING_TOLERANCE = 0.02
+# How many held-out episodes' base outcomes may differ between two runs that are still paired,
+# as a share of the count two independent sets of episodes would differ in (n (p1 (1 - p2) +
+# p2 (1 - p1))): float32 rounding of the same base queried in other batches flips borderline
+# episodes (measured: 2 of 300 on PickPlace, 3% of the independent count; 17 of 300 on the
+# contact-rich PegInsertion, 12%); other starts differ in about the independent count.
+BASE_FLIP_SHARE = 0.25
 
 
 def paired_between(reference: dict, other: dict) -> dict:
@@ -64,9 +66,9 @@ def paired_between(reference: dict, other: dict) -> dict:
     Pairing needs the same held-out starts: the same task and seeds (each seed's starts come
     from its key) and the same base, checked through the base's own outcomes, which the same
     base on the same starts reproduces up to float32 rounding: a base queried in other
-    batches (another run config, e.g. ``base_plan``) can flip a borderline episode, so up to
-    ``BASE_ROUNDING_TOLERANCE`` of the episodes may differ (counted in ``base_disagreements``;
-    other starts or another base differ in far more, about 2p(1-p) of them). Raises
+    batches (another run config, e.g. ``base_plan``) can flip borderline episodes, so up to
+    ``BASE_FLIP_SHARE`` of the count that independent episodes would differ in may differ
+    (counted in ``base_disagreements``; other starts differ in about that whole count). Raises
     ValueError naming what differs, or when a run has no stored outcomes (recorded before
     they were kept)."""
     for name, s in (("reference", reference), ("other", other)):
@@ -82,14 +84,18 @@ def paired_between(reference: dict, other: dict) -> dict:
                              f"({reference.get(field)} vs {other.get(field)}), so their "
                              "held-out starts differ; compare runs of the same task and seeds.")
     (ref_base, ref), (other_base, pol) = held_out_outcomes(reference), held_out_outcomes(other)
+    n = len(ref_base)
     differ = sum(a != b for a, b in zip(ref_base, other_base))
-    allowed = int(BASE_ROUNDING_TOLERANCE * len(ref_base))
-    if len(ref_base) != len(other_base) or differ > allowed:
+    p1, p2 = ref_base.count("1") / max(n, 1), other_base.count("1") / max(len(other_base), 1)
+    independent = n * (p1 * (1 - p2) + p2 * (1 - p1))
+    allowed = int(BASE_FLIP_SHARE * independent)
+    if n != len(other_base) or differ > allowed:
         raise ValueError(f"paired_between: the base's held-out outcomes differ in {differ} of "
-                         f"{len(ref_base)} episodes ({len(ref_base)} vs {len(other_base)} "
-                         f"episodes; float32 rounding explains at most {allowed}), so the "
-                         "runs did not use the same starts and base (or the base's action "
-                         "range differs); they are not paired.")
+                         f"{n} episodes ({n} vs {len(other_base)} episodes; independent "
+                         f"episodes would differ in about {independent:.0f}, float32 rounding "
+                         f"of the same base in at most {allowed}), so the runs did not use the "
+                         "same starts and base (or the base's action range differs); they are "
+                         "not paired.")
     out = paired_outcomes([c == "1" for c in ref], [c == "1" for c in pol])
     return out | {"reference_success_rate": out.pop("base_success_rate"),
                   "base_disagreements": differ}
