@@ -14,7 +14,9 @@ preset's env count, n = 1, 3, 5, 10, K = 2 and 5 heads, warm-up phases off).
 Each ``--factor=FIELD=V1,V2,...`` is one config field and its values; settings are their
 cartesian product. Each ``--setting=NAME:OVERRIDE;OVERRIDE`` adds one named setting. Common
 ``--config.*`` / ``--override`` values apply to every setting. Every setting trains in
-<out>/<name> (re-running resumes unfinished settings and skips finished ones), then a table of
+<out>/<name>, cheapest first (``update_cost``: UTD 8 last), so a runner stopped part-way has
+measured the most settings (re-running resumes unfinished settings and skips finished ones;
+``--analyze_only`` trains nothing and reports the finished ones), then a table of
 the held-out final evaluation per setting is printed and written to <out>/ablation.json:
 base and final success (pooled over seeds), fixed / broken, churn, gain, the exact McNemar
 p-value against the base, the interval of the difference, mean steps of successes. A second
@@ -60,6 +62,8 @@ def define_flags() -> None:
                       "settings recorded before per-episode outcomes were kept.")
     flags.DEFINE_string("reference", None, "Setting every other one is compared with, episode "
                         "by episode on the same held-out starts (default: the first).")
+    flags.DEFINE_bool("analyze_only", False, "Train nothing: report the finished settings "
+                      "(the others are listed as unfinished).")
 
 
 def paper_ablations(num_envs: int, updates_per_step: int = 1) -> list[str]:
@@ -121,10 +125,37 @@ def claims_table(claims: list[dict]) -> str:
 
     lines = [f"{'claim':<46}{paired_header('against', 'setting')}  verdict"]
     for c in claims:
-        cells = (f"{c['against']:>11}{c['setting']:>11}{'':>41}"
+        cells = (f"{c['against']:>11}{c['setting']:>11}{'':>51}"
                  if c["verdict"] == "not measured" else paired_cells(c))
         lines.append(f"{c['claim'][:45]:<46}{cells}  {c['verdict']}")
     return "\n".join(lines)
+
+
+def update_cost(cfg) -> float:
+    """A run's critic-head updates (critic steps per env step x env steps x heads): what a
+    setting's training time grows with on the CPU (UTD 8 costs 32x the preset's UTD 1/4)."""
+    return cfg.critic_steps_per_env_step * cfg.total_env_steps * cfg.learner.num_critics
+
+
+def training_order(configs: list) -> list[int]:
+    """Indices of ``configs`` cheapest first (``update_cost``; declared order among equals),
+    so a runner stopped part-way has measured as many settings as it could."""
+    return sorted(range(len(configs)), key=lambda i: update_cost(configs[i]))
+
+
+def declared_rows(names: list[str], overrides: list[list[str]], same: dict[int, int],
+                  summaries: dict[int, dict]) -> tuple[list[dict], list[dict], list[str]]:
+    """Rows and summaries of the finished settings in declared order (a setting equal to an
+    earlier one shares its summary), and the names of the unfinished ones."""
+    rows, kept, unfinished = [], [], []
+    for i, name in enumerate(names):
+        summary = summaries.get(same.get(i, i))
+        if summary is None:
+            unfinished.append(name)
+            continue
+        rows.append(row(name, overrides[i], summary))
+        kept.append(summary)
+    return rows, kept, unfinished
 
 
 def same_as_earlier(configs: list) -> dict[int, int]:
@@ -258,26 +289,29 @@ def main(argv):
         usage_error(f"--reference={reference!r} is not a setting; settings: "
                     f"{[name for name, _, _ in configs]}.")
     same = same_as_earlier([cfg for _, _, cfg in configs])
-    rows, summaries = [], []
-    for i, (name, ovs, cfg) in enumerate(configs):
+    summaries: dict[int, dict] = {}
+    n = len(configs)
+    for k, i in enumerate(training_order([cfg for _, _, cfg in configs])):
+        name, ovs, cfg = configs[i]
         run_dir = os.path.join(out, name.replace("/", "_"))
         done = os.path.join(run_dir, "summary.json")
         if i in same:                        # e.g. nstep_3 when the preset's n is 3
-            print(f"[{i + 1}/{len(configs)}] {name}: the same config as "
-                  f"{configs[same[i]][0]}, reusing its run")
-            rows.append(row(name, common + ovs, summaries[same[i]]))
-            summaries.append(summaries[same[i]])
+            print(f"[{k + 1}/{n}] {name}: the same config as {configs[same[i]][0]}, "
+                  "reusing its run")
             continue
         if os.path.exists(done) and json.load(open(done)).get("complete"):
-            print(f"[{i + 1}/{len(configs)}] {name}: done, reusing {run_dir}")
+            print(f"[{k + 1}/{n}] {name}: done, reusing {run_dir}")
             summary = json.load(open(done))
             if FLAGS.rescore and held_out_outcomes(summary) is None:
-                print(f"[{i + 1}/{len(configs)}] {name}: rescoring its held-out evaluation")
+                print(f"[{k + 1}/{n}] {name}: rescoring its held-out evaluation")
                 trainer = make_trainer(task, base, episodes, cfg, list(range(FLAGS.seeds)))
                 rescore_run(trainer, run_dir, task_name=FLAGS.task, identity=identity)
                 summary = json.load(open(done))
+        elif FLAGS.analyze_only:
+            print(f"[{k + 1}/{n}] {name}: not finished")
+            continue
         else:
-            print(f"[{i + 1}/{len(configs)}] {name}: {' '.join(common + ovs) or 'preset'}")
+            print(f"[{k + 1}/{n}] {name}: {' '.join(common + ovs) or 'preset'}")
             trainer = make_trainer(task, base, episodes, cfg, list(range(FLAGS.seeds)))
             resume = os.path.isdir(os.path.join(run_dir, "checkpoints"))
             summary = train_residual(trainer, run_dir, resume=resume, task_name=FLAGS.task,
@@ -288,21 +322,32 @@ def main(argv):
                                      identity=identity)
             summary = {k: v for k, v in summary.items()      # the JSON part, not the states
                        if k not in ("loop_state", "selected_state")}
-        rows.append(row(name, common + ovs, summary))
-        summaries.append(summary)
-    against_reference(rows, summaries, reference)
+        summaries[i] = summary
+    rows, finished_summaries, unfinished = declared_rows(
+        [name for name, _, _ in configs], [common + ovs for _, ovs, _ in configs], same,
+        summaries)
+    if reference in [r["setting"] for r in rows]:
+        against_reference(rows, finished_summaries, reference)
+    else:
+        print(f"{reference}: not finished, so no setting is compared with it yet")
+        for r in rows:
+            r["vs_reference"] = None
     from benchmarks.machine import machine_info
 
     base_name = paths["base"] if paths["base"] == "scripted" else os.path.relpath(paths["base"])
     result = {"task": FLAGS.task, "base": base_name, "scale": FLAGS.scale,
               "method": FLAGS.method,
-              "seeds": FLAGS.seeds, "machine": machine_info(), "rows": rows}
+              "seeds": FLAGS.seeds, "machine": machine_info(), "rows": rows,
+              "unfinished": unfinished}
     if FLAGS.paper_ablations:
-        result["paper_claims"] = paper_claims({r["setting"]: s for r, s in zip(rows, summaries)})
+        result["paper_claims"] = paper_claims({r["setting"]: s for r, s in
+                                               zip(rows, finished_summaries)})
     with open(os.path.join(out, "ablation.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"\n{FLAGS.task}: held-out final evaluation, pooled over {FLAGS.seeds} seeds")
     print(table(rows))
+    if unfinished:
+        print(f"not finished yet: {', '.join(unfinished)}")
     if any(r["vs_reference"] is not None for r in rows):
         print(f"\nAgainst {reference}, episode by episode on the same held-out starts "
               "(fixed: the reference fails and the setting succeeds)")

@@ -135,3 +135,33 @@ def test_the_paper_claims_get_a_verdict_from_paired_held_out_episodes():
     assert (c["fixed"], c["broken"], c["episodes"]) == (60, 0, 300)
     text = claims_table(list(claims.values()))
     assert "contradicted" in text and "not measured" in text and "90.0%" in text
+
+
+def test_settings_train_cheapest_first_and_report_in_declared_order():
+    """UTD 4 / 8 (16x / 32x the PointReach preset's critic updates) train last; rows keep the
+    declared order, a setting equal to an earlier one shares its summary, and unfinished
+    settings are listed, not reported."""
+    from experiments.ablate import (declared_rows, paper_ablations, same_as_earlier,
+                                    training_order, update_cost)
+    from resfit_jax.configs import apply_overrides
+    from resfit_jax.sim.presets import preset
+
+    p = preset("PointReach", "cpu")
+    named = settings([], paper_ablations(p.num_envs, p.updates_per_step))
+    names = [n for n, _ in named]
+    configs = [apply_overrides(p, ovs) for _, ovs in named]
+    costs = {n: update_cost(c) for n, c in zip(names, configs)}
+    assert costs["utd_8"] == 32 * costs["preset"] and costs["heads_2"] == costs["preset"] / 5
+    order = [names[i] for i in training_order(configs)]
+    assert order[:2] == ["heads_2", "heads_5"] and order[-3:] == ["utd_1", "utd_4", "utd_8"]
+    assert order.index("preset") < order.index("layernorm_off")   # declared order among equals
+    same = same_as_earlier(configs)
+    pooled = {"episodes": 10, "base_success_rate": 0.5, "success_rate": 0.9, "fixed": 4,
+              "broken": 0, "gain": 0.4, "churn": 0.0, "p_value": 0.1, "diff_ci_low": 0.1,
+              "diff_ci_high": 0.7, "base_mean_success_length": 9.0, "mean_success_length": 8.0}
+    done = {"seeds": [0], "env_steps": 100, "wall_s": 1.0,
+            "final": {"pooled": pooled, "per_seed": [{"success_rate": 0.9}]}}
+    finished = {names.index("preset"): done, names.index("heads_2"): done}
+    rows, kept, unfinished = declared_rows(names, [ovs for _, ovs in named], same, finished)
+    assert [r["setting"] for r in rows] == ["preset", "nstep_3", "heads_2"]
+    assert len(kept) == 3 and "utd_8" in unfinished and "nstep_3" not in unfinished
