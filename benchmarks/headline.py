@@ -165,12 +165,18 @@ def se_row(r: dict) -> dict:
     return out
 
 
+def se_key(row: dict) -> tuple:
+    """A sample-efficiency row's identity: its task and threshold kind, the default rule
+    (whose value moves with ResFiT's held-out result) or an absolute threshold's value."""
+    absolute = str(row.get("threshold_rule") or "").startswith("absolute")
+    return (row["task"], 1, round(row["threshold"], 6)) if absolute else (row["task"], 0, 0.0)
+
+
 def add_se(data: dict, row: dict) -> dict:
-    """``data`` with ``row`` in its "sample_efficiency" list (replacing the same task and
-    threshold)."""
-    key = lambda x: (x["task"], round(x["threshold"], 6))
-    rows = [x for x in data.get("sample_efficiency", []) if key(x) != key(row)] + [row]
-    return data | {"sample_efficiency": sorted(rows, key=key)}
+    """``data`` with ``row`` in its "sample_efficiency" list (replacing the row of the same
+    task and threshold kind, ``se_key``)."""
+    rows = [x for x in data.get("sample_efficiency", []) if se_key(x) != se_key(row)] + [row]
+    return data | {"sample_efficiency": sorted(rows, key=se_key)}
 
 
 def _steps_cell(m: dict) -> str:

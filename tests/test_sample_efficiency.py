@@ -84,6 +84,12 @@ def test_the_readme_table_is_generated_from_headline_rows():
     data = add_se({"rows": []}, se_row(result))
     data = add_se(data, se_row(result))                       # replaced, not duplicated
     assert len(data["sample_efficiency"]) == 1
+    # the default rule's threshold moves with ResFiT's held-out result (a rescore): its row
+    # is replaced too, and an absolute threshold keeps its own row
+    rule = lambda t: {"task": "T", "threshold": t, "threshold_rule": "periodic base 50.0% + ..."}
+    moved = add_se(add_se(data, rule(0.87)), rule(0.8625))["sample_efficiency"]
+    assert [(r["threshold"], r["threshold_rule"][:8]) for r in moved] == [
+        (0.8625, "periodic"), (0.9, "absolute")]
     # adding a results row (compare --headline, headline add) keeps the sample-efficiency rows
     from benchmarks.headline import add
     from tests.test_compare import _row
