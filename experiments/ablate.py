@@ -125,7 +125,8 @@ def claims_table(claims: list[dict]) -> str:
 
     lines = [f"{'claim':<46}{paired_header('against', 'setting')}  verdict"]
     for c in claims:
-        cells = (f"{c['against']:>11}{c['setting']:>11}{'':>51}"
+        blank = " " * (len(paired_header("", "")) - 22)      # the cells after the names
+        cells = (f"{c['against']:>11}{c['setting']:>11}{blank}"
                  if c["verdict"] == "not measured" else paired_cells(c))
         lines.append(f"{c['claim'][:45]:<46}{cells}  {c['verdict']}")
     return "\n".join(lines)
@@ -291,27 +292,27 @@ def main(argv):
     same = same_as_earlier([cfg for _, _, cfg in configs])
     summaries: dict[int, dict] = {}
     n = len(configs)
-    for k, i in enumerate(training_order([cfg for _, _, cfg in configs])):
+    for step, i in enumerate(training_order([cfg for _, _, cfg in configs])):
         name, ovs, cfg = configs[i]
         run_dir = os.path.join(out, name.replace("/", "_"))
         done = os.path.join(run_dir, "summary.json")
         if i in same:                        # e.g. nstep_3 when the preset's n is 3
-            print(f"[{k + 1}/{n}] {name}: the same config as {configs[same[i]][0]}, "
+            print(f"[{step + 1}/{n}] {name}: the same config as {configs[same[i]][0]}, "
                   "reusing its run")
             continue
         if os.path.exists(done) and json.load(open(done)).get("complete"):
-            print(f"[{k + 1}/{n}] {name}: done, reusing {run_dir}")
+            print(f"[{step + 1}/{n}] {name}: done, reusing {run_dir}")
             summary = json.load(open(done))
             if FLAGS.rescore and held_out_outcomes(summary) is None:
-                print(f"[{k + 1}/{n}] {name}: rescoring its held-out evaluation")
+                print(f"[{step + 1}/{n}] {name}: rescoring its held-out evaluation")
                 trainer = make_trainer(task, base, episodes, cfg, list(range(FLAGS.seeds)))
                 rescore_run(trainer, run_dir, task_name=FLAGS.task, identity=identity)
                 summary = json.load(open(done))
         elif FLAGS.analyze_only:
-            print(f"[{k + 1}/{n}] {name}: not finished")
+            print(f"[{step + 1}/{n}] {name}: not finished")
             continue
         else:
-            print(f"[{k + 1}/{n}] {name}: {' '.join(common + ovs) or 'preset'}")
+            print(f"[{step + 1}/{n}] {name}: {' '.join(common + ovs) or 'preset'}")
             trainer = make_trainer(task, base, episodes, cfg, list(range(FLAGS.seeds)))
             resume = os.path.isdir(os.path.join(run_dir, "checkpoints"))
             summary = train_residual(trainer, run_dir, resume=resume, task_name=FLAGS.task,
