@@ -203,8 +203,10 @@ def se_table(data: dict) -> str:
             ratio = f">= {r['ratio']:.3g}x"
         if r.get("ratio_range"):
             lo, hi = r["ratio_range"]
-            ratio += (f" (grid: >= {lo:.3g}x)" if hi is None else
-                      f" (grid: {lo:.3g}-{hi:.3g}x)")
+            if hi is None:   # ResFiT may have crossed anywhere before its first evaluation
+                ratio += " (grid: unbounded)" if lo == 0 else f" (grid: >= {lo:.3g}x)"
+            else:
+                ratio += f" (grid: {lo:.3g}-{hi:.3g}x)"
         ppo = r["ppo"]
         ppo_final = (_pct(ppo["final_success"]) if r.get("ppo_complete") else
                      f"(periodic {_pct(ppo['last_periodic'])} at {ppo['max_steps'] / 1e6:.2f}M, "

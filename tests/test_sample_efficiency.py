@@ -102,6 +102,10 @@ def test_the_readme_table_is_generated_from_headline_rows():
     assert row.startswith("| T (50.0%) | 90.0% (absolute) | 2,000 [2,000, 2,000] of 2,000 |")
     assert "**100x** (grid: 50-200x)" in row and "(periodic 96.0% at 0.20M, running)" in row
     assert "\nold\n" not in new
+    # both curves crossed at their first evaluation: the grids bound the ratio nowhere
+    first = se_row(result | {"ratio_range": [0.0, None]})
+    row = render_readme(readme, {"rows": [], "sample_efficiency": [first]})
+    assert "**100x** (grid: unbounded)" in row and ">= 0x" not in row
 
 
 def test_ppo_is_paired_with_resfit_on_the_held_out_episodes_once_both_finished():
