@@ -21,7 +21,9 @@ The analysis (also after every invocation, on whatever has been trained so far):
   starts (pooled over seeds): a curve can then cross it by evaluation noise alone;
 - the env steps each method's seed-mean periodic success first reaches it, with a bootstrap
   interval over seeds, and the ratio PPO / ResFiT. When PPO has not reached it within the
-  steps it has run, its figure and the ratio are lower bounds and are reported as such.
+  steps it has run, its figure and the ratio are lower bounds and are reported as such;
+- with ``--sweep=0.88,0.89,0.9``, the same ratio at each of those thresholds (a table, and
+  ``sweep`` in the JSON): how much the ratio depends on where the threshold is put.
 Writes benchmarks/results/sample_efficiency.json (one entry per task, with the machine).
 """
 from __future__ import annotations
@@ -54,6 +56,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("analyze_only", False, "Train nothing; analyze the runs as they are.")
     flags.DEFINE_float("fraction", 0.75, "Threshold = base + fraction * (ResFiT final - base).")
     flags.DEFINE_float("threshold", None, "Absolute success threshold instead of --fraction.")
+    flags.DEFINE_list("sweep", [], "Also report the ratio at each of these absolute "
+                      "thresholds (e.g. 0.88,0.89,0.9): how the ratio depends on the choice.")
     flags.DEFINE_integer("bootstrap", 2000, "Bootstrap resamples over seeds.")
     flags.DEFINE_string("json_out", os.path.join(RESULTS, "sample_efficiency.json"),
                         "Results JSON (one entry per task is replaced).")
@@ -118,6 +122,18 @@ def compare(resfit: dict, ppo: dict, threshold: float, num_bootstrap: int) -> di
             "lower bound: PPO had not reached the threshold after its "
             f"{p['max_steps']:,.0f} env steps")
     return out
+
+
+def sweep(resfit: dict, ppo: dict, thresholds: list[float], num_bootstrap: int) -> list[dict]:
+    """``compare`` at each absolute threshold, one row each: both methods' env steps to it,
+    the ratio, its kind and the range the evaluation grids allow."""
+    rows = []
+    for t in sorted(thresholds):
+        c = compare(resfit, ppo, t, num_bootstrap)
+        rows.append({"threshold": t, "resfit_steps": c["resfit"]["steps"],
+                     "ppo_steps": c["ppo"]["steps"], "ratio": c["ratio"],
+                     "ratio_kind": c["ratio_kind"], "ratio_range": c.get("ratio_range")})
+    return rows
 
 
 def ratio_range(resfit: dict, ppo: dict) -> list[float | None]:
@@ -225,6 +241,13 @@ def main(argv):
     from benchmarks.runs import run_identity
     from resfit_jax.plotting import eval_curves
 
+    try:                                    # checked before any training
+        levels = [float(t) for t in FLAGS.sweep]
+    except ValueError:
+        raise app.UsageError(f"--sweep={','.join(FLAGS.sweep)}: expected success rates such "
+                             "as 0.88,0.9.") from None
+    if not all(0.0 < t <= 1.0 for t in levels):
+        raise app.UsageError(f"--sweep: {levels} are not all success rates in (0, 1].")
     task = FLAGS.task
     out = FLAGS.out or os.path.join("runs", "sample_efficiency", task)
     resfit_run, ppo_run = _train(task, out)
@@ -266,6 +289,8 @@ def main(argv):
         ceiling = noise_ceiling(curves["resfit"]["base"], curves["resfit"]["episodes"])
         result["base_noise_ceiling"] = ceiling
         result["threshold_above_noise"] = bool(threshold > ceiling)
+    if levels:
+        result["sweep"] = sweep(curves["resfit"], curves["ppo"], levels, FLAGS.bootstrap)
     png = FLAGS.plot or os.path.join(RESULTS, f"sample_efficiency_{task}.png")
     plot(curves["resfit"], curves["ppo"], threshold, png,
          f"{task}: ResFiT vs residual PPO, {len(result['seeds'])} seeds")
@@ -300,9 +325,27 @@ def _fmt(x) -> str:
     return "not reached" if x is None else f"{x:,.0f}"
 
 
+def sweep_table(rows: list[dict]) -> str:
+    """The ``--sweep`` rows as a table (ratio "-" where ResFiT never reached the level)."""
+    lines = ["ratio against the threshold (--sweep)",
+             f"{'threshold':>10}{'ResFiT':>14}{'PPO':>14}{'PPO / ResFiT':>16}{'grid allows':>20}"]
+    for x in rows:
+        ratio = "-" if x["ratio"] is None else (
+            f"{x['ratio']:,.1f}x" if x["ratio_kind"] == "measured" else f">= {x['ratio']:,.1f}x")
+        grid = ""
+        if x.get("ratio_range"):
+            lo, hi = x["ratio_range"]
+            grid = f"{lo:,.1f}x-" + ("unbounded" if hi is None else f"{hi:,.1f}x")
+        lines.append(f"{x['threshold']:>10.1%}{_fmt(x['resfit_steps']):>14}"
+                     f"{_fmt(x['ppo_steps']):>14}{ratio:>16}{grid:>20}")
+    return "\n".join(lines)
+
+
 def report(r: dict) -> str:
     lines = [f"{r['task']}: ResFiT vs residual PPO, seeds {r['seeds']}",
              f"threshold: {r['threshold_rule']}"]
+    if r.get("sweep"):
+        lines.append(sweep_table(r["sweep"]))
     if "threshold" not in r:
         return "\n".join(lines + ["(no threshold: no ratio)"])
     lines.append(f"{'method':<14}{'env steps to threshold':>24}{'95% CI (bootstrap)':>28}"

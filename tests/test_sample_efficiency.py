@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from benchmarks.sample_efficiency import (compare, first_reach, noise_ceiling, report,
-                                          steps_to_threshold, threshold_of)
+                                          steps_to_threshold, sweep, threshold_of)
 
 
 def _curve(steps, success):
@@ -44,6 +44,21 @@ def test_the_ratio_is_measured_or_a_lower_bound():
     early = _curve([1_000, 2_000], [[0.95, 0.95]] * 3)
     out = compare(early, ppo, 0.9, 100)
     assert out["resfit"]["after"] is None and out["ratio_range"][1] is None
+
+
+def test_the_sweep_reports_the_ratio_at_each_threshold():
+    resfit = _curve([0, 1_000, 2_000], [[0.5, 0.8, 0.95]] * 3)
+    ppo = _curve([0, 100_000, 200_000, 400_000], [[0.5, 0.85, 0.92, 0.99]] * 3)
+    rows = sweep(resfit, ppo, [0.98, 0.8, 0.9], 50)
+    assert [x["threshold"] for x in rows] == [0.8, 0.9, 0.98]            # sorted
+    assert [x["ratio"] for x in rows[:2]] == pytest.approx([100.0, 100.0])
+    assert rows[0]["ratio_range"] == [0.0, None]     # both crossed at their first evaluation
+    assert rows[1]["ratio_range"] == pytest.approx([50.0, 200.0])
+    assert rows[2]["ratio"] is None and rows[2]["ppo_steps"] == 400_000  # ResFiT never got there
+    r = {"task": "T", "seeds": [0], "threshold_rule": "absolute 0.900", "sweep": rows}
+    text = report(r | compare(resfit, ppo, 0.9, 10))
+    assert "ratio against the threshold" in text and "50.0x-200.0x" in text
+    assert text.splitlines()[6].split() == ["98.0%", "not", "reached", "400,000", "-"]
 
 
 def test_the_threshold_is_the_base_plus_a_fraction_of_the_held_out_gain():
