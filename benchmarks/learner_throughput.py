@@ -1,4 +1,4 @@
-"""Learner throughput: critic updates/s and compile seconds of ResidualTD3.update vs UTD.
+r"""Learner throughput: critic updates/s and compile seconds of ResidualTD3.update vs UTD.
 
     python -m benchmarks.learner_throughput                  # cpu + paper presets, UTD 1 2 4 8
     python -m benchmarks.learner_throughput --presets=cpu --utds=1,4

@@ -1,4 +1,4 @@
-"""Pixel env throughput: control steps/s and frames/s of step + render vs the state env.
+r"""Pixel env throughput: control steps/s and frames/s of step + render vs the state env.
 
     python -m benchmarks.render_throughput                          # CPU default: PickPlace
     python -m benchmarks.render_throughput --tasks=PickPlace,PegInsertion,BimanualHandover \

@@ -1,4 +1,4 @@
-"""Sample efficiency: ResFiT against residual PPO on the same task, base and evaluation starts.
+r"""Sample efficiency: ResFiT against residual PPO on the same task, base and evaluation starts.
 
     python -m benchmarks.sample_efficiency --task=PointReach --base=scripted --seeds=3
     python -m benchmarks.sample_efficiency --task=PickPlace --base=runs/bc/PickPlace --seeds=3 \

@@ -1,4 +1,4 @@
-"""Ablation runner: train the same task and base under several settings (seeds vmapped per
+r"""Ablation runner: train the same task and base under several settings (seeds vmapped per
 setting) and compare them on held-out starts.
 
     python -m experiments.ablate --task=PickPlace --base=runs/bc/PickPlace --seeds=3 \

@@ -1,4 +1,4 @@
-"""Generate scripted-expert demonstrations for a task and write them as RLDS (array_record).
+r"""Generate scripted-expert demonstrations for a task and write them as RLDS (array_record).
 
     python -m experiments.make_demos --task=PickPlace --episodes=100 --noise=1.0 \
         --out=runs/demos/pick_place --seed=0

@@ -1,4 +1,4 @@
-"""Plot success vs env steps and steps-to-success of one or more residual runs to a PNG.
+r"""Plot success vs env steps and steps-to-success of one or more residual runs to a PNG.
 
     python -m experiments.plot runs/residual/PickPlace runs/residual/PickPlace_utd8 \
         --labels=utd4,utd8 --png=runs/compare.png

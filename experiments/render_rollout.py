@@ -1,4 +1,4 @@
-"""Render a rollout of a task to MP4 or GIF with MuJoCo's offscreen renderer.
+r"""Render a rollout of a task to MP4 or GIF with MuJoCo's offscreen renderer.
 
     MUJOCO_GL=egl python -m experiments.render_rollout --task=PickPlace --policy=expert \
         --out=runs/videos/pick_place.mp4

@@ -1,4 +1,4 @@
-"""Train (or evaluate) a residual on a robot through the robot loop.
+r"""Train (or evaluate) a residual on a robot through the robot loop.
 
     # a real or simulated robot server, a person labelling at the terminal:
     RESFIT_ROBOT_KEY=... python -m experiments.run_robot --address=127.0.0.1:6000 \

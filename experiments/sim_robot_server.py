@@ -1,4 +1,4 @@
-"""Serve a simulated robot (MuJoCo C model of a project task) over an authenticated socket.
+r"""Serve a simulated robot (MuJoCo C model of a project task) over an authenticated socket.
 
     RESFIT_ROBOT_KEY=$(python -c "import secrets; print(secrets.token_hex(16))") \
         python -m experiments.sim_robot_server --task=PickPlace --port=6000 --latency_s=0.005

@@ -1,4 +1,4 @@
-"""Train a BC chunk policy (ACT-style transformer or MLP) on RLDS demos and freeze it.
+r"""Train a BC chunk policy (ACT-style transformer or MLP) on RLDS demos and freeze it.
 
     python -m experiments.train_bc --task=PickPlace --demos=runs/demos/PickPlace/resfit_demos/1.0.0 \
         --out=runs/bc/PickPlace

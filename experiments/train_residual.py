@@ -1,4 +1,4 @@
-"""Train a residual policy (ResFiT) on top of a frozen BC base in MJX simulation, or one of
+r"""Train a residual policy (ResFiT) on top of a frozen BC base in MJX simulation, or one of
 the off-policy baselines on the same base, demos, starts and budget (--method).
 
     python -m experiments.train_residual --task=PickPlace --base=runs/bc/PickPlace \

@@ -1,4 +1,4 @@
-"""Train the residual-PPO baseline (ResiP recipe) on top of a frozen BC base in simulation.
+r"""Train the residual-PPO baseline (ResiP recipe) on top of a frozen BC base in simulation.
 
     python -m experiments.train_residual_ppo --task=PickPlace --base=runs/bc/PickPlace \
         --out=runs/ppo/PickPlace --seeds=3
