@@ -32,6 +32,8 @@ import os
 import numpy as np
 from absl import app, flags
 
+from resfit_jax.configs import usage_error
+
 FLAGS = flags.FLAGS
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LABELS = {"resfit": "ResFiT", "rlpd": "RLPD", "ibrl": "IBRL", "ppo": "residual PPO",
@@ -169,11 +171,11 @@ def main(argv):
     task, methods = FLAGS.task, list(FLAGS.methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise app.UsageError(f"--methods: {unknown or 'none given'}; choose from {METHODS}.")
+        usage_error(f"--methods: {unknown or 'none given'}; choose from {METHODS}.")
     try:
         overrides = method_overrides(FLAGS.override, methods)
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        usage_error(str(e))
     if FLAGS.base == "scripted" and "fbc" in methods:
         print("Filtered BC: left out (the scripted base has no parameters to tune)")
         methods.remove("fbc")
@@ -183,7 +185,7 @@ def main(argv):
         try:
             inputs = open_inputs(task, FLAGS.base, FLAGS.demos)
         except (FileNotFoundError, ValueError) as e:
-            raise app.UsageError(str(e)) from None
+            usage_error(str(e))
         for m in methods:
             if finished(runs[m]):
                 print(f"{LABELS[m]}: finished run in {runs[m]}")
@@ -193,7 +195,7 @@ def main(argv):
                         rescore(m, task, inputs, runs[m], list(range(FLAGS.seeds)),
                                 overrides[m], base_dir=FLAGS.base)
                     except ValueError as e:
-                        raise app.UsageError(f"{LABELS[m]}: {e}") from None
+                        usage_error(f"{LABELS[m]}: {e}")
                 continue
             if FLAGS.analyze_only:
                 continue
@@ -202,7 +204,7 @@ def main(argv):
                             base_dir=FLAGS.base)
     ids = {m: run_identity(r) for m, r in runs.items() if run_identity(r) is not None}
     if len({json.dumps(v, sort_keys=True) for v in ids.values()}) > 1:
-        raise app.UsageError(f"The runs were trained on different bases or demos: {ids}.")
+        usage_error(f"The runs were trained on different bases or demos: {ids}.")
     rows, curves = {}, {}
     for m, run in runs.items():
         rows[m] = None
@@ -215,8 +217,8 @@ def main(argv):
             curves[m] = eval_curves(run)
     seeds = {tuple(c["seeds"]) for c in curves.values()}
     if len(seeds) > 1:
-        raise app.UsageError(f"The runs have different seeds {sorted(seeds)}, so different "
-                             "evaluation starts; train them with the same --seeds.")
+        usage_error(f"The runs have different seeds {sorted(seeds)}, so different "
+                    "evaluation starts; train them with the same --seeds.")
     print(report(task, rows))
     paired = against_resfit(runs, rows)
     if paired:

@@ -22,6 +22,8 @@ import sys
 
 from absl import app, flags
 
+from resfit_jax.configs import usage_error
+
 HEADLINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "headline.json")
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
@@ -268,7 +270,7 @@ def main(argv):
     data = load(FLAGS.headline)
     if cmd == "add":
         if not FLAGS.run:
-            raise app.UsageError("add needs --run=<finished run directory>.")
+            usage_error("add needs --run=<finished run directory>.")
         data = add(data, row_from_run(FLAGS.run, FLAGS.method, FLAGS.setting, FLAGS.note))
         with open(FLAGS.headline, "w") as f:
             json.dump(data, f, indent=2)
@@ -291,7 +293,7 @@ def main(argv):
         print("README results table matches headline.json")
         return 0
     if cmd != "readme":
-        raise app.UsageError(f"Unknown command {cmd!r}: add, readme or check.")
+        usage_error(f"Unknown command {cmd!r}: add, readme or check.")
     with open(FLAGS.readme, "w") as f:
         f.write(new)
     print(f"README table rewritten from {FLAGS.headline}")

@@ -20,6 +20,8 @@ import time
 
 from absl import app, flags
 
+from resfit_jax.configs import usage_error
+
 FLAGS = flags.FLAGS
 
 
@@ -71,7 +73,7 @@ def main(argv):
           f"{'env share':>11}{'env steps/s':>13}")
     for e, query in [(int(e), q) for e in FLAGS.envs for q in FLAGS.base_query]:
         if query not in ("all", "blocks"):
-            raise app.UsageError(f"--base_query: {query!r}; choose from all, blocks.")
+            usage_error(f"--base_query: {query!r}; choose from all, blocks.")
         base = dataclasses.replace(act_base, query_block=e if query == "all" else None)
         cfg = dataclasses.replace(ppo_preset(FLAGS.task, "cpu"), num_envs=e,
                                   rollout_length=FLAGS.rollout_length or None)

@@ -34,6 +34,8 @@ import os
 import numpy as np
 from absl import app, flags
 
+from resfit_jax.configs import usage_error
+
 FLAGS = flags.FLAGS
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -214,7 +216,7 @@ def _train(task_name: str, out: str) -> tuple[str, str]:
     try:
         inputs = open_inputs(task_name, FLAGS.base, FLAGS.demos)
     except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+        usage_error(str(e))
     seeds = list(range(FLAGS.seeds))
     if not finished(resfit_run):
         print(f"ResFiT: {resfit_run}")
@@ -244,26 +246,26 @@ def main(argv):
     try:                                    # checked before any training
         levels = [float(t) for t in FLAGS.sweep]
     except ValueError:
-        raise app.UsageError(f"--sweep={','.join(FLAGS.sweep)}: expected success rates such "
-                             "as 0.88,0.9.") from None
+        usage_error(f"--sweep={','.join(FLAGS.sweep)}: expected success rates such "
+                    "as 0.88,0.9.")
     if not all(0.0 < t <= 1.0 for t in levels):
-        raise app.UsageError(f"--sweep: {levels} are not all success rates in (0, 1].")
+        usage_error(f"--sweep: {levels} are not all success rates in (0, 1].")
     task = FLAGS.task
     out = FLAGS.out or os.path.join("runs", "sample_efficiency", task)
     resfit_run, ppo_run = _train(task, out)
     ids = [run_identity(resfit_run), run_identity(ppo_run)]
     if None not in ids and ids[0] != ids[1]:
-        raise app.UsageError(f"{resfit_run} and {ppo_run} were trained on different bases or "
-                             f"demos ({ids[0]} vs {ids[1]}); compare runs on the same inputs.")
+        usage_error(f"{resfit_run} and {ppo_run} were trained on different bases or "
+                    f"demos ({ids[0]} vs {ids[1]}); compare runs on the same inputs.")
     curves = {}
     for name, run in (("resfit", resfit_run), ("ppo", ppo_run)):
         curves[name] = eval_curves(run) if os.path.exists(os.path.join(run, "metrics.jsonl")) \
             else None
     if curves["resfit"] is None or curves["ppo"] is None:
-        raise app.UsageError("Both runs need evaluations; train them first (drop --analyze_only).")
+        usage_error("Both runs need evaluations; train them first (drop --analyze_only).")
     if curves["resfit"]["seeds"] != curves["ppo"]["seeds"]:
-        raise app.UsageError(f"The runs have different seeds ({curves['resfit']['seeds']} vs "
-                             f"{curves['ppo']['seeds']}), so different evaluation starts.")
+        usage_error(f"The runs have different seeds ({curves['resfit']['seeds']} vs "
+                    f"{curves['ppo']['seeds']}), so different evaluation starts.")
     summaries = {n: json.load(open(os.path.join(r, "summary.json")))
                  if os.path.exists(os.path.join(r, "summary.json")) else {}
                  for n, r in (("resfit", resfit_run), ("ppo", ppo_run))}

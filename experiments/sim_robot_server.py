@@ -29,18 +29,22 @@ def main(argv):
     del argv
     from resfit_jax.runtime import setup_script
     setup_script()
+    from resfit_jax.configs import usage_error
     from resfit_jax.robot.sim_server import SimRobot, read_key, serve
 
     try:
         key = read_key(FLAGS.key_file)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    robot = SimRobot(FLAGS.task, seed=FLAGS.seed, latency_s=FLAGS.latency_s,
-                     jitter_s=FLAGS.jitter_s)
-    robot.reset()          # compile / warm the eager paths before announcing
-    robot.success()
-    serve(robot, FLAGS.host, FLAGS.port, key.encode(), max_clients=FLAGS.max_clients,
-          parent_pid=FLAGS.parent_pid)
+    except (OSError, ValueError) as e:
+        usage_error(str(e))
+    try:
+        robot = SimRobot(FLAGS.task, seed=FLAGS.seed, latency_s=FLAGS.latency_s,
+                         jitter_s=FLAGS.jitter_s)
+        robot.reset()          # compile / warm the eager paths before announcing
+        robot.success()
+        serve(robot, FLAGS.host, FLAGS.port, key.encode(), max_clients=FLAGS.max_clients,
+              parent_pid=FLAGS.parent_pid)
+    except KeyboardInterrupt:               # Ctrl-C, or SIGTERM (setup_script)
+        print("sim robot server stopped")
 
 
 if __name__ == "__main__":

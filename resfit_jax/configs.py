@@ -15,7 +15,7 @@ import ast
 import dataclasses
 import json
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 CONFIG_PREFIX = "--config."
 # fields that moved when the replay settings left the learner config
@@ -187,7 +187,7 @@ def config_overrides(extra: Sequence[str] = ()) -> list[str]:
     return list(_CONFIG_ARGS) + list(extra)
 
 
-def usage_error(message: str) -> None:
+def usage_error(message: str) -> NoReturn:
     """End a script with a one-line error (exit status 2), no traceback and no flag dump."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
