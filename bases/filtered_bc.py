@@ -81,13 +81,17 @@ class FilteredBCConfig:
 
 
 def filtered_bc_preset(task: str, **overrides) -> FilteredBCConfig:
-    """The task's ResFiT CPU budget (main loop + warm-up collection) and evaluation."""
+    """The task's ResFiT CPU budget (main loop + warm-up collection), evaluation, and the
+    action range and observation floor its base runs under (``action_margin``: PegInsertion
+    widens the demos' range by 30%; clipping the base to the bare range costs it successes)."""
     from resfit_jax.sim.presets import preset
 
     r = preset(task, "cpu")
     return FilteredBCConfig(**{"total_env_steps": r.total_env_steps + r.warmup_env_steps,
                                "eval_every": r.eval_every, "eval_episodes": r.eval_episodes,
-                               "final_episodes": r.final_episodes, **overrides})
+                               "final_episodes": r.final_episodes,
+                               "action_margin": r.action_margin, "obs_min_std": r.obs_min_std,
+                               **overrides})
 
 
 @struct.dataclass

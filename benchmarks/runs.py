@@ -67,6 +67,33 @@ def run_identity(run: str) -> dict | None:
         return json.load(f).get("identity")
 
 
+def run_action_range(run: str) -> dict | None:
+    """The settings that set the range the run's actions (the base's included) are clipped
+    to and its observation floor: {"action_margin", "obs_min_std"}, or None before it starts."""
+    path = os.path.join(run, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        cfg = json.load(f).get("config", {})
+    return {k: cfg.get(k) for k in ("action_margin", "obs_min_std")}
+
+
+def check_same_action_range(runs: dict[str, str]) -> None:
+    """Raise ValueError, naming the override that fixes it, where runs to be compared clip
+    actions to different ranges (their base is then not the same policy: on PegInsertion the
+    base clipped to the bare demo range loses about 6 points)."""
+    ranges = {m: r for m, r in ((m, run_action_range(p)) for m, p in runs.items()) if r}
+    if len({json.dumps(r, sort_keys=True) for r in ranges.values()}) <= 1:
+        return
+    ref_name = "resfit" if "resfit" in ranges else next(iter(ranges))
+    ref = ranges[ref_name]
+    odd = [m for m, r in ranges.items() if r != ref]
+    fix = " ".join(f"--override={m}:{k}={v}" for m in odd for k, v in ref.items()
+                   if ranges[m][k] != v)
+    raise ValueError(f"The runs clip actions to different ranges ({ranges}): their base is "
+                     f"not the same policy. Move {', '.join(odd)} aside and re-train with {fix}.")
+
+
 METHODS = ("resfit", "rlpd", "ibrl", "ppo", "fbc")
 
 

@@ -115,6 +115,28 @@ def test_baselines_are_paired_with_resfit_on_the_same_held_out_episodes(tmp_path
     assert against_resfit(runs, dict(rows, resfit=None)) == {}
 
 
+def test_runs_that_clip_actions_to_other_ranges_are_refused_with_the_fix(tmp_path):
+    """A Filtered BC run made before its preset took PegInsertion's 30% action margin ran
+    its base clipped to the bare demo range (6 points lower): comparing it is refused."""
+    import json
+    import os
+
+    from benchmarks.runs import check_same_action_range
+
+    def run(name, margin):
+        os.makedirs(tmp_path / name)
+        json.dump({"config": {"action_margin": margin, "obs_min_std": 2e-4}},
+                  open(tmp_path / name / "config.json", "w"))
+        return str(tmp_path / name)
+
+    same = {"resfit": run("resfit", 0.3), "rlpd": run("rlpd", 0.3),
+            "ibrl": str(tmp_path / "not_started")}
+    check_same_action_range(same)
+    with pytest.raises(ValueError, match=r"different ranges.*Move fbc aside and re-train with "
+                                         r"--override=fbc:action_margin=0.3"):
+        check_same_action_range(dict(same, fbc=run("fbc", 0.0)))
+
+
 def test_headline_check_names_results_that_lack_their_rows(tmp_path):
     import json
 

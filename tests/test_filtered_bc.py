@@ -79,6 +79,11 @@ def test_the_preset_matches_resfits_budget():
 
     r, f = preset("PickPlace", "cpu"), filtered_bc_preset("PickPlace")
     assert f.total_env_steps == r.total_env_steps + r.warmup_env_steps
+    # the base runs under the same action range as in ResFiT's run (PegInsertion widens it)
+    for task in ("PickPlace", "PegInsertion"):
+        r, f = preset(task, "cpu"), filtered_bc_preset(task)
+        assert (f.action_margin, f.obs_min_std) == (r.action_margin, r.obs_min_std)
+    assert filtered_bc_preset("PegInsertion").action_margin == 0.3
     assert (f.lr, f.batch_size, f.steps_per_round, f.demo_fraction) == (5e-5, 1024, 100, 0.5)
     with pytest.raises(ValueError, match="demo_fraction"):
         FilteredBCConfig(demo_fraction=1.5)
