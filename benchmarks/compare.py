@@ -165,8 +165,7 @@ def main(argv):
     from benchmarks import headline
     from benchmarks.machine import machine_info, write_results
     from benchmarks.runs import (METHODS, finished, has_outcomes, open_inputs, rescore,
-                                 check_same_action_range, run_identity,
-                                 train_or_resume)
+                                 check_comparable, train_or_resume)
     from resfit_jax.plotting import eval_curves
 
     task, methods = FLAGS.task, list(FLAGS.methods)
@@ -185,7 +184,7 @@ def main(argv):
     if not FLAGS.analyze_only or FLAGS.rescore:
         try:
             inputs = open_inputs(task, FLAGS.base, FLAGS.demos)
-            check_same_action_range(runs)      # the runs already there, before any training
+            check_comparable(runs)      # the runs already there, before any training
         except (FileNotFoundError, ValueError) as e:
             usage_error(str(e))
         for m in methods:
@@ -204,11 +203,8 @@ def main(argv):
             print(f"{LABELS[m]}: training into {runs[m]}")
             train_or_resume(m, task, inputs, runs[m], list(range(FLAGS.seeds)), overrides[m],
                             base_dir=FLAGS.base)
-    ids = {m: run_identity(r) for m, r in runs.items() if run_identity(r) is not None}
-    if len({json.dumps(v, sort_keys=True) for v in ids.values()}) > 1:
-        usage_error(f"The runs were trained on different bases or demos: {ids}.")
     try:
-        check_same_action_range(runs)
+        check_comparable(runs)
     except ValueError as e:
         usage_error(str(e))
     rows, curves = {}, {}

@@ -94,6 +94,15 @@ def check_same_action_range(runs: dict[str, str]) -> None:
                      f"not the same policy. Move {', '.join(odd)} aside and re-train with {fix}.")
 
 
+def check_comparable(runs: dict[str, str]) -> None:
+    """Raise ValueError where the runs (those started) were trained on other bases or demos,
+    or clip actions to other ranges: their episodes could not be paired."""
+    ids = {m: i for m, i in ((m, run_identity(p)) for m, p in runs.items()) if i is not None}
+    if len({json.dumps(v, sort_keys=True) for v in ids.values()}) > 1:
+        raise ValueError(f"The runs were trained on different bases or demos: {ids}.")
+    check_same_action_range(runs)
+
+
 METHODS = ("resfit", "rlpd", "ibrl", "ppo", "fbc")
 
 
