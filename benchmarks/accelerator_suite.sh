@@ -5,7 +5,7 @@
 #      steps per env step (benchmarks.loop_throughput);
 #   3. critic updates/s of the paper-scale learner at UTD 4 and 8 (benchmarks.learner_throughput);
 #   4. the paper-scale preset's first evaluation on PickPlace, on a BC base trained in the run
-#      (experiments.train_bc, then experiments.train_residual --scale=paper --stop_at=10000);
+#      (experiments.train_bc, then experiments.train --scale=paper --stop_at=10000);
 #   5. pixel envs: step + render frames/s at 64 and 84 px (benchmarks.render_throughput),
 #      only where warp-lang is importable (its wheel, 149 MB, is over the carry limit);
 #   6. with several GPUs only: the sharded loop's env and critic steps/s against the device
@@ -90,7 +90,7 @@ RUNS="${TMPDIR:-/tmp}/resfit_accel_runs"
 rm -rf "$RUNS"
 step train_bc "${LIMITS[3]}" experiments.train_bc --task=PickPlace "${BC[@]}" \
   --out="$RUNS/bc"
-step paper_residual "${LIMITS[4]}" experiments.train_residual --task=PickPlace \
+step paper_residual "${LIMITS[4]}" experiments.train --task=PickPlace \
   --base="$RUNS/bc" --out="$RUNS/residual" "${PAPER[@]}"
 [[ -f "$RUNS/residual/metrics.jsonl" ]] && cp "$RUNS/residual/metrics.jsonl" "$DEST/paper_metrics.jsonl"
 if "$PY" -c "import warp" >/dev/null 2>&1; then

@@ -19,7 +19,7 @@ import mujoco
 import numpy as np
 from absl import app, flags
 
-from benchmarks.machine import machine_info, write_results
+from resfit_jax.run.machine import machine_info, write_results
 from resfit_jax import envs
 
 FLAGS = flags.FLAGS
@@ -77,7 +77,7 @@ def mujoco_c_throughput(task, min_seconds: float) -> dict:
 
 
 def main(argv):
-    from resfit_jax.runtime import quiet_logging
+    from resfit_jax.run.runtime import quiet_logging
     quiet_logging()               # library INFO logs (jax backends, mujoco.mjx) off
     del argv
     jax.config.update("jax_enable_compilation_cache", False)

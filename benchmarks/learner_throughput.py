@@ -19,7 +19,7 @@ import time
 import jax
 from absl import app, flags
 
-from benchmarks.machine import machine_info, write_results
+from resfit_jax.run.machine import machine_info, write_results
 from resfit_jax.agents.residual_td3 import PRESETS, make_learner
 from resfit_jax.replay import ReplayConfig, Transition
 
@@ -96,7 +96,7 @@ def measure(preset: str, utd: int, encoder: str = "none") -> dict:
 
 
 def main(_):
-    from resfit_jax.runtime import quiet_logging
+    from resfit_jax.run.runtime import quiet_logging
     quiet_logging()               # library INFO logs (jax backends, mujoco.mjx) off
     jax.config.update("jax_enable_compilation_cache", False)
     rows = [measure(p, int(u), e) for e in FLAGS.encoders for p in FLAGS.presets

@@ -36,10 +36,10 @@ def random_act_base(task, episodes):
     import jax
     import jax.numpy as jnp
 
-    from bases.data import chunk_dataset, fit_normalizer
-    from bases.networks import BCConfig, make_network
-    from bases.train import make_predict
-    from resfit_jax.base_policy import ChunkedBase
+    from resfit_jax.bc.data import chunk_dataset, fit_normalizer
+    from resfit_jax.bc.networks import BCConfig, make_network
+    from resfit_jax.bc.train import make_predict
+    from resfit_jax.base.policy import ChunkedBase
 
     cfg = BCConfig.cpu(action_obs_index=getattr(task, "action_obs_index", None))
     obs_dim, a = int(task.observation_spec.shape[0]), task.action_size
@@ -81,11 +81,11 @@ def time_train_chunks(trainer, chunks: int) -> tuple[float, float]:
 
 def main(argv):
     del argv
-    from resfit_jax.runtime import setup_script
+    from resfit_jax.run.runtime import setup_script
     setup_script()
     import jax
 
-    from benchmarks.machine import machine_info, write_results
+    from resfit_jax.run.machine import machine_info, write_results
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.trainer import make_trainer
 

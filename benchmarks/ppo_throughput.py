@@ -20,7 +20,7 @@ import time
 
 from absl import app, flags
 
-from resfit_jax.configs import usage_error
+from resfit_jax.run.configs import usage_error
 
 FLAGS = flags.FLAGS
 
@@ -53,15 +53,15 @@ def timed(fn, *args, repeats: int) -> tuple[float, float, object]:
 
 def main(argv):
     del argv
-    from resfit_jax.runtime import setup_script
+    from resfit_jax.run.runtime import setup_script
     setup_script()
     import dataclasses
 
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.loop_throughput import synthetic_inputs
-    from benchmarks.machine import machine_info, write_results
+    from .loop_throughput import synthetic_inputs
+    from resfit_jax.run.machine import machine_info, write_results
     from resfit_jax.sim.ppo_presets import ppo_preset
     from resfit_jax.sim.ppo_trainer import make_ppo_trainer
 

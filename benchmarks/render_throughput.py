@@ -18,7 +18,7 @@ import time
 import jax
 from absl import app, flags
 
-from benchmarks.machine import machine_info, write_results
+from resfit_jax.run.machine import machine_info, write_results
 from resfit_jax import envs
 from resfit_jax.envs.cameras import pixel_env
 from resfit_jax.envs.core import AutoReset, VmapWrapper
@@ -57,7 +57,7 @@ def throughput(env, task, num_envs: int, scan: int, min_seconds: float) -> dict:
 
 
 def main(argv):
-    from resfit_jax.runtime import quiet_logging
+    from resfit_jax.run.runtime import quiet_logging
     quiet_logging()               # library INFO logs (jax backends, mujoco.mjx) off
     del argv
     jax.config.update("jax_enable_compilation_cache", False)

@@ -20,12 +20,12 @@ import time
 import jax
 from absl import app, flags
 
-from benchmarks.machine import machine_info, write_results
+from resfit_jax.run.machine import machine_info, write_results
 from resfit_jax import envs
-from resfit_jax.base_policy import FunctionBase
+from resfit_jax.base.policy import FunctionBase
 from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer
 from resfit_jax.replay import ReplayConfig
-from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 from resfit_jax.sim.loop import SimLoop
 
 FLAGS = flags.FLAGS
@@ -84,7 +84,7 @@ def measure(resolution: int, frame_once: bool) -> dict:
 
 
 def main(argv):
-    from resfit_jax.runtime import setup_script
+    from resfit_jax.run.runtime import setup_script
 
     setup_script()
     rows = []

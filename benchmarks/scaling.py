@@ -42,7 +42,7 @@ def measure(n: int) -> dict:
     """One device count, in this process (JAX already started with >= n devices)."""
     import jax
 
-    from benchmarks.loop_throughput import random_act_base, time_train_chunks
+    from .loop_throughput import random_act_base, time_train_chunks
     from resfit_jax import envs
     from resfit_jax.data.demos import collect_episodes, make_rollout
     from resfit_jax.sim.presets import preset
@@ -52,7 +52,7 @@ def measure(n: int) -> dict:
     expert = envs.make_expert(FLAGS.task, task, envs.ExpertStyle())
     episodes, _ = collect_episodes(make_rollout(task, expert.init, expert.act), 16, 16)
     if FLAGS.task == "PointReach":                 # a quick check of the benchmark itself
-        from resfit_jax.base_policy import FunctionBase
+        from resfit_jax.base.policy import FunctionBase
         from resfit_jax.envs.point_reach import biased_base_action
         base = FunctionBase(biased_base_action, 2)
     else:
@@ -80,15 +80,15 @@ def measure(n: int) -> dict:
 def main(argv):
     del argv
     if FLAGS.child:
-        from resfit_jax.runtime import setup_script
+        from resfit_jax.run.runtime import setup_script
         setup_script()
         print("ROW " + json.dumps(measure(FLAGS.child)), flush=True)
         return
-    from resfit_jax.runtime import quiet_logging
+    from resfit_jax.run.runtime import quiet_logging
     quiet_logging()
     import jax
 
-    from benchmarks.machine import machine_info, write_results
+    from resfit_jax.run.machine import machine_info, write_results
     cpu = jax.default_backend() == "cpu"
     how = (f"{FLAGS.envs_per_device} envs in all" if FLAGS.strong else
            f"{FLAGS.envs_per_device} envs per device")
@@ -105,7 +105,7 @@ def main(argv):
         elif n > jax.device_count():
             print(f"{n:>4}  skipped: {jax.device_count()} devices")
             continue
-        args = [sys.executable, "-m", "benchmarks.scaling", f"--child={n}"] + [
+        args = [sys.executable, "-m", __spec__.name, f"--child={n}"] + [
             f"--{k}={FLAGS[k].value}" for k in ("task", "envs_per_device",
                                                  "critic_per_env_step", "steps_per_chunk",
                                                  "chunks", "strong")]

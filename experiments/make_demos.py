@@ -25,10 +25,10 @@ flags.DEFINE_bool("keep_failures", False, "Also write unsuccessful episodes.")
 
 def main(argv):
     del argv
-    from resfit_jax.runtime import setup_script
+    from resfit_jax.run.runtime import setup_script
     setup_script()
     out = FLAGS.out or os.path.join("runs", "demos", FLAGS.task)
-    from resfit_jax.configs import usage_error
+    from resfit_jax.run.configs import usage_error
     from resfit_jax.data.demos import make_demos
     try:
         make_demos(FLAGS.task, FLAGS.episodes, FLAGS.noise, out, FLAGS.seed, FLAGS.num_envs,
@@ -37,5 +37,10 @@ def main(argv):
         usage_error(str(e).strip('"'))
 
 
-if __name__ == "__main__":
+def run():
+    """Console script ``resfit-demos``."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -18,12 +18,12 @@ flags.DEFINE_string("title", None, "Figure title.")
 
 
 def main(argv):
-    from resfit_jax.runtime import setup_script
+    from resfit_jax.run.runtime import setup_script
     setup_script()
     runs = argv[1:]
     if not runs:
         raise app.UsageError("Give one or more run directories (with metrics.jsonl).")
-    from resfit_jax.plotting import plot_runs
+    from resfit_jax.run.plotting import plot_runs
 
     png = FLAGS.png or os.path.join(runs[0], "curves.png")
     curves = plot_runs(runs, png, FLAGS.labels, FLAGS.title)
@@ -35,5 +35,10 @@ def main(argv):
     print(f"Wrote {png}")
 
 
-if __name__ == "__main__":
+def run():
+    """Console script ``resfit-plot``."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

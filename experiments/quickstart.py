@@ -25,29 +25,27 @@ flags.DEFINE_string("task", "PickPlace", "Task with a residual preset (PickPlace
 flags.DEFINE_string("out", os.path.join("runs", "quickstart"), "Output directory.")
 flags.DEFINE_integer("seeds", 1, "Residual seeds (vmapped in one process).")
 flags.DEFINE_integer("demo_episodes", 30, "Expert demos for BC and the offline buffer.")
-flags.DEFINE_multi_string("override", [], "Residual config overrides, e.g. total_env_steps=50000 "
-                          "(same as --config.total_env_steps=50000).")
 
 
 def main(argv):
     del argv
-    from resfit_jax.runtime import setup_script
+    from resfit_jax.run.runtime import setup_script
     setup_script()
-    from bases.frozen import open_base
-    from bases.pipeline import train_bc
+    from resfit_jax.bc.frozen import open_base
+    from resfit_jax.bc.pipeline import train_bc
     from resfit_jax import envs
     from resfit_jax.observations import camera_shapes, state_size
-    from resfit_jax.configs import config_lines, resolve
+    from resfit_jax.run.configs import config_lines, resolve
     from resfit_jax.data import read_episodes
     from resfit_jax.data.demos import make_demos
-    from resfit_jax.plotting import plot_runs
+    from resfit_jax.run.plotting import plot_runs
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.report import results_table
     from resfit_jax.sim.trainer import make_trainer, train_residual
-    from resfit_jax.checkpointing import content_hash
+    from resfit_jax.run.checkpointing import content_hash
 
     t0 = time.time()
-    cfg = resolve(lambda: preset(FLAGS.task, "cpu"), FLAGS.override)   # bad flags fail first
+    cfg = resolve(lambda: preset(FLAGS.task, "cpu"))   # bad flags fail first
     task_name, out = FLAGS.task, os.path.abspath(FLAGS.out)
     demos_root = os.path.join(out, "demos")
     demos = os.path.join(demos_root, "resfit_demos", "1.0.0")
@@ -81,6 +79,11 @@ def main(argv):
           f"on {os.cpu_count()} CPU cores")
 
 
-if __name__ == "__main__":
-    from resfit_jax.configs import config_flag_parser
+def run():
+    """Console script ``resfit-quickstart``."""
+    from resfit_jax.run.configs import config_flag_parser
     app.run(main, flags_parser=config_flag_parser)
+
+
+if __name__ == "__main__":
+    run()

@@ -108,20 +108,20 @@ def write_video(frames: list, path: str, fps: float) -> None:
 
 def _load_base(path: str | None, task):
     """A frozen base from a train_bc checkpoint or export directory."""
-    from resfit_jax.base_policy import METADATA_FILE, load_exported_base
+    from resfit_jax.base.policy import METADATA_FILE, load_exported_base
 
     if not path:
         raise ValueError("--policy=base needs --base=<train_bc checkpoint or export dir>.")
     obs_dim, action_dim = task.observation_spec.shape[0], task.action_size
     if os.path.exists(os.path.join(path, METADATA_FILE)):
         return load_exported_base(path, obs_dim, action_dim)
-    from bases.frozen import load_base
+    from resfit_jax.bc.frozen import load_base
     return load_base(path, obs_dim, action_dim)[0]
 
 
 def main(argv):
     del argv
-    from resfit_jax.runtime import setup_script
+    from resfit_jax.run.runtime import setup_script
     setup_script()
     import jax.numpy as jnp
 

@@ -48,8 +48,6 @@ flags.DEFINE_float("control_hz", None, "Control rate (default: the task's).")
 flags.DEFINE_integer("max_steps", None, "Steps per episode (default: the task's horizon).")
 flags.DEFINE_integer("max_overruns", 20, "Deadline overruns per episode before it is halted.")
 flags.DEFINE_float("max_delta_margin", 2.0, "Per-step change limit / largest demo change.")
-flags.DEFINE_multi_string("override", [], "Config overrides, e.g. learner.actor_lr=1e-5 (same as "
-                          "--config.learner.actor_lr=1e-5).")
 flags.DEFINE_integer("seed", 0, "Seed.")
 
 
@@ -57,14 +55,14 @@ def main(argv):
     del argv
     import numpy as np
 
-    from resfit_jax.runtime import setup_script
+    from resfit_jax.run.runtime import setup_script
     setup_script()
-    from bases.frozen import open_base_and_demos
+    from resfit_jax.bc.frozen import open_base_and_demos
     from resfit_jax import envs
     from resfit_jax.agents.residual_td3 import make_learner
-    from resfit_jax.configs import config_lines, resolve, usage_error
-    from resfit_jax.demo_buffer import fit_normalizer, offline_buffer
-    from resfit_jax.locks import RunLockedError
+    from resfit_jax.run.configs import config_lines, resolve, usage_error
+    from resfit_jax.replay.demos import fit_normalizer, offline_buffer
+    from resfit_jax.run.locks import RunLockedError
     from resfit_jax.observations import camera_shapes, state_size
     from resfit_jax.robot.link import LinkError
     from resfit_jax.robot.loop import EmergencyStop, LoopConfig, SafetyLimits
@@ -97,7 +95,7 @@ def main(argv):
                         max_overruns=FLAGS.max_overruns),
         mode=FLAGS.mode, sync_every=FLAGS.sync_every, updates_per_step=FLAGS.updates_per_step,
         warmup_episodes=FLAGS.warmup_episodes, warmup_noise=sim_cfg.warmup_noise,
-        critic_warmup_updates=FLAGS.critic_warmup, seed=FLAGS.seed), FLAGS.override)
+        critic_warmup_updates=FLAGS.critic_warmup, seed=FLAGS.seed))
     try:
         base, info, demos_dir, demos = open_base_and_demos(
             FLAGS.base or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos, obs_dim, act_dim,
@@ -169,6 +167,11 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
-    from resfit_jax.configs import config_flag_parser
+def run():
+    """Console script ``resfit-robot``."""
+    from resfit_jax.run.configs import config_flag_parser
     app.run(main, flags_parser=config_flag_parser)
+
+
+if __name__ == "__main__":
+    run()

@@ -27,9 +27,9 @@ flags.DEFINE_integer("parent_pid", None, "Exit (robot stopped) when this process
 
 def main(argv):
     del argv
-    from resfit_jax.runtime import setup_script
+    from resfit_jax.run.runtime import setup_script
     setup_script()
-    from resfit_jax.configs import usage_error
+    from resfit_jax.run.configs import usage_error
     from resfit_jax.robot.sim_server import SimRobot, read_key, serve
 
     try:
@@ -47,5 +47,10 @@ def main(argv):
         print("sim robot server stopped")
 
 
-if __name__ == "__main__":
+def run():
+    """Console script ``resfit-sim-robot``."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

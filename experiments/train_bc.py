@@ -43,10 +43,10 @@ flags.DEFINE_bool("relative_actions", True, "Predict joint targets relative to t
 
 def main(argv):
     del argv
-    from resfit_jax.runtime import setup_script
+    from resfit_jax.run.runtime import setup_script
     setup_script()
-    from bases.pipeline import train_bc
-    from resfit_jax.configs import usage_error
+    from resfit_jax.bc.pipeline import train_bc
+    from resfit_jax.run.configs import usage_error
     for name in ("eval_every", "eval_episodes", "final_episodes", "num_envs", "demo_episodes"):
         if getattr(FLAGS, name) < 1:
             usage_error(f"--{name} must be >= 1 (got {getattr(FLAGS, name)}).")
@@ -60,5 +60,10 @@ def main(argv):
         usage_error(str(e).strip('"'))
 
 
-if __name__ == "__main__":
+def run():
+    """Console script ``resfit-train-bc``."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -15,10 +15,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resfit_jax.base_policy import FunctionBase  # noqa: E402
+from resfit_jax.base.policy import FunctionBase  # noqa: E402
 from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer  # noqa: E402
 from resfit_jax.replay import ReplayConfig  # noqa: E402
-from resfit_jax.residual_td3 import ResidualTD3Config, make_learner  # noqa: E402
+from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner  # noqa: E402
 from resfit_jax.robot.loop import LoopConfig, SafetyLimits  # noqa: E402
 from resfit_jax.robot.trainer import RobotTrainConfig, RobotTrainer  # noqa: E402
 

@@ -27,13 +27,13 @@ if MODE == "host":
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from resfit_jax.runtime import enable_compilation_cache  # noqa: E402
+from resfit_jax.run.runtime import enable_compilation_cache  # noqa: E402
 
 enable_compilation_cache()
 
 
 def max_diff(a, b) -> float:
-    from resfit_jax.checkpointing import to_storable
+    from resfit_jax.run.checkpointing import to_storable
     d = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64)
                                                       - np.asarray(y, np.float64))))
                      if np.size(x) else 0.0, to_storable(a), to_storable(b))
@@ -43,7 +43,7 @@ def max_diff(a, b) -> float:
 def update_check() -> dict:
     """A sharded update (and critic warm-up) of the global batch against the plain one."""
     from test_residual_td3 import ACT, CFG, OBS, make_batch
-    from resfit_jax.residual_td3 import make_learner
+    from resfit_jax.agents.residual_td3 import make_learner
     assert CFG.target_noise and CFG.exploration_std > 0      # per-sample noise is drawn
     plain = make_learner(CFG, OBS, ACT)
     sharded = make_learner(CFG, OBS, ACT, axis_name=sharding.GRAD_AXES)
@@ -94,7 +94,7 @@ def chunks(trainer):
 
 def loop_check(out_dir: str) -> dict:
     from test_trainer import CFG
-    from resfit_jax.residual_td3 import make_learner
+    from resfit_jax.agents.residual_td3 import make_learner
     from resfit_jax.sim.trainer import train_residual
     two = dataclasses.replace(CFG, shards=2, total_env_steps=128, eval_episodes=4)
     on_one, on_two = make(two), make(dataclasses.replace(two, mesh=(2, 1)))

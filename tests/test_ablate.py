@@ -1,7 +1,7 @@
 """The ablation runner's settings (cartesian factors, named settings) and its table."""
 import pytest
 
-from experiments.ablate import row, settings, table
+from studies.ablate import row, settings, table
 
 
 def test_factors_make_a_cartesian_product_and_named_settings_follow():
@@ -36,8 +36,8 @@ def test_rows_come_from_the_held_out_final_evaluation():
 
 
 def test_the_paper_ablations_are_valid_settings_of_every_preset():
-    from experiments.ablate import paper_ablations
-    from resfit_jax.configs import apply_overrides
+    from studies.ablate import paper_ablations
+    from resfit_jax.run.configs import apply_overrides
     from resfit_jax.sim.presets import preset
 
     for task in ("PointReach", "PickPlace"):
@@ -50,7 +50,7 @@ def test_the_paper_ablations_are_valid_settings_of_every_preset():
                 assert cfg.critic_steps_per_env_step == float(name[4:])
         assert apply_overrides(p, dict(named)["warmup_off"]).warmup_env_steps == 0
         # a setting equal to the preset (n = 3 on PointReach) reuses the preset's run
-        from experiments.ablate import same_as_earlier
+        from studies.ablate import same_as_earlier
         same = same_as_earlier([apply_overrides(p, ovs) for _, ovs in named])
         names = [n for n, _ in named]
         assert {names[i]: names[j] for i, j in same.items()} == (
@@ -67,7 +67,7 @@ def _summary(base: list[str], policy: list[str], seeds=(0, 1), task="PointReach"
 
 
 def test_settings_are_compared_with_the_reference_episode_by_episode():
-    from experiments.ablate import against_reference, reference_table
+    from studies.ablate import against_reference, reference_table
     from resfit_jax.sim.report import paired_between
 
     base = ["0011", "0101"]
@@ -113,7 +113,7 @@ def test_settings_are_compared_with_the_reference_episode_by_episode():
 
 
 def test_the_paper_claims_get_a_verdict_from_paired_held_out_episodes():
-    from experiments.ablate import PAPER_CLAIMS, claims_table, paper_claims
+    from studies.ablate import PAPER_CLAIMS, claims_table, paper_claims
 
     base = ["0" * 50 + "1" * 50] * 3                          # the base: 50% on each seed
     at = lambda k: _summary(base, ["1" * k + "0" * (100 - k)] * 3)   # k% on each seed
@@ -141,9 +141,9 @@ def test_settings_train_cheapest_first_and_report_in_declared_order():
     """UTD 4 / 8 (16x / 32x the PointReach preset's critic updates) train last; rows keep the
     declared order, a setting equal to an earlier one shares its summary, and unfinished
     settings are listed, not reported."""
-    from experiments.ablate import (declared_rows, paper_ablations, same_as_earlier,
+    from studies.ablate import (declared_rows, paper_ablations, same_as_earlier,
                                     training_order, update_cost)
-    from resfit_jax.configs import apply_overrides
+    from resfit_jax.run.configs import apply_overrides
     from resfit_jax.sim.presets import preset
 
     p = preset("PointReach", "cpu")

@@ -21,22 +21,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ------------------------------------------------------------------------------ script flags
 CLI = [
-    (["experiments.train_residual", "--config.replay.utdd=3"], "has no field 'utdd'"),
-    (["experiments.train_residual", "--config.learner.utd=3"], "'learner.utd' is now 'replay.utd'"),
-    (["experiments.train_residual", "--config.num_envs=abc"], "num_envs=abc': expected int"),
-    (["experiments.train_residual", "--config.learner.actor_lr=nan"], "actor_lr"),
-    (["experiments.train_residual", "--task=Nope"], "No residual-training preset for task 'Nope'"),
-    (["experiments.train_residual", "--seeds=0"], "--seeds must be >= 1"),
-    (["experiments.train_residual", "--task=PointReach", "--base=/nonexistent/base"],
+    (["experiments.train", "--config.replay.utdd=3"], "has no field 'utdd'"),
+    (["experiments.train", "--config.learner.utd=3"], "has no field 'utd'"),
+    (["experiments.train", "--config.num_envs=abc"], "num_envs=abc': expected int"),
+    (["experiments.train", "--config.learner.actor_lr=nan"], "actor_lr"),
+    (["experiments.train", "--task=Nope"], "No residual-training preset for task 'Nope'"),
+    (["experiments.train", "--seeds=0"], "--seeds must be >= 1"),
+    (["experiments.train", "--task=PointReach", "--base=/nonexistent/base"],
      "No base at /nonexistent/base"),
     (["experiments.make_demos", "--episodes=0"], "episodes and num_envs must be >= 1"),
-    (["experiments.ablate", "--factor=base_phase"], "expected FIELD=V1,V2"),
+    (["studies.ablate", "--factor=base_phase"], "expected FIELD=V1,V2"),
     (["experiments.run_robot"], "Pass --address=host:port"),
     (["experiments.train_bc", "--task=Nope"], "Unknown task 'Nope'"),
     (["experiments.train_bc", "--steps=0"], "steps must be >= 1"),
     (["experiments.run_robot", "--spawn_sim", "--base=/nonexistent/base"], "No base at"),
-    (["benchmarks.sample_efficiency", "--sweep=0.9,x"], "expected success rates such as"),
-    (["benchmarks.sample_efficiency", "--sweep=0.9,90"], "not all success rates in (0, 1]"),
+    (["studies.sample_efficiency", "--sweep=0.9,x"], "expected success rates such as"),
+    (["studies.sample_efficiency", "--sweep=0.9,90"], "not all success rates in (0, 1]"),
 ]
 
 
@@ -51,9 +51,9 @@ def test_script_flags(argv, message):
 
 # ------------------------------------------------------------------------------ config fields
 def _configs():
-    from bases.networks import BCConfig
+    from resfit_jax.bc.networks import BCConfig
     from resfit_jax.replay import ReplayConfig
-    from resfit_jax.residual_td3 import ResidualTD3Config
+    from resfit_jax.agents.residual_td3 import ResidualTD3Config
     from resfit_jax.robot.loop import LoopConfig
     from resfit_jax.robot.trainer import RobotTrainConfig
     from resfit_jax.sim.presets import TrainConfig
@@ -143,7 +143,7 @@ def test_normalizer_from_nan_data():
 
 
 def test_no_demo_episodes():
-    from resfit_jax.demo_buffer import pad_episodes
+    from resfit_jax.replay.demos import pad_episodes
 
     with pytest.raises(ValueError, match="no demo episodes"):
         pad_episodes([])
@@ -157,14 +157,14 @@ def test_writing_over_a_dataset_is_refused(dataset):
 
 # ------------------------------------------------------------------------------ checkpoints
 def test_run_checkpoint_missing(tmp_path):
-    from resfit_jax.checkpointing import RunCheckpointer
+    from resfit_jax.run.checkpointing import RunCheckpointer
 
     with pytest.raises(FileNotFoundError, match="No run checkpoint under"):
         RunCheckpointer(str(tmp_path / "empty")).restore({"x": jnp.zeros(2)})
 
 
 def test_run_checkpoint_with_another_shape(tmp_path):
-    from resfit_jax.checkpointing import RunCheckpointer
+    from resfit_jax.run.checkpointing import RunCheckpointer
 
     ckpt = RunCheckpointer(str(tmp_path / "c"))
     ckpt.save(1, {"x": jnp.zeros(2)}, {})
@@ -175,7 +175,7 @@ def test_run_checkpoint_with_another_shape(tmp_path):
 # ------------------------------------------------------------------------------ bases
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from bases.export import export_base
+    from resfit_jax.bc.export import export_base
 
     d = str(tmp_path_factory.mktemp("export"))
     predict = lambda params, obs: jnp.repeat(obs[:, None, :2], 3, axis=1) * params
@@ -184,14 +184,14 @@ def exported(tmp_path_factory):
 
 
 def test_exported_base_missing(tmp_path):
-    from resfit_jax.base_policy import load_exported_base
+    from resfit_jax.base.policy import load_exported_base
 
     with pytest.raises(FileNotFoundError, match="base.json is missing"):
         load_exported_base(str(tmp_path))
 
 
 def test_exported_base_with_damaged_json(exported, tmp_path):
-    from resfit_jax.base_policy import load_exported_base
+    from resfit_jax.base.policy import load_exported_base
 
     d = _copy(exported, tmp_path)
     with open(os.path.join(d, "base.json"), "w") as f:
@@ -201,7 +201,7 @@ def test_exported_base_with_damaged_json(exported, tmp_path):
 
 
 def test_exported_base_with_damaged_artifact(exported, tmp_path):
-    from resfit_jax.base_policy import load_exported_base
+    from resfit_jax.base.policy import load_exported_base
 
     d = _copy(exported, tmp_path)
     with open(os.path.join(d, "base.jaxexport"), "wb") as f:
@@ -211,14 +211,14 @@ def test_exported_base_with_damaged_artifact(exported, tmp_path):
 
 
 def test_exported_base_for_another_task(exported):
-    from resfit_jax.base_policy import load_exported_base
+    from resfit_jax.base.policy import load_exported_base
 
     with pytest.raises(ValueError, match="expects observations of size 4.*size is 28"):
         load_exported_base(exported, obs_dim=28)
 
 
 def test_base_checkpoint_with_damaged_info(tmp_path):
-    from bases.frozen import load_base
+    from resfit_jax.bc.frozen import load_base
 
     with open(tmp_path / "base_info.json", "w") as f:
         json.dump({"obs_dim": 4}, f)
@@ -227,8 +227,8 @@ def test_base_checkpoint_with_damaged_info(tmp_path):
 
 
 def test_base_checkpoint_without_parameters(tmp_path):
-    from bases.frozen import load_base
-    from bases.networks import BCConfig
+    from resfit_jax.bc.frozen import load_base
+    from resfit_jax.bc.networks import BCConfig
 
     info = {"obs_dim": 4, "action_dim": 2, "normalizer": {},
             "config": BCConfig.cpu(policy="mlp").to_dict()}
@@ -239,7 +239,7 @@ def test_base_checkpoint_without_parameters(tmp_path):
 
 
 def test_open_base_on_an_empty_directory(tmp_path):
-    from bases.frozen import open_base
+    from resfit_jax.bc.frozen import open_base
 
     with pytest.raises(FileNotFoundError, match="No base at"):
         open_base(str(tmp_path), 4, 2)
@@ -248,7 +248,7 @@ def test_open_base_on_an_empty_directory(tmp_path):
 # ------------------------------------------------------------------------------ learner API
 @pytest.fixture(scope="module")
 def learner():
-    from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+    from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 
     lrn = make_learner(ResidualTD3Config(actor_hidden_dims=(8,), critic_hidden_dims=(8,),
                                          num_critics=2), 3, 2)
@@ -288,7 +288,7 @@ def test_learner_init_with_a_normalizer_of_another_size(learner):
 
 
 def test_learner_with_pixel_observations():
-    from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+    from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 
     # camera fields are uint8 [H, W, C] (see test_vision.py); float images are refused
     with pytest.raises(ValueError, match="must be uint8"):
@@ -299,7 +299,7 @@ def test_learner_with_pixel_observations():
 
 
 def test_learner_without_actions():
-    from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+    from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 
     with pytest.raises(ValueError, match="action_dim must be >= 1"):
         make_learner(ResidualTD3Config(), 3, 0)
@@ -313,14 +313,14 @@ def test_learner_update_not_a_transition(learner):
 
 # ------------------------------------------------------------------------------ host bases
 def test_host_base_with_the_wrong_shape():
-    from resfit_jax.base_policy import host_callback_base
+    from resfit_jax.base.policy import host_callback_base
 
     with pytest.raises(ValueError, match=r"returned shape \(2, 3\).*expected \(2, 2\)"):
         host_callback_base(lambda x: np.zeros((x.shape[0], 3)), obs_dim=4, action_dim=2)
 
 
 def test_host_base_with_an_integer_dtype():
-    from resfit_jax.base_policy import host_callback_base
+    from resfit_jax.base.policy import host_callback_base
 
     with pytest.raises(ValueError, match="dtype int"):
         host_callback_base(lambda x: np.zeros((x.shape[0], 2), np.int32), obs_dim=4,
@@ -344,7 +344,7 @@ class _Flaky:
 
 @pytest.mark.parametrize("nan", [False, True])
 def test_host_base_failing_mid_rollout_names_the_base(nan):
-    from resfit_jax.base_policy import host_callback_base
+    from resfit_jax.base.policy import host_callback_base
 
     base = host_callback_base(_Flaky(after=2, nan=nan), obs_dim=4, action_dim=2)
     step = jax.jit(base.step)

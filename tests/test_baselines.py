@@ -13,10 +13,10 @@ from resfit_jax import envs
 from resfit_jax.agents.ibrl import IBRLConfig, choose, make_ibrl
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.agents.rlpd import NoBase
-from resfit_jax.base_policy import FunctionBase
+from resfit_jax.base.policy import FunctionBase
 from resfit_jax.data.demos import collect_episodes, make_rollout
 from resfit_jax.envs.point_reach import biased_base_action
-from resfit_jax.logger import read_metrics
+from resfit_jax.run.logger import read_metrics
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import Transition
 from resfit_jax.sim.presets import TrainConfig, preset

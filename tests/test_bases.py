@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bases.data import action_reference, chunk_dataset, fit_normalizer
-from bases.export import export_base
-from bases.frozen import checkpoint_manager, load_base, open_base, save_base
-from bases.networks import BCConfig
-from bases.train import make_trainer
-from resfit_jax.base_policy import (ChunkedBase, host_callback_base, load_exported_base)
+from resfit_jax.bc.data import action_reference, chunk_dataset, fit_normalizer
+from resfit_jax.bc.export import export_base
+from resfit_jax.bc.frozen import checkpoint_manager, load_base, open_base, save_base
+from resfit_jax.bc.networks import BCConfig
+from resfit_jax.bc.train import make_trainer
+from resfit_jax.base.policy import (ChunkedBase, host_callback_base, load_exported_base)
 from resfit_jax.data import Episode
 from resfit_jax.envs import PointReach
 from resfit_jax.envs.point_reach import expert_action
@@ -76,10 +76,10 @@ def test_relative_actions_are_measured_from_the_observation():
         action_reference(obs, (0, 1), 3)
     # predict() outputs absolute actions: shifting the referenced obs dims shifts them too
     cfg = BCConfig(policy="mlp", action_obs_index=(0, 1, -1), **TINY)
-    from bases.train import make_predict
-    from bases.data import ChunkNormalizer
+    from resfit_jax.bc.train import make_predict
+    from resfit_jax.bc.data import ChunkNormalizer
     norm = ChunkNormalizer(jnp.zeros(OBS), jnp.ones(OBS), jnp.zeros(ACT), jnp.ones(ACT))
-    from bases.networks import make_network
+    from resfit_jax.bc.networks import make_network
     params = make_network(cfg, ACT).init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))["params"]
     params = jax.tree.map(jnp.zeros_like, params)         # network outputs 0 -> chunk = ref
     x = jax.random.normal(jax.random.PRNGKey(1), (3, OBS))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resfit_jax.checkpointing import RunCheckpointer, to_storable
+from resfit_jax.run.checkpointing import RunCheckpointer, to_storable
 
 
 def _tree(seed):

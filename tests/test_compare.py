@@ -1,9 +1,9 @@
-"""benchmarks.compare and the paper-shaped README table: per-method overrides, the report,
+"""studies.compare and the paper-shaped README table: per-method overrides, the report,
 and the task x method table generated from headline rows."""
 import pytest
 
-from benchmarks.compare import method_overrides, report
-from benchmarks.headline import CMP_END, CMP_START, compare_table, render_readme
+from studies.compare import method_overrides, report
+from studies.headline import CMP_END, CMP_START, compare_table, render_readme
 
 
 def _row(task, method, success, steps=50.0, base=0.5):
@@ -87,7 +87,7 @@ def test_baselines_are_paired_with_resfit_on_the_same_held_out_episodes(tmp_path
     import json
     import os
 
-    from benchmarks.compare import against_resfit, resfit_table
+    from studies.compare import against_resfit, resfit_table
 
     def run(name, policy, base=("0011", "0101"), with_outcomes=True):
         row = lambda bits: ({"outcomes": bits} if with_outcomes else {}) | {
@@ -121,7 +121,7 @@ def test_runs_that_clip_actions_to_other_ranges_are_refused_with_the_fix(tmp_pat
     import json
     import os
 
-    from benchmarks.runs import check_same_action_range
+    from resfit_jax.sim.runs import check_same_action_range
 
     def run(name, margin):
         os.makedirs(tmp_path / name)
@@ -140,7 +140,7 @@ def test_runs_that_clip_actions_to_other_ranges_are_refused_with_the_fix(tmp_pat
 def test_headline_check_names_results_that_lack_their_rows(tmp_path):
     import json
 
-    from benchmarks.headline import add, add_se, missing_rows
+    from studies.headline import add, add_se, missing_rows
 
     json.dump({"PickPlace": {"rows": {"resfit": _row("PickPlace", "ResFiT", 0.88),
                                       "rlpd": _row("PickPlace", "RLPD", 0.0), "ibrl": None}}},

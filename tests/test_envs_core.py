@@ -52,7 +52,7 @@ def test_registry_and_spec():
 
 
 def test_time_feature_counts_the_episode_and_restarts_at_reset():
-    from resfit_jax.base_policy import FunctionBase, ObservationPrefix
+    from resfit_jax.base.policy import FunctionBase, ObservationPrefix
     from resfit_jax.envs.core import TimeFeature
     from resfit_jax.envs.point_reach import biased_base_action
 

@@ -1,8 +1,8 @@
-"""Episode outcome classifier of benchmarks/failure_modes.py on hand-made trajectories."""
+"""Episode outcome classifier of studies/failure_modes.py on hand-made trajectories."""
 import numpy as np
 import pytest
 
-from benchmarks.failure_modes import classify
+from studies.failure_modes import classify
 
 
 def pickplace_episode(cube_z, cube_xy, tcp_offset, tote=(0.45, 0.2)):

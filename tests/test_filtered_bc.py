@@ -1,4 +1,4 @@
-"""Filtered BC (bases.filtered_bc): only successful episodes become training samples, with
+"""Filtered BC (resfit_jax.agents.filtered_bc): only successful episodes become training samples, with
 chunks cut at the episode's end; a short run through every phase on a small PointReach BC
 base, paired against the frozen base; an exported base is refused with a clear error."""
 import json
@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bases.filtered_bc import (FilteredBCConfig, filtered_bc_preset, make_filtered_bc,
+from resfit_jax.agents.filtered_bc import (FilteredBCConfig, filtered_bc_preset, make_filtered_bc,
                                success_samples, train_filtered_bc)
 from resfit_jax import envs
 from resfit_jax.data import read_episodes
-from resfit_jax.logger import read_metrics
+from resfit_jax.run.logger import read_metrics
 
 
 def test_only_successful_episodes_are_kept_and_cut_at_their_end():
@@ -37,7 +37,7 @@ def test_only_successful_episodes_are_kept_and_cut_at_their_end():
 
 @pytest.fixture(scope="module")
 def small_base(tmp_path_factory):
-    from bases.pipeline import train_bc
+    from resfit_jax.bc.pipeline import train_bc
 
     out = str(tmp_path_factory.mktemp("bc"))
     train_bc("PointReach", out, policy="mlp", steps=200, batch_size=64, chunk_size=5,

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from resfit_jax import envs
-from resfit_jax.base_policy import FunctionBase
-from resfit_jax.frames import FrameStore, alive, frame_capacity, read, resolve, stale_count
+from resfit_jax.base.policy import FunctionBase
+from resfit_jax.replay.frames import FrameStore, alive, frame_capacity, read, resolve, stale_count
 from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer
 from resfit_jax.replay import ReplayConfig
-from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 from resfit_jax.sim.loop import SimLoop
 
 TASK = envs.make("PixelPointReach", episode_length=4)     # many episode ends

@@ -40,7 +40,7 @@ def test_no_library_module_exceeds_about_400_lines():
 
 def test_residual_td3_implements_the_learner_protocol():
     from resfit_jax.learner import Learner, has_critic_warmup
-    from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+    from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 
     learner = make_learner(ResidualTD3Config.cpu(), 4, 2)
     assert isinstance(learner, Learner) and has_critic_warmup(learner)
@@ -50,7 +50,7 @@ def test_residual_td3_implements_the_learner_protocol():
 def test_config_flags_and_readable_printing():
     from absl import flags
 
-    from resfit_jax import configs
+    from resfit_jax.run import configs
     from resfit_jax.sim.presets import preset
 
     fv = flags.FlagValues()
@@ -70,18 +70,16 @@ def test_config_flags_and_readable_printing():
     text = configs.config_lines(cfg)
     assert "  replay.utd = 8\n" in text and "  learner.actor_lr = 1e-05\n" in text
     assert max(len(line) for line in text.splitlines()) < 100
-    assert configs.migrate_overrides(["learner.n_step=5", "num_envs=3"]) == \
-        ["replay.n_step=5", "num_envs=3"]
     with pytest.raises(SystemExit):
         configs.resolve(lambda: preset("PegInsertion"), ["replay.nope=1"])
     configs._CONFIG_ARGS.clear()
 
 
 def test_the_readme_results_table_is_generated_from_headline_json():
-    from benchmarks.headline import README, load, render_readme
+    from studies.headline import README, load, render_readme
 
     readme = open(README).read()
     assert render_readme(readme, load()) == readme, \
-        "README results table is stale: run python -m benchmarks.headline readme"
-    from benchmarks.headline import missing_rows
+        "README results table is stale: run python -m studies.headline readme"
+    from studies.headline import missing_rows
     assert missing_rows(load()) == [], "headline.json lacks rows the README should show"

@@ -4,13 +4,13 @@ on 200 matched evaluation episodes within ~20k main-loop env steps."""
 import pytest
 
 from resfit_jax import envs
-from resfit_jax.base_policy import FunctionBase
+from resfit_jax.base.policy import FunctionBase
 from resfit_jax.data.demos import collect_episodes, make_rollout
 from resfit_jax.envs.point_reach import biased_base_action
-from resfit_jax.logger import read_metrics
+from resfit_jax.run.logger import read_metrics
 from resfit_jax.sim.presets import preset
 from resfit_jax.sim.trainer import make_trainer, train_residual
-from resfit_jax.stats import wilson_interval
+from resfit_jax.run.stats import wilson_interval
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def test_expert_success_and_demo_roundtrip(task_bundle, tmp_path):
             np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
         assert (a.episode_id, a.success, a.seed) == (b.episode_id, b.success, b.seed)
     # the residual preset's observation standardizer keeps every moving feature at its scale
-    from resfit_jax.demo_buffer import fit_normalizer
+    from resfit_jax.replay.demos import fit_normalizer
     from resfit_jax.sim.presets import preset
 
     cfg = preset(name, "cpu")

@@ -70,7 +70,7 @@ def test_action_scaler_margin_keeps_actions_beyond_the_demos_unclipped():
 
 def test_paired_statistics_on_a_hand_made_outcome_table():
     """10 pairs: 6 both succeed, 1 both fail, 2 fixed (base fails, policy succeeds), 1 broken."""
-    from resfit_jax.stats import mcnemar_exact, paired_outcomes
+    from resfit_jax.run.stats import mcnemar_exact, paired_outcomes
 
     base = [1, 1, 1, 1, 1, 1, 0, 0, 0, 1]
     pol = [1, 1, 1, 1, 1, 1, 0, 1, 1, 0]

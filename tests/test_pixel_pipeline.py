@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bases.data import chunk_dataset, fit_normalizer
-from bases.export import export_base
-from bases.frozen import checkpoint_manager, load_base, open_base, save_base
-from bases.networks import BCConfig
-from bases.train import make_trainer
+from resfit_jax.bc.data import chunk_dataset, fit_normalizer
+from resfit_jax.bc.export import export_base
+from resfit_jax.bc.frozen import checkpoint_manager, load_base, open_base, save_base
+from resfit_jax.bc.networks import BCConfig
+from resfit_jax.bc.train import make_trainer
 from resfit_jax import envs
-from resfit_jax.base_policy import ChunkedBase, load_exported_base
+from resfit_jax.base.policy import ChunkedBase, load_exported_base
 from resfit_jax.data import check_compatible, read_episodes, write_episodes
 from resfit_jax.data.demos import collect_episodes, make_rollout
 from resfit_jax.encoders import SliceConv

@@ -11,13 +11,13 @@ import pytest
 from resfit_jax import envs
 from resfit_jax.agents.residual_ppo import (PPOBatch, ResidualPPOConfig, Rollout, gae,
                                             gaussian_log_prob, make_ppo)
-from resfit_jax.base_policy import FunctionBase
-from resfit_jax.checkpointing import to_storable
+from resfit_jax.base.policy import FunctionBase
+from resfit_jax.run.checkpointing import to_storable
 from resfit_jax.data.demos import collect_episodes, make_rollout
 from resfit_jax.envs.point_reach import biased_base_action
-from resfit_jax.logger import read_metrics
+from resfit_jax.run.logger import read_metrics
 from resfit_jax.normalization import Normalizer
-from resfit_jax.residual_policy import ResidualPolicy
+from resfit_jax.base.residual import ResidualPolicy
 from resfit_jax.sim.evaluation import episode_keys, run_episodes
 from resfit_jax.sim.ppo_presets import PPOTrainConfig, ppo_preset
 from resfit_jax.sim.ppo_trainer import make_ppo_trainer, train_residual_ppo

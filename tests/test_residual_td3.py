@@ -9,7 +9,7 @@ import pytest
 
 from resfit_jax.networks import QHead, ResidualActor
 from resfit_jax.replay import Transition
-from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 
 OBS, ACT, UTD, B = 5, 3, 3, 8
 CFG = ResidualTD3Config(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=4,

@@ -130,8 +130,8 @@ def test_the_robot_trainer_learns_from_camera_frames(robot, tmp_path):
     sys.path.insert(0, os.path.dirname(__file__))
     from robot_worker import TINY, TINY_REPLAY, normalizer
 
-    from resfit_jax.base_policy import FunctionBase
-    from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+    from resfit_jax.base.policy import FunctionBase
+    from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
     from resfit_jax.robot.trainer import RobotTrainConfig, RobotTrainer
 
     spec = {"state": jax.ShapeDtypeStruct((16,), jnp.float32),

@@ -3,7 +3,7 @@ and the ratio, measured or a lower bound when PPO has not reached the threshold.
 import numpy as np
 import pytest
 
-from benchmarks.sample_efficiency import (compare, first_reach, noise_ceiling, report,
+from studies.sample_efficiency import (compare, first_reach, noise_ceiling, report,
                                           steps_to_threshold, sweep, threshold_of)
 
 
@@ -88,7 +88,7 @@ def test_a_threshold_inside_the_bases_noise_is_flagged():
 def test_the_readme_table_is_generated_from_headline_rows():
     """sample_efficiency --headline: a compact row per task and threshold in headline.json,
     the README block rewritten from it (a rerun replaces its row)."""
-    from benchmarks.headline import SE_END, SE_START, add_se, render_readme, se_row
+    from studies.headline import SE_END, SE_START, add_se, render_readme, se_row
 
     resfit = _curve([0, 1_000, 2_000], [[0.5, 0.8, 0.95]] * 3)
     ppo = _curve([0, 100_000, 200_000], [[0.5, 0.6, 0.96]] * 3)
@@ -106,7 +106,7 @@ def test_the_readme_table_is_generated_from_headline_rows():
     assert [(r["threshold"], r["threshold_rule"][:8]) for r in moved] == [
         (0.8625, "periodic"), (0.9, "absolute")]
     # adding a results row (compare --headline, headline add) keeps the sample-efficiency rows
-    from benchmarks.headline import add
+    from studies.headline import add
     from tests.test_compare import _row
     data = add(data, _row("T", "ResFiT", 0.9))
     assert len(data["rows"]) == 1 and data["sample_efficiency"] == add_se(
@@ -124,7 +124,7 @@ def test_the_readme_table_is_generated_from_headline_rows():
 
 
 def test_ppo_is_paired_with_resfit_on_the_held_out_episodes_once_both_finished():
-    from benchmarks.sample_efficiency import held_out_pairing
+    from studies.sample_efficiency import held_out_pairing
 
     row = lambda bits: {"outcomes": bits, "episodes": len(bits), "successes": bits.count("1")}
     run = lambda policy, done=True: {

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resfit_jax.base_policy import FunctionBase
-from resfit_jax.checkpointing import to_storable
+from resfit_jax.base.policy import FunctionBase
+from resfit_jax.run.checkpointing import to_storable
 from resfit_jax.envs.point_reach import biased_base_action
-from resfit_jax.logger import read_metrics
+from resfit_jax.run.logger import read_metrics
 from resfit_jax.sim.selection import improved, keep_better
 from resfit_jax.sim.trainer import make_trainer, train_residual
 from tests.test_trainer import CFG, TASK, demos, full_run, trainer  # noqa: F401
@@ -88,7 +88,7 @@ def test_the_run_keeps_a_state_only_when_it_leads_by_more_than_the_margin():
 
 
 def test_a_run_saved_before_an_option_existed_resumes_while_the_option_is_off():
-    from resfit_jax.configs import same_config, to_dict
+    from resfit_jax.run.configs import same_config, to_dict
     saved = to_dict(CFG)
     del saved["select"], saved["learner"]["augment_pad"]
     assert same_config(saved, CFG)

@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resfit_jax.base_policy import FunctionBase
+from resfit_jax.base.policy import FunctionBase
 from resfit_jax.envs import PointReach
 from resfit_jax.envs.point_reach import biased_base_action
 from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer
 from resfit_jax.replay import ReplayConfig
-from resfit_jax.residual_policy import ResidualPolicy
-from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+from resfit_jax.base.residual import ResidualPolicy
+from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 from resfit_jax.sim.evaluation import episode_keys, run_episodes
 from resfit_jax.sim.loop import SimLoop
 

@@ -1,4 +1,4 @@
-"""The BC pipeline (bases.pipeline.train_bc, behind experiments/train_bc.py) end to end on
+"""The BC pipeline (resfit_jax.bc.pipeline.train_bc, behind experiments/train_bc.py) end to end on
 PointReach (pure JAX, fast): demos are generated,
 the BC base learns the task, the best checkpoint, metrics, summary and export are written,
 and the exported base reproduces the checkpointed one."""
@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from bases.frozen import load_base
-from bases.pipeline import train_bc
-from resfit_jax.base_policy import load_exported_base
+from resfit_jax.bc.frozen import load_base
+from resfit_jax.bc.pipeline import train_bc
+from resfit_jax.base.policy import load_exported_base
 
 
 @pytest.mark.slow

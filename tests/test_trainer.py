@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 
 from resfit_jax import envs
-from resfit_jax.base_policy import ChunkedBase, FunctionBase
-from resfit_jax.checkpointing import to_storable
-from resfit_jax.configs import apply_overrides
+from resfit_jax.base.policy import ChunkedBase, FunctionBase
+from resfit_jax.run.checkpointing import to_storable
+from resfit_jax.run.configs import apply_overrides
 from resfit_jax.data.demos import collect_episodes, make_rollout
 from resfit_jax.data.rlds import Episode
-from resfit_jax.demo_buffer import pad_episodes, relabel_demos
+from resfit_jax.replay.demos import pad_episodes, relabel_demos
 from resfit_jax.envs.core import EpisodeWrapper
 from resfit_jax.envs.point_reach import biased_base_action
-from resfit_jax.logger import read_metrics
+from resfit_jax.run.logger import read_metrics
 from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer
 from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayConfig
-from resfit_jax.residual_td3 import ResidualTD3Config
+from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.sim.evaluation import episode_keys
 from resfit_jax.sim.presets import TrainConfig, preset
 from resfit_jax.sim.report import held_out_outcomes, paired_between, results_table
@@ -113,7 +113,7 @@ def test_every_evaluation_is_paired_and_the_final_one_uses_held_out_starts(train
     assert sum(b == "0" and q == "1" for b, q in zip(base, pol)) == p["fixed"]
     assert sum(b == "1" and q == "0" for b, q in zip(base, pol)) == p["broken"]
     # a finished run becomes a headline.json row
-    from benchmarks.headline import add, row_from_run, table
+    from studies.headline import add, row_from_run, table
     row = row_from_run(out, "ResFiT", "test")
     assert row["seeds"] == 2 and row["success_rate"] == p["success_rate"]
     assert row["evaluation"] == f"held-out, {CFG.eval_episodes} per seed"
@@ -170,7 +170,7 @@ def test_a_killed_run_resumes_from_its_timed_checkpoint_between_evaluations(
     with pytest.raises(RuntimeError, match="power cut"):
         train_residual(trainer, out, progress=False, save_every_s=0.0)
     monkeypatch.undo()
-    from resfit_jax.checkpointing import RunCheckpointer
+    from resfit_jax.run.checkpointing import RunCheckpointer
     ckpt = RunCheckpointer(os.path.join(out, "checkpoints"))
     _, saved = ckpt.restore({"loop": trainer.init(), "offline": trainer.offline})
     ckpt.close()
@@ -186,7 +186,7 @@ def test_sigterm_in_a_script_is_a_ctrl_c():
     trainers' checkpoint-and-stop path."""
     import signal
 
-    from resfit_jax.runtime import interrupt_on_sigterm
+    from resfit_jax.run.runtime import interrupt_on_sigterm
 
     previous = signal.getsignal(signal.SIGTERM)
     try:
@@ -226,7 +226,7 @@ def test_resume_after_the_demos_changed_equals_the_uninterrupted_run(demos, full
 def test_a_run_directory_is_locked_and_a_resume_with_other_inputs_is_refused(trainer, tmp_path):
     """Two runs on one directory: the second is refused, naming the holder; a lock file left
     by a dead process does not block; a resume whose base or demos differ is refused."""
-    from resfit_jax.locks import RunLock, RunLockedError
+    from resfit_jax.run.locks import RunLock, RunLockedError
 
     out = str(tmp_path / "locked")
     with RunLock(out):
@@ -405,7 +405,7 @@ def test_chunk_phase_is_the_same_for_online_demo_and_evaluation_frames(demos):
     evaluation policy; the base keeps its own observation."""
     import dataclasses
 
-    from resfit_jax.residual_policy import ResidualPolicy
+    from resfit_jax.base.residual import ResidualPolicy
 
     k = 3
     base = ChunkedBase(lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1),
@@ -529,7 +529,7 @@ def test_held_residual_acts_at_chunk_starts_only_and_holds_its_correction(demos,
     held(d.obs)
     check(d.next_obs)
     # the learner: no residual where the flag is 0, and the target ignores the actor there
-    from resfit_jax.residual_td3 import make_learner         # the same, outside shard_map
+    from resfit_jax.agents.residual_td3 import make_learner         # the same, outside shard_map
     lrn = make_learner(tr.loop.learner.config, tr.loop.learner.obs_spec, 2)
     lstate = jax.tree.map(lambda x: x[0], ls.learner_state)
     lstate = lstate.replace(actor_params=jax.tree.map(lambda p: p + 0.3, lstate.actor_params),

@@ -9,7 +9,7 @@ import pytest
 from resfit_jax.encoders import ObservationEncoder, random_shift, state_dim
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import Transition
-from resfit_jax.residual_td3 import ResidualTD3Config, make_learner
+from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 
 H = 24
 SPEC = {"front": jax.ShapeDtypeStruct((H, H, 3), jnp.uint8),

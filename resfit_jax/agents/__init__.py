@@ -6,5 +6,5 @@ and the init / act / update functions the loops call through ``resfit_jax.learne
 - ``residual_ppo``: the on-policy residual baseline (ResiP recipe).
 - ``ibrl``: IBRL, the base and an RL actor propose and the critic picks (on residual TD3).
 - ``rlpd``: Tuned RLPD, residual TD3 with no base (``NoBase``).
-Filtered BC tunes the base itself and lives with the bases (``bases.filtered_bc``).
+Filtered BC tunes the base itself and lives with the bases (``resfit_jax.agents.filtered_bc``).
 """

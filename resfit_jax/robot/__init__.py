@@ -3,6 +3,6 @@
 restart (``trainer``, ``journal``), operator labels (``operator``) and a simulated robot
 server over an authenticated socket (``sim_server``).
 
-It shares the learner, the update step (``resfit_jax.updates``), the demo buffer and the
+It shares the learner, the update step (``resfit_jax.replay.updates``), the demo buffer and the
 normalizer with the simulated side, and imports nothing from ``resfit_jax.sim``.
 """

@@ -26,13 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from resfit_jax.agents.checks import raise_if_nonfinite
-from resfit_jax.base_policy import BasePolicy
-from resfit_jax.demo_buffer import add_episodes, pad_episodes
+from resfit_jax.base.policy import BasePolicy
+from resfit_jax.replay.demos import add_episodes, pad_episodes
 from resfit_jax.learner import Learner
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
 from resfit_jax.robot.loop import EpisodeRecord
-from resfit_jax.updates import critic_warmup_updates, replay_updates
+from resfit_jax.replay.updates import critic_warmup_updates, replay_updates
 
 PyTree = Any
 

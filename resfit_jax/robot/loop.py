@@ -31,7 +31,7 @@ import numpy as np
 
 from resfit_jax.data.rlds import Episode
 from resfit_jax.observations import state_of
-from resfit_jax.validation import number_errors
+from resfit_jax.run.validation import number_errors
 from resfit_jax.robot.operator import Label, Labeller
 
 

@@ -211,15 +211,14 @@ def new_key() -> str:
 def spawn_server(task_name: str = "PickPlace", authkey: str | None = None, seed: int = 0,
                  latency_s: float = 0.0, jitter_s: float = 0.0, timeout_s: float = 120.0,
                  extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str, str]:
-    """Start ``experiments/sim_robot_server.py`` in a new process; returns (process, address,
+    """Start the simulated robot server (``resfit-sim-robot``) in a new process; returns (process, address,
     key) once it listens. The key travels in the environment, never on the command line."""
     key = authkey or new_key()
     env = dict(os.environ, **{KEY_ENV: key})
-    cmd = [sys.executable, "-m", "experiments.sim_robot_server", f"--task={task_name}",
+    cmd = [sys.executable, "-m", "resfit_jax.experiments.sim_robot_server", f"--task={task_name}",
            "--port=0", f"--seed={seed}", f"--latency_s={latency_s}", f"--jitter_s={jitter_s}",
            f"--parent_pid={os.getpid()}", *extra_args]
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

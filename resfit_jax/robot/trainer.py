@@ -34,15 +34,15 @@ import numpy as np
 
 from resfit_jax.observations import camera_shapes
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
-from resfit_jax.base_policy import BasePolicy
-from resfit_jax.checkpointing import RunCheckpointer
-from resfit_jax.configs import to_dict
+from resfit_jax.base.policy import BasePolicy
+from resfit_jax.run.checkpointing import RunCheckpointer
+from resfit_jax.run.configs import to_dict
 from resfit_jax.learner import Learner, has_critic_warmup
-from resfit_jax.locks import RunLock
-from resfit_jax.logger import MetricsLogger
+from resfit_jax.run.locks import RunLock
+from resfit_jax.run.logger import MetricsLogger
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import ReplayConfig
-from resfit_jax.validation import number_errors
+from resfit_jax.run.validation import number_errors
 from resfit_jax.robot.journal import Journal
 from resfit_jax.robot.learner import AsyncLearner, PolicyRunner, RobotLearner
 from resfit_jax.robot.operator import Label, Labeller

@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resfit_jax.base_policy import BasePolicy
-from resfit_jax.residual_policy import ResidualPolicy
+from resfit_jax.base.policy import BasePolicy
+from resfit_jax.base.residual import ResidualPolicy
 from resfit_jax.envs.core import Env, EpisodeWrapper
-from resfit_jax.stats import wilson_interval
+from resfit_jax.run.stats import wilson_interval
 
 PyTree = Any
 

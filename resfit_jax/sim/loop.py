@@ -21,7 +21,7 @@ a_t = clip(a_b,t + o_t-1 + r_t), o_t = clip(a_t - a_b,t, +-bound); "hold": the r
 on the first step of each chunk only (exploration and warm-up noise too) and its correction
 is held for the rest of the chunk.
 
-Frame-once replay (``replay.frame_once`` with camera observations; ``resfit_jax.frames``):
+Frame-once replay (``replay.frame_once`` with camera observations; ``resfit_jax.replay.frames``):
 every env step writes each env's true next frame, plus the first frame of a new episode,
 into the replay's frame ring; the n-step writer and the stored transitions carry frame ids
 (``LoopState.frame_id`` is the id of each env's current frame) and sampling reads the
@@ -37,15 +37,15 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from resfit_jax.base_features import BaseFeatures, Offsets, augment
-from resfit_jax.base_policy import BasePolicy
+from resfit_jax.base.features import BaseFeatures, Offsets, augment
+from resfit_jax.base.policy import BasePolicy
 from resfit_jax.envs.core import Env, auto_reset_envs
-from resfit_jax.frames import FrameStore, camera_spec, id_spec, stale_count, with_ids
+from resfit_jax.replay.frames import FrameStore, camera_spec, id_spec, stale_count, with_ids
 from resfit_jax.learner import Learner
 from resfit_jax.observations import cameras_of, spec_with_state
 from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
 from resfit_jax.sim.step import check_action_sizes, initial_base_action, residual_env_step
-from resfit_jax.updates import critic_warmup_updates, reduce_metrics, replay_updates
+from resfit_jax.replay.updates import critic_warmup_updates, reduce_metrics, replay_updates
 
 PyTree = Any
 STAT_KEYS = ("episodes", "successes", "diverged")     # per-chunk counts (summed over shards)
@@ -105,7 +105,7 @@ class SimLoop:
 
     @property
     def frame_once(self) -> bool:
-        """Camera frames stored once in the replay's frame ring (``resfit_jax.frames``)."""
+        """Camera frames stored once in the replay's frame ring (``resfit_jax.replay.frames``)."""
         return bool(self.replay.frame_once and camera_spec(self.task.observation_spec))
 
     @property

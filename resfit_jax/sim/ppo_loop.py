@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from resfit_jax.agents.residual_ppo import ResidualPPO, Rollout
-from resfit_jax.base_features import BaseFeatures, augment
-from resfit_jax.base_policy import BasePolicy
+from resfit_jax.base.features import BaseFeatures, augment
+from resfit_jax.base.policy import BasePolicy
 from resfit_jax.envs.core import Env, auto_reset_envs
 from resfit_jax.sim.step import check_action_sizes, initial_base_action, residual_env_step
 

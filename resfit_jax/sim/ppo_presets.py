@@ -19,7 +19,7 @@ import dataclasses
 from typing import Callable
 
 from resfit_jax.agents.residual_ppo import ResidualPPOConfig
-from resfit_jax.validation import number_errors
+from resfit_jax.run.validation import number_errors
 
 PPO_SCALES = ("cpu", "accelerator")
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import jax
 
 from resfit_jax.agents.residual_ppo import FINITE_FIELDS, make_ppo
-from resfit_jax.base_policy import BasePolicy
+from resfit_jax.base.policy import BasePolicy
 from resfit_jax.data.rlds import Episode
 from resfit_jax.envs.core import Env
 from resfit_jax.normalization import Normalizer

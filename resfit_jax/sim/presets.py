@@ -2,7 +2,7 @@
 per task (MuJoCo Playground's default_config style: each returns a complete config).
 
     cfg = preset("PickPlace", "cpu")                # or pick_place("cpu")
-    cfg = apply_overrides(cfg, ["replay.utd=8"])    # resfit_jax.configs
+    cfg = apply_overrides(cfg, ["replay.utd=8"])    # resfit_jax.run.configs
 
 ``TrainConfig`` holds the schedule (phases, env counts, evaluation) and two sub-configs: the
 learner's ``ResidualTD3Config`` and the ``ReplayConfig`` (n-step returns, UTD, batch, demo
@@ -39,7 +39,7 @@ from resfit_jax.agents.ibrl import IBRLConfig
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.replay import ReplayConfig
 from resfit_jax.sim.selection import SELECT_RULES
-from resfit_jax.validation import number_errors
+from resfit_jax.run.validation import number_errors
 
 SCALES = ("paper", "cpu")
 METHODS = ("resfit", "rlpd", "ibrl")

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 
 from resfit_jax.agents.checks import FINITE_FIELDS, raise_if_nonfinite
-from resfit_jax.checkpointing import RunCheckpointer
-from resfit_jax.configs import same_config, to_dict
-from resfit_jax.logger import MetricsLogger
+from resfit_jax.run.checkpointing import RunCheckpointer
+from resfit_jax.run.configs import same_config, to_dict
+from resfit_jax.run.logger import MetricsLogger
 from resfit_jax.sharding import primary
 from resfit_jax.sim.report import log_chunk, summarize_eval
 from resfit_jax.sim.selection import copy_tree, improved, keep_better

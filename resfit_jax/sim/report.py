@@ -7,8 +7,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from resfit_jax.logger import MetricsLogger
-from resfit_jax.stats import paired_outcomes, wilson_interval
+from resfit_jax.run.logger import MetricsLogger
+from resfit_jax.run.stats import paired_outcomes, wilson_interval
 
 PAIRED_KEYS = ("fixed", "broken", "gain", "churn", "p_value", "diff_ci_low", "diff_ci_high")
 
@@ -76,7 +76,7 @@ def paired_between(reference: dict, other: dict) -> dict:
             raise ValueError(f"paired_between: the {name} run ({s.get('out', '?')}) has no "
                              "held-out outcomes in its summary.json (recorded before they "
                              "were kept); re-run its final evaluation with --rescore "
-                             "(benchmarks.compare, experiments.ablate) or "
+                             "(studies.compare, studies.ablate) or "
                              "sim.trainer.rescore_run.")
     for field in ("task", "seeds"):
         if reference.get(field) != other.get(field):

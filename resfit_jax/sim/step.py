@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from resfit_jax.base_policy import BasePolicy
+from resfit_jax.base.policy import BasePolicy
 from resfit_jax.envs.core import Env
 from resfit_jax.normalization import Normalizer
 

@@ -39,13 +39,13 @@ import numpy as np
 from resfit_jax.agents.ibrl import make_ibrl
 from resfit_jax.agents.residual_td3 import make_learner
 from resfit_jax.agents.rlpd import NoBase
-from resfit_jax.base_features import BaseFeatures, Offsets, chunked_base, make_offsets, rechunk
-from resfit_jax.base_policy import BasePolicy, ObservationPrefix
+from resfit_jax.base.features import BaseFeatures, Offsets, chunked_base, make_offsets, rechunk
+from resfit_jax.base.policy import BasePolicy, ObservationPrefix
 from resfit_jax.data.rlds import Episode, check_compatible
-from resfit_jax.demo_buffer import (fit_normalizer, offline_buffer, with_feature_stats,
+from resfit_jax.replay.demos import (fit_normalizer, offline_buffer, with_feature_stats,
                                     with_time_feature)
 from resfit_jax.envs.core import Env, TimeFeature
-from resfit_jax.locks import RunLock
+from resfit_jax.run.locks import RunLock
 from resfit_jax.normalization import Normalizer
 from resfit_jax.observations import camera_shapes, state_size
 from resfit_jax.sim.evaluation import EVAL_SALT, FINAL_SALT, Evaluators  # noqa: F401

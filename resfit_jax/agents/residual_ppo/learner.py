@@ -34,7 +34,7 @@ from resfit_jax.agents.residual_ppo.losses import (PPOBatch, ResidualPPOLosses, 
                                                    gaussian_log_prob, make_losses)
 from resfit_jax.agents.residual_ppo.networks import ResidualPPONetworks, make_networks
 from resfit_jax.normalization import Normalizer
-from resfit_jax.validation import number_errors
+from resfit_jax.run.validation import number_errors
 
 PyTree = Any
 # the bits of the update's ``nonfinite_mask`` (checks.raise_if_nonfinite(mask, ..., fields=))

@@ -5,7 +5,7 @@ import dataclasses
 from typing import Callable
 
 from resfit_jax.encoders import ENCODERS
-from resfit_jax.validation import number_errors
+from resfit_jax.run.validation import number_errors
 
 CRITIC_LOSSES = ("mse", "release")
 GATE_RULES = ("min", "lcb", "agree")
