@@ -20,11 +20,13 @@ import jax
 from absl import app, flags
 
 from resfit_jax.run.machine import machine_info, write_results
-from resfit_jax.agents.residual_td3 import PRESETS, make_learner
+from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 from resfit_jax.replay import ReplayConfig, Transition
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("presets", ["cpu", "paper"], "Learner presets to measure.")
+# learner sizes: "cpu" = 2x256 networks (ResidualTD3Config.small), "paper" = 2x1024
+SIZES = {"cpu": ResidualTD3Config.small, "paper": ResidualTD3Config}
+flags.DEFINE_list("presets", ["cpu", "paper"], "Learner sizes to measure (cpu, paper).")
 flags.DEFINE_list("utds", ["1", "2", "4", "8"], "UTD values (critic steps per update).")
 flags.DEFINE_integer("obs_dim", 40, "Observation size.")
 flags.DEFINE_integer("action_dim", 8, "Action size.")
@@ -62,7 +64,7 @@ def random_batch(key, steps, batch, obs_dim, act_dim, cameras=0, resolution=64):
 
 def measure(preset: str, utd: int, encoder: str = "none") -> dict:
     cams = 0 if encoder == "none" else FLAGS.cameras
-    cfg = PRESETS[preset](**({} if encoder == "none" else {"encoder": encoder}))
+    cfg = SIZES[preset](**({} if encoder == "none" else {"encoder": encoder}))
     replay = ReplayConfig(utd=utd)
     one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[2:], x.dtype),
                        random_obs(jax.random.key(0), (1, 1), FLAGS.obs_dim, cams,

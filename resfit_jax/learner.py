@@ -1,13 +1,16 @@
 """The small protocol every learner implements; the sim and robot loops depend on it only.
 
     state          = learner.init(key, normalizer)            # pytree, with state.normalizer
-    r, aux         = learner.act(state, obs, base_action, key, deterministic=False)
+    r, aux         = learner.act(state, obs, base_action, key, deterministic=False, std=None)
     state, metrics = learner.update(state, online, offline)   # [UTD, B_on|B_off, ...] batches
     state, metrics = learner.critic_warmup(state, online, offline)   # optional
 
 Shapes: obs is a pytree of [*B, D_i]; base_action and r are [*B, A] in the normalized action
 space of ``state.normalizer`` (``normalization.Normalizer``); aux["action"] is the action
-to execute, normalized. Every function is pure and works under jit and vmap.
+to execute, normalized. ``std`` is the exploration noise's standard deviation (None: the
+learner's own; a learner with a stochastic policy of its own may ignore it). ``key`` and
+``state.rng`` are typed PRNG keys (``jax.random.key``). Every function is pure and works
+under jit and vmap.
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ class Learner(Protocol):
     def init(self, key: jax.Array, normalizer: Normalizer | None = None) -> PyTree: ...
 
     def act(self, state: PyTree, obs: PyTree, base_action: jax.Array, key: jax.Array,
-            deterministic: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+            deterministic: bool = False, std: float | jax.Array | None = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
     def update(self, state: PyTree, online: Transition, offline: Transition | None
                ) -> tuple[PyTree, dict[str, jax.Array]]: ...

@@ -2,9 +2,9 @@ r"""Ablation runner: train the same task and base under several settings (seeds 
 setting) and compare them on held-out starts.
 
     python -m studies.ablate --task=PickPlace --base=runs/bc/PickPlace --seeds=3 \
-        --factor=base_phase=false,true --factor=obs_min_std=0.1,0.001 --out=runs/ablate/pp
+        --factor=residual.base_phase=false,true --factor=obs_min_std=0.1,0.001 --out=runs/ablate/pp
     python -m studies.ablate ... --setting="old:obs_min_std=0.1" \
-        --setting="new:base_phase=true;warmup_env_steps=10240"
+        --setting="new:residual.base_phase=true;warmup_env_steps=10240"
 
     python -m studies.ablate --task=PointReach --base=scripted --paper_ablations
 

@@ -107,7 +107,7 @@ def _rollouts(run: str, base_only: bool) -> tuple[dict, dict, dict]:
                           info.get("overrides", []))
     base, _ = open_base(info["base"], int(task.observation_spec.shape[0]), task.action_size)
     trainer = make_trainer(task, base, read_episodes(info["demos"]), cfg, info["seeds"])
-    loop, n, keys = trainer.loop, cfg.eval_episodes, trainer.eval_keys()
+    loop, n, keys = trainer.loop, cfg.eval_episodes, trainer.evaluator.eval_keys()
     prog = {"env_steps": 0}
     normalizer = trainer.normalizer
     if not base_only:

@@ -76,7 +76,7 @@ def point_setup(out: str, **cfg_kw):
     """(trainer, limits) for PointRobot with a base that moves half-way to the target."""
     base = FunctionBase(lambda o: o[..., :2] + 0.5 * (o[..., 2:] - o[..., :2]), 2)
     low, high = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
-    learner = make_learner(ResidualTD3Config.cpu(**TINY), 4, 2)
+    learner = make_learner(ResidualTD3Config.small(**TINY), 4, 2)
     loop = cfg_kw.pop("loop", LoopConfig(control_hz=200.0, max_episode_steps=12,
                                          deadline_tolerance_s=1.0))
     kw = dict(warmup_episodes=1, critic_warmup_updates=8, min_replay=4) | cfg_kw
@@ -93,7 +93,7 @@ def arm_setup(out: str, **cfg_kw):
     low, high = np.asarray(task.action_low), np.asarray(task.action_high)
     base = FunctionBase(lambda o: jnp.concatenate(
         [o[..., :6], jnp.full(o.shape[:-1] + (1,), 0.036)], axis=-1), 7)
-    learner = make_learner(ResidualTD3Config.cpu(**TINY), 28, 7)
+    learner = make_learner(ResidualTD3Config.small(**TINY), 28, 7)
     cfg = RobotTrainConfig(learner=learner.config, replay=TINY_REPLAY,
                            loop=LoopConfig(control_hz=40.0, max_episode_steps=20,
                                            deadline_tolerance_s=0.5),

@@ -56,7 +56,7 @@ def _configs():
     from resfit_jax.agents.residual_td3 import ResidualTD3Config
     from resfit_jax.robot.loop import LoopConfig
     from resfit_jax.robot.trainer import RobotTrainConfig
-    from resfit_jax.sim.presets import TrainConfig
+    from resfit_jax.sim.config import ResidualOptions, TrainConfig
 
     return [
         (lambda: ResidualTD3Config(tau=0.0), "tau must be in (0, 1]"),
@@ -69,7 +69,7 @@ def _configs():
         (lambda: ReplayConfig(batch_size=1), "batch_size must be >= 2"),
         (lambda: TrainConfig(num_envs=0), "num_envs must be >= 1"),
         (lambda: TrainConfig(warmup_noise=float("nan")), "warmup_noise must be a finite"),
-        (lambda: TrainConfig(exploration_std_range=(0.1, 0.0)), "exploration_std_range"),
+        (lambda: ResidualOptions(exploration_std_range=(0.1, 0.0)), "exploration_std_range"),
         (lambda: TrainConfig(obs_min_std=0.0), "obs_min_std must be > 0"),
         (lambda: LoopConfig(control_hz=0.0), "control_hz must be > 0"),
         (lambda: RobotTrainConfig(min_replay=0), "min_replay must be >= 1"),

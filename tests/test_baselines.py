@@ -19,7 +19,8 @@ from resfit_jax.envs.point_reach import biased_base_action
 from resfit_jax.run.logger import read_metrics
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import Transition
-from resfit_jax.sim.presets import TrainConfig, preset
+from resfit_jax.sim.config import ResidualOptions, TrainConfig
+from resfit_jax.sim.presets import preset
 from resfit_jax.sim.trainer import make_trainer, train_residual
 
 TASK = envs.PointReach(episode_length=20)
@@ -123,7 +124,7 @@ def test_baseline_configs_refuse_resfit_only_options():
     with pytest.raises(ValueError, match="method must be one of"):
         TrainConfig(method="sac")
     with pytest.raises(ValueError, match="ResFiT's options"):
-        preset("PointReach", "cpu", "rlpd", base_phase=True)
+        preset("PointReach", "cpu", "rlpd", residual=ResidualOptions(base_phase=True))
     with pytest.raises(ValueError, match="value gate"):
         IBRLConfig(gate_tau=0.0)
     with pytest.raises(ValueError, match="rule must be one of"):
@@ -162,7 +163,7 @@ def test_short_baseline_run_goes_through_every_phase(method, name, demos, tmp_pa
     # the paired reference is the BC base itself, the same as a ResFiT run's on these starts
     ref = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos,
                        _small("resfit", critic_warmup_updates=0), seeds=[0, 1])
-    base = jax.device_get(ref.evaluate_base(ref.eval_keys()))["success"]
+    base = jax.device_get(ref.evaluator.evaluate_base(ref.normalizer, ref.evaluator.eval_keys()))["success"]
     assert [b["success_rate"] for b in s["base"]] == pytest.approx(
         np.asarray(base).mean(axis=1).tolist())
     assert all(np.isfinite(r["critic_loss"]) for r in rows if r["kind"] == "train")

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resfit_jax.agents.filtered_bc import (FilteredBCConfig, filtered_bc_preset, make_filtered_bc,
-                               success_samples, train_filtered_bc)
+from resfit_jax.agents.filtered_bc import (FilteredBCConfig, filtered_bc_preset,
+                                           make_filtered_bc, train_filtered_bc)
+from resfit_jax.agents.filtered_bc.trainer import success_samples
 from resfit_jax import envs
 from resfit_jax.data import read_episodes
 from resfit_jax.run.logger import read_metrics

@@ -42,7 +42,7 @@ def test_residual_td3_implements_the_learner_protocol():
     from resfit_jax.learner import Learner, has_critic_warmup
     from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 
-    learner = make_learner(ResidualTD3Config.cpu(), 4, 2)
+    learner = make_learner(ResidualTD3Config.small(), 4, 2)
     assert isinstance(learner, Learner) and has_critic_warmup(learner)
     assert (learner.obs_dim, learner.action_dim) == (4, 2)
 

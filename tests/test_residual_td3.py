@@ -10,6 +10,7 @@ import pytest
 from resfit_jax.networks import QHead, ResidualActor
 from resfit_jax.replay import Transition
 from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
+from resfit_jax.run.checkpointing import to_storable   # typed keys -> their data, to compare
 
 OBS, ACT, UTD, B = 5, 3, 3, 8
 CFG = ResidualTD3Config(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=4,
@@ -114,7 +115,7 @@ def test_scanned_update_equals_python_loop(learner, trained, batches):
         losses.append(m["critic_loss"])
     s, am = learner._actor_step(s, jax.tree.map(lambda x: x[-1], batch))
     s = s.replace(rng=rng)
-    chex.assert_trees_all_close(s_scan, s, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(to_storable(s_scan), to_storable(s), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m_scan["critic_loss"], np.mean(losses), rtol=1e-5)
     np.testing.assert_allclose(m_scan["actor_loss"], am["actor_loss"], rtol=1e-5)
     assert int(s_scan.critic_steps) == int(trained.critic_steps) + UTD
@@ -162,7 +163,8 @@ def test_vmap_over_seeds_equals_separate_runs(learner, batches):
         for _ in range(2):
             s, m = update(s, *batches)
         # float32 reassociation in batched matmuls: ~1e-6; mixed-up seeds would differ by ~1e-1
-        chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], states), s, rtol=1e-4, atol=1e-5)
+        chex.assert_trees_all_close(to_storable(jax.tree.map(lambda x: x[i], states)),
+                                    to_storable(s), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(vm["critic_loss"][i], m["critic_loss"], rtol=1e-4)
     # different seeds really differ
     assert not np.allclose(states.critic_params["params"]["heads"]["Dense_0"]["kernel"][0],
@@ -317,7 +319,7 @@ def test_an_open_gate_equals_ungated_training_bit_for_bit(learner, trained, batc
     open_gate = make_learner(dataclasses.replace(CFG, gate_tau=-1e30), OBS, ACT)
     a, ma = jax.jit(learner.update)(trained, online, offline)
     b, mb = jax.jit(open_gate.update)(trained, online, offline)
-    jax.tree.map(np.testing.assert_array_equal, a, b)
+    jax.tree.map(np.testing.assert_array_equal, to_storable(a), to_storable(b))
     assert ma["critic_loss"] == mb["critic_loss"]
     obs = jax.random.normal(jax.random.key(4), (16, OBS))
     a_b = jax.random.uniform(jax.random.key(5), (16, ACT), minval=-0.9, maxval=0.9)

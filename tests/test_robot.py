@@ -18,6 +18,7 @@ from resfit_jax.robot.operator import Label, ScriptedLabeller, TerminalLabeller
 from resfit_jax.robot.learner import AsyncLearner
 from resfit_jax.robot.loop import (EmergencyStop, LoopConfig, RateClock,
                                             SafetyLimits, run_episode)
+from resfit_jax.run.checkpointing import to_storable
 
 sys.path.insert(0, os.path.dirname(__file__))
 from robot_worker import PointRobot, point_setup  # noqa: E402
@@ -191,7 +192,8 @@ def test_sync_trainer_journals_first_and_restart_rebuilds_the_same_replay(tmp_pa
     again, _ = point_setup(out, sync_every="step", updates_per_step=2)
     assert again.rebuilt == {"episodes": 4, "env_steps": usable_steps}
     jax.tree.map(np.testing.assert_array_equal, again.rl.replay, live_replay)
-    jax.tree.map(np.testing.assert_array_equal, again.rl.state, live_state)
+    jax.tree.map(np.testing.assert_array_equal, to_storable(again.rl.state),
+                 to_storable(live_state))
     assert again.progress["critic_warmup_done"]
     again.close()
     with pytest.raises(ValueError, match="different config"):

@@ -136,7 +136,7 @@ def test_the_robot_trainer_learns_from_camera_frames(robot, tmp_path):
 
     spec = {"state": jax.ShapeDtypeStruct((16,), jnp.float32),
             **{c: jax.ShapeDtypeStruct(v, jnp.uint8) for c, v in robot.cameras.items()}}
-    learner = make_learner(ResidualTD3Config.cpu(**TINY, camera_feature_dim=8), spec, 7)
+    learner = make_learner(ResidualTD3Config.small(**TINY, camera_feature_dim=8), spec, 7)
     base = FunctionBase(lambda o: jnp.concatenate(            # hold the arm where it is
         [o["state"][..., :6], jnp.full(o["state"].shape[:-1] + (1,), 0.036)], axis=-1), 7)
     cfg = RobotTrainConfig(learner=learner.config,

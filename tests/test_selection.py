@@ -10,6 +10,7 @@ from resfit_jax.base.policy import FunctionBase
 from resfit_jax.run.checkpointing import to_storable
 from resfit_jax.envs.point_reach import biased_base_action
 from resfit_jax.run.logger import read_metrics
+from resfit_jax.sim.config import Selection
 from resfit_jax.sim.selection import improved, keep_better
 from resfit_jax.sim.trainer import make_trainer, train_residual
 from tests.test_trainer import CFG, TASK, demos, full_run, trainer  # noqa: F401
@@ -32,7 +33,7 @@ def test_keep_better_picks_per_seed_and_ties_keep_the_earlier():
 def test_select_best_keeps_each_seeds_best_periodic_state(demos, full_run, tmp_path):  # noqa: F811
     _, full = full_run
     tr = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos,
-                      CFG.replace(select="best"), seeds=[0, 1])
+                      CFG.replace(select=Selection("best")), seeds=[0, 1])
     out = str(tmp_path / "sel")
     train_residual(tr, out, progress=False, stop_at_env_steps=64)
     summary = train_residual(tr, out, resume=True, progress=False)
@@ -48,7 +49,7 @@ def test_select_best_keeps_each_seeds_best_periodic_state(demos, full_run, tmp_p
         assert final["selected_env_steps"][i] == first_best
         # the kept state reproduces the periodic evaluation it was kept for
         kept = summary["selected_state"]
-        ev = tr.evaluate(kept, tr.eval_keys())
+        ev = tr.evaluator.evaluate(kept, tr.evaluator.eval_keys())
         assert float(np.mean(ev["success"][i])) == pytest.approx(max(rates))
     # the last state's held-out result is the unselected run's
     assert final["last"]["pooled"] == full["final"]["pooled"]
@@ -64,10 +65,10 @@ def test_select_best_keeps_each_seeds_best_periodic_state(demos, full_run, tmp_p
 
 
 def test_select_must_be_a_known_rule():
-    with pytest.raises(ValueError, match="select must be one of"):
-        CFG.replace(select="median")
-    with pytest.raises(ValueError, match="select_margin must be in"):
-        CFG.replace(select="best", select_margin=-0.01)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        Selection("median")
+    with pytest.raises(ValueError, match="margin must be in"):
+        Selection("best", margin=-0.01)
 
 
 def test_the_run_keeps_a_state_only_when_it_leads_by_more_than_the_margin():
@@ -75,7 +76,7 @@ def test_the_run_keeps_a_state_only_when_it_leads_by_more_than_the_margin():
 
     from resfit_jax.sim.progress import Run
 
-    cfg = CFG.replace(select="best", select_margin=0.01)
+    cfg = CFG.replace(select=Selection("best", margin=0.01))
     run = SimpleNamespace(cfg=cfg, best=None, state=SimpleNamespace(learner_state=jnp.zeros(2)),
                           prog=SimpleNamespace(env_steps=0, best_success=None,
                                                best_env_steps=None))
@@ -92,5 +93,5 @@ def test_a_run_saved_before_an_option_existed_resumes_while_the_option_is_off():
     saved = to_dict(CFG)
     del saved["select"], saved["learner"]["augment_pad"]
     assert same_config(saved, CFG)
-    assert not same_config(saved, CFG.replace(select="best"))
+    assert not same_config(saved, CFG.replace(select=Selection("best")))
     assert not same_config(to_dict(CFG.replace(num_envs=8)), CFG)

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from resfit_jax import sharding
-from resfit_jax.sim.presets import TrainConfig
+from resfit_jax.sim.config import TrainConfig
 
 WORKER = os.path.join(os.path.dirname(__file__), "sharding_worker.py")
 

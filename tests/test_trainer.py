@@ -21,7 +21,8 @@ from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer
 from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayConfig
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.sim.evaluation import episode_keys
-from resfit_jax.sim.presets import TrainConfig, preset
+from resfit_jax.sim.config import BaseExecution, ResidualOptions, TrainConfig
+from resfit_jax.sim.presets import preset
 from resfit_jax.sim.report import held_out_outcomes, paired_between, results_table
 from resfit_jax.sim.trainer import make_trainer, rescore_run, train_residual
 
@@ -99,7 +100,7 @@ def test_every_evaluation_is_paired_and_the_final_one_uses_held_out_starts(train
     final = summary["final"]
     assert len(final["per_seed"]) == 2 and final["pooled"]["episodes"] == 2 * CFG.eval_episodes
     # held-out starts: different initial states from the periodic ones
-    ev_keys, fin_keys = trainer.eval_keys(), trainer.final_keys()
+    ev_keys, fin_keys = trainer.evaluator.eval_keys(), trainer.evaluator.final_keys()
     s_eval = jax.vmap(EpisodeWrapper(TASK).reset)(episode_keys(ev_keys[0], 5)).obs
     s_fin = jax.vmap(EpisodeWrapper(TASK).reset)(episode_keys(fin_keys[0], 5)).obs
     assert not np.allclose(s_eval, s_fin)
@@ -253,11 +254,12 @@ def test_resume_with_a_different_config_is_refused(demos, full_run):
 def test_base_only_evaluation_equals_the_base_rolled_out_by_hand(trainer):
     """The trainer's base evaluation: exactly N episodes, same successes and lengths as a plain
     step-by-step rollout of the base on the same initial states."""
-    ev = jax.device_get(trainer.evaluate_base(trainer.eval_keys()))
+    ev = jax.device_get(trainer.evaluator.evaluate_base(trainer.normalizer,
+                                                         trainer.evaluator.eval_keys()))
     n = CFG.eval_episodes
     assert ev["success"].shape == (2, n)
     nz = trainer.normalizer
-    for i, key in enumerate(trainer.eval_keys()):
+    for i, key in enumerate(trainer.evaluator.eval_keys()):
         env = EpisodeWrapper(TASK)
         s = jax.vmap(env.reset)(episode_keys(key, n))
         succ, length, done = np.zeros(n, bool), np.zeros(n, int), np.zeros(n, bool)
@@ -319,11 +321,11 @@ def test_presets_and_overrides():
     assert cpu.critic_steps_per_env_step == pytest.approx(0.25)
     # issue 14's arm preset: Markov inputs, the held residual, a 10k warm-up, each seed's
     # best periodic state
-    assert (cpu.base_phase, cpu.base_plan, cpu.residual_hold, cpu.select) == (True, 1, True,
-                                                                              "best")
+    assert cpu.residual == ResidualOptions(base_phase=True, base_plan=1, hold=True)
+    assert cpu.select.rule == "best"
     assert cpu.warmup_env_steps >= 10_000
     rlpd = preset("PickPlace", "cpu", "rlpd")          # the baselines get no ResFiT options
-    assert (rlpd.base_phase, rlpd.base_plan, rlpd.residual_hold) == (False, 0, False)
+    assert rlpd.residual == ResidualOptions() and not rlpd.residual.any_on
     assert paper.learner.critic_hidden_dims == (1024, 1024) and paper.num_envs == 1
     assert paper.learner.action_scale == 0.2 and paper.learner.actor_lr == 5e-6
     assert paper.critic_steps_per_env_step == 4 and paper.total_env_steps == 500_000
@@ -332,7 +334,7 @@ def test_presets_and_overrides():
     assert (cfg.num_envs, cfg.replay.utd, cfg.learner.critic_hidden_dims) == (32, 8, (512, 512))
     assert cfg.learner.target_noise is False and cfg.replay.gamma == 1.0
     assert cfg.critic_steps_per_env_step == 8 / 32
-    with pytest.raises(ValueError, match="'learner.utd' is now 'replay.utd'"):
+    with pytest.raises(ValueError, match="has no field 'utd'"):
         apply_overrides(cpu, ["learner.utd=8"])
     with pytest.raises(ValueError, match="is a group of settings"):
         apply_overrides(cpu, ["replay=3"])
@@ -347,9 +349,9 @@ def test_presets_and_overrides():
     # settings that must change together are validated in their final combination
     reach = preset("PointReach", "cpu")
     assert reach.replay.bootstrap_truncation and not cpu.replay.bootstrap_truncation
-    both = ["replay.bootstrap_truncation=false", "time_feature=true"]
-    assert apply_overrides(reach, both).time_feature
-    assert apply_overrides(reach, both[::-1]).time_feature
+    both = ["replay.bootstrap_truncation=false", "residual.time_feature=true"]
+    assert apply_overrides(reach, both).residual.time_feature
+    assert apply_overrides(reach, both[::-1]).residual.time_feature
     with pytest.raises(ValueError, match="bootstrap_truncation=False"):
         apply_overrides(reach, both[1:])
     with pytest.raises(ValueError, match="has no sub-fields"):
@@ -381,8 +383,8 @@ def test_time_feature_run_sees_time_and_its_base_does_not(demos, tmp_path):
     import dataclasses
 
     with pytest.raises(ValueError, match="bootstrap_truncation=False"):
-        CFG.replace(time_feature=True)
-    cfg = CFG.replace(time_feature=True, total_env_steps=64,
+        CFG.replace(residual=ResidualOptions(time_feature=True))
+    cfg = CFG.replace(residual=ResidualOptions(time_feature=True), total_env_steps=64,
                       replay=dataclasses.replace(REPLAY, bootstrap_truncation=False))
     timed = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos, cfg, seeds=[0])
     assert timed.loop.task.observation_spec.shape == (5,)
@@ -392,8 +394,8 @@ def test_time_feature_run_sees_time_and_its_base_does_not(demos, tmp_path):
     k = np.round((nxt[:, -1] - obs[:, -1]) * TASK.horizon)           # n-step gaps of 1..n
     assert np.all((k >= 1) & (k <= REPLAY.n_step))
     plain = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos, CFG, seeds=[0])
-    ev_t = timed.evaluate_base(timed.eval_keys())
-    ev_p = plain.evaluate_base(plain.eval_keys())
+    ev_t = timed.evaluator.evaluate_base(timed.normalizer, timed.evaluator.eval_keys())
+    ev_p = plain.evaluator.evaluate_base(plain.normalizer, plain.evaluator.eval_keys())
     np.testing.assert_array_equal(ev_t["success"], ev_p["success"])
     summary = train_residual(timed, str(tmp_path), progress=False, task_name="PointReach")
     assert summary["complete"]
@@ -410,7 +412,7 @@ def test_chunk_phase_is_the_same_for_online_demo_and_evaluation_frames(demos):
     k = 3
     base = ChunkedBase(lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1),
                        2, k)
-    cfg = CFG.replace(time_feature=True, base_phase=True,
+    cfg = CFG.replace(residual=ResidualOptions(time_feature=True, base_phase=True),
                       replay=dataclasses.replace(REPLAY, bootstrap_truncation=False))
     tr = make_trainer(TASK, base, demos, cfg, seeds=[0])
     assert tr.loop.learner.obs_dim == 4 + 1 + 1
@@ -439,9 +441,9 @@ def test_chunk_phase_is_the_same_for_online_demo_and_evaluation_frames(demos):
         s = jax.vmap(env.step)(s, raw)
     with pytest.raises(ValueError, match="need a chunked base"):
         make_trainer(TASK, FunctionBase(biased_base_action, 2), demos,
-                     CFG.replace(base_phase=True), seeds=[0])
+                     CFG.replace(residual=ResidualOptions(base_phase=True)), seeds=[0])
     # re-anchoring more often: execution horizon 2 of the chunk of 3 gives phases 0, 1/2
-    tr2 = make_trainer(TASK, base, demos, cfg.replace(base_execution_horizon=2), seeds=[0])
+    tr2 = make_trainer(TASK, base, demos, cfg.replace(base=BaseExecution(execution_horizon=2)), seeds=[0])
     assert tr2.loop.base.base.horizon == 2 and tr2.loop.features.horizon == 2
     n2 = int(tr2.offline.size)
     obs2 = np.asarray(tr2.offline.data.obs[:n2])
@@ -458,7 +460,8 @@ def test_persistent_offset_resets_at_each_refill_and_stays_within_its_bound(demo
     k, bound = 3, 0.04
     base = ChunkedBase(lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1),
                        2, k)
-    cfg = CFG.replace(time_feature=True, offset_bound=bound, total_env_steps=64,
+    cfg = CFG.replace(residual=ResidualOptions(time_feature=True, offset_bound=bound),
+                      total_env_steps=64,
                       replay=dataclasses.replace(REPLAY, bootstrap_truncation=False))
     tr = make_trainer(TASK, base, demos, cfg, seeds=[0])
     assert tr.loop.learner.obs_dim == 4 + 1 + 2
@@ -479,7 +482,7 @@ def test_persistent_offset_resets_at_each_refill_and_stays_within_its_bound(demo
     summary = train_residual(tr, str(tmp_path), progress=False, task_name="PointReach")
     assert summary["complete"] and summary["final"]["pooled"]["episodes"] == CFG.eval_episodes
     with pytest.raises(ValueError, match="offset_bound must be in"):
-        CFG.replace(offset_bound=-0.1)
+        ResidualOptions(offset_bound=-0.1)
 
 
 def test_held_residual_acts_at_chunk_starts_only_and_holds_its_correction(demos, tmp_path):
@@ -493,7 +496,7 @@ def test_held_residual_acts_at_chunk_starts_only_and_holds_its_correction(demos,
     k = 3
     base = ChunkedBase(lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1),
                        2, k)
-    cfg = CFG.replace(time_feature=True, residual_hold=True, total_env_steps=64,
+    cfg = CFG.replace(residual=ResidualOptions(time_feature=True, hold=True), total_env_steps=64,
                       replay=dataclasses.replace(REPLAY, bootstrap_truncation=False))
     tr = make_trainer(TASK, base, demos, cfg, seeds=[0])
     assert tr.loop.learner.obs_dim == 4 + 1 + 2 + 1 and tr.loop.learner.config.residual_mask
@@ -548,7 +551,7 @@ def test_held_residual_acts_at_chunk_starts_only_and_holds_its_correction(demos,
     assert np.abs(y1 - y2)[~still].max() > 1e-5
     summary = train_residual(tr, str(tmp_path), progress=False, task_name="PointReach")
     assert summary["complete"] and summary["final"]["pooled"]["episodes"] == CFG.eval_episodes
-    with pytest.raises(ValueError, match="residual_hold"):
+    with pytest.raises(ValueError, match="residual.hold"):
         CFG.replace(learner=dataclasses.replace(LEARNER, residual_mask=True))
 
 

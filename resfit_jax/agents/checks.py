@@ -22,11 +22,12 @@ from resfit_jax.replay import Transition
 PyTree = Any
 
 
-def raw_key(key: jax.Array) -> jax.Array:
-    """A typed PRNG key -> its raw uint32 data; a raw key unchanged."""
+def typed_key(key: jax.Array) -> jax.Array:
+    """A raw uint32 key [..., 2] -> the typed PRNG key it holds (the default impl, so both
+    draw the same numbers); a typed key unchanged. Learner states hold typed keys."""
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(key)
-    return key
+        return key
+    return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
 
 
 def as_obs_spec(obs_spec: PyTree, pixels: bool = False) -> PyTree:

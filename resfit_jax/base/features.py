@@ -172,3 +172,11 @@ def augment(features: BaseFeatures | None, obs: PyTree, state: PyTree,
             normalizer: Normalizer) -> PyTree:
     """``features.augment`` or obs unchanged without features."""
     return obs if features is None else features.augment(obs, state, normalizer)
+
+
+def learner_obs_spec(obs_spec: Any, features: BaseFeatures | None, offsets: Offsets | None,
+                     action_dim: int) -> Any:
+    """The learner's observation spec: the task's ``obs_spec``, plus the base's chunk phase /
+    plan (``features``), plus the held or summed offset and its flag (``offsets``)."""
+    spec = obs_spec if features is None else features.spec(obs_spec)
+    return spec_with_state(spec, 0 if offsets is None else offsets.size(action_dim))

@@ -6,7 +6,6 @@ follow the example transition (uint8 image fields stay uint8).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -52,7 +52,7 @@ from resfit_jax.robot.loop import (EmergencyStop, EpisodeRecord, LoopConfig,
 
 @dataclasses.dataclass(frozen=True)
 class RobotTrainConfig:
-    learner: ResidualTD3Config = dataclasses.field(default_factory=ResidualTD3Config.cpu)
+    learner: ResidualTD3Config = dataclasses.field(default_factory=ResidualTD3Config.small)
     replay: ReplayConfig = dataclasses.field(
         default_factory=lambda: ReplayConfig(capacity=100_000))
     loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)

@@ -4,8 +4,8 @@ base + residual through ``ResidualPolicy``), on initial states fixed by a key.
     out = run_episodes(task, policy, episode_keys(key, N), record=False)     # jittable
     res = evaluate_policy(task, policy, N, key, num_envs=50)                # host, in rounds
 
-``Evaluators`` is what every simulated trainer shares on top of it: per-seed periodic and
-held-out starts and the matched base / base + residual evaluations on them.
+``Evaluator`` (``make_evaluator``) is what every simulated trainer holds on top of it:
+per-seed periodic and held-out starts and the matched base / base + residual evaluations.
 
 Episode i starts from ``EpisodeWrapper(task).reset(fold_in(key, i))``: the same key gives
 the same initial states for every policy (matched, paired comparisons), whatever the number
@@ -14,8 +14,9 @@ is then frozen, so every episode counts once.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,44 +106,25 @@ EVAL_SALT = 0xE7A1
 FINAL_SALT = 0xF17A1
 
 
-class Evaluators:
-    """What every simulated trainer shares: the per-seed keys and the matched evaluations of
-    the base alone and of base + residual on periodic and on held-out starts.
-    Subclasses set task, cfg (eval_episodes, num_final_episodes), normalizer and seeds, then
-    call ``_build_evaluators``."""
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """The matched evaluations of one run, vmapped over its S seeds (``make_evaluator``):
 
-    def _build_evaluators(self, base: BasePolicy, learner: Any, features: Any,
-                          offsets: Any = None, reference: BasePolicy | None = None,
-                          policy_of: Callable[[Any], BasePolicy] | None = None) -> None:
-        """``base``: what the learner acts with; ``reference``: the base the paired
-        comparison runs alone (default ``base``; the BC base for a base-free learner);
-        ``policy_of(learner_state)``: the evaluated policy (default base + residual)."""
-        task, cfg, v = self.task, self.cfg, jax.vmap
-        reference = base if reference is None else reference
-        if policy_of is None:
-            policy_of = lambda lstate: ResidualPolicy(base, lstate.normalizer, learner, lstate,
-                                                      features, offsets)
+        evaluate(learner_state [S], keys [S])   base + residual, eval_episodes per seed
+        evaluate_base(normalizer, keys [S])     the reference base alone, on the same starts
+        evaluate_final / evaluate_base_final    the same on the held-out count of episodes
 
-        def evaluators(n):
-            residual = jax.jit(v(lambda lstate, key: run_episodes(
-                task, policy_of(lstate), episode_keys(key, n))))
-            base_only = jax.jit(v(lambda nz, key: run_episodes(
-                task, ResidualPolicy(reference, nz), episode_keys(key, n)), in_axes=(None, 0)))
-            return residual, base_only
+    Each returns ``run_episodes``' dict with a leading seed axis. ``eval_keys()`` are the
+    periodic evaluations' starts, ``final_keys()`` held-out ones that no selection sees."""
 
-        self.evaluate, self._evaluate_base = evaluators(cfg.eval_episodes)
-        self.evaluate_final, self._evaluate_base_final = (
-            (self.evaluate, self._evaluate_base)
-            if cfg.num_final_episodes == cfg.eval_episodes else evaluators(cfg.num_final_episodes))
-
-    def evaluate_base(self, keys: jax.Array) -> dict:
-        """The base alone (actions clipped to the run's range) on each seed's eval episodes."""
-        return self._evaluate_base(self.normalizer, keys)
-
-    def evaluate_base_final(self, keys: jax.Array) -> dict:
-        return self._evaluate_base_final(self.normalizer, keys)
+    seeds: tuple[int, ...]
+    evaluate: Callable
+    evaluate_base: Callable
+    evaluate_final: Callable
+    evaluate_base_final: Callable
 
     def keys(self) -> jax.Array:
+        """One typed key per seed, the root of everything the seed draws."""
         return jnp.stack([jax.random.key(s) for s in self.seeds])
 
     def eval_keys(self) -> jax.Array:
@@ -152,3 +134,28 @@ class Evaluators:
     def final_keys(self) -> jax.Array:
         """Per seed: held-out starts, used once, by the final evaluation."""
         return jax.vmap(lambda k: jax.random.fold_in(k, FINAL_SALT))(self.keys())
+
+
+def make_evaluator(task: Env, seeds: Sequence[int], eval_episodes: int, final_episodes: int,
+                   base: BasePolicy, learner: Any = None, features: Any = None,
+                   offsets: Any = None, reference: BasePolicy | None = None,
+                   policy_of: Callable[[Any], BasePolicy] | None = None) -> Evaluator:
+    """``base``: what the learner acts with; ``reference``: the base the paired comparison
+    runs alone (default ``base``; the BC base for a base-free learner);
+    ``policy_of(learner_state)``: the evaluated policy (default base + residual through
+    ``ResidualPolicy`` with the learner's ``features`` and ``offsets``)."""
+    reference = base if reference is None else reference
+    if policy_of is None:
+        policy_of = lambda lstate: ResidualPolicy(base, lstate.normalizer, learner, lstate,
+                                                  features, offsets)
+
+    def evaluators(n):
+        residual = jax.jit(jax.vmap(lambda lstate, key: run_episodes(
+            task, policy_of(lstate), episode_keys(key, n))))
+        base_only = jax.jit(jax.vmap(lambda nz, key: run_episodes(
+            task, ResidualPolicy(reference, nz), episode_keys(key, n)), in_axes=(None, 0)))
+        return residual, base_only
+
+    periodic = evaluators(eval_episodes)
+    final = periodic if final_episodes == eval_episodes else evaluators(final_episodes)
+    return Evaluator(tuple(int(s) for s in seeds), *periodic, *final)

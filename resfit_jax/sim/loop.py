@@ -37,12 +37,12 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from resfit_jax.base.features import BaseFeatures, Offsets, augment
+from resfit_jax.base.features import BaseFeatures, Offsets, augment, learner_obs_spec
 from resfit_jax.base.policy import BasePolicy
 from resfit_jax.envs.core import Env, auto_reset_envs
 from resfit_jax.replay.frames import FrameStore, camera_spec, id_spec, stale_count, with_ids
 from resfit_jax.learner import Learner
-from resfit_jax.observations import cameras_of, spec_with_state
+from resfit_jax.observations import cameras_of
 from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
 from resfit_jax.sim.step import check_action_sizes, initial_base_action, residual_env_step
 from resfit_jax.replay.updates import critic_warmup_updates, reduce_metrics, replay_updates
@@ -114,10 +114,8 @@ class SimLoop:
 
     @property
     def learner_obs_spec(self):
-        spec = self.task.observation_spec
-        spec = spec if self.features is None else self.features.spec(spec)
-        return spec_with_state(spec, 0 if self.offsets is None
-                               else self.offsets.size(self.task.action_size))
+        return learner_obs_spec(self.task.observation_spec, self.features, self.offsets,
+                                self.task.action_size)
 
     def _learner_obs(self, obs, base_state, offset, normalizer) -> PyTree:
         x = augment(self.features, obs, base_state, normalizer)

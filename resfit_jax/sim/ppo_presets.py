@@ -20,6 +20,7 @@ from typing import Callable
 
 from resfit_jax.agents.residual_ppo import ResidualPPOConfig
 from resfit_jax.run.validation import number_errors
+from resfit_jax.sim.config import BaseExecution, ResidualOptions
 
 PPO_SCALES = ("cpu", "accelerator")
 
@@ -35,19 +36,18 @@ class PPOTrainConfig:
     eval_every: int = 500_000           # env steps between evaluations (at iteration ends)
     eval_episodes: int = 100
     final_episodes: int | None = None
-    # the same inputs as ResFiT's TrainConfig (see sim.presets)
+    # the same inputs as ResFiT's TrainConfig (sim.config); of the residual's options, PPO
+    # takes the base's chunk phase and plan as inputs
     num_demos: int | None = None
     action_margin: float = 0.0
     obs_min_std: float = 2e-4
-    base_phase: bool = False
-    base_plan: int = 0
-    base_execution_horizon: int | None = None
-    base_temporal_ensemble: float | None = None
+    base: BaseExecution = BaseExecution()
+    residual: ResidualOptions = ResidualOptions()
 
     def __post_init__(self):
         errors = number_errors(self, at_least_one=("num_envs", "total_env_steps", "eval_every",
                                                    "eval_episodes"),
-                               non_negative=("action_margin", "base_plan"))
+                               non_negative=("action_margin",))
         if self.rollout_length is not None and self.rollout_length < 1:
             errors.append(f"rollout_length must be >= 1 or None (got {self.rollout_length})")
         if not 0.0 < self.obs_min_std < float("inf"):
@@ -56,8 +56,13 @@ class PPOTrainConfig:
             errors.append(f"final_episodes must be >= 1 or None (got {self.final_episodes})")
         if self.num_demos is not None and self.num_demos < 1:
             errors.append(f"num_demos must be >= 1 or None (got {self.num_demos})")
-        if self.base_temporal_ensemble is not None and self.base_phase:
-            errors.append("base_phase has no meaning with base_temporal_ensemble")
+        if self.base.temporal_ensemble is not None and self.residual.base_phase:
+            errors.append("residual.base_phase has no meaning with base.temporal_ensemble")
+        inputs_only = ResidualOptions(base_phase=self.residual.base_phase,
+                                      base_plan=self.residual.base_plan)
+        if self.residual != inputs_only:
+            errors.append("residual PPO takes residual.base_phase and residual.base_plan; the "
+                          "other residual options are ResFiT's")
         if errors:
             raise ValueError("PPOTrainConfig: " + "; ".join(errors) + ".")
 

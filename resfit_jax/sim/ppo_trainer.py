@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import jax
 
 from resfit_jax.agents.residual_ppo import FINITE_FIELDS, make_ppo
+from resfit_jax.base.features import learner_obs_spec
 from resfit_jax.base.policy import BasePolicy
 from resfit_jax.data.rlds import Episode
 from resfit_jax.envs.core import Env
@@ -25,26 +26,29 @@ from resfit_jax.normalization import Normalizer
 from resfit_jax.sim.ppo_loop import PPOLoop
 from resfit_jax.sim.ppo_presets import PPOTrainConfig
 from resfit_jax.sim.progress import Run
-from resfit_jax.sim.trainer import (Evaluators, _final_eval_phase, iteration_phase,
-                                    prepare_inputs, run_phases)
+from resfit_jax.sim.evaluation import Evaluator, make_evaluator
+from resfit_jax.sim.inputs import prepare_inputs
+from resfit_jax.sim.phases import RunOptions, final_eval_phase, iteration_phase, run_phases
 
 
 @dataclasses.dataclass
-class PPOTrainer(Evaluators):
+class PPOTrainer:
+    """Residual PPO's compiled iteration and evaluations (a ``phases.PhasedTrainer``)."""
+
     task: Env
     loop: PPOLoop
     cfg: PPOTrainConfig
     normalizer: Normalizer
     seeds: list[int]
+    evaluator: Evaluator
     offline: Any = None
     method: str = "ResidualPPO"
     first_phase: str = "train"
     finite_fields: tuple[str, ...] = FINITE_FIELDS
+    starts_at_base: bool = True          # the Gaussian's mean is exactly 0 at init
 
     def __post_init__(self):
-        loop = self.loop
-        self.iterate = jax.jit(jax.vmap(loop.iteration), donate_argnums=0)
-        self._build_evaluators(loop.base, loop.learner, loop.features)
+        self.iterate = jax.jit(jax.vmap(self.loop.iteration), donate_argnums=0)
 
     @property
     def env_steps_per_chunk(self) -> int:
@@ -60,7 +64,7 @@ class PPOTrainer(Evaluators):
         def one(key):
             k_loop, k_learn = jax.random.split(key)
             return self.loop.init(k_loop, learner.init(k_learn, normalizer))
-        return jax.jit(jax.vmap(one))(self.keys())
+        return jax.jit(jax.vmap(one))(self.evaluator.keys())
 
 
 def make_ppo_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode],
@@ -68,11 +72,13 @@ def make_ppo_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode],
     """Normalizer and base features as ResFiT's ``make_trainer``, then the PPO loop."""
     inp = prepare_inputs(task, base, episodes, cfg, cfg.learner.action_scale)
     rollout = cfg.rollout_length or inp.task.horizon
-    probe = PPOLoop(inp.task, inp.base, None, cfg.num_envs, rollout, inp.features)
-    ppo = make_ppo(cfg.learner, probe.learner_obs_spec, inp.task.action_size,
-                   cfg.iterations(inp.task.horizon))
+    spec = learner_obs_spec(inp.task.observation_spec, inp.features, None,
+                            inp.task.action_size)
+    ppo = make_ppo(cfg.learner, spec, inp.task.action_size, cfg.iterations(inp.task.horizon))
     loop = PPOLoop(inp.task, inp.base, ppo, cfg.num_envs, rollout, inp.features)
-    return PPOTrainer(inp.task, loop, cfg, inp.normalizer, list(seeds))
+    evaluator = make_evaluator(inp.task, seeds, cfg.eval_episodes, cfg.num_final_episodes,
+                               inp.base, ppo, inp.features)
+    return PPOTrainer(inp.task, loop, cfg, inp.normalizer, list(seeds), evaluator)
 
 
 def _ppo_train_phase(run: Run) -> bool:
@@ -80,7 +86,7 @@ def _ppo_train_phase(run: Run) -> bool:
     return iteration_phase(run, "residual PPO", run.trainer.iterate)
 
 
-PPO_PHASES = {"train": _ppo_train_phase, "final_eval": _final_eval_phase}
+PPO_PHASES = {"train": _ppo_train_phase, "final_eval": final_eval_phase}
 
 
 def train_residual_ppo(trainer: PPOTrainer, out: str, resume: bool = False,
@@ -90,5 +96,5 @@ def train_residual_ppo(trainer: PPOTrainer, out: str, resume: bool = False,
     """Run (or resume) residual PPO; the same outputs as ``sim.trainer.train_residual``
     (metrics.jsonl, TensorBoard, checkpoints, config.json, summary.json with the held-out
     final evaluation) and the same locking and resume rules."""
-    return run_phases(trainer, PPO_PHASES, out, resume, progress, stop_at_env_steps, task_name,
-                      extra_info, identity)
+    return run_phases(trainer, PPO_PHASES, out, RunOptions(
+        resume, progress, stop_at_env_steps, task_name, extra_info, identity))

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from resfit_jax.agents.checks import FINITE_FIELDS, raise_if_nonfinite
+from resfit_jax.agents.checks import raise_if_nonfinite
 from resfit_jax.run.checkpointing import RunCheckpointer
 from resfit_jax.run.configs import same_config, to_dict
 from resfit_jax.run.logger import MetricsLogger
@@ -54,7 +54,7 @@ SAVE_EVERY_S = 600.0     # seconds of work a killed run may lose at most (plus o
 class Run:
     """What the phase functions share: the trainer, state, progress, files and the bar."""
 
-    trainer: Any                   # sim.trainer.Trainer
+    trainer: Any                   # a sim.phases.PhasedTrainer
     ckpt: RunCheckpointer
     logger: MetricsLogger
     prog: Progress
@@ -93,10 +93,10 @@ class Run:
         return tree if best is None else tree | {"best": best}
 
     def keep_if_best(self, rows: list[dict]) -> None:
-        """select="best": keep each seed's learner state whose periodic success rate is the
-        highest so far (strictly, by more than ``select_margin``; the first call, at step 0,
-        keeps the starting state)."""
-        if getattr(self.cfg, "select", "last") != "best":
+        """select.rule="best": keep each seed's learner state whose periodic success rate is
+        the highest so far (strictly, by more than ``select.margin``; the first call, at step
+        0, keeps the starting state)."""
+        if not keeps_best(self.cfg):
             return
         rates = [r["success_rate"] for r in rows]
         current = self.state.learner_state
@@ -105,8 +105,7 @@ class Run:
             self.prog.best_success = rates
             self.prog.best_env_steps = [self.prog.env_steps] * len(rates)
             return
-        better = improved(rates, self.prog.best_success,
-                          getattr(self.cfg, "select_margin", 0.0))
+        better = improved(rates, self.prog.best_success, self.cfg.select.margin)
         if better.any():
             self.best = keep_better(self.best, current, better)
             self.prog.best_success = [r if b else k for r, b, k in
@@ -132,7 +131,7 @@ class Run:
         if mask is not None:
             raise_if_nonfinite(mask, f"{kind} chunk {self.prog.chunk} (not checkpointed; the "
                                f"latest checkpoint in {self.ckpt.directory} is from before it)",
-                               fields=getattr(self.trainer, "finite_fields", FINITE_FIELDS))
+                               fields=self.trainer.finite_fields)
         stale = np.max(np.asarray(stats.get("stale_frames_max", 0)))
         if stale > 0:
             loop = self.trainer.loop
@@ -185,6 +184,13 @@ def check_resume_layout(out: str, cfg: Any) -> None:
                          f"--config.mesh whose data size divides {shards}).")
 
 
+def keeps_best(cfg: Any) -> bool:
+    """The config keeps each seed's best periodic state (``select.rule="best"``); configs
+    without a ``select`` (residual PPO, Filtered BC) score the last state."""
+    select = getattr(cfg, "select", None)
+    return select is not None and select.rule == "best"
+
+
 def start_run(trainer: Any, out: str, resume: bool, task_name: str,
            extra_info: dict | None, identity: dict | None
            ) -> tuple[RunCheckpointer, MetricsLogger, Progress, Any, Any]:
@@ -196,7 +202,7 @@ def start_run(trainer: Any, out: str, resume: bool, task_name: str,
     if resume and ckpt.latest_step() is not None:
         check_resume_layout(out, trainer.cfg)
         template = {"loop": state, "offline": trainer.offline}
-        if getattr(trainer.cfg, "select", "last") == "best":
+        if keeps_best(trainer.cfg):
             template["best"] = state.learner_state
         restored, saved = ckpt.restore(template)
         prog = Progress.from_json(saved)

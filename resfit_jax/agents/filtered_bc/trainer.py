@@ -1,5 +1,5 @@
-"""Filtered BC (online BC fine-tuning), the third baseline of the paper's comparison
-(spec/baselines.md): roll out the current base without noise, keep the successful episodes
+"""Filtered BC (online BC fine-tuning), the third baseline of the paper's comparison:
+roll out the current base without noise, keep the successful episodes
 (an episode ends at its first success, so each is cut there), fine-tune the base on a mix of
 demos and kept successes, repeat. Every rollout counts against the env-step budget.
 
@@ -14,7 +14,7 @@ round is charged num_envs x horizon env steps, and the steps the episodes ran ar
 ring buffer; then ``steps_per_round`` AdamW steps (lr 5e-5, batch 1024, the base's L1 chunk
 loss) on batches of ``demo_fraction`` demos and the rest kept successes (demos only while
 none is kept). Evaluation, checkpoints, resume and summary.json are the simulated trainers'
-(``sim.trainer.run_phases``), paired against the frozen base on the same starts.
+(``sim.phases.run_phases``), paired against the frozen base on the same starts.
 """
 from __future__ import annotations
 
@@ -39,59 +39,13 @@ from resfit_jax.envs.core import Env, EpisodeWrapper
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import ReplayBuffer, ReplayState
 from resfit_jax.base.residual import ResidualPolicy
-from resfit_jax.sim.evaluation import Evaluators
+from resfit_jax.sim.evaluation import make_evaluator
+from resfit_jax.sim.phases import RunOptions, final_eval_phase, iteration_phase, run_phases
 from resfit_jax.sim.progress import Run
-from resfit_jax.run.validation import number_errors
+from resfit_jax.agents.filtered_bc.config import FilteredBCConfig
 
 PyTree = Any
 FINITE_FIELDS = ("rollout.obs", "bc_loss")      # the bits of the rounds' nonfinite_mask
-
-
-@dataclasses.dataclass(frozen=True)
-class FilteredBCConfig:
-    """Filtered BC schedule. Env-step counts are totals over all parallel envs."""
-
-    num_envs: int = 64                 # episodes per round
-    total_env_steps: int = 100_000     # budget (rounds charge num_envs x horizon each)
-    lr: float = 5e-5
-    batch_size: int = 1024
-    steps_per_round: int = 100         # fine-tuning steps after each round's rollouts
-    demo_fraction: float = 0.5         # share of every batch drawn from the demos
-    capacity: int = 100_000            # kept success samples (the oldest are dropped)
-    eval_every: int = 10_240
-    eval_episodes: int = 100
-    final_episodes: int | None = None  # held-out final evaluation (None: eval_episodes)
-    num_demos: int | None = None
-    action_margin: float = 0.0         # the action range of the evaluations' clipping
-    obs_min_std: float = 2e-4
-
-    def __post_init__(self):
-        errors = number_errors(self, positive=("lr",), unit=("demo_fraction",),
-                               at_least_one=("num_envs", "total_env_steps", "batch_size",
-                                             "steps_per_round", "capacity", "eval_every",
-                                             "eval_episodes"))
-        if self.final_episodes is not None and self.final_episodes < 1:
-            errors.append(f"final_episodes must be >= 1 or None (got {self.final_episodes})")
-        if errors:
-            raise ValueError("FilteredBCConfig: " + "; ".join(errors) + ".")
-
-    @property
-    def num_final_episodes(self) -> int:
-        return self.eval_episodes if self.final_episodes is None else self.final_episodes
-
-
-def filtered_bc_preset(task: str, **overrides) -> FilteredBCConfig:
-    """The task's ResFiT CPU budget (main loop + warm-up collection), evaluation, and the
-    action range and observation floor its base runs under (``action_margin``: PegInsertion
-    widens the demos' range by 30%; clipping the base to the bare range costs it successes)."""
-    from resfit_jax.sim.presets import preset
-
-    r = preset(task, "cpu")
-    return FilteredBCConfig(**{"total_env_steps": r.total_env_steps + r.warmup_env_steps,
-                               "eval_every": r.eval_every, "eval_episodes": r.eval_episodes,
-                               "final_episodes": r.final_episodes,
-                               "action_margin": r.action_margin, "obs_min_std": r.obs_min_std,
-                               **overrides})
 
 
 @struct.dataclass
@@ -144,7 +98,9 @@ def success_samples(rollout: dict, chunk_size: int) -> tuple[dict, jax.Array]:
 
 
 @dataclasses.dataclass
-class FilteredBCTrainer(Evaluators):
+class FilteredBCTrainer:
+    """Filtered BC's compiled rounds and evaluations (a ``sim.phases.PhasedTrainer``)."""
+
     task: Env
     cfg: FilteredBCConfig
     normalizer: Normalizer
@@ -158,13 +114,16 @@ class FilteredBCTrainer(Evaluators):
     method: str = "FilteredBC"
     first_phase: str = "train"
     finite_fields: tuple[str, ...] = FINITE_FIELDS
+    starts_at_base: bool = True          # round 0's parameters are the base's
 
     def __post_init__(self):
         self.tx = optax.chain(optax.clip_by_global_norm(self.bc_config.grad_clip),
                               optax.adamw(self.cfg.lr, weight_decay=self.bc_config.weight_decay))
         self.buffer = ReplayBuffer(self.cfg.capacity)
         self.round = jax.jit(jax.vmap(self._round), donate_argnums=0)
-        self._build_evaluators(self.base, None, None, policy_of=self.policy)
+        self.evaluator = make_evaluator(self.task, self.seeds, self.cfg.eval_episodes,
+                                        self.cfg.num_final_episodes, self.base,
+                                        policy_of=self.policy)
 
     @property
     def env_steps_per_chunk(self) -> int:
@@ -191,8 +150,8 @@ class FilteredBCTrainer(Evaluators):
         def one(key):
             params = jax.tree.map(jnp.array, self.init_params)
             ls = FBCLearnerState(params, self.tx.init(params), self.normalizer)
-            return FBCState(ls, self.buffer.init(spec), jax.random.key_data(key))
-        return jax.jit(jax.vmap(one))(self.keys())
+            return FBCState(ls, self.buffer.init(spec), key)
+        return jax.jit(jax.vmap(one))(self.evaluator.keys())
 
     def _finetune(self, ls: FBCLearnerState, buffer: ReplayState, key: jax.Array):
         cfg, demo = self.cfg, self.demo_data
@@ -216,7 +175,7 @@ class FilteredBCTrainer(Evaluators):
         return ls.replace(params=params, opt_state=opt), losses
 
     def _round(self, st: FBCState) -> tuple[FBCState, dict]:
-        key, k_roll, k_ft = jax.random.split(jax.random.wrap_key_data(st.key), 3)
+        key, k_roll, k_ft = jax.random.split(st.key, 3)
         out = collect(self.task, self.policy(st.learner_state),
                       jax.random.split(k_roll, self.cfg.num_envs))
         items, keep = success_samples(out, self.base.chunk_size)
@@ -228,7 +187,7 @@ class FilteredBCTrainer(Evaluators):
                    "env_steps_ran": out["length"].sum(), "kept_samples": keep.sum(),
                    "buffer_size": buffer.size, "bc_loss": losses.mean(),
                    "bc_loss_last": losses[-1], "nonfinite_mask": mask}
-        return FBCState(ls, buffer, jax.random.key_data(key)), metrics
+        return FBCState(ls, buffer, key), metrics
 
 
 def make_filtered_bc(task: Env, base_path: str, episodes: Sequence[Episode],
@@ -261,8 +220,6 @@ def make_filtered_bc(task: Env, base_path: str, episodes: Sequence[Episode],
 
 def _train_phase(run: Run) -> bool:
     """Rounds (rollouts, kept successes, fine-tuning), evaluated every eval_every env steps."""
-    from resfit_jax.sim.trainer import iteration_phase
-
     return iteration_phase(run, "Filtered BC", run.trainer.round)
 
 
@@ -272,7 +229,6 @@ def train_filtered_bc(trainer: FilteredBCTrainer, out: str, resume: bool = False
                       identity: dict | None = None) -> dict:
     """Run (or resume) Filtered BC with the simulated trainers' outputs (metrics.jsonl,
     TensorBoard, checkpoints, config.json, summary.json with the held-out evaluation)."""
-    from resfit_jax.sim.trainer import _final_eval_phase, run_phases
-
-    return run_phases(trainer, {"train": _train_phase, "final_eval": _final_eval_phase}, out,
-                      resume, progress, stop_at_env_steps, task_name, extra_info, identity)
+    return run_phases(trainer, {"train": _train_phase, "final_eval": final_eval_phase}, out,
+                      RunOptions(resume, progress, stop_at_env_steps, task_name, extra_info,
+                                 identity))

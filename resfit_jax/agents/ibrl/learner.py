@@ -19,43 +19,11 @@ import jax.numpy as jnp
 
 from resfit_jax.agents import checks
 from resfit_jax.agents.gradients import make_optimizer
+from resfit_jax.agents.ibrl.config import IBRLConfig
 from resfit_jax.agents.ibrl.losses import make_ibrl_losses
-from resfit_jax.agents.residual_td3.learner import LearnerState, ResidualTD3, ResidualTD3Config
+from resfit_jax.agents.residual_td3.learner import LearnerState, ResidualTD3
 from resfit_jax.agents.residual_td3.networks import make_networks
 from resfit_jax.encoders import ObservationEncoder
-
-RULES = ("greedy", "soft")
-
-
-@dataclasses.dataclass(frozen=True)
-class IBRLConfig(ResidualTD3Config):
-    """Residual TD3's fields with IBRL's defaults, plus the selection ``rule`` and ``beta``.
-    ``action_scale`` is the range of the actor's own action (1.0: the full range)."""
-
-    num_critics: int = 5
-    action_scale: float = 1.0
-    actor_zero_init: bool = False
-    actor_lr: float = 1e-4
-    tau: float = 0.01
-    exploration_std: float = 0.1
-    rule: str = "soft"
-    beta: float = 10.0
-
-    def __post_init__(self):
-        super().__post_init__()
-        errors = []
-        if self.rule not in RULES:
-            errors.append(f"rule must be one of {RULES} (got {self.rule!r})")
-        if not 0.0 <= self.beta < float("inf"):
-            errors.append(f"beta must be >= 0 (got {self.beta})")
-        if self.gate_tau > float("-inf"):
-            errors.append("IBRL picks between the base and the actor; the value gate "
-                          "(gate_tau) is residual TD3's option")
-        if self.residual_penalty > 0:
-            errors.append("residual_penalty is residual TD3's option (IBRL has no residual)")
-        if errors:
-            raise ValueError("IBRLConfig: " + "; ".join(errors) + ".")
-
 
 @dataclasses.dataclass(frozen=True)
 class IBRL(ResidualTD3):
@@ -78,7 +46,7 @@ class IBRL(ResidualTD3):
         feats = flat(self.features(state, obs))
         a_b = flat(base_action)
         mean = self.losses.proposal(state.actor_params, feats)
-        k_noise, k_heads, k_rule = jax.random.split(checks.raw_key(key), 3)
+        k_noise, k_heads, k_rule = jax.random.split(checks.typed_key(key), 3)
         if deterministic:
             a_rl = mean
         else:

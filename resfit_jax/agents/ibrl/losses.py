@@ -16,11 +16,12 @@ module is reused with a full-range output).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from resfit_jax.agents.ibrl.config import IBRLConfig
 from resfit_jax.agents.residual_td3.losses import ResidualTD3Losses, flatten_obs
 from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks
 from resfit_jax.encoders import ObservationEncoder
@@ -28,8 +29,6 @@ from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import Transition
 from resfit_jax.sharding import local_draw, shard_index
 
-if TYPE_CHECKING:
-    from resfit_jax.agents.ibrl.learner import IBRLConfig
 
 
 def choose(p_base: jax.Array, p_rl: jax.Array, rule: str, beta: float,

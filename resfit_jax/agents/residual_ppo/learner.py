@@ -30,11 +30,11 @@ import optax
 from flax import struct
 
 from resfit_jax.agents import checks
+from resfit_jax.agents.residual_ppo.config import ResidualPPOConfig
 from resfit_jax.agents.residual_ppo.losses import (PPOBatch, ResidualPPOLosses, gae,
                                                    gaussian_log_prob, make_losses)
 from resfit_jax.agents.residual_ppo.networks import ResidualPPONetworks, make_networks
 from resfit_jax.normalization import Normalizer
-from resfit_jax.run.validation import number_errors
 
 PyTree = Any
 # the bits of the update's ``nonfinite_mask`` (checks.raise_if_nonfinite(mask, ..., fields=))
@@ -42,55 +42,9 @@ FINITE_FIELDS = ("rollout.obs", "rollout.base_action", "rollout.reward", "rollou
                  "rollout.next_value", "pg_loss", "value_loss")
 
 
-@dataclasses.dataclass(frozen=True)
-class ResidualPPOConfig:
-    """Hyperparameters; defaults are the ResiP recipe's (spec/baselines.md) except
-    ``action_scale``, which the presets set to the task's ResFiT residual bound so both
-    methods correct the base by the same amount."""
-
-    actor_hidden_dims: tuple[int, ...] = (256, 256)
-    critic_hidden_dims: tuple[int, ...] = (256, 256)
-    action_scale: float = 0.1
-    init_log_std: float = -1.0
-    learn_log_std: bool = False        # fixed with a diffusion base, learned (-1.5) with an MLP
-    # optimisation: AdamW per network after a global-norm clip; cosine over the iterations
-    actor_lr: float = 3e-4
-    critic_lr: float = 5e-3
-    weight_decay: float = 1e-6
-    adam_eps: float = 1e-5
-    max_grad_norm: float = 1.0
-    cosine_decay: bool = True
-    actor_warmup_iterations: int = 5
-    # returns and the update
-    gamma: float = 0.999
-    gae_lambda: float = 0.95
-    bootstrap_truncation: bool = False  # False: a time-out is done (the recipe)
-    clip_eps: float = 0.2
-    target_kl: float | None = 0.1       # None: no early stop
-    update_epochs: int = 50
-    num_minibatches: int = 1
-    vf_coef: float = 1.0
-    ent_coef: float = 0.0
-    normalize_advantages: bool = True
-
-    def __post_init__(self):
-        errors = number_errors(self, positive=("action_scale", "actor_lr", "critic_lr",
-                                               "adam_eps", "max_grad_norm", "clip_eps"),
-                               non_negative=("weight_decay", "actor_warmup_iterations",
-                                             "vf_coef", "ent_coef"),
-                               at_least_one=("update_epochs", "num_minibatches"),
-                               unit=("gamma", "gae_lambda"))
-        if self.target_kl is not None and not self.target_kl > 0:
-            errors.append(f"target_kl must be > 0 or None (got {self.target_kl})")
-        if any(int(d) < 1 for d in tuple(self.actor_hidden_dims) + tuple(self.critic_hidden_dims)):
-            errors.append("hidden dims must be >= 1")
-        if errors:
-            raise ValueError("ResidualPPOConfig: " + "; ".join(errors) + ".")
-
-
 @struct.dataclass
 class PPOState:
-    """rng: raw uint32 key [2]; iteration: PPO iterations done (drives the lr schedule)."""
+    """rng: a typed PRNG key; iteration: PPO iterations done (drives the lr schedule)."""
 
     actor_params: PyTree
     critic_params: PyTree
@@ -153,7 +107,7 @@ class ResidualPPO:
         if normalizer is None:
             normalizer = Normalizer.identity(self.obs_dim, self.action_dim)
         checks.check_normalizer(normalizer, self.obs_dim, self.action_dim)
-        k_actor, k_critic, k_state = jax.random.split(checks.raw_key(key), 3)
+        k_actor, k_critic, k_state = jax.random.split(checks.typed_key(key), 3)
         feats = jnp.zeros((1, self.obs_dim), jnp.float32)
         act = jnp.zeros((1, self.action_dim), jnp.float32)
         actor_params = self.networks.actor.init(k_actor, feats, act)
@@ -183,7 +137,7 @@ class ResidualPPO:
         if deterministic:
             u = mean
         else:
-            u = mean + jnp.exp(log_std) * jax.random.normal(checks.raw_key(key), mean.shape)
+            u = mean + jnp.exp(log_std) * jax.random.normal(checks.typed_key(key), mean.shape)
         finite = jnp.stack([jnp.all(jnp.isfinite(x.reshape(batch_shape + (-1,))), axis=-1)
                             for x in jax.tree.leaves(obs)]).all(axis=0)
         u = jnp.where(finite[..., None], u, 0.0)

@@ -13,16 +13,15 @@ clip(a_b + scale * u, -1, 1) is clipped by the env step, as in ResiP.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resfit_jax.agents.residual_ppo.config import ResidualPPOConfig
 from resfit_jax.networks import MLP
 
-if TYPE_CHECKING:
-    from resfit_jax.agents.residual_ppo.learner import ResidualPPOConfig
 
 
 class GaussianResidual(nn.Module):

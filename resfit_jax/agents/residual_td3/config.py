@@ -1,9 +1,7 @@
-"""Residual TD3's hyperparameters (``ResidualTD3Config``) and its presets."""
+"""Residual TD3's hyperparameters (``ResidualTD3Config``): defaults are the paper's."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
-
 from resfit_jax.encoders import ENCODERS
 from resfit_jax.run.validation import number_errors
 
@@ -106,24 +104,11 @@ class ResidualTD3Config:
             raise ValueError("ResidualTD3Config: " + "; ".join(errors) + ".")
 
     @classmethod
-    def paper(cls, **overrides) -> "ResidualTD3Config":
-        """Paper scale: 2x1024 actor and critic, K=10 heads."""
-        return cls(**overrides)
-
-    @classmethod
-    def cpu(cls, **overrides) -> "ResidualTD3Config":
-        """CPU scale for a 2-core laptop: 2x256 networks, K=10 heads.
-
-        The actor lr is raised to 1e-4 because CPU runs use ~100x fewer env steps than the
-        paper; the residual stays bounded by action_scale, and the critic warm-up still
-        anchors Q before the actor moves. All other settings are the paper's.
-        """
+    def small(cls, **overrides) -> "ResidualTD3Config":
+        """2x256 actor and critic with actor lr 1e-4 (the paper's 1e-6 barely moves a residual
+        in a CPU-sized budget), the rest the paper's: a size for tests and for one's own code
+        on a laptop. Not a task preset: ``sim.presets.preset(task)`` holds each task's tuned
+        settings, this learner's included."""
         base = dict(actor_hidden_dims=(256, 256), critic_hidden_dims=(256, 256), actor_lr=1e-4)
         base.update(overrides)
         return cls(**base)
-
-
-PRESETS: dict[str, Callable[..., ResidualTD3Config]] = {
-    "paper": ResidualTD3Config.paper,
-    "cpu": ResidualTD3Config.cpu,
-}

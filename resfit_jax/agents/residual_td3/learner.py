@@ -34,8 +34,7 @@ from resfit_jax.agents import checks
 from resfit_jax.agents.gradients import gradient_update, make_optimizer
 from resfit_jax.agents.residual_td3.losses import ResidualTD3Losses, make_losses, residual_mask
 from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks, make_networks
-from resfit_jax.agents.residual_td3.config import (CRITIC_LOSSES, GATE_RULES, PRESETS,  # noqa: F401
-                                                  ResidualTD3Config)
+from resfit_jax.agents.residual_td3.config import ResidualTD3Config
 from resfit_jax.encoders import ObservationEncoder, state_dim
 from resfit_jax.normalization import Normalizer, StateStandardizer
 from resfit_jax.replay import Transition
@@ -45,7 +44,7 @@ PyTree = Any
 
 @struct.dataclass
 class LearnerState:
-    """Everything the learner owns. rng is a raw uint32 key [2] (legacy format, orbax-friendly);
+    """Everything the learner owns. rng is a typed PRNG key (checkpoints store its data);
     normalizer holds the observation and action statistics the params are trained under."""
 
     actor_params: PyTree
@@ -109,7 +108,7 @@ class ResidualTD3:
             normalizer = self.default_normalizer or Normalizer.identity(self.obs_dim,
                                                                         self.action_dim)
         checks.check_normalizer(normalizer, self.obs_dim, self.action_dim)
-        key = checks.raw_key(key)
+        key = checks.typed_key(key)
         k_actor, k_critic, k_state = jax.random.split(key, 3)
         feats = jnp.zeros((1, self.obs_dim), jnp.float32)
         act = jnp.zeros((1, self.action_dim), jnp.float32)
@@ -157,13 +156,13 @@ class ResidualTD3:
             r = mean
         else:
             sigma = self.config.exploration_std if std is None else std
-            r = jnp.clip(mean + sigma * jax.random.normal(checks.raw_key(key), mean.shape),
+            r = jnp.clip(mean + sigma * jax.random.normal(checks.typed_key(key), mean.shape),
                          -1.0, 1.0)
         aux = {"residual_mean": mean}
         if self.config.gate_tau > float("-inf"):
             cfg = self.config
             heads = (jnp.arange(cfg.num_min_critics) if key is None else jax.random.choice(
-                jax.random.fold_in(checks.raw_key(key), 1), cfg.num_critics,
+                jax.random.fold_in(checks.typed_key(key), 1), cfg.num_critics,
                 (cfg.num_min_critics,), replace=False))
             flat = lambda x: x.reshape((-1,) + x.shape[len(batch_shape):])
             g = self.losses.gate(state.critic_params, flat(self.features(state, obs)),

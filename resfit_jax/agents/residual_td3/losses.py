@@ -37,11 +37,12 @@ the samples with m(s) = 1 only.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from resfit_jax.agents.residual_td3.config import ResidualTD3Config
 from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks
 from resfit_jax.encoders import ObservationEncoder
 from resfit_jax.normalization import Normalizer
@@ -49,8 +50,6 @@ from resfit_jax.observations import state_of
 from resfit_jax.replay import Transition
 from resfit_jax.sharding import local_draw
 
-if TYPE_CHECKING:
-    from resfit_jax.agents.residual_td3.learner import ResidualTD3Config
 
 PyTree = Any
 

@@ -6,14 +6,12 @@ them from a ``ResidualTD3Config``.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import flax.linen as nn
 
+from resfit_jax.agents.residual_td3.config import ResidualTD3Config
 from resfit_jax.networks import EnsembleCritic, ResidualActor
 
-if TYPE_CHECKING:
-    from resfit_jax.agents.residual_td3.learner import ResidualTD3Config
 
 
 @dataclasses.dataclass(frozen=True)
