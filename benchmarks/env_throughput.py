@@ -10,6 +10,7 @@ persistent compilation cache is off). MuJoCo C = ``mj_step`` on one thread of th
 model with the same substeps, in the same run; the table reports MJX / C at every E.
 Prints a table and writes JSON with the machine description.
 """
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,8 @@ import mujoco
 import numpy as np
 from absl import app, flags
 
-from resfit_jax.run.machine import machine_info, write_results
 from resfit_jax import envs
+from resfit_jax.run.machine import machine_info, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("tasks", list(envs.MANIPULATION_TASKS), "Tasks to measure.")
@@ -39,6 +40,7 @@ def mjx_throughput(task, num_envs: int, scan: int, min_seconds: float) -> dict:
         def body(s, k):
             a = home + 0.05 * jax.random.normal(k, (num_envs, task.action_size))
             return jax.vmap(task.step)(s, a), None
+
         return jax.lax.scan(body, state, jax.random.split(key, scan))[0]
 
     state = reset(jax.random.split(jax.random.PRNGKey(0), num_envs))
@@ -55,15 +57,23 @@ def mjx_throughput(task, num_envs: int, scan: int, min_seconds: float) -> dict:
         if time.perf_counter() - t0 >= min_seconds:
             break
     dt = time.perf_counter() - t0
-    return {"num_envs": num_envs, "compile_s": compile_s,
-            "ctrl_steps_per_s": num_envs * scan * calls / dt,
-            "physics_steps_per_s": num_envs * scan * calls * task.n_substeps / dt}
+    return {
+        "num_envs": num_envs,
+        "compile_s": compile_s,
+        "ctrl_steps_per_s": num_envs * scan * calls / dt,
+        "physics_steps_per_s": num_envs * scan * calls * task.n_substeps / dt,
+    }
 
 
 def mujoco_c_throughput(task, min_seconds: float) -> dict:
     m = task.mj_model
-    d = task.to_mj_data(jax.tree.map(lambda x: x[0], jax.jit(jax.vmap(task.reset))(
-        jax.random.split(jax.random.PRNGKey(0), 1))), None)
+    d = task.to_mj_data(
+        jax.tree.map(
+            lambda x: x[0],
+            jax.jit(jax.vmap(task.reset))(jax.random.split(jax.random.PRNGKey(0), 1)),
+        ),
+        None,
+    )
     rng = np.random.default_rng(0)
     home = np.asarray(d.ctrl).copy()
     steps, t0 = 0, time.perf_counter()
@@ -78,7 +88,8 @@ def mujoco_c_throughput(task, min_seconds: float) -> dict:
 
 def main(argv):
     from resfit_jax.run.runtime import quiet_logging
-    quiet_logging()               # library INFO logs (jax backends, mujoco.mjx) off
+
+    quiet_logging()  # library INFO logs (jax backends, mujoco.mjx) off
     del argv
     jax.config.update("jax_enable_compilation_cache", False)
     results = {"machine": machine_info(), "scan": FLAGS.scan, "tasks": {}}
@@ -86,21 +97,37 @@ def main(argv):
     for name in FLAGS.tasks:
         task = envs.make(name)
         c = mujoco_c_throughput(task, FLAGS.min_seconds)
-        res = {"n_substeps": task.n_substeps, "timestep": float(task.mj_model.opt.timestep),
-               "mujoco_c_1thread": c, "mjx": []}
+        res = {
+            "n_substeps": task.n_substeps,
+            "timestep": float(task.mj_model.opt.timestep),
+            "mujoco_c_1thread": c,
+            "mjx": [],
+        }
         for e in map(int, FLAGS.envs):
             r = mjx_throughput(task, e, FLAGS.scan, FLAGS.min_seconds)
             r["ratio_vs_c"] = r["ctrl_steps_per_s"] / c["ctrl_steps_per_s"]
             res["mjx"].append(r)
-            rows.append((name, e, r["ctrl_steps_per_s"], r["compile_s"], c["ctrl_steps_per_s"],
-                         r["ratio_vs_c"]))
-            print(f"{name:18s} E={e:5d}  {r['ctrl_steps_per_s']:9.0f} ctrl steps/s  "
-                  f"compile {r['compile_s']:5.1f} s  (C 1 thread {c['ctrl_steps_per_s']:8.0f})",
-                  flush=True)
+            rows.append(
+                (
+                    name,
+                    e,
+                    r["ctrl_steps_per_s"],
+                    r["compile_s"],
+                    c["ctrl_steps_per_s"],
+                    r["ratio_vs_c"],
+                )
+            )
+            print(
+                f"{name:18s} E={e:5d}  {r['ctrl_steps_per_s']:9.0f} ctrl steps/s  "
+                f"compile {r['compile_s']:5.1f} s  (C 1 thread {c['ctrl_steps_per_s']:8.0f})",
+                flush=True,
+            )
         best = max(res["mjx"], key=lambda r: r["ctrl_steps_per_s"])
         res["best"] = {"num_envs": best["num_envs"], "ctrl_steps_per_s": best["ctrl_steps_per_s"]}
         results["tasks"][name] = res
-    print("\n| task | E | MJX ctrl steps/s | compile s | MuJoCo C 1-thread ctrl steps/s | MJX / C |")
+    print(
+        "\n| task | E | MJX ctrl steps/s | compile s | MuJoCo C 1-thread ctrl steps/s | MJX / C |"
+    )
     print("|---|---|---|---|---|---|")
     for name, e, sps, comp, c, ratio in rows:
         print(f"| {name} | {e} | {sps:,.0f} | {comp:.1f} | {c:,.0f} | {ratio:.2f} |")

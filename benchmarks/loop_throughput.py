@@ -11,6 +11,7 @@ the benchmark needs no files. Each E runs the task's CPU preset with ``num_envs=
 per vector step); the first chunk (compile) is timed apart from the next ``--chunks``.
 Prints a table and writes JSON with the machine description.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,16 +37,17 @@ def random_act_base(task, episodes):
     import jax
     import jax.numpy as jnp
 
+    from resfit_jax.base.policy import ChunkedBase
     from resfit_jax.bc.data import chunk_dataset, fit_normalizer
     from resfit_jax.bc.networks import BCConfig, make_network
     from resfit_jax.bc.train import make_predict
-    from resfit_jax.base.policy import ChunkedBase
 
     cfg = BCConfig.cpu(action_obs_index=getattr(task, "action_obs_index", None))
     obs_dim, a = int(task.observation_spec.shape[0]), task.action_size
     nz = fit_normalizer(chunk_dataset(episodes, cfg.chunk_size), cfg.action_obs_index)
-    params = make_network(cfg, a).init(jax.random.key(0), jnp.zeros((1, obs_dim)),
-                                       train=False)["params"]
+    params = make_network(cfg, a).init(jax.random.key(0), jnp.zeros((1, obs_dim)), train=False)[
+        "params"
+    ]
     predict = make_predict(cfg, a, nz)
     return ChunkedBase(lambda obs: predict(params, obs), a, cfg.chunk_size)
 
@@ -82,6 +84,7 @@ def time_train_chunks(trainer, chunks: int) -> tuple[float, float]:
 def main(argv):
     del argv
     from resfit_jax.run.runtime import setup_script
+
     setup_script()
     import jax
 
@@ -91,31 +94,54 @@ def main(argv):
 
     task, episodes, base = synthetic_inputs(FLAGS.task)
     rows = []
-    print(f"{FLAGS.task}: ResFiT training chunks ({FLAGS.scale} learner, "
-          f"{FLAGS.critic_per_env_step:g} critic steps per env step) on "
-          f"{jax.devices()[0].device_kind}")
+    print(
+        f"{FLAGS.task}: ResFiT training chunks ({FLAGS.scale} learner, "
+        f"{FLAGS.critic_per_env_step:g} critic steps per env step) on "
+        f"{jax.devices()[0].device_kind}"
+    )
     print(f"{'E':>6}{'utd':>6}{'first chunk s':>15}{'env steps/s':>13}{'critic steps/s':>16}")
     for e in map(int, FLAGS.envs):
         utd = max(1, round(FLAGS.critic_per_env_step * e))
         p = preset(FLAGS.task, FLAGS.scale)
         cfg = dataclasses.replace(
-            p, num_envs=e, updates_per_step=1, steps_per_chunk=FLAGS.steps_per_chunk,
-            warmup_env_steps=e * FLAGS.steps_per_chunk, critic_warmup_updates=0,
-            replay=dataclasses.replace(p.replay, utd=utd,
-                                       capacity=max(p.replay.capacity,
-                                                    4 * e * FLAGS.steps_per_chunk)))
-        compile_s, dt = time_train_chunks(make_trainer(task, base, episodes, cfg, seeds=[0]),
-                                          FLAGS.chunks)
+            p,
+            num_envs=e,
+            updates_per_step=1,
+            steps_per_chunk=FLAGS.steps_per_chunk,
+            warmup_env_steps=e * FLAGS.steps_per_chunk,
+            critic_warmup_updates=0,
+            replay=dataclasses.replace(
+                p.replay, utd=utd, capacity=max(p.replay.capacity, 4 * e * FLAGS.steps_per_chunk)
+            ),
+        )
+        compile_s, dt = time_train_chunks(
+            make_trainer(task, base, episodes, cfg, seeds=[0]), FLAGS.chunks
+        )
         steps = FLAGS.chunks * cfg.env_steps_per_chunk
-        row = {"num_envs": e, "utd": utd, "critic_steps_per_env_step": utd / e,
-               "compile_s": compile_s, "env_steps_per_s": steps / dt,
-               "critic_steps_per_s": FLAGS.chunks * FLAGS.steps_per_chunk * utd / dt}
+        row = {
+            "num_envs": e,
+            "utd": utd,
+            "critic_steps_per_env_step": utd / e,
+            "compile_s": compile_s,
+            "env_steps_per_s": steps / dt,
+            "critic_steps_per_s": FLAGS.chunks * FLAGS.steps_per_chunk * utd / dt,
+        }
         rows.append(row)
-        print(f"{e:>6}{utd:>6}{compile_s:>15.1f}{row['env_steps_per_s']:>13,.0f}"
-              f"{row['critic_steps_per_s']:>16,.0f}")
-    write_results(FLAGS.out, {"machine": machine_info(), "task": FLAGS.task,
-                              "scale": FLAGS.scale, "steps_per_chunk": FLAGS.steps_per_chunk,
-                              "base": "ACT (CPU BC size), random weights", "rows": rows})
+        print(
+            f"{e:>6}{utd:>6}{compile_s:>15.1f}{row['env_steps_per_s']:>13,.0f}"
+            f"{row['critic_steps_per_s']:>16,.0f}"
+        )
+    write_results(
+        FLAGS.out,
+        {
+            "machine": machine_info(),
+            "task": FLAGS.task,
+            "scale": FLAGS.scale,
+            "steps_per_chunk": FLAGS.steps_per_chunk,
+            "base": "ACT (CPU BC size), random weights",
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ same E; the table reports their ratio. Frames/s counts one image per camera per 
 A jitted ``lax.scan`` of ``--scan`` steps per call; compile seconds = the first call.
 Prints a table and writes JSON with the machine description.
 """
+
 from __future__ import annotations
 
 import time
@@ -18,10 +19,10 @@ import time
 import jax
 from absl import app, flags
 
-from resfit_jax.run.machine import machine_info, write_results
 from resfit_jax import envs
 from resfit_jax.envs.cameras import pixel_env
 from resfit_jax.envs.core import AutoReset, VmapWrapper
+from resfit_jax.run.machine import machine_info, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("tasks", ["PickPlace"], "Tasks to measure.")
@@ -41,6 +42,7 @@ def throughput(env, task, num_envs: int, scan: int, min_seconds: float) -> dict:
         def body(s, k):
             a = home + 0.05 * jax.random.normal(k, (num_envs, task.action_size))
             return env.step(s, a), None
+
         return jax.lax.scan(body, state, jax.random.split(key, scan))[0]
 
     state = jax.jit(env.reset)(jax.random.PRNGKey(0))
@@ -58,35 +60,49 @@ def throughput(env, task, num_envs: int, scan: int, min_seconds: float) -> dict:
 
 def main(argv):
     from resfit_jax.run.runtime import quiet_logging
-    quiet_logging()               # library INFO logs (jax backends, mujoco.mjx) off
+
+    quiet_logging()  # library INFO logs (jax backends, mujoco.mjx) off
     del argv
     jax.config.update("jax_enable_compilation_cache", False)
     results = {"machine": machine_info(), "scan": FLAGS.scan, "rows": []}
     for name in FLAGS.tasks:
         task = envs.make(name)
         for e in map(int, FLAGS.envs):
-            state = throughput(VmapWrapper(AutoReset(task), e), task, e, FLAGS.scan,
-                               FLAGS.min_seconds)
+            state = throughput(
+                VmapWrapper(AutoReset(task), e), task, e, FLAGS.scan, FLAGS.min_seconds
+            )
             for res in map(int, FLAGS.resolutions):
                 env = pixel_env(task, e, res)
                 pix = throughput(env, task, e, FLAGS.scan, FLAGS.min_seconds)
-                row = {"task": name, "num_envs": e, "resolution": res,
-                       "cameras": list(env.cameras),
-                       "pixel_ctrl_steps_per_s": pix["ctrl_steps_per_s"],
-                       "frames_per_s": pix["ctrl_steps_per_s"] * len(env.cameras),
-                       "state_ctrl_steps_per_s": state["ctrl_steps_per_s"],
-                       "pixel_over_state": pix["ctrl_steps_per_s"] / state["ctrl_steps_per_s"],
-                       "compile_s": pix["compile_s"], "state_compile_s": state["compile_s"]}
+                row = {
+                    "task": name,
+                    "num_envs": e,
+                    "resolution": res,
+                    "cameras": list(env.cameras),
+                    "pixel_ctrl_steps_per_s": pix["ctrl_steps_per_s"],
+                    "frames_per_s": pix["ctrl_steps_per_s"] * len(env.cameras),
+                    "state_ctrl_steps_per_s": state["ctrl_steps_per_s"],
+                    "pixel_over_state": pix["ctrl_steps_per_s"] / state["ctrl_steps_per_s"],
+                    "compile_s": pix["compile_s"],
+                    "state_compile_s": state["compile_s"],
+                }
                 results["rows"].append(row)
-                print(f"{name:18s} E={e:4d} {res:3d}px  {row['pixel_ctrl_steps_per_s']:8.0f} "
-                      f"steps/s  {row['frames_per_s']:8.0f} frames/s  (state "
-                      f"{row['state_ctrl_steps_per_s']:8.0f} steps/s)", flush=True)
-    print("\n| task | E | px | cameras | pixel steps/s | frames/s | state steps/s | pixel / state |")
+                print(
+                    f"{name:18s} E={e:4d} {res:3d}px  {row['pixel_ctrl_steps_per_s']:8.0f} "
+                    f"steps/s  {row['frames_per_s']:8.0f} frames/s  (state "
+                    f"{row['state_ctrl_steps_per_s']:8.0f} steps/s)",
+                    flush=True,
+                )
+    print(
+        "\n| task | E | px | cameras | pixel steps/s | frames/s | state steps/s | pixel / state |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results["rows"]:
-        print(f"| {r['task']} | {r['num_envs']} | {r['resolution']} | {len(r['cameras'])} | "
-              f"{r['pixel_ctrl_steps_per_s']:,.0f} | {r['frames_per_s']:,.0f} | "
-              f"{r['state_ctrl_steps_per_s']:,.0f} | {r['pixel_over_state']:.2f} |")
+        print(
+            f"| {r['task']} | {r['num_envs']} | {r['resolution']} | {len(r['cameras'])} | "
+            f"{r['pixel_ctrl_steps_per_s']:,.0f} | {r['frames_per_s']:,.0f} | "
+            f"{r['state_ctrl_steps_per_s']:,.0f} | {r['pixel_over_state']:.2f} |"
+        )
     write_results(FLAGS.out, results)
 
 

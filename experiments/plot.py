@@ -5,6 +5,7 @@ r"""Plot success vs env steps and steps-to-success of one or more residual runs 
 
 Mean over seeds with a min-max band; the base's success is the dashed line.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ flags.DEFINE_string("title", None, "Figure title.")
 
 def main(argv):
     from resfit_jax.run.runtime import setup_script
+
     setup_script()
     runs = argv[1:]
     if not runs:
@@ -29,9 +31,11 @@ def main(argv):
     curves = plot_runs(runs, png, FLAGS.labels, FLAGS.title)
     for d, c in zip(runs, curves):
         final = c["success"][:, -1]
-        print(f"{d}: {len(c['seeds'])} seeds, last eval at {c['env_steps'][-1]:,} env steps: "
-              f"success {final.mean():.1%} (min {final.min():.0%}, max {final.max():.0%}); "
-              f"base {c['base'].mean():.1%}")
+        print(
+            f"{d}: {len(c['seeds'])} seeds, last eval at {c['env_steps'][-1]:,} env steps: "
+            f"success {final.mean():.1%} (min {final.min():.0%}, max {final.max():.0%}); "
+            f"base {c['base'].mean():.1%}"
+        )
     print(f"Wrote {png}")
 
 

@@ -12,6 +12,7 @@
 Each stage is skipped when its output exists, and an interrupted residual run continues from
 its last checkpoint, so re-running the command picks up where it stopped.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,12 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("task", "PickPlace", "Task with a residual preset (PickPlace, PegInsertion, "
-                    "BimanualHandover, PointReach, PixelPointReach).")
+flags.DEFINE_string(
+    "task",
+    "PickPlace",
+    "Task with a residual preset (PickPlace, PegInsertion, "
+    "BimanualHandover, PointReach, PixelPointReach).",
+)
 flags.DEFINE_string("out", os.path.join("runs", "quickstart"), "Output directory.")
 flags.DEFINE_integer("seeds", 1, "Residual seeds (vmapped in one process).")
 flags.DEFINE_integer("demo_episodes", 30, "Expert demos for BC and the offline buffer.")
@@ -30,22 +35,23 @@ flags.DEFINE_integer("demo_episodes", 30, "Expert demos for BC and the offline b
 def main(argv):
     del argv
     from resfit_jax.run.runtime import setup_script
+
     setup_script()
+    from resfit_jax import envs
     from resfit_jax.bc.frozen import open_base
     from resfit_jax.bc.pipeline import train_bc
-    from resfit_jax import envs
-    from resfit_jax.observations import camera_shapes, state_size
-    from resfit_jax.run.configs import config_lines, resolve
     from resfit_jax.data import read_episodes
     from resfit_jax.data.demos import make_demos
+    from resfit_jax.observations import camera_shapes, state_size
+    from resfit_jax.run.checkpointing import content_hash
+    from resfit_jax.run.configs import config_lines, resolve
     from resfit_jax.run.plotting import plot_runs
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.report import results_table
     from resfit_jax.sim.trainer import make_trainer, train_residual
-    from resfit_jax.run.checkpointing import content_hash
 
     t0 = time.time()
-    cfg = resolve(lambda: preset(FLAGS.task, "cpu"))   # bad flags fail first
+    cfg = resolve(lambda: preset(FLAGS.task, "cpu"))  # bad flags fail first
     task_name, out = FLAGS.task, os.path.abspath(FLAGS.out)
     demos_root = os.path.join(out, "demos")
     demos = os.path.join(demos_root, "resfit_demos", "1.0.0")
@@ -61,27 +67,38 @@ def main(argv):
         print("[2/3] BC base: ACT chunk policy, CPU preset")
         train_bc(task_name, bc_dir, demos)
     task = envs.make(task_name)
-    base, base_info = open_base(bc_dir, state_size(task.observation_spec), task.action_size,
-                                cameras=camera_shapes(task.observation_spec))
+    base, base_info = open_base(
+        bc_dir,
+        state_size(task.observation_spec),
+        task.action_size,
+        cameras=camera_shapes(task.observation_spec),
+    )
     print(f"[3/3] ResFiT residual, CPU preset:\n{config_lines(cfg)}")
     trainer = make_trainer(task, base, read_episodes(demos), cfg, list(range(FLAGS.seeds)))
     res_dir = os.path.join(out, "residual")
     resume = os.path.isdir(os.path.join(res_dir, "checkpoints"))
-    summary = train_residual(trainer, res_dir, resume=resume, task_name=task_name,
-                             extra_info={"base": bc_dir, "demos": demos, "scale": "cpu"},
-                             identity={"base": content_hash(base_info["path"]),
-                                       "demos": content_hash(demos)})
+    summary = train_residual(
+        trainer,
+        res_dir,
+        resume=resume,
+        task_name=task_name,
+        extra_info={"base": bc_dir, "demos": demos, "scale": "cpu"},
+        identity={"base": content_hash(base_info["path"]), "demos": content_hash(demos)},
+    )
     png = os.path.join(res_dir, "curves.png")
     plot_runs([res_dir], png, labels=["ResFiT"], title=f"{task_name}: ResFiT on a BC base")
     print()
     print(results_table(summary))
-    print(f"\nLearning curves: {png}\nTotal wall clock: {(time.time() - t0) / 60:.1f} min "
-          f"on {os.cpu_count()} CPU cores")
+    print(
+        f"\nLearning curves: {png}\nTotal wall clock: {(time.time() - t0) / 60:.1f} min "
+        f"on {os.cpu_count()} CPU cores"
+    )
 
 
 def run():
     """Console script ``resfit-quickstart``."""
     from resfit_jax.run.configs import config_flag_parser
+
     app.run(main, flags_parser=config_flag_parser)
 
 

@@ -13,6 +13,7 @@ the home pose) and ``base`` (a frozen BC base: ``--base=runs/bc/PickPlace/checkp
 export dir). Trained residual policies plug into ``rollout_states`` the same way, through
 ``policy_init`` / ``policy_act``.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,11 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("task", "PickPlace", "Registered task name.")
 flags.DEFINE_enum("policy", "expert", ["expert", "home", "base"], "Which policy to roll out.")
-flags.DEFINE_string("base", None, "For --policy=base: a train_bc checkpoint dir (<out>/checkpoint) "
-                    "or export dir (<out>/export).")
+flags.DEFINE_string(
+    "base",
+    None,
+    "For --policy=base: a train_bc checkpoint dir (<out>/checkpoint) or export dir (<out>/export).",
+)
 flags.DEFINE_float("noise", 0.0, "Expert style noise (0 = clean expert).")
 flags.DEFINE_integer("seed", 0, "Episode seed.")
 flags.DEFINE_string("out", None, "Output file (.mp4 or .gif); default runs/videos/<task>.mp4.")
@@ -46,8 +50,9 @@ def rollout_states(task, policy_init, policy_act, seed: int = 0):
     def run(key):
         k_env, k_pol = jax.random.split(key)
         s0, p0 = env.reset(k_env), policy_init(k_pol)
-        pick = lambda s: {k: getattr(s.data["mjx"], k)
-                          for k in ("qpos", "qvel", "mocap_pos", "mocap_quat")}
+        pick = lambda s: {
+            k: getattr(s.data["mjx"], k) for k in ("qpos", "qvel", "mocap_pos", "mocap_quat")
+        }
 
         def body(c, _):
             s, p, done = c
@@ -65,8 +70,9 @@ def rollout_states(task, policy_init, policy_act, seed: int = 0):
     return {k: np.asarray(v)[:n] for k, v in frames.items()}, int(steps), bool(success)
 
 
-def render_states(mj_model, states: dict, camera: str = "front", width: int = 480,
-                  height: int = 360) -> list:
+def render_states(
+    mj_model, states: dict, camera: str = "front", width: int = 480, height: int = 360
+) -> list:
     """RGB frames [H, W, 3] uint8 for each recorded state (MuJoCo C offscreen renderer)."""
     import mujoco
 
@@ -91,11 +97,14 @@ def write_video(frames: list, path: str, fps: float) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.endswith(".gif"):
         from PIL import Image
+
         images = [Image.fromarray(f) for f in frames]
-        images[0].save(path, save_all=True, append_images=images[1:],
-                       duration=int(1000 / fps), loop=0)
+        images[0].save(
+            path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
+        )
     elif path.endswith(".mp4"):
         import imageio_ffmpeg
+
         h, w = frames[0].shape[:2]
         writer = imageio_ffmpeg.write_frames(path, (w, h), fps=fps, macro_block_size=1)
         writer.send(None)
@@ -116,12 +125,14 @@ def _load_base(path: str | None, task):
     if os.path.exists(os.path.join(path, METADATA_FILE)):
         return load_exported_base(path, obs_dim, action_dim)
     from resfit_jax.bc.frozen import load_base
+
     return load_base(path, obs_dim, action_dim)[0]
 
 
 def main(argv):
     del argv
     from resfit_jax.run.runtime import setup_script
+
     setup_script()
     import jax.numpy as jnp
 
@@ -146,8 +157,10 @@ def main(argv):
     frames = render_states(task.mj_model, states, FLAGS.camera, FLAGS.width, FLAGS.height)
     out = FLAGS.out or os.path.join("runs", "videos", f"{FLAGS.task}.mp4")
     write_video(frames, out, fps=1.0 / task.dt)
-    print(f"{FLAGS.task} {FLAGS.policy}: {steps} steps, success={success}; "
-          f"{len(frames)} frames -> {out}")
+    print(
+        f"{FLAGS.task} {FLAGS.policy}: {steps} steps, success={success}; "
+        f"{len(frames)} frames -> {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ demos. Labels: "terminal" (type s / f / a / x + Enter while an episode runs) or 
 (the simulated robot's ground truth). Run again with the same --out to continue: the replay
 is rebuilt from <out>/journal and the learner restored from <out>/checkpoints.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,24 +24,35 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("address", None, "Robot server host:port.")
-flags.DEFINE_string("key_file", None, "File holding the robot's shared key (else "
-                    "$RESFIT_ROBOT_KEY).")
+flags.DEFINE_string(
+    "key_file", None, "File holding the robot's shared key (else $RESFIT_ROBOT_KEY)."
+)
 flags.DEFINE_bool("spawn_sim", False, "Start a simulated robot server of --task locally.")
 flags.DEFINE_float("sim_latency_s", 0.002, "Simulated robot: reply latency (s).")
 flags.DEFINE_float("sim_jitter_s", 0.002, "Simulated robot: uniform reply jitter (s).")
 flags.DEFINE_string("task", "PickPlace", "Task the base was trained for.")
-flags.DEFINE_string("base", None, "BC base: train_bc run / checkpoint / export directory "
-                    "(default runs/bc/<task>).")
-flags.DEFINE_string("demos", None, "RLDS demos (normalizers, offline buffer, safety limits); "
-                    "default: the base's.")
+flags.DEFINE_string(
+    "base", None, "BC base: train_bc run / checkpoint / export directory (default runs/bc/<task>)."
+)
+flags.DEFINE_string(
+    "demos", None, "RLDS demos (normalizers, offline buffer, safety limits); default: the base's."
+)
 flags.DEFINE_string("out", None, "Run directory (default runs/robot/<task>).")
 flags.DEFINE_integer("episodes", 10, "Episodes to run now.")
 flags.DEFINE_enum("labels", "terminal", ["terminal", "oracle"], "Who labels episodes.")
-flags.DEFINE_enum("evaluate", None, ["eval", "base"], "Evaluate instead of training: the "
-                  "deterministic residual, or the base alone.")
+flags.DEFINE_enum(
+    "evaluate",
+    None,
+    ["eval", "base"],
+    "Evaluate instead of training: the deterministic residual, or the base alone.",
+)
 flags.DEFINE_enum("mode", "sync", ["sync", "async"], "Learner mode.")
-flags.DEFINE_enum("sync_every", "episode", ["step", "episode"], "Sync mode: update after "
-                  "every step or after every episode.")
+flags.DEFINE_enum(
+    "sync_every",
+    "episode",
+    ["step", "episode"],
+    "Sync mode: update after every step or after every episode.",
+)
 flags.DEFINE_integer("updates_per_step", 1, "Learner updates per env step (sync mode).")
 flags.DEFINE_integer("warmup_episodes", 2, "Episodes of base + warm-up noise before learning.")
 flags.DEFINE_integer("critic_warmup", 500, "Critic-only updates after the warm-up episodes.")
@@ -56,19 +68,20 @@ def main(argv):
     import numpy as np
 
     from resfit_jax.run.runtime import setup_script
+
     setup_script()
-    from resfit_jax.bc.frozen import open_base_and_demos
     from resfit_jax import envs
     from resfit_jax.agents.residual_td3 import make_learner
-    from resfit_jax.run.configs import config_lines, resolve, usage_error
-    from resfit_jax.replay.demos import fit_normalizer, offline_buffer
-    from resfit_jax.run.locks import RunLockedError
+    from resfit_jax.bc.frozen import open_base_and_demos
     from resfit_jax.observations import camera_shapes, state_size
+    from resfit_jax.replay.demos import fit_normalizer, offline_buffer
     from resfit_jax.robot.link import LinkError
     from resfit_jax.robot.loop import EmergencyStop, LoopConfig, SafetyLimits
     from resfit_jax.robot.operator import TerminalLabeller, oracle_labeller
     from resfit_jax.robot.sim_server import RemoteRobot, read_key, spawn_server
     from resfit_jax.robot.trainer import RobotTrainConfig, RobotTrainer
+    from resfit_jax.run.configs import config_lines, resolve, usage_error
+    from resfit_jax.run.locks import RunLockedError
     from resfit_jax.sim.presets import preset
 
     # flags, config, base and demos are checked before any robot is touched
@@ -85,34 +98,52 @@ def main(argv):
         sim_cfg = preset(FLAGS.task, "cpu")
     except (KeyError, ValueError) as e:
         usage_error(str(e).strip('"'))
-    spec = task.observation_spec                  # a camera task (PixelPickPlace): a dict
+    spec = task.observation_spec  # a camera task (PixelPickPlace): a dict
     obs_dim, act_dim, cameras = state_size(spec), task.action_size, camera_shapes(spec)
     horizon = FLAGS.max_steps or task.horizon
     hz = FLAGS.control_hz or 1.0 / task.dt
-    cfg = resolve(lambda: RobotTrainConfig(
-        learner=sim_cfg.learner, replay=dataclasses.replace(sim_cfg.replay, capacity=100_000),
-        loop=LoopConfig(control_hz=hz, max_episode_steps=horizon,
-                        max_overruns=FLAGS.max_overruns),
-        mode=FLAGS.mode, sync_every=FLAGS.sync_every, updates_per_step=FLAGS.updates_per_step,
-        warmup_episodes=FLAGS.warmup_episodes, warmup_noise=sim_cfg.warmup_noise,
-        critic_warmup_updates=FLAGS.critic_warmup, seed=FLAGS.seed))
+    cfg = resolve(
+        lambda: RobotTrainConfig(
+            learner=sim_cfg.learner,
+            replay=dataclasses.replace(sim_cfg.replay, capacity=100_000),
+            loop=LoopConfig(
+                control_hz=hz, max_episode_steps=horizon, max_overruns=FLAGS.max_overruns
+            ),
+            mode=FLAGS.mode,
+            sync_every=FLAGS.sync_every,
+            updates_per_step=FLAGS.updates_per_step,
+            warmup_episodes=FLAGS.warmup_episodes,
+            warmup_noise=sim_cfg.warmup_noise,
+            critic_warmup_updates=FLAGS.critic_warmup,
+            seed=FLAGS.seed,
+        )
+    )
     try:
         base, info, demos_dir, demos = open_base_and_demos(
-            FLAGS.base or os.path.join("runs", "bc", FLAGS.task), FLAGS.demos, obs_dim, act_dim,
-            cameras=cameras)
+            FLAGS.base or os.path.join("runs", "bc", FLAGS.task),
+            FLAGS.demos,
+            obs_dim,
+            act_dim,
+            cameras=cameras,
+        )
     except (FileNotFoundError, ValueError) as e:
         usage_error(str(e))
     print(f"Resolved config:\n{config_lines(cfg)}")
-    normalizer = fit_normalizer(demos, cfg.learner.action_scale, sim_cfg.action_margin,
-                                sim_cfg.obs_min_std)
+    normalizer = fit_normalizer(
+        demos, cfg.learner.action_scale, sim_cfg.action_margin, sim_cfg.obs_min_std
+    )
     learner = make_learner(cfg.learner, spec, act_dim)
-    offline = (offline_buffer(demos, base, normalizer, cfg.replay.demo_writer())
-               if cfg.replay.offline_fraction > 0 else None)
+    offline = (
+        offline_buffer(demos, base, normalizer, cfg.replay.demo_writer())
+        if cfg.replay.offline_fraction > 0
+        else None
+    )
 
     server = None
     if FLAGS.spawn_sim:
-        server, address, key = spawn_server(FLAGS.task, latency_s=FLAGS.sim_latency_s,
-                                            jitter_s=FLAGS.sim_jitter_s, seed=FLAGS.seed)
+        server, address, key = spawn_server(
+            FLAGS.task, latency_s=FLAGS.sim_latency_s, jitter_s=FLAGS.sim_jitter_s, seed=FLAGS.seed
+        )
         print(f"started a simulated {FLAGS.task} robot at {address}")
     else:
         address = FLAGS.address
@@ -123,30 +154,47 @@ def main(argv):
             usage_error(str(e))
         if (robot.observation_size, robot.action_size) != (obs_dim, act_dim):
             robot.close()
-            usage_error(f"The robot has observation/action sizes {robot.observation_size}/"
-                        f"{robot.action_size}; task {FLAGS.task} (and its base) has "
-                        f"{obs_dim}/{act_dim}.")
+            usage_error(
+                f"The robot has observation/action sizes {robot.observation_size}/"
+                f"{robot.action_size}; task {FLAGS.task} (and its base) has "
+                f"{obs_dim}/{act_dim}."
+            )
         if not FLAGS.control_hz and "control_hz" in robot.spec:
-            cfg = dataclasses.replace(cfg, loop=dataclasses.replace(
-                cfg.loop, control_hz=float(robot.spec["control_hz"])))
-        limits = SafetyLimits.from_demos(demos, np.asarray(task.action_low),
-                                         np.asarray(task.action_high), FLAGS.max_delta_margin,
-                                         robot.spec.get("action_obs_index",
-                                                        getattr(task, "action_obs_index", None)))
-        print(f"Safety limits: low {np.round(limits.low, 3)}, high {np.round(limits.high, 3)}, "
-              f"max change per step {np.round(limits.max_delta, 3)}")
+            cfg = dataclasses.replace(
+                cfg, loop=dataclasses.replace(cfg.loop, control_hz=float(robot.spec["control_hz"]))
+            )
+        limits = SafetyLimits.from_demos(
+            demos,
+            np.asarray(task.action_low),
+            np.asarray(task.action_high),
+            FLAGS.max_delta_margin,
+            robot.spec.get("action_obs_index", getattr(task, "action_obs_index", None)),
+        )
+        print(
+            f"Safety limits: low {np.round(limits.low, 3)}, high {np.round(limits.high, 3)}, "
+            f"max change per step {np.round(limits.max_delta, 3)}"
+        )
         out = FLAGS.out or os.path.join("runs", "robot", FLAGS.task)
         try:
-            trainer = RobotTrainer(cfg, base, learner, normalizer, offline, out,
-                                   {"task": FLAGS.task, "base": info["path"], "demos": demos_dir})
+            trainer = RobotTrainer(
+                cfg,
+                base,
+                learner,
+                normalizer,
+                offline,
+                out,
+                {"task": FLAGS.task, "base": info["path"], "demos": demos_dir},
+            )
         except (RunLockedError, ValueError) as e:
             robot.close()
             usage_error(str(e))
         if trainer.restored_step is not None or trainer.rebuilt["episodes"]:
-            print(f"Continuing {out}: learner checkpoint after "
-                  f"{trainer.progress.get('checkpoint_episodes', 0)} episodes, replay "
-                  f"rebuilt from {trainer.rebuilt['episodes']} journaled episodes "
-                  f"({trainer.rebuilt['env_steps']} steps)")
+            print(
+                f"Continuing {out}: learner checkpoint after "
+                f"{trainer.progress.get('checkpoint_episodes', 0)} episodes, replay "
+                f"rebuilt from {trainer.rebuilt['episodes']} journaled episodes "
+                f"({trainer.rebuilt['env_steps']} steps)"
+            )
         labeller = oracle_labeller(robot) if FLAGS.labels == "oracle" else TerminalLabeller()
         try:
             trainer.run(robot, labeller, limits, FLAGS.episodes, evaluate=FLAGS.evaluate)
@@ -155,9 +203,11 @@ def main(argv):
             return 2
         finally:
             c = trainer.counts()
-            print(f"{out}: {c['episodes']} episodes journaled ({c['usable_episodes']} usable, "
-                  f"{c['successes']} successes, {c['env_steps']} steps); journal "
-                  f"{trainer.journal.summary()}")
+            print(
+                f"{out}: {c['episodes']} episodes journaled ({c['usable_episodes']} usable, "
+                f"{c['successes']} successes, {c['env_steps']} steps); journal "
+                f"{trainer.journal.summary()}"
+            )
             trainer.close()
             robot.close()
     finally:
@@ -170,6 +220,7 @@ def main(argv):
 def run():
     """Console script ``resfit-robot``."""
     from resfit_jax.run.configs import config_flag_parser
+
     app.run(main, flags_parser=config_flag_parser)
 
 

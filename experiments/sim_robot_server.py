@@ -8,8 +8,8 @@ not show in the process list). Clients with another key are refused. Each comman
 the simulation by one control period; --latency_s and --jitter_s (uniform) delay every
 reply, like a real robot's transport. Prints "listening on HOST:PORT" when ready.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 from absl import app, flags
 
@@ -28,22 +28,30 @@ flags.DEFINE_integer("parent_pid", None, "Exit (robot stopped) when this process
 def main(argv):
     del argv
     from resfit_jax.run.runtime import setup_script
+
     setup_script()
-    from resfit_jax.run.configs import usage_error
     from resfit_jax.robot.sim_server import SimRobot, read_key, serve
+    from resfit_jax.run.configs import usage_error
 
     try:
         key = read_key(FLAGS.key_file)
     except (OSError, ValueError) as e:
         usage_error(str(e))
     try:
-        robot = SimRobot(FLAGS.task, seed=FLAGS.seed, latency_s=FLAGS.latency_s,
-                         jitter_s=FLAGS.jitter_s)
-        robot.reset()          # compile / warm the eager paths before announcing
+        robot = SimRobot(
+            FLAGS.task, seed=FLAGS.seed, latency_s=FLAGS.latency_s, jitter_s=FLAGS.jitter_s
+        )
+        robot.reset()  # compile / warm the eager paths before announcing
         robot.success()
-        serve(robot, FLAGS.host, FLAGS.port, key.encode(), max_clients=FLAGS.max_clients,
-              parent_pid=FLAGS.parent_pid)
-    except KeyboardInterrupt:               # Ctrl-C, or SIGTERM (setup_script)
+        serve(
+            robot,
+            FLAGS.host,
+            FLAGS.port,
+            key.encode(),
+            max_clients=FLAGS.max_clients,
+            parent_pid=FLAGS.parent_pid,
+        )
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (setup_script)
         print("sim robot server stopped")
 
 

@@ -22,6 +22,7 @@ Writes <out>/metrics.jsonl, TensorBoard under <out>/tb, orbax checkpoints under
 <out>/checkpoints, config.json and summary.json (the held-out evaluation paired against the
 base: churn, gain, McNemar p-value). Library logs are hidden; --verbosity=0 shows them.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,45 +30,74 @@ import os
 from absl import app, flags
 
 METHODS = ("resfit", "rlpd", "ibrl", "ppo", "fbc")
-SCALES = {"resfit": ("cpu", "paper"), "rlpd": ("cpu", "paper"), "ibrl": ("cpu", "paper"),
-          "ppo": ("cpu", "accelerator"), "fbc": ("cpu",)}
-RUN_DIRS = {"resfit": "residual", "rlpd": "rlpd", "ibrl": "ibrl", "ppo": "ppo",
-            "fbc": "filtered_bc"}
-METHOD_NAMES = {"resfit": "ResFiT", "rlpd": "Tuned RLPD", "ibrl": "IBRL",
-                "ppo": "residual PPO", "fbc": "Filtered BC"}
+SCALES = {
+    "resfit": ("cpu", "paper"),
+    "rlpd": ("cpu", "paper"),
+    "ibrl": ("cpu", "paper"),
+    "ppo": ("cpu", "accelerator"),
+    "fbc": ("cpu",),
+}
+RUN_DIRS = {
+    "resfit": "residual",
+    "rlpd": "rlpd",
+    "ibrl": "ibrl",
+    "ppo": "ppo",
+    "fbc": "filtered_bc",
+}
+METHOD_NAMES = {
+    "resfit": "ResFiT",
+    "rlpd": "Tuned RLPD",
+    "ibrl": "IBRL",
+    "ppo": "residual PPO",
+    "fbc": "Filtered BC",
+}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("task", "PickPlace", "Registered task name.")
-flags.DEFINE_enum("method", "resfit", METHODS, "What to train on the base (see the module "
-                  "docstring).")
-flags.DEFINE_string("base", None, "BC base: train_bc run / checkpoint / export directory "
-                    "(default runs/bc/<task>).")
+flags.DEFINE_enum(
+    "method", "resfit", METHODS, "What to train on the base (see the module docstring)."
+)
+flags.DEFINE_string(
+    "base", None, "BC base: train_bc run / checkpoint / export directory (default runs/bc/<task>)."
+)
 flags.DEFINE_string("demos", None, "RLDS demos (default: the base's).")
 flags.DEFINE_enum("scale", "cpu", ["cpu", "paper", "accelerator"], "Preset scale.")
 flags.DEFINE_integer("seeds", 1, "Number of seeds, trained vmapped in one process.")
 flags.DEFINE_integer("seed", 0, "First seed.")
 flags.DEFINE_string("out", None, "Run directory (default runs/<method dir>/<task>).")
 flags.DEFINE_bool("resume", False, "Continue the run in --out from its latest checkpoint.")
-flags.DEFINE_integer("stop_at", None, "Stop after the first checkpoint at or past this many "
-                     "main-loop env steps (resume later with --resume).")
-flags.DEFINE_string("coordinator", None, "Multi-host: host:port of process 0 (or "
-                    "RESFIT_JAX_COORDINATOR); run the same command on every host.")
+flags.DEFINE_integer(
+    "stop_at",
+    None,
+    "Stop after the first checkpoint at or past this many "
+    "main-loop env steps (resume later with --resume).",
+)
+flags.DEFINE_string(
+    "coordinator",
+    None,
+    "Multi-host: host:port of process 0 (or "
+    "RESFIT_JAX_COORDINATOR); run the same command on every host.",
+)
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (one per host).")
-flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (0 writes the "
-                     "run's files).")
+flags.DEFINE_integer(
+    "process_id", None, "Multi-host: this process's index (0 writes the run's files)."
+)
 
 
 def main(argv):
     del argv
     from resfit_jax.run.runtime import setup_script
+
     setup_script()
     from resfit_jax.run.configs import usage_error
     from resfit_jax.sharding import initialize_distributed, primary
 
     method = FLAGS.method
     if FLAGS.scale not in SCALES[method]:
-        usage_error(f"--scale={FLAGS.scale} does not exist for --method={method}; choose "
-                    f"from {', '.join(SCALES[method])}.")
+        usage_error(
+            f"--scale={FLAGS.scale} does not exist for --method={method}; choose "
+            f"from {', '.join(SCALES[method])}."
+        )
     if FLAGS.seeds < 1:
         usage_error(f"--seeds must be >= 1 (got {FLAGS.seeds}).")
     if method in ("ppo", "fbc") and (FLAGS.coordinator or FLAGS.num_processes):
@@ -86,34 +116,59 @@ def main(argv):
 
     cfg = resolve(lambda: method_preset(method, FLAGS.task, FLAGS.scale))
     task = envs.make(FLAGS.task)
-    say(f"Resolved config ({FLAGS.task}, {METHOD_NAMES[method]}, {FLAGS.scale}):\n"
-        f"{config_lines(cfg)}")
+    say(
+        f"Resolved config ({FLAGS.task}, {METHOD_NAMES[method]}, {FLAGS.scale}):\n"
+        f"{config_lines(cfg)}"
+    )
     if hasattr(cfg, "critic_steps_per_env_step"):
         say(f"critic steps per env step: {cfg.critic_steps_per_env_step:g}")
     base_dir = FLAGS.base or os.path.join("runs", "bc", FLAGS.task)
     try:
         base, info, demos, episodes = open_base_and_demos(
-            base_dir, FLAGS.demos, state_size(task.observation_spec), task.action_size,
-            cameras=camera_shapes(task.observation_spec))
+            base_dir,
+            FLAGS.demos,
+            state_size(task.observation_spec),
+            task.action_size,
+            cameras=camera_shapes(task.observation_spec),
+        )
         say(f"Base: {info['path']} ({info['format']}); {len(episodes)} demos from {demos}")
         seeds = list(range(FLAGS.seed, FLAGS.seed + FLAGS.seeds))
-        trainer, train = method_trainer(method, FLAGS.task, (task, base, episodes), seeds,
-                                        config_overrides(), FLAGS.scale, base_dir)
-    except (FileNotFoundError, ValueError) as e:   # e.g. a --config.mesh with more devices
-        usage_error(str(e))                         # than this machine has
+        trainer, train = method_trainer(
+            method,
+            FLAGS.task,
+            (task, base, episodes),
+            seeds,
+            config_overrides(),
+            FLAGS.scale,
+            base_dir,
+        )
+    except (FileNotFoundError, ValueError) as e:  # e.g. a --config.mesh with more devices
+        usage_error(str(e))  # than this machine has
     if method == "ppo":
-        say(f"{trainer.iterations} PPO iterations of {trainer.env_steps_per_chunk:,} env steps "
-            f"({cfg.num_envs} envs x {trainer.loop.rollout_length} steps) per seed")
+        say(
+            f"{trainer.iterations} PPO iterations of {trainer.env_steps_per_chunk:,} env steps "
+            f"({cfg.num_envs} envs x {trainer.loop.rollout_length} steps) per seed"
+        )
     elif method == "fbc":
         say(f"{trainer.iterations} rounds of {cfg.num_envs} episodes")
     out = FLAGS.out or os.path.join("runs", RUN_DIRS[method], FLAGS.task)
     identity = {"base": content_hash(info["path"]), "demos": content_hash(demos)}
     try:
-        summary = train(trainer, out, resume=FLAGS.resume, task_name=FLAGS.task,
-                        stop_at_env_steps=FLAGS.stop_at, identity=identity,
-                        extra_info={"base": info["path"], "demos": demos, "scale": FLAGS.scale,
-                                    "method": RUN_METHOD_NAMES.get(method, method),
-                                    "overrides": config_overrides()})
+        summary = train(
+            trainer,
+            out,
+            resume=FLAGS.resume,
+            task_name=FLAGS.task,
+            stop_at_env_steps=FLAGS.stop_at,
+            identity=identity,
+            extra_info={
+                "base": info["path"],
+                "demos": demos,
+                "scale": FLAGS.scale,
+                "method": RUN_METHOD_NAMES.get(method, method),
+                "overrides": config_overrides(),
+            },
+        )
     except (RunLockedError, FileExistsError) as e:
         usage_error(str(e))
     except ValueError as e:
@@ -130,6 +185,7 @@ def main(argv):
 def run():
     """Console script ``resfit-train``."""
     from resfit_jax.run.configs import config_flag_parser
+
     app.run(main, flags_parser=config_flag_parser)
 
 

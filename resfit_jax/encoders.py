@@ -17,10 +17,12 @@ encoder has no params and is exactly the state learner's standardize-and-flatten
 ``random_shift`` is DrQ's augmentation: edge-pad each image by ``pad`` pixels and crop back
 at a random integer offset in [0, 2 * pad] per image (uint8 in, uint8 out).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -60,13 +62,14 @@ class SliceConv(nn.Module):
     features: int
     kernel_size: int = 3
     strides: int = 1
-    padding: str = "VALID"          # or "SAME" (nn.Conv's split of the padding)
+    padding: str = "VALID"  # or "SAME" (nn.Conv's split of the padding)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, s = self.kernel_size, self.strides
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (k, k, x.shape[-1], self.features))
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features)
+        )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if self.padding == "SAME":
             pads = []
@@ -76,8 +79,11 @@ class SliceConv(nn.Module):
             x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + pads + [(0, 0)])
         h, w = x.shape[-3], x.shape[-2]
         ho, wo = (h - k) // s + 1, (w - k) // s + 1
-        cols = [x[..., i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
-                for i in range(k) for j in range(k)]
+        cols = [
+            x[..., i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s, :]
+            for i in range(k)
+            for j in range(k)
+        ]
         return jnp.concatenate(cols, axis=-1) @ kernel.reshape(-1, self.features) + bias
 
 
@@ -108,7 +114,7 @@ class ViTEncoder(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.relu(SliceConv(32, 3, 1, "SAME", name="stem")(x))
         x = SliceConv(self.width, self.patch, self.patch, "VALID", name="patchify")(x)
-        tokens = x.reshape(x.shape[0], -1, self.width)                   # [B, N, width]
+        tokens = x.reshape(x.shape[0], -1, self.width)  # [B, N, width]
         pos = self.param("pos_embedding", nn.initializers.normal(0.02), tokens.shape[1:])
         tokens = tokens + pos
         h = nn.LayerNorm(epsilon=1e-5)(tokens)
@@ -129,8 +135,12 @@ class CameraEncoders(nn.Module):
     @nn.compact
     def __call__(self, images: Sequence[jax.Array]) -> jax.Array:
         cls = ConvEncoder if self.kind == "conv" else ViTEncoder
-        feats = [cls(feature_dim=self.feature_dim, name=f"camera{i}")(
-            img.astype(jnp.float32) / 255.0 - 0.5) for i, img in enumerate(images)]
+        feats = [
+            cls(feature_dim=self.feature_dim, name=f"camera{i}")(
+                img.astype(jnp.float32) / 255.0 - 0.5
+            )
+            for i, img in enumerate(images)
+        ]
         return jnp.concatenate(feats, axis=-1)
 
 
@@ -167,8 +177,11 @@ class ObservationEncoder:
     def init(self, key: jax.Array) -> PyTree:
         if not self.cameras:
             return {}
-        images = [jnp.zeros((1,) + s.shape, jnp.uint8)
-                  for s, pix in zip(jax.tree.leaves(self.spec), pixel_mask(self.spec)) if pix]
+        images = [
+            jnp.zeros((1,) + s.shape, jnp.uint8)
+            for s, pix in zip(jax.tree.leaves(self.spec), pixel_mask(self.spec))
+            if pix
+        ]
         return self.module.init(key, images)
 
     def split(self, obs: PyTree) -> tuple[list[jax.Array], list[jax.Array]]:
@@ -181,8 +194,11 @@ class ObservationEncoder:
         flat = [x.reshape(x.shape[: x.ndim - 1] + (-1,)).astype(jnp.float32) for x in state]
         feats = []
         if flat:
-            feats.append(normalizer.obs.normalize(flat[0] if len(flat) == 1 else
-                                                  jnp.concatenate(flat, axis=-1)))
+            feats.append(
+                normalizer.obs.normalize(
+                    flat[0] if len(flat) == 1 else jnp.concatenate(flat, axis=-1)
+                )
+            )
         if images:
             batch = images[0].shape[:-3]
             enc = self.module.apply(params, [x.reshape((-1,) + x.shape[-3:]) for x in images])
@@ -196,8 +212,10 @@ class ObservationEncoder:
             return obs
         leaves, treedef = jax.tree.flatten(obs)
         keys = iter(jax.random.split(key, len(leaves)))
-        out = [random_shift(next(keys), x, pad) if p else x
-               for x, p in zip(leaves, pixel_mask(self.spec))]
+        out = [
+            random_shift(next(keys), x, pad) if p else x
+            for x, p in zip(leaves, pixel_mask(self.spec))
+        ]
         return jax.tree.unflatten(treedef, out)
 
 

@@ -12,6 +12,7 @@ learner's own; a learner with a stochastic policy of its own may ignore it). ``k
 ``state.rng`` are typed PRNG keys (``jax.random.key``). Every function is pure and works
 under jit and vmap.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
@@ -31,12 +32,19 @@ class Learner(Protocol):
 
     def init(self, key: jax.Array, normalizer: Normalizer | None = None) -> PyTree: ...
 
-    def act(self, state: PyTree, obs: PyTree, base_action: jax.Array, key: jax.Array,
-            deterministic: bool = False, std: float | jax.Array | None = None
-            ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+    def act(
+        self,
+        state: PyTree,
+        obs: PyTree,
+        base_action: jax.Array,
+        key: jax.Array,
+        deterministic: bool = False,
+        std: float | jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
-    def update(self, state: PyTree, online: Transition, offline: Transition | None
-               ) -> tuple[PyTree, dict[str, jax.Array]]: ...
+    def update(
+        self, state: PyTree, online: Transition, offline: Transition | None
+    ) -> tuple[PyTree, dict[str, jax.Array]]: ...
 
 
 def has_critic_warmup(learner: Learner) -> bool:

@@ -12,9 +12,10 @@ Initialisation follows the reference PyTorch release: actor hidden layers orthog
 with zero bias; critic layers PyTorch's default (kernel and bias ~ U(+-1/sqrt(fan_in)));
 LayerNorm epsilon 1e-5.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -49,11 +50,15 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         for width in self.hidden_dims:
             if self.init == "orthogonal":
-                dense = nn.Dense(width, kernel_init=nn.initializers.orthogonal(1.0),
-                                 bias_init=nn.initializers.zeros)
+                dense = nn.Dense(
+                    width,
+                    kernel_init=nn.initializers.orthogonal(1.0),
+                    bias_init=nn.initializers.zeros,
+                )
             elif self.init == "torch":
-                dense = nn.Dense(width, kernel_init=torch_kernel_init(),
-                                 bias_init=torch_bias_init(x.shape[-1]))
+                dense = nn.Dense(
+                    width, kernel_init=torch_kernel_init(), bias_init=torch_bias_init(x.shape[-1])
+                )
             else:
                 raise ValueError(f"MLP.init must be 'orthogonal' or 'torch', got {self.init!r}.")
             x = dense(x)
@@ -81,11 +86,19 @@ class ResidualActor(nn.Module):
         x = jnp.concatenate([features, base_action], axis=-1)
         x = MLP(self.hidden_dims, self.layer_norm, init="orthogonal")(x)
         if self.zero_init_output:
-            out = nn.Dense(self.action_dim, kernel_init=nn.initializers.zeros,
-                           bias_init=nn.initializers.zeros, name="output")
+            out = nn.Dense(
+                self.action_dim,
+                kernel_init=nn.initializers.zeros,
+                bias_init=nn.initializers.zeros,
+                name="output",
+            )
         else:
-            out = nn.Dense(self.action_dim, kernel_init=torch_kernel_init(),
-                           bias_init=torch_bias_init(x.shape[-1]), name="output")
+            out = nn.Dense(
+                self.action_dim,
+                kernel_init=torch_kernel_init(),
+                bias_init=torch_bias_init(x.shape[-1]),
+                name="output",
+            )
         return self.action_scale * jnp.tanh(out(x))
 
 

@@ -1,15 +1,18 @@
 """Observation layouts: a flat state vector, or a dict of a state vector and camera images.
 
     obs = x                                  # state task: float [..., D]
-    obs = {"state": x, "top": img, ...}      # pixel task: x float [..., D], img uint8 [..., H, W, 3]
+    obs = {"state": x, "top": img, ...}      # pixel task: x float [..., D],
+                                             #             img uint8 [..., H, W, 3]
 
 What the loops add to the learner's observation (the base's chunk features, the persistent
 offset, the time feature) is appended to the state vector, so the learner's ``Normalizer``
 always standardizes one vector, whichever layout the task has.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +29,10 @@ def state_of(obs: PyTree) -> Any:
     """The state vector [..., D] of an observation (flat or dict)."""
     if is_dict(obs):
         if STATE not in obs:
-            raise ValueError(f"A dict observation needs a {STATE!r} vector next to its camera "
-                             f"fields; got keys {sorted(obs)}.")
+            raise ValueError(
+                f"A dict observation needs a {STATE!r} vector next to its camera "
+                f"fields; got keys {sorted(obs)}."
+            )
         return obs[STATE]
     return obs
 
@@ -43,8 +48,9 @@ def append_state(obs: PyTree, *parts: jax.Array) -> PyTree:
     """Append vectors [..., F_i] to the state vector [..., D] (in the state's dtype)."""
     if not parts:
         return obs
-    return map_state(obs, lambda x: jnp.concatenate([x] + [p.astype(x.dtype) for p in parts],
-                                                    axis=-1))
+    return map_state(
+        obs, lambda x: jnp.concatenate([x] + [p.astype(x.dtype) for p in parts], axis=-1)
+    )
 
 
 def state_size(spec: PyTree) -> int:

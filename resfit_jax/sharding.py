@@ -24,16 +24,19 @@ Randomness drawn per sample inside an update (target-policy noise) is drawn at t
 batch shape and sliced (``local_draw``): a sharded update equals the unsharded update of the
 global batch [shard 0's samples, shard 1's samples, ...], up to float reduction order.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 PyTree = Any
 DATA, SHARDS, SEED = "data", "shards", "seed"
@@ -89,7 +92,7 @@ def reduce_across(metrics: dict, axis_name, sums: Sequence[str] = ()) -> dict:
         elif k == "nonfinite_mask":
             v = jnp.asarray(v)
             bits = jnp.arange(8 * v.dtype.itemsize, dtype=v.dtype)
-            any_bit = jax.lax.pmax((v[..., None] >> bits) & 1, axes)    # OR, bit by bit
+            any_bit = jax.lax.pmax((v[..., None] >> bits) & 1, axes)  # OR, bit by bit
             out[k] = (any_bit << bits).sum(axis=-1).astype(v.dtype)
         elif k.endswith("_max"):
             out[k] = jax.lax.pmax(v, axes)
@@ -109,10 +112,16 @@ def make_mesh(data: int = 1, seed: int = 1, devices: Sequence[Any] | None = None
     if data < 1 or seed < 1:
         raise ValueError(f"mesh sizes must be >= 1 (got data={data}, seed={seed}).")
     if need > len(devices):
-        hint = (" On a CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N before "
-                "JAX is imported to get N host devices." if devices[0].platform == "cpu" else "")
-        raise ValueError(f"A mesh of data={data} x seed={seed} needs {need} devices; "
-                         f"{len(devices)} are visible ({devices[0].platform}).{hint}")
+        hint = (
+            " On a CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N before "
+            "JAX is imported to get N host devices."
+            if devices[0].platform == "cpu"
+            else ""
+        )
+        raise ValueError(
+            f"A mesh of data={data} x seed={seed} needs {need} devices; "
+            f"{len(devices)} are visible ({devices[0].platform}).{hint}"
+        )
     grid = np.asarray(devices[:need], dtype=object).reshape(int(data), int(seed))
     return Mesh(grid, (DATA, SEED), axis_types=(AxisType.Auto, AxisType.Auto))
 
@@ -132,14 +141,19 @@ class Layout:
         d, m = self.data_devices, self.seed_devices
         errors = []
         if self.shards < 1 or self.shards % d:
-            errors.append(f"shards ({self.shards}) must be a multiple of the mesh's data size "
-                          f"({d})")
+            errors.append(
+                f"shards ({self.shards}) must be a multiple of the mesh's data size ({d})"
+            )
         if self.seeds % m:
-            errors.append(f"the number of seeds ({self.seeds}) must be a multiple of the "
-                          f"mesh's seed size ({m})")
+            errors.append(
+                f"the number of seeds ({self.seeds}) must be a multiple of the "
+                f"mesh's seed size ({m})"
+            )
         if m > 1 and self.shards != d:
-            errors.append("with seeds split over devices, use one shard per data device "
-                          f"(shards={self.shards}, data devices={d})")
+            errors.append(
+                "with seeds split over devices, use one shard per data device "
+                f"(shards={self.shards}, data devices={d})"
+            )
         if errors:
             raise ValueError("Layout: " + "; ".join(errors) + ".")
 
@@ -166,16 +180,18 @@ class Layout:
         return rep.replace(**{learner_field: learner})
 
     def shardings(self, specs: PyTree) -> PyTree:
-        return jax.tree.map(lambda s: NamedSharding(self.mesh, s), specs,
-                            is_leaf=lambda x: isinstance(x, P))
+        return jax.tree.map(
+            lambda s: NamedSharding(self.mesh, s), specs, is_leaf=lambda x: isinstance(x, P)
+        )
 
     # ------------------------------------------------------------------------ wrappers
     def _map(self, per_device: Callable, in_specs, out_specs) -> Callable:
-        return jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs,
-                             out_specs=out_specs, check_vma=False)
+        return jax.shard_map(
+            per_device, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+        )
 
-    def _split(self, x):        # local replicas [k * s, ...] -> [k, s, ...] (sizes explicit:
-        k = self.per_device     # MJX states hold zero-size leaves)
+    def _split(self, x):  # local replicas [k * s, ...] -> [k, s, ...] (sizes explicit:
+        k = self.per_device  # MJX states hold zero-size leaves)
         return x.reshape((k, x.shape[0] // k) + x.shape[1:])
 
     def _merge(self, x):
@@ -186,12 +202,15 @@ class Layout:
         ``local_init(key, learner_state)`` per (shard, seed), from the split of each seed's
         key; shard n > 0 folds n into the loop key (shard 0 keeps it, so one shard is the
         unsharded run)."""
-        def per_device(keys):                              # [s] seed keys of this device
+
+        def per_device(keys):  # [s] seed keys of this device
             k_loop, k_learn = _split_keys(keys)
             learner = jax.vmap(learner_init)(k_learn)
             first = jax.lax.axis_index(DATA) * self.per_device
-            states = [jax.vmap(local_init)(jax.vmap(lambda k: shard_key(k, first + j))(k_loop),
-                                           learner) for j in range(self.per_device)]
+            states = [
+                jax.vmap(local_init)(jax.vmap(lambda k: shard_key(k, first + j))(k_loop), learner)
+                for j in range(self.per_device)
+            ]
             stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *states)
             return stacked.replace(learner_state=learner)
 
@@ -199,8 +218,10 @@ class Layout:
             def probe(keys):
                 k_loop, k_learn = _split_keys(keys)
                 return jax.vmap(local_init)(k_loop, jax.vmap(learner_init)(k_learn))
+
             specs = self.state_specs(jax.eval_shape(probe, keys[:1]))
             return self._map(per_device, (self.spec(False),), specs)(keys)
+
         return jax.jit(build)
 
     def chunk(self, local_fn: Callable, sums: Sequence[str] = ()) -> Callable:
@@ -209,15 +230,18 @@ class Layout:
         ``replicated`` arguments (e.g. the demo buffer) are the same for every replica.
         Metrics are reduced over the shards with ``reduce_across`` (``sums`` are summed).
         The state is donated."""
+
         def per_device(state, *rep):
-            learner = state.learner_state                   # [s]
+            learner = state.learner_state  # [s]
             rest = jax.tree.map(self._split, state.replace(learner_state=None))
 
             def one_shard(rest_k):
                 def one_seed(r, lstate):
                     return local_fn(r.replace(learner_state=lstate), *rep)
+
                 out, metrics = jax.vmap(one_seed)(rest_k, learner)
                 return out, reduce_across(metrics, GRAD_AXES, sums)
+
             out, metrics = jax.vmap(one_shard, axis_name=SHARDS)(rest)
             learner_out = jax.tree.map(lambda x: x[0], out.learner_state)
             out = jax.tree.map(self._merge, out.replace(learner_state=None))
@@ -226,8 +250,10 @@ class Layout:
         def run(state, *rep):
             specs = self.state_specs(state)
             rep_specs = tuple(jax.tree.map(lambda _: P(), r) for r in rep)
-            return self._map(per_device, (specs,) + rep_specs, (specs, self.spec(False))
-                             )(state, *rep)
+            return self._map(per_device, (specs,) + rep_specs, (specs, self.spec(False)))(
+                state, *rep
+            )
+
         return jax.jit(run, donate_argnums=0)
 
 
@@ -258,13 +284,18 @@ def sharded_update(learner: Any, mesh: Mesh, method: str = "update") -> Callable
         def one(on, off):
             out, metrics = fn(state, on, off)
             return out, reduce_across(metrics, GRAD_AXES)
-        out = jax.vmap(one, axis_name=SHARDS)(jax.tree.map(lead, online),
-                                              jax.tree.map(lead, offline))
+
+        out = jax.vmap(one, axis_name=SHARDS)(
+            jax.tree.map(lead, online), jax.tree.map(lead, offline)
+        )
         return jax.tree.map(lambda x: x[0], out)
 
     batch = P(None, DATA)
-    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), batch, batch),
-                                 out_specs=P(), check_vma=False))
+    return jax.jit(
+        jax.shard_map(
+            per_device, mesh=mesh, in_specs=(P(), batch, batch), out_specs=P(), check_vma=False
+        )
+    )
 
 
 # ------------------------------------------------------------------------- multi-host
@@ -273,8 +304,9 @@ def primary() -> bool:
     return jax.process_index() == 0
 
 
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
+def initialize_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
     """``jax.distributed.initialize`` from the arguments or the environment
     (RESFIT_JAX_COORDINATOR host:port, RESFIT_JAX_NUM_PROCESSES, RESFIT_JAX_PROCESS_ID);
     coordinator "auto" leaves it to JAX's cluster detection (SLURM, Kubernetes, ...).
@@ -292,10 +324,13 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         jax.distributed.initialize()
         return True
     if not num_processes or process_id is None:
-        raise ValueError("A multi-process run needs the coordinator (host:port), the number "
-                         "of processes and this process's id: pass --coordinator, "
-                         "--num_processes and --process_id (or set RESFIT_JAX_COORDINATOR, "
-                         "RESFIT_JAX_NUM_PROCESSES and RESFIT_JAX_PROCESS_ID).")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+        raise ValueError(
+            "A multi-process run needs the coordinator (host:port), the number "
+            "of processes and this process's id: pass --coordinator, "
+            "--num_processes and --process_id (or set RESFIT_JAX_COORDINATOR, "
+            "RESFIT_JAX_NUM_PROCESSES and RESFIT_JAX_PROCESS_ID)."
+        )
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
     return True

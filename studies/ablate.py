@@ -27,9 +27,10 @@ A setting whose config equals an earlier one's (``nstep_3`` when the preset's n 
 that run. With ``--paper_ablations`` the paper's claims (``PAPER_CLAIMS``: UTD 4 beats 1/2
 and 1, 8 adds little, n > 1 is necessary, n = 10 no better than 3 or 5, LayerNorm, demos and
 the warm-up phases matter) are checked on the held-out episodes and printed with a verdict
-(``paper_claims`` in ablation.json). ``--rescore`` re-runs the held-out evaluation of finished settings recorded before each
-episode's outcome was kept, so they can be paired.
+(``paper_claims`` in ablation.json). ``--rescore`` re-runs the held-out evaluation of
+finished settings recorded before each episode's outcome was kept, so they can be paired.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -44,37 +45,59 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The script's flags (defined only when it runs, so importing it defines none)."""
     flags.DEFINE_string("task", "PickPlace", "Registered task name.")
-    flags.DEFINE_string("base", None, "BC base: train_bc run / checkpoint / export directory "
-                        "(default runs/bc/<task>); 'scripted' on PointReach: the biased "
-                        "scripted base with 60 expert demos.")
+    flags.DEFINE_string(
+        "base",
+        None,
+        "BC base: train_bc run / checkpoint / export directory "
+        "(default runs/bc/<task>); 'scripted' on PointReach: the biased "
+        "scripted base with 60 expert demos.",
+    )
     flags.DEFINE_string("demos", None, "RLDS demos for the offline buffer (default: the base's).")
     flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "Preset scale.")
-    flags.DEFINE_enum("method", "resfit", ["resfit", "rlpd", "ibrl"],
-                      "Learner of every setting: resfit or a baseline's recipe "
-                      "(resfit-train --method).")
+    flags.DEFINE_enum(
+        "method",
+        "resfit",
+        ["resfit", "rlpd", "ibrl"],
+        "Learner of every setting: resfit or a baseline's recipe (resfit-train --method).",
+    )
     flags.DEFINE_multi_string("factor", [], "FIELD=V1,V2,...: one factor and its values.")
     flags.DEFINE_multi_string("setting", [], "NAME:OVERRIDE;OVERRIDE: one named setting.")
     flags.DEFINE_integer("seeds", 3, "Seeds per setting, vmapped.")
     flags.DEFINE_bool("paper_ablations", False, "Add the paper's design ablations as settings.")
     flags.DEFINE_string("out", None, "Output directory (default runs/ablate/<task>).")
-    flags.DEFINE_bool("rescore", False, "Re-run the held-out final evaluation of finished "
-                      "settings recorded before per-episode outcomes were kept.")
-    flags.DEFINE_string("reference", None, "Setting every other one is compared with, episode "
-                        "by episode on the same held-out starts (default: the first).")
-    flags.DEFINE_bool("analyze_only", False, "Train nothing: report the finished settings "
-                      "(the others are listed as unfinished).")
+    flags.DEFINE_bool(
+        "rescore",
+        False,
+        "Re-run the held-out final evaluation of finished "
+        "settings recorded before per-episode outcomes were kept.",
+    )
+    flags.DEFINE_string(
+        "reference",
+        None,
+        "Setting every other one is compared with, episode "
+        "by episode on the same held-out starts (default: the first).",
+    )
+    flags.DEFINE_bool(
+        "analyze_only",
+        False,
+        "Train nothing: report the finished settings (the others are listed as unfinished).",
+    )
 
 
 def paper_ablations(num_envs: int, updates_per_step: int = 1) -> list[str]:
     """The paper's ablations as --setting strings for a preset with ``num_envs`` envs (UTD is
     set as critic steps per env step: replay.utd = x * num_envs / updates_per_step)."""
     utd = lambda x: max(1, round(x * num_envs / updates_per_step))
-    return ["preset:", "layernorm_off:learner.layer_norm=false",
-            "no_demos:replay.offline_fraction=0.0",
-            *(f"utd_{x:g}:replay.utd={utd(x)}" for x in (0.5, 1, 4, 8)),
-            *(f"nstep_{n}:replay.n_step={n}" for n in (1, 3, 5, 10)),
-            "heads_2:learner.num_critics=2", "heads_5:learner.num_critics=5",
-            "warmup_off:warmup_env_steps=0;critic_warmup_updates=0"]
+    return [
+        "preset:",
+        "layernorm_off:learner.layer_norm=false",
+        "no_demos:replay.offline_fraction=0.0",
+        *(f"utd_{x:g}:replay.utd={utd(x)}" for x in (0.5, 1, 4, 8)),
+        *(f"nstep_{n}:replay.n_step={n}" for n in (1, 3, 5, 10)),
+        "heads_2:learner.num_critics=2",
+        "heads_5:learner.num_critics=5",
+        "warmup_off:warmup_env_steps=0;critic_warmup_updates=0",
+    ]
 
 
 # The paper's qualitative claims about its ablations, as (claim, better, worse, kind) over
@@ -112,7 +135,7 @@ def paper_claims(summaries: dict[str, dict]) -> list[dict]:
             continue
         lo, hi = v["diff_ci_low"], v["diff_ci_high"]
         if kind == "better":
-            verdict = ("supported" if lo > 0 else "contradicted" if hi < 0 else "not supported")
+            verdict = "supported" if lo > 0 else "contradicted" if hi < 0 else "not supported"
         else:
             verdict = "contradicted" if lo > 0 else "supported"
         out.append(row | v | {"verdict": verdict})
@@ -120,13 +143,16 @@ def paper_claims(summaries: dict[str, dict]) -> list[dict]:
 
 
 def claims_table(claims: list[dict]) -> str:
-    from resfit_jax.sim.report import paired_header, paired_cells
+    from resfit_jax.sim.report import paired_cells, paired_header
 
     lines = [f"{'claim':<46}{paired_header('against', 'setting')}  verdict"]
     for c in claims:
-        blank = " " * (len(paired_header("", "")) - 22)      # the cells after the names
-        cells = (f"{c['against']:>11}{c['setting']:>11}{blank}"
-                 if c["verdict"] == "not measured" else paired_cells(c))
+        blank = " " * (len(paired_header("", "")) - 22)  # the cells after the names
+        cells = (
+            f"{c['against']:>11}{c['setting']:>11}{blank}"
+            if c["verdict"] == "not measured"
+            else paired_cells(c)
+        )
         lines.append(f"{c['claim'][:45]:<46}{cells}  {c['verdict']}")
     return "\n".join(lines)
 
@@ -143,8 +169,9 @@ def training_order(configs: list) -> list[int]:
     return sorted(range(len(configs)), key=lambda i: update_cost(configs[i]))
 
 
-def declared_rows(names: list[str], overrides: list[list[str]], same: dict[int, int],
-                  summaries: dict[int, dict]) -> tuple[list[dict], list[dict], list[str]]:
+def declared_rows(
+    names: list[str], overrides: list[list[str]], same: dict[int, int], summaries: dict[int, dict]
+) -> tuple[list[dict], list[dict], list[str]]:
     """Rows and summaries of the finished settings in declared order (a setting equal to an
     earlier one shares its summary), and the names of the unfinished ones."""
     rows, kept, unfinished = [], [], []
@@ -202,16 +229,26 @@ def settings(factors: list[str], named: list[str]) -> list[tuple[str, list[str]]
 
 def row(name: str, overrides: list[str], summary: dict) -> dict:
     p = summary["final"]["pooled"]
-    return {"setting": name, "overrides": overrides, "seeds": summary["seeds"],
-            "env_steps": summary["env_steps"], "episodes": p["episodes"],
-            "base_success_rate": p["base_success_rate"], "success_rate": p["success_rate"],
-            "fixed": p["fixed"], "broken": p["broken"], "gain": p["gain"], "churn": p["churn"],
-            "p_value": p["p_value"], "diff_ci_low": p["diff_ci_low"],
-            "diff_ci_high": p["diff_ci_high"],
-            "base_mean_success_length": p["base_mean_success_length"],
-            "mean_success_length": p["mean_success_length"],
-            "per_seed_success": [r["success_rate"] for r in summary["final"]["per_seed"]],
-            "wall_s": summary["wall_s"]}
+    return {
+        "setting": name,
+        "overrides": overrides,
+        "seeds": summary["seeds"],
+        "env_steps": summary["env_steps"],
+        "episodes": p["episodes"],
+        "base_success_rate": p["base_success_rate"],
+        "success_rate": p["success_rate"],
+        "fixed": p["fixed"],
+        "broken": p["broken"],
+        "gain": p["gain"],
+        "churn": p["churn"],
+        "p_value": p["p_value"],
+        "diff_ci_low": p["diff_ci_low"],
+        "diff_ci_high": p["diff_ci_high"],
+        "base_mean_success_length": p["base_mean_success_length"],
+        "mean_success_length": p["mean_success_length"],
+        "per_seed_success": [r["success_rate"] for r in summary["final"]["per_seed"]],
+        "wall_s": summary["wall_s"],
+    }
 
 
 def against_reference(rows: list[dict], summaries: list[dict], reference: str) -> None:
@@ -235,35 +272,43 @@ def against_reference(rows: list[dict], summaries: list[dict], reference: str) -
 
 
 def reference_table(rows: list[dict], reference: str) -> str:
-    from resfit_jax.sim.report import paired_header, paired_cells
+    from resfit_jax.sim.report import paired_cells, paired_header
 
     lines = [f"{'setting':<34}{paired_header(reference, 'setting')}"]
-    lines += [f"{r['setting'][:33]:<34}{paired_cells(r['vs_reference'])}"
-              for r in rows if r.get("vs_reference") is not None]
+    lines += [
+        f"{r['setting'][:33]:<34}{paired_cells(r['vs_reference'])}"
+        for r in rows
+        if r.get("vs_reference") is not None
+    ]
     return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
     fmt = lambda x: "-" if x is None else f"{x:.1f}"
-    lines = [f"{'setting':<34}{'BC':>7}{'final':>8}{'fixed':>7}{'broken':>8}{'churn':>7}"
-             f"{'gain':>7}{'p':>9}{'diff 95% CI':>17}{'steps':>13}"]
+    lines = [
+        f"{'setting':<34}{'BC':>7}{'final':>8}{'fixed':>7}{'broken':>8}{'churn':>7}"
+        f"{'gain':>7}{'p':>9}{'diff 95% CI':>17}{'steps':>13}"
+    ]
     for r in rows:
-        lines.append(f"{r['setting'][:33]:<34}{r['base_success_rate']:>7.1%}"
-                     f"{r['success_rate']:>8.1%}{r['fixed']:>7}{r['broken']:>8}{r['churn']:>7.1%}"
-                     f"{r['gain']:>7.1%}{r['p_value']:>9.2g}"
-                     f"{f'[{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}]':>17}"
-                     f"{fmt(r['base_mean_success_length']) + ' -> ' + fmt(r['mean_success_length']):>13}")
+        lines.append(
+            f"{r['setting'][:33]:<34}{r['base_success_rate']:>7.1%}"
+            f"{r['success_rate']:>8.1%}{r['fixed']:>7}{r['broken']:>8}{r['churn']:>7.1%}"
+            f"{r['gain']:>7.1%}{r['p_value']:>9.2g}"
+            f"{f'[{r["diff_ci_low"]:+.2f}, {r["diff_ci_high"]:+.2f}]':>17}"
+            f"{fmt(r['base_mean_success_length']) + ' -> ' + fmt(r['mean_success_length']):>13}"
+        )
     return "\n".join(lines)
 
 
 def main(argv):
     del argv
     from resfit_jax.run.runtime import setup_script
+
     setup_script()
-    from resfit_jax.sim.runs import open_inputs
     from resfit_jax.run.configs import config_overrides, resolve, usage_error
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.report import held_out_outcomes
+    from resfit_jax.sim.runs import open_inputs
     from resfit_jax.sim.trainer import make_trainer, rescore_run, train_residual
 
     named = list(FLAGS.setting)
@@ -275,9 +320,10 @@ def main(argv):
     except ValueError as e:
         usage_error(str(e))
     common = config_overrides()
-    configs = [(name, ovs, resolve(lambda: preset(FLAGS.task, FLAGS.scale, FLAGS.method),
-                                            common + ovs))
-               for name, ovs in runs]                  # every setting validated before training
+    configs = [
+        (name, ovs, resolve(lambda: preset(FLAGS.task, FLAGS.scale, FLAGS.method), common + ovs))
+        for name, ovs in runs
+    ]  # every setting validated before training
     try:
         task, base, episodes, identity, paths = open_inputs(FLAGS.task, FLAGS.base, FLAGS.demos)
     except (FileNotFoundError, ValueError) as e:
@@ -286,8 +332,10 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     reference = FLAGS.reference or configs[0][0]
     if reference not in [name for name, _, _ in configs]:
-        usage_error(f"--reference={reference!r} is not a setting; settings: "
-                    f"{[name for name, _, _ in configs]}.")
+        usage_error(
+            f"--reference={reference!r} is not a setting; settings: "
+            f"{[name for name, _, _ in configs]}."
+        )
     same = same_as_earlier([cfg for _, _, cfg in configs])
     summaries: dict[int, dict] = {}
     n = len(configs)
@@ -295,9 +343,11 @@ def main(argv):
         name, ovs, cfg = configs[i]
         run_dir = os.path.join(out, name.replace("/", "_"))
         done = os.path.join(run_dir, "summary.json")
-        if i in same:                        # e.g. nstep_3 when the preset's n is 3
-            print(f"[{step + 1}/{n}] {name}: the same config as {configs[same[i]][0]}, "
-                  "reusing its run")
+        if i in same:  # e.g. nstep_3 when the preset's n is 3
+            print(
+                f"[{step + 1}/{n}] {name}: the same config as {configs[same[i]][0]}, "
+                "reusing its run"
+            )
             continue
         if os.path.exists(done) and json.load(open(done)).get("complete"):
             print(f"[{step + 1}/{n}] {name}: done, reusing {run_dir}")
@@ -314,18 +364,29 @@ def main(argv):
             print(f"[{step + 1}/{n}] {name}: {' '.join(common + ovs) or 'preset'}")
             trainer = make_trainer(task, base, episodes, cfg, list(range(FLAGS.seeds)))
             resume = os.path.isdir(os.path.join(run_dir, "checkpoints"))
-            summary = train_residual(trainer, run_dir, resume=resume, task_name=FLAGS.task,
-                                     extra_info={"base": paths["base"],
-                                                 "demos": paths["demos"],
-                                                 "scale": FLAGS.scale, "method": FLAGS.method,
-                                                 "overrides": common + ovs},
-                                     identity=identity)
-            summary = {k: v for k, v in summary.items()      # the JSON part, not the states
-                       if k not in ("loop_state", "selected_state")}
+            summary = train_residual(
+                trainer,
+                run_dir,
+                resume=resume,
+                task_name=FLAGS.task,
+                extra_info={
+                    "base": paths["base"],
+                    "demos": paths["demos"],
+                    "scale": FLAGS.scale,
+                    "method": FLAGS.method,
+                    "overrides": common + ovs,
+                },
+                identity=identity,
+            )
+            summary = {
+                k: v
+                for k, v in summary.items()  # the JSON part, not the states
+                if k not in ("loop_state", "selected_state")
+            }
         summaries[i] = summary
     rows, finished_summaries, unfinished = declared_rows(
-        [name for name, _, _ in configs], [common + ovs for _, ovs, _ in configs], same,
-        summaries)
+        [name for name, _, _ in configs], [common + ovs for _, ovs, _ in configs], same, summaries
+    )
     if reference in [r["setting"] for r in rows]:
         against_reference(rows, finished_summaries, reference)
     else:
@@ -335,13 +396,20 @@ def main(argv):
     from resfit_jax.run.machine import machine_info
 
     base_name = paths["base"] if paths["base"] == "scripted" else os.path.relpath(paths["base"])
-    result = {"task": FLAGS.task, "base": base_name, "scale": FLAGS.scale,
-              "method": FLAGS.method,
-              "seeds": FLAGS.seeds, "machine": machine_info(), "rows": rows,
-              "unfinished": unfinished}
+    result = {
+        "task": FLAGS.task,
+        "base": base_name,
+        "scale": FLAGS.scale,
+        "method": FLAGS.method,
+        "seeds": FLAGS.seeds,
+        "machine": machine_info(),
+        "rows": rows,
+        "unfinished": unfinished,
+    }
     if FLAGS.paper_ablations:
-        result["paper_claims"] = paper_claims({r["setting"]: s for r, s in
-                                               zip(rows, finished_summaries)})
+        result["paper_claims"] = paper_claims(
+            {r["setting"]: s for r, s in zip(rows, finished_summaries)}
+        )
     with open(os.path.join(out, "ablation.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"\n{FLAGS.task}: held-out final evaluation, pooled over {FLAGS.seeds} seeds")
@@ -349,12 +417,16 @@ def main(argv):
     if unfinished:
         print(f"not finished yet: {', '.join(unfinished)}")
     if any(r["vs_reference"] is not None for r in rows):
-        print(f"\nAgainst {reference}, episode by episode on the same held-out starts "
-              "(fixed: the reference fails and the setting succeeds)")
+        print(
+            f"\nAgainst {reference}, episode by episode on the same held-out starts "
+            "(fixed: the reference fails and the setting succeeds)"
+        )
         print(reference_table(rows, reference))
     if "paper_claims" in result:
-        print("\nThe paper's claims, on the same held-out starts (success of the setting and of "
-              "the one it is compared with)")
+        print(
+            "\nThe paper's claims, on the same held-out starts (success of the setting and of "
+            "the one it is compared with)"
+        )
         print(claims_table(result["paper_claims"]))
     print(f"\nWrote {os.path.join(out, 'ablation.json')}")
 
@@ -362,4 +434,5 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     from resfit_jax.run.configs import config_flag_parser
+
     app.run(main, flags_parser=config_flag_parser)

@@ -10,6 +10,7 @@ seed plus the totals, with a transition matrix base -> residual on the same epis
 writes JSON with the machine description. This answers where a plateau comes from: failures
 the residual cannot reach (the object never grasped) or ones it could fix (placement).
 """
+
 from __future__ import annotations
 
 import collections
@@ -21,13 +22,17 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", "runs/residual/PickPlace", "A train_residual run directory.")
-flags.DEFINE_bool("base_only", False, "Classify the base's episodes only (no checkpoint "
-                  "needed, e.g. for a run written by an older version).")
+flags.DEFINE_bool(
+    "base_only",
+    False,
+    "Classify the base's episodes only (no checkpoint "
+    "needed, e.g. for a run written by an older version).",
+)
 flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/failures_<run>.json).")
 
-LIFT = 0.02      # m above the resting height that counts as lifted
-HELD = 0.045     # m: object centre within this of the tcp counts as held
-REACH = 0.025    # m: the tcp came this close to the object centre
+LIFT = 0.02  # m above the resting height that counts as lifted
+HELD = 0.045  # m: object centre within this of the tcp counts as held
+REACH = 0.025  # m: the tcp came this close to the object centre
 
 
 def _pickplace(obs: np.ndarray, success: bool) -> str:
@@ -42,12 +47,16 @@ def _pickplace(obs: np.ndarray, success: bool) -> str:
     inside = np.all(np.abs(end[:2] - tote) < TOTE_INNER_HALF - CUBE_HALF + 0.005)
     if cube[:, 2].max() < CUBE_HALF + LIFT:
         reached = np.linalg.norm(cube - tcp, axis=1).min() < REACH
-        return "grasp failed (reached the cube, never lifted)" if reached else \
-            "never reached the cube"
+        return (
+            "grasp failed (reached the cube, never lifted)" if reached else "never reached the cube"
+        )
     if held:
         over = np.all(np.abs(end[:2] - tote) < TOTE_INNER_HALF)
-        return "held over the tote at the time limit" if over else \
-            "held away from the tote at the time limit"
+        return (
+            "held over the tote at the time limit"
+            if over
+            else "held away from the tote at the time limit"
+        )
     if inside:
         return "released over the tote, not resting (on a wall)"
     return "dropped outside the tote"
@@ -63,8 +72,9 @@ def _peg(obs: np.ndarray, success: bool) -> str:
     end, off = peg[-1], np.linalg.norm(obs[-1, 30:32])
     if peg[:, 2].max() < PEG_HALF[2] + LIFT:
         reached = np.linalg.norm(peg - tcp, axis=1).min() < 0.05
-        return "grasp failed (reached the peg, never lifted)" if reached else \
-            "never reached the peg"
+        return (
+            "grasp failed (reached the peg, never lifted)" if reached else "never reached the peg"
+        )
     held = np.linalg.norm(end - tcp[-1]) < 0.08
     if held and off < 0.02:
         return "held over the hole, not inserted"
@@ -89,12 +99,12 @@ def _rollouts(run: str, base_only: bool) -> tuple[dict, dict, dict]:
     latest checkpoint's residual policy on the run's evaluation keys."""
     import jax
 
-    from resfit_jax.bc.frozen import open_base
     from resfit_jax import envs
-    from resfit_jax.run.checkpointing import RunCheckpointer
-    from resfit_jax.data import read_episodes
-    from resfit_jax.run.configs import apply_overrides
     from resfit_jax.base.residual import ResidualPolicy
+    from resfit_jax.bc.frozen import open_base
+    from resfit_jax.data import read_episodes
+    from resfit_jax.run.checkpointing import RunCheckpointer
+    from resfit_jax.run.configs import apply_overrides
     from resfit_jax.sim.evaluation import episode_keys, run_episodes
     from resfit_jax.sim.presets import preset
     from resfit_jax.sim.trainer import make_trainer
@@ -102,9 +112,10 @@ def _rollouts(run: str, base_only: bool) -> tuple[dict, dict, dict]:
     with open(os.path.join(run, "config.json")) as f:
         info = json.load(f)
     task = envs.make(info["task"])
-    cfg = apply_overrides(preset(info["task"], info.get("scale", "cpu"),
-                                 info.get("method", "resfit")),
-                          info.get("overrides", []))
+    cfg = apply_overrides(
+        preset(info["task"], info.get("scale", "cpu"), info.get("method", "resfit")),
+        info.get("overrides", []),
+    )
     base, _ = open_base(info["base"], int(task.observation_spec.shape[0]), task.action_size)
     trainer = make_trainer(task, base, read_episodes(info["demos"]), cfg, info["seeds"])
     loop, n, keys = trainer.loop, cfg.eval_episodes, trainer.evaluator.eval_keys()
@@ -118,15 +129,25 @@ def _rollouts(run: str, base_only: bool) -> tuple[dict, dict, dict]:
         normalizer = jax.tree.map(lambda x: x[0], ls.learner_state.normalizer)
 
     def evaluate(lstate, key, nz):
-        policy = ResidualPolicy(loop.base, nz, None if lstate is None else loop.learner, lstate,
-                                loop.features, loop.offsets)
+        policy = ResidualPolicy(
+            loop.base,
+            nz,
+            None if lstate is None else loop.learner,
+            lstate,
+            loop.features,
+            loop.offsets,
+        )
         return run_episodes(trainer.task, policy, episode_keys(key, n), record=True)
 
-    results = {"base": jax.device_get(jax.jit(jax.vmap(
-        lambda key: evaluate(None, key, normalizer)))(keys))}
+    results = {
+        "base": jax.device_get(jax.jit(jax.vmap(lambda key: evaluate(None, key, normalizer)))(keys))
+    }
     if not base_only:
-        results["resfit"] = jax.device_get(jax.jit(jax.vmap(
-            lambda lstate, key: evaluate(lstate, key, lstate.normalizer)))(ls.learner_state, keys))
+        results["resfit"] = jax.device_get(
+            jax.jit(jax.vmap(lambda lstate, key: evaluate(lstate, key, lstate.normalizer)))(
+                ls.learner_state, keys
+            )
+        )
     return info, prog, results
 
 
@@ -141,8 +162,10 @@ def main(argv):
     n = int(results["base"]["success"].shape[1])
     rows, totals, moves = [], collections.Counter(), collections.Counter()
     for i, seed in enumerate(seeds):
-        labels = {who: classify(name, r["obs"][i], r["success"][i], r["length"][i])
-                  for who, r in results.items()}
+        labels = {
+            who: classify(name, r["obs"][i], r["success"][i], r["length"][i])
+            for who, r in results.items()
+        }
         for who, lab in labels.items():
             for k, c in collections.Counter(lab).items():
                 rows.append({"seed": seed, "policy": who, "outcome": k, "episodes": c})
@@ -151,8 +174,10 @@ def main(argv):
             moves.update(zip(labels["base"], labels["resfit"]))
 
     total = n * len(seeds)
-    print(f"{name}: {FLAGS.run}, policy at {prog['env_steps']:,} main-loop env steps; "
-          f"{n} matched episodes per seed, seeds {seeds}")
+    print(
+        f"{name}: {FLAGS.run}, policy at {prog['env_steps']:,} main-loop env steps; "
+        f"{n} matched episodes per seed, seeds {seeds}"
+    )
     print(f"\n{'outcome':<50}" + "".join(f"{w:>8}" for w in policies))
     for k in sorted({k for _, k in totals}, key=lambda k: (k != "success", k)):
         print(f"{k:<50}" + "".join(f"{totals[(w, k)] / total:>8.1%}" for w in policies))
@@ -163,11 +188,20 @@ def main(argv):
                 print(f"  {b:<48} -> {r:<48}{c:>4}")
         print(f"  unchanged: {sum(c for (b, r), c in moves.items() if b == r)} of {total}")
     out = FLAGS.out or os.path.join(
-        "benchmarks", "results", f"failures_{os.path.basename(os.path.normpath(FLAGS.run))}.json")
-    write_results(out, {"machine": machine_info(), "run": os.path.relpath(FLAGS.run),
-                        "task": name, "env_steps": prog["env_steps"], "episodes_per_seed": n,
-                        "rows": rows, "transitions": [{"base": b, "resfit": r, "episodes": c}
-                                                      for (b, r), c in moves.items()]})
+        "benchmarks", "results", f"failures_{os.path.basename(os.path.normpath(FLAGS.run))}.json"
+    )
+    write_results(
+        out,
+        {
+            "machine": machine_info(),
+            "run": os.path.relpath(FLAGS.run),
+            "task": name,
+            "env_steps": prog["env_steps"],
+            "episodes_per_seed": n,
+            "rows": rows,
+            "transitions": [{"base": b, "resfit": r, "episodes": c} for (b, r), c in moves.items()],
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Run as a script it trains against a robot server until killed:
 
     python tests/robot_worker.py OUT ADDRESS    (key in $RESFIT_ROBOT_KEY)
 """
+
 from __future__ import annotations
 
 import os
@@ -15,21 +16,21 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner  # noqa: E402
 from resfit_jax.base.policy import FunctionBase  # noqa: E402
 from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer  # noqa: E402
 from resfit_jax.replay import ReplayConfig  # noqa: E402
-from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner  # noqa: E402
 from resfit_jax.robot.loop import LoopConfig, SafetyLimits  # noqa: E402
 from resfit_jax.robot.trainer import RobotTrainConfig, RobotTrainer  # noqa: E402
 
-TINY = dict(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=2,
-            actor_lr=1e-3)
+TINY = dict(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=2, actor_lr=1e-3)
 TINY_REPLAY = ReplayConfig(batch_size=16, utd=1, n_step=3, capacity=100_000)
 
 
 def normalizer(obs_dim: int, low, high) -> Normalizer:
-    return Normalizer(obs=StateStandardizer.identity(obs_dim),
-                      action=ActionScaler.from_bounds(low, high))
+    return Normalizer(
+        obs=StateStandardizer.identity(obs_dim), action=ActionScaler.from_bounds(low, high)
+    )
 
 
 class PointRobot:
@@ -77,8 +78,9 @@ def point_setup(out: str, **cfg_kw):
     base = FunctionBase(lambda o: o[..., :2] + 0.5 * (o[..., 2:] - o[..., :2]), 2)
     low, high = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
     learner = make_learner(ResidualTD3Config.small(**TINY), 4, 2)
-    loop = cfg_kw.pop("loop", LoopConfig(control_hz=200.0, max_episode_steps=12,
-                                         deadline_tolerance_s=1.0))
+    loop = cfg_kw.pop(
+        "loop", LoopConfig(control_hz=200.0, max_episode_steps=12, deadline_tolerance_s=1.0)
+    )
     kw = dict(warmup_episodes=1, critic_warmup_updates=8, min_replay=4) | cfg_kw
     cfg = RobotTrainConfig(learner=learner.config, replay=TINY_REPLAY, loop=loop, **kw)
     trainer = RobotTrainer(cfg, base, learner, normalizer(4, low, high), None, out)
@@ -91,13 +93,19 @@ def arm_setup(out: str, **cfg_kw):
 
     task = envs.make("PickPlace")
     low, high = np.asarray(task.action_low), np.asarray(task.action_high)
-    base = FunctionBase(lambda o: jnp.concatenate(
-        [o[..., :6], jnp.full(o.shape[:-1] + (1,), 0.036)], axis=-1), 7)
+    base = FunctionBase(
+        lambda o: jnp.concatenate([o[..., :6], jnp.full(o.shape[:-1] + (1,), 0.036)], axis=-1), 7
+    )
     learner = make_learner(ResidualTD3Config.small(**TINY), 28, 7)
-    cfg = RobotTrainConfig(learner=learner.config, replay=TINY_REPLAY,
-                           loop=LoopConfig(control_hz=40.0, max_episode_steps=20,
-                                           deadline_tolerance_s=0.5),
-                           warmup_episodes=1, critic_warmup_updates=8, min_replay=4, **cfg_kw)
+    cfg = RobotTrainConfig(
+        learner=learner.config,
+        replay=TINY_REPLAY,
+        loop=LoopConfig(control_hz=40.0, max_episode_steps=20, deadline_tolerance_s=0.5),
+        warmup_episodes=1,
+        critic_warmup_updates=8,
+        min_replay=4,
+        **cfg_kw,
+    )
     trainer = RobotTrainer(cfg, base, learner, normalizer(28, low, high), None, out)
     return trainer, SafetyLimits(low, high, 0.1, task.action_obs_index)
 
@@ -109,8 +117,13 @@ def main(out: str, address: str) -> None:
     robot = RemoteRobot(address, os.environ[KEY_ENV].encode())
     trainer, limits = arm_setup(out)
     print("READY", flush=True)
-    trainer.run(robot, ScriptedLabeller(lambda ep, t, o: None), limits, 1000,
-                progress=lambda s: print(s, flush=True))
+    trainer.run(
+        robot,
+        ScriptedLabeller(lambda ep, t, o: None),
+        limits,
+        1000,
+        progress=lambda s: print(s, flush=True),
+    )
 
 
 if __name__ == "__main__":

@@ -1,14 +1,22 @@
 """The ablation runner's settings (cartesian factors, named settings) and its table."""
+
 import pytest
 
 from studies.ablate import row, settings, table
 
 
 def test_factors_make_a_cartesian_product_and_named_settings_follow():
-    s = settings(["base_phase=false,true", "replay.n_step=3,10"],
-                 ["old:obs_min_std=0.1;warmup_env_steps=2048"])
-    assert [n for n, _ in s] == ["base_phase=false,n_step=3", "base_phase=false,n_step=10",
-                                 "base_phase=true,n_step=3", "base_phase=true,n_step=10", "old"]
+    s = settings(
+        ["base_phase=false,true", "replay.n_step=3,10"],
+        ["old:obs_min_std=0.1;warmup_env_steps=2048"],
+    )
+    assert [n for n, _ in s] == [
+        "base_phase=false,n_step=3",
+        "base_phase=false,n_step=10",
+        "base_phase=true,n_step=3",
+        "base_phase=true,n_step=10",
+        "old",
+    ]
     assert s[3][1] == ["base_phase=true", "replay.n_step=10"]
     assert s[4][1] == ["obs_min_std=0.1", "warmup_env_steps=2048"]
     with pytest.raises(ValueError, match="FIELD=V1,V2"):
@@ -22,13 +30,26 @@ def test_factors_make_a_cartesian_product_and_named_settings_follow():
 
 
 def test_rows_come_from_the_held_out_final_evaluation():
-    pooled = {"episodes": 200, "base_success_rate": 0.8, "success_rate": 0.9, "fixed": 25,
-              "broken": 5, "gain": 0.125, "churn": 0.025, "p_value": 0.0003,
-              "diff_ci_low": 0.04, "diff_ci_high": 0.16, "base_mean_success_length": 80.0,
-              "mean_success_length": 70.0}
-    summary = {"seeds": [0, 1], "env_steps": 1000, "wall_s": 5.0,
-               "final": {"pooled": pooled, "per_seed": [{"success_rate": 0.88},
-                                                        {"success_rate": 0.92}]}}
+    pooled = {
+        "episodes": 200,
+        "base_success_rate": 0.8,
+        "success_rate": 0.9,
+        "fixed": 25,
+        "broken": 5,
+        "gain": 0.125,
+        "churn": 0.025,
+        "p_value": 0.0003,
+        "diff_ci_low": 0.04,
+        "diff_ci_high": 0.16,
+        "base_mean_success_length": 80.0,
+        "mean_success_length": 70.0,
+    }
+    summary = {
+        "seeds": [0, 1],
+        "env_steps": 1000,
+        "wall_s": 5.0,
+        "final": {"pooled": pooled, "per_seed": [{"success_rate": 0.88}, {"success_rate": 0.92}]},
+    }
     r = row("new", ["base_phase=true"], summary)
     assert r["success_rate"] == 0.9 and r["per_seed_success"] == [0.88, 0.92]
     text = table([r])
@@ -36,44 +57,48 @@ def test_rows_come_from_the_held_out_final_evaluation():
 
 
 def test_the_paper_ablations_are_valid_settings_of_every_preset():
-    from studies.ablate import paper_ablations
     from resfit_jax.run.configs import apply_overrides
     from resfit_jax.sim.presets import preset
+    from studies.ablate import paper_ablations
 
     for task in ("PointReach", "PickPlace"):
         p = preset(task, "cpu")
         named = settings([], paper_ablations(p.num_envs, p.updates_per_step))
         assert [n for n, _ in named][:3] == ["preset", "layernorm_off", "no_demos"]
         for name, ovs in named:
-            cfg = apply_overrides(p, ovs)              # each one validates as a config
+            cfg = apply_overrides(p, ovs)  # each one validates as a config
             if name.startswith("utd_"):
                 assert cfg.critic_steps_per_env_step == float(name[4:])
         assert apply_overrides(p, dict(named)["warmup_off"]).warmup_env_steps == 0
         # a setting equal to the preset (n = 3 on PointReach) reuses the preset's run
         from studies.ablate import same_as_earlier
+
         same = same_as_earlier([apply_overrides(p, ovs) for _, ovs in named])
         names = [n for n, _ in named]
         assert {names[i]: names[j] for i, j in same.items()} == (
-            {"nstep_3": "preset"} if task == "PointReach" else {"nstep_10": "preset"})
+            {"nstep_3": "preset"} if task == "PointReach" else {"nstep_10": "preset"}
+        )
         assert not apply_overrides(p, dict(named)["layernorm_off"]).learner.layer_norm
 
 
 def _summary(base: list[str], policy: list[str], seeds=(0, 1), task="PointReach") -> dict:
     """A summary.json with held-out outcomes per seed ("0110..." strings)."""
     row = lambda bits: {"outcomes": bits, "episodes": len(bits), "successes": bits.count("1")}
-    return {"task": task, "seeds": list(seeds),
-            "final": {"per_seed": [row(b) for b in policy],
-                      "base_per_seed": [row(b) for b in base]}}
+    return {
+        "task": task,
+        "seeds": list(seeds),
+        "final": {"per_seed": [row(b) for b in policy], "base_per_seed": [row(b) for b in base]},
+    }
 
 
 def test_settings_are_compared_with_the_reference_episode_by_episode():
-    from studies.ablate import against_reference, reference_table
     from resfit_jax.sim.report import paired_between
+    from studies.ablate import against_reference, reference_table
 
     base = ["0011", "0101"]
-    ref = _summary(base, ["0111", "1101"])            # 6 / 8
-    other = _summary(base, ["1110", "0111"])          # 6 / 8: 2 fixed, 2 broken vs ref
-    better = _summary(base, ["1111", "1111"])         # 8 / 8: 2 fixed, 0 broken
+    ref = _summary(base, ["0111", "1101"])  # 6 / 8
+    other = _summary(base, ["1110", "0111"])  # 6 / 8: 2 fixed, 2 broken vs ref
+    better = _summary(base, ["1111", "1111"])  # 8 / 8: 2 fixed, 0 broken
     v = paired_between(ref, other)
     assert (v["fixed"], v["broken"], v["episodes"]) == (2, 2, 8)
     assert v["reference_success_rate"] == v["success_rate"] == 0.75 and v["p_value"] == 1.0
@@ -105,7 +130,9 @@ def test_settings_are_compared_with_the_reference_episode_by_episode():
     rows = [{"setting": n} for n in ("preset", "other", "better", "old")]
     against_reference(rows, [ref, other, better, old], "preset")
     assert rows[0]["vs_reference"] is None and rows[3]["vs_reference"] is None
-    assert rows[2]["vs_reference"]["fixed"] == 2 and rows[2]["vs_reference"]["reference"] == "preset"
+    assert (
+        rows[2]["vs_reference"]["fixed"] == 2 and rows[2]["vs_reference"]["reference"] == "preset"
+    )
     text = reference_table(rows, "preset")
     assert "better" in text and "100.0%" in text and "old" not in text
     with pytest.raises(ValueError, match="not a setting"):
@@ -115,22 +142,32 @@ def test_settings_are_compared_with_the_reference_episode_by_episode():
 def test_the_paper_claims_get_a_verdict_from_paired_held_out_episodes():
     from studies.ablate import PAPER_CLAIMS, claims_table, paper_claims
 
-    base = ["0" * 50 + "1" * 50] * 3                          # the base: 50% on each seed
-    at = lambda k: _summary(base, ["1" * k + "0" * (100 - k)] * 3)   # k% on each seed
-    runs = {"preset": at(90), "layernorm_off": at(60), "no_demos": at(89),
-            "utd_0.5": at(70), "utd_1": at(95), "utd_4": at(90), "utd_8": at(91),
-            "nstep_1": at(40), "nstep_3": at(90), "nstep_5": at(92), "nstep_10": at(99)}
+    base = ["0" * 50 + "1" * 50] * 3  # the base: 50% on each seed
+    at = lambda k: _summary(base, ["1" * k + "0" * (100 - k)] * 3)  # k% on each seed
+    runs = {
+        "preset": at(90),
+        "layernorm_off": at(60),
+        "no_demos": at(89),
+        "utd_0.5": at(70),
+        "utd_1": at(95),
+        "utd_4": at(90),
+        "utd_8": at(91),
+        "nstep_1": at(40),
+        "nstep_3": at(90),
+        "nstep_5": at(92),
+        "nstep_10": at(99),
+    }
     claims = {c["claim"]: c for c in paper_claims(runs)}
     assert len(claims) == len(PAPER_CLAIMS)
     verdict = {(c["setting"], c["against"]): c["verdict"] for c in claims.values()}
-    assert verdict["utd_4", "utd_0.5"] == "supported"                # 90% vs 70%
-    assert verdict["utd_4", "utd_1"] == "contradicted"               # 90% vs 95%
-    assert verdict["utd_8", "utd_4"] == "supported"                  # 91% vs 90%: no gain
+    assert verdict["utd_4", "utd_0.5"] == "supported"  # 90% vs 70%
+    assert verdict["utd_4", "utd_1"] == "contradicted"  # 90% vs 95%
+    assert verdict["utd_8", "utd_4"] == "supported"  # 91% vs 90%: no gain
     assert verdict["nstep_3", "nstep_1"] == "supported"
-    assert verdict["nstep_10", "nstep_3"] == "contradicted"          # 99% vs 90%
+    assert verdict["nstep_10", "nstep_3"] == "contradicted"  # 99% vs 90%
     assert verdict["preset", "layernorm_off"] == "supported"
-    assert verdict["preset", "no_demos"] == "not supported"          # 90% vs 89%
-    assert verdict["preset", "warmup_off"] == "not measured"         # warmup_off missing
+    assert verdict["preset", "no_demos"] == "not supported"  # 90% vs 89%
+    assert verdict["preset", "warmup_off"] == "not measured"  # warmup_off missing
     c = claims["UTD 4 beats UTD 1/2"]
     assert (c["fixed"], c["broken"], c["episodes"]) == (60, 0, 300)
     text = claims_table(list(claims.values()))
@@ -141,10 +178,15 @@ def test_settings_train_cheapest_first_and_report_in_declared_order():
     """UTD 4 / 8 (16x / 32x the PointReach preset's critic updates) train last; rows keep the
     declared order, a setting equal to an earlier one shares its summary, and unfinished
     settings are listed, not reported."""
-    from studies.ablate import (declared_rows, paper_ablations, same_as_earlier,
-                                    training_order, update_cost)
     from resfit_jax.run.configs import apply_overrides
     from resfit_jax.sim.presets import preset
+    from studies.ablate import (
+        declared_rows,
+        paper_ablations,
+        same_as_earlier,
+        training_order,
+        update_cost,
+    )
 
     p = preset("PointReach", "cpu")
     named = settings([], paper_ablations(p.num_envs, p.updates_per_step))
@@ -154,13 +196,28 @@ def test_settings_train_cheapest_first_and_report_in_declared_order():
     assert costs["utd_8"] == 32 * costs["preset"] and costs["heads_2"] == costs["preset"] / 5
     order = [names[i] for i in training_order(configs)]
     assert order[:2] == ["heads_2", "heads_5"] and order[-3:] == ["utd_1", "utd_4", "utd_8"]
-    assert order.index("preset") < order.index("layernorm_off")   # declared order among equals
+    assert order.index("preset") < order.index("layernorm_off")  # declared order among equals
     same = same_as_earlier(configs)
-    pooled = {"episodes": 10, "base_success_rate": 0.5, "success_rate": 0.9, "fixed": 4,
-              "broken": 0, "gain": 0.4, "churn": 0.0, "p_value": 0.1, "diff_ci_low": 0.1,
-              "diff_ci_high": 0.7, "base_mean_success_length": 9.0, "mean_success_length": 8.0}
-    done = {"seeds": [0], "env_steps": 100, "wall_s": 1.0,
-            "final": {"pooled": pooled, "per_seed": [{"success_rate": 0.9}]}}
+    pooled = {
+        "episodes": 10,
+        "base_success_rate": 0.5,
+        "success_rate": 0.9,
+        "fixed": 4,
+        "broken": 0,
+        "gain": 0.4,
+        "churn": 0.0,
+        "p_value": 0.1,
+        "diff_ci_low": 0.1,
+        "diff_ci_high": 0.7,
+        "base_mean_success_length": 9.0,
+        "mean_success_length": 8.0,
+    }
+    done = {
+        "seeds": [0],
+        "env_steps": 100,
+        "wall_s": 1.0,
+        "final": {"pooled": pooled, "per_seed": [{"success_rate": 0.9}]},
+    }
     finished = {names.index("preset"): done, names.index("heads_2"): done}
     rows, kept, unfinished = declared_rows(names, [ovs for _, ovs in named], same, finished)
     assert [r["setting"] for r in rows] == ["preset", "nstep_3", "heads_2"]

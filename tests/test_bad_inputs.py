@@ -3,6 +3,7 @@ names the offending flag, field or file (never a raw KeyError, JSONDecodeError o
 
 Areas: script flags (subprocess), config fields, data files, run checkpoints, exported and
 checkpointed bases, the learner API, host-callback bases, the robot link and journal."""
+
 import json
 import os
 import shutil
@@ -27,8 +28,10 @@ CLI = [
     (["experiments.train", "--config.learner.actor_lr=nan"], "actor_lr"),
     (["experiments.train", "--task=Nope"], "No residual-training preset for task 'Nope'"),
     (["experiments.train", "--seeds=0"], "--seeds must be >= 1"),
-    (["experiments.train", "--task=PointReach", "--base=/nonexistent/base"],
-     "No base at /nonexistent/base"),
+    (
+        ["experiments.train", "--task=PointReach", "--base=/nonexistent/base"],
+        "No base at /nonexistent/base",
+    ),
     (["experiments.make_demos", "--episodes=0"], "episodes and num_envs must be >= 1"),
     (["studies.ablate", "--factor=base_phase"], "expected FIELD=V1,V2"),
     (["experiments.run_robot"], "Pass --address=host:port"),
@@ -42,8 +45,9 @@ CLI = [
 
 @pytest.mark.parametrize("argv,message", CLI, ids=[" ".join(a[1:]) for a, _ in CLI])
 def test_script_flags(argv, message):
-    r = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert message in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
@@ -51,9 +55,9 @@ def test_script_flags(argv, message):
 
 # ------------------------------------------------------------------------------ config fields
 def _configs():
+    from resfit_jax.agents.residual_td3 import ResidualTD3Config
     from resfit_jax.bc.networks import BCConfig
     from resfit_jax.replay import ReplayConfig
-    from resfit_jax.agents.residual_td3 import ResidualTD3Config
     from resfit_jax.robot.loop import LoopConfig
     from resfit_jax.robot.trainer import RobotTrainConfig
     from resfit_jax.sim.config import ResidualOptions, TrainConfig
@@ -81,8 +85,13 @@ def _configs():
 @pytest.mark.parametrize("case", range(16))
 def test_config_fields(case):
     build, message = _configs()[case]
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
-                       .replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ValueError,
+        match=message.replace("(", r"\(")
+        .replace(")", r"\)")
+        .replace("[", r"\[")
+        .replace("]", r"\]"),
+    ):
         build()
 
 
@@ -90,8 +99,7 @@ def test_config_fields(case):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     t = 5
-    ep = Episode.from_rollout(np.zeros((t + 1, 4), np.float32), np.zeros((t, 2), np.float32),
-                              True)
+    ep = Episode.from_rollout(np.zeros((t + 1, 4), np.float32), np.zeros((t, 2), np.float32), True)
     return write_episodes(str(tmp_path_factory.mktemp("ds")), [ep, ep])
 
 
@@ -230,8 +238,12 @@ def test_base_checkpoint_without_parameters(tmp_path):
     from resfit_jax.bc.frozen import load_base
     from resfit_jax.bc.networks import BCConfig
 
-    info = {"obs_dim": 4, "action_dim": 2, "normalizer": {},
-            "config": BCConfig.cpu(policy="mlp").to_dict()}
+    info = {
+        "obs_dim": 4,
+        "action_dim": 2,
+        "normalizer": {},
+        "config": BCConfig.cpu(policy="mlp").to_dict(),
+    }
     with open(tmp_path / "base_info.json", "w") as f:
         json.dump(info, f)
     with pytest.raises(FileNotFoundError, match="no saved parameters"):
@@ -250,8 +262,9 @@ def test_open_base_on_an_empty_directory(tmp_path):
 def learner():
     from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 
-    lrn = make_learner(ResidualTD3Config(actor_hidden_dims=(8,), critic_hidden_dims=(8,),
-                                         num_critics=2), 3, 2)
+    lrn = make_learner(
+        ResidualTD3Config(actor_hidden_dims=(8,), critic_hidden_dims=(8,), num_critics=2), 3, 2
+    )
     return lrn, lrn.init(jax.random.key(0))
 
 
@@ -272,8 +285,9 @@ def test_learner_act_on_a_nan_observation_masks_the_residual(learner):
     state = state.replace(actor_params=jax.tree.map(lambda p: p + 0.3, state.actor_params))
     obs = jnp.zeros((3, 3)).at[1, 0].set(jnp.nan)
     a_b = jnp.full((3, 2), 0.1)
-    r, aux = jax.jit(lrn.act, static_argnames="deterministic")(state, obs, a_b, None,
-                                                               deterministic=True)
+    r, aux = jax.jit(lrn.act, static_argnames="deterministic")(
+        state, obs, a_b, None, deterministic=True
+    )
     assert np.asarray(aux["obs_finite"]).tolist() == [True, False, True]
     assert np.all(np.isfinite(np.asarray(r))) and np.all(np.asarray(r[1]) == 0.0)
     np.testing.assert_array_equal(aux["action"][1], a_b[1])
@@ -292,8 +306,9 @@ def test_learner_with_pixel_observations():
 
     # camera fields are uint8 [H, W, C] (see test_vision.py); float images are refused
     with pytest.raises(ValueError, match="must be uint8"):
-        make_learner(ResidualTD3Config(), {"pixels": jax.ShapeDtypeStruct((8, 8, 3), jnp.float32)},
-                     2)
+        make_learner(
+            ResidualTD3Config(), {"pixels": jax.ShapeDtypeStruct((8, 8, 3), jnp.float32)}, 2
+        )
     with pytest.raises(ValueError, match="float vectors"):
         make_learner(ResidualTD3Config(), {"grid": jax.ShapeDtypeStruct((8, 8), jnp.uint8)}, 2)
 
@@ -323,8 +338,7 @@ def test_host_base_with_an_integer_dtype():
     from resfit_jax.base.policy import host_callback_base
 
     with pytest.raises(ValueError, match="dtype int"):
-        host_callback_base(lambda x: np.zeros((x.shape[0], 2), np.int32), obs_dim=4,
-                           action_dim=2)
+        host_callback_base(lambda x: np.zeros((x.shape[0], 2), np.int32), obs_dim=4, action_dim=2)
 
 
 class _Flaky:
@@ -338,7 +352,7 @@ class _Flaky:
         if self.calls > self.after:
             if self.nan:
                 return np.full((x.shape[0], 2), np.nan, np.float32)
-            raise IOError("inference server went away")
+            raise OSError("inference server went away")
         return np.zeros((x.shape[0], 2), np.float32)
 
 
@@ -351,8 +365,9 @@ def test_host_base_failing_mid_rollout_names_the_base(nan):
     state = base.init_state(3)
     a, state = step(state, jnp.zeros((3, 4)))
     jax.block_until_ready(a)
-    with pytest.raises(Exception, match="host base '_Flaky'" + (".*NaN" if nan else
-                                                                ".*inference server")):
+    with pytest.raises(
+        Exception, match="host base '_Flaky'" + (".*NaN" if nan else ".*inference server")
+    ):
         jax.block_until_ready(step(state, jnp.zeros((3, 4)))[0])
 
 

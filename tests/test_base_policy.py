@@ -1,5 +1,6 @@
 """Chunk-queue semantics of ChunkedBase: order, refill, execution horizon, reset at every
 episode end, per-env independence, temporal ensembling, jit/scan/vmap."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,13 +30,15 @@ def _run(base, obs_ids, dones=None):
             q = base.reset(q, d)
             a, q = base.step(q, ids[:, None].astype(jnp.float32))
             return q, a[:, 0]
+
         return jax.lax.scan(body, base.init_state(e), (obs_ids, dones))[1]
+
     return np.asarray(run(jnp.asarray(obs_ids), jnp.asarray(dones)))
 
 
 def test_order_and_refill():
     base = ChunkedBase(_predict, A, K)
-    ids = np.arange(10)[:, None]                       # obs id = step index
+    ids = np.arange(10)[:, None]  # obs id = step index
     out = _run(base, ids)[:, 0]
     # chunk from obs 0 for steps 0-3, from obs 4 for 4-7, from obs 8 for 8-9
     np.testing.assert_array_equal(out, [0, 1, 2, 3, 400, 401, 402, 403, 800, 801])
@@ -53,8 +56,8 @@ def test_reset_on_any_episode_end_and_per_env_independence():
     base = ChunkedBase(_predict, A, K)
     ids = np.tile(np.arange(8)[:, None], (1, 3))
     dones = np.zeros((8, 3), bool)
-    dones[2, 1] = True      # env 1's episode ended (success) before step 2
-    dones[5, 2] = True      # env 2's episode ended (timeout) before step 5
+    dones[2, 1] = True  # env 1's episode ended (success) before step 2
+    dones[5, 2] = True  # env 2's episode ended (timeout) before step 5
     out = _run(base, ids, dones)
     np.testing.assert_array_equal(out[:, 0], [0, 1, 2, 3, 400, 401, 402, 403])
     np.testing.assert_array_equal(out[:, 1], [0, 1, 200, 201, 202, 203, 600, 601])
@@ -104,13 +107,14 @@ def test_query_blocks_give_the_full_batch_result_and_query_only_empty_queues():
     def recording(obs):
         shapes.append(obs.shape[0])
         return _predict(obs)
+
     full = _run(ChunkedBase(_predict, A, K, query_block=e), ids, dones)
     for block in (1, 3, None):
         shapes.clear()
         base = ChunkedBase(recording, A, K, query_block=block)
         np.testing.assert_array_equal(_run(base, ids, dones), full)
         assert set(shapes) == {base.block_size(e)} and base.block_size(e) < e
-    assert ChunkedBase(_predict, A, K).block_size(e) == 8       # 2 x ceil(13 / 4)
+    assert ChunkedBase(_predict, A, K).block_size(e) == 8  # 2 x ceil(13 / 4)
 
     # vmapped over seeds with different episode ends: each seed as if run alone
     base = ChunkedBase(_predict, A, K, query_block=2)
@@ -123,11 +127,14 @@ def test_query_blocks_give_the_full_batch_result_and_query_only_empty_queues():
             ids_t, d_t = x
             a, q = base.step(base.reset(q, d_t), ids_t[:, None].astype(jnp.float32))
             return q, a[:, 0]
+
         return jax.lax.scan(body, base.init_state(e), (jnp.asarray(ids), d))[1]
+
     out = np.asarray(run(jnp.asarray(seeds_dones)))
     np.testing.assert_array_equal(out[0], full)
-    np.testing.assert_array_equal(out[1], _run(ChunkedBase(_predict, A, K, query_block=e),
-                                               ids, seeds_dones[1]))
+    np.testing.assert_array_equal(
+        out[1], _run(ChunkedBase(_predict, A, K, query_block=e), ids, seeds_dones[1])
+    )
     with pytest.raises(ValueError, match="query_block"):
         ChunkedBase(_predict, A, K, query_block=0)
 
@@ -141,8 +148,9 @@ def test_one_env_runs_the_predictor_only_when_a_chunk_starts():
     def host(obs):
         calls.append(obs.shape)
         return np.asarray(_predict(jnp.asarray(obs)))
+
     base = host_callback_base(host, 1, A, chunk_size=K)
-    calls.clear()                                   # the constructor's own shape probe
+    calls.clear()  # the constructor's own shape probe
     out = _run(base, np.arange(10)[:, None])[:, 0]
     np.testing.assert_array_equal(out, [0, 1, 2, 3, 400, 401, 402, 403, 800, 801])
-    assert len(calls) == 3                                      # steps 0, 4 and 8
+    assert len(calls) == 3  # steps 0, 4 and 8

@@ -1,6 +1,7 @@
 """Camera observations of the MJX tasks (MuJoCo Warp renderer on CPU): shapes, dtypes and
 determinism, the proprio-only state, images that follow the scene, the true last frame of
 an ended episode, and rendering inside a jitted scan."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,8 +37,10 @@ def rollout(env, task):
         def body(s, _):
             s = env.step(s, moving)
             return s, s
+
         s0 = env.reset(jax.random.PRNGKey(3))
         return s0, jax.lax.scan(body, s0, None, length=3)[1]
+
     return jax.jit(run)()
 
 
@@ -46,12 +49,12 @@ def test_pixel_observations_have_the_spec_and_hold_proprio_only(env, task, rollo
     assert env.cameras == default_cameras(task.mj_model) == ("workspace", "wrist")
     spec = env.observation_spec
     assert set(spec) == {"state", "workspace", "wrist"}
-    assert set(s0.obs) == set(spec) | {"scene"}          # keep_scene: the rendered poses too
+    assert set(s0.obs) == set(spec) | {"scene"}  # keep_scene: the rendered poses too
     for k, sp in spec.items():
         assert s0.obs[k].shape == (E,) + sp.shape and s0.obs[k].dtype == sp.dtype
     assert spec["workspace"].shape == (RES, RES, 3) and spec["workspace"].dtype == jnp.uint8
     assert spec["state"].shape == (task.PROPRIO_SIZE,)
-    assert task.observation_spec.shape[0] > task.PROPRIO_SIZE     # object poses left out
+    assert task.observation_spec.shape[0] > task.PROPRIO_SIZE  # object poses left out
     # two envs with different cube poses look different; the table is lit (not black)
     ws = np.asarray(s0.obs["workspace"])
     assert not np.array_equal(ws[0], ws[1]) and ws.mean() > 40
@@ -64,7 +67,7 @@ def test_rendering_is_deterministic_and_follows_the_scene(task, rollout, render)
         np.testing.assert_array_equal(again[c], s0.obs[c])
     # the state is the state task's observation up to its proprio block
     full = jax.jit(jax.vmap(task._observe))(s0.data["mjx"], s0.data["task"])
-    np.testing.assert_array_equal(s0.obs["state"], full[:, :task.PROPRIO_SIZE])
+    np.testing.assert_array_equal(s0.obs["state"], full[:, : task.PROPRIO_SIZE])
     # the arm moved: the wrist view changed
     assert not np.array_equal(np.asarray(steps.obs["wrist"][0]), np.asarray(s0.obs["wrist"]))
 
@@ -72,7 +75,7 @@ def test_rendering_is_deterministic_and_follows_the_scene(task, rollout, render)
 def test_an_ended_episode_keeps_its_true_last_frame(rollout, render):
     _, steps = rollout
     done = np.asarray(steps.done)
-    assert not done[:2].any() and done[2].all()           # the time limit ends all at step 3
+    assert not done[:2].any() and done[2].all()  # the time limit ends all at step 3
     last = jax.tree.map(lambda x: x[2], steps.info["final_obs"]["scene"])
     fresh = jax.tree.map(lambda x: x[2], steps.obs["scene"])
     want_final, want_new = render(last), render(fresh)
@@ -81,7 +84,7 @@ def test_an_ended_episode_keeps_its_true_last_frame(rollout, render):
         np.testing.assert_array_equal(steps.obs[c][2], want_new[c])
         # before the end, the final frame is the observation itself
         np.testing.assert_array_equal(steps.info["final_obs"][c][1], steps.obs[c][1])
-    assert not np.array_equal(want_final["workspace"], want_new["workspace"])   # a new cube
+    assert not np.array_equal(want_final["workspace"], want_new["workspace"])  # a new cube
 
 
 def test_renderer_refuses_bad_requests(task):
@@ -95,8 +98,11 @@ def test_rendering_under_vmap_over_seeds_equals_separate_calls(rollout, render):
     """A batching rule folds the mapped axis into the worlds: vmap over 2 "seeds" of 2 envs
     renders 4 worlds in one call, image for image the same as rendering each seed alone."""
     s0, steps = rollout
-    scene = jax.tree.map(lambda a, b: jnp.stack([a, b]), s0.obs["scene"],
-                         jax.tree.map(lambda x: x[1], steps.obs["scene"]))   # [2, E, ...]
+    scene = jax.tree.map(
+        lambda a, b: jnp.stack([a, b]),
+        s0.obs["scene"],
+        jax.tree.map(lambda x: x[1], steps.obs["scene"]),
+    )  # [2, E, ...]
     both = jax.jit(jax.vmap(render))(scene)
     for c in ("workspace", "wrist"):
         assert both[c].shape == (2, E, RES, RES, 3)
@@ -134,11 +140,12 @@ def test_pixel_demos_of_an_mjx_task_carry_the_cameras():
 
     task = envs.make("PixelPickPlace", resolution=RES, episode_length=4)
     expert = envs.make_expert("PixelPickPlace", task)
-    eps, stats = collect_episodes(make_rollout(task, expert.init, expert.act), 2, 2,
-                                  successful_only=False)
+    eps, stats = collect_episodes(
+        make_rollout(task, expert.init, expert.act), 2, 2, successful_only=False
+    )
     assert stats.attempted == 2
     for ep in eps:
         assert ep.camera_shapes == {"workspace": (RES, RES, 3), "wrist": (RES, RES, 3)}
         assert ep.images["wrist"].shape[0] == ep.observation.shape[0] == ep.num_actions + 1
-        assert ep.observation.shape[1] == 16                       # proprio only
+        assert ep.observation.shape[1] == 16  # proprio only
         assert len({ep.images["workspace"][t].tobytes() for t in range(ep.num_actions + 1)}) > 1

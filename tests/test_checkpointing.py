@@ -1,4 +1,5 @@
 """Run checkpoints: exact round trip of typed keys, zero-size leaves and dtypes; clear errors."""
+
 import os
 
 import jax
@@ -10,10 +11,15 @@ from resfit_jax.run.checkpointing import RunCheckpointer, to_storable
 
 
 def _tree(seed):
-    return {"key": jax.random.key(seed), "keys": jax.random.split(jax.random.key(seed), 3),
-            "empty": jnp.zeros((4, 0)), "f": jax.random.normal(jax.random.key(seed), (5, 2)),
-            "i": jnp.arange(3, dtype=jnp.int32), "b": jnp.array([True, False]),
-            "u8": jnp.arange(4, dtype=jnp.uint8)}
+    return {
+        "key": jax.random.key(seed),
+        "keys": jax.random.split(jax.random.key(seed), 3),
+        "empty": jnp.zeros((4, 0)),
+        "f": jax.random.normal(jax.random.key(seed), (5, 2)),
+        "i": jnp.arange(3, dtype=jnp.int32),
+        "b": jnp.array([True, False]),
+        "u8": jnp.arange(4, dtype=jnp.uint8),
+    }
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -50,8 +56,12 @@ def test_missing_and_corrupted_checkpoints_name_the_problem(tmp_path):
 
 def _flip_bytes(step_dir):
     """Flip one byte in the middle of the largest array file of a step."""
-    files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs
-             if "state" in d and not f.startswith("_")]
+    files = [
+        os.path.join(d, f)
+        for d, _, fs in os.walk(step_dir)
+        for f in fs
+        if "state" in d and not f.startswith("_")
+    ]
     big = max(files, key=os.path.getsize)
     with open(big, "r+b") as f:
         f.seek(os.path.getsize(big) // 2)
@@ -64,7 +74,8 @@ def _flip_bytes(step_dir):
 # reports the coroutine's GeneratorExit as "unraisable" (harmless, nothing is left open)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_good_one_restored(
-        tmp_path, capsys):
+    tmp_path, capsys
+):
     ckpt = RunCheckpointer(str(tmp_path / "run"))
     ckpt.save(1, _tree(0), {"n": 1})
     ckpt.save(2, _tree(1), {"n": 2})
@@ -84,5 +95,4 @@ def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_good_one_resto
     # checksums of steps orbax dropped are dropped too
     ckpt.save(3, _tree(2), {})
     ckpt.save(4, _tree(3), {})
-    assert sorted(os.listdir(os.path.join(ckpt.directory, "checksums"))) == ["3.sha256",
-                                                                            "4.sha256"]
+    assert sorted(os.listdir(os.path.join(ckpt.directory, "checksums"))) == ["3.sha256", "4.sha256"]

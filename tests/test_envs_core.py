@@ -1,4 +1,5 @@
 """Env protocol wrappers on PointReach: auto-reset semantics, re-randomisation, time limit."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,7 +57,7 @@ def test_time_feature_counts_the_episode_and_restarts_at_reset():
     from resfit_jax.envs.core import TimeFeature
     from resfit_jax.envs.point_reach import biased_base_action
 
-    task = PointReach(episode_length=5, tolerance=1e-6)     # never succeeds: always truncates
+    task = PointReach(episode_length=5, tolerance=1e-6)  # never succeeds: always truncates
     timed = TimeFeature(task)
     assert timed.observation_spec.shape == (5,)
     env = VmapWrapper(AutoReset(timed), 3)
@@ -69,7 +70,7 @@ def test_time_feature_counts_the_episode_and_restarts_at_reset():
         np.testing.assert_allclose(s.info["final_obs"][:, -1], t / 5)
         np.testing.assert_array_equal(s.info["final_obs"][:, :4], prev[:, :4])  # zero action
     assert bool(s.done.all()) and bool(s.info["truncated"].all())
-    np.testing.assert_array_equal(s.obs[:, -1], 0.0)          # the new episode starts at 0
+    np.testing.assert_array_equal(s.obs[:, -1], 0.0)  # the new episode starts at 0
     # the untimed env sees the same positions and goals
     plain = VmapWrapper(AutoReset(task), 3).reset(jax.random.key(0))
     np.testing.assert_array_equal(env.reset(jax.random.key(0)).obs[:, :4], plain.obs)

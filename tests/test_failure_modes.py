@@ -1,4 +1,5 @@
 """Episode outcome classifier of studies/failure_modes.py on hand-made trajectories."""
+
 import numpy as np
 import pytest
 
@@ -21,16 +22,21 @@ def test_pickplace_outcomes():
     lift = np.concatenate([np.full(10, 0.02), np.linspace(0.02, 0.15, 10)])
     cases = {
         "never reached the cube": pickplace_episode(np.full(20, 0.02), (0.4, -0.1), far),
-        "grasp failed (reached the cube, never lifted)":
-            pickplace_episode(np.full(20, 0.02), (0.4, -0.1), (0.0, 0.0, 0.01)),
-        "held over the tote at the time limit":
-            pickplace_episode(lift, (0.45, 0.21), (0.0, 0.0, 0.01)),
-        "held away from the tote at the time limit":
-            pickplace_episode(lift, (0.40, 0.0), (0.0, 0.0, 0.01)),
-        "dropped outside the tote":
-            pickplace_episode(np.concatenate([lift, [0.02]]), (0.40, 0.0), far),
-        "released over the tote, not resting (on a wall)":
-            pickplace_episode(np.concatenate([lift, [0.08]]), (0.45, 0.21), far),
+        "grasp failed (reached the cube, never lifted)": pickplace_episode(
+            np.full(20, 0.02), (0.4, -0.1), (0.0, 0.0, 0.01)
+        ),
+        "held over the tote at the time limit": pickplace_episode(
+            lift, (0.45, 0.21), (0.0, 0.0, 0.01)
+        ),
+        "held away from the tote at the time limit": pickplace_episode(
+            lift, (0.40, 0.0), (0.0, 0.0, 0.01)
+        ),
+        "dropped outside the tote": pickplace_episode(
+            np.concatenate([lift, [0.02]]), (0.40, 0.0), far
+        ),
+        "released over the tote, not resting (on a wall)": pickplace_episode(
+            np.concatenate([lift, [0.08]]), (0.45, 0.21), far
+        ),
     }
     T = 21
     obs = np.zeros((T, len(cases), 28), np.float32)

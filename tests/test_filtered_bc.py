@@ -1,6 +1,8 @@
-"""Filtered BC (resfit_jax.agents.filtered_bc): only successful episodes become training samples, with
-chunks cut at the episode's end; a short run through every phase on a small PointReach BC
-base, paired against the frozen base; an exported base is refused with a clear error."""
+"""Filtered BC (resfit_jax.agents.filtered_bc): only successful episodes become training
+samples, with chunks cut at the episode's end; a short run through every phase on a small
+PointReach BC base, paired against the frozen base; an exported base is refused with a clear
+error."""
+
 import json
 import os
 
@@ -8,10 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resfit_jax.agents.filtered_bc import (FilteredBCConfig, filtered_bc_preset,
-                                           make_filtered_bc, train_filtered_bc)
-from resfit_jax.agents.filtered_bc.trainer import success_samples
 from resfit_jax import envs
+from resfit_jax.agents.filtered_bc import (
+    FilteredBCConfig,
+    filtered_bc_preset,
+    make_filtered_bc,
+    train_filtered_bc,
+)
+from resfit_jax.agents.filtered_bc.trainer import success_samples
 from resfit_jax.data import read_episodes
 from resfit_jax.run.logger import read_metrics
 
@@ -19,14 +25,18 @@ from resfit_jax.run.logger import read_metrics
 def test_only_successful_episodes_are_kept_and_cut_at_their_end():
     t, n, k = 6, 3, 3
     action = jnp.arange(t * n * 2, dtype=jnp.float32).reshape(t, n, 2)
-    length = jnp.array([4, 6, 2])            # env 0 succeeded at step 4, env 2 at step 2
-    rollout = {"obs": jnp.zeros((t, n, 5)), "action": action,
-               "alive": jnp.arange(t)[:, None] < length[None],
-               "success": jnp.array([True, False, True]), "length": length}
+    length = jnp.array([4, 6, 2])  # env 0 succeeded at step 4, env 2 at step 2
+    rollout = {
+        "obs": jnp.zeros((t, n, 5)),
+        "action": action,
+        "alive": jnp.arange(t)[:, None] < length[None],
+        "success": jnp.array([True, False, True]),
+        "length": length,
+    }
     items, keep = success_samples(rollout, k)
     keep = np.asarray(keep)
-    np.testing.assert_array_equal(keep[:, 0], [1, 1, 1, 1, 0, 0])    # steps 0..3 of env 0
-    assert not keep[:, 1].any()                                       # the failure: nothing
+    np.testing.assert_array_equal(keep[:, 0], [1, 1, 1, 1, 0, 0])  # steps 0..3 of env 0
+    assert not keep[:, 1].any()  # the failure: nothing
     np.testing.assert_array_equal(keep[:, 2], [1, 1, 0, 0, 0, 0])
     chunk, mask = np.asarray(items["chunk"]), np.asarray(items["mask"])
     # env 0, step 2: actions 2, 3, then padding with the last action (3), masked
@@ -41,9 +51,23 @@ def small_base(tmp_path_factory):
     from resfit_jax.bc.pipeline import train_bc
 
     out = str(tmp_path_factory.mktemp("bc"))
-    train_bc("PointReach", out, policy="mlp", steps=200, batch_size=64, chunk_size=5,
-             eval_every=200, eval_episodes=10, final_episodes=10, num_envs=10,
-             demo_episodes=12, demo_noise=0.0, seed=0, verbose=False, export=True)
+    train_bc(
+        "PointReach",
+        out,
+        policy="mlp",
+        steps=200,
+        batch_size=64,
+        chunk_size=5,
+        eval_every=200,
+        eval_episodes=10,
+        final_episodes=10,
+        num_envs=10,
+        demo_episodes=12,
+        demo_noise=0.0,
+        seed=0,
+        verbose=False,
+        export=True,
+    )
     return out
 
 
@@ -51,8 +75,15 @@ def test_short_filtered_bc_run_goes_through_every_phase(small_base, tmp_path):
     task = envs.make("PointReach")
     info = json.load(open(os.path.join(small_base, "checkpoint", "base_info.json")))
     eps = read_episodes(info["demos"])
-    cfg = FilteredBCConfig(num_envs=8, total_env_steps=800, batch_size=32, steps_per_round=5,
-                           capacity=2048, eval_every=400, eval_episodes=12)
+    cfg = FilteredBCConfig(
+        num_envs=8,
+        total_env_steps=800,
+        batch_size=32,
+        steps_per_round=5,
+        capacity=2048,
+        eval_every=400,
+        eval_episodes=12,
+    )
     trainer = make_filtered_bc(task, small_base, eps, cfg, seeds=[0, 1])
     assert trainer.env_steps_per_chunk == 8 * task.horizon and trainer.iterations == 2
     s = train_filtered_bc(trainer, str(tmp_path), progress=False, task_name="PointReach")
@@ -67,8 +98,11 @@ def test_short_filtered_bc_run_goes_through_every_phase(small_base, tmp_path):
     assert evals[0]["success_rate"] == evals[0]["base_success_rate"]
     params = s["loop_state"].learner_state.params
     import jax
-    moved = [not np.allclose(a[0], b) for a, b in zip(jax.tree.leaves(params),
-                                                       jax.tree.leaves(trainer.init_params))]
+
+    moved = [
+        not np.allclose(a[0], b)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(trainer.init_params))
+    ]
     assert any(moved)
     # an export has no parameters to tune
     with pytest.raises(FileNotFoundError, match="train_bc checkpoint"):

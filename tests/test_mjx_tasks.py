@@ -1,6 +1,7 @@
 """MJX manipulation tasks: expert success, reset distributions, single-trace steps. One
 compiled function per purpose per task, shared through module-scoped fixtures (MJX compiles
 take 10-40 s each on CPU). Wrappers on the MJX tasks: test_mjx_wrappers.py."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,8 +59,15 @@ def test_expert_success_and_demo_roundtrip(task_bundle, tmp_path):
     back = read_episodes(path)
     assert len(back) == len(eps)
     for a, b in zip(eps, back):
-        for k in ("observation", "action", "reward", "discount", "is_first", "is_last",
-                  "is_terminal"):
+        for k in (
+            "observation",
+            "action",
+            "reward",
+            "discount",
+            "is_first",
+            "is_last",
+            "is_terminal",
+        ):
             np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
         assert (a.episode_id, a.success, a.seed) == (b.episode_id, b.success, b.seed)
     # the residual preset's observation standardizer keeps every moving feature at its scale
@@ -82,11 +90,14 @@ def test_reset_distribution(task_bundle):
     assert obs.shape == (64,) + task.observation_spec.shape
     assert np.all(np.isfinite(obs))
     obj, target = _object_xy(name, obs)
-    ranges = {"PickPlace": ("cube", "tote"), "PegInsertion": ("peg", "hole"),
-              "BimanualHandover": ("bar", "tote")}[name]
+    ranges = {
+        "PickPlace": ("cube", "tote"),
+        "PegInsertion": ("peg", "hole"),
+        "BimanualHandover": ("bar", "tote"),
+    }[name]
     ox, oy = getattr(task, f"{ranges[0]}_x_range"), getattr(task, f"{ranges[0]}_y_range")
     tx, ty = getattr(task, f"{ranges[1]}_x_range"), getattr(task, f"{ranges[1]}_y_range")
-    eps = 1e-5   # float32 rounding; reset places objects exactly
+    eps = 1e-5  # float32 rounding; reset places objects exactly
     assert np.all((obj[:, 0] >= ox[0] - eps) & (obj[:, 0] <= ox[1] + eps))
     assert np.all((obj[:, 1] >= oy[0] - eps) & (obj[:, 1] <= oy[1] + eps))
     assert np.all((target[:, 0] >= tx[0]) & (target[:, 0] <= tx[1]))

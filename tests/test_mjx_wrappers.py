@@ -1,5 +1,6 @@
 """Wrappers on the MJX tasks: auto-reset semantics, domain randomisation, task options
 (a file of its own so the test runner can run it next to test_mjx_tasks.py)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +24,7 @@ def test_auto_reset_semantics_on_mjx():
     s = reset(jax.random.split(jax.random.PRNGKey(0), 3))
     a = jnp.broadcast_to(_home(task), (3, 7))
     prev = None
-    for t in range(4):
+    for _ in range(4):
         prev = s
         s = step(s, a)
     assert step._cache_size() == 1

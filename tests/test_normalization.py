@@ -59,8 +59,9 @@ def test_action_scaler_margin_keeps_actions_beyond_the_demos_unclipped():
     demo = np.array([[0.0, -1.0], [1.0, 1.0]])
     plain = ActionScaler.fit(demo, action_scale=0.05)
     wide = ActionScaler.fit(demo, action_scale=0.05, margin=0.3)
-    np.testing.assert_allclose(np.asarray(wide.half_range),
-                               np.asarray(plain.half_range) * 1.3, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(wide.half_range), np.asarray(plain.half_range) * 1.3, rtol=1e-6
+    )
     beyond = np.array([1.1, 1.2])
     assert np.all(np.abs(np.asarray(plain.normalize(beyond))) > 1)
     assert np.all(np.abs(np.asarray(wide.normalize(beyond))) < 1)
@@ -85,6 +86,7 @@ def test_paired_statistics_on_a_hand_made_outcome_table():
     assert abs(mcnemar_exact(10, 0) - 2 / 1024) < 1e-12
     # 22 fixed, 11 broken (the PickPlace run): 2 * P(Binom(33, 1/2) <= 11)
     from math import comb
-    assert abs(mcnemar_exact(22, 11) - 2 * sum(comb(33, i) for i in range(12)) / 2 ** 33) < 1e-12
+
+    assert abs(mcnemar_exact(22, 11) - 2 * sum(comb(33, i) for i in range(12)) / 2**33) < 1e-12
     with pytest.raises(ValueError, match="compare the same episodes"):
         paired_outcomes([1, 0], [1])

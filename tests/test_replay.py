@@ -1,11 +1,11 @@
 """n-step writer against a brute-force reference; ring buffer and symmetric sampling."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resfit_jax.replay import (NStepWriter, ReplayBuffer, ReplayConfig, make_mixer,
-                               transition_spec)
+from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayConfig, make_mixer, transition_spec
 
 OBS_DIM, ACT_DIM = 3, 2
 
@@ -51,10 +51,17 @@ def brute_force(data, n, gamma, bootstrap_truncation):
                         continue  # window not finished within the data
                     if last <= end and not ended and last > end:
                         continue
-                    R = sum(gamma ** i * rew[s + i, e] for i in range(k))
-                    out[(e, s)] = dict(obs=obs[s, e], base_action=base[s, e], action=act[s, e],
-                                       reward=R, discount=gamma ** k, nonterminal=nonterm,
-                                       next_obs=next_obs[ns, e], next_base_action=next_base[ns, e])
+                    R = sum(gamma**i * rew[s + i, e] for i in range(k))
+                    out[(e, s)] = dict(
+                        obs=obs[s, e],
+                        base_action=base[s, e],
+                        action=act[s, e],
+                        reward=R,
+                        discount=gamma**k,
+                        nonterminal=nonterm,
+                        next_obs=next_obs[ns, e],
+                        next_base_action=next_base[ns, e],
+                    )
                 start = t + 1
     return out
 
@@ -84,16 +91,20 @@ def test_nstep_matches_brute_force(n, bootstrap):
         ep_start = np.where(done, t + 1, ep_start)
     # transitions still inside the window at the end of the data are not emitted yet
     want = brute_force(data, n, gamma, bootstrap)
-    pending = {(e, s) for (e, s) in want if s + n - 1 > T - 1 and not any(
-        data[6][t, e] or data[7][t, e] for t in range(s, T))}
+    pending = {
+        (e, s)
+        for (e, s) in want
+        if s + n - 1 > T - 1 and not any(data[6][t, e] or data[7][t, e] for t in range(s, T))
+    }
     for key in pending:
         want.pop(key)
     assert set(got) == set(want)
     for key, w in want.items():
         g = got[key]
         for field, v in w.items():
-            np.testing.assert_allclose(getattr(g, field), v, rtol=1e-5, atol=1e-6,
-                                       err_msg=f"{field} at {key}")
+            np.testing.assert_allclose(
+                getattr(g, field), v, rtol=1e-5, atol=1e-6, err_msg=f"{field} at {key}"
+            )
 
 
 def test_nstep_slot_start_matches_episode_start():
@@ -103,14 +114,29 @@ def test_nstep_slot_start_matches_episode_start():
     z = jnp.zeros((1, 1))
     emitted = []
     for t, (term, trunc) in enumerate([(0, 0), (1, 0), (0, 0), (0, 0), (0, 0), (0, 0)]):
-        state, c, v = writer.step(state, jnp.full((1, 1), float(t)), z, z, jnp.ones((1,)),
-                                  jnp.full((1, 1), t + 1.0), z, jnp.array([bool(term)]),
-                                  jnp.array([bool(trunc)]))
-        emitted += [(float(c.obs[0, j, 0]), float(c.next_obs[0, j, 0]), float(c.reward[0, j]))
-                    for j in range(3) if v[0, j]]
+        state, c, v = writer.step(
+            state,
+            jnp.full((1, 1), float(t)),
+            z,
+            z,
+            jnp.ones((1,)),
+            jnp.full((1, 1), t + 1.0),
+            z,
+            jnp.array([bool(term)]),
+            jnp.array([bool(trunc)]),
+        )
+        emitted += [
+            (float(c.obs[0, j, 0]), float(c.next_obs[0, j, 0]), float(c.reward[0, j]))
+            for j in range(3)
+            if v[0, j]
+        ]
     # episode 1 = steps 0, 1 (terminated); episode 2 = steps 2.. (3-step windows)
-    assert emitted == [(0.0, 2.0, pytest.approx(1.9)), (1.0, 2.0, 1.0),
-                       (2.0, 5.0, pytest.approx(2.71)), (3.0, 6.0, pytest.approx(2.71))]
+    assert emitted == [
+        (0.0, 2.0, pytest.approx(1.9)),
+        (1.0, 2.0, 1.0),
+        (2.0, 5.0, pytest.approx(2.71)),
+        (3.0, 6.0, pytest.approx(2.71)),
+    ]
 
 
 def _items(m, value):
@@ -132,8 +158,13 @@ def test_ring_buffer_masked_insert_wraps():
 
 
 def test_uint8_fields_keep_their_dtype():
-    spec = transition_spec({"pixels": jax.ShapeDtypeStruct((4, 4, 3), jnp.uint8),
-                            "state": jax.ShapeDtypeStruct((2,), jnp.float32)}, ACT_DIM)
+    spec = transition_spec(
+        {
+            "pixels": jax.ShapeDtypeStruct((4, 4, 3), jnp.uint8),
+            "state": jax.ShapeDtypeStruct((2,), jnp.float32),
+        },
+        ACT_DIM,
+    )
     buf = ReplayBuffer(8)
     state = buf.init(spec)
     assert state.data.obs["pixels"].dtype == jnp.uint8

@@ -1,4 +1,5 @@
 """Residual TD3 learner: TD target, scan vs loop, zero init, vmap over seeds, errors."""
+
 import dataclasses
 
 import chex
@@ -7,14 +8,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
 from resfit_jax.networks import QHead, ResidualActor
 from resfit_jax.replay import Transition
-from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
-from resfit_jax.run.checkpointing import to_storable   # typed keys -> their data, to compare
+from resfit_jax.run.checkpointing import to_storable  # typed keys -> their data, to compare
 
 OBS, ACT, UTD, B = 5, 3, 3, 8
-CFG = ResidualTD3Config(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=4,
-                        num_min_critics=2, actor_lr=1e-3, critic_lr=1e-3)
+CFG = ResidualTD3Config(
+    actor_hidden_dims=(32, 32),
+    critic_hidden_dims=(32, 32),
+    num_critics=4,
+    num_min_critics=2,
+    actor_lr=1e-3,
+    critic_lr=1e-3,
+)
 
 
 def make_batch(key, steps=UTD, batch=B, obs_dim=OBS, act_dim=ACT):
@@ -25,10 +32,11 @@ def make_batch(key, steps=UTD, batch=B, obs_dim=OBS, act_dim=ACT):
         base_action=u(ks[1], (steps, batch, act_dim)) * 0.9,
         action=u(ks[2], (steps, batch, act_dim)),
         reward=(jax.random.uniform(ks[3], (steps, batch)) < 0.3).astype(jnp.float32),
-        discount=jnp.full((steps, batch), 0.99 ** 3),
+        discount=jnp.full((steps, batch), 0.99**3),
         nonterminal=(jax.random.uniform(ks[4], (steps, batch)) < 0.8).astype(jnp.float32),
         next_obs=jax.random.normal(ks[5], (steps, batch, obs_dim)),
-        next_base_action=u(ks[6], (steps, batch, act_dim)) * 0.9)
+        next_base_action=u(ks[6], (steps, batch, act_dim)) * 0.9,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +54,7 @@ def trained(learner, batches):
     """A state after a few updates (non-zero actor, targets differ from online nets)."""
     state = learner.init(jax.random.key(0))
     update = jax.jit(learner.update)
-    for i in range(5):
+    for _ in range(5):
         state, _ = update(state, *batches)
     return state
 
@@ -72,7 +80,8 @@ def test_residual_is_bounded_by_action_scale(learner, trained):
 
 
 def test_td_target_matches_reference(learner, trained, batches):
-    """y = R + discount * nonterminal * min_{heads in subset} Q'_k(s', clip(a_b' + mu'(s', a_b')))."""
+    """y = R + discount * nonterminal * min_{heads in subset} Q'_k(s', clip(a_b' + mu'(s', a_b')))
+    with a random subset of heads."""
     batch = jax.tree.map(lambda x: x[0], batches[0])
     key = jax.random.key(11)
     y = learner.td_target(trained, batch, key, noise_std=0.0)
@@ -82,15 +91,18 @@ def test_td_target_matches_reference(learner, trained, batches):
     a_next = np.clip(np.asarray(batch.next_base_action) + np.asarray(r_next), -1, 1)
     head = QHead(CFG.critic_hidden_dims)
     k_subset, _ = jax.random.split(key)
-    subset = np.asarray(jax.random.choice(k_subset, CFG.num_critics, (CFG.num_min_critics,),
-                                          replace=False))
+    subset = np.asarray(
+        jax.random.choice(k_subset, CFG.num_critics, (CFG.num_min_critics,), replace=False)
+    )
     qs = []
     for k in subset:
-        params = {"params": jax.tree.map(lambda p: p[k],
-                                         trained.target_critic_params["params"]["heads"])}
+        params = {
+            "params": jax.tree.map(lambda p: p[k], trained.target_critic_params["params"]["heads"])
+        }
         qs.append(np.asarray(head.apply(params, batch.next_obs, a_next)))
-    ref = (np.asarray(batch.reward) + np.asarray(batch.discount) * np.asarray(batch.nonterminal)
-           * np.min(np.stack(qs), axis=0))
+    ref = np.asarray(batch.reward) + np.asarray(batch.discount) * np.asarray(
+        batch.nonterminal
+    ) * np.min(np.stack(qs), axis=0)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
     # terminal transitions are exactly the reward
     term = np.asarray(batch.nonterminal) == 0
@@ -110,8 +122,9 @@ def test_scanned_update_equals_python_loop(learner, trained, batches):
     s = trained
     losses = []
     for i in range(UTD):
-        s, m = learner._critic_step(s, jax.tree.map(lambda x: x[i], batch), keys[i],
-                                    CFG.exploration_std)
+        s, m = learner._critic_step(
+            s, jax.tree.map(lambda x: x[i], batch), keys[i], CFG.exploration_std
+        )
         losses.append(m["critic_loss"])
     s, am = learner._actor_step(s, jax.tree.map(lambda x: x[-1], batch))
     s = s.replace(rng=rng)
@@ -131,7 +144,9 @@ def test_update_changes_networks_and_targets_move_by_tau(learner, batches):
     assert float(jnp.abs(leaf(new.actor_params)).max()) > 0
     # Polyak: target = tau * online + (1 - tau) * old target (old target == old online here)
     tau = CFG.tau
-    expect = jax.tree.map(lambda n, o: tau * n + (1 - tau) * o, new.actor_params, state.actor_params)
+    expect = jax.tree.map(
+        lambda n, o: tau * n + (1 - tau) * o, new.actor_params, state.actor_params
+    )
     chex.assert_trees_all_close(new.target_actor_params, expect, rtol=1e-5, atol=1e-7)
 
 
@@ -163,12 +178,15 @@ def test_vmap_over_seeds_equals_separate_runs(learner, batches):
         for _ in range(2):
             s, m = update(s, *batches)
         # float32 reassociation in batched matmuls: ~1e-6; mixed-up seeds would differ by ~1e-1
-        chex.assert_trees_all_close(to_storable(jax.tree.map(lambda x: x[i], states)),
-                                    to_storable(s), rtol=1e-4, atol=1e-5)
+        chex.assert_trees_all_close(
+            to_storable(jax.tree.map(lambda x: x[i], states)), to_storable(s), rtol=1e-4, atol=1e-5
+        )
         np.testing.assert_allclose(vm["critic_loss"][i], m["critic_loss"], rtol=1e-4)
     # different seeds really differ
-    assert not np.allclose(states.critic_params["params"]["heads"]["Dense_0"]["kernel"][0],
-                           states.critic_params["params"]["heads"]["Dense_0"]["kernel"][1])
+    assert not np.allclose(
+        states.critic_params["params"]["heads"]["Dense_0"]["kernel"][0],
+        states.critic_params["params"]["heads"]["Dense_0"]["kernel"][1],
+    )
 
 
 def test_critic_warmup_leaves_actor_untouched(learner, trained, batches):
@@ -186,7 +204,9 @@ def test_no_offline_batch_is_allowed(learner, trained, batches):
 
 def test_wrong_shapes_raise_clear_errors(learner, trained, batches):
     online, offline = batches
-    with pytest.raises(ValueError, match=r"observation has shape \(3, 8, 6\), expected \(3, 8, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"observation has shape \(3, 8, 6\), expected \(3, 8, 5\)"
+    ):
         learner.update(trained, make_batch(jax.random.key(0), obs_dim=OBS + 1), offline)
     with pytest.raises(ValueError, match="does not match the learner's action_dim 3"):
         learner.update(trained, make_batch(jax.random.key(0), act_dim=ACT + 1), offline)
@@ -196,11 +216,15 @@ def test_wrong_shapes_raise_clear_errors(learner, trained, batches):
         learner.update(trained, jax.tree.map(lambda x: x[0], online), None)
     with pytest.raises(ValueError, match="action_dim"):
         learner.act(trained, jnp.zeros((4, OBS)), jnp.zeros((4, ACT + 2)), None)
-    with pytest.raises(ValueError, match="obs_normalizer has dimension"), \
-            pytest.warns(DeprecationWarning, match="pass a normalization.Normalizer"):
+    with (
+        pytest.raises(ValueError, match="obs_normalizer has dimension"),
+        pytest.warns(DeprecationWarning, match="pass a normalization.Normalizer"),
+    ):
         from resfit_jax.normalization import StateStandardizer
+
         make_learner(CFG, OBS, ACT, StateStandardizer.identity(OBS + 2))
     from resfit_jax.normalization import Normalizer
+
     with pytest.raises(ValueError, match="observation size 7 does not match"):
         learner.init(jax.random.key(0), Normalizer.identity(OBS + 2, ACT))
     with pytest.raises(ValueError, match="action size 4 does not match action_dim 3"):
@@ -225,9 +249,15 @@ def test_nan_batch_raises_clear_error(learner, trained, batches, jit):
 
 def test_dict_observations_and_normalizer():
     from resfit_jax.normalization import Normalizer, StateStandardizer
-    spec = {"a": jax.ShapeDtypeStruct((2,), jnp.float32), "b": jax.ShapeDtypeStruct((3,), jnp.float32)}
-    norm = Normalizer(obs=StateStandardizer(mean=jnp.arange(5.0), std=jnp.full((5,), 2.0)),
-                      action=Normalizer.identity(5, ACT).action)
+
+    spec = {
+        "a": jax.ShapeDtypeStruct((2,), jnp.float32),
+        "b": jax.ShapeDtypeStruct((3,), jnp.float32),
+    }
+    norm = Normalizer(
+        obs=StateStandardizer(mean=jnp.arange(5.0), std=jnp.full((5,), 2.0)),
+        action=Normalizer.identity(5, ACT).action,
+    )
     lrn = make_learner(CFG, spec, ACT)
     state = lrn.init(jax.random.key(0), norm)
     obs = {"a": jnp.ones((4, 2)), "b": jnp.zeros((4, 3))}
@@ -253,8 +283,9 @@ def test_residual_penalty_adds_to_the_actor_loss_and_pulls_the_residual_to_zero(
     r = heavy.actor.apply(trained.actor_params, heavy.features(trained, last.obs), last.base_action)
     penalty = float(jnp.mean(jnp.square(r / CFG.action_scale)))
     assert penalty > 0
-    np.testing.assert_allclose(float(m1["actor_loss"]) - float(m0["actor_loss"]),
-                               100.0 * penalty, rtol=1e-4)
+    np.testing.assert_allclose(
+        float(m1["actor_loss"]) - float(m0["actor_loss"]), 100.0 * penalty, rtol=1e-4
+    )
     np.testing.assert_allclose(float(m0["actor_loss"]), -float(m0["actor_q"]), rtol=1e-6)
 
     update = jax.jit(heavy.update)
@@ -273,24 +304,32 @@ def test_public_losses_are_the_update_s_losses(learner, trained, batches):
     online, offline = batches
     row = jax.tree.map(lambda a, b: jnp.concatenate([a[0], b[0]]), online, offline)
     key = jax.random.key(11)
-    loss, aux = learner.losses.critic_loss(trained.critic_params, trained.target_actor_params,
-                                           trained.target_critic_params, trained.normalizer,
-                                           row, key, 0.0)
+    loss, aux = learner.losses.critic_loss(
+        trained.critic_params,
+        trained.target_actor_params,
+        trained.target_critic_params,
+        trained.normalizer,
+        row,
+        key,
+        0.0,
+    )
     state, m = learner._critic_step(trained, row, key, 0.0)
     np.testing.assert_allclose(float(loss), float(m["critic_loss"]), rtol=1e-6)
     np.testing.assert_allclose(aux["target"], learner.td_target(trained, row, key, 0.0), rtol=1e-6)
-    a_loss, a_aux = learner.losses.actor_loss(trained.actor_params, state.critic_params,
-                                              state.normalizer, row)
+    a_loss, a_aux = learner.losses.actor_loss(
+        trained.actor_params, state.critic_params, state.normalizer, row
+    )
     _, am = learner._actor_step(state, row)
     np.testing.assert_allclose(float(a_loss), float(am["actor_loss"]), rtol=1e-6)
-    grads = jax.grad(lambda p: learner.losses.actor_loss(p, state.critic_params,
-                                                         state.normalizer, row)[0])(
-        trained.actor_params)
+    grads = jax.grad(
+        lambda p: learner.losses.actor_loss(p, state.critic_params, state.normalizer, row)[0]
+    )(trained.actor_params)
     assert float(optax_norm(grads)) > 0
 
 
 def optax_norm(tree):
     import optax
+
     return optax.tree.norm(tree)
 
 
@@ -305,7 +344,7 @@ def test_without_the_per_update_callback_the_mask_names_the_field(batches):
     state = quiet.init(jax.random.key(0))
     _, ok = jax.jit(quiet.update)(state, online, offline)
     assert int(ok["nonfinite_mask"]) == 0
-    raise_if_nonfinite(ok["nonfinite_mask"], "chunk")            # no error
+    raise_if_nonfinite(ok["nonfinite_mask"], "chunk")  # no error
     bad = offline.replace(next_base_action=offline.next_base_action.at[0, 1, 0].set(jnp.nan))
     _, m = jax.jit(quiet.update)(state, online, bad)
     with pytest.raises(FloatingPointError, match=r"in batch.next_base_action\."):
@@ -343,8 +382,7 @@ def test_gated_td_target_matches_a_hand_written_reference(trained, batches, rule
     feats = lrn.features(trained, batch.next_obs)
     r = lrn.actor.apply(trained.target_actor_params, feats, batch.next_base_action)
     q_all = lambda a: lrn.critic.apply(trained.target_critic_params, feats, a)
-    pess = (lambda q: q[heads].min(0)) if rule == "min" else \
-        (lambda q: q.mean(0) - 0.5 * q.std(0))
+    pess = (lambda q: q[heads].min(0)) if rule == "min" else (lambda q: q.mean(0) - 0.5 * q.std(0))
     with_r = jnp.clip(batch.next_base_action + r, -1, 1)
     if rule == "agree":
         adv = (q_all(with_r) - q_all(batch.next_base_action)).min(0)
@@ -354,8 +392,9 @@ def test_gated_td_target_matches_a_hand_written_reference(trained, batches, rule
     a_next = jnp.clip(batch.next_base_action + g[:, None] * r, -1, 1)
     subset = jax.tree.map(lambda p: p[heads], trained.target_critic_params)
     q_next = lrn.critic.apply(subset, feats, a_next).min(0)
-    np.testing.assert_allclose(y, batch.reward + batch.discount * batch.nonterminal * q_next,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        y, batch.reward + batch.discount * batch.nonterminal * q_next, rtol=1e-5, atol=1e-6
+    )
     # acting: the executed residual is g * r with the online critic's gate
     _, aux = lrn.act(trained, batch.obs, batch.base_action, None, deterministic=True)
     assert set(np.unique(np.asarray(aux["gate"]))) <= {0.0, 1.0}
@@ -372,8 +411,9 @@ def test_actor_on_online_states_only(trained, batches):
     on_last = jax.tree.map(lambda x: x[-1], online)
     # the critic steps are the ungated ones; recompute the actor loss at the actor step's input
     ref, _ = make_learner(CFG, OBS, ACT).update(trained, online, offline)
-    loss, _ = lrn.losses.actor_loss(trained.actor_params, ref.critic_params, trained.normalizer,
-                                    on_last)
+    loss, _ = lrn.losses.actor_loss(
+        trained.actor_params, ref.critic_params, trained.normalizer, on_last
+    )
     np.testing.assert_allclose(float(m["actor_loss"]), float(loss), rtol=1e-5)
     with pytest.raises(ValueError, match="actor_demo_weight"):
         dataclasses.replace(CFG, actor_demo_weight=2.0)

@@ -1,5 +1,6 @@
 """RLDS on disk: exact round trip, schema flags, refusal to overwrite, clear errors for
 mismatched shapes and corrupted files."""
+
 import glob
 import os
 
@@ -14,17 +15,24 @@ def _episodes(n=5, obs_dim=6, action_dim=3, seed=0):
     out = []
     for i in range(n):
         t = int(rng.integers(2, 9))
-        out.append(Episode.from_rollout(rng.normal(size=(t + 1, obs_dim)),
-                                        rng.normal(size=(t, action_dim)),
-                                        success=bool(i % 2), episode_id=i, seed=100 + i))
+        out.append(
+            Episode.from_rollout(
+                rng.normal(size=(t + 1, obs_dim)),
+                rng.normal(size=(t, action_dim)),
+                success=bool(i % 2),
+                episode_id=i,
+                seed=100 + i,
+            )
+        )
     return out
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     eps = _episodes()
-    path = write_episodes(str(tmp_path_factory.mktemp("rlds")), eps,
-                          metadata={"task": "Synthetic", "noise": 0.5})
+    path = write_episodes(
+        str(tmp_path_factory.mktemp("rlds")), eps, metadata={"task": "Synthetic", "noise": 0.5}
+    )
     return eps, path
 
 
@@ -33,8 +41,15 @@ def test_round_trip_is_exact_and_ordered(dataset):
     back = read_episodes(path)
     assert [b.episode_id for b in back] == [e.episode_id for e in eps]
     for a, b in zip(eps, back):
-        for k in ("observation", "action", "reward", "discount", "is_first", "is_last",
-                  "is_terminal"):
+        for k in (
+            "observation",
+            "action",
+            "reward",
+            "discount",
+            "is_first",
+            "is_last",
+            "is_terminal",
+        ):
             x, y = getattr(a, k), getattr(b, k)
             assert x.dtype == y.dtype and x.shape == y.shape
             np.testing.assert_array_equal(x, y)
@@ -63,8 +78,11 @@ def test_mismatched_task_is_rejected(dataset):
     eps, path = dataset
     back = read_episodes(path)
     check_compatible(back, obs_dim=6, action_dim=3)
-    with pytest.raises(ValueError, match="observation size 6 and action size 3.*PickPlace has "
-                       "observation size 28 and action size 7"):
+    with pytest.raises(
+        ValueError,
+        match="observation size 6 and action size 3.*PickPlace has "
+        "observation size 28 and action size 7",
+    ):
         check_compatible(back, obs_dim=28, action_dim=7, task_name="PickPlace")
 
 

@@ -1,5 +1,6 @@
 """The robot loop: safety limits, timing, labels, journal, sync/async learner, restart, and
 end to end against the simulated robot server process (authenticated, SIGKILL-safe)."""
+
 import io
 import os
 import re
@@ -14,10 +15,9 @@ import numpy as np
 import pytest
 
 from resfit_jax.robot.journal import Journal
-from resfit_jax.robot.operator import Label, ScriptedLabeller, TerminalLabeller
 from resfit_jax.robot.learner import AsyncLearner
-from resfit_jax.robot.loop import (EmergencyStop, LoopConfig, RateClock,
-                                            SafetyLimits, run_episode)
+from resfit_jax.robot.loop import EmergencyStop, LoopConfig, RateClock, SafetyLimits, run_episode
+from resfit_jax.robot.operator import Label, ScriptedLabeller, TerminalLabeller
 from resfit_jax.run.checkpointing import to_storable
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -32,15 +32,15 @@ def test_safety_limits_never_exceeded_for_random_and_extreme_commands():
     lim = SafetyLimits(low, high, np.array([0.1, 0.05, 0.2, 0.01]), (0, 1, 2, -1))
     extremes = [1e30, -1e30, 1e6, -1e6, 3.4e38, -3.4e38, 0.0]
     clipped_any = 0
-    for episode in range(50):
-        prev = lim.initial_command(rng.uniform(-5, 5, 4))     # may start outside the bounds
+    for _ in range(50):
+        prev = lim.initial_command(rng.uniform(-5, 5, 4))  # may start outside the bounds
         for t in range(60):
             kind = rng.integers(3)
             if kind == 0:
                 a = rng.normal(0, 10 ** rng.uniform(-3, 3), 4)
             elif kind == 1:
                 a = rng.choice(extremes, 4)
-            else:   # base + residual near the previous command
+            else:  # base + residual near the previous command
                 a = np.nan_to_num(prev, nan=0.0) + rng.uniform(-0.3, 0.3, 4)
             cmd, clipped = lim.apply(prev, a)
             assert cmd.dtype == np.float32 and np.all(np.isfinite(cmd))
@@ -66,14 +66,18 @@ def test_safety_limits_never_exceeded_for_random_and_extreme_commands():
 def test_rate_clock_counts_overruns_and_reanchors():
     now = [0.0]
     slept = []
-    clock = RateClock(10.0, tolerance_s=0.01, clock=lambda: now[0],
-                      sleep=lambda s: (slept.append(s), now.__setitem__(0, now[0] + s)))
-    now[0] = 0.05                        # work took half a period: sleep to the tick
+    clock = RateClock(
+        10.0,
+        tolerance_s=0.01,
+        clock=lambda: now[0],
+        sleep=lambda s: (slept.append(s), now.__setitem__(0, now[0] + s)),
+    )
+    now[0] = 0.05  # work took half a period: sleep to the tick
     assert not clock.overrun(clock.wait()) and slept[-1] == pytest.approx(0.05)
-    now[0] = 0.35                        # work ended 0.15 s after the 0.2 s tick
+    now[0] = 0.35  # work ended 0.15 s after the 0.2 s tick
     late = clock.wait()
     assert clock.overrun(late) and late == pytest.approx(0.15)
-    now[0] = 0.40                        # re-anchored at 0.35: next tick 0.45, on time
+    now[0] = 0.40  # re-anchored at 0.35: next tick 0.45, on time
     assert not clock.overrun(clock.wait())
 
 
@@ -98,15 +102,21 @@ LIM = SafetyLimits(np.array([-1.0, -1.0]), np.array([1.0, 1.0]), 0.3, (0, 1))
 
 def test_deadline_overruns_are_reported_and_halt_the_episode():
     robot = PointRobot(latency_s=0.03)
-    cfg = LoopConfig(control_hz=100.0, max_episode_steps=40, deadline_tolerance_s=0.005,
-                     max_overruns=3)
+    cfg = LoopConfig(
+        control_hz=100.0, max_episode_steps=40, deadline_tolerance_s=0.005, max_overruns=3
+    )
     rec = run_episode(robot, _Policy(), ScriptedLabeller(lambda e, t, o: None), LIM, cfg)
     assert rec.overruns == 4 and rec.label == Label.ABORT and rec.reason == "deadline"
-    assert robot.stops == 1 and rec.steps == 5 and not rec.usable   # step 0 uses the reset obs
+    assert robot.stops == 1 and rec.steps == 5 and not rec.usable  # step 0 uses the reset obs
     assert rec.stats()["overruns"] == 4
     # on time: no overruns, timeout is a failure (truncated, not terminal)
-    rec = run_episode(PointRobot(), _Policy(), ScriptedLabeller(lambda e, t, o: None), LIM,
-                      LoopConfig(control_hz=200.0, max_episode_steps=10, deadline_tolerance_s=0.5))
+    rec = run_episode(
+        PointRobot(),
+        _Policy(),
+        ScriptedLabeller(lambda e, t, o: None),
+        LIM,
+        LoopConfig(control_hz=200.0, max_episode_steps=10, deadline_tolerance_s=0.5),
+    )
     assert rec.overruns == 0 and rec.timed_out and rec.label == Label.FAILURE
     assert rec.steps == 10 and rec.observation.shape == (11, 4) and not rec.terminal()
 
@@ -114,18 +124,33 @@ def test_deadline_overruns_are_reported_and_halt_the_episode():
 def test_labels_end_episodes_and_estop_halts_the_robot_keeping_data():
     cfg = LoopConfig(control_hz=200.0, max_episode_steps=30, deadline_tolerance_s=0.5)
     robot = PointRobot()
-    rec = run_episode(robot, _Policy(), ScriptedLabeller(
-        lambda e, t, o: Label.SUCCESS if t == 4 else None), LIM, cfg)
+    rec = run_episode(
+        robot,
+        _Policy(),
+        ScriptedLabeller(lambda e, t, o: Label.SUCCESS if t == 4 else None),
+        LIM,
+        cfg,
+    )
     assert rec.label == Label.SUCCESS and rec.steps == 5 and rec.terminal()
     ep = rec.to_episode()
     assert ep.reward[4] == 1 and ep.is_terminal[-1] and ep.discount[-1] == 0
-    np.testing.assert_array_equal(ep.action[:-1], np.stack(robot.sent))   # executed commands
-    rec = run_episode(robot, _Policy(), ScriptedLabeller(
-        lambda e, t, o: Label.FAILURE if t == 2 else None), LIM, cfg)
+    np.testing.assert_array_equal(ep.action[:-1], np.stack(robot.sent))  # executed commands
+    rec = run_episode(
+        robot,
+        _Policy(),
+        ScriptedLabeller(lambda e, t, o: Label.FAILURE if t == 2 else None),
+        LIM,
+        cfg,
+    )
     assert rec.label == Label.FAILURE and rec.terminal() and rec.to_episode().reward.sum() == 0
     stops = robot.stops
-    rec = run_episode(robot, _Policy(), ScriptedLabeller(
-        lambda e, t, o: Label.ESTOP if t == 6 else None), LIM, cfg)
+    rec = run_episode(
+        robot,
+        _Policy(),
+        ScriptedLabeller(lambda e, t, o: Label.ESTOP if t == 6 else None),
+        LIM,
+        cfg,
+    )
     assert rec.label == Label.ESTOP and robot.stops == stops + 1 and rec.steps == 7
     # a robot error mid-episode: halted, the steps so far are kept
     broken = PointRobot(fail_observe_at=5)
@@ -146,19 +171,21 @@ def test_terminal_labeller_reads_keys_without_blocking():
         got = lab.poll(0, None)
     assert got == Label.FAILURE
     lab = TerminalLabeller(stream=io.StringIO(""), out=io.StringIO())
-    assert lab.at_end(True) == Label.FAILURE          # Enter / EOF at a timeout: failure
+    assert lab.at_end(True) == Label.FAILURE  # Enter / EOF at a timeout: failure
 
 
 # ------------------------------------------------------------------------------- journal
 def test_journal_writes_atomically_and_ignores_partial_writes(tmp_path):
     from resfit_jax.data.rlds import Episode
+
     j = Journal(str(tmp_path / "j"))
     ep = Episode.from_rollout(np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((2, 2)), True)
     e0 = j.write(ep, {"base_action": np.zeros((3, 2))}, {"label": "success", "steps": 2})
-    os.makedirs(tmp_path / "j" / ".tmp-episode_000001-999" / "robot_episode")   # a crash mid-write
+    os.makedirs(tmp_path / "j" / ".tmp-episode_000001-999" / "robot_episode")  # a crash mid-write
     j2 = Journal(str(tmp_path / "j"))
     assert [e.index for e in j2.entries()] == [0] and not any(
-        n.startswith(".tmp") for n in os.listdir(tmp_path / "j"))
+        n.startswith(".tmp") for n in os.listdir(tmp_path / "j")
+    )
     back, extras = j2.read(e0)
     np.testing.assert_array_equal(back.observation, ep.observation)
     assert e0.label == "success" and extras["base_action"].shape == (3, 2)
@@ -181,7 +208,7 @@ def test_sync_trainer_journals_first_and_restart_rebuilds_the_same_replay(tmp_pa
     assert [r["phase"] for r in rows] == ["warmup"] + ["train"] * 4
     assert [r["label"] for r in rows] == ["failure", "success", "failure", "abort", "failure"]
     assert rows[0]["updates_this_episode"] == 0
-    assert rows[2]["updates_this_episode"] == 2 * rows[2]["steps"]   # k updates per step
+    assert rows[2]["updates_this_episode"] == 2 * rows[2]["steps"]  # k updates per step
     entries = trainer.journal.entries()
     assert len(entries) == 5 and entries[3].label == "abort"
     usable_steps = sum(r["steps"] for r in rows if r["label"] != "abort")
@@ -192,8 +219,9 @@ def test_sync_trainer_journals_first_and_restart_rebuilds_the_same_replay(tmp_pa
     again, _ = point_setup(out, sync_every="step", updates_per_step=2)
     assert again.rebuilt == {"episodes": 4, "env_steps": usable_steps}
     jax.tree.map(np.testing.assert_array_equal, again.rl.replay, live_replay)
-    jax.tree.map(np.testing.assert_array_equal, to_storable(again.rl.state),
-                 to_storable(live_state))
+    jax.tree.map(
+        np.testing.assert_array_equal, to_storable(again.rl.state), to_storable(live_state)
+    )
     assert again.progress["critic_warmup_done"]
     again.close()
     with pytest.raises(ValueError, match="different config"):
@@ -218,15 +246,17 @@ def test_estop_is_journaled_checkpointed_and_raised(tmp_path):
 # ---------------------------------------------------------------------------- async mode
 def test_async_learner_progresses_with_consistent_snapshots(tmp_path):
     trainer, limits = point_setup(str(tmp_path / "run"))
-    trainer.run(PointRobot(), ScriptedLabeller(lambda e, t, o: None), limits, 1,
-                progress=lambda s: None)              # one warm-up episode in the replay
+    trainer.run(
+        PointRobot(), ScriptedLabeller(lambda e, t, o: None), limits, 1, progress=lambda s: None
+    )  # one warm-up episode in the replay
     rl = trainer.rl
     rl.compile_update()
     digests = {}
 
     def digest(state):
-        return float(sum(np.asarray(x, np.float64).sum() for x in
-                         jax.tree.leaves(state.actor_params)))
+        return float(
+            sum(np.asarray(x, np.float64).sum() for x in jax.tree.leaves(state.actor_params))
+        )
 
     async_l = AsyncLearner(rl, on_update=lambda v, s, m: digests.__setitem__(v, digest(s)))
     digests[0] = digest(rl.state)
@@ -243,22 +273,25 @@ def test_async_learner_progresses_with_consistent_snapshots(tmp_path):
     t.start()
     t.join(timeout=60)
     stop.set()
-    async_l.submit(trainer.journal.read(trainer.journal.entries()[0])[0],
-                   trainer.journal.read(trainer.journal.entries()[0])[1]["base_action"])
+    async_l.submit(
+        trainer.journal.read(trainer.journal.entries()[0])[0],
+        trainer.journal.read(trainer.journal.entries()[0])[1]["base_action"],
+    )
     time.sleep(0.2)
     async_l.stop()
     versions = [v for v, _ in seen]
     assert versions == sorted(versions) and versions[-1] >= 5 and len(seen) >= 50
-    for v, d in seen:       # every snapshot is exactly the state the learner published
+    for v, d in seen:  # every snapshot is exactly the state the learner published
         assert d == digests[v]
-    assert rl.replay_size == 24                       # the submitted episode was inserted
+    assert rl.replay_size == 24  # the submitted episode was inserted
     trainer.close()
 
 
 def test_async_trainer_runs_episodes(tmp_path):
     trainer, limits = point_setup(str(tmp_path / "run"), mode="async")
-    rows = trainer.run(PointRobot(), ScriptedLabeller(lambda e, t, o: None), limits, 3,
-                       progress=lambda s: None)
+    rows = trainer.run(
+        PointRobot(), ScriptedLabeller(lambda e, t, o: None), limits, 3, progress=lambda s: None
+    )
     assert len(rows) == 3 and trainer.rl.updates > 0
     assert trainer.rl.replay_size == sum(r["steps"] for r in rows)
     trainer.close()
@@ -268,6 +301,7 @@ def test_async_trainer_runs_episodes(tmp_path):
 @pytest.fixture(scope="module")
 def sim_server():
     from resfit_jax.robot.sim_server import spawn_server
+
     proc, address, key = spawn_server("PickPlace", latency_s=0.001, jitter_s=0.002)
     yield address, key
     proc.kill()
@@ -276,10 +310,11 @@ def sim_server():
 
 def test_sim_robot_server_rejects_a_wrong_key(sim_server):
     from resfit_jax.robot.sim_server import RemoteRobot
+
     address, key = sim_server
     with pytest.raises(PermissionError, match="wrong key"):
         RemoteRobot(address, b"not-the-key")
-    robot = RemoteRobot(address, key.encode())      # the server still serves the right key
+    robot = RemoteRobot(address, key.encode())  # the server still serves the right key
     obs = robot.reset()
     assert obs.shape == (28,) and robot.spec["task"] == "PickPlace"
     robot.close()
@@ -289,12 +324,17 @@ def test_sim_robot_server_rejects_a_wrong_key(sim_server):
 def test_end_to_end_sim_robot_survives_sigkill(sim_server, tmp_path):
     from resfit_jax.data.rlds import read_episodes
     from resfit_jax.robot.sim_server import KEY_ENV
+
     address, key = sim_server
     out = str(tmp_path / "robot")
     worker = os.path.join(os.path.dirname(__file__), "robot_worker.py")
-    proc = subprocess.Popen([sys.executable, worker, out, address],
-                            env=dict(os.environ, **{KEY_ENV: key}), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, worker, out, address],
+        env=dict(os.environ, **{KEY_ENV: key}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     journal_dir = os.path.join(out, "journal")
     try:
         deadline = time.time() + 300
@@ -304,20 +344,21 @@ def test_end_to_end_sim_robot_survives_sigkill(sim_server, tmp_path):
                 break
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.05)
-        time.sleep(0.2)                                 # inside the next episode
+        time.sleep(0.2)  # inside the next episode
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     log = proc.stdout.read()
-    finished = len(re.findall(r"^episode \d+ \[", log, re.M))   # progress lines, journaled
-    entries = Journal(journal_dir).entries()            # also clears a half-written episode
+    finished = len(re.findall(r"^episode \d+ \[", log, re.M))  # progress lines, journaled
+    entries = Journal(journal_dir).entries()  # also clears a half-written episode
     assert len(entries) >= 3 and len(entries) >= finished
     assert not any(n.startswith(".tmp") for n in os.listdir(journal_dir))
-    for e in entries:                                   # every journaled episode is readable
+    for e in entries:  # every journaled episode is readable
         (ep,) = read_episodes(e.dataset_dir)
         assert ep.observation.shape == (e.metadata["steps"] + 1, 28)
     from robot_worker import arm_setup
-    trainer, _ = arm_setup(out)                         # restart: replay from the journal
+
+    trainer, _ = arm_setup(out)  # restart: replay from the journal
     steps = sum(e.metadata["steps"] for e in entries if e.label in ("success", "failure"))
     assert trainer.rebuilt["episodes"] == len(entries) and trainer.rl.replay_size == steps
     assert trainer.restored_step is not None
@@ -327,15 +368,18 @@ def test_end_to_end_sim_robot_survives_sigkill(sim_server, tmp_path):
 @pytest.mark.slow
 def test_a_spawned_sim_server_exits_when_its_parent_is_killed():
     """run_robot --spawn_sim SIGKILLed must not leave the simulated robot listening."""
-    code = ("import sys, time; sys.path.insert(0, %r)\n"
-            "from resfit_jax.robot.sim_server import spawn_server\n"
-            "p, a, k = spawn_server('PickPlace')\n"
-            "print(p.pid, flush=True)\n"
-            "time.sleep(600)\n") % os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        f"import sys, time; sys.path.insert(0, {root!r})\n"
+        "from resfit_jax.robot.sim_server import spawn_server\n"
+        "p, a, k = spawn_server('PickPlace')\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         server_pid = int(parent.stdout.readline())
-        os.kill(server_pid, 0)                                   # it runs
+        os.kill(server_pid, 0)  # it runs
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         deadline = time.time() + 20
@@ -344,7 +388,7 @@ def test_a_spawned_sim_server_exits_when_its_parent_is_killed():
                 os.kill(server_pid, 0)
             except ProcessLookupError:
                 break
-            try:                                                 # reap it if it is ours
+            try:  # reap it if it is ours
                 os.waitpid(server_pid, os.WNOHANG)
             except ChildProcessError:
                 pass

@@ -2,6 +2,7 @@
 oversize headers, HTTP, half-open connections, malformed authenticated requests), serves
 a legitimate client afterwards, answers "busy" to a second one, and stops the robot on every
 session end; the client's waits are all bounded."""
+
 import socket
 import struct
 import threading
@@ -10,8 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from resfit_jax.robot.link import (LinkError, RemoteRobot, RobotServer, _mac, recv_frame,
-                                   send_frame)
+from resfit_jax.robot.link import LinkError, RemoteRobot, RobotServer, _mac, recv_frame, send_frame
 
 KEY = b"test-key-123"
 
@@ -79,9 +79,9 @@ def _wait(cond, timeout=5.0):
 def test_server_survives_fuzzing_and_then_serves_a_legitimate_client(server):
     srv, robot, logs = server
     rng = np.random.default_rng(0)
-    half_open = [_connect(srv) for _ in range(4)]          # never answer the challenge
+    half_open = [_connect(srv) for _ in range(4)]  # never answer the challenge
     t0 = time.monotonic()
-    for i in range(40):                                    # bounded in count and time
+    for i in range(40):  # bounded in count and time
         if time.monotonic() - t0 > 20:
             break
         s = _connect(srv)
@@ -89,7 +89,7 @@ def test_server_survives_fuzzing_and_then_serves_a_legitimate_client(server):
         if kind == 0:
             s.sendall(rng.integers(0, 256, int(rng.integers(1, 300)), dtype=np.uint8).tobytes())
         elif kind == 1:
-            s.sendall(struct.pack(">I", 2 ** 31) + b"xx")
+            s.sendall(struct.pack(">I", 2**31) + b"xx")
         elif kind == 2:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         else:
@@ -98,22 +98,22 @@ def test_server_survives_fuzzing_and_then_serves_a_legitimate_client(server):
     malformed = [[], 5, "x", {"cmd": 3}, {"cmd": "reset", "args": "no"}]
     abnormal = 0
 
-    def ended():                     # one session at a time: wait for each to end (stopped)
+    def ended():  # one session at a time: wait for each to end (stopped)
         nonlocal abnormal
         abnormal += 1
         assert _wait(lambda: robot.stops == abnormal), (robot.stops, abnormal, logs[-5:])
 
-    for msg in malformed:                                  # authenticated, then garbage
+    for msg in malformed:  # authenticated, then garbage
         s = _authenticated(srv)
         send_frame(s, msg)
         assert "malformed" in recv_frame(s)["error"]
         s.close()
         ended()
-    s = _authenticated(srv)                                # invalid JSON inside a frame
+    s = _authenticated(srv)  # invalid JSON inside a frame
     s.sendall(struct.pack(">I", 3) + b"{{{")
     s.close()
     ended()
-    s = _authenticated(srv)                                # a dropped client mid-session
+    s = _authenticated(srv)  # a dropped client mid-session
     send_frame(s, {"cmd": "reset", "args": []})
     recv_frame(s)
     s.close()
@@ -128,7 +128,7 @@ def test_server_survives_fuzzing_and_then_serves_a_legitimate_client(server):
     with pytest.raises(ValueError, match="not finite"):
         robot_client.send_action(np.array([np.nan, 0.0]))
     robot_client.close()
-    assert _wait(lambda: robot.stops == abnormal + 1)      # a session end always stops it
+    assert _wait(lambda: robot.stops == abnormal + 1)  # a session end always stops it
     for h in half_open:
         h.close()
     assert any("authentication" in line or "dropped" in line for line in logs)
@@ -142,16 +142,16 @@ def test_one_client_at_a_time_wrong_key_and_idle_timeout(server):
     first.close()
     with pytest.raises(PermissionError, match="wrong key"):
         RemoteRobot(srv.address, b"not-the-key")
-    again = RemoteRobot(srv.address, KEY)                  # still serving
+    again = RemoteRobot(srv.address, KEY)  # still serving
     stops = robot.stops
-    time.sleep(1.5)                                        # idle past the server's timeout
+    time.sleep(1.5)  # idle past the server's timeout
     assert _wait(lambda: robot.stops == stops + 1)
     with pytest.raises(LinkError):
-        again.observe()                                    # mid-episode: never resumed
+        again.observe()  # mid-episode: never resumed
     later = RemoteRobot(srv.address, KEY)
-    time.sleep(1.5)                                        # e.g. a long compile between episodes
+    time.sleep(1.5)  # e.g. a long compile between episodes
     assert _wait(lambda: robot.stops == stops + 2)
-    np.testing.assert_array_equal(later.reset(), np.zeros(3))   # a reset reconnects once
+    np.testing.assert_array_equal(later.reset(), np.zeros(3))  # a reset reconnects once
     assert later.reconnects == 1
     np.testing.assert_array_equal(later.observe(), np.arange(3))
     later.close()
@@ -185,11 +185,14 @@ def test_a_failing_stop_after_a_robot_error_keeps_the_episode():
         def act(self, obs, a_b):
             return np.zeros(2, np.float32), a_b
 
-    rec = run_episode(Dying(), Hold(), ScriptedLabeller(lambda e, t, o: None),
-                      SafetyLimits(-np.ones(2), np.ones(2), 0.5),
-                      LoopConfig(control_hz=1000.0, max_episode_steps=10,
-                                 deadline_tolerance_s=10.0))
-    assert rec.steps == 4 and rec.observation.shape == (5, 3)     # the steps so far are kept
+    rec = run_episode(
+        Dying(),
+        Hold(),
+        ScriptedLabeller(lambda e, t, o: None),
+        SafetyLimits(-np.ones(2), np.ones(2), 0.5),
+        LoopConfig(control_hz=1000.0, max_episode_steps=10, deadline_tolerance_s=10.0),
+    )
+    assert rec.steps == 4 and rec.observation.shape == (5, 3)  # the steps so far are kept
     assert "observe" in rec.error and "robot.stop() failed too" in rec.error
 
 
@@ -205,7 +208,7 @@ def test_client_waits_are_bounded():
     assert time.monotonic() - t0 < 5
     # a listener that never speaks: the handshake times out with a clear error
     mute = socket.create_server(("127.0.0.1", 0))
-    addr = "127.0.0.1:%d" % mute.getsockname()[1]
+    addr = f"127.0.0.1:{mute.getsockname()[1]}"
     with pytest.raises(LinkError, match="no handshake reply"):
         RemoteRobot(addr, KEY, reply_timeout_s=0.5)
     mute.close()

@@ -1,10 +1,18 @@
 """The sample-efficiency analysis: first crossing, bootstrap over seeds, the threshold rule
 and the ratio, measured or a lower bound when PPO has not reached the threshold."""
+
 import numpy as np
 import pytest
 
-from studies.sample_efficiency import (compare, first_reach, noise_ceiling, report,
-                                          steps_to_threshold, sweep, threshold_of)
+from studies.sample_efficiency import (
+    compare,
+    first_reach,
+    noise_ceiling,
+    report,
+    steps_to_threshold,
+    sweep,
+    threshold_of,
+)
 
 
 def _curve(steps, success):
@@ -17,9 +25,12 @@ def test_first_reach_and_the_bootstrap_interval():
     assert first_reach(steps, [0.5, 0.7, 0.8, 0.85], 0.9) is None
     same = steps_to_threshold(steps, np.array([[0.5, 0.7, 0.9, 0.9]] * 3), 0.9, 200)
     assert same["steps"] == 20 and same["ci95"] == [20.0, 20.0] and same["reached"]
-    spread = steps_to_threshold(steps, np.array([[0.5, 0.95, 0.95, 0.95],
-                                                 [0.5, 0.5, 0.5, 0.95],
-                                                 [0.5, 0.5, 0.95, 0.95]]), 0.9, 2000)
+    spread = steps_to_threshold(
+        steps,
+        np.array([[0.5, 0.95, 0.95, 0.95], [0.5, 0.5, 0.5, 0.95], [0.5, 0.5, 0.95, 0.95]]),
+        0.9,
+        2000,
+    )
     assert spread["steps"] == 30 and spread["per_seed"] == [10, 30, 20]
     lo, hi = spread["ci95"]
     assert lo == 10 and hi == 30
@@ -50,9 +61,9 @@ def test_the_sweep_reports_the_ratio_at_each_threshold():
     resfit = _curve([0, 1_000, 2_000], [[0.5, 0.8, 0.95]] * 3)
     ppo = _curve([0, 100_000, 200_000, 400_000], [[0.5, 0.85, 0.92, 0.99]] * 3)
     rows = sweep(resfit, ppo, [0.98, 0.8, 0.9], 50)
-    assert [x["threshold"] for x in rows] == [0.8, 0.9, 0.98]            # sorted
+    assert [x["threshold"] for x in rows] == [0.8, 0.9, 0.98]  # sorted
     assert [x["ratio"] for x in rows[:2]] == pytest.approx([100.0, 100.0])
-    assert rows[0]["ratio_range"] == [0.0, None]     # both crossed at their first evaluation
+    assert rows[0]["ratio_range"] == [0.0, None]  # both crossed at their first evaluation
     assert rows[1]["ratio_range"] == pytest.approx([50.0, 200.0])
     assert rows[2]["ratio"] is None and rows[2]["ppo_steps"] == 400_000  # ResFiT never got there
     r = {"task": "T", "seeds": [0], "threshold_rule": "absolute 0.900", "sweep": rows}
@@ -88,38 +99,47 @@ def test_a_threshold_inside_the_bases_noise_is_flagged():
 def test_the_readme_table_is_generated_from_headline_rows():
     """sample_efficiency --headline: a compact row per task and threshold in headline.json,
     the README block rewritten from it (a rerun replaces its row)."""
-    from studies.headline import SE_END, SE_START, add_se, render_readme, se_row
+    from studies.headline import SE_END, SE_START, add_se, render_tables, se_row
 
     resfit = _curve([0, 1_000, 2_000], [[0.5, 0.8, 0.95]] * 3)
     ppo = _curve([0, 100_000, 200_000], [[0.5, 0.6, 0.96]] * 3)
-    result = {"task": "T", "threshold_rule": "absolute 0.900", "ppo_complete": False,
-              "resfit_final": {"success_rate": 0.9, "base_success_rate": 0.5},
-              "ppo_final": None,
-              "curves": {"ppo": {"success_mean": [0.5, 0.6, 0.96]}}} | compare(resfit, ppo, 0.9, 50)
+    result = {
+        "task": "T",
+        "threshold_rule": "absolute 0.900",
+        "ppo_complete": False,
+        "resfit_final": {"success_rate": 0.9, "base_success_rate": 0.5},
+        "ppo_final": None,
+        "curves": {"ppo": {"success_mean": [0.5, 0.6, 0.96]}},
+    } | compare(resfit, ppo, 0.9, 50)
     data = add_se({"rows": []}, se_row(result))
-    data = add_se(data, se_row(result))                       # replaced, not duplicated
+    data = add_se(data, se_row(result))  # replaced, not duplicated
     assert len(data["sample_efficiency"]) == 1
     # the default rule's threshold moves with ResFiT's held-out result (a rescore): its row
     # is replaced too, and an absolute threshold keeps its own row
     rule = lambda t: {"task": "T", "threshold": t, "threshold_rule": "periodic base 50.0% + ..."}
     moved = add_se(add_se(data, rule(0.87)), rule(0.8625))["sample_efficiency"]
     assert [(r["threshold"], r["threshold_rule"][:8]) for r in moved] == [
-        (0.8625, "periodic"), (0.9, "absolute")]
+        (0.8625, "periodic"),
+        (0.9, "absolute"),
+    ]
     # adding a results row (compare --headline, headline add) keeps the sample-efficiency rows
     from studies.headline import add
     from tests.test_compare import _row
+
     data = add(data, _row("T", "ResFiT", 0.9))
-    assert len(data["rows"]) == 1 and data["sample_efficiency"] == add_se(
-        {"rows": []}, se_row(result))["sample_efficiency"]
+    assert (
+        len(data["rows"]) == 1
+        and data["sample_efficiency"] == add_se({"rows": []}, se_row(result))["sample_efficiency"]
+    )
     readme = f"a\n<!-- headline:start -->\n<!-- headline:end -->\n{SE_START}\nold\n{SE_END}\nb\n"
-    new = render_readme(readme, data)
+    new = render_tables(readme, data)
     row = new.split(SE_START)[1].split(SE_END)[0].strip().splitlines()[-1]
     assert row.startswith("| T (50.0%) | 90.0% (absolute) | 2,000 [2,000, 2,000] of 2,000 |")
     assert "**100x** (grid: 50-200x)" in row and "(periodic 96.0% at 0.20M, running)" in row
     assert "\nold\n" not in new
     # both curves crossed at their first evaluation: the grids bound the ratio nowhere
     first = se_row(result | {"ratio_range": [0.0, None]})
-    row = render_readme(readme, {"rows": [], "sample_efficiency": [first]})
+    row = render_tables(readme, {"rows": [], "sample_efficiency": [first]})
     assert "**100x** (grid: unbounded)" in row and ">= 0x" not in row
 
 
@@ -128,14 +148,22 @@ def test_ppo_is_paired_with_resfit_on_the_held_out_episodes_once_both_finished()
 
     row = lambda bits: {"outcomes": bits, "episodes": len(bits), "successes": bits.count("1")}
     run = lambda policy, done=True: {
-        "task": "PickPlace", "seeds": [0], "complete": done,
-        "final": {"per_seed": [row(policy)], "base_per_seed": [row("0110")]}}
+        "task": "PickPlace",
+        "seeds": [0],
+        "complete": done,
+        "final": {"per_seed": [row(policy)], "base_per_seed": [row("0110")]},
+    }
     v = held_out_pairing(run("0111"), run("1101"))
     assert (v["fixed"], v["broken"], v["reference_success_rate"]) == (1, 1, 0.75)
     assert held_out_pairing(run("0111"), run("1101", done=False)) is None
-    assert held_out_pairing(run("0111"), {"task": "PickPlace", "seeds": [0], "complete": True,
-                                          "final": {}}) is None      # no outcomes: left out
+    assert (
+        held_out_pairing(
+            run("0111"), {"task": "PickPlace", "seeds": [0], "complete": True, "final": {}}
+        )
+        is None
+    )  # no outcomes: left out
     resfit = _curve([0, 1_000], [[0.5, 0.95]])
-    r = {"task": "T", "seeds": [0], "threshold_rule": "absolute 0.9",
-         "ppo_vs_resfit": v} | compare(resfit, resfit, 0.9, 10)
+    r = {"task": "T", "seeds": [0], "threshold_rule": "absolute 0.9", "ppo_vs_resfit": v} | compare(
+        resfit, resfit, 0.9, 10
+    )
     assert "PPO fixes 1 and breaks 1 of ResFiT's episodes" in report(r)

@@ -7,6 +7,7 @@ through the layout equals the plain seed-vmapped loop; seeds split over two devi
 them on one; a run started on two devices resumes
 on one; and two jax.distributed processes on localhost train, checkpoint and resume a run.
 """
+
 import dataclasses
 import json
 import os
@@ -25,20 +26,27 @@ WORKER = os.path.join(os.path.dirname(__file__), "sharding_worker.py")
 def _env():
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
-    env.setdefault("RESFIT_JAX_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(
-        __file__)), ".jax_cache"))
+    env.setdefault(
+        "RESFIT_JAX_CACHE_DIR",
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"),
+    )
     return env
 
 
 def _result(text: str) -> dict:
     lines = [x for x in text.splitlines() if x.startswith("RESULT ")]
     assert lines, text[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def run_worker(*args, timeout=900) -> dict:
-    p = subprocess.run([sys.executable, WORKER, *map(str, args)], capture_output=True,
-                       text=True, timeout=timeout, env=_env())
+    p = subprocess.run(
+        [sys.executable, WORKER, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     return _result(p.stdout)
 
@@ -50,15 +58,15 @@ def test_a_sharded_update_equals_the_update_of_the_global_batch():
     r = run_worker("update", timeout=300)
     for n in (2, 4):
         for method in ("update", "critic_warmup"):
-            assert r[f"{method}_moved_{n}"] > 1e-4    # the update really changed the params
+            assert r[f"{method}_moved_{n}"] > 1e-4  # the update really changed the params
             assert r[f"{method}_{n}"] < 1e-5 and r[f"{method}_loss_{n}"] < 1e-5
 
 
 @pytest.mark.slow
 def test_sharded_chunks_and_resume_on_another_device_count(tmp_path):
     r = run_worker("loop", tmp_path)
-    assert r["devices"] == 2 and r["placed"] == 2     # the replay really lives on 2 devices
-    assert r["replay_shape"] == [4, 1024, 4]          # [shards x seeds, capacity / 2, obs]
+    assert r["devices"] == 2 and r["placed"] == 2  # the replay really lives on 2 devices
+    assert r["replay_shape"] == [4, 1024, 4]  # [shards x seeds, capacity / 2, obs]
     assert r["chunk_diff"] < 1e-5 and r["metric_diff"] < 1e-5
     # one critic warm-up chunk (10 steps) + one train chunk (8 vector steps x UTD 2)
     assert r["critic_steps"] == [10 + 8 * 2] * 2
@@ -76,9 +84,16 @@ def test_two_jax_distributed_processes_train_checkpoint_and_resume(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "run"
-    procs = [subprocess.Popen([sys.executable, WORKER, "host", str(i), str(port), str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=_env()) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, WORKER, "host", str(i), str(port), str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for i in range(2)
+    ]
     results = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=900)
@@ -115,10 +130,12 @@ def test_local_draw_slices_the_global_draw():
     """Each named-vmap shard gets its rows of the global draw (the basis of the equality)."""
     import jax
     import numpy as np
+
     key = jax.random.key(3)
     full = jax.random.normal(key, (8, 3))
-    parts = jax.vmap(lambda _: sharding.local_draw(jax.random.normal, key, (2, 3),
-                                                   sharding.SHARDS), axis_name=sharding.SHARDS
-                     )(np.arange(4))
+    parts = jax.vmap(
+        lambda _: sharding.local_draw(jax.random.normal, key, (2, 3), sharding.SHARDS),
+        axis_name=sharding.SHARDS,
+    )(np.arange(4))
     np.testing.assert_allclose(np.asarray(parts).reshape(8, 3), np.asarray(full), atol=1e-6)
     assert sharding.local_draw(jax.random.normal, key, (8, 3), None).shape == (8, 3)

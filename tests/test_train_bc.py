@@ -2,6 +2,7 @@
 PointReach (pure JAX, fast): demos are generated,
 the BC base learns the task, the best checkpoint, metrics, summary and export are written,
 and the exported base reproduces the checkpointed one."""
+
 import json
 import os
 
@@ -9,19 +10,32 @@ import jax
 import numpy as np
 import pytest
 
+from resfit_jax.base.policy import load_exported_base
 from resfit_jax.bc.frozen import load_base
 from resfit_jax.bc.pipeline import train_bc
-from resfit_jax.base.policy import load_exported_base
 
 
 @pytest.mark.slow
 def test_train_bc_end_to_end(tmp_path):
     out = str(tmp_path / "bc")
-    s = train_bc("PointReach", out, policy="mlp", steps=1600, batch_size=128, chunk_size=5,
-                 eval_every=800, eval_episodes=40, final_episodes=60, num_envs=20,
-                 demo_episodes=30, demo_noise=0.0, seed=0, verbose=False)
+    s = train_bc(
+        "PointReach",
+        out,
+        policy="mlp",
+        steps=1600,
+        batch_size=128,
+        chunk_size=5,
+        eval_every=800,
+        eval_episodes=40,
+        final_episodes=60,
+        num_envs=20,
+        demo_episodes=30,
+        demo_noise=0.0,
+        seed=0,
+        verbose=False,
+    )
     assert s["final_episodes"] == 60
-    assert s["success_rate"] >= 0.6, s   # measured 0.75; a broken pipeline gives ~0
+    assert s["success_rate"] >= 0.6, s  # measured 0.75; a broken pipeline gives ~0
     assert s["best_step"] in (800, 1600)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
@@ -33,6 +47,7 @@ def test_train_bc_end_to_end(tmp_path):
     base, info = load_base(os.path.join(out, "checkpoint"), obs_dim=4, action_dim=2)
     exported = load_exported_base(os.path.join(out, "export"), obs_dim=4, action_dim=2)
     obs = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
-    np.testing.assert_allclose(np.asarray(exported.predict(obs)),
-                               np.asarray(base.predict(obs)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(exported.predict(obs)), np.asarray(base.predict(obs)), rtol=1e-5, atol=1e-6
+    )
     assert exported.chunk_size == 5 and info["task"] == "PointReach"

@@ -1,5 +1,6 @@
 """Residual training driver on PointReach (fast): every phase, exact resume, exact-N evaluation
 with matched base episodes, the relabelled demo buffer, config presets and overrides."""
+
 import os
 
 import jax
@@ -8,31 +9,41 @@ import numpy as np
 import pytest
 
 from resfit_jax import envs
+from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.base.policy import ChunkedBase, FunctionBase
-from resfit_jax.run.checkpointing import to_storable
-from resfit_jax.run.configs import apply_overrides
 from resfit_jax.data.demos import collect_episodes, make_rollout
 from resfit_jax.data.rlds import Episode
-from resfit_jax.replay.demos import pad_episodes, relabel_demos
 from resfit_jax.envs.core import EpisodeWrapper
 from resfit_jax.envs.point_reach import biased_base_action
-from resfit_jax.run.logger import read_metrics
 from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer
 from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayConfig
-from resfit_jax.agents.residual_td3 import ResidualTD3Config
-from resfit_jax.sim.evaluation import episode_keys
+from resfit_jax.replay.demos import pad_episodes, relabel_demos
+from resfit_jax.run.checkpointing import to_storable
+from resfit_jax.run.configs import apply_overrides
+from resfit_jax.run.logger import read_metrics
 from resfit_jax.sim.config import BaseExecution, ResidualOptions, TrainConfig
+from resfit_jax.sim.evaluation import episode_keys
 from resfit_jax.sim.presets import preset
 from resfit_jax.sim.report import held_out_outcomes, paired_between, results_table
 from resfit_jax.sim.trainer import make_trainer, rescore_run, train_residual
 
 TASK = envs.PointReach(episode_length=20)
-LEARNER = ResidualTD3Config(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32),
-                            num_critics=4, actor_lr=1e-4)
+LEARNER = ResidualTD3Config(
+    actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=4, actor_lr=1e-4
+)
 REPLAY = ReplayConfig(batch_size=32, utd=2, capacity=2048)
-CFG = TrainConfig(learner=LEARNER, replay=REPLAY, num_envs=4, warmup_env_steps=64,
-                  critic_warmup_updates=20, critic_warmup_chunk=10, total_env_steps=192,
-                  steps_per_chunk=8, eval_every=64, eval_episodes=13)
+CFG = TrainConfig(
+    learner=LEARNER,
+    replay=REPLAY,
+    num_envs=4,
+    warmup_env_steps=64,
+    critic_warmup_updates=20,
+    critic_warmup_chunk=10,
+    total_env_steps=192,
+    steps_per_chunk=8,
+    eval_every=64,
+    eval_episodes=13,
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +126,7 @@ def test_every_evaluation_is_paired_and_the_final_one_uses_held_out_starts(train
     assert sum(b == "1" and q == "0" for b, q in zip(base, pol)) == p["broken"]
     # a finished run becomes a headline.json row
     from studies.headline import add, row_from_run, table
+
     row = row_from_run(out, "ResFiT", "test")
     assert row["seeds"] == 2 and row["success_rate"] == p["success_rate"]
     assert row["evaluation"] == f"held-out, {CFG.eval_episodes} per seed"
@@ -124,8 +136,9 @@ def test_every_evaluation_is_paired_and_the_final_one_uses_held_out_starts(train
 def test_resume_equals_uninterrupted_run(trainer, full_run, tmp_path):
     _, full = full_run
     out = str(tmp_path / "staged")
-    first = train_residual(trainer, out, progress=False, stop_at_env_steps=64,
-                           task_name="PointReach")
+    first = train_residual(
+        trainer, out, progress=False, stop_at_env_steps=64, task_name="PointReach"
+    )
     assert not first["complete"] and first["env_steps"] == 64
     with pytest.raises(FileExistsError, match="--resume"):
         train_residual(trainer, out, progress=False)
@@ -138,8 +151,11 @@ def test_resume_equals_uninterrupted_run(trainer, full_run, tmp_path):
     same = paired_between(full, resumed)
     assert same["fixed"] == same["broken"] == 0
     assert same["episodes"] == 2 * CFG.eval_episodes
-    assert same["success_rate"] == same["reference_success_rate"] == full["final"]["pooled"][
-        "success_rate"]
+    assert (
+        same["success_rate"]
+        == same["reference_success_rate"]
+        == full["final"]["pooled"]["success_rate"]
+    )
     # rescoring a finished run reproduces its held-out evaluation and changes nothing else
     n_rows = len(read_metrics(out))
     again = rescore_run(trainer, out, task_name="PointReach")
@@ -153,7 +169,8 @@ def test_resume_equals_uninterrupted_run(trainer, full_run, tmp_path):
 
 
 def test_a_killed_run_resumes_from_its_timed_checkpoint_between_evaluations(
-        trainer, full_run, tmp_path, monkeypatch):
+    trainer, full_run, tmp_path, monkeypatch
+):
     """With save_every_s=0 every chunk end checkpoints: a run killed without warning (no
     Ctrl-C path) in its 4th training chunk resumes from the 3rd's end (96 env steps, between
     the evaluations at 64 and 128) and ends exactly where the uninterrupted run ends."""
@@ -172,14 +189,18 @@ def test_a_killed_run_resumes_from_its_timed_checkpoint_between_evaluations(
         train_residual(trainer, out, progress=False, save_every_s=0.0)
     monkeypatch.undo()
     from resfit_jax.run.checkpointing import RunCheckpointer
+
     ckpt = RunCheckpointer(os.path.join(out, "checkpoints"))
     _, saved = ckpt.restore({"loop": trainer.init(), "offline": trainer.offline})
     ckpt.close()
     assert saved["phase"] == "train" and saved["env_steps"] == 96 and saved["chunk"] == 3
     resumed = train_residual(trainer, out, resume=True, progress=False)
     assert resumed["complete"] and resumed["resfit"] == full["resfit"]
-    jax.tree.map(np.testing.assert_array_equal, to_storable(full["loop_state"]),
-                 to_storable(resumed["loop_state"]))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        to_storable(full["loop_state"]),
+        to_storable(resumed["loop_state"]),
+    )
 
 
 def test_sigterm_in_a_script_is_a_ctrl_c():
@@ -194,7 +215,7 @@ def test_sigterm_in_a_script_is_a_ctrl_c():
         assert interrupt_on_sigterm()
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(1000):       # the handler runs at the next bytecode boundary
+            for _ in range(1000):  # the handler runs at the next bytecode boundary
                 pass
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -213,8 +234,10 @@ def test_resume_after_the_demos_changed_equals_the_uninterrupted_run(demos, full
     train_residual(first, out, progress=False, stop_at_env_steps=64)
     with pytest.raises(ValueError, match="not finished"):
         rescore_run(first, out)
-    changed = [dataclasses.replace(ep, observation=ep.observation * 1.3 + 0.1,
-                                   action=ep.action * 0.8) for ep in demos]
+    changed = [
+        dataclasses.replace(ep, observation=ep.observation * 1.3 + 0.1, action=ep.action * 0.8)
+        for ep in demos
+    ]
     other = make_trainer(TASK, base, changed, CFG, seeds=[0, 1])
     assert not np.allclose(other.normalizer.obs.mean, first.normalizer.obs.mean)
     resumed = train_residual(other, out, resume=True, progress=False)
@@ -233,20 +256,27 @@ def test_a_run_directory_is_locked_and_a_resume_with_other_inputs_is_refused(tra
     with RunLock(out):
         with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
             train_residual(trainer, out, progress=False)
-    with open(os.path.join(out, ".lock"), "w") as f:          # stale: nobody holds it
+    with open(os.path.join(out, ".lock"), "w") as f:  # stale: nobody holds it
         f.write('{"pid": 999999}')
-    first = train_residual(trainer, out, progress=False, stop_at_env_steps=64,
-                           identity={"base": "aaa", "demos": "ddd"})
+    first = train_residual(
+        trainer, out, progress=False, stop_at_env_steps=64, identity={"base": "aaa", "demos": "ddd"}
+    )
     assert not first["complete"]
     with pytest.raises(ValueError, match="started with another base"):
-        train_residual(trainer, out, resume=True, progress=False,
-                       identity={"base": "bbb", "demos": "ddd"})
+        train_residual(
+            trainer, out, resume=True, progress=False, identity={"base": "bbb", "demos": "ddd"}
+        )
 
 
 def test_resume_with_a_different_config_is_refused(demos, full_run):
     out, _ = full_run
-    other = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos,
-                         CFG.replace(eval_episodes=14), seeds=[0, 1])
+    other = make_trainer(
+        TASK,
+        FunctionBase(biased_base_action, 2),
+        demos,
+        CFG.replace(eval_episodes=14),
+        seeds=[0, 1],
+    )
     with pytest.raises(ValueError, match="different config"):
         train_residual(other, out, resume=True, progress=False)
 
@@ -254,8 +284,9 @@ def test_resume_with_a_different_config_is_refused(demos, full_run):
 def test_base_only_evaluation_equals_the_base_rolled_out_by_hand(trainer):
     """The trainer's base evaluation: exactly N episodes, same successes and lengths as a plain
     step-by-step rollout of the base on the same initial states."""
-    ev = jax.device_get(trainer.evaluator.evaluate_base(trainer.normalizer,
-                                                         trainer.evaluator.eval_keys()))
+    ev = jax.device_get(
+        trainer.evaluator.evaluate_base(trainer.normalizer, trainer.evaluator.eval_keys())
+    )
     n = CFG.eval_episodes
     assert ev["success"].shape == (2, n)
     nz = trainer.normalizer
@@ -287,10 +318,15 @@ def test_demo_buffer_relabels_with_a_fresh_base_queue_per_episode():
     stored base action of frame t is that of frame 3 * (t // 3) of the SAME demo."""
     k = 3
     base = ChunkedBase(lambda o: jnp.repeat(o[:, None, :2], k, axis=1), 2, k)
-    eps = [_episode(np.arange(100, 108), True), _episode(np.arange(200, 205), False),
-           _episode(np.arange(300, 306), True)]
-    nz = Normalizer(obs=StateStandardizer.identity(4),
-                    action=ActionScaler(center=jnp.zeros(2), half_range=jnp.full(2, 1000.0)))
+    eps = [
+        _episode(np.arange(100, 108), True),
+        _episode(np.arange(200, 205), False),
+        _episode(np.arange(300, 306), True),
+    ]
+    nz = Normalizer(
+        obs=StateStandardizer.identity(4),
+        action=ActionScaler(center=jnp.zeros(2), half_range=jnp.full(2, 1000.0)),
+    )
     writer = NStepWriter(n=2, gamma=0.9)
     padded = jax.tree.map(jnp.asarray, pad_episodes(eps))
     buf = ReplayBuffer(int(padded["length"].sum()))
@@ -300,11 +336,13 @@ def test_demo_buffer_relabels_with_a_fresh_base_queue_per_episode():
     raw_obs = d.obs[:, 0]
     episode = (raw_obs // 100).astype(int)
     t = (raw_obs % 100).astype(int)
-    np.testing.assert_allclose(d.base_action[:, 0] * 1000, episode * 100 + k * (t // k), rtol=0,
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        d.base_action[:, 0] * 1000, episode * 100 + k * (t // k), rtol=0, atol=1e-3
+    )
     nt = (d.next_obs[:, 0] % 100).astype(int)
-    np.testing.assert_allclose(d.next_base_action[:, 0] * 1000, episode * 100 + k * (nt // k),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        d.next_base_action[:, 0] * 1000, episode * 100 + k * (nt // k), atol=1e-3
+    )
     np.testing.assert_allclose(d.action, 0.5 / 1000)
     # reward 1 on the final transition of the successful demos only; terminal only there
     last = {1: 7, 2: 4, 3: 5}
@@ -324,13 +362,21 @@ def test_presets_and_overrides():
     assert cpu.residual == ResidualOptions(base_phase=True, base_plan=1, hold=True)
     assert cpu.select.rule == "best"
     assert cpu.warmup_env_steps >= 10_000
-    rlpd = preset("PickPlace", "cpu", "rlpd")          # the baselines get no ResFiT options
+    rlpd = preset("PickPlace", "cpu", "rlpd")  # the baselines get no ResFiT options
     assert rlpd.residual == ResidualOptions() and not rlpd.residual.any_on
     assert paper.learner.critic_hidden_dims == (1024, 1024) and paper.num_envs == 1
     assert paper.learner.action_scale == 0.2 and paper.learner.actor_lr == 5e-6
     assert paper.critic_steps_per_env_step == 4 and paper.total_env_steps == 500_000
-    cfg = apply_overrides(cpu, ["num_envs=32", "replay.utd=8", "learner.critic_hidden_dims=512,512",
-                                "learner.target_noise=false", "replay.gamma=1"])
+    cfg = apply_overrides(
+        cpu,
+        [
+            "num_envs=32",
+            "replay.utd=8",
+            "learner.critic_hidden_dims=512,512",
+            "learner.target_noise=false",
+            "replay.gamma=1",
+        ],
+    )
     assert (cfg.num_envs, cfg.replay.utd, cfg.learner.critic_hidden_dims) == (32, 8, (512, 512))
     assert cfg.learner.target_noise is False and cfg.replay.gamma == 1.0
     assert cfg.critic_steps_per_env_step == 8 / 32
@@ -384,14 +430,17 @@ def test_time_feature_run_sees_time_and_its_base_does_not(demos, tmp_path):
 
     with pytest.raises(ValueError, match="bootstrap_truncation=False"):
         CFG.replace(residual=ResidualOptions(time_feature=True))
-    cfg = CFG.replace(residual=ResidualOptions(time_feature=True), total_env_steps=64,
-                      replay=dataclasses.replace(REPLAY, bootstrap_truncation=False))
+    cfg = CFG.replace(
+        residual=ResidualOptions(time_feature=True),
+        total_env_steps=64,
+        replay=dataclasses.replace(REPLAY, bootstrap_truncation=False),
+    )
     timed = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos, cfg, seeds=[0])
     assert timed.loop.task.observation_spec.shape == (5,)
     n = int(timed.offline.size)
     obs, nxt = np.asarray(timed.offline.data.obs[:n]), np.asarray(timed.offline.data.next_obs[:n])
     assert np.all((obs[:, -1] >= 0) & (obs[:, -1] < 1)) and np.any(obs[:, -1] == 0)
-    k = np.round((nxt[:, -1] - obs[:, -1]) * TASK.horizon)           # n-step gaps of 1..n
+    k = np.round((nxt[:, -1] - obs[:, -1]) * TASK.horizon)  # n-step gaps of 1..n
     assert np.all((k >= 1) & (k <= REPLAY.n_step))
     plain = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos, CFG, seeds=[0])
     ev_t = timed.evaluator.evaluate_base(timed.normalizer, timed.evaluator.eval_keys())
@@ -410,14 +459,17 @@ def test_chunk_phase_is_the_same_for_online_demo_and_evaluation_frames(demos):
     from resfit_jax.base.residual import ResidualPolicy
 
     k = 3
-    base = ChunkedBase(lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1),
-                       2, k)
-    cfg = CFG.replace(residual=ResidualOptions(time_feature=True, base_phase=True),
-                      replay=dataclasses.replace(REPLAY, bootstrap_truncation=False))
+    base = ChunkedBase(
+        lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1), 2, k
+    )
+    cfg = CFG.replace(
+        residual=ResidualOptions(time_feature=True, base_phase=True),
+        replay=dataclasses.replace(REPLAY, bootstrap_truncation=False),
+    )
     tr = make_trainer(TASK, base, demos, cfg, seeds=[0])
     assert tr.loop.learner.obs_dim == 4 + 1 + 1
 
-    def check(obs):          # columns: task obs [4], t / horizon, phase
+    def check(obs):  # columns: task obs [4], t / horizon, phase
         t = np.round(obs[:, -2] * TASK.horizon).astype(int)
         np.testing.assert_allclose(obs[:, -1], (t % k) / k, atol=1e-6)
         return t
@@ -440,10 +492,17 @@ def test_chunk_phase_is_the_same_for_online_demo_and_evaluation_frames(demos):
         check(np.asarray(policy.learner_obs(s.obs, q)))
         s = jax.vmap(env.step)(s, raw)
     with pytest.raises(ValueError, match="need a chunked base"):
-        make_trainer(TASK, FunctionBase(biased_base_action, 2), demos,
-                     CFG.replace(residual=ResidualOptions(base_phase=True)), seeds=[0])
+        make_trainer(
+            TASK,
+            FunctionBase(biased_base_action, 2),
+            demos,
+            CFG.replace(residual=ResidualOptions(base_phase=True)),
+            seeds=[0],
+        )
     # re-anchoring more often: execution horizon 2 of the chunk of 3 gives phases 0, 1/2
-    tr2 = make_trainer(TASK, base, demos, cfg.replace(base=BaseExecution(execution_horizon=2)), seeds=[0])
+    tr2 = make_trainer(
+        TASK, base, demos, cfg.replace(base=BaseExecution(execution_horizon=2)), seeds=[0]
+    )
     assert tr2.loop.base.base.horizon == 2 and tr2.loop.features.horizon == 2
     n2 = int(tr2.offline.size)
     obs2 = np.asarray(tr2.offline.data.obs[:n2])
@@ -458,15 +517,18 @@ def test_persistent_offset_resets_at_each_refill_and_stays_within_its_bound(demo
     import dataclasses
 
     k, bound = 3, 0.04
-    base = ChunkedBase(lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1),
-                       2, k)
-    cfg = CFG.replace(residual=ResidualOptions(time_feature=True, offset_bound=bound),
-                      total_env_steps=64,
-                      replay=dataclasses.replace(REPLAY, bootstrap_truncation=False))
+    base = ChunkedBase(
+        lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1), 2, k
+    )
+    cfg = CFG.replace(
+        residual=ResidualOptions(time_feature=True, offset_bound=bound),
+        total_env_steps=64,
+        replay=dataclasses.replace(REPLAY, bootstrap_truncation=False),
+    )
     tr = make_trainer(TASK, base, demos, cfg, seeds=[0])
     assert tr.loop.learner.obs_dim == 4 + 1 + 2
 
-    def check(obs):          # columns: task obs [4], t / horizon, offset [2]
+    def check(obs):  # columns: task obs [4], t / horizon, offset [2]
         t = np.round(obs[:, 4] * TASK.horizon).astype(int)
         off = obs[:, -2:]
         assert np.all(np.abs(off) <= bound + 1e-6)
@@ -494,26 +556,30 @@ def test_held_residual_acts_at_chunk_starts_only_and_holds_its_correction(demos,
     import dataclasses
 
     k = 3
-    base = ChunkedBase(lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1),
-                       2, k)
-    cfg = CFG.replace(residual=ResidualOptions(time_feature=True, hold=True), total_env_steps=64,
-                      replay=dataclasses.replace(REPLAY, bootstrap_truncation=False))
+    base = ChunkedBase(
+        lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], k, axis=1), 2, k
+    )
+    cfg = CFG.replace(
+        residual=ResidualOptions(time_feature=True, hold=True),
+        total_env_steps=64,
+        replay=dataclasses.replace(REPLAY, bootstrap_truncation=False),
+    )
     tr = make_trainer(TASK, base, demos, cfg, seeds=[0])
     assert tr.loop.learner.obs_dim == 4 + 1 + 2 + 1 and tr.loop.learner.config.residual_mask
 
-    def check(obs, online=None):      # columns: task obs [4], t / horizon, offset [2], flag
+    def check(obs, online=None):  # columns: task obs [4], t / horizon, offset [2], flag
         t = np.round(obs[:, 4] * TASK.horizon).astype(int)
         off, flag = obs[:, 5:7], obs[:, 7]
         np.testing.assert_array_equal(flag, (t % k == 0).astype(np.float32))
         np.testing.assert_array_equal(off[t % k == 0], 0.0)
         assert np.abs(off[t % k != 0]).max() > 1e-3
-        if online is not None:                  # the residual acted at chunk starts only
+        if online is not None:  # the residual acted at chunk starts only
             action, base_action = online
             np.testing.assert_allclose(action[flag == 0], base_action[flag == 0], atol=1e-6)
             assert np.abs(action - base_action)[flag == 1].max() > 1e-3
         return t, off
 
-    def held(obs):                 # within one chunk of one episode (its goal), one offset
+    def held(obs):  # within one chunk of one episode (its goal), one offset
         t, off = check(obs)
         groups = {}
         for i, key in enumerate(zip(map(tuple, np.round(obs[:, 2:4], 5)), t // k)):
@@ -521,8 +587,7 @@ def test_held_residual_acts_at_chunk_starts_only_and_holds_its_correction(demos,
                 groups.setdefault(key, []).append(i)
         assert max(map(len, groups.values())) == k - 1
         for rows in groups.values():
-            np.testing.assert_allclose(off[rows], np.repeat(off[rows[:1]], len(rows), 0),
-                                       atol=1e-6)
+            np.testing.assert_allclose(off[rows], np.repeat(off[rows[:1]], len(rows), 0), atol=1e-6)
 
     held(np.asarray(tr.offline.data.obs[: int(tr.offline.size)]))
     ls, _ = tr.warmup(tr.init())
@@ -532,18 +597,24 @@ def test_held_residual_acts_at_chunk_starts_only_and_holds_its_correction(demos,
     held(d.obs)
     check(d.next_obs)
     # the learner: no residual where the flag is 0, and the target ignores the actor there
-    from resfit_jax.agents.residual_td3 import make_learner         # the same, outside shard_map
+    from resfit_jax.agents.residual_td3 import make_learner  # the same, outside shard_map
+
     lrn = make_learner(tr.loop.learner.config, tr.loop.learner.obs_spec, 2)
     lstate = jax.tree.map(lambda x: x[0], ls.learner_state)
-    lstate = lstate.replace(actor_params=jax.tree.map(lambda p: p + 0.3, lstate.actor_params),
-                            target_actor_params=jax.tree.map(lambda p: p + 0.3,
-                                                             lstate.target_actor_params))
+    lstate = lstate.replace(
+        actor_params=jax.tree.map(lambda p: p + 0.3, lstate.actor_params),
+        target_actor_params=jax.tree.map(lambda p: p + 0.3, lstate.target_actor_params),
+    )
     r, _ = lrn.act(lstate, d.obs, d.base_action, jax.random.PRNGKey(0))
     np.testing.assert_array_equal(np.asarray(r)[d.obs[:, 7] == 0], 0.0)
     assert np.abs(np.asarray(r)[d.obs[:, 7] == 1]).max() > 1e-4
     batch = jax.tree.map(jnp.asarray, d)
-    moved = lstate.replace(target_actor_params=jax.tree.map(lambda p: -p,     # r' flips sign
-                                                            lstate.target_actor_params))
+    moved = lstate.replace(
+        target_actor_params=jax.tree.map(
+            lambda p: -p,  # r' flips sign
+            lstate.target_actor_params,
+        )
+    )
     y1 = np.asarray(lrn.td_target(lstate, batch, jax.random.PRNGKey(1), 0.0))
     y2 = np.asarray(lrn.td_target(moved, batch, jax.random.PRNGKey(1), 0.0))
     still = (d.next_obs[:, 7] == 0) | (d.nonterminal == 0)
@@ -558,11 +629,21 @@ def test_held_residual_acts_at_chunk_starts_only_and_holds_its_correction(demos,
 def test_a_rescore_names_what_changed():
     from resfit_jax.sim.report import rescore_differences
 
-    pooled = {"episodes": 200, "base_success_rate": 0.5, "success_rate": 0.6, "fixed": 30,
-              "broken": 10}
+    pooled = {
+        "episodes": 200,
+        "base_success_rate": 0.5,
+        "success_rate": 0.6,
+        "fixed": 30,
+        "broken": 10,
+    }
     recorded = {"pooled": pooled, "last": {"pooled": pooled}}
     assert rescore_differences(recorded, recorded) == []
-    new = {"pooled": dict(pooled, success_rate=0.605, fixed=31),
-           "last": {"pooled": dict(pooled, broken=11)}}
+    new = {
+        "pooled": dict(pooled, success_rate=0.605, fixed=31),
+        "last": {"pooled": dict(pooled, broken=11)},
+    }
     assert rescore_differences(recorded, new) == [
-        "pooled.success_rate: 0.6 -> 0.605", "pooled.fixed: 30 -> 31", "last.broken: 10 -> 11"]
+        "pooled.success_rate: 0.6 -> 0.605",
+        "pooled.fixed: 30 -> 31",
+        "last.broken: 10 -> 11",
+    ]

@@ -9,6 +9,7 @@ on the host (``raise_if_nonfinite``), so the hot path has no device-to-host sync
 used on its own can also raise inside each update (``check_finite``, a host callback). Both
 raise ``FloatingPointError`` naming the non-finite field or loss.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,23 +38,30 @@ def as_obs_spec(obs_spec: PyTree, pixels: bool = False) -> PyTree:
         return jax.ShapeDtypeStruct((int(obs_spec),), jnp.float32)
     leaves = jax.tree.leaves(obs_spec)
     if not leaves:
-        raise ValueError("obs_spec is empty: give the observation dimension (int) or a pytree "
-                         "of jax.ShapeDtypeStruct, one per observation field (no batch axis).")
+        raise ValueError(
+            "obs_spec is empty: give the observation dimension (int) or a pytree "
+            "of jax.ShapeDtypeStruct, one per observation field (no batch axis)."
+        )
     spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s.shape), s.dtype), obs_spec)
     for path, s in jax.tree_util.tree_leaves_with_path(spec):
         name = jax.tree_util.keystr(path) or "obs"
         if pixels and len(s.shape) == 3 and s.dtype == jnp.uint8:
             continue
         if pixels and len(s.shape) == 3:
-            raise ValueError(f"obs_spec{name}: a camera field must be uint8 [H, W, C]; got "
-                             f"dtype {s.dtype}. Store images as uint8 (0-255).")
+            raise ValueError(
+                f"obs_spec{name}: a camera field must be uint8 [H, W, C]; got "
+                f"dtype {s.dtype}. Store images as uint8 (0-255)."
+            )
         if len(s.shape) != 1 or not jnp.issubdtype(s.dtype, jnp.floating):
             if pixels:
-                raise ValueError(f"obs_spec{name}: fields are float vectors [D] or camera "
-                                 f"images uint8 [H, W, C]; got shape {s.shape} dtype {s.dtype}.")
+                raise ValueError(
+                    f"obs_spec{name}: fields are float vectors [D] or camera "
+                    f"images uint8 [H, W, C]; got shape {s.shape} dtype {s.dtype}."
+                )
             raise ValueError(
                 f"obs_spec{name}: the state learner takes float vectors [D]; got shape {s.shape} "
-                f"dtype {s.dtype}. Flatten the field, or use an image encoder for pixel fields.")
+                f"dtype {s.dtype}. Flatten the field, or use an image encoder for pixel fields."
+            )
     return spec
 
 
@@ -64,28 +72,39 @@ def obs_dim(spec: PyTree) -> int:
 def check_normalizer(normalizer: Any, obs_dim: int, action_dim: int) -> None:
     """A clear error when a ``Normalizer``'s sizes do not match the learner's."""
     if normalizer.obs.mean.shape[-1] != obs_dim:
-        raise ValueError(f"The normalizer's observation size {normalizer.obs.mean.shape[-1]} "
-                         f"does not match the flattened observation ({obs_dim}); fit it on the "
-                         "same observations.")
+        raise ValueError(
+            f"The normalizer's observation size {normalizer.obs.mean.shape[-1]} "
+            f"does not match the flattened observation ({obs_dim}); fit it on the "
+            "same observations."
+        )
     if normalizer.action.center.shape[-1] != action_dim:
-        raise ValueError(f"The normalizer's action size {normalizer.action.center.shape[-1]} "
-                         f"does not match action_dim {action_dim}.")
+        raise ValueError(
+            f"The normalizer's action size {normalizer.action.center.shape[-1]} "
+            f"does not match action_dim {action_dim}."
+        )
 
 
 def check_obs(spec: PyTree, obs: PyTree, batch_shape: tuple[int, ...], where: str) -> None:
     try:
         pairs = jax.tree.map(lambda s, x: (s, x), spec, obs)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{where}: observation structure does not match obs_spec "
-                         f"{jax.tree.structure(spec)} ({e}).") from None
+        raise ValueError(
+            f"{where}: observation structure does not match obs_spec "
+            f"{jax.tree.structure(spec)} ({e})."
+        ) from None
     for path, (s, x) in jax.tree_util.tree_leaves_with_path(
-            pairs, is_leaf=lambda p: isinstance(p, tuple) and len(p) == 2
-            and isinstance(p[0], jax.ShapeDtypeStruct)):
+        pairs,
+        is_leaf=lambda p: isinstance(p, tuple)
+        and len(p) == 2
+        and isinstance(p[0], jax.ShapeDtypeStruct),
+    ):
         want = tuple(batch_shape) + tuple(s.shape)
         if tuple(jnp.shape(x)) != want:
-            raise ValueError(f"{where}: observation{jax.tree_util.keystr(path)} has shape "
-                             f"{tuple(jnp.shape(x))}, expected {want} (batch {tuple(batch_shape)} "
-                             f"+ obs_spec {tuple(s.shape)}).")
+            raise ValueError(
+                f"{where}: observation{jax.tree_util.keystr(path)} has shape "
+                f"{tuple(jnp.shape(x))}, expected {want} (batch {tuple(batch_shape)} "
+                f"+ obs_spec {tuple(s.shape)})."
+            )
 
 
 def check_action(action_dim: int, a: jax.Array, batch_shape: tuple[int, ...], where: str) -> None:
@@ -93,13 +112,16 @@ def check_action(action_dim: int, a: jax.Array, batch_shape: tuple[int, ...], wh
     if tuple(jnp.shape(a)) != want:
         hint = ""
         if jnp.ndim(a) >= 1 and jnp.shape(a)[-1] != action_dim:
-            hint = (f" The action size {jnp.shape(a)[-1]} does not match the learner's "
-                    f"action_dim {action_dim}: the base policy and the task must agree.")
+            hint = (
+                f" The action size {jnp.shape(a)[-1]} does not match the learner's "
+                f"action_dim {action_dim}: the base policy and the task must agree."
+            )
         raise ValueError(f"{where} has shape {tuple(jnp.shape(a))}, expected {want}.{hint}")
 
 
-def join_batches(spec: PyTree, action_dim: int, online: Transition,
-                 offline: Transition | None, where: str) -> Transition:
+def join_batches(
+    spec: PyTree, action_dim: int, online: Transition, offline: Transition | None, where: str
+) -> Transition:
     """Validate [N, B_on, ...] (+ [N, B_off, ...]) and concatenate along the batch axis."""
     if not isinstance(online, Transition):
         raise TypeError(f"{where}: online batch must be a replay.Transition, got {type(online)}.")
@@ -107,17 +129,23 @@ def join_batches(spec: PyTree, action_dim: int, online: Transition,
     steps = None
     for name, b in parts:
         if jnp.ndim(b.reward) != 2:
-            raise ValueError(f"{where}: {name} reward has shape {jnp.shape(b.reward)}; batches "
-                             "must be [steps, batch, ...] (e.g. [UTD, B/2]).")
+            raise ValueError(
+                f"{where}: {name} reward has shape {jnp.shape(b.reward)}; batches "
+                "must be [steps, batch, ...] (e.g. [UTD, B/2])."
+            )
         n, bs = jnp.shape(b.reward)
         if steps is not None and n != steps:
-            raise ValueError(f"{where}: online has {steps} steps but offline has {n}; both need "
-                             "the same leading (UTD) size.")
+            raise ValueError(
+                f"{where}: online has {steps} steps but offline has {n}; both need "
+                "the same leading (UTD) size."
+            )
         steps = n
         for field in ("discount", "nonterminal"):
             if jnp.shape(getattr(b, field)) != (n, bs):
-                raise ValueError(f"{where}: {name} {field} has shape {jnp.shape(getattr(b, field))},"
-                                 f" expected {(n, bs)}.")
+                raise ValueError(
+                    f"{where}: {name} {field} has shape {jnp.shape(getattr(b, field))},"
+                    f" expected {(n, bs)}."
+                )
         for field in ("base_action", "action", "next_base_action"):
             check_action(action_dim, getattr(b, field), (n, bs), f"{where}: {name} {field}")
         check_obs(spec, b.obs, (n, bs), f"{where}: {name} obs")
@@ -127,8 +155,16 @@ def join_batches(spec: PyTree, action_dim: int, online: Transition,
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), online, offline)
 
 
-BATCH_FIELDS = ("obs", "base_action", "action", "reward", "discount", "nonterminal", "next_obs",
-                "next_base_action")
+BATCH_FIELDS = (
+    "obs",
+    "base_action",
+    "action",
+    "reward",
+    "discount",
+    "nonterminal",
+    "next_obs",
+    "next_base_action",
+)
 LOSS_FIELDS = ("critic_loss", "actor_loss")
 FINITE_FIELDS = tuple(f"batch.{f}" for f in BATCH_FIELDS) + LOSS_FIELDS
 
@@ -139,8 +175,11 @@ def nonfinite_bits(named: dict[str, PyTree]) -> jax.Array:
     bits = []
     for value in named.values():
         leaves = [x for x in jax.tree.leaves(value) if jnp.issubdtype(x.dtype, jnp.floating)]
-        bits.append(jnp.stack([~jnp.all(jnp.isfinite(x)) for x in leaves]).any()
-                    if leaves else jnp.zeros((), bool))
+        bits.append(
+            jnp.stack([~jnp.all(jnp.isfinite(x)) for x in leaves]).any()
+            if leaves
+            else jnp.zeros((), bool)
+        )
     weights = jnp.left_shift(1, jnp.arange(len(bits), dtype=jnp.int32))
     return jnp.sum(jnp.where(jnp.stack(bits), weights, 0)).astype(jnp.int32)
 
@@ -152,8 +191,9 @@ def nonfinite_mask(batch: Transition, losses: dict[str, jax.Array]) -> jax.Array
     return nonfinite_bits(named)
 
 
-def raise_if_nonfinite(mask, where: str, switch: str | None = None,
-                       fields: tuple[str, ...] = FINITE_FIELDS) -> None:
+def raise_if_nonfinite(
+    mask, where: str, switch: str | None = None, fields: tuple[str, ...] = FINITE_FIELDS
+) -> None:
     """Host side: FloatingPointError naming the fields flagged in ``mask`` (any shape, e.g.
     [S] over seeds: the bits of all entries together). ``fields`` name the bits; those
     starting with "batch." or "rollout." are data, the others losses."""
@@ -167,10 +207,12 @@ def raise_if_nonfinite(mask, where: str, switch: str | None = None,
         raise FloatingPointError(
             f"{where}: non-finite values (NaN/inf) in {', '.join(bad_batch)}. Check the "
             "env observations, rewards and base actions feeding the replay: a NaN batch "
-            f"poisons every parameter.{skip}")
+            f"poisons every parameter.{skip}"
+        )
     raise FloatingPointError(
         f"{where}: non-finite {', '.join(bad)} on a finite batch: the update diverged. Lower "
-        f"the learning rates or check the observation normalizer (tiny std).{skip}")
+        f"the learning rates or check the observation normalizer (tiny std).{skip}"
+    )
 
 
 def check_finite(mask: jax.Array, where: str, switch: str = "check_finite") -> None:

@@ -1,7 +1,9 @@
 """Shared optimisation helpers of the agents: the optimizer and one loss + optimizer step."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
@@ -11,15 +13,19 @@ from resfit_jax.sharding import mean_grads
 PyTree = Any
 
 
-def make_optimizer(lr: float, weight_decay: float, max_grad_norm: float
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+    lr: float, weight_decay: float, max_grad_norm: float
+) -> optax.GradientTransformation:
     """AdamW (b1 0.9, b2 0.999, eps 1e-8) after a global-norm gradient clip."""
-    return optax.chain(optax.clip_by_global_norm(max_grad_norm),
-                       optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay))
+    return optax.chain(
+        optax.clip_by_global_norm(max_grad_norm),
+        optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay),
+    )
 
 
-def gradient_update(loss_fn: Callable[..., tuple[jax.Array, Any]],
-                    tx: optax.GradientTransformation, axis_name=None) -> Callable:
+def gradient_update(
+    loss_fn: Callable[..., tuple[jax.Array, Any]], tx: optax.GradientTransformation, axis_name=None
+) -> Callable:
     """Wrap ``loss_fn(params, *args) -> (loss, aux)`` into one optimizer step:
 
         params, opt_state, loss, aux, grads = step(params, opt_state, *args)

@@ -13,6 +13,7 @@ predicted one. Without the position in the chunk the learner's inputs are not Ma
 [m * A]), clamped at the end of the chunk. The base keeps seeing its own observation; the
 features are appended for the learner only, for online, demo and evaluation data alike.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,10 +35,12 @@ def chunked_base(base: Any) -> ChunkedBase:
     while not isinstance(inner, ChunkedBase):
         inner = getattr(inner, "base", None)
         if inner is None:
-            raise ValueError(f"Chunk-phase features need a chunked base (ChunkedBase, e.g. a "
-                             f"BC base from resfit_jax.bc.frozen); {type(base).__name__} has no chunk "
-                             "queue. Turn base_phase / base_plan / offset_bound off for this "
-                             "base.")
+            raise ValueError(
+                f"Chunk-phase features need a chunked base (ChunkedBase, e.g. a "
+                f"BC base from resfit_jax.bc.frozen); {type(base).__name__} has no chunk "
+                "queue. Turn base_phase / base_plan / offset_bound off for this "
+                "base."
+            )
     return inner
 
 
@@ -50,7 +53,7 @@ class BaseFeatures:
     plan: int = 0
 
     @classmethod
-    def for_base(cls, base: Any, phase: bool = True, plan: int = 0) -> "BaseFeatures | None":
+    def for_base(cls, base: Any, phase: bool = True, plan: int = 0) -> BaseFeatures | None:
         """The features of ``base`` (unwrapping e.g. ObservationPrefix); None if none asked."""
         if not phase and plan == 0:
             return None
@@ -58,8 +61,10 @@ class BaseFeatures:
             raise ValueError(f"base_plan must be >= 0 (got {plan}).")
         inner = chunked_base(base)
         if inner.temporal_ensemble is not None:
-            raise ValueError("Chunk-phase features are not defined for a temporally ensembled "
-                             "base (it predicts a new chunk every step).")
+            raise ValueError(
+                "Chunk-phase features are not defined for a temporally ensembled "
+                "base (it predicts a new chunk every step)."
+            )
         return cls(inner.horizon, inner.chunk_size, inner.action_dim, phase, int(plan))
 
     @property
@@ -72,9 +77,10 @@ class BaseFeatures:
         if self.phase:
             parts.append(((state.index - 1).astype(jnp.float32) / self.horizon)[:, None])
         if self.plan:
-            idx = jnp.clip(state.index[:, None] + jnp.arange(self.plan)[None], 0,
-                           self.chunk_size - 1)                                    # [E, m]
-            planned = jnp.take_along_axis(state.chunk, idx[..., None], axis=1)      # [E, m, A]
+            idx = jnp.clip(
+                state.index[:, None] + jnp.arange(self.plan)[None], 0, self.chunk_size - 1
+            )  # [E, m]
+            planned = jnp.take_along_axis(state.chunk, idx[..., None], axis=1)  # [E, m, A]
             parts.append(normalizer.normalize_action(planned).reshape(planned.shape[0], -1))
         return jnp.concatenate(parts, axis=-1)
 
@@ -86,14 +92,17 @@ class BaseFeatures:
         return spec_with_state(obs_spec, self.size)
 
 
-def rechunk(base: BasePolicy, execution_horizon: int | None,
-            temporal_ensemble: float | None) -> BasePolicy:
+def rechunk(
+    base: BasePolicy, execution_horizon: int | None, temporal_ensemble: float | None
+) -> BasePolicy:
     """The base with another execution horizon / temporal ensembling (a ChunkedBase only)."""
     if execution_horizon is None and temporal_ensemble is None:
         return base
     if not isinstance(base, ChunkedBase):
-        raise ValueError(f"base_execution_horizon / base_temporal_ensemble need a chunked base; "
-                         f"{type(base).__name__} has no chunk queue.")
+        raise ValueError(
+            f"base_execution_horizon / base_temporal_ensemble need a chunked base; "
+            f"{type(base).__name__} has no chunk queue."
+        )
     kw = {}
     if execution_horizon is not None:
         kw["execution_horizon"] = execution_horizon
@@ -148,8 +157,9 @@ class Offsets:
         """The base action the learner corrects, clip(a_b + o) [E, A]."""
         return jnp.clip(base_action + offset, -1.0, 1.0)
 
-    def after_step(self, offset: jax.Array, base_action: jax.Array, executed: jax.Array,
-                   state: ChunkQueue) -> jax.Array:
+    def after_step(
+        self, offset: jax.Array, base_action: jax.Array, executed: jax.Array, state: ChunkQueue
+    ) -> jax.Array:
         """The offset after executing ``executed`` at base state ``state`` (the one that
         produced ``base_action``), before any reset."""
         kept = offset_update(self.bound, base_action, executed)
@@ -168,14 +178,16 @@ def make_offsets(offset_bound: float, hold: bool) -> Offsets | None:
     return Offsets(offset_bound) if offset_bound > 0 else None
 
 
-def augment(features: BaseFeatures | None, obs: PyTree, state: PyTree,
-            normalizer: Normalizer) -> PyTree:
+def augment(
+    features: BaseFeatures | None, obs: PyTree, state: PyTree, normalizer: Normalizer
+) -> PyTree:
     """``features.augment`` or obs unchanged without features."""
     return obs if features is None else features.augment(obs, state, normalizer)
 
 
-def learner_obs_spec(obs_spec: Any, features: BaseFeatures | None, offsets: Offsets | None,
-                     action_dim: int) -> Any:
+def learner_obs_spec(
+    obs_spec: Any, features: BaseFeatures | None, offsets: Offsets | None, action_dim: int
+) -> Any:
     """The learner's observation spec: the task's ``obs_spec``, plus the base's chunk phase /
     plan (``features``), plus the held or summed offset and its flag (``offsets``)."""
     spec = obs_spec if features is None else features.spec(obs_spec)

@@ -7,10 +7,12 @@
 Actions are in RAW env units; the training loop normalizes them with the task's
 ``ActionScaler``.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +47,10 @@ class FunctionBase:
     def step(self, state, obs):
         a = self.fn(obs)
         if a.shape[-1] != self.action_dim:
-            raise ValueError(f"FunctionBase: the policy returned actions of size {a.shape[-1]}, "
-                             f"but action_dim is {self.action_dim}.")
+            raise ValueError(
+                f"FunctionBase: the policy returned actions of size {a.shape[-1]}, "
+                f"but action_dim is {self.action_dim}."
+            )
         return a, state + 1
 
 
@@ -82,6 +86,7 @@ class ChunkQueue:
     Temporal ensembling keeps the last K chunks instead:
     history [E, K, K, A] chunk predicted i steps ago at row i; age_valid [E, K] bool.
     """
+
     chunk: jax.Array
     index: jax.Array
     steps: jax.Array
@@ -122,8 +127,9 @@ class ChunkedBase:
     def __post_init__(self):
         h = self.horizon
         if not 1 <= h <= self.chunk_size:
-            raise ValueError(f"ChunkedBase: execution_horizon {h} must be in [1, chunk_size="
-                             f"{self.chunk_size}].")
+            raise ValueError(
+                f"ChunkedBase: execution_horizon {h} must be in [1, chunk_size={self.chunk_size}]."
+            )
         if self.query_block is not None and self.query_block < 1:
             raise ValueError(f"ChunkedBase: query_block must be >= 1 (got {self.query_block}).")
 
@@ -133,18 +139,23 @@ class ChunkedBase:
 
     def init_state(self, num_envs: int) -> ChunkQueue:
         k, a = self.chunk_size, self.action_dim
-        q = ChunkQueue(chunk=jnp.zeros((num_envs, k, a), jnp.float32),
-                       index=jnp.full((num_envs,), self.horizon, jnp.int32),
-                       steps=jnp.zeros((num_envs,), jnp.int32))
+        q = ChunkQueue(
+            chunk=jnp.zeros((num_envs, k, a), jnp.float32),
+            index=jnp.full((num_envs,), self.horizon, jnp.int32),
+            steps=jnp.zeros((num_envs,), jnp.int32),
+        )
         if self.temporal_ensemble is not None:
-            q = q.replace(history=jnp.zeros((num_envs, k, k, a), jnp.float32),
-                          age_valid=jnp.zeros((num_envs, k), bool))
+            q = q.replace(
+                history=jnp.zeros((num_envs, k, k, a), jnp.float32),
+                age_valid=jnp.zeros((num_envs, k), bool),
+            )
         return q
 
     def reset(self, state: ChunkQueue, done: jax.Array) -> ChunkQueue:
         done = jnp.asarray(done, bool)
-        state = state.replace(index=jnp.where(done, self.horizon, state.index),
-                              steps=jnp.where(done, 0, state.steps))
+        state = state.replace(
+            index=jnp.where(done, self.horizon, state.index), steps=jnp.where(done, 0, state.steps)
+        )
         if state.age_valid is not None:
             state = state.replace(age_valid=state.age_valid & ~done[:, None])
         return state
@@ -153,8 +164,10 @@ class ChunkedBase:
         chunk = self.predict(obs)
         expected = (num_envs, self.chunk_size, self.action_dim)
         if chunk.shape != expected:
-            raise ValueError(f"ChunkedBase: the predictor returned a chunk of shape "
-                             f"{chunk.shape}, expected {expected} [E, K, A].")
+            raise ValueError(
+                f"ChunkedBase: the predictor returned a chunk of shape "
+                f"{chunk.shape}, expected {expected} [E, K, A]."
+            )
         return chunk.astype(jnp.float32)
 
     def block_size(self, num_envs: int) -> int:
@@ -168,9 +181,12 @@ class ChunkedBase:
         c = self.block_size(e)
         if self.query_block is not None and self.query_block >= e:
             return jnp.where(refill[:, None, None], self._predict(obs, e), chunk)
-        if c >= e:          # one block holds every env: skip the predictor when none refills
-            return jax.lax.cond(refill.any(), lambda: jnp.where(
-                refill[:, None, None], self._predict(obs, e), chunk), lambda: chunk)
+        if c >= e:  # one block holds every env: skip the predictor when none refills
+            return jax.lax.cond(
+                refill.any(),
+                lambda: jnp.where(refill[:, None, None], self._predict(obs, e), chunk),
+                lambda: chunk,
+            )
         blocks = -(-e // c)
         # the rows to query first, then e (out of range: gathered as row e - 1, not written)
         order = jnp.nonzero(refill, size=blocks * c, fill_value=e)[0]
@@ -198,15 +214,20 @@ class ChunkedBase:
         k = self.chunk_size
         # Shift: row i = chunk predicted i steps ago; the new chunk enters at row 0.
         history = jnp.concatenate([new[:, None], state.history[:, :-1]], axis=1)
-        valid = jnp.concatenate([jnp.ones_like(state.age_valid[:, :1]),
-                                 state.age_valid[:, :-1]], axis=1)
+        valid = jnp.concatenate(
+            [jnp.ones_like(state.age_valid[:, :1]), state.age_valid[:, :-1]], axis=1
+        )
         ages = jnp.arange(k)
-        preds = history[:, ages, ages]                       # [E, K, A]: row i's action for now
+        preds = history[:, ages, ages]  # [E, K, A]: row i's action for now
         w = jnp.exp(self.temporal_ensemble * ages.astype(jnp.float32)) * valid
         action = (w[..., None] * preds).sum(1) / w.sum(1, keepdims=True)
-        return action, state.replace(history=history, age_valid=valid, chunk=new,
-                                     index=jnp.ones_like(state.index),
-                                     steps=state.steps + 1)
+        return action, state.replace(
+            history=history,
+            age_valid=valid,
+            chunk=new,
+            index=jnp.ones_like(state.index),
+            steps=state.steps + 1,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,9 +238,13 @@ ARTIFACT_FILE = "base.jaxexport"
 METADATA_FILE = "base.json"
 
 
-def load_exported_base(directory: str, obs_dim: int | None = None,
-                       action_dim: int | None = None, execution_horizon: int | None = None,
-                       temporal_ensemble: float | None = None) -> ChunkedBase:
+def load_exported_base(
+    directory: str,
+    obs_dim: int | None = None,
+    action_dim: int | None = None,
+    execution_horizon: int | None = None,
+    temporal_ensemble: float | None = None,
+) -> ChunkedBase:
     """Load a base written by ``resfit_jax.bc.export.export_base`` as a ChunkedBase.
 
     The artifact maps raw observations [b, O] (a pixel base: {"state", camera, ...}, as the
@@ -237,61 +262,83 @@ def load_exported_base(directory: str, obs_dim: int | None = None,
     art_path = os.path.join(directory, ARTIFACT_FILE)
     for p in (meta_path, art_path):
         if not os.path.exists(p):
-            raise FileNotFoundError(f"load_exported_base: {p} is missing; export the base with "
-                                    "resfit_jax.bc.export.export_base (or experiments/train_bc.py --export).")
+            raise FileNotFoundError(
+                f"load_exported_base: {p} is missing; export the base with "
+                "resfit_jax.bc.export.export_base (or experiments/train_bc.py --export)."
+            )
     try:
         with open(meta_path) as f:
             meta = json.load(f)
         if not isinstance(meta, dict) or not {"obs_dim", "action_dim", "chunk_size"} <= set(meta):
             raise ValueError("missing obs_dim / action_dim / chunk_size")
     except ValueError as e:
-        raise ValueError(f"load_exported_base: {meta_path} is damaged ({e}); export the base "
-                         "again from its checkpoint (resfit_jax.bc.export.export_base).") from None
+        raise ValueError(
+            f"load_exported_base: {meta_path} is damaged ({e}); export the base "
+            "again from its checkpoint (resfit_jax.bc.export.export_base)."
+        ) from None
     if meta.get("format_version") != EXPORT_FORMAT_VERSION:
-        raise ValueError(f"load_exported_base: format_version {meta.get('format_version')} in "
-                         f"{meta_path}; this library reads version {EXPORT_FORMAT_VERSION}.")
+        raise ValueError(
+            f"load_exported_base: format_version {meta.get('format_version')} in "
+            f"{meta_path}; this library reads version {EXPORT_FORMAT_VERSION}."
+        )
     if obs_dim is not None and meta["obs_dim"] != obs_dim:
-        raise ValueError(f"Exported base in {directory} expects observations of size "
-                         f"{meta['obs_dim']}, but the task's observation size is {obs_dim}. "
-                         f"It was trained for task {meta.get('task')!r}.")
+        raise ValueError(
+            f"Exported base in {directory} expects observations of size "
+            f"{meta['obs_dim']}, but the task's observation size is {obs_dim}. "
+            f"It was trained for task {meta.get('task')!r}."
+        )
     if action_dim is not None and meta["action_dim"] != action_dim:
-        raise ValueError(f"Exported base in {directory} outputs actions of size "
-                         f"{meta['action_dim']}, but the task's action size is {action_dim}. "
-                         f"It was trained for task {meta.get('task')!r}.")
+        raise ValueError(
+            f"Exported base in {directory} outputs actions of size "
+            f"{meta['action_dim']}, but the task's action size is {action_dim}. "
+            f"It was trained for task {meta.get('task')!r}."
+        )
     with open(art_path, "rb") as f:
         try:
             exported = export.deserialize(bytearray(f.read()))
         except Exception as e:
-            raise ValueError(f"load_exported_base: cannot deserialize {art_path} (corrupted, "
-                             f"or outside this JAX's compatibility window): {e}") from e
+            raise ValueError(
+                f"load_exported_base: cannot deserialize {art_path} (corrupted, "
+                f"or outside this JAX's compatibility window): {e}"
+            ) from e
 
     cameras = meta.get("cameras") or {}
 
     def predict(obs):
-        if cameras:                         # a pixel base: {"state": [..., O], camera: ...}
+        if cameras:  # a pixel base: {"state": [..., O], camera: ...}
             if not isinstance(obs, dict) or set(obs) != {"state", *cameras}:
-                raise ValueError(f"Exported base in {directory} takes observations "
-                                 f"{{'state', {', '.join(map(repr, cameras))}}}; got "
-                                 f"{sorted(obs) if isinstance(obs, dict) else 'an array'}.")
+                raise ValueError(
+                    f"Exported base in {directory} takes observations "
+                    f"{{'state', {', '.join(map(repr, cameras))}}}; got "
+                    f"{sorted(obs) if isinstance(obs, dict) else 'an array'}."
+                )
             lead = obs["state"].shape[:-1]
-            flat = {"state": obs["state"].reshape(-1, obs["state"].shape[-1]).astype(jnp.float32),
-                    **{c: obs[c].reshape((-1,) + tuple(v)) for c, v in cameras.items()}}
+            flat = {
+                "state": obs["state"].reshape(-1, obs["state"].shape[-1]).astype(jnp.float32),
+                **{c: obs[c].reshape((-1,) + tuple(v)) for c, v in cameras.items()},
+            }
             out = exported.call(flat)
         else:
             lead = obs.shape[:-1]
             out = exported.call(obs.reshape(-1, obs.shape[-1]).astype(jnp.float32))
         return out.reshape(lead + out.shape[1:])
 
-    return ChunkedBase(predict, int(meta["action_dim"]), int(meta["chunk_size"]),
-                       execution_horizon if execution_horizon is not None
-                       else meta.get("execution_horizon"), temporal_ensemble)
+    return ChunkedBase(
+        predict,
+        int(meta["action_dim"]),
+        int(meta["chunk_size"]),
+        execution_horizon if execution_horizon is not None else meta.get("execution_horizon"),
+        temporal_ensemble,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Host-callback bases: any numpy-in / numpy-out callable (ONNX Runtime, PyTorch, ...).
 
-def host_callback_predictor(fn: Callable, obs_dim: int, action_dim: int,
-                            chunk_size: int | None = None) -> Callable[[jax.Array], jax.Array]:
+
+def host_callback_predictor(
+    fn: Callable, obs_dim: int, action_dim: int, chunk_size: int | None = None
+) -> Callable[[jax.Array], jax.Array]:
     """Wrap ``fn(obs np.float32 [b, O]) -> np [b, A]`` (or [b, K, A] when ``chunk_size``) as a
     jittable predictor through ``jax.pure_callback``.
 
@@ -311,15 +358,20 @@ def host_callback_predictor(fn: Callable, obs_dim: int, action_dim: int,
         except Exception as e:
             raise RuntimeError(f"host base {name!r} raised {type(e).__name__}: {e}") from e
         if y.shape != (x.shape[0],) + out_tail:
-            raise ValueError(f"host base: the callable returned shape {y.shape} for a batch of "
-                             f"{x.shape[0]} observations; expected {(x.shape[0],) + out_tail}.")
+            raise ValueError(
+                f"host base: the callable returned shape {y.shape} for a batch of "
+                f"{x.shape[0]} observations; expected {(x.shape[0],) + out_tail}."
+            )
         if not np.issubdtype(y.dtype, np.floating):
-            raise ValueError(f"host base: the callable returned dtype {y.dtype}; expected a "
-                             "float array.")
+            raise ValueError(
+                f"host base: the callable returned dtype {y.dtype}; expected a float array."
+            )
         if not np.all(np.isfinite(y)):
-            raise FloatingPointError(f"host base {name!r} returned NaN/inf actions for a batch "
-                                     f"of {x.shape[0]} observations (finite inputs: "
-                                     f"{bool(np.all(np.isfinite(x)))}).")
+            raise FloatingPointError(
+                f"host base {name!r} returned NaN/inf actions for a batch "
+                f"of {x.shape[0]} observations (finite inputs: "
+                f"{bool(np.all(np.isfinite(x)))})."
+            )
         return y.astype(np.float32)
 
     checked(np.zeros((2, obs_dim), np.float32))
@@ -338,9 +390,13 @@ def host_callback_predictor(fn: Callable, obs_dim: int, action_dim: int,
     return predict
 
 
-def host_callback_base(fn: Callable, obs_dim: int, action_dim: int,
-                       chunk_size: int | None = None, execution_horizon: int | None = None
-                       ) -> ChunkedBase | FunctionBase:
+def host_callback_base(
+    fn: Callable,
+    obs_dim: int,
+    action_dim: int,
+    chunk_size: int | None = None,
+    execution_horizon: int | None = None,
+) -> ChunkedBase | FunctionBase:
     """A BasePolicy around a host callable: per-step actions (``chunk_size`` None) give a
     FunctionBase; chunks give a ChunkedBase with the usual queue."""
     predict = host_callback_predictor(fn, obs_dim, action_dim, chunk_size)

@@ -10,6 +10,7 @@ and base + residual are compared on the same action space. Evaluation (``sim.eva
 and deployment use it; build it inside a jitted function to evaluate new params without a
 recompile.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,7 @@ from resfit_jax.base.policy import BasePolicy
 from resfit_jax.normalization import Normalizer
 
 PyTree = Any
-_EVAL_KEY = jnp.zeros((2,), jnp.uint32)   # the mean residual needs no randomness
+_EVAL_KEY = jnp.zeros((2,), jnp.uint32)  # the mean residual needs no randomness
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +32,9 @@ class ResidualPolicy:
     normalizer: Normalizer
     learner: Any = None
     learner_state: PyTree = None
-    features: Any = None           # base_features.BaseFeatures appended for the learner
-    offsets: Any = None            # base_features.Offsets: lasting corrections as in sim.loop
-                                   # (state carries the offset [E, A] next to the base's state)
+    features: Any = None  # base_features.BaseFeatures appended for the learner
+    offsets: Any = None  # base_features.Offsets: lasting corrections as in sim.loop
+    # (state carries the offset [E, A] next to the base's state)
 
     @property
     def action_dim(self) -> int:
@@ -70,8 +71,13 @@ class ResidualPolicy:
         if offset is not None:
             offset = self.offsets.reset(offset, state)
             base_action = self.offsets.effective(a_b, offset)
-        _, aux = self.learner.act(self.learner_state, self.learner_obs(obs, state, offset),
-                                  base_action, _EVAL_KEY, deterministic=True)
+        _, aux = self.learner.act(
+            self.learner_state,
+            self.learner_obs(obs, state, offset),
+            base_action,
+            _EVAL_KEY,
+            deterministic=True,
+        )
         action = aux["action"]
         if offset is not None:
             state = (state, self.offsets.after_step(offset, a_b, action, state))

@@ -4,6 +4,7 @@ normalisation) and the BasePolicy built from it.
     save_base(directory, step, params, config, normalizer, meta)   # keeps the best by success
     base, info = load_base(directory, obs_dim=..., action_dim=...)  # a ChunkedBase
 """
+
 from __future__ import annotations
 
 import json
@@ -13,27 +14,42 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from resfit_jax.base.policy import ChunkedBase
 from resfit_jax.bc.data import ChunkNormalizer, sample_obs
 from resfit_jax.bc.networks import BCConfig, make_network
 from resfit_jax.bc.train import make_predict
-from resfit_jax.base.policy import ChunkedBase
 
 INFO_FILE = "base_info.json"
 
 
 def checkpoint_manager(directory: str) -> ocp.CheckpointManager:
     """Keeps the single best checkpoint by eval success (ties: the later one)."""
-    opts = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["success_rate"],
-                                        best_mode="max", enable_async_checkpointing=False)
+    opts = ocp.CheckpointManagerOptions(
+        max_to_keep=1,
+        best_fn=lambda m: m["success_rate"],
+        best_mode="max",
+        enable_async_checkpointing=False,
+    )
     return ocp.CheckpointManager(os.path.abspath(directory), options=opts)
 
 
-def save_base(manager: ocp.CheckpointManager, step: int, params: Any, config: BCConfig,
-              normalizer: ChunkNormalizer, meta: dict, metrics: dict) -> None:
+def save_base(
+    manager: ocp.CheckpointManager,
+    step: int,
+    params: Any,
+    config: BCConfig,
+    normalizer: ChunkNormalizer,
+    meta: dict,
+    metrics: dict,
+) -> None:
     manager.save(step, args=ocp.args.StandardSave(params), metrics=metrics)
     manager.wait_until_finished()
-    info = dict(meta, config=config.to_dict(), normalizer=normalizer.to_dict(),
-                best_step=manager.best_step())
+    info = dict(
+        meta,
+        config=config.to_dict(),
+        normalizer=normalizer.to_dict(),
+        best_step=manager.best_step(),
+    )
     path = os.path.join(manager.directory, INFO_FILE)
     with open(path + ".tmp", "w") as f:
         json.dump(info, f, indent=2)
@@ -44,8 +60,10 @@ def load_params(directory: str) -> tuple[Any, dict]:
     directory = os.path.abspath(directory)
     info_path = os.path.join(directory, INFO_FILE)
     if not os.path.exists(info_path):
-        raise FileNotFoundError(f"load_base: {info_path} is missing; {directory} is not a base "
-                                "checkpoint written by experiments/train_bc.py.")
+        raise FileNotFoundError(
+            f"load_base: {info_path} is missing; {directory} is not a base "
+            "checkpoint written by experiments/train_bc.py."
+        )
     try:
         with open(info_path) as f:
             info = json.load(f)
@@ -54,32 +72,43 @@ def load_params(directory: str) -> tuple[Any, dict]:
             raise ValueError(f"missing {sorted(missing)}")
         config = BCConfig.from_dict(info["config"])
     except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"load_base: {info_path} is damaged ({e}); train the base again or "
-                         "restore the file.") from None
+        raise ValueError(
+            f"load_base: {info_path} is damaged ({e}); train the base again or restore the file."
+        ) from None
     net = make_network(config, info["action_dim"])
     obs = sample_obs(info["obs_dim"], info.get("cameras"))
     abstract = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), obs)["params"])
     # every process reads the whole (small) base onto its own first device (multi-host too)
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=local),
-                            abstract)
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=local), abstract
+    )
     manager = checkpoint_manager(directory)
     step = manager.best_step()
     if step is None:
-        raise FileNotFoundError(f"load_base: {directory} has base_info.json but no saved "
-                                "parameters (training stopped before its first evaluation?); "
-                                "train the base again.")
+        raise FileNotFoundError(
+            f"load_base: {directory} has base_info.json but no saved "
+            "parameters (training stopped before its first evaluation?); "
+            "train the base again."
+        )
     try:
         params = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:
-        raise ValueError(f"load_base: checkpoint step {step} in {directory} is unreadable or "
-                         f"does not match its config (corrupted?): {e}") from e
+        raise ValueError(
+            f"load_base: checkpoint step {step} in {directory} is unreadable or "
+            f"does not match its config (corrupted?): {e}"
+        ) from e
     return params, info
 
 
-def load_base(directory: str, obs_dim: int | None = None, action_dim: int | None = None,
-              execution_horizon: int | None = None, temporal_ensemble: float | None = None,
-              cameras: dict | None = None) -> tuple[ChunkedBase, dict]:
+def load_base(
+    directory: str,
+    obs_dim: int | None = None,
+    action_dim: int | None = None,
+    execution_horizon: int | None = None,
+    temporal_ensemble: float | None = None,
+    cameras: dict | None = None,
+) -> tuple[ChunkedBase, dict]:
     """The frozen base of a train_bc checkpoint as a ChunkedBase (raw units in and out).
     ``cameras`` (the task's, name -> image shape; None: not checked) must match a pixel
     base's."""
@@ -87,13 +116,20 @@ def load_base(directory: str, obs_dim: int | None = None, action_dim: int | None
     check_cameras(info, cameras, directory)
     for name, want in (("obs_dim", obs_dim), ("action_dim", action_dim)):
         if want is not None and info[name] != want:
-            raise ValueError(f"Base in {directory} has {name} {info[name]}, but the task has "
-                             f"{want}; it was trained for {info.get('task')!r}.")
+            raise ValueError(
+                f"Base in {directory} has {name} {info[name]}, but the task has "
+                f"{want}; it was trained for {info.get('task')!r}."
+            )
     config = BCConfig.from_dict(info["config"])
     normalizer = ChunkNormalizer.from_dict(info["normalizer"])
     predict = make_predict(config, info["action_dim"], normalizer)
-    base = ChunkedBase(lambda obs: predict(params, obs), info["action_dim"], config.chunk_size,
-                       execution_horizon or config.execution_horizon, temporal_ensemble)
+    base = ChunkedBase(
+        lambda obs: predict(params, obs),
+        info["action_dim"],
+        config.chunk_size,
+        execution_horizon or config.execution_horizon,
+        temporal_ensemble,
+    )
     return base, dict(info, params=params)
 
 
@@ -104,13 +140,20 @@ def check_cameras(info: dict, cameras: dict | None, directory: str) -> None:
     have = {c: list(v) for c, v in (info.get("cameras") or {}).items()}
     want = {c: list(v) for c, v in cameras.items()}
     if have != want:
-        raise ValueError(f"Base in {directory} sees cameras {have or 'none (a state base)'}, "
-                         f"but the task gives {want or 'none (a state task)'}; train the base "
-                         "on this task's observations (cameras and resolution).")
+        raise ValueError(
+            f"Base in {directory} sees cameras {have or 'none (a state base)'}, "
+            f"but the task gives {want or 'none (a state task)'}; train the base "
+            "on this task's observations (cameras and resolution)."
+        )
 
 
-def open_base(path: str, obs_dim: int, action_dim: int, execution_horizon: int | None = None,
-              cameras: dict | None = None) -> tuple[ChunkedBase, dict]:
+def open_base(
+    path: str,
+    obs_dim: int,
+    action_dim: int,
+    execution_horizon: int | None = None,
+    cameras: dict | None = None,
+) -> tuple[ChunkedBase, dict]:
     """A base from either format: a train_bc checkpoint directory (``base_info.json``), a
     jax.export directory (``base.json``), or a train_bc run directory holding either.
     Returns (base, info); info["demos"] is the base's demo dataset when known."""
@@ -119,8 +162,9 @@ def open_base(path: str, obs_dim: int, action_dim: int, execution_horizon: int |
     path = os.path.abspath(path)
     for candidate in (path, os.path.join(path, "checkpoint"), os.path.join(path, "export")):
         if os.path.exists(os.path.join(candidate, INFO_FILE)):
-            base, info = load_base(candidate, obs_dim, action_dim, execution_horizon,
-                                   cameras=cameras)
+            base, info = load_base(
+                candidate, obs_dim, action_dim, execution_horizon, cameras=cameras
+            )
             return base, dict(info, format="checkpoint", path=candidate)
         if os.path.exists(os.path.join(candidate, METADATA_FILE)):
             base = load_exported_base(candidate, obs_dim, action_dim, execution_horizon)
@@ -128,13 +172,16 @@ def open_base(path: str, obs_dim: int, action_dim: int, execution_horizon: int |
                 info = json.load(f)
             check_cameras(info, cameras, candidate)
             return base, dict(info, format="export", path=candidate)
-    raise FileNotFoundError(f"No base at {path}: expected a train_bc checkpoint "
-                            f"({INFO_FILE}) or export ({METADATA_FILE}) directory; train one "
-                            "with `python -m experiments.train_bc --task=<task>`.")
+    raise FileNotFoundError(
+        f"No base at {path}: expected a train_bc checkpoint "
+        f"({INFO_FILE}) or export ({METADATA_FILE}) directory; train one "
+        "with `python -m experiments.train_bc --task=<task>`."
+    )
 
 
-def open_base_and_demos(base_dir: str, demos: str | None, obs_dim: int, action_dim: int,
-                        cameras: dict | None = None) -> tuple[ChunkedBase, dict, str, list]:
+def open_base_and_demos(
+    base_dir: str, demos: str | None, obs_dim: int, action_dim: int, cameras: dict | None = None
+) -> tuple[ChunkedBase, dict, str, list]:
     """What a training script needs: (base, info, demos directory, demo episodes). The demos
     default to the ones the base was trained on. FileNotFoundError / ValueError name the
     directories (``--base``, ``--demos``) when either is missing, damaged or mismatched."""

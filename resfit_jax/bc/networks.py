@@ -5,13 +5,15 @@ Observation input is a dict: ``{"state": [B, O]}``, optionally with ``"tokens": 
 (precomputed features), which the transformer projects and appends to its encoder sequence,
 and camera images ``uint8 [B, H, W, C]`` under any other key (a pixel base): each camera has
 its own conv backbone (``ImageTokens``: 3x3 convs, stride 2 until the map is at most
-``image_map`` cells a side) whose feature map cells become tokens. A bare [B, O] array is read as the state.
+``image_map`` cells a side) whose feature map cells become tokens. A bare [B, O] array is
+read as the state.
 
 ACT here follows the reference base of the paper without the VAE: the state is projected
 into ``state_tokens`` encoder tokens, a post-norm transformer encoder runs over them (plus
 any extra tokens), and a decoder with K learned queries cross-attends to the encoder output;
 a linear head gives the chunk. Trained with plain L1 on the chunk.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,15 +29,16 @@ from resfit_jax.encoders import SliceConv
 @dataclasses.dataclass(frozen=True)
 class BCConfig:
     """Architecture and optimisation of a BC chunk policy (paper scale by default)."""
-    policy: str = "act"                 # "act" | "mlp"
+
+    policy: str = "act"  # "act" | "mlp"
     chunk_size: int = 20
     execution_horizon: int | None = None  # actions executed per chunk (None: all K)
     dim: int = 512
     heads: int = 8
     ff_dim: int = 3200
     encoder_layers: int = 4
-    image_channels: int = 32            # conv backbone of a pixel base (ImageTokens): width
-    image_map: int = 4                  # and the side of its token map (tokens per camera: 16)
+    image_channels: int = 32  # conv backbone of a pixel base (ImageTokens): width
+    image_map: int = 4  # and the side of its token map (tokens per camera: 16)
     decoder_layers: int = 1
     state_tokens: int = 4
     dropout: float = 0.1
@@ -56,14 +59,32 @@ class BCConfig:
         from resfit_jax.run.validation import number_errors
 
         errors = number_errors(
-            self, positive=("lr", "obs_std_floor", "action_std_floor", "grad_clip"),
-            at_least_one=("chunk_size", "dim", "heads", "ff_dim", "encoder_layers",
-                          "decoder_layers", "batch_size", "steps", "state_tokens",
-                          "image_channels", "image_map"),
-            non_negative=("weight_decay",), unit=("dropout",))
-        if self.execution_horizon is not None and not 1 <= self.execution_horizon <= self.chunk_size:
-            errors.append(f"execution_horizon must be in [1, chunk_size={self.chunk_size}] "
-                          f"(got {self.execution_horizon})")
+            self,
+            positive=("lr", "obs_std_floor", "action_std_floor", "grad_clip"),
+            at_least_one=(
+                "chunk_size",
+                "dim",
+                "heads",
+                "ff_dim",
+                "encoder_layers",
+                "decoder_layers",
+                "batch_size",
+                "steps",
+                "state_tokens",
+                "image_channels",
+                "image_map",
+            ),
+            non_negative=("weight_decay",),
+            unit=("dropout",),
+        )
+        if (
+            self.execution_horizon is not None
+            and not 1 <= self.execution_horizon <= self.chunk_size
+        ):
+            errors.append(
+                f"execution_horizon must be in [1, chunk_size={self.chunk_size}] "
+                f"(got {self.execution_horizon})"
+            )
         if any(h < 1 for h in self.mlp_hidden):
             errors.append(f"mlp_hidden widths must be >= 1 (got {self.mlp_hidden})")
         if errors:
@@ -74,14 +95,23 @@ class BCConfig:
             raise ValueError(f"BCConfig: dim {self.dim} is not divisible by heads {self.heads}.")
 
     @classmethod
-    def paper(cls, **kw) -> "BCConfig":
+    def paper(cls, **kw) -> BCConfig:
         return cls(**kw)
 
     @classmethod
-    def cpu(cls, **kw) -> "BCConfig":
+    def cpu(cls, **kw) -> BCConfig:
         """A small transformer that trains in minutes on a 2-core CPU."""
-        base = dict(dim=128, heads=4, ff_dim=512, encoder_layers=2, decoder_layers=1,
-                    lr=3e-4, batch_size=64, steps=3000, mlp_hidden=(256, 256, 256))
+        base = dict(
+            dim=128,
+            heads=4,
+            ff_dim=512,
+            encoder_layers=2,
+            decoder_layers=1,
+            lr=3e-4,
+            batch_size=64,
+            steps=3000,
+            mlp_hidden=(256, 256, 256),
+        )
         base.update(kw)
         return cls(**base)
 
@@ -93,7 +123,7 @@ class BCConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BCConfig":
+    def from_dict(cls, d: dict) -> BCConfig:
         d = dict(d)
         d["mlp_hidden"] = tuple(d.get("mlp_hidden", (512, 512, 512)))
         if d.get("action_obs_index") is not None:
@@ -112,6 +142,7 @@ def _state_and_tokens(obs: Any) -> tuple[jax.Array, jax.Array | None, list[jax.A
 class ImageTokens(nn.Module):
     """uint8 [B, H, W, C] -> tokens [B, h * w, channels]: 3x3 ReLU convs, stride 2 while the
     map is larger than ``side`` x ``side``, then one stride-1 conv; each cell is a token."""
+
     channels: int = 32
     side: int = 4
 
@@ -131,8 +162,10 @@ def _camera_tokens(images: list[jax.Array], channels: int, side: int) -> jax.Arr
     if not images:
         return None
     embed = nn.Embed(len(images), channels, name="camera_embed")
-    out = [ImageTokens(channels, side, name=f"camera{i}")(img) + embed(jnp.array([i]))
-           for i, img in enumerate(images)]
+    out = [
+        ImageTokens(channels, side, name=f"camera{i}")(img) + embed(jnp.array([i]))
+        for i, img in enumerate(images)
+    ]
     return jnp.concatenate(out, axis=1)
 
 
@@ -144,8 +177,9 @@ class _EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        h = nn.MultiHeadDotProductAttention(self.heads, dropout_rate=self.dropout,
-                                            deterministic=not train)(x, x)
+        h = nn.MultiHeadDotProductAttention(
+            self.heads, dropout_rate=self.dropout, deterministic=not train
+        )(x, x)
         x = nn.LayerNorm()(x + nn.Dropout(self.dropout, deterministic=not train)(h))
         h = nn.Dense(self.dim)(nn.relu(nn.Dense(self.ff_dim)(x)))
         return nn.LayerNorm()(x + nn.Dropout(self.dropout, deterministic=not train)(h))
@@ -160,11 +194,13 @@ class _DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, q, memory, train: bool):
         drop = lambda h: nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.MultiHeadDotProductAttention(self.heads, dropout_rate=self.dropout,
-                                            deterministic=not train)(q, q)
+        h = nn.MultiHeadDotProductAttention(
+            self.heads, dropout_rate=self.dropout, deterministic=not train
+        )(q, q)
         q = nn.LayerNorm()(q + drop(h))
-        h = nn.MultiHeadDotProductAttention(self.heads, dropout_rate=self.dropout,
-                                            deterministic=not train)(q, memory)
+        h = nn.MultiHeadDotProductAttention(
+            self.heads, dropout_rate=self.dropout, deterministic=not train
+        )(q, memory)
         q = nn.LayerNorm()(q + drop(h))
         h = nn.Dense(self.dim)(nn.relu(nn.Dense(self.ff_dim)(q)))
         return nn.LayerNorm()(q + drop(h))
@@ -172,6 +208,7 @@ class _DecoderLayer(nn.Module):
 
 class ACTPolicy(nn.Module):
     """Action-chunking transformer: obs -> standardized chunk [B, K, A]."""
+
     config: BCConfig
     action_dim: int
 
@@ -200,6 +237,7 @@ class ACTPolicy(nn.Module):
 
 class MLPChunkPolicy(nn.Module):
     """MLP chunk policy: obs -> standardized chunk [B, K, A]."""
+
     config: BCConfig
     action_dim: int
 

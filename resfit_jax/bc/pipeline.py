@@ -9,6 +9,7 @@ JSONL (<out>/metrics.jsonl). At the end the best base is re-evaluated on ``final
 fresh episodes and exported as a jax.export artifact (<out>/export).
 experiments/train_bc.py is the absl-flag front end; experiments/quickstart.py calls it too.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,26 +25,41 @@ CPU_TASK_STEPS = {"PegInsertion": 8000, "PixelPointReach": 2000}
 TASK_CHUNK_SIZE = {"PixelPointReach": 5}
 
 
-def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "act",
-             preset: str = "cpu", steps: int | None = None, batch_size: int | None = None,
-             chunk_size: int | None = None, execution_horizon: int | None = None,
-             eval_every: int = 1000, eval_episodes: int = 50, final_episodes: int = 100,
-             num_envs: int = 50, seed: int = 0, max_demos: int | None = None,
-             demo_episodes: int = 30, demo_noise: float = 1.0, export: bool = True,
-             relative_actions: bool = True, verbose: bool = True) -> dict:
+def train_bc(
+    task_name: str,
+    out: str,
+    demos: str | None = None,
+    policy: str = "act",
+    preset: str = "cpu",
+    steps: int | None = None,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    execution_horizon: int | None = None,
+    eval_every: int = 1000,
+    eval_episodes: int = 50,
+    final_episodes: int = 100,
+    num_envs: int = 50,
+    seed: int = 0,
+    max_demos: int | None = None,
+    demo_episodes: int = 30,
+    demo_noise: float = 1.0,
+    export: bool = True,
+    relative_actions: bool = True,
+    verbose: bool = True,
+) -> dict:
     """Train, keep the best by success, export; returns a summary dict."""
     import jax
     import numpy as np
     import tqdm
     from tensorboardX import SummaryWriter
 
+    from resfit_jax import envs
+    from resfit_jax.base.policy import ChunkedBase
     from resfit_jax.bc.data import chunk_dataset, fit_normalizer
     from resfit_jax.bc.export import export_base
     from resfit_jax.bc.frozen import checkpoint_manager, load_base, save_base
     from resfit_jax.bc.networks import BCConfig
     from resfit_jax.bc.train import make_trainer
-    from resfit_jax import envs
-    from resfit_jax.base.policy import ChunkedBase
     from resfit_jax.data import check_compatible, read_episodes
     from resfit_jax.observations import camera_shapes, state_size
     from resfit_jax.sim.evaluation import evaluate_policy, make_episode_runner
@@ -56,37 +72,65 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
         steps = CPU_TASK_STEPS.get(task_name)
     if chunk_size is None:
         chunk_size = TASK_CHUNK_SIZE.get(task_name, 20)
-    kw = {k: v for k, v in dict(policy=policy, chunk_size=chunk_size,
-                                execution_horizon=execution_horizon, steps=steps,
-                                batch_size=batch_size).items() if v is not None}
+    kw = {
+        k: v
+        for k, v in dict(
+            policy=policy,
+            chunk_size=chunk_size,
+            execution_horizon=execution_horizon,
+            steps=steps,
+            batch_size=batch_size,
+        ).items()
+        if v is not None
+    }
     if relative_actions:
         kw["action_obs_index"] = getattr(task, "action_obs_index", None)
-    config = (BCConfig.cpu if preset == "cpu" else BCConfig.paper)(**kw)   # fails before demos
+    config = (BCConfig.cpu if preset == "cpu" else BCConfig.paper)(**kw)  # fails before demos
     os.makedirs(out, exist_ok=True)
     if demos is None:
         from resfit_jax.data.demos import make_demos
-        demos, _ = make_demos(task_name, demo_episodes, demo_noise, os.path.join(out, "demos"),
-                              seed=seed + 1000, verbose=verbose)
+
+        demos, _ = make_demos(
+            task_name,
+            demo_episodes,
+            demo_noise,
+            os.path.join(out, "demos"),
+            seed=seed + 1000,
+            verbose=verbose,
+        )
     episodes = read_episodes(demos, limit=max_demos)
     check_compatible(episodes, obs_dim, action_dim, task_name, cameras)
     if verbose:
         from resfit_jax.run.configs import config_lines
-        print(f"Resolved BCConfig:\n{config_lines(config)}\n{len(episodes)} demo episodes "
-              f"from {demos}")
+
+        print(
+            f"Resolved BCConfig:\n{config_lines(config)}\n{len(episodes)} demo episodes "
+            f"from {demos}"
+        )
     data = chunk_dataset(episodes, config.chunk_size)
-    normalizer = fit_normalizer(data, config.action_obs_index, config.obs_std_floor,
-                                config.action_std_floor)
+    normalizer = fit_normalizer(
+        data, config.action_obs_index, config.obs_std_floor, config.action_std_floor
+    )
     trainer = make_trainer(config, obs_dim, action_dim, normalizer, cameras)
     state = trainer.init(jax.random.PRNGKey(seed))
     device_data = jax.device_put(data)
-    make_base = lambda params: ChunkedBase(lambda o: trainer.predict(params, o), action_dim,
-                                           config.chunk_size, config.execution_horizon)
+    make_base = lambda params: ChunkedBase(
+        lambda o: trainer.predict(params, o),
+        action_dim,
+        config.chunk_size,
+        config.execution_horizon,
+    )
     e = min(num_envs, eval_episodes)
     runner = make_episode_runner(task, make_base, e)
     manager = checkpoint_manager(os.path.join(out, "checkpoint"))
-    meta = {"task": task_name, "obs_dim": int(obs_dim), "action_dim": int(action_dim),
-            "demos": demos, "num_demos": len(episodes),
-            "cameras": {c: list(v) for c, v in cameras.items()}}
+    meta = {
+        "task": task_name,
+        "obs_dim": int(obs_dim),
+        "action_dim": int(action_dim),
+        "demos": demos,
+        "num_demos": len(episodes),
+        "cameras": {c: list(v) for c, v in cameras.items()},
+    }
     writer = SummaryWriter(os.path.join(out, "tb"))
     jsonl = open(os.path.join(out, "metrics.jsonl"), "a")
     eval_key = jax.random.PRNGKey(seed + 7)
@@ -98,8 +142,13 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
         state, m = trainer.train(state, device_data, n)
         done += n
         r = evaluate_policy(task, None, eval_episodes, eval_key, e, runner, state.params)
-        row = {"step": done, "l1": float(m["l1"]), "success_rate": r["success_rate"],
-               "mean_steps_success": r["mean_steps_success"], "wall_s": time.time() - t0}
+        row = {
+            "step": done,
+            "l1": float(m["l1"]),
+            "success_rate": r["success_rate"],
+            "mean_steps_success": r["mean_steps_success"],
+            "wall_s": time.time() - t0,
+        }
         history.append(row)
         for k, v in row.items():
             if k != "step":
@@ -108,37 +157,69 @@ def train_bc(task_name: str, out: str, demos: str | None = None, policy: str = "
         jsonl.flush()
         if r["success_rate"] >= best:
             best = r["success_rate"]
-            save_base(manager, done, state.params, config, normalizer, meta,
-                      {"success_rate": r["success_rate"]})
+            save_base(
+                manager,
+                done,
+                state.params,
+                config,
+                normalizer,
+                meta,
+                {"success_rate": r["success_rate"]},
+            )
         bar.update(n)
-        bar.set_postfix(l1=f"{row['l1']:.3f}", success=f"{r['success_rate']:.0%}",
-                        best=f"{best:.0%}")
+        bar.set_postfix(
+            l1=f"{row['l1']:.3f}", success=f"{r['success_rate']:.0%}", best=f"{best:.0%}"
+        )
     bar.close()
     writer.close()
     jsonl.close()
     _, info = load_base(os.path.join(out, "checkpoint"), obs_dim, action_dim, cameras=cameras)
-    final = evaluate_policy(task, None, final_episodes, jax.random.PRNGKey(seed + 99),
-                          min(num_envs, final_episodes),
-                          make_episode_runner(task, make_base, min(num_envs, final_episodes)),
-                          info["params"])
+    final = evaluate_policy(
+        task,
+        None,
+        final_episodes,
+        jax.random.PRNGKey(seed + 99),
+        min(num_envs, final_episodes),
+        make_episode_runner(task, make_base, min(num_envs, final_episodes)),
+        info["params"],
+    )
     if export:
-        export_base(os.path.join(out, "export"), trainer.predict, info["params"],
-                    obs_dim=int(obs_dim), action_dim=int(action_dim),
-                    chunk_size=config.chunk_size, execution_horizon=config.execution_horizon,
-                    normalizer=normalizer, task=task_name, cameras=cameras)
-    summary = {"task": task_name, "policy": policy, "best_step": info["best_step"],
-               "final_episodes": final["episodes"], "success_rate": final["success_rate"],
-               "ci95": final["ci95"], "mean_steps_success": final["mean_steps_success"],
-               "num_demos": len(episodes), "steps": config.steps,
-               "wall_s": time.time() - t0, "out": out, "history": history,
-               "config": dataclasses.asdict(config)}
+        export_base(
+            os.path.join(out, "export"),
+            trainer.predict,
+            info["params"],
+            obs_dim=int(obs_dim),
+            action_dim=int(action_dim),
+            chunk_size=config.chunk_size,
+            execution_horizon=config.execution_horizon,
+            normalizer=normalizer,
+            task=task_name,
+            cameras=cameras,
+        )
+    summary = {
+        "task": task_name,
+        "policy": policy,
+        "best_step": info["best_step"],
+        "final_episodes": final["episodes"],
+        "success_rate": final["success_rate"],
+        "ci95": final["ci95"],
+        "mean_steps_success": final["mean_steps_success"],
+        "num_demos": len(episodes),
+        "steps": config.steps,
+        "wall_s": time.time() - t0,
+        "out": out,
+        "history": history,
+        "config": dataclasses.asdict(config),
+    }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=lambda x: np.asarray(x).tolist())
     if verbose:
         lo, hi = final["ci95"]
-        print(f"{task_name} BC ({policy}, best step {info['best_step']}): success "
-              f"{final['successes']}/{final['episodes']} = {final['success_rate']:.1%} "
-              f"[{lo:.2f}, {hi:.2f}], mean steps of successes "
-              f"{final['mean_steps_success']:.1f}; base checkpoint {out}/checkpoint"
-              + (f", export {out}/export" if export else ""))
+        print(
+            f"{task_name} BC ({policy}, best step {info['best_step']}): success "
+            f"{final['successes']}/{final['episodes']} = {final['success_rate']:.1%} "
+            f"[{lo:.2f}, {hi:.2f}], mean steps of successes "
+            f"{final['mean_steps_success']:.1f}; base checkpoint {out}/checkpoint"
+            + (f", export {out}/export" if export else "")
+        )
     return summary

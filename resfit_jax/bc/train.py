@@ -8,10 +8,12 @@
 A pixel base: ``cameras`` (name -> image shape [H, W, C]) and dict observations
 {"state": [B, O], camera: uint8 [B, H, W, C]} (``resfit_jax.bc.networks``).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,24 +53,34 @@ def make_predict(config: BCConfig, action_dim: int, normalizer: ChunkNormalizer)
         out = net.apply({"params": params}, normalizer.norm_obs(obs), train=False)
         ref = action_reference(obs, config.action_obs_index, action_dim)
         return normalizer.unnorm_action(out) + ref[:, None]
+
     return predict
 
 
-def make_trainer(config: BCConfig, obs_dim: int, action_dim: int,
-                 normalizer: ChunkNormalizer, cameras: dict | None = None) -> BCTrainer:
+def make_trainer(
+    config: BCConfig,
+    obs_dim: int,
+    action_dim: int,
+    normalizer: ChunkNormalizer,
+    cameras: dict | None = None,
+) -> BCTrainer:
     net = make_network(config, action_dim)
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                     optax.adamw(config.lr, weight_decay=config.weight_decay))
+    tx = optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(config.lr, weight_decay=config.weight_decay),
+    )
 
     def init(key):
         k_init, k_rng = jax.random.split(key)
         params = net.init(k_init, sample_obs(obs_dim, cameras), train=False)["params"]
-        return BCState(params=params, opt_state=tx.init(params), rng=k_rng,
-                       step=jnp.zeros((), jnp.int32))
+        return BCState(
+            params=params, opt_state=tx.init(params), rng=k_rng, step=jnp.zeros((), jnp.int32)
+        )
 
     def loss(params, obs, chunk, mask, key):
-        pred = net.apply({"params": params}, normalizer.norm_obs(obs), train=True,
-                         rngs={"dropout": key})
+        pred = net.apply(
+            {"params": params}, normalizer.norm_obs(obs), train=True, rngs={"dropout": key}
+        )
         ref = action_reference(obs, config.action_obs_index, action_dim)
         err = jnp.abs(pred - normalizer.norm_action(chunk - ref[:, None])).mean(-1)  # [B, K]
         return (err * mask).sum() / jnp.maximum(mask.sum(), 1.0)
@@ -80,15 +92,28 @@ def make_trainer(config: BCConfig, obs_dim: int, action_dim: int,
             rng, k_idx, k_drop = jax.random.split(state.rng, 3)
             idx = jax.random.randint(k_idx, (config.batch_size,), 0, n)
             batch = jax.tree.map(lambda x: x[idx], data)
-            l, g = jax.value_and_grad(loss)(state.params, batch["obs"], batch["chunk"],
-                                            batch["mask"].astype(jnp.float32), k_drop)
+            value, g = jax.value_and_grad(loss)(
+                state.params,
+                batch["obs"],
+                batch["chunk"],
+                batch["mask"].astype(jnp.float32),
+                k_drop,
+            )
             updates, opt_state = tx.update(g, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            return BCState(params, opt_state, rng, state.step + 1), l
+            return BCState(params, opt_state, rng, state.step + 1), value
 
         state, losses = jax.lax.scan(one, state, None, length=num_steps)
         return state, {"l1": losses.mean(), "l1_last": losses[-1]}
 
-    return BCTrainer(config, obs_dim, action_dim, normalizer, init,
-                     jax.jit(train, static_argnums=2), make_predict(config, action_dim, normalizer),
-                     loss, cameras)
+    return BCTrainer(
+        config,
+        obs_dim,
+        action_dim,
+        normalizer,
+        init,
+        jax.jit(train, static_argnums=2),
+        make_predict(config, action_dim, normalizer),
+        loss,
+        cameras,
+    )

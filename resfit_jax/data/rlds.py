@@ -23,12 +23,13 @@ RLDS dataset with this step schema; an observation that is a flat tensor instead
 with "state" is accepted) into numpy arrays, and ``check_compatible`` rejects one whose
 shapes do not match a task with an error that names the mismatch.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -39,17 +40,18 @@ STEP_KEYS = ("action", "reward", "discount", "is_first", "is_last", "is_terminal
 @dataclasses.dataclass
 class Episode:
     """One episode as numpy arrays, T + 1 steps (see the module docstring)."""
-    observation: np.ndarray      # [T + 1, O] float32 (the state vector)
-    action: np.ndarray           # [T + 1, A] float32 (last row zeros)
-    reward: np.ndarray           # [T + 1] float32
-    discount: np.ndarray         # [T + 1] float32
-    is_first: np.ndarray         # [T + 1] bool
-    is_last: np.ndarray          # [T + 1] bool
-    is_terminal: np.ndarray      # [T + 1] bool
+
+    observation: np.ndarray  # [T + 1, O] float32 (the state vector)
+    action: np.ndarray  # [T + 1, A] float32 (last row zeros)
+    reward: np.ndarray  # [T + 1] float32
+    discount: np.ndarray  # [T + 1] float32
+    is_first: np.ndarray  # [T + 1] bool
+    is_last: np.ndarray  # [T + 1] bool
+    is_terminal: np.ndarray  # [T + 1] bool
     episode_id: int = 0
     success: bool = False
     seed: int = -1
-    images: dict[str, np.ndarray] | None = None    # camera -> uint8 [T + 1, H, W, C]
+    images: dict[str, np.ndarray] | None = None  # camera -> uint8 [T + 1, H, W, C]
 
     @property
     def num_actions(self) -> int:
@@ -66,8 +68,14 @@ class Episode:
         return {c: tuple(x.shape[1:]) for c, x in (self.images or {}).items()}
 
     @classmethod
-    def from_rollout(cls, observations: np.ndarray, actions: np.ndarray, success: bool,
-                     episode_id: int = 0, seed: int = -1) -> "Episode":
+    def from_rollout(
+        cls,
+        observations: np.ndarray,
+        actions: np.ndarray,
+        success: bool,
+        episode_id: int = 0,
+        seed: int = -1,
+    ) -> Episode:
         """Build from T + 1 observations [T + 1, O] (or a dict with "state" [T + 1, O] and
         camera images uint8 [T + 1, H, W, C]) and T actions [T, A]; the reward is the sparse
         success reward (1 on the last action of a successful episode)."""
@@ -79,37 +87,51 @@ class Episode:
         actions = np.asarray(actions, np.float32)
         t = actions.shape[0]
         if observations.shape[0] != t + 1:
-            raise ValueError(f"Episode.from_rollout: {observations.shape[0]} observations for "
-                             f"{t} actions; expected T + 1 = {t + 1}.")
+            raise ValueError(
+                f"Episode.from_rollout: {observations.shape[0]} observations for "
+                f"{t} actions; expected T + 1 = {t + 1}."
+            )
         reward = np.zeros(t + 1, np.float32)
         discount = np.ones(t + 1, np.float32)
         if success:
             reward[t - 1] = 1.0
             discount[t] = 0.0
-        return cls(observation=observations,
-                   action=np.concatenate([actions, np.zeros((1, actions.shape[1]), np.float32)]),
-                   reward=reward, discount=discount,
-                   is_first=_first(t + 1),
-                   is_last=_last(t + 1), is_terminal=_last(t + 1) & bool(success),
-                   episode_id=int(episode_id), success=bool(success), seed=int(seed),
-                   images=images or None)
+        return cls(
+            observation=observations,
+            action=np.concatenate([actions, np.zeros((1, actions.shape[1]), np.float32)]),
+            reward=reward,
+            discount=discount,
+            is_first=_first(t + 1),
+            is_last=_last(t + 1),
+            is_terminal=_last(t + 1) & bool(success),
+            episode_id=int(episode_id),
+            success=bool(success),
+            seed=int(seed),
+            images=images or None,
+        )
 
     def validate(self) -> None:
         n = self.observation.shape[0]
         for k in STEP_KEYS:
             if getattr(self, k).shape[0] != n:
-                raise ValueError(f"Episode {self.episode_id}: field {k!r} has "
-                                 f"{getattr(self, k).shape[0]} steps, observation has {n}.")
+                raise ValueError(
+                    f"Episode {self.episode_id}: field {k!r} has "
+                    f"{getattr(self, k).shape[0]} steps, observation has {n}."
+                )
         if n < 2 or not self.is_first[0] or not self.is_last[-1] or self.is_last[:-1].any():
-            raise ValueError(f"Episode {self.episode_id}: is_first/is_last flags are not a "
-                             "single well-formed episode.")
+            raise ValueError(
+                f"Episode {self.episode_id}: is_first/is_last flags are not a "
+                "single well-formed episode."
+            )
         if not np.all(np.isfinite(self.observation)) or not np.all(np.isfinite(self.action)):
             raise ValueError(f"Episode {self.episode_id}: non-finite observation or action.")
         for c, x in (self.images or {}).items():
             if x.dtype != np.uint8 or x.ndim != 4 or x.shape[0] != n:
-                raise ValueError(f"Episode {self.episode_id}: camera {c!r} has shape {x.shape} "
-                                 f"dtype {x.dtype}; expected uint8 [{n}, H, W, C] (one image "
-                                 "per step).")
+                raise ValueError(
+                    f"Episode {self.episode_id}: camera {c!r} has shape {x.shape} "
+                    f"dtype {x.dtype}; expected uint8 [{n}, H, W, C] (one image "
+                    "per step)."
+                )
 
 
 def _first(n: int) -> np.ndarray:
@@ -126,40 +148,63 @@ def _last(n: int) -> np.ndarray:
 
 def _features(obs_dim: int, action_dim: int, cameras: dict[str, tuple[int, ...]]):
     import tensorflow_datasets as tfds
+
     f = tfds.features
     images = {c: f.Tensor(shape=shape, dtype=np.uint8) for c, shape in cameras.items()}
-    return f.FeaturesDict({
-        "steps": f.Dataset({
-            "observation": f.FeaturesDict(
-                {"state": f.Tensor(shape=(obs_dim,), dtype=np.float32), **images}),
-            "action": f.Tensor(shape=(action_dim,), dtype=np.float32),
-            "reward": f.Scalar(dtype=np.float32),
-            "discount": f.Scalar(dtype=np.float32),
-            "is_first": f.Scalar(dtype=np.bool_),
-            "is_last": f.Scalar(dtype=np.bool_),
-            "is_terminal": f.Scalar(dtype=np.bool_),
-        }),
-        "episode_metadata": f.FeaturesDict({
-            "episode_id": f.Scalar(dtype=np.int32),
-            "success": f.Scalar(dtype=np.bool_),
-            "seed": f.Scalar(dtype=np.int64),
-        }),
-    })
+    return f.FeaturesDict(
+        {
+            "steps": f.Dataset(
+                {
+                    "observation": f.FeaturesDict(
+                        {"state": f.Tensor(shape=(obs_dim,), dtype=np.float32), **images}
+                    ),
+                    "action": f.Tensor(shape=(action_dim,), dtype=np.float32),
+                    "reward": f.Scalar(dtype=np.float32),
+                    "discount": f.Scalar(dtype=np.float32),
+                    "is_first": f.Scalar(dtype=np.bool_),
+                    "is_last": f.Scalar(dtype=np.bool_),
+                    "is_terminal": f.Scalar(dtype=np.bool_),
+                }
+            ),
+            "episode_metadata": f.FeaturesDict(
+                {
+                    "episode_id": f.Scalar(dtype=np.int32),
+                    "success": f.Scalar(dtype=np.bool_),
+                    "seed": f.Scalar(dtype=np.int64),
+                }
+            ),
+        }
+    )
 
 
 def _episode_example(ep: Episode) -> dict:
     cams = ep.images or {}
-    steps = [{"observation": {"state": ep.observation[i], **{c: x[i] for c, x in cams.items()}},
-              "action": ep.action[i],
-              "reward": ep.reward[i], "discount": ep.discount[i], "is_first": ep.is_first[i],
-              "is_last": ep.is_last[i], "is_terminal": ep.is_terminal[i]}
-             for i in range(ep.observation.shape[0])]
-    return {"steps": steps, "episode_metadata": {"episode_id": ep.episode_id,
-                                                 "success": ep.success, "seed": ep.seed}}
+    steps = [
+        {
+            "observation": {"state": ep.observation[i], **{c: x[i] for c, x in cams.items()}},
+            "action": ep.action[i],
+            "reward": ep.reward[i],
+            "discount": ep.discount[i],
+            "is_first": ep.is_first[i],
+            "is_last": ep.is_last[i],
+            "is_terminal": ep.is_terminal[i],
+        }
+        for i in range(ep.observation.shape[0])
+    ]
+    return {
+        "steps": steps,
+        "episode_metadata": {"episode_id": ep.episode_id, "success": ep.success, "seed": ep.seed},
+    }
 
 
-def write_episodes(directory: str, episodes: Sequence[Episode], *, name: str = "resfit_demos",
-                   metadata: dict | None = None, split: str = "train") -> str:
+def write_episodes(
+    directory: str,
+    episodes: Sequence[Episode],
+    *,
+    name: str = "resfit_demos",
+    metadata: dict | None = None,
+    split: str = "train",
+) -> str:
     """Write episodes as a tfds RLDS dataset (array_record) under ``directory``.
 
     Returns the dataset directory (``directory/name/1.0.0``), which ``read_episodes`` takes.
@@ -175,17 +220,23 @@ def write_episodes(directory: str, episodes: Sequence[Episode], *, name: str = "
     cameras = episodes[0].camera_shapes
     for ep in episodes:
         if ep.observation.shape[1] != obs_dim or ep.action.shape[1] != action_dim:
-            raise ValueError(f"write_episodes: episode {ep.episode_id} has obs/action dims "
-                             f"{ep.observation.shape[1]}/{ep.action.shape[1]}, the first has "
-                             f"{obs_dim}/{action_dim}.")
+            raise ValueError(
+                f"write_episodes: episode {ep.episode_id} has obs/action dims "
+                f"{ep.observation.shape[1]}/{ep.action.shape[1]}, the first has "
+                f"{obs_dim}/{action_dim}."
+            )
         if ep.camera_shapes != cameras:
-            raise ValueError(f"write_episodes: episode {ep.episode_id} has cameras "
-                             f"{ep.camera_shapes}, the first has {cameras}.")
+            raise ValueError(
+                f"write_episodes: episode {ep.episode_id} has cameras "
+                f"{ep.camera_shapes}, the first has {cameras}."
+            )
     directory = os.path.abspath(directory)
     target = os.path.join(directory, name, "1.0.0")
     if os.path.exists(os.path.join(target, "dataset_info.json")):
-        raise FileExistsError(f"write_episodes: a dataset already exists at {target}; "
-                              "write to a new directory (existing data is never overwritten).")
+        raise FileExistsError(
+            f"write_episodes: a dataset already exists at {target}; "
+            "write to a new directory (existing data is never overwritten)."
+        )
     features = _features(obs_dim, action_dim, cameras)
     description = json.dumps(metadata or {})
 
@@ -193,8 +244,9 @@ def write_episodes(directory: str, episodes: Sequence[Episode], *, name: str = "
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, description=description,
-                                         features=features, disable_shuffling=True)
+            return tfds.core.DatasetInfo(
+                builder=self, description=description, features=features, disable_shuffling=True
+            )
 
         def _split_generators(self, dl_manager):
             return {split: self._generate_examples()}
@@ -215,11 +267,21 @@ def write_episodes(directory: str, episodes: Sequence[Episode], *, name: str = "
     tfds.disable_progress_bar()
     builder = _Builder(data_dir=directory, file_format="array_record")
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
     with open(os.path.join(target, METADATA_FILE), "w") as f:
-        json.dump(dict(metadata or {}, obs_dim=int(obs_dim), action_dim=int(action_dim),
-                       cameras={c: list(v) for c, v in cameras.items()},
-                       num_episodes=len(episodes), format="rlds/array_record/1"), f, indent=2)
+        json.dump(
+            dict(
+                metadata or {},
+                obs_dim=int(obs_dim),
+                action_dim=int(action_dim),
+                cameras={c: list(v) for c, v in cameras.items()},
+                num_episodes=len(episodes),
+                format="rlds/array_record/1",
+            ),
+            f,
+            indent=2,
+        )
     return target
 
 
@@ -231,8 +293,9 @@ def read_metadata(dataset_dir: str) -> dict:
         return json.load(f)
 
 
-def read_episodes(dataset_dir: str, split: str = "train", limit: int | None = None
-                  ) -> list[Episode]:
+def read_episodes(
+    dataset_dir: str, split: str = "train", limit: int | None = None
+) -> list[Episode]:
     """Load every episode of a tfds RLDS dataset directory into numpy ``Episode`` objects."""
     import tensorflow_datasets as tfds
 
@@ -241,21 +304,26 @@ def read_episodes(dataset_dir: str, split: str = "train", limit: int | None = No
         raise FileNotFoundError(
             f"read_episodes: {dataset_dir} is not a tfds dataset directory (no "
             "dataset_info.json); pass the directory write_episodes returned, e.g. "
-            "<out>/resfit_demos/1.0.0.")
+            "<out>/resfit_demos/1.0.0."
+        )
     if not os.path.exists(os.path.join(dataset_dir, "features.json")):
         raise FileNotFoundError(
             f"read_episodes: {dataset_dir} has no features.json (the dataset's schema), so it is "
-            "incomplete or damaged; write the demos again (experiments.make_demos).")
+            "incomplete or damaged; write the demos again (experiments.make_demos)."
+        )
     if not any(".array_record" in f for f in os.listdir(dataset_dir)):
         raise FileNotFoundError(
             f"read_episodes: {dataset_dir} has no array_record data files; the dataset is "
-            "incomplete (an interrupted write?). Write the demos again.")
+            "incomplete (an interrupted write?). Write the demos again."
+        )
     try:
         with open(os.path.join(dataset_dir, "dataset_info.json")) as f:
             json.load(f)
     except ValueError as e:
-        raise ValueError(f"read_episodes: {dataset_dir}/dataset_info.json is not valid JSON "
-                         f"({e}); the dataset is damaged. Write the demos again.") from None
+        raise ValueError(
+            f"read_episodes: {dataset_dir}/dataset_info.json is not valid JSON "
+            f"({e}); the dataset is damaged. Write the demos again."
+        ) from None
     try:
         source = tfds.builder_from_directory(dataset_dir).as_data_source(split)
     except Exception as e:  # corrupted metadata or missing files
@@ -266,8 +334,9 @@ def read_episodes(dataset_dir: str, split: str = "train", limit: int | None = No
         try:
             ex = source[i]
         except Exception as e:
-            raise ValueError(f"read_episodes: episode {i} of {dataset_dir} is unreadable "
-                             f"(corrupted file?): {e}") from e
+            raise ValueError(
+                f"read_episodes: episode {i} of {dataset_dir} is unreadable (corrupted file?): {e}"
+            ) from e
         episodes.append(_to_episode(ex, i))
     return episodes
 
@@ -280,28 +349,39 @@ def _to_episode(ex: dict, index: int) -> Episode:
     obs, images = [r["observation"] for r in rows], None
     if isinstance(obs[0], dict):
         if "state" not in obs[0]:
-            raise ValueError(f"read_episodes: observation has keys {sorted(obs[0])}; this "
-                             "reader needs a flat state vector under observation/state.")
+            raise ValueError(
+                f"read_episodes: observation has keys {sorted(obs[0])}; this "
+                "reader needs a flat state vector under observation/state."
+            )
         cams = [k for k in obs[0] if k != "state"]
         images = {c: np.stack([np.asarray(o[c]) for o in obs]) for c in cams} or None
         obs = [o["state"] for o in obs]
     stack = lambda k, dt: np.stack([np.asarray(r[k], dt) for r in rows])
     meta = ex.get("episode_metadata", {}) or {}
-    ep = Episode(observation=np.stack(obs).astype(np.float32).reshape(len(rows), -1),
-                 action=stack("action", np.float32).reshape(len(rows), -1),
-                 reward=stack("reward", np.float32), discount=stack("discount", np.float32),
-                 is_first=stack("is_first", bool), is_last=stack("is_last", bool),
-                 is_terminal=stack("is_terminal", bool),
-                 episode_id=int(meta.get("episode_id", index)),
-                 success=bool(meta.get("success", bool(stack("reward", np.float32).sum() > 0))),
-                 seed=int(meta.get("seed", -1)), images=images)
+    ep = Episode(
+        observation=np.stack(obs).astype(np.float32).reshape(len(rows), -1),
+        action=stack("action", np.float32).reshape(len(rows), -1),
+        reward=stack("reward", np.float32),
+        discount=stack("discount", np.float32),
+        is_first=stack("is_first", bool),
+        is_last=stack("is_last", bool),
+        is_terminal=stack("is_terminal", bool),
+        episode_id=int(meta.get("episode_id", index)),
+        success=bool(meta.get("success", bool(stack("reward", np.float32).sum() > 0))),
+        seed=int(meta.get("seed", -1)),
+        images=images,
+    )
     ep.validate()
     return ep
 
 
-def check_compatible(episodes: Iterable[Episode], obs_dim: int, action_dim: int,
-                     task_name: str = "the task",
-                     cameras: dict[str, tuple[int, ...]] | None = None) -> None:
+def check_compatible(
+    episodes: Iterable[Episode],
+    obs_dim: int,
+    action_dim: int,
+    task_name: str = "the task",
+    cameras: dict[str, tuple[int, ...]] | None = None,
+) -> None:
     """Raise ValueError if any episode's observation or action size, or its cameras (name ->
     image shape; None: a state task, images ignored), differ from the task's."""
     for ep in episodes:
@@ -309,11 +389,13 @@ def check_compatible(episodes: Iterable[Episode], obs_dim: int, action_dim: int,
             raise ValueError(
                 f"Dataset episode {ep.episode_id} has cameras {ep.camera_shapes}, but "
                 f"{task_name} has {dict(cameras)}. Record the demos with the task's cameras "
-                "and resolution.")
+                "and resolution."
+            )
         o, a = ep.observation.shape[1], ep.action.shape[1]
         if o != obs_dim or a != action_dim:
             raise ValueError(
                 f"Dataset episode {ep.episode_id} has observation size {o} and action size "
                 f"{a}, but {task_name} has observation size {obs_dim} and action size "
                 f"{action_dim}. Use demos recorded for this task (experiments/make_demos.py "
-                "--task=...).")
+                "--task=...)."
+            )

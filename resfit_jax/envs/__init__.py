@@ -1,11 +1,12 @@
 """Environments: functional protocol, wrappers, MJX manipulation tasks and a registry.
 
-    env = envs.make("PickPlace", episode_length=150)     # keyword overrides
-    expert = envs.make_expert("PickPlace", env, ExpertStyle.human(0.5))
+env = envs.make("PickPlace", episode_length=150)     # keyword overrides
+expert = envs.make_expert("PickPlace", env, ExpertStyle.human(0.5))
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from resfit_jax.envs.core import AutoReset, Env, EpisodeWrapper, State, VmapWrapper, Wrapper
 from resfit_jax.envs.pixel_point_reach import PixelPointReach
@@ -16,25 +17,31 @@ from resfit_jax.envs.scripted import ExpertStyle
 
 def _pick_place(**kw):
     from resfit_jax.envs.pick_place import PickPlace
+
     return PickPlace(**kw)
 
 
 def _peg_insertion(**kw):
     from resfit_jax.envs.peg_insertion import PegInsertion
+
     return PegInsertion(**kw)
 
 
 def _bimanual_handover(**kw):
     from resfit_jax.envs.bimanual_handover import BimanualHandover
+
     return BimanualHandover(**kw)
 
 
 def _pixel(name: str, factory: Callable[..., Env]):
     """The camera variant of an MJX task: ``PixelTask`` at ``resolution`` px (default 84, the
     paper's) with its default cameras; other keywords go to the task."""
+
     def build(resolution: int = 84, cameras=None, **kw):
         from resfit_jax.envs.cameras import PixelTask
+
         return PixelTask(factory(**kw), resolution, cameras)
+
     build.__name__ = f"Pixel{name}"
     return build
 
@@ -42,7 +49,9 @@ def _pixel(name: str, factory: Callable[..., Env]):
 def _expert(module: str, cls: str):
     def build(env, style):
         import importlib
+
         return getattr(importlib.import_module(f"resfit_jax.envs.{module}"), cls)(env, style)
+
     return build
 
 
@@ -61,7 +70,7 @@ _EXPERTS: dict[str, Callable] = {
     "BimanualHandover": _expert("bimanual_handover", "BimanualHandoverExpert"),
 }
 MANIPULATION_TASKS = ("PickPlace", "PegInsertion", "BimanualHandover")
-for _name in MANIPULATION_TASKS:          # PixelPickPlace, ...: cameras instead of object poses
+for _name in MANIPULATION_TASKS:  # PixelPickPlace, ...: cameras instead of object poses
     _REGISTRY[f"Pixel{_name}"] = _pixel(_name, _REGISTRY[_name])
     _EXPERTS[f"Pixel{_name}"] = _EXPERTS[_name]
 
@@ -86,6 +95,20 @@ def make_expert(name: str, env: Env, style: ExpertStyle = ExpertStyle()):
     return _EXPERTS[name](env, style)
 
 
-__all__ = ["AutoReset", "DomainRandomization", "Env", "EpisodeWrapper", "ExpertStyle",
-           "MANIPULATION_TASKS", "PixelPointReach", "PointReach", "RandomizationConfig", "State",
-           "VmapWrapper", "Wrapper", "make", "make_expert", "register"]
+__all__ = [
+    "AutoReset",
+    "DomainRandomization",
+    "Env",
+    "EpisodeWrapper",
+    "ExpertStyle",
+    "MANIPULATION_TASKS",
+    "PixelPointReach",
+    "PointReach",
+    "RandomizationConfig",
+    "State",
+    "VmapWrapper",
+    "Wrapper",
+    "make",
+    "make_expert",
+    "register",
+]

@@ -1,6 +1,7 @@
 """``from mujoco import mjx``, without the line mujoco-mjx prints when the optional Warp
 backend is missing ("Failed to import warp: ..."): the tasks use MJX's JAX implementation.
 The message is kept and logged at INFO (scripts show it with --verbosity=0)."""
+
 import contextlib
 import io
 import logging

@@ -11,23 +11,40 @@ Observation [47]: per arm (right, then left) q (6), qdot (6), gripper opening (1
 position (3); bar position (3), bar quaternion wxyz (4), bar - right tcp (3), bar - left
 tcp (3), tote centre xy (2).
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import mujoco
 import numpy as np
-from resfit_jax.envs._mjx import mjx
 
 from resfit_jax.envs import mjcf
-from resfit_jax.envs.mjx_env import (ArmIndex, MjxTask, down_rotation, ik_step,
-                                     nearest_grasp_yaw, solve_home, tcp_pose, tool_yaw,
-                                     wrap_half, yaw_of, yaw_quat)
-from resfit_jax.envs.scripted import (GRIP_CLOSED, GRIP_OPEN, ExpertState, ExpertStyle,
-                                      ScriptedExpert, advance)
+from resfit_jax.envs._mjx import mjx
+from resfit_jax.envs.mjx_env import (
+    ArmIndex,
+    MjxTask,
+    down_rotation,
+    ik_step,
+    nearest_grasp_yaw,
+    solve_home,
+    tcp_pose,
+    tool_yaw,
+    wrap_half,
+    yaw_of,
+    yaw_quat,
+)
+from resfit_jax.envs.scripted import (
+    GRIP_CLOSED,
+    GRIP_OPEN,
+    ExpertState,
+    ExpertStyle,
+    ScriptedExpert,
+    advance,
+)
 
 BAR_HALF = (0.015, 0.07, 0.015)
-GRASP_OFFSET = 0.03          # each hand grasps this far from the bar centre along its length
+GRASP_OFFSET = 0.03  # each hand grasps this far from the bar centre along its length
 TOTE_INNER_HALF = 0.09
 ARM_Y = 0.36
 HANDOVER = (0.40, 0.0, 0.22)  # bar centre at the handover (m)
@@ -36,26 +53,41 @@ HANDOVER = (0.40, 0.0, 0.22)  # bar centre at the handover (m)
 class BimanualHandover(MjxTask):
     """Right arm picks a bar, hands it to the left arm, which places it in a tote."""
 
-    def __init__(self, episode_length: int = 200, ctrl_dt: float = 0.05,
-                 timestep: float = 0.01,
-                 bar_x_range: tuple[float, float] = (0.36, 0.48),
-                 bar_y_range: tuple[float, float] = (-0.26, -0.16),
-                 bar_yaw_range: tuple[float, float] = (-0.4, 0.4),
-                 tote_x_range: tuple[float, float] = (0.38, 0.48),
-                 tote_y_range: tuple[float, float] = (0.16, 0.24),
-                 bar_mass: float = 0.08):
+    def __init__(
+        self,
+        episode_length: int = 200,
+        ctrl_dt: float = 0.05,
+        timestep: float = 0.01,
+        bar_x_range: tuple[float, float] = (0.36, 0.48),
+        bar_y_range: tuple[float, float] = (-0.26, -0.16),
+        bar_yaw_range: tuple[float, float] = (-0.4, 0.4),
+        tote_x_range: tuple[float, float] = (0.38, 0.48),
+        tote_y_range: tuple[float, float] = (0.16, 0.24),
+        bar_mass: float = 0.08,
+    ):
         self.episode_length = int(episode_length)
         self.ctrl_dt = float(ctrl_dt)
-        self.bar_x_range, self.bar_y_range, self.bar_yaw_range = bar_x_range, bar_y_range, bar_yaw_range
+        self.bar_x_range, self.bar_y_range, self.bar_yaw_range = (
+            bar_x_range,
+            bar_y_range,
+            bar_yaw_range,
+        )
         self.tote_x_range, self.tote_y_range = tote_x_range, tote_y_range
-        bodies = (mjcf.arm("r_", (0, -ARM_Y, 0), rgba="0.9 0.8 0.8 1")
-                  + mjcf.arm("l_", (0, ARM_Y, 0), rgba="0.8 0.85 0.95 1")
-                  + mjcf.tote("tote", TOTE_INNER_HALF)
-                  + mjcf.free_box("bar", BAR_HALF, bar_mass, "0.3 0.7 0.3 1"))
+        bodies = (
+            mjcf.arm("r_", (0, -ARM_Y, 0), rgba="0.9 0.8 0.8 1")
+            + mjcf.arm("l_", (0, ARM_Y, 0), rgba="0.8 0.85 0.95 1")
+            + mjcf.tote("tote", TOTE_INNER_HALF)
+            + mjcf.free_box("bar", BAR_HALF, bar_mass, "0.3 0.7 0.3 1")
+        )
         pairs = "\n    ".join(
-            [mjcf.gripper_pairs("r_", "bar"), mjcf.gripper_pairs("l_", "bar"),
-             '<pair geom1="bar" geom2="table"/>', mjcf.tote_pairs("tote", "bar")]
-            + [f'<pair geom1="{p}pad_{s}" geom2="table"/>' for p in ("r_", "l_") for s in "lr"])
+            [
+                mjcf.gripper_pairs("r_", "bar"),
+                mjcf.gripper_pairs("l_", "bar"),
+                '<pair geom1="bar" geom2="table"/>',
+                mjcf.tote_pairs("tote", "bar"),
+            ]
+            + [f'<pair geom1="{p}pad_{s}" geom2="table"/>' for p in ("r_", "l_") for s in "lr"]
+        )
         actuators = mjcf.arm_actuators("r_") + "\n    " + mjcf.arm_actuators("l_")
         self.xml = mjcf.scene("BimanualHandover", timestep, bodies, actuators, pairs)
         self.mj_model = mujoco.MjModel.from_xml_string(self.xml)
@@ -73,14 +105,20 @@ class BimanualHandover(MjxTask):
     def _init_data(self, model: mjx.Model, key: jax.Array):
         ks = jax.random.split(key, 5)
         u = lambda k, r: jax.random.uniform(k, (), minval=r[0], maxval=r[1])
-        bar = jnp.stack([u(ks[0], self.bar_x_range), u(ks[1], self.bar_y_range),
-                         jnp.float32(BAR_HALF[2])])
+        bar = jnp.stack(
+            [u(ks[0], self.bar_x_range), u(ks[1], self.bar_y_range), jnp.float32(BAR_HALF[2])]
+        )
         tote = jnp.stack([u(ks[3], self.tote_x_range), u(ks[4], self.tote_y_range)])
         qpos = self._home_qpos(jnp.zeros(self.mj_model.nq))
-        qpos = qpos.at[self.bar_qpos:self.bar_qpos + 3].set(bar)
-        qpos = qpos.at[self.bar_qpos + 3:self.bar_qpos + 7].set(yaw_quat(u(ks[2], self.bar_yaw_range)))
+        qpos = qpos.at[self.bar_qpos : self.bar_qpos + 3].set(bar)
+        qpos = qpos.at[self.bar_qpos + 3 : self.bar_qpos + 7].set(
+            yaw_quat(u(ks[2], self.bar_yaw_range))
+        )
         data = mjx.make_data(self.mj_model).replace(
-            qpos=qpos, ctrl=self._ctrl_from_action(self.home_action), mocap_pos=jnp.array([[tote[0], tote[1], 0.0]]))
+            qpos=qpos,
+            ctrl=self._ctrl_from_action(self.home_action),
+            mocap_pos=jnp.array([[tote[0], tote[1], 0.0]]),
+        )
         return data, {"tote": tote}
 
     def _observe(self, data, task):
@@ -96,8 +134,20 @@ class BimanualHandover(MjxTask):
 
 
 # Phases of the handover script.
-(R_APPROACH, R_DESCEND, R_CLOSE, R_LIFT, MEET, L_DESCEND, L_CLOSE, R_RELEASE, L_CARRY,
- L_LOWER, L_RELEASE, DONE) = range(12)
+(
+    R_APPROACH,
+    R_DESCEND,
+    R_CLOSE,
+    R_LIFT,
+    MEET,
+    L_DESCEND,
+    L_CLOSE,
+    R_RELEASE,
+    L_CARRY,
+    L_LOWER,
+    L_RELEASE,
+    DONE,
+) = range(12)
 
 
 class BimanualHandoverExpert(ScriptedExpert):
@@ -118,12 +168,12 @@ class BimanualHandoverExpert(ScriptedExpert):
         tcp_l, rot_l = tcp_pose(data, env.left)
         bar = data.xpos[env.bar_body]
         bar_yaw = yaw_of(data.xquat[env.bar_body])
-        along = jnp.stack([-jnp.sin(bar_yaw), jnp.cos(bar_yaw), 0.0])   # bar's long axis
+        along = jnp.stack([-jnp.sin(bar_yaw), jnp.cos(bar_yaw), 0.0])  # bar's long axis
         end_r = bar - GRASP_OFFSET * along + jnp.concatenate([es.error[:2], jnp.zeros(1)])
         end_l = bar + GRASP_OFFSET * along
         phase, timer = es.phase, es.timer
         up = lambda p, dz: p + jnp.array([0.0, 0.0, dz])
-        gz = BAR_HALF[2] + 0.003 - bar[2]        # grasp height correction
+        gz = BAR_HALF[2] + 0.003 - bar[2]  # grasp height correction
         handover = jnp.array(HANDOVER)
         # The right tcp target that brings the bar centre to the handover point.
         r_meet = handover + (tcp_r - bar)
@@ -132,10 +182,34 @@ class BimanualHandoverExpert(ScriptedExpert):
         l_lower = tote + (tcp_l - bar)
         home_r = jnp.array([0.32, -ARM_Y + 0.06, 0.2])
         home_l = jnp.array([0.32, ARM_Y - 0.06, 0.2])
-        r_targets = [up(end_r, 0.08 + gz), up(end_r, gz), up(end_r, gz), up(tcp_r, 0.2 - tcp_r[2]),
-                     r_meet, r_meet, r_meet, r_meet, home_r, home_r, home_r, home_r]
-        l_targets = [home_l, home_l, home_l, home_l, up(end_l, 0.07), up(end_l, 0.003),
-                     up(end_l, 0.003), up(end_l, 0.003), l_carry, l_lower, tcp_l, up(tcp_l, 0.0)]
+        r_targets = [
+            up(end_r, 0.08 + gz),
+            up(end_r, gz),
+            up(end_r, gz),
+            up(tcp_r, 0.2 - tcp_r[2]),
+            r_meet,
+            r_meet,
+            r_meet,
+            r_meet,
+            home_r,
+            home_r,
+            home_r,
+            home_r,
+        ]
+        l_targets = [
+            home_l,
+            home_l,
+            home_l,
+            home_l,
+            up(end_l, 0.07),
+            up(end_l, 0.003),
+            up(end_l, 0.003),
+            up(end_l, 0.003),
+            l_carry,
+            l_lower,
+            tcp_l,
+            up(tcp_l, 0.0),
+        ]
         r_grip = [GRIP_OPEN, GRIP_OPEN] + [GRIP_CLOSED] * 5 + [GRIP_OPEN] * 5
         l_grip = [GRIP_OPEN] * 6 + [GRIP_CLOSED] * 4 + [GRIP_OPEN] * 2
         pr = jnp.stack(r_targets)[phase]
@@ -146,8 +220,9 @@ class BimanualHandoverExpert(ScriptedExpert):
         # right hand holds the bar alone it turns the bar to lie along world y.
         across = bar_yaw + jnp.pi / 2
         yaw_r = nearest_grasp_yaw(rot_r, across, jnp.pi)
-        yaw_r = jnp.where((phase >= R_LIFT) & (phase <= MEET),
-                          tool_yaw(rot_r) + wrap_half(0.0 - bar_yaw), yaw_r)
+        yaw_r = jnp.where(
+            (phase >= R_LIFT) & (phase <= MEET), tool_yaw(rot_r) + wrap_half(0.0 - bar_yaw), yaw_r
+        )
         yaw_l = nearest_grasp_yaw(rot_l, across, jnp.pi)
         err_r, err_l = pr - tcp_r, pl - tcp_l
         ok = lambda e, tol=0.008: (jnp.linalg.norm(e[:2]) < tol) & (jnp.abs(e[2]) < 0.008)
@@ -166,14 +241,16 @@ class BimanualHandoverExpert(ScriptedExpert):
         nxt = jnp.where((phase == L_CARRY) & ok(err_l), L_LOWER, nxt)
         nxt = jnp.where((phase == L_LOWER) & ok(err_l), L_RELEASE, nxt)
         nxt = jnp.where((phase == L_RELEASE) & (timer >= 4), DONE, nxt)
-        dropped = (((phase >= R_LIFT) & (phase <= L_CLOSE) & ~held_r)
-                   | ((phase >= L_CARRY) & (phase <= L_LOWER) & ~held_l))
+        dropped = ((phase >= R_LIFT) & (phase <= L_CLOSE) & ~held_r) | (
+            (phase >= L_CARRY) & (phase <= L_LOWER) & ~held_l
+        )
         nxt = jnp.where(dropped & (phase <= L_CLOSE), R_APPROACH, nxt)
         nxt = jnp.where(dropped & (phase > L_CLOSE), DONE, nxt)
         v, w = self.lin_speed * es.speed, self.ang_speed * es.speed
         q_r = ik_step(data, env.right, pr, down_rotation(yaw_r), v, w)
         q_l = ik_step(data, env.left, pl, down_rotation(yaw_l), v, w)
         action = jnp.concatenate([q_r, gr[None], q_l, gl[None]])
-        hold = jnp.concatenate([data.qpos[env.right.qpos], gr[None], data.qpos[env.left.qpos],
-                                gl[None]])
+        hold = jnp.concatenate(
+            [data.qpos[env.right.qpos], gr[None], data.qpos[env.left.qpos], gl[None]]
+        )
         return action, hold, advance(es, nxt)

@@ -21,9 +21,10 @@ number of worlds, so rendering is a batch operation outside ``vmap``:
 
 Lights must be fixed in the world (their poses are taken once from MuJoCo C).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -72,16 +73,20 @@ def _init_warp(warp) -> None:
 def _mjx():
     try:
         import warp
-        warp.config.quiet = True                # no start-up banner, no per-module load
-        warp.config.log_level = warp.LOG_WARNING   # timings in the scripts' output
+
+        warp.config.quiet = True  # no start-up banner, no per-module load
+        warp.config.log_level = warp.LOG_WARNING  # timings in the scripts' output
         _init_warp(warp)
         import mujoco.mjx.warp as mjxw
-    except ImportError:                                       # pragma: no cover
+    except ImportError:  # pragma: no cover
         mjxw = None
     from mujoco import mjx
+
     if mjxw is None or not mjxw.WARP_INSTALLED:
-        raise ImportError("Camera observations need MuJoCo Warp: pip install mujoco-warp "
-                          "warp-lang (setup.py lists them).")
+        raise ImportError(
+            "Camera observations need MuJoCo Warp: pip install mujoco-warp "
+            "warp-lang (setup.py lists them)."
+        )
     return mjx
 
 
@@ -90,8 +95,13 @@ class CameraRenderer:
     shadows) for a batch of scenes; ``num_worlds`` is the batch the first context is made
     for (others are made when first needed). Call under jit, scan or vmap."""
 
-    def __init__(self, mj_model: mujoco.MjModel, num_worlds: int, cameras: Sequence[str],
-                 resolution: int = 64):
+    def __init__(
+        self,
+        mj_model: mujoco.MjModel,
+        num_worlds: int,
+        cameras: Sequence[str],
+        resolution: int = 64,
+    ):
         mjx = _mjx()
         names = [mj_model.camera(i).name for i in range(mj_model.ncam)]
         missing = [c for c in cameras if c not in names]
@@ -120,8 +130,14 @@ class CameraRenderer:
         if n not in self._contexts:
             r = self.resolution
             self._contexts[n] = _mjx().create_render_context(
-                self.mj_model, nworld=n, cam_res=(r, r), render_rgb=True, render_depth=False,
-                use_shadows=False, cam_active=list(self.cameras))
+                self.mj_model,
+                nworld=n,
+                cam_res=(r, r),
+                render_rgb=True,
+                render_depth=False,
+                use_shadows=False,
+                cam_active=list(self.cameras),
+            )
         return self._contexts[n]
 
     def __call__(self, scene: dict) -> dict[str, jax.Array]:
@@ -133,12 +149,15 @@ class CameraRenderer:
         if not any(jax.tree.leaves(in_batched)):
             return self._render(scene), jax.tree.map(lambda _: False, self._out_spec())
         flags = in_batched[0] if isinstance(in_batched, (list, tuple)) else in_batched
-        scene = jax.tree.map(lambda x, b: x if b else jnp.broadcast_to(x, (axis_size,) + x.shape),
-                             scene, flags)                 # a leaf the map does not touch
+        scene = jax.tree.map(
+            lambda x, b: x if b else jnp.broadcast_to(x, (axis_size,) + x.shape), scene, flags
+        )  # a leaf the map does not touch
         flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), scene)
         out = self._render(flat)
-        return ({c: x.reshape((axis_size, -1) + x.shape[1:]) for c, x in out.items()},
-                jax.tree.map(lambda _: True, self._out_spec()))
+        return (
+            {c: x.reshape((axis_size, -1) + x.shape[1:]) for c, x in out.items()},
+            jax.tree.map(lambda _: True, self._out_spec()),
+        )
 
     def _out_spec(self) -> dict:
         return {c: 0 for c in self.cameras}
@@ -148,13 +167,19 @@ class CameraRenderer:
         d = jax.vmap(lambda _: mjx.make_data(self.mj_model, impl="warp"))(jnp.arange(n))
         d = d.replace(**{f: scene[f] for f in SCENE_FIELDS})
         shape = d._impl.light_xpos.shape
-        d = d.tree_replace({"_impl.light_xpos": jnp.broadcast_to(self._light[0], shape),
-                            "_impl.light_xdir": jnp.broadcast_to(self._light[1], shape)})
+        d = d.tree_replace(
+            {
+                "_impl.light_xpos": jnp.broadcast_to(self._light[0], shape),
+                "_impl.light_xdir": jnp.broadcast_to(self._light[1], shape),
+            }
+        )
         ctx = self.context(n).pytree()
         d = mjx.refit_bvh(self.model, d, ctx)
         rgb, _, _ = mjx.render(self.model, d, ctx)
-        return {c: jnp.round(mjx.get_rgb(ctx, i, rgb) * 255.0).astype(jnp.uint8)
-                for i, c in enumerate(self.cameras)}
+        return {
+            c: jnp.round(mjx.get_rgb(ctx, i, rgb) * 255.0).astype(jnp.uint8)
+            for i, c in enumerate(self.cameras)
+        }
 
 
 class CameraTask(Wrapper):
@@ -164,8 +189,10 @@ class CameraTask(Wrapper):
     def _obs(self, state: State) -> dict:
         data = state.data["mjx"]
         proprio, _ = self.env._proprio(data)
-        return {"state": jnp.concatenate(proprio),
-                "scene": {f: getattr(data, f) for f in SCENE_FIELDS}}
+        return {
+            "state": jnp.concatenate(proprio),
+            "scene": {f: getattr(data, f) for f in SCENE_FIELDS},
+        }
 
     def reset(self, key):
         s = self.env.reset(key)
@@ -184,11 +211,16 @@ class PixelObservations(Wrapper):
     """Batch level: renders the scenes of ``VmapWrapper(AutoReset(CameraTask(task)), E)``
     into {"state": [E, P], camera: uint8 [E, H, W, 3], ...} for obs and final_obs."""
 
-    def __init__(self, env: VmapWrapper, cameras: Sequence[str] | None = None,
-                 resolution: int = 64, keep_scene: bool = False,
-                 renderer: CameraRenderer | None = None):
+    def __init__(
+        self,
+        env: VmapWrapper,
+        cameras: Sequence[str] | None = None,
+        resolution: int = 64,
+        keep_scene: bool = False,
+        renderer: CameraRenderer | None = None,
+    ):
         super().__init__(env)
-        self.keep_scene = keep_scene            # also keep obs["scene"] (tests, debugging)
+        self.keep_scene = keep_scene  # also keep obs["scene"] (tests, debugging)
         mj_model = env.unwrapped.mj_model
         cams = tuple(cameras) if cameras is not None else default_cameras(mj_model)
         self.num_envs = env.num_envs
@@ -215,15 +247,15 @@ class PixelObservations(Wrapper):
             return images, images
 
         def twice(_):
-            both = self.renderer(jax.tree.map(lambda a, b: jnp.concatenate([a, b]), now,
-                                              final))
+            both = self.renderer(jax.tree.map(lambda a, b: jnp.concatenate([a, b]), now, final))
             e = self.num_envs
             return ({c: x[:e] for c, x in both.items()}, {c: x[e:] for c, x in both.items()})
 
         images, final_images = jax.lax.cond(jnp.any(s.done), twice, once, None)
-        return s.replace(obs=self._pixels(s.obs, images),
-                         info=dict(s.info, final_obs=self._pixels(s.info["final_obs"],
-                                                                  final_images)))
+        return s.replace(
+            obs=self._pixels(s.obs, images),
+            info=dict(s.info, final_obs=self._pixels(s.info["final_obs"], final_images)),
+        )
 
     @property
     def observation_spec(self) -> dict:
@@ -237,12 +269,17 @@ def _pixel_spec(proprio_size: int, cameras: Sequence[str], resolution: int) -> d
     return spec | {c: jax.ShapeDtypeStruct((r, r, 3), jnp.uint8) for c in cameras}
 
 
-def pixel_env(task, num_envs: int, resolution: int = 64,
-              cameras: Sequence[str] | None = None, keep_scene: bool = False
-              ) -> PixelObservations:
+def pixel_env(
+    task,
+    num_envs: int,
+    resolution: int = 64,
+    cameras: Sequence[str] | None = None,
+    keep_scene: bool = False,
+) -> PixelObservations:
     """E auto-resetting pixel envs of an MJX task (see the module docstring)."""
-    return PixelObservations(VmapWrapper(AutoReset(CameraTask(task)), num_envs), cameras,
-                             resolution, keep_scene)
+    return PixelObservations(
+        VmapWrapper(AutoReset(CameraTask(task)), num_envs), cameras, resolution, keep_scene
+    )
 
 
 class PixelTask(Wrapper):
@@ -253,8 +290,9 @@ class PixelTask(Wrapper):
     ``auto_reset_batch`` (used by ``envs.core.auto_reset_envs``, so by the training loops)
     gives the batch form ``PixelObservations``, which renders obs and final_obs together."""
 
-    def __init__(self, task, resolution: int = 64, cameras: Sequence[str] | None = None,
-                 num_worlds: int = 1):
+    def __init__(
+        self, task, resolution: int = 64, cameras: Sequence[str] | None = None, num_worlds: int = 1
+    ):
         super().__init__(CameraTask(task))
         cams = tuple(cameras) if cameras is not None else default_cameras(task.mj_model)
         self.renderer = CameraRenderer(task.mj_model, num_worlds, cams, resolution)
@@ -272,8 +310,12 @@ class PixelTask(Wrapper):
         return self._render(self.env.step(state, action))
 
     def auto_reset_batch(self, num_envs: int) -> PixelObservations:
-        return PixelObservations(VmapWrapper(AutoReset(self.env), num_envs), self.cameras,
-                                 self.resolution, renderer=self.renderer)
+        return PixelObservations(
+            VmapWrapper(AutoReset(self.env), num_envs),
+            self.cameras,
+            self.resolution,
+            renderer=self.renderer,
+        )
 
     @property
     def observation_spec(self) -> dict:

@@ -11,6 +11,7 @@ terminated or truncated), info (dict). Wrapped by ``AutoReset``, info also holds
     steps [] int32      steps taken in the current episode (0 right after a reset)
     rng [2] uint32      key for the next reset (each episode is re-randomised)
 """
+
 from __future__ import annotations
 
 import abc
@@ -66,7 +67,7 @@ class Env(abc.ABC):
         return jax.eval_shape(self.reset, jax.random.PRNGKey(0)).obs
 
     @property
-    def unwrapped(self) -> "Env":
+    def unwrapped(self) -> Env:
         return self
 
 
@@ -119,19 +120,22 @@ class TimeFeature(Wrapper):
 
     def reset(self, key):
         s = self.env.reset(key)
-        return s.replace(data={"env": s.data, "t": jnp.zeros((), jnp.int32)},
-                         obs=self._append(s.obs, jnp.zeros((), jnp.int32)))
+        return s.replace(
+            data={"env": s.data, "t": jnp.zeros((), jnp.int32)},
+            obs=self._append(s.obs, jnp.zeros((), jnp.int32)),
+        )
 
     def step(self, state, action):
-        s = self.env.step(state.replace(data=state.data["env"], obs=state.obs[..., :-1]),
-                          action)
+        s = self.env.step(state.replace(data=state.data["env"], obs=state.obs[..., :-1]), action)
         t = state.data["t"] + 1
         return s.replace(data={"env": s.data, "t": t}, obs=self._append(s.obs, t))
 
     def _append(self, obs, t):
         if not isinstance(obs, jax.Array) or obs.ndim != 1:
-            raise ValueError("TimeFeature needs a flat observation vector [D]; got "
-                             f"{jax.tree.map(jnp.shape, obs)}.")
+            raise ValueError(
+                "TimeFeature needs a flat observation vector [D]; got "
+                f"{jax.tree.map(jnp.shape, obs)}."
+            )
         frac = (t / self.env.horizon).astype(obs.dtype)
         return jnp.concatenate([obs, frac[None]])
 
@@ -158,9 +162,15 @@ class EpisodeWrapper(Wrapper):
     def reset(self, key):
         key, k_reset = jax.random.split(key)
         s = self.env.reset(k_reset)
-        info = dict(s.info, success=jnp.zeros((), bool), truncated=jnp.zeros((), bool),
-                    diverged=jnp.zeros((), bool), final_obs=s.obs,
-                    steps=jnp.zeros((), jnp.int32), rng=key)
+        info = dict(
+            s.info,
+            success=jnp.zeros((), bool),
+            truncated=jnp.zeros((), bool),
+            diverged=jnp.zeros((), bool),
+            final_obs=s.obs,
+            steps=jnp.zeros((), jnp.int32),
+            rng=key,
+        )
         return s.replace(info=info, done=jnp.zeros((), bool), reward=jnp.zeros((), jnp.float32))
 
     def step(self, state, action):
@@ -169,10 +179,20 @@ class EpisodeWrapper(Wrapper):
         diverged = ~_all_finite(s.obs)
         success = s.info["success"].astype(bool) & ~diverged
         truncated = ((steps >= self.horizon) & ~success) | diverged
-        info = dict(s.info, success=success, truncated=truncated, diverged=diverged,
-                    final_obs=s.obs, steps=steps, rng=state.info["rng"])
-        return s.replace(info=info, done=success | truncated,
-                         reward=jnp.where(diverged, 0.0, s.reward).astype(s.reward.dtype))
+        info = dict(
+            s.info,
+            success=success,
+            truncated=truncated,
+            diverged=diverged,
+            final_obs=s.obs,
+            steps=steps,
+            rng=state.info["rng"],
+        )
+        return s.replace(
+            info=info,
+            done=success | truncated,
+            reward=jnp.where(diverged, 0.0, s.reward).astype(s.reward.dtype),
+        )
 
 
 class AutoReset(EpisodeWrapper):
@@ -189,13 +209,21 @@ class AutoReset(EpisodeWrapper):
         pick = lambda new, old: jnp.where(s.done, new, old)
         # Wrapper keys describe the episode that just ended; the task's own info entries
         # (if any) belong to the new episode after a reset.
-        info = {k: (jax.tree.map(pick, fresh.info[k], v)
-                    if k in fresh.info and k not in _EPISODE_KEYS else v)
-                for k, v in s.info.items()}
+        info = {
+            k: (
+                jax.tree.map(pick, fresh.info[k], v)
+                if k in fresh.info and k not in _EPISODE_KEYS
+                else v
+            )
+            for k, v in s.info.items()
+        }
         info["steps"] = jnp.where(s.done, 0, s.info["steps"])
         info["rng"] = key
-        return s.replace(data=jax.tree.map(pick, fresh.data, s.data),
-                         obs=jax.tree.map(pick, fresh.obs, s.obs), info=info)
+        return s.replace(
+            data=jax.tree.map(pick, fresh.data, s.data),
+            obs=jax.tree.map(pick, fresh.obs, s.obs),
+            info=info,
+        )
 
 
 class VmapWrapper(Wrapper):
@@ -210,8 +238,10 @@ class VmapWrapper(Wrapper):
 
     def step(self, state, action):
         if action.shape != (self.num_envs, self.action_size):
-            raise ValueError(f"VmapWrapper.step: action has shape {action.shape}, expected "
-                             f"{(self.num_envs, self.action_size)} [E, A].")
+            raise ValueError(
+                f"VmapWrapper.step: action has shape {action.shape}, expected "
+                f"{(self.num_envs, self.action_size)} [E, A]."
+            )
         return jax.vmap(self.env.step)(state, action)
 
     @property

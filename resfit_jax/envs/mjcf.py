@@ -4,13 +4,14 @@ Everything is primitive geoms with explicit inertials; nothing is loaded from di
 network. Collisions are opt-in: every geom has contype = conaffinity = 0 and the scenes list
 the geom pairs that may touch in <contact><pair>, which keeps MJX's fixed contact slots few.
 
-Arm (per ``prefix``): j1 base yaw (z), j2 shoulder pitch, j3 elbow pitch, j4 wrist pitch (y),
-j5 wrist roll (x), j6 tool yaw (z); j4-j6 intersect (a spherical wrist). At q = 0 the arm
-points straight up. The hand hangs on j6 along the tool axis; two box finger pads (centred on the tcp) slide along the
-hand's y axis, each driven by its own position actuator from one gripper command (the
-opening per finger, metres). The tool-centre site "<prefix>tcp" sits between the pads.
-Arm links are gravity compensated, so position targets are tracked without sag.
+Arm (per ``prefix``): j1 base yaw (z), j2 shoulder pitch, j3 elbow pitch, j4 wrist pitch (y), j5
+wrist roll (x), j6 tool yaw (z); j4-j6 intersect (a spherical wrist). At q = 0 the arm points
+straight up. The hand hangs on j6 along the tool axis; two box finger pads (centred on the tcp)
+slide along the hand's y axis, each driven by its own position actuator from one gripper command
+(the opening per finger, metres). The tool-centre site "<prefix>tcp" sits between the pads. Arm
+links are gravity compensated, so position targets are tracked without sag.
 """
+
 from __future__ import annotations
 
 ARM_JOINTS = ("j1", "j2", "j3", "j4", "j5", "j6")
@@ -19,8 +20,8 @@ SHOULDER_HEIGHT = 0.30
 UPPER_ARM = 0.30
 FOREARM = 0.28
 WRIST_TO_TCP = 0.14
-FINGER_OPEN = 0.04        # max opening per finger (m)
-FINGER_PAD = (0.014, 0.012, 0.02)   # finger pad half-sizes (x, y, z)
+FINGER_OPEN = 0.04  # max opening per finger (m)
+FINGER_PAD = (0.014, 0.012, 0.02)  # finger pad half-sizes (x, y, z)
 
 
 def options(timestep: float, iterations: int = 6, ls_iterations: int = 8) -> str:
@@ -32,7 +33,8 @@ def options(timestep: float, iterations: int = 6, ls_iterations: int = 8) -> str
   </option>
   <visual><global offwidth="640" offheight="480"/><quality shadowsize="2048"/></visual>
   <default>
-    <geom contype="0" conaffinity="0" solref="0.005 1" solimp="0.95 0.99 0.001" friction="1 0.005 0.0001"/>
+    <geom contype="0" conaffinity="0" solref="0.005 1" solimp="0.95 0.99 0.001"
+          friction="1 0.005 0.0001"/>
     <joint damping="2" armature="0.05"/>
     <position kp="400" dampratio="1"/>
   </default>"""
@@ -58,8 +60,12 @@ def world(extra_bodies: str, extra_assets: str = "") -> str:
   </worldbody>"""
 
 
-def arm(prefix: str, pos: tuple[float, float, float] = (0.0, 0.0, 0.0), yaw: float = 0.0,
-        rgba: str = "0.85 0.85 0.9 1") -> str:
+def arm(
+    prefix: str,
+    pos: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    yaw: float = 0.0,
+    rgba: str = "0.85 0.85 0.9 1",
+) -> str:
     """Body XML of one arm with gripper; joints/geoms/sites are named ``{prefix}{name}``."""
     p = prefix
     x, y, z = pos
@@ -119,25 +125,40 @@ def arm_actuators(prefix: str) -> str:
     lines = []
     for i, j in enumerate(ARM_JOINTS):
         kp = 600 if i < 3 else 200
-        lines.append(f'<position name="{p}{j}" joint="{p}{j}" kp="{kp}" ctrlrange="{ARM_RANGES[i][0]} '
-                     f'{ARM_RANGES[i][1]}" forcerange="-150 150"/>')
+        lines.append(
+            f'<position name="{p}{j}" joint="{p}{j}" kp="{kp}" ctrlrange="{ARM_RANGES[i][0]} '
+            f'{ARM_RANGES[i][1]}" forcerange="-150 150"/>'
+        )
     for f in ("finger_l", "finger_r"):
-        lines.append(f'<position name="{p}{f}" joint="{p}{f}" kp="300" ctrlrange="0 {FINGER_OPEN}" '
-                     f'forcerange="-25 25"/>')
+        lines.append(
+            f'<position name="{p}{f}" joint="{p}{f}" kp="300" ctrlrange="0 {FINGER_OPEN}" '
+            f'forcerange="-25 25"/>'
+        )
     return "\n    ".join(lines)
 
 
-def tote(name: str, inner_half: float = 0.07, wall_height: float = 0.05,
-         wall_half_thickness: float = 0.006, rgba: str = "0.2 0.45 0.75 1") -> str:
+def tote(
+    name: str,
+    inner_half: float = 0.07,
+    wall_height: float = 0.05,
+    wall_half_thickness: float = 0.006,
+    rgba: str = "0.2 0.45 0.75 1",
+) -> str:
     """Four walls around a square opening of half-size ``inner_half`` on the table (a
     floorless tote, or a hole fixture): a mocap body with wall geoms ``{name}_wall{0..3}``.
     Move it by setting mocap_pos / mocap_quat."""
     h, t, w = inner_half, wall_half_thickness, wall_height / 2
-    walls = [(h + t, 0, t, h + 2 * t), (-(h + t), 0, t, h + 2 * t),
-             (0, h + t, h, t), (0, -(h + t), h, t)]
+    walls = [
+        (h + t, 0, t, h + 2 * t),
+        (-(h + t), 0, t, h + 2 * t),
+        (0, h + t, h, t),
+        (0, -(h + t), h, t),
+    ]
     geoms = "\n".join(
         f'      <geom name="{name}_wall{i}" type="box" size="{sx} {sy} {w}" pos="{px} {py} {w}" '
-        f'rgba="{rgba}"/>' for i, (px, py, sx, sy) in enumerate(walls))
+        f'rgba="{rgba}"/>'
+        for i, (px, py, sx, sy) in enumerate(walls)
+    )
     return f"""
     <body name="{name}" mocap="true" pos="0.5 0.2 0">
 {geoms}
@@ -148,8 +169,13 @@ def tote_pairs(name: str, other: str) -> str:
     return "\n    ".join(f'<pair geom1="{name}_wall{i}" geom2="{other}"/>' for i in range(4))
 
 
-def free_box(name: str, half_size: tuple[float, float, float], mass: float, rgba: str,
-             friction: str = "1.5 0.01 0.0001") -> str:
+def free_box(
+    name: str,
+    half_size: tuple[float, float, float],
+    mass: float,
+    rgba: str,
+    friction: str = "1.5 0.01 0.0001",
+) -> str:
     sx, sy, sz = half_size
     return f"""
     <body name="{name}" pos="0.5 0 {sz}">
@@ -159,21 +185,28 @@ def free_box(name: str, half_size: tuple[float, float, float], mass: float, rgba
     </body>"""
 
 
-def gripper_pairs(prefix: str, obj: str, friction: float = 2.0,
-                  torsion: float | None = 0.03) -> str:
+def gripper_pairs(
+    prefix: str, obj: str, friction: float = 2.0, torsion: float | None = 0.03
+) -> str:
     """Pad-object pairs with sliding ``friction``. With ``torsion`` (m) the contacts also
     have torsional friction (condim 4), so a held object does not pivot about the pad
     normal; None keeps condim 3 (a little compliance in the grasp, which lets a peg align)."""
     if torsion is None:
-        return "\n    ".join(f'<pair geom1="{prefix}pad_{s}" geom2="{obj}" friction="{friction} '
-                              f'{friction} 0.005 0.0001 0.0001"/>' for s in "lr")
-    return "\n    ".join(f'<pair geom1="{prefix}pad_{s}" geom2="{obj}" condim="4" '
-                          f'friction="{friction} {friction} {torsion} 0.0001 0.0001"/>'
-                          for s in "lr")
+        return "\n    ".join(
+            f'<pair geom1="{prefix}pad_{s}" geom2="{obj}" friction="{friction} '
+            f'{friction} 0.005 0.0001 0.0001"/>'
+            for s in "lr"
+        )
+    return "\n    ".join(
+        f'<pair geom1="{prefix}pad_{s}" geom2="{obj}" condim="4" '
+        f'friction="{friction} {friction} {torsion} 0.0001 0.0001"/>'
+        for s in "lr"
+    )
 
 
-def scene(name: str, timestep: float, bodies: str, actuators: str, pairs: str,
-          extra_assets: str = "") -> str:
+def scene(
+    name: str, timestep: float, bodies: str, actuators: str, pairs: str, extra_assets: str = ""
+) -> str:
     return f"""<mujoco model="{name}">
   <compiler angle="radian" autolimits="true"/>
   {options(timestep)}

@@ -9,6 +9,7 @@ use the nominal model. One control step runs ``n_substeps`` physics steps in a
 Kinematics helpers work on any object with MuJoCo's field names (``mjx.Data`` or
 ``mujoco.MjData``), so scripted experts can be debugged against MuJoCo C.
 """
+
 from __future__ import annotations
 
 import abc
@@ -20,51 +21,60 @@ import jax
 import jax.numpy as jnp
 import mujoco
 import numpy as np
-from resfit_jax.envs._mjx import mjx
 
 from resfit_jax.envs import mjcf
+from resfit_jax.envs._mjx import mjx
 from resfit_jax.envs.core import Env, State
 
 
 @dataclasses.dataclass(frozen=True)
 class ArmIndex:
     """Static indices of one arm in a compiled model."""
-    qpos: np.ndarray        # [6] qpos addresses of j1..j6
-    dof: np.ndarray         # [6] dof addresses of j1..j6
-    jnt: np.ndarray         # [6] joint ids
+
+    qpos: np.ndarray  # [6] qpos addresses of j1..j6
+    dof: np.ndarray  # [6] dof addresses of j1..j6
+    jnt: np.ndarray  # [6] joint ids
     finger_qpos: np.ndarray  # [2]
     tcp_site: int
     hand_body: int
-    ctrl: np.ndarray        # [8] actuator ids: 6 arm + 2 fingers
-    low: np.ndarray         # [7] action lower bounds (6 joints + gripper opening)
-    high: np.ndarray        # [7]
+    ctrl: np.ndarray  # [8] actuator ids: 6 arm + 2 fingers
+    low: np.ndarray  # [7] action lower bounds (6 joints + gripper opening)
+    high: np.ndarray  # [7]
 
     @classmethod
-    def build(cls, m: mujoco.MjModel, prefix: str) -> "ArmIndex":
+    def build(cls, m: mujoco.MjModel, prefix: str) -> ArmIndex:
         jid = lambda n: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, prefix + n)
         aid = lambda n: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_ACTUATOR, prefix + n)
         jnt = np.array([jid(j) for j in mjcf.ARM_JOINTS])
         fingers = np.array([jid("finger_l"), jid("finger_r")])
         ctrl = np.array([aid(j) for j in mjcf.ARM_JOINTS] + [aid("finger_l"), aid("finger_r")])
         rng = m.actuator_ctrlrange[ctrl[:7]]
-        return cls(qpos=m.jnt_qposadr[jnt].copy(), dof=m.jnt_dofadr[jnt].copy(), jnt=jnt,
-                   finger_qpos=m.jnt_qposadr[fingers].copy(),
-                   tcp_site=mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, prefix + "tcp"),
-                   hand_body=mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, prefix + "hand"),
-                   ctrl=ctrl, low=rng[:, 0].astype(np.float32), high=rng[:, 1].astype(np.float32))
+        return cls(
+            qpos=m.jnt_qposadr[jnt].copy(),
+            dof=m.jnt_dofadr[jnt].copy(),
+            jnt=jnt,
+            finger_qpos=m.jnt_qposadr[fingers].copy(),
+            tcp_site=mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, prefix + "tcp"),
+            hand_body=mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, prefix + "hand"),
+            ctrl=ctrl,
+            low=rng[:, 0].astype(np.float32),
+            high=rng[:, 1].astype(np.float32),
+        )
 
 
 def tcp_pose(data: Any, arm: ArmIndex) -> tuple[jax.Array, jax.Array]:
     """Tool-centre position [3] (m) and rotation matrix [3, 3] (columns = tool axes)."""
-    return (jnp.asarray(data.site_xpos)[arm.tcp_site],
-            jnp.asarray(data.site_xmat)[arm.tcp_site].reshape(3, 3))
+    return (
+        jnp.asarray(data.site_xpos)[arm.tcp_site],
+        jnp.asarray(data.site_xmat)[arm.tcp_site].reshape(3, 3),
+    )
 
 
 def arm_jacobian(data: Any, arm: ArmIndex) -> jax.Array:
     """Geometric Jacobian [6, 6] of the tcp (rows: linear xyz, angular xyz) w.r.t. j1..j6."""
     p = jnp.asarray(data.site_xpos)[arm.tcp_site]
-    axis = jnp.asarray(data.xaxis)[arm.jnt]          # [6, 3]
-    anchor = jnp.asarray(data.xanchor)[arm.jnt]      # [6, 3]
+    axis = jnp.asarray(data.xaxis)[arm.jnt]  # [6, 3]
+    anchor = jnp.asarray(data.xanchor)[arm.jnt]  # [6, 3]
     lin = jnp.cross(axis, p[None] - anchor)
     return jnp.concatenate([lin.T, axis.T], axis=0)
 
@@ -84,8 +94,15 @@ def rotation_error(r: jax.Array, r_target: jax.Array) -> jax.Array:
     return 0.5 * sum(jnp.cross(r[:, i], r_target[:, i]) for i in range(3))
 
 
-def ik_step(data: Any, arm: ArmIndex, pos_target: jax.Array, rot_target: jax.Array,
-            max_lin: float, max_ang: float, damping: float = 1e-2) -> jax.Array:
+def ik_step(
+    data: Any,
+    arm: ArmIndex,
+    pos_target: jax.Array,
+    rot_target: jax.Array,
+    max_lin: float,
+    max_ang: float,
+    damping: float = 1e-2,
+) -> jax.Array:
     """Joint targets [6] one damped-least-squares step toward a tcp pose.
 
     The Cartesian error is clipped to ``max_lin`` metres and ``max_ang`` radians, which sets
@@ -135,8 +152,14 @@ def nearest_grasp_yaw(rot: jax.Array, object_yaw: jax.Array, symmetry: float) ->
     return cur + (d + symmetry / 2) % symmetry - symmetry / 2
 
 
-def solve_home(m: mujoco.MjModel, arm: ArmIndex, tcp_pos: np.ndarray, yaw: float,
-               q0: np.ndarray, iters: int = 200) -> np.ndarray:
+def solve_home(
+    m: mujoco.MjModel,
+    arm: ArmIndex,
+    tcp_pos: np.ndarray,
+    yaw: float,
+    q0: np.ndarray,
+    iters: int = 200,
+) -> np.ndarray:
     """Joint angles [6] putting the tcp at ``tcp_pos`` pointing down (MuJoCo C, numpy)."""
     d = mujoco.MjData(m)
     q = np.array(q0, float)
@@ -188,7 +211,7 @@ class MjxTask(Env):
     def _ctrl_from_action(self, action: jax.Array) -> jax.Array:
         ctrl = jnp.zeros(self.mj_model.nu)
         for i, arm in enumerate(self.arms):
-            a = action[7 * i:7 * i + 7]
+            a = action[7 * i : 7 * i + 7]
             ctrl = ctrl.at[arm.ctrl].set(jnp.concatenate([a[:6], a[6:7], a[6:7]]))
         return ctrl
 
@@ -211,8 +234,12 @@ class MjxTask(Env):
         for arm in self.arms:
             tcp, _ = tcp_pose(data, arm)
             tcps.append(tcp)
-            parts += [data.qpos[arm.qpos], data.qvel[arm.dof],
-                      data.qpos[arm.finger_qpos].mean(keepdims=True), tcp]
+            parts += [
+                data.qpos[arm.qpos],
+                data.qvel[arm.dof],
+                data.qpos[arm.finger_qpos].mean(keepdims=True),
+                tcp,
+            ]
         return parts, tcps
 
     @property
@@ -227,8 +254,11 @@ class MjxTask(Env):
     def action_obs_index(self) -> tuple[int, ...]:
         """Observation index of the measured joint position behind each joint-target action
         dim (-1 for the gripper command); BC bases may predict relative to it."""
-        return tuple(i for k in range(len(self.arms))
-                     for i in tuple(range(self.PROPRIO_SIZE * k, self.PROPRIO_SIZE * k + 6)) + (-1,))
+        return tuple(
+            i
+            for k in range(len(self.arms))
+            for i in tuple(range(self.PROPRIO_SIZE * k, self.PROPRIO_SIZE * k + 6)) + (-1,)
+        )
 
     @property
     def action_low(self) -> jax.Array:
@@ -242,22 +272,32 @@ class MjxTask(Env):
     def reset_with_model(self, model: mjx.Model, key: jax.Array) -> State:
         data, task = self._init_data(model, key)
         data = mjx.forward(model, data)
-        return State(data={"mjx": data, "task": task}, obs=self._observe(data, task),
-                     reward=jnp.zeros((), jnp.float32), done=jnp.zeros((), bool),
-                     info={"success": jnp.zeros((), bool)})
+        return State(
+            data={"mjx": data, "task": task},
+            obs=self._observe(data, task),
+            reward=jnp.zeros((), jnp.float32),
+            done=jnp.zeros((), bool),
+            info={"success": jnp.zeros((), bool)},
+        )
 
     def step_with_model(self, model: mjx.Model, state: State, action: jax.Array) -> State:
         if action.shape != (self.action_size,):
-            raise ValueError(f"{type(self).__name__}.step: action has shape {action.shape}, "
-                             f"expected ({self.action_size},).")
+            raise ValueError(
+                f"{type(self).__name__}.step: action has shape {action.shape}, "
+                f"expected ({self.action_size},)."
+            )
         ctrl = self._ctrl_from_action(jnp.clip(action, self.action_low, self.action_high))
         data = state.data["mjx"].replace(ctrl=ctrl)
         data = jax.lax.fori_loop(0, self.n_substeps, lambda _, d: mjx.step(model, d), data)
         task = state.data["task"]
         success = self._success(data, task)
-        return State(data={"mjx": data, "task": task}, obs=self._observe(data, task),
-                     reward=success.astype(jnp.float32), done=success,
-                     info={"success": success})
+        return State(
+            data={"mjx": data, "task": task},
+            obs=self._observe(data, task),
+            reward=success.astype(jnp.float32),
+            done=success,
+            info={"success": success},
+        )
 
     @contextlib.contextmanager
     def using_model(self, model: mjx.Model):

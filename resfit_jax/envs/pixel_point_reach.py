@@ -12,6 +12,7 @@ a pixel is 2 * extent / R = 0.075 world units at R = 32.
 ``PixelPointReachExpert`` is the scripted demonstrator: it reads the true goal from the
 env's state (privileged), not from the image.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,22 +31,24 @@ class PixelPointReach(PointReach):
     tolerance: float = 0.1
     goal_range: float = 0.8
     resolution: int = 32
-    extent: float = 1.2             # the image covers [-extent, extent]^2
-    blob: float = 0.06              # blob std (world units)
+    extent: float = 1.2  # the image covers [-extent, extent]^2
+    blob: float = 0.06  # blob std (world units)
 
     def __post_init__(self):
         if self.resolution < 8:
             raise ValueError(f"PixelPointReach: resolution must be >= 8 (got {self.resolution}).")
         if self.goal_range >= self.extent:
-            raise ValueError(f"PixelPointReach: goal_range {self.goal_range} must be inside "
-                             f"the image (extent {self.extent}).")
+            raise ValueError(
+                f"PixelPointReach: goal_range {self.goal_range} must be inside "
+                f"the image (extent {self.extent})."
+            )
 
     def render(self, pos: jax.Array, goal: jax.Array) -> jax.Array:
         """uint8 [R, R, 3] top view (row 0 at y = +extent): red = point, green = goal."""
         r = self.resolution
-        c = (jnp.arange(r) + 0.5) / r * 2 * self.extent - self.extent       # pixel centers
+        c = (jnp.arange(r) + 0.5) / r * 2 * self.extent - self.extent  # pixel centers
         x, y = c[None, :], c[::-1, None]
-        blob = lambda p: jnp.exp(-((x - p[0]) ** 2 + (y - p[1]) ** 2) / (2 * self.blob ** 2))
+        blob = lambda p: jnp.exp(-((x - p[0]) ** 2 + (y - p[1]) ** 2) / (2 * self.blob**2))
         img = jnp.stack([blob(pos), blob(goal), jnp.zeros((r, r))], axis=-1)
         return jnp.round(jnp.clip(img, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 

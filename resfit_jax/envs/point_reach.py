@@ -9,6 +9,7 @@ reward 1 (and the episode ends) when |pos - goal| < tolerance.
 outside the tolerance; it succeeds on about 45% of episodes (approach paths that cross the
 goal region). The correction is within reach of a residual with action_scale 0.1.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,18 +32,26 @@ class PointReach(Env):
         k_pos, k_goal = jax.random.split(key)
         pos = jax.random.uniform(k_pos, (2,), minval=-self.start_range, maxval=self.start_range)
         goal = jax.random.uniform(k_goal, (2,), minval=-self.goal_range, maxval=self.goal_range)
-        return State(data={"pos": pos, "goal": goal}, obs=jnp.concatenate([pos, goal]),
-                     reward=jnp.zeros((), jnp.float32), done=jnp.zeros((), bool),
-                     info={"success": jnp.zeros((), bool)})
+        return State(
+            data={"pos": pos, "goal": goal},
+            obs=jnp.concatenate([pos, goal]),
+            reward=jnp.zeros((), jnp.float32),
+            done=jnp.zeros((), bool),
+            info={"success": jnp.zeros((), bool)},
+        )
 
     def step(self, state, action):
         a = jnp.clip(action, -1.0, 1.0)
         pos = state.data["pos"] + self.step_size * a
         goal = state.data["goal"]
         success = jnp.linalg.norm(pos - goal) < self.tolerance
-        return State(data={"pos": pos, "goal": goal}, obs=jnp.concatenate([pos, goal]),
-                     reward=success.astype(jnp.float32), done=success,
-                     info={"success": success})
+        return State(
+            data={"pos": pos, "goal": goal},
+            obs=jnp.concatenate([pos, goal]),
+            reward=success.astype(jnp.float32),
+            done=success,
+            info={"success": success},
+        )
 
     @property
     def action_size(self):
@@ -59,8 +68,9 @@ def expert_action(obs: jax.Array, gain: float = 2.0) -> jax.Array:
     return jnp.clip(gain * (goal - pos), -1.0, 1.0)
 
 
-def biased_base_action(obs: jax.Array, gain: float = 2.0, bias: float = 0.14,
-                       bias_threshold: float = -1.0) -> jax.Array:
+def biased_base_action(
+    obs: jax.Array, gain: float = 2.0, bias: float = 0.14, bias_threshold: float = -1.0
+) -> jax.Array:
     """Raw action [..., 2] of the expert plus a goal-dependent bias.
 
     Where goal_x > bias_threshold (everywhere by default) a bias of size ``bias`` in the

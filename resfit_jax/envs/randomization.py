@@ -10,10 +10,12 @@ ranges are task constructor arguments (e.g. ``envs.make("PickPlace", cube_x_rang
 and are re-drawn at every reset.
 
 Contacts in the project's scenes come from explicit <pair> elements, so friction is scaled
-on ``pair_friction`` (sliding components); masses (and inertias, by the same factor) are scaled on the bodies of free objects.
+on ``pair_friction`` (sliding components); masses (and inertias, by the same factor) are
+scaled on the bodies of free objects.
 The per-env wrappers inside (EpisodeWrapper, AutoReset) run unchanged: the randomised model
 is swapped into the task for the duration of each traced call (``MjxTask.using_model``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,30 +23,34 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from resfit_jax.envs._mjx import mjx
 
+from resfit_jax.envs._mjx import mjx
 from resfit_jax.envs.core import Env, Wrapper
 
 
 @dataclasses.dataclass(frozen=True)
 class RandomizationConfig:
-    friction_scale: tuple[float, float] = (0.7, 1.3)   # x sliding friction of contact pairs
-    mass_scale: tuple[float, float] = (0.7, 1.5)       # x mass of free (object) bodies
+    friction_scale: tuple[float, float] = (0.7, 1.3)  # x sliding friction of contact pairs
+    mass_scale: tuple[float, float] = (0.7, 1.5)  # x mass of free (object) bodies
 
 
-def randomize_model(model: mjx.Model, key: jax.Array, config: RandomizationConfig,
-                    free_bodies: np.ndarray) -> mjx.Model:
+def randomize_model(
+    model: mjx.Model, key: jax.Array, config: RandomizationConfig, free_bodies: np.ndarray
+) -> mjx.Model:
     """One randomised copy of ``model`` (pair_friction, body_mass, body_inertia)."""
     k_f, k_m = jax.random.split(key)
-    f = jax.random.uniform(k_f, (), minval=config.friction_scale[0],
-                           maxval=config.friction_scale[1])
+    f = jax.random.uniform(
+        k_f, (), minval=config.friction_scale[0], maxval=config.friction_scale[1]
+    )
     pair_friction = jnp.asarray(model.pair_friction).at[:, :2].multiply(f)
-    m = jax.random.uniform(k_m, (len(free_bodies),), minval=config.mass_scale[0],
-                           maxval=config.mass_scale[1])
+    m = jax.random.uniform(
+        k_m, (len(free_bodies),), minval=config.mass_scale[0], maxval=config.mass_scale[1]
+    )
     body_mass = jnp.asarray(model.body_mass).at[free_bodies].multiply(m)
     body_inertia = jnp.asarray(model.body_inertia).at[free_bodies].multiply(m[:, None])
-    return model.tree_replace({"pair_friction": pair_friction, "body_mass": body_mass,
-                               "body_inertia": body_inertia})
+    return model.tree_replace(
+        {"pair_friction": pair_friction, "body_mass": body_mass, "body_inertia": body_inertia}
+    )
 
 
 class DomainRandomization(Wrapper):
@@ -52,8 +58,13 @@ class DomainRandomization(Wrapper):
 
     FIELDS = ("pair_friction", "body_mass", "body_inertia")
 
-    def __init__(self, env: Env, num_envs: int, key: jax.Array,
-                 config: RandomizationConfig = RandomizationConfig()):
+    def __init__(
+        self,
+        env: Env,
+        num_envs: int,
+        key: jax.Array,
+        config: RandomizationConfig = RandomizationConfig(),
+    ):
         super().__init__(env)
         task = env.unwrapped
         if not hasattr(task, "using_model"):
@@ -62,18 +73,18 @@ class DomainRandomization(Wrapper):
         m = task.mj_model
         self._free = np.array([m.jnt_bodyid[j] for j in range(m.njnt) if m.jnt_type[j] == 0])
         self._in_axes = jax.tree.map(lambda _: None, task.mjx_model).tree_replace(
-            {k: 0 for k in self.FIELDS})
+            {k: 0 for k in self.FIELDS}
+        )
         self.resample(key)
 
     def resample(self, key: jax.Array) -> None:
         """Draw a new batch of models (host side; call between jitted chunks). Only the
         randomised fields get the leading [E] axis; the rest stay shared."""
         task = self.env.unwrapped
-        batched = jax.vmap(lambda k: randomize_model(task.mjx_model, k, self.config,
-                                                     self._free))(
-            jax.random.split(key, self.num_envs))
-        self.models = task.mjx_model.tree_replace(
-            {k: getattr(batched, k) for k in self.FIELDS})
+        batched = jax.vmap(lambda k: randomize_model(task.mjx_model, k, self.config, self._free))(
+            jax.random.split(key, self.num_envs)
+        )
+        self.models = task.mjx_model.tree_replace({k: getattr(batched, k) for k in self.FIELDS})
 
     def reset(self, key):
         task = self.env.unwrapped
@@ -81,18 +92,23 @@ class DomainRandomization(Wrapper):
         def one(model, k):
             with task.using_model(model):
                 return self.env.reset(k)
+
         return jax.vmap(one, in_axes=(self._in_axes, 0))(
-            self.models, jax.random.split(key, self.num_envs))
+            self.models, jax.random.split(key, self.num_envs)
+        )
 
     def step(self, state, action):
         if action.shape != (self.num_envs, self.action_size):
-            raise ValueError(f"DomainRandomization.step: action has shape {action.shape}, "
-                             f"expected {(self.num_envs, self.action_size)} [E, A].")
+            raise ValueError(
+                f"DomainRandomization.step: action has shape {action.shape}, "
+                f"expected {(self.num_envs, self.action_size)} [E, A]."
+            )
         task = self.env.unwrapped
 
         def one(model, s, a):
             with task.using_model(model):
                 return self.env.step(s, a)
+
         return jax.vmap(one, in_axes=(self._in_axes, 0, 0))(self.models, state, action)
 
     @property

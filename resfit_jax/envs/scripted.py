@@ -11,6 +11,7 @@ action noise on the joint targets, a per-episode grasp / place position error, a
 hesitations (the arm holds still for a few steps). ``ExpertStyle()`` (all zero) is the
 clean expert used for the >= 95 % success check.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,41 +24,48 @@ from flax import struct
 
 @dataclasses.dataclass(frozen=True)
 class ExpertStyle:
-    speed_range: tuple[float, float] = (1.0, 1.0)   # per-episode speed factor range
-    action_noise: float = 0.0        # std of Gaussian noise on joint targets (rad) and gripper
-    position_error: float = 0.0      # max per-episode grasp/place xy error (m), uniform
-    hesitation_prob: float = 0.0     # per-step probability to start a pause
-    hesitation_steps: int = 6        # max pause length (control steps)
+    speed_range: tuple[float, float] = (1.0, 1.0)  # per-episode speed factor range
+    action_noise: float = 0.0  # std of Gaussian noise on joint targets (rad) and gripper
+    position_error: float = 0.0  # max per-episode grasp/place xy error (m), uniform
+    hesitation_prob: float = 0.0  # per-step probability to start a pause
+    hesitation_steps: int = 6  # max pause length (control steps)
 
     @classmethod
-    def human(cls, noise: float = 1.0) -> "ExpertStyle":
+    def human(cls, noise: float = 1.0) -> ExpertStyle:
         """Demo style of a careful but imperfect teleoperator; ``noise`` scales every knob."""
         n = float(noise)
-        return cls(speed_range=(max(0.3, 1.0 - 0.35 * n), 1.0 + 0.2 * n),
-                   action_noise=0.003 * n, position_error=0.003 * n,
-                   hesitation_prob=0.03 * n, hesitation_steps=6)
+        return cls(
+            speed_range=(max(0.3, 1.0 - 0.35 * n), 1.0 + 0.2 * n),
+            action_noise=0.003 * n,
+            position_error=0.003 * n,
+            hesitation_prob=0.03 * n,
+            hesitation_steps=6,
+        )
 
 
 @struct.dataclass
 class ExpertState:
-    phase: jax.Array     # [] int32 state-machine phase
-    timer: jax.Array     # [] int32 steps spent in the phase
-    pause: jax.Array     # [] int32 remaining hesitation steps
-    speed: jax.Array     # [] per-episode speed factor
-    error: jax.Array     # [4] per-episode position errors (grasp xy, place xy), m
-    key: jax.Array       # [2] uint32
-    extra: Any = None    # task-specific carry (e.g. a second arm's phase)
+    phase: jax.Array  # [] int32 state-machine phase
+    timer: jax.Array  # [] int32 steps spent in the phase
+    pause: jax.Array  # [] int32 remaining hesitation steps
+    speed: jax.Array  # [] per-episode speed factor
+    error: jax.Array  # [4] per-episode position errors (grasp xy, place xy), m
+    key: jax.Array  # [2] uint32
+    extra: Any = None  # task-specific carry (e.g. a second arm's phase)
 
 
 def init_style(style: ExpertStyle, key: jax.Array, extra: Any = None) -> ExpertState:
     key, k_speed, k_err = jax.random.split(key, 3)
     lo, hi = style.speed_range
     return ExpertState(
-        phase=jnp.zeros((), jnp.int32), timer=jnp.zeros((), jnp.int32),
+        phase=jnp.zeros((), jnp.int32),
+        timer=jnp.zeros((), jnp.int32),
         pause=jnp.zeros((), jnp.int32),
         speed=jax.random.uniform(k_speed, (), minval=lo, maxval=hi),
         error=jax.random.uniform(k_err, (4,), minval=-1.0, maxval=1.0) * style.position_error,
-        key=key, extra=extra)
+        key=key,
+        extra=extra,
+    )
 
 
 def advance(es: ExpertState, new_phase: jax.Array) -> ExpertState:
@@ -66,8 +74,9 @@ def advance(es: ExpertState, new_phase: jax.Array) -> ExpertState:
     return es.replace(phase=new_phase, timer=jnp.where(changed, 0, es.timer + 1))
 
 
-def stylise(style: ExpertStyle, es: ExpertState, action: jax.Array, hold: jax.Array
-            ) -> tuple[jax.Array, ExpertState]:
+def stylise(
+    style: ExpertStyle, es: ExpertState, action: jax.Array, hold: jax.Array
+) -> tuple[jax.Array, ExpertState]:
     """Apply hesitation (replace the action by ``hold``) and action noise.
 
     Returns the action and the state with its key and pause counter advanced. While paused
@@ -125,6 +134,7 @@ class PlaceTarget:
     """Where the held object goes: xy [2] and height (m) of its place point (see
     ``_place_point``) at the end of LOWER, and the yaw it must have there (None: any of the
     grasp symmetries)."""
+
     xy: jax.Array
     z: jax.Array
     yaw: jax.Array | None = None
@@ -139,12 +149,12 @@ class PickAndPlaceScript(ScriptedExpert):
     ``_object`` (centre [3], yaw) and ``_place`` (a PlaceTarget); the arm is ``self.arm``.
     """
 
-    grasp_dz: float = 0.003         # tcp height above the object centre when grasping (m)
-    approach_dz: float = 0.08       # approach height above the grasp point (m)
-    carry_z: float = 0.16           # tcp height while carrying (m)
-    lin_speed: float = 0.02         # m per control step at speed factor 1
-    ang_speed: float = 0.15         # rad per control step
-    lower_speed: float = 1.0        # speed factor while lowering onto the target
+    grasp_dz: float = 0.003  # tcp height above the object centre when grasping (m)
+    approach_dz: float = 0.08  # approach height above the grasp point (m)
+    carry_z: float = 0.16  # tcp height while carrying (m)
+    lin_speed: float = 0.02  # m per control step at speed factor 1
+    ang_speed: float = 0.15  # rad per control step
+    lower_speed: float = 1.0  # speed factor while lowering onto the target
     place_tolerance: float = 0.008  # xy tolerance over the target before lowering (m)
     drop_distance: float = 0.03
     close_steps: int = 5
@@ -162,14 +172,21 @@ class PickAndPlaceScript(ScriptedExpert):
         return self._object(data)[0]
 
     def _act(self, es: ExpertState, data: Any, task: dict):
-        from resfit_jax.envs.mjx_env import (down_rotation, ik_step, nearest_grasp_yaw,
-                                             tcp_pose, tool_yaw, wrap_quarter)
+        from resfit_jax.envs.mjx_env import (
+            down_rotation,
+            ik_step,
+            nearest_grasp_yaw,
+            tcp_pose,
+            tool_yaw,
+            wrap_quarter,
+        )
+
         arm = self.arm
         tcp, rot = tcp_pose(data, arm)
         obj, obj_yaw = self._object(data)
         place = self._place(data, task)
         phase, timer = es.phase, es.timer
-        held_offset = obj - tcp            # object centre relative to the tcp while held
+        held_offset = obj - tcp  # object centre relative to the tcp while held
         anchor_offset = self._place_point(data) - tcp
         grasp_xy = obj[:2] + es.error[:2]
         # Move the tcp so that the OBJECT lands on the target (corrects grasp offsets).
@@ -178,14 +195,14 @@ class PickAndPlaceScript(ScriptedExpert):
         lower_z = place.z - anchor_offset[2]
         z = lambda v: jnp.reshape(v, (1,)).astype(jnp.float32)
         targets = [
-            (jnp.concatenate([grasp_xy, z(grasp_z + self.approach_dz)]), GRIP_OPEN),   # APPROACH
-            (jnp.concatenate([grasp_xy, z(grasp_z)]), GRIP_OPEN),                      # DESCEND
-            (jnp.concatenate([grasp_xy, z(grasp_z)]), GRIP_CLOSED),                    # CLOSE
-            (jnp.concatenate([tcp[:2], z(self.carry_z)]), GRIP_CLOSED),                # LIFT
-            (jnp.concatenate([place_xy, z(self.carry_z)]), GRIP_CLOSED),               # CARRY
-            (jnp.concatenate([place_xy, z(lower_z)]), GRIP_CLOSED),                    # LOWER
-            (jnp.concatenate([tcp[:2], z(tcp[2])]), GRIP_OPEN),                        # RELEASE
-            (jnp.concatenate([tcp[:2], z(self.carry_z)]), GRIP_OPEN),                  # RETREAT
+            (jnp.concatenate([grasp_xy, z(grasp_z + self.approach_dz)]), GRIP_OPEN),  # APPROACH
+            (jnp.concatenate([grasp_xy, z(grasp_z)]), GRIP_OPEN),  # DESCEND
+            (jnp.concatenate([grasp_xy, z(grasp_z)]), GRIP_CLOSED),  # CLOSE
+            (jnp.concatenate([tcp[:2], z(self.carry_z)]), GRIP_CLOSED),  # LIFT
+            (jnp.concatenate([place_xy, z(self.carry_z)]), GRIP_CLOSED),  # CARRY
+            (jnp.concatenate([place_xy, z(lower_z)]), GRIP_CLOSED),  # LOWER
+            (jnp.concatenate([tcp[:2], z(tcp[2])]), GRIP_OPEN),  # RELEASE
+            (jnp.concatenate([tcp[:2], z(self.carry_z)]), GRIP_OPEN),  # RETREAT
         ]
         pos_t = jnp.stack([t[0] for t in targets])[phase]
         grip_t = jnp.array([t[1] for t in targets])[phase]
@@ -207,15 +224,17 @@ class PickAndPlaceScript(ScriptedExpert):
         nxt = jnp.where((phase == DESCEND) & (xy_err < 0.012) & z_ok, CLOSE, nxt)
         nxt = jnp.where((phase == CLOSE) & (timer >= self.close_steps), LIFT, nxt)
         nxt = jnp.where((phase == LIFT) & (tcp[2] > self.carry_z - 0.02), CARRY, nxt)
-        nxt = jnp.where((phase == CARRY) & (xy_err < self.place_tolerance) & z_ok & yaw_ok,
-                        LOWER, nxt)
+        nxt = jnp.where(
+            (phase == CARRY) & (xy_err < self.place_tolerance) & z_ok & yaw_ok, LOWER, nxt
+        )
         nxt = jnp.where((phase == LOWER) & z_ok, RELEASE, nxt)
         nxt = jnp.where((phase == RELEASE) & (timer >= self.release_steps), RETREAT, nxt)
         dropped = (phase >= LIFT) & (phase <= LOWER) & ~held
         nxt = jnp.where(dropped, APPROACH, nxt)
         speed = es.speed * jnp.where(phase == LOWER, self.lower_speed, 1.0)
-        q_t = ik_step(data, arm, pos_t, down_rotation(yaw_t), self.lin_speed * speed,
-                      self.ang_speed * speed)
+        q_t = ik_step(
+            data, arm, pos_t, down_rotation(yaw_t), self.lin_speed * speed, self.ang_speed * speed
+        )
         action = jnp.concatenate([q_t, grip_t[None]])
         hold = jnp.concatenate([jnp.asarray(data.qpos)[arm.qpos], grip_t[None]])
         return action, hold, advance(es, nxt)

@@ -7,9 +7,19 @@
 - ``demos``: the demo buffer relabelled by the base, and ``fit_normalizer``.
 - ``updates``: ``replay_updates`` and the critic warm-up, the update both loops run.
 """
+
 from resfit_jax.replay.buffer import Mixer, ReplayBuffer, ReplayState, make_mixer
 from resfit_jax.replay.config import ReplayConfig
 from resfit_jax.replay.nstep import NStepState, NStepWriter, Transition, transition_spec
 
-__all__ = ["Mixer", "NStepState", "NStepWriter", "ReplayBuffer", "ReplayConfig", "ReplayState",
-           "Transition", "make_mixer", "transition_spec"]
+__all__ = [
+    "Mixer",
+    "NStepState",
+    "NStepWriter",
+    "ReplayBuffer",
+    "ReplayConfig",
+    "ReplayState",
+    "Transition",
+    "make_mixer",
+    "transition_spec",
+]

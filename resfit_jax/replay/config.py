@@ -2,6 +2,7 @@
 batch, demo fraction, capacity, frame-once storage of camera frames), and the one place that
 builds the writer, buffer, frame ring and mixer from them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,12 +29,12 @@ class ReplayConfig:
     batch_size: int = 256
     offline_fraction: float = 0.5
     capacity: int = 200_000
-    demo_n_step: int | None = None     # n of the demo buffer's returns (None: n_step)
-    frame_once: bool = False           # camera observations: store each frame once (``frames``)
-                                       # instead of twice per transition (the pixel presets)
-    frame_margin: float = 0.25         # frame-once ring: capacity * (1 + margin) frames plus
-                                       # the n-step windows (``frames.frame_capacity``); enough
-                                       # while episodes last >= 1 / margin steps on average
+    demo_n_step: int | None = None  # n of the demo buffer's returns (None: n_step)
+    frame_once: bool = False  # camera observations: store each frame once (``frames``)
+    # instead of twice per transition (the pixel presets)
+    frame_margin: float = 0.25  # frame-once ring: capacity * (1 + margin) frames plus
+    # the n-step windows (``frames.frame_capacity``); enough
+    # while episodes last >= 1 / margin steps on average
 
     def __post_init__(self):
         from resfit_jax.run.validation import number_errors
@@ -81,11 +82,14 @@ class ReplayConfig:
 
     def frame_store(self, num_envs: int) -> FrameStore:
         """The frame-once ring for ``num_envs`` streams (``frames.frame_capacity``)."""
-        return FrameStore(frame_capacity(self.capacity, self.n_step, num_envs,
-                                         self.frame_margin))
+        return FrameStore(frame_capacity(self.capacity, self.n_step, num_envs, self.frame_margin))
 
-    def mixer(self, offline: ReplayBuffer | None, steps: int | None = None) -> "Mixer":
+    def mixer(self, offline: ReplayBuffer | None, steps: int | None = None) -> Mixer:
         """Online + demo mixer with ``steps`` batch rows per sample (default ``utd``)."""
-        return make_mixer(self.buffer(), offline, self.batch_size,
-                          self.offline_fraction if offline is not None else 0.0,
-                          self.utd if steps is None else steps)
+        return make_mixer(
+            self.buffer(),
+            offline,
+            self.batch_size,
+            self.offline_fraction if offline is not None else 0.0,
+            self.utd if steps is None else steps,
+        )

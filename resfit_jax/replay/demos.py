@@ -16,10 +16,11 @@ successful demo) and the transition is terminal only there; a failed demo (kept 
 All N episodes are processed as N parallel streams inside one jitted ``lax.scan`` over time
 (padded to the longest episode), with the same ``NStepWriter`` the online loop uses.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +33,9 @@ from resfit_jax.observations import append_state, state_of
 from resfit_jax.replay import NStepWriter, ReplayBuffer, ReplayState, transition_spec
 
 
-def fit_normalizer(episodes: Sequence[Episode], action_scale: float, margin: float = 0.0,
-                   min_std: float = 2e-4) -> Normalizer:
+def fit_normalizer(
+    episodes: Sequence[Episode], action_scale: float, margin: float = 0.0, min_std: float = 2e-4
+) -> Normalizer:
     """Action scaling (demo [min, max], widened by 1 + margin and 1 + action_scale) and obs
     standardization (std floored at ``min_std``, raw units), from demo episodes."""
     actions = np.concatenate([ep.action[:-1] for ep in episodes])
@@ -41,8 +43,14 @@ def fit_normalizer(episodes: Sequence[Episode], action_scale: float, margin: flo
     return Normalizer.fit(actions, obs, action_scale, margin=margin, min_std=min_std)
 
 
-def with_feature_stats(normalizer: Normalizer, episodes: Sequence[Episode], base: BasePolicy,
-                       features, min_std: float = 2e-4, offsets=None) -> Normalizer:
+def with_feature_stats(
+    normalizer: Normalizer,
+    episodes: Sequence[Episode],
+    base: BasePolicy,
+    features,
+    min_std: float = 2e-4,
+    offsets=None,
+) -> Normalizer:
     """The normalizer with the learner's extra inputs (the base's chunk features, the
     persistent offset) appended to its observation statistics, measured on the demo frames."""
     import dataclasses as dc
@@ -52,12 +60,16 @@ def with_feature_stats(normalizer: Normalizer, episodes: Sequence[Episode], base
     padded = pad_episodes(episodes)
     d = state_of(padded["observation"]).shape[-1]
     obs, _, _ = jax.jit(lambda p, nz: learner_frames(p, base, nz, features, offsets))(
-        jax.tree.map(jnp.asarray, padded), normalizer)
+        jax.tree.map(jnp.asarray, padded), normalizer
+    )
     f = np.asarray(state_of(obs))[..., d:]
     frames = np.concatenate([f[i, : n + 1] for i, n in enumerate(padded["length"])])
     stats = StateStandardizer.fit(frames, min_std)
-    obs = dc.replace(normalizer.obs, mean=jnp.concatenate([normalizer.obs.mean, stats.mean]),
-                     std=jnp.concatenate([normalizer.obs.std, stats.std]))
+    obs = dc.replace(
+        normalizer.obs,
+        mean=jnp.concatenate([normalizer.obs.mean, stats.mean]),
+        std=jnp.concatenate([normalizer.obs.std, stats.std]),
+    )
     return normalizer.replace(obs=obs)
 
 
@@ -67,8 +79,11 @@ def with_time_feature(episodes: Sequence[Episode], horizon: int) -> list[Episode
     out = []
     for ep in episodes:
         t = np.arange(ep.observation.shape[0], dtype=np.float32)[:, None] / float(horizon)
-        out.append(dataclasses.replace(
-            ep, observation=np.concatenate([ep.observation, t], axis=1).astype(np.float32)))
+        out.append(
+            dataclasses.replace(
+                ep, observation=np.concatenate([ep.observation, t], axis=1).astype(np.float32)
+            )
+        )
     return out
 
 
@@ -87,27 +102,31 @@ def pad_episodes(episodes: Sequence[Episode], max_len: int | None = None) -> dic
     cams = {tuple(sorted(ep.camera_shapes.items())) for ep in episodes}
     if len(cams) != 1:
         raise ValueError(f"offline buffer: demo episodes have mixed cameras {cams}.")
-    (_, a), = dims
+    ((_, a),) = dims
     n, t = len(episodes), max(ep.num_actions for ep in episodes)
     if max_len is not None:
         if t > max_len:
-            raise ValueError(f"offline buffer: an episode has {t} actions, more than "
-                             f"max_len={max_len}.")
+            raise ValueError(
+                f"offline buffer: an episode has {t} actions, more than max_len={max_len}."
+            )
         t = int(max_len)
-    out = {"observation": jax.tree.map(lambda x: np.zeros((n, t + 1) + x.shape[1:], x.dtype),
-                                       episodes[0].obs),
-           "action": np.zeros((n, t, a), np.float32),
-           "reward": np.zeros((n, t), np.float32),
-           "terminal": np.zeros((n, t), bool),
-           "length": np.zeros((n,), np.int32)}
+    out = {
+        "observation": jax.tree.map(
+            lambda x: np.zeros((n, t + 1) + x.shape[1:], x.dtype), episodes[0].obs
+        ),
+        "action": np.zeros((n, t, a), np.float32),
+        "reward": np.zeros((n, t), np.float32),
+        "terminal": np.zeros((n, t), bool),
+        "length": np.zeros((n,), np.int32),
+    }
     for i, ep in enumerate(episodes):
         m = ep.num_actions
         for dst, src in zip(jax.tree.leaves(out["observation"]), jax.tree.leaves(ep.obs)):
-            dst[i, :m + 1] = src
-            dst[i, m + 1:] = src[-1]
+            dst[i, : m + 1] = src
+            dst[i, m + 1 :] = src[-1]
         out["action"][i, :m] = ep.action[:m]
         out["reward"][i, :m] = ep.reward[:m]
-        out["terminal"][i, :m] = ep.is_terminal[1:m + 1]
+        out["terminal"][i, :m] = ep.is_terminal[1 : m + 1]
         out["length"][i] = m
     return out
 
@@ -121,8 +140,13 @@ def _time_major(obs):
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), obs)
 
 
-def base_actions(padded: dict[str, jax.Array], base: BasePolicy, features=None,
-                 normalizer: Normalizer | None = None, with_refills: bool = False):
+def base_actions(
+    padded: dict[str, jax.Array],
+    base: BasePolicy,
+    features=None,
+    normalizer: Normalizer | None = None,
+    with_refills: bool = False,
+):
     """Jittable: the base's raw action at every frame [N, T+1, A], each episode run from a
     fresh base state (queue empty at its first frame). With ``features``
     (``base_features.BaseFeatures``) returns (actions, features [N, T+1, F]); with
@@ -131,14 +155,19 @@ def base_actions(padded: dict[str, jax.Array], base: BasePolicy, features=None,
 
     obs = padded["observation"]
     if base.action_dim != padded["action"].shape[-1]:
-        raise ValueError(f"offline buffer: the base's action size ({base.action_dim}) does not "
-                         f"match the episodes' ({padded['action'].shape[-1]}).")
+        raise ValueError(
+            f"offline buffer: the base's action size ({base.action_dim}) does not "
+            f"match the episodes' ({padded['action'].shape[-1]})."
+        )
     bstate = base.init_state(state_of(obs).shape[0])
 
     def body(bstate, o):
         a, bstate = base.step(bstate, o)
-        return bstate, (a, None if features is None else features(bstate, normalizer),
-                        refilled(bstate) if with_refills else None)
+        return bstate, (
+            a,
+            None if features is None else features(bstate, normalizer),
+            refilled(bstate) if with_refills else None,
+        )
 
     _, (a, f, refill) = jax.lax.scan(body, bstate, _time_major(obs))
     swap = lambda x: None if x is None else jnp.swapaxes(x, 0, 1)
@@ -147,8 +176,9 @@ def base_actions(padded: dict[str, jax.Array], base: BasePolicy, features=None,
     return swap(a) if features is None else (swap(a), swap(f))
 
 
-def demo_offsets(base_action: jax.Array, action: jax.Array, refill: jax.Array, offsets
-                 ) -> tuple[jax.Array, jax.Array]:
+def demo_offsets(
+    base_action: jax.Array, action: jax.Array, refill: jax.Array, offsets
+) -> tuple[jax.Array, jax.Array]:
     """Persistent offsets along demo episodes, as the online loop keeps them
     (``base_features.Offsets``).
 
@@ -173,9 +203,15 @@ def demo_offsets(base_action: jax.Array, action: jax.Array, refill: jax.Array, o
     return jnp.swapaxes(eff, 0, 1), jnp.swapaxes(off, 0, 1)
 
 
-def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: jax.Array,
-                 normalizer: Normalizer, writer: NStepWriter, buffer: ReplayBuffer,
-                 base_normalized: bool = False) -> ReplayState:
+def add_episodes(
+    state: ReplayState,
+    padded: dict[str, jax.Array],
+    base_action: jax.Array,
+    normalizer: Normalizer,
+    writer: NStepWriter,
+    buffer: ReplayBuffer,
+    base_normalized: bool = False,
+) -> ReplayState:
     """Jittable: insert padded episodes' n-step transitions into ``state``.
 
     base_action: raw base actions [N, T+1, A] at every frame (``base_actions`` or, for robot
@@ -196,10 +232,17 @@ def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: 
         active = i < padded["length"]
         last = i == padded["length"] - 1
         terminal = last & padded["terminal"][:, i]
-        wstate, cands, valid = writer.step(wstate, at(i), nb[:, i],
-                                           norm(act[:, i]), padded["reward"][:, i],
-                                           at(i + 1), nb[:, i + 1],
-                                           terminal, last & ~terminal)
+        wstate, cands, valid = writer.step(
+            wstate,
+            at(i),
+            nb[:, i],
+            norm(act[:, i]),
+            padded["reward"][:, i],
+            at(i + 1),
+            nb[:, i + 1],
+            terminal,
+            last & ~terminal,
+        )
         rstate = buffer.add(rstate, cands, valid & active[:, None])
         return (rstate, wstate), None
 
@@ -207,8 +250,13 @@ def add_episodes(state: ReplayState, padded: dict[str, jax.Array], base_action: 
     return state
 
 
-def learner_frames(padded: dict[str, jax.Array], base: BasePolicy, normalizer: Normalizer,
-                   features=None, offsets=None):
+def learner_frames(
+    padded: dict[str, jax.Array],
+    base: BasePolicy,
+    normalizer: Normalizer,
+    features=None,
+    offsets=None,
+):
     """Jittable: (observations, base actions, normalized?) of demo frames as the learner sees
     them online: observations [N, T+1, D (+F) (+A) (+1)] gain the base's chunk features and
     the persistent offset (``offsets``; with hold, also the "residual acts" flag), appended
@@ -220,15 +268,25 @@ def learner_frames(padded: dict[str, jax.Array], base: BasePolicy, normalizer: N
         a_b, f = base_actions(padded, base, features, normalizer)
         return append_state(obs, f), a_b, False
     a_b, f, refill = base_actions(padded, base, features, normalizer, with_refills=True)
-    eff, off = demo_offsets(normalizer.normalize_action(a_b),
-                            normalizer.normalize_action(padded["action"]), refill, offsets)
+    eff, off = demo_offsets(
+        normalizer.normalize_action(a_b),
+        normalizer.normalize_action(padded["action"]),
+        refill,
+        offsets,
+    )
     flag = [refill[..., None].astype(jnp.float32)] if offsets.hold else []
     return append_state(obs, *([] if f is None else [f]), off, *flag), eff, True
 
 
-def relabel_demos(padded: dict[str, jax.Array], base: BasePolicy, normalizer: Normalizer,
-                  writer: NStepWriter, buffer: ReplayBuffer, features=None,
-                  offsets=None) -> ReplayState:
+def relabel_demos(
+    padded: dict[str, jax.Array],
+    base: BasePolicy,
+    normalizer: Normalizer,
+    writer: NStepWriter,
+    buffer: ReplayBuffer,
+    features=None,
+    offsets=None,
+) -> ReplayState:
     """Jittable: padded episodes (see ``pad_episodes``) -> a filled offline ReplayState. With
     ``features`` / ``offsets`` the stored frames are those of ``learner_frames``."""
     act = padded["action"]
@@ -238,17 +296,23 @@ def relabel_demos(padded: dict[str, jax.Array], base: BasePolicy, normalizer: No
     return add_episodes(state, padded, a_b, normalizer, writer, buffer, normalized)
 
 
-def offline_buffer(episodes: Sequence[Episode], base: BasePolicy, normalizer: Normalizer,
-                   writer: NStepWriter, features=None, offsets=None
-                   ) -> tuple[ReplayBuffer, ReplayState]:
+def offline_buffer(
+    episodes: Sequence[Episode],
+    base: BasePolicy,
+    normalizer: Normalizer,
+    writer: NStepWriter,
+    features=None,
+    offsets=None,
+) -> tuple[ReplayBuffer, ReplayState]:
     """Host entry point: demo episodes -> (ReplayBuffer sized to fit, filled ReplayState)."""
     padded = pad_episodes(episodes)
     capacity = int(padded["length"].sum())
     buffer = ReplayBuffer(capacity)
-    state = jax.jit(lambda p, nz: relabel_demos(p, base, nz, writer, buffer, features,
-                                                offsets))(
-        jax.tree.map(jnp.asarray, padded), normalizer)
+    state = jax.jit(lambda p, nz: relabel_demos(p, base, nz, writer, buffer, features, offsets))(
+        jax.tree.map(jnp.asarray, padded), normalizer
+    )
     if int(state.size) != capacity:
-        raise AssertionError(f"offline buffer: stored {int(state.size)} transitions for "
-                             f"{capacity} demo steps.")
+        raise AssertionError(
+            f"offline buffer: stored {int(state.size)} transitions for {capacity} demo steps."
+        )
     return buffer, state

@@ -23,6 +23,7 @@ Memory per online transition (2 cameras at 84 px: 42.3 kB a frame): 84.7 kB when
 transition holds its two frames, (1 + margin) x 42.3 kB = 52.9 kB here at the default
 margin 0.25 (docs/vision.md).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,30 +66,38 @@ class FrameStore:
     def init(self, camera_spec: dict) -> FrameState:
         """An empty ring for ``{camera: spec [H, W, C]}`` (uint8 frames)."""
         if not camera_spec:
-            raise ValueError("FrameStore.init: no camera fields; frame-once storage is for "
-                             "observations with camera images.")
-        frames = {k: jnp.zeros((self.capacity,) + tuple(s.shape), s.dtype)
-                  for k, s in camera_spec.items()}
+            raise ValueError(
+                "FrameStore.init: no camera fields; frame-once storage is for "
+                "observations with camera images."
+            )
+        frames = {
+            k: jnp.zeros((self.capacity,) + tuple(s.shape), s.dtype) for k, s in camera_spec.items()
+        }
         return FrameState(frames=frames, count=jnp.zeros((), FRAME_ID))
 
-    def write(self, state: FrameState, images: dict, mask: jax.Array | None = None
-              ) -> tuple[FrameState, jax.Array]:
+    def write(
+        self, state: FrameState, images: dict, mask: jax.Array | None = None
+    ) -> tuple[FrameState, jax.Array]:
         """Write the frames ``images[camera][m]`` where ``mask[m]`` (all if None); returns the
         new state and ids [M] (the id each frame got; -1 where masked out)."""
         m = jax.tree.leaves(images)[0].shape[0]
         mask = jnp.ones((m,), bool) if mask is None else mask.reshape(m)
         ids = state.count + jnp.cumsum(mask.astype(FRAME_ID)) - 1
-        slot = jnp.where(mask, ids % self.capacity, self.capacity)        # out of range: dropped
+        slot = jnp.where(mask, ids % self.capacity, self.capacity)  # out of range: dropped
 
         def put(store, x):
             if store.shape[1:] != x.shape[1:] or store.dtype != x.dtype:
-                raise ValueError(f"FrameStore.write: frames {x.dtype}{list(x.shape[1:])} do not "
-                                 f"match the store's {store.dtype}{list(store.shape[1:])}.")
+                raise ValueError(
+                    f"FrameStore.write: frames {x.dtype}{list(x.shape[1:])} do not "
+                    f"match the store's {store.dtype}{list(store.shape[1:])}."
+                )
             return store.at[slot].set(x, mode="drop")
 
         if set(images) != set(state.frames):
-            raise ValueError(f"FrameStore.write: cameras {sorted(images)} are not the store's "
-                             f"{sorted(state.frames)}.")
+            raise ValueError(
+                f"FrameStore.write: cameras {sorted(images)} are not the store's "
+                f"{sorted(state.frames)}."
+            )
         frames = {k: put(state.frames[k], images[k]) for k in state.frames}
         count = state.count + mask.sum().astype(FRAME_ID)
         return FrameState(frames=frames, count=count), jnp.where(mask, ids, -1)
@@ -119,14 +128,17 @@ def id_spec(obs_spec: PyTree) -> PyTree:
     """The observation spec with each camera field replaced by an int32 frame id []."""
     if not cameras_of(obs_spec):
         return obs_spec
-    return {k: (jax.ShapeDtypeStruct((), FRAME_ID) if k in cameras_of(obs_spec) else v)
-            for k, v in obs_spec.items()}
+    return {
+        k: (jax.ShapeDtypeStruct((), FRAME_ID) if k in cameras_of(obs_spec) else v)
+        for k, v in obs_spec.items()
+    }
 
 
 def camera_spec(obs_spec: PyTree) -> dict:
     """{camera: spec [H, W, C]} of an observation spec ({} for a state observation)."""
-    return {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype)
-            for k, v in cameras_of(obs_spec).items()}
+    return {
+        k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for k, v in cameras_of(obs_spec).items()
+    }
 
 
 def with_ids(obs: PyTree, ids: jax.Array) -> PyTree:

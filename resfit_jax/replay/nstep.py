@@ -9,6 +9,7 @@ obs), action [A] (executed normalized action), reward [] (n-step return
 sum_i gamma^i r_{t+i}), discount [] (gamma^k), nonterminal [] (1.0 = bootstrap from next_obs),
 next_obs (pytree, the observation k steps later), next_base_action [A].
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,9 +39,16 @@ def transition_spec(obs_spec: PyTree, action_dim: int) -> Transition:
     obs_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), obs_spec)
     act = jax.ShapeDtypeStruct((action_dim,), jnp.float32)
     scalar = jax.ShapeDtypeStruct((), jnp.float32)
-    return Transition(obs=obs_spec, base_action=act, action=act, reward=scalar,
-                      discount=scalar, nonterminal=scalar, next_obs=obs_spec,
-                      next_base_action=act)
+    return Transition(
+        obs=obs_spec,
+        base_action=act,
+        action=act,
+        reward=scalar,
+        discount=scalar,
+        nonterminal=scalar,
+        next_obs=obs_spec,
+        next_base_action=act,
+    )
 
 
 # ----------------------------------------------------------------------------- n-step writer
@@ -84,9 +92,18 @@ class NStepWriter:
             count=jnp.zeros((num_envs,), jnp.int32),
         )
 
-    def step(self, state: NStepState, obs: PyTree, base_action: jax.Array, action: jax.Array,
-             reward: jax.Array, next_obs: PyTree, next_base_action: jax.Array,
-             terminated: jax.Array, truncated: jax.Array) -> tuple[NStepState, Transition, jax.Array]:
+    def step(
+        self,
+        state: NStepState,
+        obs: PyTree,
+        base_action: jax.Array,
+        action: jax.Array,
+        reward: jax.Array,
+        next_obs: PyTree,
+        next_base_action: jax.Array,
+        terminated: jax.Array,
+        truncated: jax.Array,
+    ) -> tuple[NStepState, Transition, jax.Array]:
         """Push one env step for every stream; return (state, candidates [E, n], valid [E, n]).
 
         obs/next_obs: pytrees [E, ...] (next_obs must be the TRUE next observation, i.e. the
@@ -97,7 +114,9 @@ class NStepWriter:
         n = self.n
         num_envs = state.count.shape[0]
         if reward.shape != (num_envs,):
-            raise ValueError(f"NStepWriter.step: reward must be [E={num_envs}], got {reward.shape}.")
+            raise ValueError(
+                f"NStepWriter.step: reward must be [E={num_envs}], got {reward.shape}."
+            )
         push = lambda win, x: jnp.concatenate([win[:, 1:], x[:, None].astype(win.dtype)], axis=1)
         new = NStepState(
             obs=jax.tree.map(push, state.obs, obs),
@@ -109,15 +128,21 @@ class NStepWriter:
         terminated = terminated.astype(bool)
         done = terminated | truncated.astype(bool)
         slot = jnp.arange(n)
-        in_episode = slot[None, :] >= (n - new.count)[:, None]                        # [E, n]
-        k = n - slot                                                                   # [n]
+        in_episode = slot[None, :] >= (n - new.count)[:, None]  # [E, n]
+        k = n - slot  # [n]
+
         # returns[e, j] = sum_{i >= j} gamma^(i-j) r_i over the window (reverse discounted cumsum)
         def backward(carry, r):
             g = r + self.gamma * carry
             return g, g
-        _, ret = jax.lax.scan(backward, jnp.zeros((num_envs,), jnp.float32),
-                              jnp.where(in_episode, new.reward, 0.0).T, reverse=True)
-        ret = ret.T                                                                    # [E, n]
+
+        _, ret = jax.lax.scan(
+            backward,
+            jnp.zeros((num_envs,), jnp.float32),
+            jnp.where(in_episode, new.reward, 0.0).T,
+            reverse=True,
+        )
+        ret = ret.T  # [E, n]
         full = new.count == n
         valid = jnp.where(done[:, None], in_episode, (slot[None, :] == 0) & full[:, None])
         if self.bootstrap_truncation:

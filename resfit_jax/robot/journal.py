@@ -13,6 +13,7 @@ An episode is written into a temporary directory, flushed to disk (fsync), then 
 its final name: a crash leaves either the whole episode or nothing of it. ``entries`` lists
 only complete episodes, in order.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,7 @@ DATASET = "robot_episode"
 @dataclasses.dataclass
 class JournalEntry:
     index: int
-    path: str             # the episode directory
+    path: str  # the episode directory
     metadata: dict
 
     @property
@@ -69,7 +70,7 @@ class Journal:
     def __init__(self, directory: str):
         self.directory = os.path.abspath(directory)
         os.makedirs(self.directory, exist_ok=True)
-        for name in os.listdir(self.directory):          # leftovers of a crash mid-write
+        for name in os.listdir(self.directory):  # leftovers of a crash mid-write
             if name.startswith(".tmp-"):
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
@@ -79,15 +80,20 @@ class Journal:
             m = _NAME.match(name)
             if m:
                 path = os.path.join(self.directory, name)
-                out.append(JournalEntry(int(m.group(1)), path,
-                                        read_metadata(os.path.join(path, DATASET, "1.0.0"))))
+                out.append(
+                    JournalEntry(
+                        int(m.group(1)), path, read_metadata(os.path.join(path, DATASET, "1.0.0"))
+                    )
+                )
         return out
 
     def next_index(self) -> int:
         entries = self.entries()
         return entries[-1].index + 1 if entries else 0
 
-    def write(self, episode: Episode, extras: dict[str, np.ndarray], metadata: dict) -> JournalEntry:
+    def write(
+        self, episode: Episode, extras: dict[str, np.ndarray], metadata: dict
+    ) -> JournalEntry:
         """Write one finished episode atomically; returns its entry."""
         index = self.next_index()
         name = f"episode_{index:06d}"
@@ -110,12 +116,15 @@ class Journal:
             with np.load(os.path.join(entry.path, "extras.npz")) as z:
                 extras = {k: z[k] for k in z.files}
         except Exception as e:
-            raise ValueError(f"Journal episode {entry.path} is unreadable ({e}); move it out "
-                             "of the journal to continue without it.") from e
+            raise ValueError(
+                f"Journal episode {entry.path} is unreadable ({e}); move it out "
+                "of the journal to continue without it."
+            ) from e
         n = episode.observation.shape[0]
         if extras.get("base_action", np.zeros((n, 0))).shape[0] != n:
-            raise ValueError(f"Journal episode {entry.path}: extras.npz base_action does not "
-                             f"have {n} rows.")
+            raise ValueError(
+                f"Journal episode {entry.path}: extras.npz base_action does not have {n} rows."
+            )
         return episode, extras
 
     def summary(self) -> dict:

@@ -14,12 +14,14 @@ fed by journaled robot episodes, in a sync or an async mode.
 - ``PolicyRunner`` is the actor: base (fresh chunk queue every episode) + residual, jitted
   for a batch of one.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +29,12 @@ import numpy as np
 
 from resfit_jax.agents.checks import raise_if_nonfinite
 from resfit_jax.base.policy import BasePolicy
-from resfit_jax.replay.demos import add_episodes, pad_episodes
 from resfit_jax.learner import Learner
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
-from resfit_jax.robot.loop import EpisodeRecord
+from resfit_jax.replay.demos import add_episodes, pad_episodes
 from resfit_jax.replay.updates import critic_warmup_updates, replay_updates
+from resfit_jax.robot.loop import EpisodeRecord
 
 PyTree = Any
 
@@ -45,10 +47,18 @@ class RobotLearner:
     is the run's statistics; it lives in ``state`` (and so in every checkpoint) from here on.
     """
 
-    def __init__(self, learner: Learner, replay: ReplayConfig, normalizer: Normalizer,
-                 max_episode_steps: int, key: jax.Array, updates_per_call: int = 1,
-                 offline: tuple[ReplayBuffer, ReplayState] | None = None,
-                 failure_is_terminal: bool = True, min_replay: int = 1):
+    def __init__(
+        self,
+        learner: Learner,
+        replay: ReplayConfig,
+        normalizer: Normalizer,
+        max_episode_steps: int,
+        key: jax.Array,
+        updates_per_call: int = 1,
+        offline: tuple[ReplayBuffer, ReplayState] | None = None,
+        failure_is_terminal: bool = True,
+        min_replay: int = 1,
+    ):
         self.learner, self.replay_config = learner, replay
         self.max_episode_steps = int(max_episode_steps)
         self.failure_is_terminal = failure_is_terminal
@@ -57,18 +67,23 @@ class RobotLearner:
         self.offline_buffer, self.offline = offline if offline is not None else (None, None)
         k_init, self.key = jax.random.split(key)
         self.state = learner.init(k_init, normalizer)
-        spec = (learner.obs_spec if getattr(learner, "pixels", False)   # camera frames too
-                else jax.ShapeDtypeStruct((learner.obs_dim,), jnp.float32))
+        spec = (
+            learner.obs_spec
+            if getattr(learner, "pixels", False)  # camera frames too
+            else jax.ShapeDtypeStruct((learner.obs_dim,), jnp.float32)
+        )
         self.replay = self.buffer.init(transition_spec(spec, learner.action_dim))
         self.updates = 0
         mixer = replay.mixer(self.offline_buffer)
         warmup_mixer = replay.mixer(self.offline_buffer, steps=1)
-        self._update = jax.jit(lambda s, r, k, o: replay_updates(
-            learner, s, mixer, r, o, k, updates_per_call))
-        self._critic = jax.jit(lambda s, r, k, o, n: critic_warmup_updates(
-            learner, s, warmup_mixer, r, o, k, n), static_argnums=4)
-        self._add = jax.jit(lambda r, p, b, nz: add_episodes(r, p, b, nz, self.writer,
-                                                             self.buffer))
+        self._update = jax.jit(
+            lambda s, r, k, o: replay_updates(learner, s, mixer, r, o, k, updates_per_call)
+        )
+        self._critic = jax.jit(
+            lambda s, r, k, o, n: critic_warmup_updates(learner, s, warmup_mixer, r, o, k, n),
+            static_argnums=4,
+        )
+        self._add = jax.jit(lambda r, p, b, nz: add_episodes(r, p, b, nz, self.writer, self.buffer))
         self.updates_per_call = int(updates_per_call)
 
     @property
@@ -81,17 +96,22 @@ class RobotLearner:
         [T+1, A]; returns the number of transitions added."""
         t = episode.num_actions
         if t > self.max_episode_steps:
-            raise ValueError(f"RobotLearner.add_episode: {t} steps exceed max_episode_steps "
-                             f"{self.max_episode_steps}.")
+            raise ValueError(
+                f"RobotLearner.add_episode: {t} steps exceed max_episode_steps "
+                f"{self.max_episode_steps}."
+            )
         if base_action.shape != (t + 1, self.learner.action_dim):
-            raise ValueError(f"RobotLearner.add_episode: base_action has shape "
-                             f"{base_action.shape}, expected ({t + 1}, {self.learner.action_dim}).")
+            raise ValueError(
+                f"RobotLearner.add_episode: base_action has shape "
+                f"{base_action.shape}, expected ({t + 1}, {self.learner.action_dim})."
+            )
         padded = pad_episodes([episode], max_len=self.max_episode_steps)
         b = np.zeros((1, self.max_episode_steps + 1, base_action.shape[1]), np.float32)
-        b[0, :t + 1] = base_action
-        b[0, t + 1:] = base_action[-1]
-        self.replay = self._add(self.replay, jax.tree.map(jnp.asarray, padded), jnp.asarray(b),
-                                self.state.normalizer)
+        b[0, : t + 1] = base_action
+        b[0, t + 1 :] = base_action[-1]
+        self.replay = self._add(
+            self.replay, jax.tree.map(jnp.asarray, padded), jnp.asarray(b), self.state.normalizer
+        )
         return t
 
     def add_record(self, record: EpisodeRecord) -> int:
@@ -111,8 +131,9 @@ class RobotLearner:
             return {}
         self.key, k = jax.random.split(self.key)
         state, metrics = self._update(self.state, self.replay, k, self.offline)
-        raise_if_nonfinite(metrics.pop("nonfinite_mask"), "robot learner update (state kept "
-                           "from before it)")
+        raise_if_nonfinite(
+            metrics.pop("nonfinite_mask"), "robot learner update (state kept from before it)"
+        )
         self.state = state
         self.updates += self.updates_per_call
         return {k: float(v) for k, v in metrics.items()}
@@ -129,8 +150,9 @@ class RobotLearner:
             n = min(chunk, num_updates - done)
             self.key, k = jax.random.split(self.key)
             state, m = self._critic(self.state, self.replay, k, self.offline, n)
-            raise_if_nonfinite(m.pop("nonfinite_mask"), "robot critic warm-up (state kept "
-                               "from before it)")
+            raise_if_nonfinite(
+                m.pop("nonfinite_mask"), "robot critic warm-up (state kept from before it)"
+            )
             self.state = state
             metrics = {k: float(v) for k, v in m.items()}
             done += n
@@ -145,11 +167,19 @@ class PolicyRunner:
     residual), "base" (residual 0) or "warmup" (uniform residual noise of ``warmup_noise``).
     """
 
-    def __init__(self, base: BasePolicy, learner: Learner, params: Callable[[], PyTree],
-                 key: jax.Array, warmup_noise: float = 0.0):
+    def __init__(
+        self,
+        base: BasePolicy,
+        learner: Learner,
+        params: Callable[[], PyTree],
+        key: jax.Array,
+        warmup_noise: float = 0.0,
+    ):
         if base.action_dim != learner.action_dim:
-            raise ValueError(f"The base policy's action size ({base.action_dim}) does not match "
-                             f"the learner's ({learner.action_dim}).")
+            raise ValueError(
+                f"The base policy's action size ({base.action_dim}) does not match "
+                f"the learner's ({learner.action_dim})."
+            )
         self.base, self.learner = base, learner
         self.params, self.key, self.warmup_noise = params, key, float(warmup_noise)
         self.mode = "train"
@@ -160,7 +190,7 @@ class PolicyRunner:
         self._bstate = None
 
     def begin(self) -> None:
-        self._bstate = self.base.init_state(1)        # a fresh chunk queue every episode
+        self._bstate = self.base.init_state(1)  # a fresh chunk queue every episode
 
     def base_action(self, obs: np.ndarray) -> np.ndarray:
         a, self._bstate = self._base_step(self._bstate, _batch_of_one(obs))
@@ -174,11 +204,13 @@ class PolicyRunner:
         if self.mode == "base":
             r = jnp.zeros_like(a_b)
         elif self.mode == "warmup":
-            r = jax.random.uniform(k, a_b.shape, minval=-self.warmup_noise,
-                                   maxval=self.warmup_noise)
+            r = jax.random.uniform(
+                k, a_b.shape, minval=-self.warmup_noise, maxval=self.warmup_noise
+            )
         else:
-            r, _ = self._act(state, _batch_of_one(obs), a_b[None], k,
-                             deterministic=self.mode == "eval")
+            r, _ = self._act(
+                state, _batch_of_one(obs), a_b[None], k, deterministic=self.mode == "eval"
+            )
             r = r[0]
         action = self._unnorm(state.normalizer, jnp.clip(a_b + r, -1.0, 1.0))
         return np.asarray(r, np.float32), np.asarray(action, np.float32)
@@ -197,8 +229,12 @@ class AsyncLearner:
     an exception in the thread is re-raised by the next ``snapshot``/``submit``/``stop``.
     """
 
-    def __init__(self, rl: RobotLearner, max_update_ratio: float | None = None,
-                 on_update: Callable[[int, PyTree, dict], None] | None = None):
+    def __init__(
+        self,
+        rl: RobotLearner,
+        max_update_ratio: float | None = None,
+        on_update: Callable[[int, PyTree, dict], None] | None = None,
+    ):
         self.rl, self.max_update_ratio, self.on_update = rl, max_update_ratio, on_update
         self._lock = threading.Lock()
         self._snapshot = (0, rl.state)
@@ -209,7 +245,7 @@ class AsyncLearner:
         self.metrics: dict = {}
         self._thread = threading.Thread(target=self._run, name="resfit-learner", daemon=True)
 
-    def start(self) -> "AsyncLearner":
+    def start(self) -> AsyncLearner:
         self._thread.start()
         return self
 
@@ -243,8 +279,10 @@ class AsyncLearner:
         try:
             while not self._stop.is_set():
                 self._drain()
-                capped = (self.max_update_ratio is not None and
-                          self.rl.updates >= self.max_update_ratio * self.env_steps)
+                capped = (
+                    self.max_update_ratio is not None
+                    and self.rl.updates >= self.max_update_ratio * self.env_steps
+                )
                 if not self.rl.ready() or capped:
                     time.sleep(0.005)
                     continue

@@ -20,84 +20,24 @@ ends other than by the client's "close" after a stop, on any error, malformed me
 timeout or disconnect. What it does not do: encrypt. Use it on a trusted network or through
 an SSH tunnel / VPN.
 """
+
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
-import json
 import os
 import secrets
 import socket
 import struct
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-PROTOCOL = "resfit-robot/1"
-MAX_FRAME = 1 << 20                  # bytes
+from resfit_jax.robot.wire import PROTOCOL, LinkError, _frame, _mac, recv_frame, send_frame
+
 COMMANDS = ("spec", "reset", "observe", "send_action", "success", "stop")
-
-
-class LinkError(ConnectionError):
-    """The robot link failed (timeout, disconnect, protocol or authentication error)."""
-
-
-def _mac(key: bytes, challenge: str) -> str:
-    return hmac.new(key, challenge.encode(), hashlib.sha256).hexdigest()
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim >= 2:     # a camera frame
-        return {"uint8_b64": base64.b64encode(np.ascontiguousarray(x).tobytes()).decode(),
-                "shape": list(x.shape)}
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        return x.item()
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
-def _frame(v: dict) -> np.ndarray:
-    """A camera frame sent by ``_jsonable`` -> uint8 [H, W, C]."""
-    shape = tuple(int(n) for n in v["shape"])
-    data = base64.b64decode(v["uint8_b64"], validate=True)
-    return np.frombuffer(data, np.uint8).reshape(shape).copy()
-
-
-def send_frame(sock: socket.socket, obj: Any) -> None:
-    data = json.dumps(_jsonable(obj), allow_nan=False).encode()
-    if len(data) > MAX_FRAME:
-        raise LinkError(f"robot link: a {len(data)}-byte message exceeds {MAX_FRAME} bytes.")
-    sock.sendall(struct.pack(">I", len(data)) + data)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise LinkError("robot link: the peer closed the connection.")
-        buf += chunk
-    return bytes(buf)
-
-
-def recv_frame(sock: socket.socket) -> Any:
-    """One frame's JSON value; LinkError on oversize, non-JSON or a closed peer (socket
-    timeouts raise TimeoutError)."""
-    (n,) = struct.unpack(">I", _recv_exact(sock, 4))
-    if n > MAX_FRAME:
-        raise LinkError(f"robot link: frame of {n} bytes announced, more than {MAX_FRAME}.")
-    try:
-        return json.loads(_recv_exact(sock, n).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LinkError(f"robot link: a frame is not UTF-8 JSON ({e}).") from None
 
 
 # ------------------------------------------------------------------------------ server
@@ -106,18 +46,28 @@ class RobotServer:
     authenticated client at a time. ``serve_forever`` until ``shutdown`` or ``max_sessions``
     sessions; ``log`` receives one line per event."""
 
-    def __init__(self, robot: Any, authkey: bytes, host: str = "127.0.0.1", port: int = 0,
-                 handshake_timeout_s: float = 5.0, idle_timeout_s: float = 30.0,
-                 max_sessions: int | None = None, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        robot: Any,
+        authkey: bytes,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        handshake_timeout_s: float = 5.0,
+        idle_timeout_s: float = 30.0,
+        max_sessions: int | None = None,
+        log: Callable[[str], None] = print,
+    ):
         if not authkey:
-            raise ValueError("RobotServer: an authkey is required (an unauthenticated robot "
-                             "is unsafe).")
+            raise ValueError(
+                "RobotServer: an authkey is required (an unauthenticated robot is unsafe)."
+            )
         self.robot, self.authkey = robot, authkey
         self.handshake_timeout_s, self.idle_timeout_s = handshake_timeout_s, idle_timeout_s
         self.max_sessions, self.log = max_sessions, log
         self.sock = socket.create_server((host, port))
         self.sock.settimeout(0.2)
-        self.address = "%s:%d" % self.sock.getsockname()[:2]
+        host, port = self.sock.getsockname()[:2]
+        self.address = f"{host}:{port}"
         self.sessions = 0
         self._busy = threading.Lock()
         self._robot_lock = threading.Lock()
@@ -129,8 +79,11 @@ class RobotServer:
     def serve_forever(self) -> None:
         try:
             while not self._stop.is_set():
-                if self.max_sessions is not None and self.sessions >= self.max_sessions \
-                        and not self._busy.locked():
+                if (
+                    self.max_sessions is not None
+                    and self.sessions >= self.max_sessions
+                    and not self._busy.locked()
+                ):
                     return
                 try:
                     conn, peer = self.sock.accept()
@@ -159,8 +112,13 @@ class RobotServer:
                 if not self._handshake(conn, peer):
                     return
                 if not self._busy.acquire(blocking=False):
-                    send_frame(conn, {"error": "busy: another client is connected to this "
-                                               "robot; try again when it disconnects"})
+                    send_frame(
+                        conn,
+                        {
+                            "error": "busy: another client is connected to this "
+                            "robot; try again when it disconnects"
+                        },
+                    )
                     self.log(f"refused {peer[0]}:{peer[1]}: busy")
                     return
             except (LinkError, OSError, ValueError, struct.error) as e:
@@ -172,7 +130,7 @@ class RobotServer:
                 closed = self._session(conn, peer)
             finally:
                 self._busy.release()
-            if closed:           # answered once the robot is stopped and the slot is free
+            if closed:  # answered once the robot is stopped and the slot is free
                 try:
                     send_frame(conn, {"ok": True, "value": None})
                 except OSError:
@@ -182,8 +140,11 @@ class RobotServer:
         challenge = secrets.token_hex(32)
         send_frame(conn, {"hello": PROTOCOL, "challenge": challenge})
         reply = recv_frame(conn)
-        if not (isinstance(reply, dict) and isinstance(reply.get("auth"), str)
-                and hmac.compare_digest(reply["auth"], _mac(self.authkey, challenge))):
+        if not (
+            isinstance(reply, dict)
+            and isinstance(reply.get("auth"), str)
+            and hmac.compare_digest(reply["auth"], _mac(self.authkey, challenge))
+        ):
             send_frame(conn, {"error": "authentication failed: wrong key"})
             self.log(f"rejected {peer[0]}:{peer[1]}: authentication failed")
             return False
@@ -202,11 +163,19 @@ class RobotServer:
                 except TimeoutError:
                     ended = f"no request for {self.idle_timeout_s:g} s"
                     return
-                if not (isinstance(msg, dict) and isinstance(msg.get("cmd"), str)
-                        and isinstance(msg.get("args", []), list)):
+                if not (
+                    isinstance(msg, dict)
+                    and isinstance(msg.get("cmd"), str)
+                    and isinstance(msg.get("args", []), list)
+                ):
                     ended = "a malformed request"
-                    send_frame(conn, {"error": "malformed request: expected "
-                                               '{"cmd": name, "args": [...]}; session closed'})
+                    send_frame(
+                        conn,
+                        {
+                            "error": "malformed request: expected "
+                            '{"cmd": name, "args": [...]}; session closed'
+                        },
+                    )
                     return
                 cmd, args = msg["cmd"], msg.get("args", [])
                 if cmd == "close":
@@ -232,10 +201,12 @@ class RobotServer:
         return False
 
 
-def exit_with_parent(parent_pid: int, on_exit: Callable[[], None], poll_s: float = 0.5
-                     ) -> threading.Thread:
+def exit_with_parent(
+    parent_pid: int, on_exit: Callable[[], None], poll_s: float = 0.5
+) -> threading.Thread:
     """A daemon thread that calls ``on_exit`` and ends this process once ``parent_pid`` is
     gone (a spawned server must not outlive the trainer that started it)."""
+
     def watch():
         while True:
             time.sleep(poll_s)
@@ -262,8 +233,13 @@ class RemoteRobot:
     reset anyway. Every other command raises, so an episode never continues over a new
     session."""
 
-    def __init__(self, address: str, authkey: bytes, connect_timeout_s: float = 30.0,
-                 reply_timeout_s: float = 10.0):
+    def __init__(
+        self,
+        address: str,
+        authkey: bytes,
+        connect_timeout_s: float = 30.0,
+        reply_timeout_s: float = 10.0,
+    ):
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"RemoteRobot: address must be host:port, got {address!r}.")
@@ -274,8 +250,11 @@ class RemoteRobot:
 
     def _connect(self) -> None:
         host, _, port = self.address.rpartition(":")
-        address, connect_timeout_s, reply_timeout_s = (self.address, self._connect_timeout_s,
-                                                       self.reply_timeout_s)
+        address, connect_timeout_s, reply_timeout_s = (
+            self.address,
+            self._connect_timeout_s,
+            self.reply_timeout_s,
+        )
         deadline = time.monotonic() + connect_timeout_s
         while True:
             try:
@@ -283,8 +262,10 @@ class RemoteRobot:
                 break
             except ConnectionRefusedError:
                 if time.monotonic() > deadline:
-                    raise LinkError(f"No robot server at {address} after "
-                                    f"{connect_timeout_s:.0f} s (connection refused).") from None
+                    raise LinkError(
+                        f"No robot server at {address} after "
+                        f"{connect_timeout_s:.0f} s (connection refused)."
+                    ) from None
                 time.sleep(0.2)
             except (TimeoutError, OSError) as e:
                 raise LinkError(f"Cannot reach the robot server at {address}: {e}.") from None
@@ -301,22 +282,31 @@ class RemoteRobot:
             if not (isinstance(hello, dict) and hello.get("hello") == PROTOCOL):
                 raise LinkError(f"{self.address} is not a resfit robot server ({hello!r:.80}).")
             mine = secrets.token_hex(32)
-            send_frame(self._sock, {"auth": _mac(authkey, str(hello["challenge"])),
-                                    "challenge": mine})
+            send_frame(
+                self._sock, {"auth": _mac(authkey, str(hello["challenge"])), "challenge": mine}
+            )
             reply = recv_frame(self._sock)
         except TimeoutError:
-            raise LinkError(f"Robot server at {self.address}: no handshake reply within "
-                            f"{self.reply_timeout_s:g} s.") from None
+            raise LinkError(
+                f"Robot server at {self.address}: no handshake reply within "
+                f"{self.reply_timeout_s:g} s."
+            ) from None
         if isinstance(reply, dict) and "error" in reply:
             if "authentication" in str(reply["error"]):
-                raise PermissionError(f"Robot at {self.address} refused the connection: wrong "
-                                      "key. Pass the key the robot server was started with "
-                                      "(--key_file or $RESFIT_ROBOT_KEY).")
+                raise PermissionError(
+                    f"Robot at {self.address} refused the connection: wrong "
+                    "key. Pass the key the robot server was started with "
+                    "(--key_file or $RESFIT_ROBOT_KEY)."
+                )
             raise LinkError(f"Robot at {self.address}: {reply['error']}")
-        if not (isinstance(reply, dict) and hmac.compare_digest(str(reply.get("auth")),
-                                                               _mac(authkey, mine))):
-            raise PermissionError(f"The server at {self.address} could not prove it holds the "
-                                  "key: it is not your robot server.")
+        if not (
+            isinstance(reply, dict)
+            and hmac.compare_digest(str(reply.get("auth")), _mac(authkey, mine))
+        ):
+            raise PermissionError(
+                f"The server at {self.address} could not prove it holds the "
+                "key: it is not your robot server."
+            )
         self._sock.settimeout(self.reply_timeout_s)
 
     def _call(self, cmd: str, *args) -> Any:
@@ -324,11 +314,14 @@ class RemoteRobot:
             send_frame(self._sock, {"cmd": cmd, "args": list(args)})
             reply = recv_frame(self._sock)
         except TimeoutError:
-            raise LinkError(f"Robot server at {self.address}: no reply to {cmd!r} within "
-                            f"{self.reply_timeout_s:g} s.") from None
+            raise LinkError(
+                f"Robot server at {self.address}: no reply to {cmd!r} within "
+                f"{self.reply_timeout_s:g} s."
+            ) from None
         except OSError as e:
-            raise LinkError(f"Robot server at {self.address}: link lost during {cmd!r} "
-                            f"({e}).") from None
+            raise LinkError(
+                f"Robot server at {self.address}: link lost during {cmd!r} ({e})."
+            ) from None
         if not isinstance(reply, dict):
             raise LinkError(f"Robot server at {self.address}: malformed reply to {cmd!r}.")
         if "error" in reply:
@@ -360,7 +353,7 @@ class RemoteRobot:
         except LinkError as e:
             if "link lost" not in str(e) and "closed" not in str(e):
                 raise
-            self._sock.close()               # the server ended the idle session: start anew
+            self._sock.close()  # the server ended the idle session: start anew
             self._connect()
             self.reconnects += 1
             return self._observation(self._call("reset"))
@@ -372,17 +365,19 @@ class RemoteRobot:
         if not isinstance(value, dict):
             return np.asarray(value, np.float32)
         try:
-            return {k: (np.asarray(v, np.float32) if k == "state" else _frame(v))
-                    for k, v in value.items()}
+            return {
+                k: (np.asarray(v, np.float32) if k == "state" else _frame(v))
+                for k, v in value.items()
+            }
         except (KeyError, TypeError, ValueError) as e:
-            raise LinkError(f"Robot server at {self.address}: malformed camera frame ({e}).") \
-                from None
+            raise LinkError(
+                f"Robot server at {self.address}: malformed camera frame ({e})."
+            ) from None
 
     def send_action(self, action: np.ndarray) -> None:
         a = np.asarray(action, np.float32)
         if not np.all(np.isfinite(a)):
-            raise ValueError("RemoteRobot.send_action: the command is not finite; it was not "
-                             "sent.")
+            raise ValueError("RemoteRobot.send_action: the command is not finite; it was not sent.")
         self._call("send_action", a)
 
     def success(self) -> bool:

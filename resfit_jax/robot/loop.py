@@ -21,18 +21,21 @@ does I/O, timing and safety:
   error) the robot is halted first; the record is returned with label ``estop`` so that the
   caller journals it before stopping: no collected data is lost.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
 from resfit_jax.data.rlds import Episode
 from resfit_jax.observations import state_of
-from resfit_jax.run.validation import number_errors
 from resfit_jax.robot.operator import Label, Labeller
+from resfit_jax.robot.safety import RateClock, SafetyLimits
+from resfit_jax.run.validation import number_errors
 
 
 class RobotInterface(Protocol):
@@ -58,140 +61,25 @@ class RobotInterface(Protocol):
     def stop(self) -> None: ...
 
 
-class EmergencyStop(RuntimeError):
-    """Raised by the trainer after an e-stop episode has been journaled."""
-
-
-# ---------------------------------------------------------------------------------- safety
-@dataclasses.dataclass(frozen=True)
-class SafetyLimits:
-    """Command limits [A]: ``low <= command <= high`` and ``|command - previous| <= max_delta``.
-
-    ``obs_index[i]`` is the observation entry that measures action dim i (e.g. the joint
-    position behind a joint target; -1 if none); it gives the "previous command" at an
-    episode's first step. Without it the first step is bounded by ``low``/``high`` only.
-    """
-
-    low: np.ndarray
-    high: np.ndarray
-    max_delta: np.ndarray
-    obs_index: tuple[int, ...] | None = None
-
-    def __post_init__(self):
-        low, high = np.asarray(self.low, np.float32), np.asarray(self.high, np.float32)
-        d = np.broadcast_to(np.asarray(self.max_delta, np.float32), low.shape).copy()
-        if low.ndim != 1 or high.shape != low.shape:
-            raise ValueError(f"SafetyLimits: low {low.shape} and high {high.shape} must be "
-                             "equal 1-D shapes [A].")
-        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low <= high)):
-            raise ValueError("SafetyLimits: need finite low <= high in every dim.")
-        if not np.all(d > 0):
-            raise ValueError(f"SafetyLimits: max_delta must be > 0 in every dim, got {d}.")
-        if self.obs_index is not None and len(self.obs_index) != low.shape[0]:
-            raise ValueError(f"SafetyLimits: obs_index has {len(self.obs_index)} entries for "
-                             f"{low.shape[0]} action dims.")
-        object.__setattr__(self, "low", low)
-        object.__setattr__(self, "high", high)
-        object.__setattr__(self, "max_delta", d)
-
-    @property
-    def action_size(self) -> int:
-        return int(self.low.shape[0])
-
-    @classmethod
-    def from_demos(cls, episodes: Sequence[Episode], low, high, delta_margin: float = 1.5,
-                   obs_index: Sequence[int] | None = None) -> "SafetyLimits":
-        """Bounds ``low``/``high`` (e.g. the task's joint limits) and a per-step change limit
-        of ``delta_margin`` times the largest change any demo made in each dim."""
-        deltas = [np.abs(np.diff(ep.action[:-1], axis=0)).max(axis=0)
-                  for ep in episodes if ep.num_actions > 1]
-        if not deltas:
-            raise ValueError("SafetyLimits.from_demos: no demo with two or more actions.")
-        d = np.max(deltas, axis=0) * delta_margin
-        return cls(low, high, np.maximum(d, 1e-4),
-                   tuple(obs_index) if obs_index is not None else None)
-
-    def initial_command(self, obs: np.ndarray) -> np.ndarray:
-        """The measured "previous command" [A] at an episode's first step (NaN = unknown)."""
-        prev = np.full(self.action_size, np.nan, np.float32)
-        if self.obs_index is not None:
-            idx = np.asarray(self.obs_index)
-            known = idx >= 0
-            prev[known] = np.asarray(state_of(obs), np.float32)[idx[known]]
-        return prev
-
-    def apply(self, previous: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(command [A] float32, clipped [A] bool). ``previous`` entries that are NaN have no
-        rate limit. A non-finite action raises ValueError (the caller stops the robot)."""
-        a = np.asarray(action, np.float32)
-        if a.shape != self.low.shape:
-            raise ValueError(f"SafetyLimits.apply: action shape {a.shape}, expected "
-                             f"{self.low.shape}.")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"SafetyLimits.apply: non-finite action {a}; refusing to send it.")
-        prev = np.asarray(previous, np.float32)
-        known = np.isfinite(prev)
-        p = np.clip(np.where(known, prev, 0.0), self.low, self.high)
-        lo = np.where(known, np.maximum(self.low, p - self.max_delta), self.low)
-        hi = np.where(known, np.minimum(self.high, p + self.max_delta), self.high)
-        cmd = np.clip(a, lo, hi).astype(np.float32)
-        return cmd, cmd != a
-
-
-# ------------------------------------------------------------------------------- timing
-class RateClock:
-    """Ticks at ``hz``; ``wait()`` sleeps until the next tick and reports an overrun when the
-    step's work ended more than ``tolerance_s`` after that tick (then re-anchors, so one
-    slow step does not make the following ones late)."""
-
-    def __init__(self, hz: float, tolerance_s: float = 0.0,
-                 clock: Callable[[], float] = time.perf_counter,
-                 sleep: Callable[[float], None] = time.sleep):
-        if hz <= 0:
-            raise ValueError(f"RateClock: hz must be > 0, got {hz}.")
-        self.period, self.tolerance_s = 1.0 / hz, float(tolerance_s)
-        self._clock, self._sleep = clock, sleep
-        self.start()
-
-    def start(self) -> None:
-        self._t0 = self._clock()
-        self._k = 0
-
-    def wait(self) -> float:
-        """Returns the lateness (s) of this step's work past its tick (<= 0 when on time)."""
-        self._k += 1
-        tick = self._t0 + self._k * self.period
-        now = self._clock()
-        late = now - tick
-        if late > self.tolerance_s:
-            self._t0, self._k = now, 0
-        elif late < 0:
-            self._sleep(-late)
-        return late
-
-    def overrun(self, late: float) -> bool:
-        return late > self.tolerance_s
-
-
 # ------------------------------------------------------------------------------ episode
 @dataclasses.dataclass
 class EpisodeRecord:
     """One robot episode. T actions, T + 1 observations."""
 
-    observation: np.ndarray          # [T+1, O] the state
+    observation: np.ndarray  # [T+1, O] the state
 
-    base_action: np.ndarray          # [T+1, A] raw base action at every observation
-    residual: np.ndarray             # [T, A] normalized residual
-    command: np.ndarray              # [T, A] what was sent (after safety limits)
-    clipped: np.ndarray              # [T, A] bool: the safety limits changed this dim
-    step_s: np.ndarray               # [T] wall time of each control step's work
+    base_action: np.ndarray  # [T+1, A] raw base action at every observation
+    residual: np.ndarray  # [T, A] normalized residual
+    command: np.ndarray  # [T, A] what was sent (after safety limits)
+    clipped: np.ndarray  # [T, A] bool: the safety limits changed this dim
+    step_s: np.ndarray  # [T] wall time of each control step's work
     label: Label
-    reason: str                      # "operator", "timeout", "deadline", "estop", ...
+    reason: str  # "operator", "timeout", "deadline", "estop", ...
     overruns: int
     timed_out: bool
     wall_s: float
     error: str = ""
-    images: dict[str, np.ndarray] | None = None    # camera -> uint8 [T+1, H, W, C]
+    images: dict[str, np.ndarray] | None = None  # camera -> uint8 [T+1, H, W, C]
 
     @property
     def steps(self) -> int:
@@ -218,18 +106,28 @@ class EpisodeRecord:
         return ep
 
     def extras(self) -> dict[str, np.ndarray]:
-        return {"base_action": self.base_action, "residual": self.residual,
-                "clipped": self.clipped, "step_s": self.step_s}
+        return {
+            "base_action": self.base_action,
+            "residual": self.residual,
+            "clipped": self.clipped,
+            "step_s": self.step_s,
+        }
 
     def stats(self) -> dict:
         c = self.clipped
-        return {"label": self.label.value, "reason": self.reason, "steps": self.steps,
-                "timed_out": self.timed_out, "overruns": self.overruns,
-                "clipped_steps": int(c.any(axis=1).sum()) if c.size else 0,
-                "clipped_per_dim": c.sum(axis=0).astype(int).tolist() if c.size else [],
-                "max_step_ms": float(self.step_s.max() * 1e3) if self.step_s.size else 0.0,
-                "mean_step_ms": float(self.step_s.mean() * 1e3) if self.step_s.size else 0.0,
-                "wall_s": self.wall_s, "error": self.error}
+        return {
+            "label": self.label.value,
+            "reason": self.reason,
+            "steps": self.steps,
+            "timed_out": self.timed_out,
+            "overruns": self.overruns,
+            "clipped_steps": int(c.any(axis=1).sum()) if c.size else 0,
+            "clipped_per_dim": c.sum(axis=0).astype(int).tolist() if c.size else [],
+            "max_step_ms": float(self.step_s.max() * 1e3) if self.step_s.size else 0.0,
+            "mean_step_ms": float(self.step_s.mean() * 1e3) if self.step_s.size else 0.0,
+            "wall_s": self.wall_s,
+            "error": self.error,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,13 +136,16 @@ class LoopConfig:
 
     control_hz: float = 20.0
     max_episode_steps: int = 120
-    deadline_tolerance_s: float | None = None     # default: a quarter of the period
-    max_overruns: int = 20                         # per episode; more halts the episode
+    deadline_tolerance_s: float | None = None  # default: a quarter of the period
+    max_overruns: int = 20  # per episode; more halts the episode
 
     def __post_init__(self):
-        errors = number_errors(self, positive=("control_hz", "deadline_tolerance_s"),
-                               at_least_one=("max_episode_steps",),
-                               non_negative=("max_overruns",))
+        errors = number_errors(
+            self,
+            positive=("control_hz", "deadline_tolerance_s"),
+            at_least_one=("max_episode_steps",),
+            non_negative=("max_overruns",),
+        )
         if errors:
             raise ValueError("LoopConfig: " + "; ".join(errors) + ".")
 
@@ -270,23 +171,28 @@ def _check_obs(obs, size: int, cameras: dict | None = None):
     ValueError naming what is wrong."""
     if cameras:
         if not isinstance(obs, dict) or set(obs) != {"state", *cameras}:
-            raise ValueError(f"robot observation must be a dict with 'state' and the cameras "
-                             f"{sorted(cameras)}; got "
-                             f"{sorted(obs) if isinstance(obs, dict) else type(obs).__name__}.")
+            raise ValueError(
+                f"robot observation must be a dict with 'state' and the cameras "
+                f"{sorted(cameras)}; got "
+                f"{sorted(obs) if isinstance(obs, dict) else type(obs).__name__}."
+            )
         out = {"state": _check_obs(obs["state"], size)}
         for c, shape in cameras.items():
             img = np.asarray(obs[c])
             if img.dtype != np.uint8 or img.shape != tuple(shape):
-                raise ValueError(f"robot camera {c!r} gave shape {img.shape} dtype {img.dtype}; "
-                                 f"expected uint8 {tuple(shape)}.")
+                raise ValueError(
+                    f"robot camera {c!r} gave shape {img.shape} dtype {img.dtype}; "
+                    f"expected uint8 {tuple(shape)}."
+                )
             out[c] = img
         return out
     o = np.asarray(obs, np.float32)
     if o.shape != (size,):
         raise ValueError(f"robot observation has shape {o.shape}, expected ({size},).")
     if not np.all(np.isfinite(o)):
-        raise ValueError(f"robot observation is not finite (entries "
-                         f"{np.flatnonzero(~np.isfinite(o)).tolist()}).")
+        raise ValueError(
+            f"robot observation is not finite (entries {np.flatnonzero(~np.isfinite(o)).tolist()})."
+        )
     return o
 
 
@@ -307,18 +213,26 @@ def _blank(size: int, cameras: dict):
     return {"state": state, **{c: np.zeros(tuple(s), np.uint8) for c, s in cameras.items()}}
 
 
-def run_episode(robot: RobotInterface, policy: Policy, labeller: Labeller,
-                limits: SafetyLimits, cfg: LoopConfig, episode: int = 0,
-                after_step: Callable[[], None] | None = None,
-                clock: RateClock | None = None) -> EpisodeRecord:
+def run_episode(
+    robot: RobotInterface,
+    policy: Policy,
+    labeller: Labeller,
+    limits: SafetyLimits,
+    cfg: LoopConfig,
+    episode: int = 0,
+    after_step: Callable[[], None] | None = None,
+    clock: RateClock | None = None,
+) -> EpisodeRecord:
     """Run one episode (see the module docstring). ``policy.act(obs, a_b)`` returns
     (residual [A] normalized, action [A] raw, before the safety limits); ``after_step`` runs
     inside each control period (e.g. sync learner updates)."""
     size = int(robot.observation_size)
     cameras = dict(getattr(robot, "cameras", None) or {})
     if limits.action_size != robot.action_size:
-        raise ValueError(f"SafetyLimits are for {limits.action_size} action dims, the robot "
-                         f"has {robot.action_size}.")
+        raise ValueError(
+            f"SafetyLimits are for {limits.action_size} action dims, the robot "
+            f"has {robot.action_size}."
+        )
     obs_l, base_l, res_l, cmd_l, clip_l, dt_l = [], [], [], [], [], []
     label, reason, overruns, timed_out, error = None, "", 0, False, ""
     t_start = time.perf_counter()
@@ -364,26 +278,33 @@ def run_episode(robot: RobotInterface, policy: Policy, labeller: Labeller,
     except KeyboardInterrupt:
         label, reason, final = Label.ESTOP, "keyboard interrupt", None
         error = _stop(robot).lstrip("; ")
-    except Exception as e:     # robot I/O error, non-finite observation or command
+    except Exception as e:  # robot I/O error, non-finite observation or command
         label, reason, final, error = Label.ESTOP, "error", None, f"{type(e).__name__}: {e}"
         error += _stop(robot)
     if final is None:
         final = last_obs if last_obs is not None else _blank(size, cameras)
     try:
         base_l.append(policy.base_action(final))
-    except Exception:       # keep the data even if the base cannot run any more
+    except Exception:  # keep the data even if the base cannot run any more
         base_l.append(base_l[-1] if base_l else np.zeros(limits.action_size, np.float32))
     dt_l += [float("nan")] * (len(cmd_l) - len(dt_l))
     a = limits.action_size
     stack = lambda xs, shape: np.stack(xs).astype(np.float32) if xs else np.zeros(shape, np.float32)
     frames = obs_l + [final]
-    images = ({c: np.stack([o[c] for o in frames]) for c in cameras} if cameras else None)
+    images = {c: np.stack([o[c] for o in frames]) for c in cameras} if cameras else None
     states = [state_of(o) for o in frames]
     return EpisodeRecord(
-        observation=np.stack(states).astype(np.float32), images=images,
+        observation=np.stack(states).astype(np.float32),
+        images=images,
         base_action=stack(base_l, (0, a)),
-        residual=stack(res_l, (0, a)), command=stack(cmd_l, (0, a)),
+        residual=stack(res_l, (0, a)),
+        command=stack(cmd_l, (0, a)),
         clipped=np.stack(clip_l) if clip_l else np.zeros((0, a), bool),
-        step_s=np.asarray(dt_l, np.float64), label=Label(label), reason=reason,
-        overruns=overruns, timed_out=timed_out, wall_s=time.perf_counter() - t_start,
-        error=error)
+        step_s=np.asarray(dt_l, np.float64),
+        label=Label(label),
+        reason=reason,
+        overruns=overruns,
+        timed_out=timed_out,
+        wall_s=time.perf_counter() - t_start,
+        error=error,
+    )

@@ -10,13 +10,15 @@ as a time-limit truncation), unless the operator labels it at the end.
 A labeller has ``begin(episode)``, ``poll(step, obs) -> Label | None`` (non-blocking, called
 at every control step) and ``at_end(timed_out) -> Label`` (when no label came in the episode).
 """
+
 from __future__ import annotations
 
 import enum
 import queue
 import sys
 import threading
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -28,8 +30,13 @@ class Label(str, enum.Enum):
     ESTOP = "estop"
 
 
-KEYS = {"s": Label.SUCCESS, "f": Label.FAILURE, "a": Label.ABORT, "x": Label.ESTOP,
-        "e": Label.ESTOP}
+KEYS = {
+    "s": Label.SUCCESS,
+    "f": Label.FAILURE,
+    "a": Label.ABORT,
+    "x": Label.ESTOP,
+    "e": Label.ESTOP,
+}
 
 
 class Labeller(Protocol):
@@ -46,8 +53,9 @@ class ScriptedLabeller:
     ``end_label`` is given when an episode times out without a label.
     """
 
-    def __init__(self, fn: Callable[[int, int, np.ndarray], Label | None],
-                 end_label: Label = Label.FAILURE):
+    def __init__(
+        self, fn: Callable[[int, int, np.ndarray], Label | None], end_label: Label = Label.FAILURE
+    ):
         self.fn, self.end_label, self.episode = fn, Label(end_label), 0
 
     def begin(self, episode: int) -> None:
@@ -85,22 +93,28 @@ class TerminalLabeller:
     def _read(self) -> None:
         for line in self.stream:
             self._lines.put(line.strip().lower())
-        self._lines.put("\x04")        # EOF
+        self._lines.put("\x04")  # EOF
 
     def _parse(self, text: str) -> Label | None:
         if text == "\x04":
             return None
         label = KEYS.get(text[:1]) if text else None
         if text and label is None:
-            print(f"  unknown label {text!r}: s=success f=failure a=abort x=e-stop",
-                  file=self.out, flush=True)
+            print(
+                f"  unknown label {text!r}: s=success f=failure a=abort x=e-stop",
+                file=self.out,
+                flush=True,
+            )
         return label
 
     def begin(self, episode: int) -> None:
-        while not self._lines.empty():          # drop keys typed between episodes
+        while not self._lines.empty():  # drop keys typed between episodes
             self._lines.get_nowait()
-        print(f"Episode {episode}: s=success f=failure a=abort x=EMERGENCY STOP (+Enter)",
-              file=self.out, flush=True)
+        print(
+            f"Episode {episode}: s=success f=failure a=abort x=EMERGENCY STOP (+Enter)",
+            file=self.out,
+            flush=True,
+        )
 
     def poll(self, step: int, obs: np.ndarray) -> Label | None:
         while True:
@@ -115,8 +129,11 @@ class TerminalLabeller:
     def at_end(self, timed_out: bool) -> Label:
         if not self.ask_at_end:
             return Label.FAILURE
-        print("Episode reached its step limit. Label it: [f]ailure (Enter) / [s]uccess / "
-              "[a]bort", file=self.out, flush=True)
+        print(
+            "Episode reached its step limit. Label it: [f]ailure (Enter) / [s]uccess / [a]bort",
+            file=self.out,
+            flush=True,
+        )
         text = self._lines.get()
         if text in ("", "\x04"):
             return Label.FAILURE

@@ -11,6 +11,7 @@ operator (``robot.operator.oracle_labeller``) in place of a person.
 The link is ``robot.link``: length-prefixed JSON frames (no pickle) with a mutual HMAC
 challenge, timeouts, one client at a time and the robot stopped on any abnormal end.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+
 import numpy as np
 
 from resfit_jax.robot.link import RemoteRobot, RobotServer, exit_with_parent
@@ -39,9 +41,16 @@ class SimRobot:
     camera variant's, else 64).
     """
 
-    def __init__(self, task_name: str = "PickPlace", seed: int = 0, latency_s: float = 0.0,
-                 jitter_s: float = 0.0, cameras=None, resolution: int | None = None,
-                 **task_kwargs):
+    def __init__(
+        self,
+        task_name: str = "PickPlace",
+        seed: int = 0,
+        latency_s: float = 0.0,
+        jitter_s: float = 0.0,
+        cameras=None,
+        resolution: int | None = None,
+        **task_kwargs,
+    ):
         import jax
         import mujoco
 
@@ -49,16 +58,21 @@ class SimRobot:
         from resfit_jax.envs.mjx_env import MjxTask
 
         task = envs.make(task_name, **task_kwargs)
-        if not isinstance(task, MjxTask) and isinstance(task.unwrapped, MjxTask) \
-                and hasattr(task, "cameras"):           # a camera variant, e.g. PixelPickPlace
+        if (
+            not isinstance(task, MjxTask)
+            and isinstance(task.unwrapped, MjxTask)
+            and hasattr(task, "cameras")
+        ):  # a camera variant, e.g. PixelPickPlace
             if resolution is not None and resolution != task.resolution:
                 task = envs.make(task_name, resolution=resolution, **task_kwargs)
             cameras, resolution = cameras or task.cameras, task.resolution
             task = task.unwrapped
         resolution = 64 if resolution is None else int(resolution)
         if not isinstance(task, MjxTask):
-            raise ValueError(f"SimRobot needs a MuJoCo task; {task_name} is not one "
-                             f"(choose from {envs.MANIPULATION_TASKS}).")
+            raise ValueError(
+                f"SimRobot needs a MuJoCo task; {task_name} is not one "
+                f"(choose from {envs.MANIPULATION_TASKS})."
+            )
         self.task, self.task_name = task, task_name
         self._mujoco, self._jax = mujoco, jax
         self.model = task.mj_model
@@ -71,6 +85,7 @@ class SimRobot:
         self._renderer = None
         if cameras:
             from resfit_jax.envs.cameras import CameraRenderer, default_cameras
+
             names = default_cameras(self.model) if cameras == "default" else tuple(cameras)
             renderer = CameraRenderer(self.model, 1, names, resolution)
             self._renderer = jax.jit(renderer)
@@ -93,11 +108,16 @@ class SimRobot:
         return int(self.task.action_size)
 
     def spec(self) -> dict:
-        return {"task": self.task_name, "observation_size": self.observation_size,
-                "action_size": self.action_size, "control_hz": 1.0 / self.task.ctrl_dt,
-                "action_low": self.low.tolist(), "action_high": self.high.tolist(),
-                "action_obs_index": list(self.task.action_obs_index),
-                "cameras": {c: list(v) for c, v in self.cameras.items()}}
+        return {
+            "task": self.task_name,
+            "observation_size": self.observation_size,
+            "action_size": self.action_size,
+            "control_hz": 1.0 / self.task.ctrl_dt,
+            "action_low": self.low.tolist(),
+            "action_high": self.high.tolist(),
+            "action_obs_index": list(self.task.action_obs_index),
+            "cameras": {c: list(v) for c, v in self.cameras.items()},
+        }
 
     # -- RobotInterface -----------------------------------------------------------------------
     def _delay(self) -> None:
@@ -130,13 +150,17 @@ class SimRobot:
             return np.asarray(self.task._observe(self.data, self._info), np.float32)
         d = self.data
         proprio, _ = self.task._proprio(d)
-        scene = {f: np.asarray(getattr(d, f), np.float32)[None]
-                 for f in ("geom_xpos", "geom_xmat", "cam_xpos", "cam_xmat")}
+        scene = {
+            f: np.asarray(getattr(d, f), np.float32)[None]
+            for f in ("geom_xpos", "geom_xmat", "cam_xpos", "cam_xmat")
+        }
         scene["geom_xmat"] = scene["geom_xmat"].reshape(1, -1, 3, 3)
         scene["cam_xmat"] = scene["cam_xmat"].reshape(1, -1, 3, 3)
         frames = self._renderer(scene)
-        return {"state": np.concatenate([np.asarray(x, np.float32) for x in proprio]),
-                **{c: np.asarray(x[0]) for c, x in frames.items()}}
+        return {
+            "state": np.concatenate([np.asarray(x, np.float32) for x in proprio]),
+            **{c: np.asarray(x[0]) for c, x in frames.items()},
+        }
 
     def send_action(self, action: np.ndarray) -> None:
         if self._info is None:
@@ -145,12 +169,14 @@ class SimRobot:
             raise RuntimeError("SimRobot is emergency-stopped; reset() to re-enable it.")
         a = np.asarray(action, np.float64)
         if a.shape != (self.action_size,) or not np.all(np.isfinite(a)):
-            raise ValueError(f"SimRobot.send_action: need a finite action [{self.action_size}], "
-                             f"got shape {a.shape}.")
+            raise ValueError(
+                f"SimRobot.send_action: need a finite action [{self.action_size}], "
+                f"got shape {a.shape}."
+            )
         a = np.clip(a, self.low, self.high)
         ctrl = np.zeros(self.model.nu)
         for i, arm in enumerate(self.task.arms):
-            a7 = a[7 * i:7 * i + 7]
+            a7 = a[7 * i : 7 * i + 7]
             ctrl[np.asarray(arm.ctrl)] = np.concatenate([a7[:6], a7[6:7], a7[6:7]])
         self.data.ctrl[:] = ctrl
         for _ in range(self.task.n_substeps):
@@ -174,15 +200,27 @@ class SimRobot:
 
 
 # ------------------------------------------------------------------------------ server
-def serve(robot: SimRobot, host: str = "127.0.0.1", port: int = 0, authkey: bytes = b"",
-          max_clients: int | None = None, announce=print, parent_pid: int | None = None
-          ) -> None:
+def serve(
+    robot: SimRobot,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    authkey: bytes = b"",
+    max_clients: int | None = None,
+    announce=print,
+    parent_pid: int | None = None,
+) -> None:
     """Serve ``robot`` over the robot link (``robot.link.RobotServer``: one authenticated
     client at a time, the robot stopped on any abnormal end) until ``max_clients`` sessions
     have ended (forever if None). With ``parent_pid`` the server exits when that process
     dies."""
-    server = RobotServer(robot, authkey, host, port, max_sessions=max_clients,
-                         log=lambda line: (announce(line), sys.stdout.flush()))
+    server = RobotServer(
+        robot,
+        authkey,
+        host,
+        port,
+        max_sessions=max_clients,
+        log=lambda line: (announce(line), sys.stdout.flush()),
+    )
     if parent_pid is not None:
         exit_with_parent(parent_pid, lambda: server.stop_robot("parent exit"))
     announce(f"sim robot {robot.task_name} listening on {server.address}")
@@ -208,18 +246,35 @@ def new_key() -> str:
     return secrets.token_hex(16)
 
 
-def spawn_server(task_name: str = "PickPlace", authkey: str | None = None, seed: int = 0,
-                 latency_s: float = 0.0, jitter_s: float = 0.0, timeout_s: float = 120.0,
-                 extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str, str]:
-    """Start the simulated robot server (``resfit-sim-robot``) in a new process; returns (process, address,
-    key) once it listens. The key travels in the environment, never on the command line."""
+def spawn_server(
+    task_name: str = "PickPlace",
+    authkey: str | None = None,
+    seed: int = 0,
+    latency_s: float = 0.0,
+    jitter_s: float = 0.0,
+    timeout_s: float = 120.0,
+    extra_args: tuple[str, ...] = (),
+) -> tuple[subprocess.Popen, str, str]:
+    """Start the simulated robot server (``resfit-sim-robot``) in a new process; returns
+    (process, address, key) once it listens. The key travels in the environment, never on the
+    command line."""
     key = authkey or new_key()
     env = dict(os.environ, **{KEY_ENV: key})
-    cmd = [sys.executable, "-m", "resfit_jax.experiments.sim_robot_server", f"--task={task_name}",
-           "--port=0", f"--seed={seed}", f"--latency_s={latency_s}", f"--jitter_s={jitter_s}",
-           f"--parent_pid={os.getpid()}", *extra_args]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "resfit_jax.experiments.sim_robot_server",
+        f"--task={task_name}",
+        "--port=0",
+        f"--seed={seed}",
+        f"--latency_s={latency_s}",
+        f"--jitter_s={jitter_s}",
+        f"--parent_pid={os.getpid()}",
+        *extra_args,
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         line = proc.stdout.readline()

@@ -21,6 +21,7 @@ checkpointed (orbax) after every
 (even SIGKILL) loses at most the episode in progress. Files under ``out``: journal/,
 checkpoints/, metrics.jsonl, tb/, config.json.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,33 +33,38 @@ from typing import Any
 import jax
 import numpy as np
 
-from resfit_jax.observations import camera_shapes
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.base.policy import BasePolicy
-from resfit_jax.run.checkpointing import RunCheckpointer
-from resfit_jax.run.configs import to_dict
 from resfit_jax.learner import Learner, has_critic_warmup
-from resfit_jax.run.locks import RunLock
-from resfit_jax.run.logger import MetricsLogger
 from resfit_jax.normalization import Normalizer
+from resfit_jax.observations import camera_shapes
 from resfit_jax.replay import ReplayConfig
-from resfit_jax.run.validation import number_errors
 from resfit_jax.robot.journal import Journal
 from resfit_jax.robot.learner import AsyncLearner, PolicyRunner, RobotLearner
+from resfit_jax.robot.loop import (
+    EmergencyStop,
+    EpisodeRecord,
+    LoopConfig,
+    RobotInterface,
+    SafetyLimits,
+    run_episode,
+)
 from resfit_jax.robot.operator import Label, Labeller
-from resfit_jax.robot.loop import (EmergencyStop, EpisodeRecord, LoopConfig,
-                                            RobotInterface, SafetyLimits, run_episode)
+from resfit_jax.run.checkpointing import RunCheckpointer
+from resfit_jax.run.configs import to_dict
+from resfit_jax.run.locks import RunLock
+from resfit_jax.run.logger import MetricsLogger
+from resfit_jax.run.validation import number_errors
 
 
 @dataclasses.dataclass(frozen=True)
 class RobotTrainConfig:
     learner: ResidualTD3Config = dataclasses.field(default_factory=ResidualTD3Config.small)
-    replay: ReplayConfig = dataclasses.field(
-        default_factory=lambda: ReplayConfig(capacity=100_000))
+    replay: ReplayConfig = dataclasses.field(default_factory=lambda: ReplayConfig(capacity=100_000))
     loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
-    mode: str = "sync"                     # "sync" | "async"
-    sync_every: str = "episode"            # "step" | "episode" (sync mode)
-    updates_per_step: int = 1              # learner updates per env step (sync mode)
+    mode: str = "sync"  # "sync" | "async"
+    sync_every: str = "episode"  # "step" | "episode" (sync mode)
+    updates_per_step: int = 1  # learner updates per env step (sync mode)
     max_update_ratio: float | None = None  # async: cap on updates per collected env step
     warmup_episodes: int = 2
     warmup_noise: float = 0.0
@@ -69,29 +75,44 @@ class RobotTrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        errors = number_errors(self, non_negative=("warmup_noise", "critic_warmup_updates"),
-                               at_least_one=("min_replay",), positive=("max_update_ratio",))
+        errors = number_errors(
+            self,
+            non_negative=("warmup_noise", "critic_warmup_updates"),
+            at_least_one=("min_replay",),
+            positive=("max_update_ratio",),
+        )
         if errors:
             raise ValueError("RobotTrainConfig: " + "; ".join(errors) + ".")
         if self.mode not in ("sync", "async"):
             raise ValueError(f"RobotTrainConfig.mode must be 'sync' or 'async', got {self.mode!r}.")
         if self.sync_every not in ("step", "episode"):
-            raise ValueError("RobotTrainConfig.sync_every must be 'step' or 'episode', got "
-                             f"{self.sync_every!r}.")
+            raise ValueError(
+                f"RobotTrainConfig.sync_every must be 'step' or 'episode', got {self.sync_every!r}."
+            )
         if self.updates_per_step < 0 or self.warmup_episodes < 0 or self.checkpoint_every < 1:
-            raise ValueError("RobotTrainConfig: updates_per_step and warmup_episodes must be "
-                             ">= 0 and checkpoint_every >= 1.")
+            raise ValueError(
+                "RobotTrainConfig: updates_per_step and warmup_episodes must be "
+                ">= 0 and checkpoint_every >= 1."
+            )
 
 
 class RobotTrainer:
     """See the module docstring. ``offline`` is the demo buffer (``demo_buffer.offline_buffer``)
     or None; ``normalizer`` the run's statistics (a restart uses the checkpoint's)."""
 
-    def __init__(self, cfg: RobotTrainConfig, base: BasePolicy, learner: Learner,
-                 normalizer: Normalizer, offline: Any, out: str, extra_info: dict | None = None):
+    def __init__(
+        self,
+        cfg: RobotTrainConfig,
+        base: BasePolicy,
+        learner: Learner,
+        normalizer: Normalizer,
+        offline: Any,
+        out: str,
+        extra_info: dict | None = None,
+    ):
         self.cfg, self.base, self.learner = cfg, base, learner
         self.out = out
-        self.lock = RunLock(out, "robot run").acquire()   # one process per journal
+        self.lock = RunLock(out, "robot run").acquire()  # one process per journal
         try:
             self._open(cfg, base, learner, normalizer, offline, out, extra_info)
         except BaseException:
@@ -105,22 +126,35 @@ class RobotTrainer:
             with open(cfg_path) as f:
                 saved = json.load(f)["config"]
             if saved != cfg_dict:
-                diff = sorted(k for k in set(saved) | set(cfg_dict) if saved.get(k) != cfg_dict.get(k))
-                raise ValueError(f"{out} holds a robot run with a different config (fields "
-                                 f"{diff}); use the same flags or a new --out.")
+                diff = sorted(
+                    k for k in set(saved) | set(cfg_dict) if saved.get(k) != cfg_dict.get(k)
+                )
+                raise ValueError(
+                    f"{out} holds a robot run with a different config (fields "
+                    f"{diff}); use the same flags or a new --out."
+                )
         else:
             with open(cfg_path, "w") as f:
                 json.dump({"config": cfg_dict, **(extra_info or {})}, f, indent=2)
         self.journal = Journal(os.path.join(out, "journal"))
         self.ckpt = RunCheckpointer(os.path.join(out, "checkpoints"))
-        self.rl = RobotLearner(learner, cfg.replay, normalizer, cfg.loop.max_episode_steps,
-                               jax.random.key(cfg.seed), max(cfg.updates_per_step, 1), offline,
-                               cfg.failure_is_terminal, cfg.min_replay)
+        self.rl = RobotLearner(
+            learner,
+            cfg.replay,
+            normalizer,
+            cfg.loop.max_episode_steps,
+            jax.random.key(cfg.seed),
+            max(cfg.updates_per_step, 1),
+            offline,
+            cfg.failure_is_terminal,
+            cfg.min_replay,
+        )
         self.progress = {"critic_warmup_done": False, "checkpoint_episodes": 0}
         self.restored_step: int | None = None
         if self.ckpt.latest_step() is not None:
-            state, prog = self.ckpt.restore({"learner": self.rl.state, "key": self.rl.key,
-                                             "offline": self.rl.offline})
+            state, prog = self.ckpt.restore(
+                {"learner": self.rl.state, "key": self.rl.key, "offline": self.rl.offline}
+            )
             self.rl.state, self.rl.key = state["learner"], state["key"]
             self.rl.offline = state["offline"]
             self.rl.updates = int(prog.get("updates", 0))
@@ -130,9 +164,13 @@ class RobotTrainer:
         metrics = os.path.join(out, "metrics.jsonl")
         lines = sum(1 for _ in open(metrics)) if os.path.exists(metrics) else None
         self.logger = MetricsLogger(out, [cfg.seed], keep_lines=lines)
-        self.runner = PolicyRunner(base, learner, lambda: self.rl.state,
-                                   jax.random.fold_in(jax.random.key(cfg.seed), 0x5EED),
-                                   cfg.warmup_noise)
+        self.runner = PolicyRunner(
+            base,
+            learner,
+            lambda: self.rl.state,
+            jax.random.fold_in(jax.random.key(cfg.seed), 0x5EED),
+            cfg.warmup_noise,
+        )
 
     # -- state from disk -----------------------------------------------------------------
     def _rebuild(self) -> dict:
@@ -149,75 +187,122 @@ class RobotTrainer:
     def counts(self) -> dict:
         entries = self.journal.entries()
         usable = [e for e in entries if e.label in (Label.SUCCESS.value, Label.FAILURE.value)]
-        return {"episodes": len(entries), "usable_episodes": len(usable),
-                "env_steps": int(sum(e.metadata.get("steps", 0) for e in usable)),
-                "successes": sum(e.label == Label.SUCCESS.value for e in usable)}
+        return {
+            "episodes": len(entries),
+            "usable_episodes": len(usable),
+            "env_steps": int(sum(e.metadata.get("steps", 0) for e in usable)),
+            "successes": sum(e.label == Label.SUCCESS.value for e in usable),
+        }
 
     def save(self, state=None) -> None:
         c = self.counts()
-        prog = dict(self.progress, updates=int(self.rl.updates), **c,
-                    checkpoint_episodes=c["episodes"], saves=int(self.progress.get("saves", 0)) + 1)
+        prog = dict(
+            self.progress,
+            updates=int(self.rl.updates),
+            **c,
+            checkpoint_episodes=c["episodes"],
+            saves=int(self.progress.get("saves", 0)) + 1,
+        )
         self.progress = prog
-        self.ckpt.save(prog["saves"], {"learner": state if state is not None else self.rl.state,
-                                       "key": self.rl.key, "offline": self.rl.offline}, prog)
+        self.ckpt.save(
+            prog["saves"],
+            {
+                "learner": state if state is not None else self.rl.state,
+                "key": self.rl.key,
+                "offline": self.rl.offline,
+            },
+            prog,
+        )
 
     # -- the run -------------------------------------------------------------------------
-    def run(self, robot: RobotInterface, labeller: Labeller, limits: SafetyLimits,
-            num_episodes: int, evaluate: str | None = None, progress=print) -> list[dict]:
+    def run(
+        self,
+        robot: RobotInterface,
+        labeller: Labeller,
+        limits: SafetyLimits,
+        num_episodes: int,
+        evaluate: str | None = None,
+        progress=print,
+    ) -> list[dict]:
         """Run ``num_episodes`` more episodes. ``evaluate`` None trains; "eval" runs the
         deterministic residual and "base" the base alone (journaled, no updates).
         Returns the per-episode log rows. Raises EmergencyStop after an e-stop episode has
         been journaled and checkpointed."""
         cfg = self.cfg
         if robot.action_size != self.learner.action_dim:
-            raise ValueError(f"The robot has {robot.action_size} action dims; the base and "
-                             f"learner have {self.learner.action_dim}.")
+            raise ValueError(
+                f"The robot has {robot.action_size} action dims; the base and "
+                f"learner have {self.learner.action_dim}."
+            )
         if robot.observation_size != self.learner.obs_dim:
-            raise ValueError(f"The robot observes {robot.observation_size} values; the "
-                             f"learner expects {self.learner.obs_dim}.")
+            raise ValueError(
+                f"The robot observes {robot.observation_size} values; the "
+                f"learner expects {self.learner.obs_dim}."
+            )
         cams = dict(getattr(robot, "cameras", None) or {})
         if cams != self._cameras:
-            raise ValueError(f"The robot's cameras are {cams or 'none'}; the learner expects "
-                             f"{self._cameras or 'none'} (name -> frame shape).")
+            raise ValueError(
+                f"The robot's cameras are {cams or 'none'}; the learner expects "
+                f"{self._cameras or 'none'} (name -> frame shape)."
+            )
         rows, async_l = [], None
         self._compile(robot)
         try:
             for _ in range(num_episodes):
                 c = self.counts()
-                phase = evaluate or ("warmup" if c["usable_episodes"] < cfg.warmup_episodes
-                                     else "train")
-                if (phase == "train" and not self.progress["critic_warmup_done"]
-                        and self.rl.ready() and has_critic_warmup(self.learner)):
+                phase = evaluate or (
+                    "warmup" if c["usable_episodes"] < cfg.warmup_episodes else "train"
+                )
+                if (
+                    phase == "train"
+                    and not self.progress["critic_warmup_done"]
+                    and self.rl.ready()
+                    and has_critic_warmup(self.learner)
+                ):
                     t0 = time.time()
                     m = self.rl.critic_warmup(cfg.critic_warmup_updates)
                     self.progress["critic_warmup_done"] = True
                     self.save()
-                    progress(f"critic warm-up: {cfg.critic_warmup_updates} updates in "
-                             f"{time.time() - t0:.1f} s {m}")
+                    progress(
+                        f"critic warm-up: {cfg.critic_warmup_updates} updates in "
+                        f"{time.time() - t0:.1f} s {m}"
+                    )
                 if phase == "train" and cfg.mode == "async" and async_l is None:
                     async_l = AsyncLearner(self.rl, cfg.max_update_ratio)
                     async_l.env_steps = c["env_steps"]
                     async_l.start()
                 self.runner.mode = phase
                 self.runner.params = async_l.params if async_l else (lambda: self.rl.state)
-                step_updates = (phase == "train" and cfg.mode == "sync"
-                                and cfg.sync_every == "step" and cfg.updates_per_step > 0)
+                step_updates = (
+                    phase == "train"
+                    and cfg.mode == "sync"
+                    and cfg.sync_every == "step"
+                    and cfg.updates_per_step > 0
+                )
                 updates_before = self.rl.updates
-                rec = run_episode(robot, self.runner, labeller, limits, cfg.loop,
-                                  episode=c["episodes"],
-                                  after_step=self.rl.update if step_updates else None)
+                rec = run_episode(
+                    robot,
+                    self.runner,
+                    labeller,
+                    limits,
+                    cfg.loop,
+                    episode=c["episodes"],
+                    after_step=self.rl.update if step_updates else None,
+                )
                 row = self._finish(rec, phase, async_l, updates_before)
                 rows.append(row)
                 progress(_describe(row))
                 if rec.label == Label.ESTOP:
                     self.save(async_l.params() if async_l else None)
-                    raise EmergencyStop(f"emergency stop ({rec.reason}{': ' + rec.error if rec.error else ''}); "
-                                        f"the episode was journaled as {row.get('journal')}.")
+                    raise EmergencyStop(
+                        f"emergency stop ({rec.reason}{': ' + rec.error if rec.error else ''}); "
+                        f"the episode was journaled as {row.get('journal')}."
+                    )
                 if (row["episode"] + 1) % cfg.checkpoint_every == 0:
                     self.save(async_l.params() if async_l else None)
         finally:
             if async_l is not None:
-                async_l.stop()          # the thread's last state is in self.rl.state
+                async_l.stop()  # the thread's last state is in self.rl.state
                 self.save()
             self.logger.flush()
         return rows
@@ -248,11 +333,16 @@ class RobotTrainer:
         """Journal (first), then replay, then sync updates and the log row."""
         cfg = self.cfg
         c = self.counts()
-        row = {"kind": "robot_episode", "seed": cfg.seed, "phase": phase,
-               "episode": c["episodes"], **rec.stats()}
+        row = {
+            "kind": "robot_episode",
+            "seed": cfg.seed,
+            "phase": phase,
+            "episode": c["episodes"],
+            **rec.stats(),
+        }
         row.pop("clipped_per_dim")
         if rec.steps == 0:
-            row["journal"] = None      # nothing was executed: nothing to keep
+            row["journal"] = None  # nothing was executed: nothing to keep
             return row
         meta = dict(rec.stats(), phase=phase, time=time.time())
         entry = self.journal.write(rec.to_episode(cfg.failure_is_terminal), rec.extras(), meta)
@@ -266,8 +356,12 @@ class RobotTrainer:
             for _ in range(rec.steps):
                 self.rl.update()
         c = self.counts()
-        row.update(env_steps=c["env_steps"], successes_total=c["successes"],
-                   updates=int(self.rl.updates), replay=int(self.rl.replay_size))
+        row.update(
+            env_steps=c["env_steps"],
+            successes_total=c["successes"],
+            updates=int(self.rl.updates),
+            replay=int(self.rl.replay_size),
+        )
         metrics = async_l.metrics if async_l is not None else {}
         row.update({k: v for k, v in metrics.items() if isinstance(v, float)})
         row["updates_this_episode"] = int(self.rl.updates) - updates_before
@@ -283,7 +377,9 @@ class RobotTrainer:
 def _describe(row: dict) -> str:
     if row.get("journal") is None:
         return f"episode {row['episode']}: nothing executed ({row['reason']})"
-    return (f"episode {row['episode']} [{row['phase']}]: {row['label']} ({row['reason']}) in "
-            f"{row['steps']} steps, {row['wall_s']:.1f} s; overruns {row['overruns']}, "
-            f"clipped steps {row['clipped_steps']}, max step {row['max_step_ms']:.1f} ms; "
-            f"updates {row.get('updates', 0)}, replay {row.get('replay', 0)}")
+    return (
+        f"episode {row['episode']} [{row['phase']}]: {row['label']} ({row['reason']}) in "
+        f"{row['steps']} steps, {row['wall_s']:.1f} s; overruns {row['overruns']}, "
+        f"clipped steps {row['clipped_steps']}, max step {row['max_step_ms']:.1f} ms; "
+        f"updates {row.get('updates', 0)}, replay {row.get('replay', 0)}"
+    )

@@ -18,6 +18,7 @@ Every step also gets a content checksum (SHA-256 over its files, ``checksums/<st
 good one is restored instead (with a message). A step that fails to read raises an error
 naming the directory and the step.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,7 @@ def content_hash(path: str) -> str:
 def _global(x) -> bool:
     """Whether orbax should get the jax.Array itself (each process writes its shards): on one
     host every array; on several, those that span hosts (host-local ones go as numpy)."""
-    return isinstance(x, jax.Array) and (jax.process_count() == 1
-                                         or not x.is_fully_addressable)
+    return isinstance(x, jax.Array) and (jax.process_count() == 1 or not x.is_fully_addressable)
 
 
 class DamagedCheckpointError(ValueError):
@@ -72,10 +72,12 @@ def to_storable(tree: PyTree) -> PyTree:
 
 def from_storable(stored: PyTree, template: PyTree) -> PyTree:
     """Inverse of ``to_storable``: re-wrap key data where the template holds typed keys."""
+
     def back(s, t):
         if _is_key(t):
             return jax.random.wrap_key_data(jnp.asarray(s), impl=jax.random.key_impl(t))
         return jnp.asarray(s, dtype=t.dtype) if hasattr(t, "dtype") else s
+
     return jax.tree.map(back, stored, template)
 
 
@@ -84,8 +86,9 @@ class RunCheckpointer:
 
     def __init__(self, directory: str, max_to_keep: int = 2):
         self.directory = os.path.abspath(directory)
-        opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                            enable_async_checkpointing=False)
+        opts = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=False
+        )
         self.manager = ocp.CheckpointManager(self.directory, options=opts)
 
     def latest_step(self) -> int | None:
@@ -114,16 +117,23 @@ class RunCheckpointer:
     def save(self, step: int, state: PyTree, progress: dict) -> None:
         """Every process calls it (multi-host: each writes its own shards of the arrays);
         the primary process writes the checksum once the step is complete."""
-        stored = {k: v if _global(v) else np.asarray(v) for k, v in
-                  self._flat(jax.tree.leaves(to_storable(state))).items()}
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(stored),
-                                                        progress=ocp.args.JsonSave(progress)),
-                          force=True)
+        stored = {
+            k: v if _global(v) else np.asarray(v)
+            for k, v in self._flat(jax.tree.leaves(to_storable(state))).items()
+        }
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(stored), progress=ocp.args.JsonSave(progress)
+            ),
+            force=True,
+        )
         self.manager.wait_until_finished()
         if jax.process_index() == 0:
             self._write_checksum(step)
-        if jax.process_count() > 1:              # every process sees the finished step
+        if jax.process_count() > 1:  # every process sees the finished step
             from jax.experimental import multihost_utils
+
             multihost_utils.sync_global_devices(f"resfit_jax checkpoint {step}")
 
     def _write_checksum(self, step: int) -> None:
@@ -146,12 +156,15 @@ class RunCheckpointer:
             if self.verify(step) is False:
                 raise DamagedCheckpointError(
                     f"Run checkpoint {self._step_dir(step)} is damaged: its files do not match "
-                    "their checksum.")
+                    "their checksum."
+                )
             return self._restore(template, step)
         steps = sorted(self.manager.all_steps(), reverse=True)
         if not steps:
-            raise FileNotFoundError(f"No run checkpoint under {self.directory}; start without "
-                                    "--resume or point --out at the run to continue.")
+            raise FileNotFoundError(
+                f"No run checkpoint under {self.directory}; start without "
+                "--resume or point --out at the run to continue."
+            )
         damaged = []
         for s in steps:
             if self.verify(s) is False:
@@ -165,31 +178,47 @@ class RunCheckpointer:
                 damaged.append(f"{self._step_dir(s)} ({e})")
                 continue
             if damaged:
-                print(f"warning: damaged run checkpoint {'; '.join(damaged)}; resuming from the "
-                      f"previous good one, {self._step_dir(s)}.", file=sys.stderr)
+                print(
+                    f"warning: damaged run checkpoint {'; '.join(damaged)}; resuming from the "
+                    f"previous good one, {self._step_dir(s)}.",
+                    file=sys.stderr,
+                )
             return out
         raise DamagedCheckpointError(
             f"No readable run checkpoint under {self.directory}: {'; '.join(damaged)}. Start "
-            "the run again in a new directory.")
+            "the run again in a new directory."
+        )
 
     def _restore(self, template: PyTree, step: int) -> tuple[PyTree, dict]:
         leaves, treedef = jax.tree.flatten(to_storable(template))
         # restored arrays are placed like the template's (any device count the layout fits)
-        abstract = {k: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=(
-                        x.sharding if _global(x) else None)) for k, x in self._flat(leaves).items()}
+        abstract = {
+            k: jax.ShapeDtypeStruct(
+                np.shape(x), x.dtype, sharding=(x.sharding if _global(x) else None)
+            )
+            for k, x in self._flat(leaves).items()
+        }
         try:
-            out = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+            out = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
+                ),
+            )
         except Exception as e:  # orbax raises several types for missing / corrupt files
-            raise ValueError(f"Run checkpoint step {step} in {self.directory} could not be read "
-                             f"(corrupted, or written by a different configuration): {e}") from e
+            raise ValueError(
+                f"Run checkpoint step {step} in {self.directory} could not be read "
+                f"(corrupted, or written by a different configuration): {e}"
+            ) from e
         for k, want in abstract.items():
             got = out["state"][k]
             if np.shape(got) != want.shape or got.dtype != want.dtype:
-                raise ValueError(f"Run checkpoint step {step} in {self.directory} does not match "
-                                 f"this configuration: leaf {k} is {got.dtype}"
-                                 f"{list(np.shape(got))}, expected {want.dtype}{list(want.shape)}"
-                                 ". Resume with the flags the run was started with.")
+                raise ValueError(
+                    f"Run checkpoint step {step} in {self.directory} does not match "
+                    f"this configuration: leaf {k} is {got.dtype}"
+                    f"{list(np.shape(got))}, expected {want.dtype}{list(want.shape)}"
+                    ". Resume with the flags the run was started with."
+                )
         stored = [out["state"].get(f"{i:06d}", x) for i, x in enumerate(leaves)]
         return from_storable(jax.tree.unflatten(treedef, stored), template), dict(out["progress"])
 

@@ -9,13 +9,15 @@ is not used: it assigns fields with setattr, which frozen dataclasses refuse and
 their validation, it reports an unknown field as a raw KeyError, and the preset an override
 applies to depends on the --task flag, known only after parsing.
 """
+
 from __future__ import annotations
 
 import ast
 import dataclasses
 import json
 import sys
-from typing import Any, Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 CONFIG_PREFIX = "--config."
 
@@ -59,8 +61,10 @@ def apply_overrides(cfg, overrides: Sequence[str] | None):
         for depth, name in enumerate(names):
             fields = {f.name: f for f in dataclasses.fields(obj)}
             if name not in fields:
-                raise ValueError(f"Override {item!r}: {type(obj).__name__} has no field "
-                                 f"{name!r}; fields: {sorted(fields)}.")
+                raise ValueError(
+                    f"Override {item!r}: {type(obj).__name__} has no field "
+                    f"{name!r}; fields: {sorted(fields)}."
+                )
             obj = getattr(obj, name)
             if depth < len(names) - 1:
                 if not dataclasses.is_dataclass(obj):
@@ -68,18 +72,23 @@ def apply_overrides(cfg, overrides: Sequence[str] | None):
                 node = node.setdefault(name, {})
                 continue
             if dataclasses.is_dataclass(obj):
-                raise ValueError(f"Override {item!r}: {name!r} is a group of settings; set its "
-                                 f"fields ({name}.<field>=value).")
+                raise ValueError(
+                    f"Override {item!r}: {name!r} is a group of settings; set its "
+                    f"fields ({name}.<field>=value)."
+                )
             optional = "None" in str(fields[name].type)
             try:
-                node[name] = (None if optional and text.strip() == "None"
-                              else _convert(text.strip(), obj))
+                node[name] = (
+                    None if optional and text.strip() == "None" else _convert(text.strip(), obj)
+                )
             except ValueError as e:
                 raise ValueError(f"Override {item!r}: {e}.") from None
 
     def build(obj, node):
-        return dataclasses.replace(obj, **{
-            k: build(getattr(obj, k), v) if isinstance(v, dict) else v for k, v in node.items()})
+        return dataclasses.replace(
+            obj,
+            **{k: build(getattr(obj, k), v) if isinstance(v, dict) else v for k, v in node.items()},
+        )
 
     return build(cfg, changes) if changes else cfg
 
@@ -116,6 +125,7 @@ def same_config(saved: dict, cfg, ignore: tuple[str, ...] = ()) -> bool:
             elif s[f.name] != c[f.name]:
                 return False
         return set(s) - set(ignore if obj is cfg else ()) <= set(c)
+
     return match(saved, current, cfg)
 
 
@@ -149,11 +159,12 @@ def config_flag_parser(argv: list[str]) -> list[str]:
     while i < len(argv):
         arg = argv[i]
         if arg.startswith(CONFIG_PREFIX):
-            item = arg[len(CONFIG_PREFIX):]
+            item = arg[len(CONFIG_PREFIX) :]
             if "=" not in item:
                 if i + 1 >= len(argv):
-                    raise SystemExit(f"FATAL Flags parsing error: {arg} needs a value "
-                                     "(--config.field=value).")
+                    raise SystemExit(
+                        f"FATAL Flags parsing error: {arg} needs a value (--config.field=value)."
+                    )
                 item, i = f"{item}={argv[i + 1]}", i + 1
             _CONFIG_ARGS.append(item)
         else:
@@ -162,8 +173,10 @@ def config_flag_parser(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(rest)
     except flags.Error as e:
-        print(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on "
-              "flags.", file=sys.stderr)
+        print(
+            f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
 
 

@@ -7,6 +7,7 @@ The lock is ``fcntl.flock`` on ``<dir>/.lock``: the kernel drops it when the hol
 ends, however it ends (even SIGKILL), so a stale lock from a crash never blocks a restart;
 the file records who holds it (pid, host, start time, command) for the error message.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -32,7 +33,7 @@ class RunLock:
         self.what = what
         self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         os.makedirs(self.directory, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -42,11 +43,20 @@ class RunLock:
             os.close(fd)
             raise RunLockedError(
                 f"{self.directory} is in use by another {self.what} ({holder}). Wait for it to "
-                "finish or stop it, or choose another output directory.") from None
+                "finish or stop it, or choose another output directory."
+            ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                 "command": " ".join(sys.argv)[:300]}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "command": " ".join(sys.argv)[:300],
+                }
+            ).encode(),
+        )
         os.fsync(fd)
         self._fd = fd
         return self
@@ -55,8 +65,10 @@ class RunLock:
     def _holder(fd: int) -> str:
         try:
             info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-            return (f"pid {info.get('pid')} on {info.get('host')}, since {info.get('started')}: "
-                    f"{info.get('command')}")
+            return (
+                f"pid {info.get('pid')} on {info.get('host')}, since {info.get('started')}: "
+                f"{info.get('command')}"
+            )
         except (OSError, ValueError):
             return "holder unknown"
 
@@ -66,7 +78,7 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

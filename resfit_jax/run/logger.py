@@ -6,6 +6,7 @@ JSONL rows are flat dicts with ``kind`` ("train" | "eval" | "phase"), ``seed`` a
 count stored in the checkpoint, so rows logged after it (and lost from the state) do not
 appear twice.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ def _clean(v: Any) -> Any:
 class MetricsLogger:
     """``enabled=False`` (a multi-host run's other processes) writes nothing but counts rows."""
 
-    def __init__(self, directory: str, seeds: list[int], keep_lines: int | None = None,
-                 enabled: bool = True):
+    def __init__(
+        self, directory: str, seeds: list[int], keep_lines: int | None = None, enabled: bool = True
+    ):
         from tensorboardX import SummaryWriter
 
         self.enabled = enabled
@@ -56,8 +58,12 @@ class MetricsLogger:
         if tb is not None:
             step = int(row.get("total_env_steps", row.get("env_steps", 0)))
             for k, v in row.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None \
-                        and k not in ("seed", "env_steps", "total_env_steps"):
+                if (
+                    isinstance(v, (int, float))
+                    and not isinstance(v, bool)
+                    and v is not None
+                    and k not in ("seed", "env_steps", "total_env_steps")
+                ):
                     tb.add_scalar(f"{row['kind']}/{k}", v, step)
 
     def flush(self) -> None:

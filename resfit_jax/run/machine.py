@@ -1,4 +1,5 @@
 """Machine description recorded next to every benchmark result."""
+
 from __future__ import annotations
 
 import json

@@ -6,11 +6,12 @@ Left: evaluation success rate vs main-loop env steps, mean over seeds with a min
 and the base's success (dashed) for reference. Right: mean steps of successful episodes vs
 env steps (steps-to-success), same layout. Returns the per-run curves as dicts.
 """
+
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,18 +32,36 @@ def eval_curves(run_dir: str) -> dict:
     steps = sorted(set.intersection(*(set(v) for v in by_seed.values())))
     get = lambda s, t, k: by_seed[s][t].get(k)
     success = np.array([[get(s, t, "success_rate") for t in steps] for s in seeds], float)
-    length = np.array([[np.nan if get(s, t, "mean_success_length") is None
-                        else get(s, t, "mean_success_length") for t in steps] for s in seeds])
+    length = np.array(
+        [
+            [
+                np.nan
+                if get(s, t, "mean_success_length") is None
+                else get(s, t, "mean_success_length")
+                for t in steps
+            ]
+            for s in seeds
+        ]
+    )
     base = np.array([by_seed[s][steps[0]].get("base_success_rate", np.nan) for s in seeds])
     episodes = np.array([by_seed[s][steps[0]].get("episodes", 0) for s in seeds], int)
     total = np.array([by_seed[seeds[0]][t].get("total_env_steps", t) for t in steps])
-    return {"env_steps": np.array(steps), "total_env_steps": total, "success": success,
-            "length": length, "base": base, "episodes": episodes, "seeds": seeds}
+    return {
+        "env_steps": np.array(steps),
+        "total_env_steps": total,
+        "success": success,
+        "length": length,
+        "base": base,
+        "episodes": episodes,
+        "seeds": seeds,
+    }
 
 
-def plot_runs(run_dirs: Sequence[str], out: str, labels: Sequence[str] | None = None,
-              title: str | None = None) -> list[dict]:
+def plot_runs(
+    run_dirs: Sequence[str], out: str, labels: Sequence[str] | None = None, title: str | None = None
+) -> list[dict]:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -64,12 +83,20 @@ def plot_runs(run_dirs: Sequence[str], out: str, labels: Sequence[str] | None = 
             ax.plot(x, mean, color=color, label=f"{label} ({n} seed{'s' * (n > 1)})")
             if n > 1:
                 ax.fill_between(x, lo, hi, color=color, alpha=0.2)
-        ax_s.axhline(float(np.nanmean(c["base"])), color=color, ls="--", lw=1,
-                     label=f"{label}: BC base")
-    ax_s.set(xlabel="env steps (main loop)", ylabel="success rate", ylim=(-0.02, 1.02),
-             title="evaluation success")
-    ax_l.set(xlabel="env steps (main loop)", ylabel="mean steps of successful episodes",
-             title="steps to success")
+        ax_s.axhline(
+            float(np.nanmean(c["base"])), color=color, ls="--", lw=1, label=f"{label}: BC base"
+        )
+    ax_s.set(
+        xlabel="env steps (main loop)",
+        ylabel="success rate",
+        ylim=(-0.02, 1.02),
+        title="evaluation success",
+    )
+    ax_l.set(
+        xlabel="env steps (main loop)",
+        ylabel="mean steps of successful episodes",
+        title="steps to success",
+    )
     ax_s.legend(fontsize=8)
     ax_l.legend(fontsize=8)
     for ax in (ax_s, ax_l):

@@ -10,6 +10,7 @@ warnings unless absl's ``--verbosity`` flag is given (``--verbosity=0`` brings I
 A SIGTERM (``kill``, a cluster's preemption) is raised as ``KeyboardInterrupt``, so a run
 checkpoints on it as it does on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,6 +40,7 @@ def quiet_logging(verbose: bool | None = None) -> bool:
     --verbosity flag was given on the command line). Returns whether logs stay verbose."""
     if verbose is None:
         from absl import flags
+
         verbose = "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present
     if verbose:
         return True

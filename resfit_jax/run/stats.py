@@ -1,5 +1,6 @@
 """Statistics for success rates: Wilson intervals and paired comparisons of two policies on
 the same initial states (churn, gain, exact McNemar p-value, Agresti-Min interval)."""
+
 from __future__ import annotations
 
 import math
@@ -24,12 +25,13 @@ def mcnemar_exact(fixed: int, broken: int) -> float:
     if n == 0:
         return 1.0
     k = min(fixed, broken)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
     return min(1.0, 2.0 * tail)
 
 
-def paired_difference_interval(fixed: int, broken: int, n: int, z: float = 1.96
-                               ) -> tuple[float, float]:
+def paired_difference_interval(
+    fixed: int, broken: int, n: int, z: float = 1.96
+) -> tuple[float, float]:
     """Agresti-Min interval of the paired difference in success rates, (fixed - broken) / n,
     over n matched pairs (each discordant cell and the total adjusted by +0.5 / +2)."""
     if n == 0:
@@ -51,14 +53,23 @@ def paired_outcomes(base_success, policy_success) -> dict:
     base = [bool(x) for x in base_success]
     pol = [bool(x) for x in policy_success]
     if len(base) != len(pol):
-        raise ValueError(f"paired_outcomes: {len(base)} base outcomes but {len(pol)} policy "
-                         "outcomes; compare the same episodes.")
+        raise ValueError(
+            f"paired_outcomes: {len(base)} base outcomes but {len(pol)} policy "
+            "outcomes; compare the same episodes."
+        )
     n = len(base)
     fixed = sum((not b) and p for b, p in zip(base, pol))
     broken = sum(b and (not p) for b, p in zip(base, pol))
     lo, hi = paired_difference_interval(fixed, broken, n)
-    return {"episodes": n, "base_success_rate": sum(base) / n if n else float("nan"),
-            "success_rate": sum(pol) / n if n else float("nan"),
-            "fixed": fixed, "broken": broken,
-            "gain": fixed / n if n else float("nan"), "churn": broken / n if n else float("nan"),
-            "p_value": mcnemar_exact(fixed, broken), "diff_ci_low": lo, "diff_ci_high": hi}
+    return {
+        "episodes": n,
+        "base_success_rate": sum(base) / n if n else float("nan"),
+        "success_rate": sum(pol) / n if n else float("nan"),
+        "fixed": fixed,
+        "broken": broken,
+        "gain": fixed / n if n else float("nan"),
+        "churn": broken / n if n else float("nan"),
+        "p_value": mcnemar_exact(fixed, broken),
+        "diff_ci_low": lo,
+        "diff_ci_high": hi,
+    }

@@ -17,6 +17,7 @@ learner updates of ``replay.utd`` critic steps (plus one actor step) each, so
 
 Override any field from a script with ``--config.residual.hold=true`` (``run.configs``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,7 @@ class BaseExecution:
     def __post_init__(self):
         errors = number_errors(self)
         if self.execution_horizon is not None and self.execution_horizon < 1:
-            errors.append(f"execution_horizon must be >= 1 or None (got "
-                          f"{self.execution_horizon})")
+            errors.append(f"execution_horizon must be >= 1 or None (got {self.execution_horizon})")
         if errors:
             raise ValueError("BaseExecution: " + "; ".join(errors) + ".")
 
@@ -129,48 +129,65 @@ class TrainConfig:
     base: BaseExecution = BaseExecution()
     residual: ResidualOptions = ResidualOptions()
     select: Selection = Selection()
-    method: str = "resfit"             # "resfit"; baselines (``presets.with_method``): "rlpd"
-                                       # (the same learner with no base), "ibrl" (the base
-                                       # and an RL actor propose, the critic picks)
+    method: str = "resfit"  # "resfit"; baselines (``presets.with_method``): "rlpd"
+    # (the same learner with no base), "ibrl" (the base
+    # and an RL actor propose, the critic picks)
     num_envs: int = 1
-    updates_per_step: int = 1          # learner updates per vector step
-    warmup_env_steps: int = 10_000     # phase 1: base + U(-warmup_noise, warmup_noise) residual
+    updates_per_step: int = 1  # learner updates per vector step
+    warmup_env_steps: int = 10_000  # phase 1: base + U(-warmup_noise, warmup_noise) residual
     warmup_noise: float = 0.2
     critic_warmup_updates: int = 10_000  # phase 2: critic-only steps
-    total_env_steps: int = 300_000     # phase 3: main-loop env steps (warm-up not counted)
-    steps_per_chunk: int = 100         # vector steps per jitted scan chunk
-    critic_warmup_chunk: int = 1_000   # critic-only steps per jitted chunk
-    eval_every: int = 10_000           # main-loop env steps between evaluations
-    eval_episodes: int = 100           # exactly this many full episodes per evaluation
+    total_env_steps: int = 300_000  # phase 3: main-loop env steps (warm-up not counted)
+    steps_per_chunk: int = 100  # vector steps per jitted scan chunk
+    critic_warmup_chunk: int = 1_000  # critic-only steps per jitted chunk
+    eval_every: int = 10_000  # main-loop env steps between evaluations
+    eval_episodes: int = 100  # exactly this many full episodes per evaluation
     final_episodes: int | None = None  # held-out final evaluation (None: eval_episodes)
-    num_demos: int | None = None       # offline demos to use (None: all available)
-    action_margin: float = 0.0         # widen the demo action range by this fraction before
-                                       # normalizing, so base actions beyond the demos' range
-                                       # are not clipped (see ActionScaler.fit)
-    obs_min_std: float = 2e-4          # observation std floor (raw units: m, rad)
-    mesh: tuple[int, int] = (1, 1)     # (data, seed) devices (resfit_jax.sharding): envs, their
-                                       # replay and every batch split over the data devices,
-                                       # gradients averaged; seeds split over the seed devices
-    shards: int = 0                    # data shards (0: one per data device): the run's layout;
-                                       # a run resumes on any data-device count dividing it
+    num_demos: int | None = None  # offline demos to use (None: all available)
+    action_margin: float = 0.0  # widen the demo action range by this fraction before
+    # normalizing, so base actions beyond the demos' range
+    # are not clipped (see ActionScaler.fit)
+    obs_min_std: float = 2e-4  # observation std floor (raw units: m, rad)
+    mesh: tuple[int, int] = (1, 1)  # (data, seed) devices (resfit_jax.sharding): envs, their
+    # replay and every batch split over the data devices,
+    # gradients averaged; seeds split over the seed devices
+    shards: int = 0  # data shards (0: one per data device): the run's layout;
+    # a run resumes on any data-device count dividing it
 
     def __post_init__(self):
         errors = number_errors(self)
         if self.method not in METHODS:
             errors.append(f"method must be one of {METHODS} (got {self.method!r})")
         elif (self.method == "ibrl") != isinstance(self.learner, IBRLConfig):
-            errors.append(f"method {self.method!r} with a {type(self.learner).__name__}: build "
-                          "the config with preset(task, scale, method) (sim.presets.with_method)")
+            errors.append(
+                f"method {self.method!r} with a {type(self.learner).__name__}: build "
+                "the config with preset(task, scale, method) (sim.presets.with_method)"
+            )
         res = self.residual
-        if self.method != "resfit" and (res.sees_the_base or res.offset_bound or res.hold
-                                        or self.learner.gate_tau > float("-inf")):
-            errors.append("residual.base_phase, base_plan, offset_bound, hold and the value "
-                          f"gate are ResFiT's options, not {self.method!r}'s")
+        if self.method != "resfit" and (
+            res.sees_the_base
+            or res.offset_bound
+            or res.hold
+            or self.learner.gate_tau > float("-inf")
+        ):
+            errors.append(
+                "residual.base_phase, base_plan, offset_bound, hold and the value "
+                f"gate are ResFiT's options, not {self.method!r}'s"
+            )
         if getattr(self.learner, "residual_mask", False) and not res.hold:
-            errors.append("learner.residual_mask is set by residual.hold (the loop appends the "
-                          "flag it reads); set residual.hold=true instead")
-        for name in ("num_envs", "updates_per_step", "steps_per_chunk", "critic_warmup_chunk",
-                     "eval_every", "eval_episodes", "total_env_steps"):
+            errors.append(
+                "learner.residual_mask is set by residual.hold (the loop appends the "
+                "flag it reads); set residual.hold=true instead"
+            )
+        for name in (
+            "num_envs",
+            "updates_per_step",
+            "steps_per_chunk",
+            "critic_warmup_chunk",
+            "eval_every",
+            "eval_episodes",
+            "total_env_steps",
+        ):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         for name in ("warmup_env_steps", "critic_warmup_updates", "action_margin"):
@@ -179,11 +196,15 @@ class TrainConfig:
         if not 0.0 <= self.warmup_noise <= 1.0:
             errors.append(f"warmup_noise must be in [0, 1] (got {self.warmup_noise})")
         if self.base.temporal_ensemble is not None and res.base_phase:
-            errors.append("residual.base_phase has no meaning with base.temporal_ensemble (a "
-                          "new chunk every step)")
+            errors.append(
+                "residual.base_phase has no meaning with base.temporal_ensemble (a "
+                "new chunk every step)"
+            )
         if (res.offset_bound > 0 or res.hold) and self.base.temporal_ensemble is not None:
-            errors.append("residual.offset_bound / hold reset at each new chunk; with "
-                          "base.temporal_ensemble that is every step, so use one or the other")
+            errors.append(
+                "residual.offset_bound / hold reset at each new chunk; with "
+                "base.temporal_ensemble that is every step, so use one or the other"
+            )
         if not 0.0 < self.obs_min_std < float("inf"):
             errors.append(f"obs_min_std must be > 0 (got {self.obs_min_std})")
         errors += self._layout_errors()
@@ -191,12 +212,17 @@ class TrainConfig:
             errors.append(f"final_episodes must be >= 1 or None (got {self.final_episodes})")
         if self.num_demos is not None and self.num_demos < 1:
             errors.append(f"num_demos must be >= 1 or None (got {self.num_demos})")
-        if self.warmup_env_steps == 0 and self.replay.offline_fraction < 1e-9 and \
-                self.critic_warmup_updates > 0:
+        if (
+            self.warmup_env_steps == 0
+            and self.replay.offline_fraction < 1e-9
+            and self.critic_warmup_updates > 0
+        ):
             errors.append("critic warm-up needs data: set warmup_env_steps > 0 or use demos")
         if res.time_feature and self.replay.bootstrap_truncation:
-            errors.append("residual.time_feature makes the time limit part of the state, so "
-                          "truncation is terminal: set replay.bootstrap_truncation=False with it")
+            errors.append(
+                "residual.time_feature makes the time limit part of the state, so "
+                "truncation is terminal: set replay.bootstrap_truncation=False with it"
+            )
         if errors:
             raise ValueError("TrainConfig: " + "; ".join(errors) + ".")
 
@@ -217,21 +243,28 @@ class TrainConfig:
     def local_replay(self) -> ReplayConfig:
         """One shard's replay: capacity and batch size divided by ``data_shards``."""
         n = self.data_shards
-        return dataclasses.replace(self.replay, capacity=self.replay.capacity // n,
-                                   batch_size=self.replay.batch_size // n)
+        return dataclasses.replace(
+            self.replay, capacity=self.replay.capacity // n, batch_size=self.replay.batch_size // n
+        )
 
     def _layout_errors(self) -> list[str]:
         if len(self.mesh) != 2 or min(self.mesh) < 1 or self.shards < 0:
-            return [f"mesh must be (data, seed) devices >= 1 and shards >= 0 (got mesh="
-                    f"{tuple(self.mesh)}, shards={self.shards})"]
+            return [
+                f"mesh must be (data, seed) devices >= 1 and shards >= 0 (got mesh="
+                f"{tuple(self.mesh)}, shards={self.shards})"
+            ]
         n, errors = self.data_shards, []
         if n % self.mesh[0]:
-            errors.append(f"shards ({n}) must be a multiple of the mesh's data devices "
-                          f"({self.mesh[0]})")
+            errors.append(
+                f"shards ({n}) must be a multiple of the mesh's data devices ({self.mesh[0]})"
+            )
         rp = self.replay
-        for name, size in (("num_envs", self.num_envs), ("replay.capacity", rp.capacity),
-                           ("replay.batch_size's online part", rp.online_batch_size),
-                           ("replay.batch_size's demo part", rp.offline_batch_size)):
+        for name, size in (
+            ("num_envs", self.num_envs),
+            ("replay.capacity", rp.capacity),
+            ("replay.batch_size's online part", rp.online_batch_size),
+            ("replay.batch_size's demo part", rp.offline_batch_size),
+        ):
             if size % n:
                 errors.append(f"{name} ({size}) must divide into {n} data shards")
         return errors

@@ -12,11 +12,13 @@ the same initial states for every policy (matched, paired comparisons), whatever
 of episodes run in parallel. Each episode runs to its own end (success or time limit) and
 is then frozen, so every episode counts once.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +37,9 @@ def episode_keys(key: jax.Array, num_episodes: int, start: int = 0) -> jax.Array
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(start, start + num_episodes))
 
 
-def run_episodes(task: Env, policy: BasePolicy, keys: jax.Array, record: bool = False
-                 ) -> dict[str, jax.Array]:
+def run_episodes(
+    task: Env, policy: BasePolicy, keys: jax.Array, record: bool = False
+) -> dict[str, jax.Array]:
     """Jittable: one full episode per key [N], all in parallel.
 
     Returns success [N] bool, length [N] int32 (steps to the episode's end), success_rate,
@@ -52,17 +55,27 @@ def run_episodes(task: Env, policy: BasePolicy, keys: jax.Array, record: bool = 
         s, pstate, done = carry
         a, pstate = policy.step(pstate, s.obs)
         s2 = jax.vmap(env.step)(s, a)
-        s2 = jax.tree.map(lambda new, old: jnp.where(
-            jnp.reshape(done, done.shape + (1,) * (new.ndim - 1)), old, new), s2, s)
+        s2 = jax.tree.map(
+            lambda new, old: jnp.where(
+                jnp.reshape(done, done.shape + (1,) * (new.ndim - 1)), old, new
+            ),
+            s2,
+            s,
+        )
         return (s2, pstate, done | s2.done), (s2.obs if record else None)
 
     (s, _, _), obs = jax.lax.scan(body, (s, pstate, jnp.zeros((n,), bool)), None, env.horizon)
     success, length = s.info["success"], s.info["steps"]
     n_succ = success.sum()
-    mean_len = jnp.where(n_succ > 0, jnp.where(success, length, 0).sum()
-                         / jnp.maximum(n_succ, 1), jnp.nan)
-    out = {"success": success, "length": length, "success_rate": success.mean(),
-           "mean_success_length": mean_len}
+    mean_len = jnp.where(
+        n_succ > 0, jnp.where(success, length, 0).sum() / jnp.maximum(n_succ, 1), jnp.nan
+    )
+    out = {
+        "success": success,
+        "length": length,
+        "success_rate": success.mean(),
+        "mean_success_length": mean_len,
+    }
     return (out | {"obs": obs}) if record else out
 
 
@@ -81,8 +94,15 @@ def make_episode_runner(task: Env, make_policy: Callable[[Any], BasePolicy], num
     return jax.jit(run)
 
 
-def evaluate_policy(task: Env, policy: BasePolicy | None, num_episodes: int, key: jax.Array,
-                    num_envs: int = 50, runner: Any = None, params: Any = None) -> dict:
+def evaluate_policy(
+    task: Env,
+    policy: BasePolicy | None,
+    num_episodes: int,
+    key: jax.Array,
+    num_envs: int = 50,
+    runner: Any = None,
+    params: Any = None,
+) -> dict:
     """Success rate, Wilson 95% CI and mean steps of successful episodes over exactly
     ``num_episodes`` episodes, run ``num_envs`` at a time. Pass ``runner`` (from
     make_episode_runner) and ``params`` to reuse a compile; then ``policy`` may be None."""
@@ -97,9 +117,15 @@ def evaluate_policy(task: Env, policy: BasePolicy | None, num_episodes: int, key
     steps = np.concatenate(steps)[:num_episodes]
     n, k = len(succ), int(succ.sum())
     lo, hi = wilson_interval(k, n)
-    return {"episodes": n, "successes": k, "success_rate": k / n, "ci95": (lo, hi),
-            "mean_steps_success": float(steps[succ].mean()) if k else float("nan"),
-            "success": succ, "steps": steps}
+    return {
+        "episodes": n,
+        "successes": k,
+        "success_rate": k / n,
+        "ci95": (lo, hi),
+        "mean_steps_success": float(steps[succ].mean()) if k else float("nan"),
+        "success": succ,
+        "steps": steps,
+    }
 
 
 EVAL_SALT = 0xE7A1
@@ -136,24 +162,42 @@ class Evaluator:
         return jax.vmap(lambda k: jax.random.fold_in(k, FINAL_SALT))(self.keys())
 
 
-def make_evaluator(task: Env, seeds: Sequence[int], eval_episodes: int, final_episodes: int,
-                   base: BasePolicy, learner: Any = None, features: Any = None,
-                   offsets: Any = None, reference: BasePolicy | None = None,
-                   policy_of: Callable[[Any], BasePolicy] | None = None) -> Evaluator:
+def make_evaluator(
+    task: Env,
+    seeds: Sequence[int],
+    eval_episodes: int,
+    final_episodes: int,
+    base: BasePolicy,
+    learner: Any = None,
+    features: Any = None,
+    offsets: Any = None,
+    reference: BasePolicy | None = None,
+    policy_of: Callable[[Any], BasePolicy] | None = None,
+) -> Evaluator:
     """``base``: what the learner acts with; ``reference``: the base the paired comparison
     runs alone (default ``base``; the BC base for a base-free learner);
     ``policy_of(learner_state)``: the evaluated policy (default base + residual through
     ``ResidualPolicy`` with the learner's ``features`` and ``offsets``)."""
     reference = base if reference is None else reference
     if policy_of is None:
-        policy_of = lambda lstate: ResidualPolicy(base, lstate.normalizer, learner, lstate,
-                                                  features, offsets)
+        policy_of = lambda lstate: ResidualPolicy(
+            base, lstate.normalizer, learner, lstate, features, offsets
+        )
 
     def evaluators(n):
-        residual = jax.jit(jax.vmap(lambda lstate, key: run_episodes(
-            task, policy_of(lstate), episode_keys(key, n))))
-        base_only = jax.jit(jax.vmap(lambda nz, key: run_episodes(
-            task, ResidualPolicy(reference, nz), episode_keys(key, n)), in_axes=(None, 0)))
+        residual = jax.jit(
+            jax.vmap(
+                lambda lstate, key: run_episodes(task, policy_of(lstate), episode_keys(key, n))
+            )
+        )
+        base_only = jax.jit(
+            jax.vmap(
+                lambda nz, key: run_episodes(
+                    task, ResidualPolicy(reference, nz), episode_keys(key, n)
+                ),
+                in_axes=(None, 0),
+            )
+        )
         return residual, base_only
 
     periodic = evaluators(eval_episodes)

@@ -1,10 +1,12 @@
 """What every simulated trainer builds from a task, a base, its demos and a config: the
 checked demos, the re-chunked base, the time feature, the normalizer fitted on the demos and
 the base's chunk features and offsets for the learner (``prepare_inputs``)."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from resfit_jax.base.features import BaseFeatures, Offsets, chunked_base, make_offsets, rechunk
 from resfit_jax.base.policy import BasePolicy, ObservationPrefix
@@ -27,20 +29,22 @@ class Inputs:
     offsets: Offsets | None = None
 
 
-def prepare_inputs(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: Any,
-                   action_scale: float) -> Inputs:
+def prepare_inputs(
+    task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: Any, action_scale: float
+) -> Inputs:
     """Check the base and demos against the task, re-chunk the base, add the time feature,
     fit the normalizer (demo action range widened by the residual's ``action_scale``) and the
     base's chunk features. ``cfg``: a TrainConfig or a PPOTrainConfig."""
     if base.action_dim != task.action_size:
-        raise ValueError(f"The base policy's action size ({base.action_dim}) does not match the "
-                         f"task's ({task.action_size}); load the base trained for this task.")
+        raise ValueError(
+            f"The base policy's action size ({base.action_dim}) does not match the "
+            f"task's ({task.action_size}); load the base trained for this task."
+        )
     episodes = list(episodes)[: cfg.num_demos] if cfg.num_demos else list(episodes)
     base = rechunk(base, cfg.base.execution_horizon, cfg.base.temporal_ensemble)
     spec = task.observation_spec
     obs_dim = state_size(spec)
-    check_compatible(episodes, obs_dim, task.action_size, type(task).__name__,
-                     camera_shapes(spec))
+    check_compatible(episodes, obs_dim, task.action_size, type(task).__name__, camera_shapes(spec))
     res = cfg.residual
     if res.time_feature:
         base = ObservationPrefix(base, obs_dim)
@@ -50,8 +54,9 @@ def prepare_inputs(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg
     features = BaseFeatures.for_base(base, res.base_phase, res.base_plan)
     offsets = make_offsets(res.offset_bound, res.hold)
     if offsets is not None:
-        chunked_base(base)                     # offsets reset at refills: a chunked base only
+        chunked_base(base)  # offsets reset at refills: a chunked base only
     if features is not None or offsets is not None:
-        normalizer = with_feature_stats(normalizer, episodes, base, features, cfg.obs_min_std,
-                                        offsets)
+        normalizer = with_feature_stats(
+            normalizer, episodes, base, features, cfg.obs_min_std, offsets
+        )
     return Inputs(task, base, episodes, normalizer, features, offsets)

@@ -28,6 +28,7 @@ into the replay's frame ring; the n-step writer and the stored transitions carry
 frames back. Each chunk reports ``stale_frames_max``, the stored transitions whose frames
 were overwritten (the trainer raises when it is not 0).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,32 +41,32 @@ from flax import struct
 from resfit_jax.base.features import BaseFeatures, Offsets, augment, learner_obs_spec
 from resfit_jax.base.policy import BasePolicy
 from resfit_jax.envs.core import Env, auto_reset_envs
-from resfit_jax.replay.frames import FrameStore, camera_spec, id_spec, stale_count, with_ids
 from resfit_jax.learner import Learner
 from resfit_jax.observations import cameras_of
 from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
-from resfit_jax.sim.step import check_action_sizes, initial_base_action, residual_env_step
+from resfit_jax.replay.frames import FrameStore, camera_spec, id_spec, stale_count, with_ids
 from resfit_jax.replay.updates import critic_warmup_updates, reduce_metrics, replay_updates
+from resfit_jax.sim.step import check_action_sizes, initial_base_action, residual_env_step
 
 PyTree = Any
-STAT_KEYS = ("episodes", "successes", "diverged")     # per-chunk counts (summed over shards)
+STAT_KEYS = ("episodes", "successes", "diverged")  # per-chunk counts (summed over shards)
 
 
 @struct.dataclass
 class LoopState:
     env_state: PyTree
     base_state: PyTree
-    base_action: jax.Array          # [E, A] normalized base action for env_state.obs
+    base_action: jax.Array  # [E, A] normalized base action for env_state.obs
     writer_state: PyTree
     replay_state: ReplayState
     learner_state: PyTree
     key: jax.Array
-    env_steps: jax.Array            # total env steps collected (all envs)
-    train_env_steps: jax.Array      # of those, main-loop env steps
-    explore_std: jax.Array          # [E] exploration std of each env's current episode
-    offset: jax.Array               # [E, A] persistent offset (zeros without offsets)
-    frame_id: jax.Array | None = None   # [E] int32: the frame-once id of each env's current
-                                        # frame (None without frame-once storage)
+    env_steps: jax.Array  # total env steps collected (all envs)
+    train_env_steps: jax.Array  # of those, main-loop env steps
+    explore_std: jax.Array  # [E] exploration std of each env's current episode
+    offset: jax.Array  # [E, A] persistent offset (zeros without offsets)
+    frame_id: jax.Array | None = None  # [E] int32: the frame-once id of each env's current
+    # frame (None without frame-once storage)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +84,8 @@ class SimLoop:
     warmup_noise: float = 0.2
     offline_buffer: ReplayBuffer | None = None
     features: BaseFeatures | None = None
-    progressive_steps: int = 0      # residual on in each env step w.p. min(t / T, 1) (0: always)
-    explore_std_range: tuple[float, float] | None = None   # per-episode std ~ U(lo, hi)
+    progressive_steps: int = 0  # residual on in each env step w.p. min(t / T, 1) (0: always)
+    explore_std_range: tuple[float, float] | None = None  # per-episode std ~ U(lo, hi)
     offsets: Offsets | None = None  # lasting corrections (see the module docstring)
 
     def __post_init__(self):
@@ -114,8 +115,9 @@ class SimLoop:
 
     @property
     def learner_obs_spec(self):
-        return learner_obs_spec(self.task.observation_spec, self.features, self.offsets,
-                                self.task.action_size)
+        return learner_obs_spec(
+            self.task.observation_spec, self.features, self.offsets, self.task.action_size
+        )
 
     def _learner_obs(self, obs, base_state, offset, normalizer) -> PyTree:
         x = augment(self.features, obs, base_state, normalizer)
@@ -123,8 +125,9 @@ class SimLoop:
 
     def learner_obs(self, ls: LoopState) -> PyTree:
         """The learner's observation [E, ...] of the current step."""
-        return self._learner_obs(ls.env_state.obs, ls.base_state, ls.offset,
-                                 ls.learner_state.normalizer)
+        return self._learner_obs(
+            ls.env_state.obs, ls.base_state, ls.offset, ls.learner_state.normalizer
+        )
 
     def effective_base_action(self, ls: LoopState) -> jax.Array:
         """[E, A]: the base action the learner corrects (with the persistent offset)."""
@@ -141,22 +144,28 @@ class SimLoop:
     def init(self, key: jax.Array, learner_state: PyTree) -> LoopState:
         k_env, k_loop = jax.random.split(key)
         env_state = self.env.reset(k_env)
-        bstate, a_b = initial_base_action(self.base, learner_state.normalizer, env_state,
-                                          self.num_envs)
+        bstate, a_b = initial_base_action(
+            self.base, learner_state.normalizer, env_state, self.num_envs
+        )
         spec, frames, frame_id = self.learner_obs_spec, None, None
-        if self.frame_once:             # the replay stores frame ids; frames go to the ring
+        if self.frame_once:  # the replay stores frame ids; frames go to the ring
             store = self.frame_store
-            frames, frame_id = store.write(store.init(camera_spec(spec)),
-                                           cameras_of(env_state.obs))
+            frames, frame_id = store.write(store.init(camera_spec(spec)), cameras_of(env_state.obs))
             spec = id_spec(spec)
         return LoopState(
-            env_state=env_state, base_state=bstate, base_action=a_b,
+            env_state=env_state,
+            base_state=bstate,
+            base_action=a_b,
             writer_state=self.writer.init(self.num_envs, spec, self.task.action_size),
             replay_state=self.buffer.init(transition_spec(spec, self.task.action_size), frames),
-            learner_state=learner_state, key=k_loop, env_steps=jnp.zeros((), jnp.int32),
+            learner_state=learner_state,
+            key=k_loop,
+            env_steps=jnp.zeros((), jnp.int32),
             train_env_steps=jnp.zeros((), jnp.int32),
             offset=jnp.zeros((self.num_envs, self.task.action_size), jnp.float32),
-            explore_std=self._draw_std(jax.random.fold_in(k_loop, 7)), frame_id=frame_id)
+            explore_std=self._draw_std(jax.random.fold_in(k_loop, 7)),
+            frame_id=frame_id,
+        )
 
     def _draw_std(self, key: jax.Array) -> jax.Array:
         if self.explore_std_range is None:
@@ -167,8 +176,15 @@ class SimLoop:
     # ------------------------------------------------------------------------- one step
     def _env_step(self, ls: LoopState, residual: jax.Array) -> tuple[LoopState, dict]:
         nz = ls.learner_state.normalizer
-        out = residual_env_step(self.env, self.base, nz, ls.env_state, ls.base_state,
-                                self.effective_base_action(ls), residual)
+        out = residual_env_step(
+            self.env,
+            self.base,
+            nz,
+            ls.env_state,
+            ls.base_state,
+            self.effective_base_action(ls),
+            residual,
+        )
         obs = self.learner_obs(ls)
         next_base_action, offset = out.next_base_action, ls.offset
         if self.offsets is not None:
@@ -177,7 +193,7 @@ class SimLoop:
             next_base_action = self.offsets.effective(out.next_base_action, offset)
         next_obs = self._learner_obs(out.next_obs, out.next_base_state, offset, nz)
         replay_state, frame_id = ls.replay_state, ls.frame_id
-        if self.frame_once:             # each frame once: the true next one, then new episodes'
+        if self.frame_once:  # each frame once: the true next one, then new episodes'
             store = self.frame_store
             frames, next_ids = store.write(replay_state.frames, cameras_of(out.next_obs))
             frames, reset_ids = store.write(frames, cameras_of(out.env_state.obs), out.done)
@@ -185,25 +201,47 @@ class SimLoop:
             replay_state = replay_state.replace(frames=frames)
             frame_id = jnp.where(out.done, reset_ids, next_ids)
         writer_state, cands, valid = self.writer.step(
-            ls.writer_state, obs, out.prev_base_action, out.action, out.reward,
-            next_obs, next_base_action, out.terminated, out.truncated)
-        offset = jnp.where(out.done[:, None], 0.0, offset)       # a new episode starts fresh
-        valid = valid & ~out.diverged[:, None]      # never store a non-finite next observation
+            ls.writer_state,
+            obs,
+            out.prev_base_action,
+            out.action,
+            out.reward,
+            next_obs,
+            next_base_action,
+            out.terminated,
+            out.truncated,
+        )
+        offset = jnp.where(out.done[:, None], 0.0, offset)  # a new episode starts fresh
+        valid = valid & ~out.diverged[:, None]  # never store a non-finite next observation
         ls = ls.replace(
-            env_state=out.env_state, base_state=out.base_state, base_action=out.base_action,
-            writer_state=writer_state, offset=offset, frame_id=frame_id,
+            env_state=out.env_state,
+            base_state=out.base_state,
+            base_action=out.base_action,
+            writer_state=writer_state,
+            offset=offset,
+            frame_id=frame_id,
             replay_state=self.buffer.add(replay_state, cands, valid),
-            env_steps=ls.env_steps + self.num_envs)
-        stats = {"episodes": out.done.sum(), "successes": out.success.sum(),
-                 "diverged": out.diverged.sum()}
+            env_steps=ls.env_steps + self.num_envs,
+        )
+        stats = {
+            "episodes": out.done.sum(),
+            "successes": out.success.sum(),
+            "diverged": out.diverged.sum(),
+        }
         return ls, stats
 
     def _update(self, ls: LoopState, offline: ReplayState | None) -> tuple[LoopState, dict]:
         key, k_up = jax.random.split(ls.key)
         mixer = self.replay.mixer(self.offline_buffer if offline is not None else None)
-        learner_state, metrics = replay_updates(self.learner, ls.learner_state, mixer,
-                                                ls.replay_state, offline, k_up,
-                                                self.updates_per_step)
+        learner_state, metrics = replay_updates(
+            self.learner,
+            ls.learner_state,
+            mixer,
+            ls.replay_state,
+            offline,
+            k_up,
+            self.updates_per_step,
+        )
         return ls.replace(learner_state=learner_state, key=key), metrics
 
     def _frame_stats(self, ls: LoopState) -> dict:
@@ -217,46 +255,52 @@ class SimLoop:
     # --------------------------------------------------------------------------- chunks
     def warmup(self, ls: LoopState, num_steps: int) -> tuple[LoopState, dict]:
         """Collect num_steps vector steps with base + U(-warmup_noise, warmup_noise) residual."""
+
         def body(ls, _):
             key, k = jax.random.split(ls.key)
-            r = jax.random.uniform(k, ls.base_action.shape, minval=-self.warmup_noise,
-                                   maxval=self.warmup_noise)
+            r = jax.random.uniform(
+                k, ls.base_action.shape, minval=-self.warmup_noise, maxval=self.warmup_noise
+            )
             return self._env_step(ls.replace(key=key), self.held(ls, r))
+
         ls, stats = jax.lax.scan(body, ls, None, length=num_steps)
         return ls, jax.tree.map(jnp.sum, stats) | self._frame_stats(ls)
 
-    def critic_warmup(self, ls: LoopState, offline: ReplayState | None, num_updates: int
-                      ) -> tuple[LoopState, dict]:
+    def critic_warmup(
+        self, ls: LoopState, offline: ReplayState | None, num_updates: int
+    ) -> tuple[LoopState, dict]:
         """num_updates critic-only steps (no target noise), each on a fresh mixed batch
         sampled inside the scan (memory stays one batch, whatever num_updates is)."""
         key, k = jax.random.split(ls.key)
         mixer = self.replay.mixer(self.offline_buffer if offline is not None else None, steps=1)
-        learner_state, metrics = critic_warmup_updates(self.learner, ls.learner_state, mixer,
-                                                       ls.replay_state, offline, k, num_updates)
+        learner_state, metrics = critic_warmup_updates(
+            self.learner, ls.learner_state, mixer, ls.replay_state, offline, k, num_updates
+        )
         return ls.replace(learner_state=learner_state, key=key), metrics
 
-    def train(self, ls: LoopState, offline: ReplayState | None, num_steps: int
-              ) -> tuple[LoopState, dict]:
+    def train(
+        self, ls: LoopState, offline: ReplayState | None, num_steps: int
+    ) -> tuple[LoopState, dict]:
         """num_steps vector steps of act (exploration noise) + store + updates."""
+
         def body(ls, _):
             key, k, k_on, k_std = jax.random.split(ls.key, 4)
             std = None if self.explore_std_range is None else ls.explore_std[:, None]
-            r, aux = self.learner.act(ls.learner_state, self.learner_obs(ls),
-                                      self.effective_base_action(ls), k, std=std)
-            if self.progressive_steps > 0:          # Policy Decorator's progressive schedule
+            r, aux = self.learner.act(
+                ls.learner_state, self.learner_obs(ls), self.effective_base_action(ls), k, std=std
+            )
+            if self.progressive_steps > 0:  # Policy Decorator's progressive schedule
                 p = jnp.minimum(ls.train_env_steps / self.progressive_steps, 1.0)
                 r = r * (jax.random.uniform(k_on, (self.num_envs, 1)) < p)
             ls, stats = self._env_step(ls.replace(key=key), self.held(ls, r))
-            if self.explore_std_range is not None:   # a new std for each new episode
+            if self.explore_std_range is not None:  # a new std for each new episode
                 ended = ls.env_state.info["steps"] == 0
-                ls = ls.replace(explore_std=jnp.where(ended, self._draw_std(k_std),
-                                                      ls.explore_std))
+                ls = ls.replace(explore_std=jnp.where(ended, self._draw_std(k_std), ls.explore_std))
             ls = ls.replace(train_env_steps=ls.train_env_steps + self.num_envs)
             ls, metrics = self._update(ls, offline)
-            if "gate" in aux:                       # value-gated residual: share executed
+            if "gate" in aux:  # value-gated residual: share executed
                 metrics = metrics | {"gate_open": aux["gate"].mean()}
             return ls, (stats, metrics)
-        ls, (stats, metrics) = jax.lax.scan(body, ls, None, length=num_steps)
-        return ls, (jax.tree.map(jnp.sum, stats) | reduce_metrics(metrics)
-                    | self._frame_stats(ls))
 
+        ls, (stats, metrics) = jax.lax.scan(body, ls, None, length=num_steps)
+        return ls, (jax.tree.map(jnp.sum, stats) | reduce_metrics(metrics) | self._frame_stats(ls))

@@ -10,13 +10,15 @@ that iterate whole chunks (``iteration_phase``) and the held-out final evaluatio
 A trainer is anything that satisfies ``PhasedTrainer``; a phase function takes the ``Run``
 (``sim.progress``) and returns True to stop early.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -26,8 +28,13 @@ from resfit_jax.run.locks import RunLock
 from resfit_jax.sharding import primary
 from resfit_jax.sim.evaluation import Evaluator
 from resfit_jax.sim.progress import SAVE_EVERY_S, Run, start_run
-from resfit_jax.sim.report import (outcome_bits, pooled, rescore_differences, run_summary,
-                                   summarize_eval)
+from resfit_jax.sim.report import (
+    outcome_bits,
+    pooled,
+    rescore_differences,
+    run_summary,
+    summarize_eval,
+)
 
 
 class PhasedTrainer(Protocol):
@@ -89,13 +96,13 @@ def evaluate_if_due(run: Run, before: int, last: bool, eval_keys: jax.Array) -> 
     prog, trainer, every = run.prog, run.trainer, run.trainer.cfg.eval_every
     if prog.env_steps // every <= before // every and not last:
         return False
-    prog.last_eval = run.log_eval(trainer.evaluator.evaluate(run.state.learner_state,
-                                                             eval_keys))
+    prog.last_eval = run.log_eval(trainer.evaluator.evaluate(run.state.learner_state, eval_keys))
     run.keep_if_best(prog.last_eval)
     run.save()
     run.postfix()
-    return (run.stop_at_env_steps is not None and prog.env_steps >= run.stop_at_env_steps
-            and not last)
+    return (
+        run.stop_at_env_steps is not None and prog.env_steps >= run.stop_at_env_steps and not last
+    )
 
 
 def final_eval_phase(run: Run) -> bool:
@@ -106,25 +113,43 @@ def final_eval_phase(run: Run) -> bool:
     keys = ev.final_keys()
     ev_base = jax.device_get(ev.evaluate_base_final(trainer.normalizer, keys))
     seeds = range(len(prog.seeds))
-    base_rows = [summarize_eval(ev_base, i) | {"outcomes": outcome_bits(ev_base["success"][i])}
-                 for i in seeds]
+    base_rows = [
+        summarize_eval(ev_base, i) | {"outcomes": outcome_bits(ev_base["success"][i])}
+        for i in seeds
+    ]
 
     def held_out(learner_state) -> dict:
         out = jax.device_get(ev.evaluate_final(learner_state, keys))
-        rows = [summarize_eval(out, i, ev_base["success"][i])
-                | {"outcomes": outcome_bits(out["success"][i])} for i in seeds]
-        return {"per_seed": rows, "base_per_seed": base_rows,
-                "pooled": pooled(ev_base["success"], out["success"], base_rows, rows)}
+        rows = [
+            summarize_eval(out, i, ev_base["success"][i])
+            | {"outcomes": outcome_bits(out["success"][i])}
+            for i in seeds
+        ]
+        return {
+            "per_seed": rows,
+            "base_per_seed": base_rows,
+            "pooled": pooled(ev_base["success"], out["success"], base_rows, rows),
+        }
+
     prog.final = held_out(run.state.learner_state if run.best is None else run.best)
-    if run.best is not None:            # select.rule="best": the kept states; the last too
+    if run.best is not None:  # select.rule="best": the kept states; the last too
         last = held_out(run.state.learner_state)
-        prog.final |= {"selected_env_steps": prog.best_env_steps,
-                       "last": {"per_seed": last["per_seed"], "pooled": last["pooled"]}}
+        prog.final |= {
+            "selected_env_steps": prog.best_env_steps,
+            "last": {"per_seed": last["per_seed"], "pooled": last["pooled"]},
+        }
     rows = prog.final["per_seed"]
-    for i, s in enumerate(prog.seeds if not run.rescoring else []):   # rows exist already
-        run.logger.write({"kind": "final_eval", "seed": s, "env_steps": prog.env_steps,
-                          "total_env_steps": prog.env_steps + prog.warmup_env_steps,
-                          **rows[i], "base_success_rate": base_rows[i]["success_rate"]})
+    for i, s in enumerate(prog.seeds if not run.rescoring else []):  # rows exist already
+        run.logger.write(
+            {
+                "kind": "final_eval",
+                "seed": s,
+                "env_steps": prog.env_steps,
+                "total_env_steps": prog.env_steps + prog.warmup_env_steps,
+                **rows[i],
+                "base_success_rate": base_rows[i]["success_rate"],
+            }
+        )
     prog.phase, prog.chunk = "done", 0
     run.save()
     return False
@@ -150,8 +175,12 @@ class RunOptions:
     rescore: bool = False
 
 
-def run_phases(trainer: PhasedTrainer, phase_functions: dict[str, Callable[[Run], bool]],
-               out: str, options: RunOptions = RunOptions()) -> dict:
+def run_phases(
+    trainer: PhasedTrainer,
+    phase_functions: dict[str, Callable[[Run], bool]],
+    out: str,
+    options: RunOptions = RunOptions(),
+) -> dict:
     """The driver every simulated trainer shares: open or resume the run directory under its
     lock, evaluate the base on the periodic starts once, run ``phase_functions[phase]`` until
     "done" (or an early stop: a phase function returns True), write summary.json and return
@@ -163,17 +192,30 @@ def run_phases(trainer: PhasedTrainer, phase_functions: dict[str, Callable[[Run]
 
 
 def _run_phases(trainer: PhasedTrainer, phase_functions: dict, out: str, o: RunOptions) -> dict:
-    ckpt, logger, prog, state, best = start_run(trainer, out, o.resume, o.task_name,
-                                                o.extra_info, o.identity)
-    run = Run(trainer, ckpt, logger, prog, state, time.time() - prog.wall_s,
-              o.progress and primary(), o.task_name, o.stop_at_env_steps, best=best,
-              save_every_s=o.save_every_s)
+    ckpt, logger, prog, state, best = start_run(
+        trainer, out, o.resume, o.task_name, o.extra_info, o.identity
+    )
+    run = Run(
+        trainer,
+        ckpt,
+        logger,
+        prog,
+        state,
+        time.time() - prog.wall_s,
+        o.progress and primary(),
+        o.task_name,
+        o.stop_at_env_steps,
+        best=best,
+        save_every_s=o.save_every_s,
+    )
     if o.rescore:
         if prog.phase != "done":
             logger.close()
             ckpt.close()
-            raise ValueError(f"{out}: the run is not finished (phase {prog.phase!r}); resume "
-                             "it to finish it instead of rescoring.")
+            raise ValueError(
+                f"{out}: the run is not finished (phase {prog.phase!r}); resume "
+                "it to finish it instead of rescoring."
+            )
         recorded, wall = prog.final, prog.wall_s
         prog.phase, run.rescoring = "final_eval", True
     ev = trainer.evaluator
@@ -184,8 +226,9 @@ def _run_phases(trainer: PhasedTrainer, phase_functions: dict, out: str, o: RunO
             prog.base_eval = [summarize_eval(base, i) for i in range(len(prog.seeds))]
             # a zero-initialised residual makes the policy at step 0 the base; the baselines'
             # own actors are evaluated
-            prog.last_eval = run.log_eval(base if trainer.starts_at_base else
-                                          ev.evaluate(state.learner_state, ev.eval_keys()))
+            prog.last_eval = run.log_eval(
+                base if trainer.starts_at_base else ev.evaluate(state.learner_state, ev.eval_keys())
+            )
             run.keep_if_best(prog.last_eval)
         while prog.phase != "done":
             if phase_functions[prog.phase](run):
@@ -196,19 +239,24 @@ def _run_phases(trainer: PhasedTrainer, phase_functions: dict, out: str, o: RunO
             run.save()
             print(f"\nInterrupted: checkpoint saved in {ckpt.directory}; continue with --resume.")
         except Exception:  # the state of an interrupted chunk may already be donated
-            print(f"\nInterrupted mid-chunk: the latest checkpoint in {ckpt.directory} is the "
-                  "previous one; continue with --resume.")
+            print(
+                f"\nInterrupted mid-chunk: the latest checkpoint in {ckpt.directory} is the "
+                "previous one; continue with --resume."
+            )
         logger.close()
         raise
     run.close_bar()
     if o.rescore:
         changed = rescore_differences(recorded, prog.final)
         if changed:
-            prog.final["rescored_from"] = {k: recorded[k] for k in ("pooled", "last")
-                                           if k in recorded}
-            print(f"WARNING: {out}: the rescored held-out evaluation differs from the recorded "
-                  f"one ({'; '.join(changed)}); the summary now holds the new one.")
-        run.t_start = time.time() - wall              # the training's wall time, not ours
+            prog.final["rescored_from"] = {
+                k: recorded[k] for k in ("pooled", "last") if k in recorded
+            }
+            print(
+                f"WARNING: {out}: the rescored held-out evaluation differs from the recorded "
+                f"one ({'; '.join(changed)}); the summary now holds the new one."
+            )
+        run.t_start = time.time() - wall  # the training's wall time, not ours
         run.save()
     logger.close()
     summary = run_summary(prog, trainer.cfg, o.task_name, out, trainer.method)

@@ -12,6 +12,7 @@ across iterations (a rollout that ends mid-episode bootstraps from V of its last
 observation); episodes end on success or at the time limit (``bootstrap_truncation``
 decides whether a time-out is done).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,10 +35,10 @@ PyTree = Any
 class PPOLoopState:
     env_state: PyTree
     base_state: PyTree
-    base_action: jax.Array      # [E, A] normalized base action for env_state.obs
+    base_action: jax.Array  # [E, A] normalized base action for env_state.obs
     learner_state: PyTree
     key: jax.Array
-    env_steps: jax.Array        # env steps collected (all envs)
+    env_steps: jax.Array  # env steps collected (all envs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +69,17 @@ class PPOLoop:
     def init(self, key: jax.Array, learner_state: PyTree) -> PPOLoopState:
         k_env, k_loop = jax.random.split(key)
         env_state = self.env.reset(k_env)
-        bstate, a_b = initial_base_action(self.base, learner_state.normalizer, env_state,
-                                          self.num_envs)
-        return PPOLoopState(env_state=env_state, base_state=bstate, base_action=a_b,
-                            learner_state=learner_state, key=k_loop,
-                            env_steps=jnp.zeros((), jnp.int32))
+        bstate, a_b = initial_base_action(
+            self.base, learner_state.normalizer, env_state, self.num_envs
+        )
+        return PPOLoopState(
+            env_state=env_state,
+            base_state=bstate,
+            base_action=a_b,
+            learner_state=learner_state,
+            key=k_loop,
+            env_steps=jnp.zeros((), jnp.int32),
+        )
 
     def rollout(self, ls: PPOLoopState) -> tuple[PPOLoopState, Rollout, dict]:
         """rollout_length vector steps with the current Gaussian residual."""
@@ -82,22 +89,38 @@ class PPOLoop:
             key, k = jax.random.split(ls.key)
             obs = augment(self.features, ls.env_state.obs, ls.base_state, nz)
             r, aux = self.learner.act(lstate, obs, ls.base_action, k)
-            out = residual_env_step(self.env, self.base, nz, ls.env_state, ls.base_state,
-                                    ls.base_action, r)
+            out = residual_env_step(
+                self.env, self.base, nz, ls.env_state, ls.base_state, ls.base_action, r
+            )
             next_obs = augment(self.features, out.next_obs, out.next_base_state, nz)
             next_value = self.learner.value(lstate, next_obs, out.next_base_action)
             # a diverged step's next observation is not finite: end it with no value
             next_value = jnp.where(out.diverged, 0.0, next_value)
-            step = Rollout(obs=obs, base_action=ls.base_action, sample=aux["sample"],
-                           log_prob=aux["log_prob"], value=aux["value"], reward=out.reward,
-                           next_value=next_value, terminated=out.terminated | out.diverged,
-                           truncated=out.truncated & ~out.diverged, done=out.done)
-            stats = {"episodes": out.done.sum(), "successes": out.success.sum(),
-                     "diverged": out.diverged.sum(),
-                     "residual_abs_mean": jnp.abs(r).mean()}
-            ls = ls.replace(env_state=out.env_state, base_state=out.base_state,
-                            base_action=out.base_action, key=key,
-                            env_steps=ls.env_steps + self.num_envs)
+            step = Rollout(
+                obs=obs,
+                base_action=ls.base_action,
+                sample=aux["sample"],
+                log_prob=aux["log_prob"],
+                value=aux["value"],
+                reward=out.reward,
+                next_value=next_value,
+                terminated=out.terminated | out.diverged,
+                truncated=out.truncated & ~out.diverged,
+                done=out.done,
+            )
+            stats = {
+                "episodes": out.done.sum(),
+                "successes": out.success.sum(),
+                "diverged": out.diverged.sum(),
+                "residual_abs_mean": jnp.abs(r).mean(),
+            }
+            ls = ls.replace(
+                env_state=out.env_state,
+                base_state=out.base_state,
+                base_action=out.base_action,
+                key=key,
+                env_steps=ls.env_steps + self.num_envs,
+            )
             return ls, (step, stats)
 
         ls, (rollout, stats) = jax.lax.scan(body, ls, None, length=self.rollout_length)

@@ -13,10 +13,11 @@ A rollout is one episode horizon of every env (the recipe's iteration); envs con
 across iterations. Scales: "cpu" (256 envs, the 2-core machine) and "accelerator" (4096
 envs, 50M env steps on PickPlace; one GPU).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from resfit_jax.agents.residual_ppo import ResidualPPOConfig
 from resfit_jax.run.validation import number_errors
@@ -31,9 +32,9 @@ class PPOTrainConfig:
 
     learner: ResidualPPOConfig = ResidualPPOConfig()
     num_envs: int = 256
-    rollout_length: int | None = None   # vector steps per iteration (None: the task horizon)
+    rollout_length: int | None = None  # vector steps per iteration (None: the task horizon)
     total_env_steps: int = 10_000_000
-    eval_every: int = 500_000           # env steps between evaluations (at iteration ends)
+    eval_every: int = 500_000  # env steps between evaluations (at iteration ends)
     eval_episodes: int = 100
     final_episodes: int | None = None
     # the same inputs as ResFiT's TrainConfig (sim.config); of the residual's options, PPO
@@ -45,9 +46,11 @@ class PPOTrainConfig:
     residual: ResidualOptions = ResidualOptions()
 
     def __post_init__(self):
-        errors = number_errors(self, at_least_one=("num_envs", "total_env_steps", "eval_every",
-                                                   "eval_episodes"),
-                               non_negative=("action_margin",))
+        errors = number_errors(
+            self,
+            at_least_one=("num_envs", "total_env_steps", "eval_every", "eval_episodes"),
+            non_negative=("action_margin",),
+        )
         if self.rollout_length is not None and self.rollout_length < 1:
             errors.append(f"rollout_length must be >= 1 or None (got {self.rollout_length})")
         if not 0.0 < self.obs_min_std < float("inf"):
@@ -58,11 +61,14 @@ class PPOTrainConfig:
             errors.append(f"num_demos must be >= 1 or None (got {self.num_demos})")
         if self.base.temporal_ensemble is not None and self.residual.base_phase:
             errors.append("residual.base_phase has no meaning with base.temporal_ensemble")
-        inputs_only = ResidualOptions(base_phase=self.residual.base_phase,
-                                      base_plan=self.residual.base_plan)
+        inputs_only = ResidualOptions(
+            base_phase=self.residual.base_phase, base_plan=self.residual.base_plan
+        )
         if self.residual != inputs_only:
-            errors.append("residual PPO takes residual.base_phase and residual.base_plan; the "
-                          "other residual options are ResFiT's")
+            errors.append(
+                "residual PPO takes residual.base_phase and residual.base_plan; the "
+                "other residual options are ResFiT's"
+            )
         if errors:
             raise ValueError("PPOTrainConfig: " + "; ".join(errors) + ".")
 
@@ -74,15 +80,19 @@ class PPOTrainConfig:
         """PPO iterations of the run: total_env_steps in whole rollouts (at least one)."""
         return max(1, self.total_env_steps // (self.num_envs * (self.rollout_length or horizon)))
 
-    def replace(self, **kw) -> "PPOTrainConfig":
+    def replace(self, **kw) -> PPOTrainConfig:
         return dataclasses.replace(self, **kw)
 
 
-def _ppo(action_scale: float, num_envs: int, total_env_steps: int, eval_every: int
-         ) -> PPOTrainConfig:
-    return PPOTrainConfig(learner=ResidualPPOConfig(action_scale=action_scale),
-                          num_envs=num_envs, total_env_steps=total_env_steps,
-                          eval_every=eval_every)
+def _ppo(
+    action_scale: float, num_envs: int, total_env_steps: int, eval_every: int
+) -> PPOTrainConfig:
+    return PPOTrainConfig(
+        learner=ResidualPPOConfig(action_scale=action_scale),
+        num_envs=num_envs,
+        total_env_steps=total_env_steps,
+        eval_every=eval_every,
+    )
 
 
 def point_reach(scale: str = "cpu") -> PPOTrainConfig:
@@ -101,7 +111,7 @@ def pick_place(scale: str = "cpu") -> PPOTrainConfig:
 
 def peg_insertion(scale: str = "cpu") -> PPOTrainConfig:
     cfg = pick_place(scale)
-    return cfg.replace(action_margin=0.3)    # as ResFiT's preset (sim.presets.peg_insertion)
+    return cfg.replace(action_margin=0.3)  # as ResFiT's preset (sim.presets.peg_insertion)
 
 
 def bimanual_handover(scale: str = "cpu") -> PPOTrainConfig:
@@ -120,7 +130,6 @@ def ppo_preset(task: str, scale: str = "cpu", **overrides) -> PPOTrainConfig:
     if scale not in PPO_SCALES:
         raise ValueError(f"Unknown scale {scale!r}; choose one of {PPO_SCALES}.")
     if task not in PPO_PRESETS:
-        raise ValueError(f"No residual-PPO preset for task {task!r}; known: "
-                         f"{sorted(PPO_PRESETS)}.")
+        raise ValueError(f"No residual-PPO preset for task {task!r}; known: {sorted(PPO_PRESETS)}.")
     cfg = PPO_PRESETS[task](scale)
     return dataclasses.replace(cfg, **overrides) if overrides else cfg

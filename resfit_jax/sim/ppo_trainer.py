@@ -10,10 +10,12 @@ checkpoint each time), then "final_eval" on the held-out starts (shared with Res
 trainer). The demos are used only to fit the normalizer, exactly as ResFiT fits it, so the
 base, its action space and the evaluation starts are identical for both methods.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 
@@ -23,12 +25,12 @@ from resfit_jax.base.policy import BasePolicy
 from resfit_jax.data.rlds import Episode
 from resfit_jax.envs.core import Env
 from resfit_jax.normalization import Normalizer
-from resfit_jax.sim.ppo_loop import PPOLoop
-from resfit_jax.sim.ppo_presets import PPOTrainConfig
-from resfit_jax.sim.progress import Run
 from resfit_jax.sim.evaluation import Evaluator, make_evaluator
 from resfit_jax.sim.inputs import prepare_inputs
 from resfit_jax.sim.phases import RunOptions, final_eval_phase, iteration_phase, run_phases
+from resfit_jax.sim.ppo_loop import PPOLoop
+from resfit_jax.sim.ppo_presets import PPOTrainConfig
+from resfit_jax.sim.progress import Run
 
 
 @dataclasses.dataclass
@@ -45,7 +47,7 @@ class PPOTrainer:
     method: str = "ResidualPPO"
     first_phase: str = "train"
     finite_fields: tuple[str, ...] = FINITE_FIELDS
-    starts_at_base: bool = True          # the Gaussian's mean is exactly 0 at init
+    starts_at_base: bool = True  # the Gaussian's mean is exactly 0 at init
 
     def __post_init__(self):
         self.iterate = jax.jit(jax.vmap(self.loop.iteration), donate_argnums=0)
@@ -64,20 +66,26 @@ class PPOTrainer:
         def one(key):
             k_loop, k_learn = jax.random.split(key)
             return self.loop.init(k_loop, learner.init(k_learn, normalizer))
+
         return jax.jit(jax.vmap(one))(self.evaluator.keys())
 
 
-def make_ppo_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode],
-                     cfg: PPOTrainConfig, seeds: Sequence[int]) -> PPOTrainer:
+def make_ppo_trainer(
+    task: Env,
+    base: BasePolicy,
+    episodes: Sequence[Episode],
+    cfg: PPOTrainConfig,
+    seeds: Sequence[int],
+) -> PPOTrainer:
     """Normalizer and base features as ResFiT's ``make_trainer``, then the PPO loop."""
     inp = prepare_inputs(task, base, episodes, cfg, cfg.learner.action_scale)
     rollout = cfg.rollout_length or inp.task.horizon
-    spec = learner_obs_spec(inp.task.observation_spec, inp.features, None,
-                            inp.task.action_size)
+    spec = learner_obs_spec(inp.task.observation_spec, inp.features, None, inp.task.action_size)
     ppo = make_ppo(cfg.learner, spec, inp.task.action_size, cfg.iterations(inp.task.horizon))
     loop = PPOLoop(inp.task, inp.base, ppo, cfg.num_envs, rollout, inp.features)
-    evaluator = make_evaluator(inp.task, seeds, cfg.eval_episodes, cfg.num_final_episodes,
-                               inp.base, ppo, inp.features)
+    evaluator = make_evaluator(
+        inp.task, seeds, cfg.eval_episodes, cfg.num_final_episodes, inp.base, ppo, inp.features
+    )
     return PPOTrainer(inp.task, loop, cfg, inp.normalizer, list(seeds), evaluator)
 
 
@@ -89,12 +97,22 @@ def _ppo_train_phase(run: Run) -> bool:
 PPO_PHASES = {"train": _ppo_train_phase, "final_eval": final_eval_phase}
 
 
-def train_residual_ppo(trainer: PPOTrainer, out: str, resume: bool = False,
-                       progress: bool = True, stop_at_env_steps: int | None = None,
-                       task_name: str = "", extra_info: dict | None = None,
-                       identity: dict | None = None) -> dict:
+def train_residual_ppo(
+    trainer: PPOTrainer,
+    out: str,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at_env_steps: int | None = None,
+    task_name: str = "",
+    extra_info: dict | None = None,
+    identity: dict | None = None,
+) -> dict:
     """Run (or resume) residual PPO; the same outputs as ``sim.trainer.train_residual``
     (metrics.jsonl, TensorBoard, checkpoints, config.json, summary.json with the held-out
     final evaluation) and the same locking and resume rules."""
-    return run_phases(trainer, PPO_PHASES, out, RunOptions(
-        resume, progress, stop_at_env_steps, task_name, extra_info, identity))
+    return run_phases(
+        trainer,
+        PPO_PHASES,
+        out,
+        RunOptions(resume, progress, stop_at_env_steps, task_name, extra_info, identity),
+    )

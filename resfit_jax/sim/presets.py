@@ -18,10 +18,11 @@ observation has no clock). The presets set ``learner.check_finite=False``: the t
 checks every chunk's updates for NaN/inf on the host (the same error, naming the field)
 without a host callback per update.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from resfit_jax.agents.ibrl import IBRLConfig
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
@@ -32,20 +33,43 @@ SCALES = ("paper", "cpu")
 
 
 # --------------------------------------------------------------------------- the presets
-def _paper(total_env_steps: int, capacity: int = 200_000, action_scale: float = 0.1,
-           actor_lr: float = 1e-6) -> TrainConfig:
+def _paper(
+    total_env_steps: int, capacity: int = 200_000, action_scale: float = 0.1, actor_lr: float = 1e-6
+) -> TrainConfig:
     """Paper scale: 2x1024 networks, K = 10, batch 256 = 128 + 128, UTD 4
     with one env, 10k warm-up steps (noise 0.2), 10k critic warm-up steps, n = 3, gamma 0.99,
     truncation bootstrapped, evaluation every 10k steps on 100 episodes."""
     return TrainConfig(
-        learner=ResidualTD3Config(actor_hidden_dims=(1024, 1024), critic_hidden_dims=(1024, 1024),
-                                  num_critics=10, action_scale=action_scale, actor_lr=actor_lr,
-                                  critic_lr=1e-4, exploration_std=0.05, check_finite=False),
-        replay=ReplayConfig(n_step=3, gamma=0.99, bootstrap_truncation=True, utd=4,
-                            batch_size=256, offline_fraction=0.5, capacity=capacity),
-        num_envs=1, updates_per_step=1, warmup_env_steps=10_000, warmup_noise=0.2,
-        critic_warmup_updates=10_000, total_env_steps=total_env_steps, steps_per_chunk=1_000,
-        critic_warmup_chunk=1_000, eval_every=10_000, eval_episodes=100)
+        learner=ResidualTD3Config(
+            actor_hidden_dims=(1024, 1024),
+            critic_hidden_dims=(1024, 1024),
+            num_critics=10,
+            action_scale=action_scale,
+            actor_lr=actor_lr,
+            critic_lr=1e-4,
+            exploration_std=0.05,
+            check_finite=False,
+        ),
+        replay=ReplayConfig(
+            n_step=3,
+            gamma=0.99,
+            bootstrap_truncation=True,
+            utd=4,
+            batch_size=256,
+            offline_fraction=0.5,
+            capacity=capacity,
+        ),
+        num_envs=1,
+        updates_per_step=1,
+        warmup_env_steps=10_000,
+        warmup_noise=0.2,
+        critic_warmup_updates=10_000,
+        total_env_steps=total_env_steps,
+        steps_per_chunk=1_000,
+        critic_warmup_chunk=1_000,
+        eval_every=10_000,
+        eval_episodes=100,
+    )
 
 
 def _arm_cpu(total_env_steps: int, action_margin: float = 0.0) -> TrainConfig:
@@ -57,17 +81,39 @@ def _arm_cpu(total_env_steps: int, action_margin: float = 0.0) -> TrainConfig:
     periodic state, the base at step 0 included (``select.rule="best"``), so a seed whose
     residual never beats the base ends on the base."""
     return TrainConfig(
-        learner=ResidualTD3Config(actor_hidden_dims=(256, 256), critic_hidden_dims=(256, 256),
-                                  num_critics=10, action_scale=0.05, actor_lr=3e-6,
-                                  critic_lr=1e-4, exploration_std=0.01, check_finite=False),
-        replay=ReplayConfig(n_step=10, gamma=0.99, bootstrap_truncation=False, utd=4,
-                            batch_size=256, offline_fraction=0.5, capacity=120_000),
-        num_envs=16, updates_per_step=1, warmup_env_steps=10_240, warmup_noise=0.05,
-        critic_warmup_updates=5_000, total_env_steps=total_env_steps, steps_per_chunk=64,
-        critic_warmup_chunk=500, eval_every=10_240, eval_episodes=100,
+        learner=ResidualTD3Config(
+            actor_hidden_dims=(256, 256),
+            critic_hidden_dims=(256, 256),
+            num_critics=10,
+            action_scale=0.05,
+            actor_lr=3e-6,
+            critic_lr=1e-4,
+            exploration_std=0.01,
+            check_finite=False,
+        ),
+        replay=ReplayConfig(
+            n_step=10,
+            gamma=0.99,
+            bootstrap_truncation=False,
+            utd=4,
+            batch_size=256,
+            offline_fraction=0.5,
+            capacity=120_000,
+        ),
+        num_envs=16,
+        updates_per_step=1,
+        warmup_env_steps=10_240,
+        warmup_noise=0.05,
+        critic_warmup_updates=5_000,
+        total_env_steps=total_env_steps,
+        steps_per_chunk=64,
+        critic_warmup_chunk=500,
+        eval_every=10_240,
+        eval_episodes=100,
         action_margin=action_margin,
         residual=ResidualOptions(base_phase=True, base_plan=1, hold=True),
-        select=Selection(rule="best"))
+        select=Selection(rule="best"),
+    )
 
 
 def point_reach(scale: str = "cpu") -> TrainConfig:
@@ -77,14 +123,36 @@ def point_reach(scale: str = "cpu") -> TrainConfig:
     if scale == "paper":
         return _paper(50_000)
     return TrainConfig(
-        learner=ResidualTD3Config(actor_hidden_dims=(256, 256), critic_hidden_dims=(256, 256),
-                                  num_critics=10, action_scale=0.1, actor_lr=1e-4,
-                                  critic_lr=1e-4, exploration_std=0.05, check_finite=False),
-        replay=ReplayConfig(n_step=3, gamma=0.99, bootstrap_truncation=True, utd=4,
-                            batch_size=256, offline_fraction=0.5, capacity=120_000),
-        num_envs=16, updates_per_step=1, warmup_env_steps=2_048, warmup_noise=0.2,
-        critic_warmup_updates=1_000, total_env_steps=20_000, steps_per_chunk=64,
-        critic_warmup_chunk=500, eval_every=10_240, eval_episodes=100)
+        learner=ResidualTD3Config(
+            actor_hidden_dims=(256, 256),
+            critic_hidden_dims=(256, 256),
+            num_critics=10,
+            action_scale=0.1,
+            actor_lr=1e-4,
+            critic_lr=1e-4,
+            exploration_std=0.05,
+            check_finite=False,
+        ),
+        replay=ReplayConfig(
+            n_step=3,
+            gamma=0.99,
+            bootstrap_truncation=True,
+            utd=4,
+            batch_size=256,
+            offline_fraction=0.5,
+            capacity=120_000,
+        ),
+        num_envs=16,
+        updates_per_step=1,
+        warmup_env_steps=2_048,
+        warmup_noise=0.2,
+        critic_warmup_updates=1_000,
+        total_env_steps=20_000,
+        steps_per_chunk=64,
+        critic_warmup_chunk=500,
+        eval_every=10_240,
+        eval_episodes=100,
+    )
 
 
 def pixel_point_reach(scale: str = "cpu") -> TrainConfig:
@@ -96,9 +164,14 @@ def pixel_point_reach(scale: str = "cpu") -> TrainConfig:
     if scale == "paper":
         return cfg
     return dataclasses.replace(
-        cfg, replay=dataclasses.replace(cfg.replay, batch_size=128, utd=2, frame_once=True),
-        warmup_env_steps=1_024, critic_warmup_updates=500, critic_warmup_chunk=250,
-        total_env_steps=10_240, eval_every=2_048)
+        cfg,
+        replay=dataclasses.replace(cfg.replay, batch_size=128, utd=2, frame_once=True),
+        warmup_env_steps=1_024,
+        critic_warmup_updates=500,
+        critic_warmup_chunk=250,
+        total_env_steps=10_240,
+        eval_every=2_048,
+    )
 
 
 def pick_place(scale: str = "cpu") -> TrainConfig:
@@ -126,16 +199,23 @@ def _pixels(make: Callable[[str], TrainConfig]) -> Callable[[str], TrainConfig]:
     task's recipe with a camera encoder per camera and each frame stored once in the replay
     (``replay.frame_once``); paper scale: the paper's small ViT and a 100k replay (84 px, 2
     cameras: 5.3 GB of frames); CPU: the conv encoder, batch 128, UTD 2 and a 30k replay."""
+
     def build(scale: str = "cpu") -> TrainConfig:
         cfg = make(scale)
         if scale == "paper":
             return dataclasses.replace(
-                cfg, learner=dataclasses.replace(cfg.learner, encoder="vit"),
-                replay=dataclasses.replace(cfg.replay, capacity=100_000, frame_once=True))
+                cfg,
+                learner=dataclasses.replace(cfg.learner, encoder="vit"),
+                replay=dataclasses.replace(cfg.replay, capacity=100_000, frame_once=True),
+            )
         return dataclasses.replace(
-            cfg, learner=dataclasses.replace(cfg.learner, encoder="conv"),
-            replay=dataclasses.replace(cfg.replay, batch_size=128, utd=2, capacity=30_000,
-                                       frame_once=True))
+            cfg,
+            learner=dataclasses.replace(cfg.learner, encoder="conv"),
+            replay=dataclasses.replace(
+                cfg.replay, batch_size=128, utd=2, capacity=30_000, frame_once=True
+            ),
+        )
+
     build.__doc__ = f"{make.__name__} with cameras (``_pixels``)."
     return build
 
@@ -157,21 +237,45 @@ def with_method(cfg: TrainConfig, method: str) -> TrainConfig:
         raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
     if method == "resfit":
         return cfg
-    cfg = dataclasses.replace(cfg, residual=ResidualOptions())   # ResFiT's options only
+    cfg = dataclasses.replace(cfg, residual=ResidualOptions())  # ResFiT's options only
     lr = cfg.learner
-    shared = dict(actor_hidden_dims=lr.actor_hidden_dims, critic_hidden_dims=lr.critic_hidden_dims,
-                  layer_norm=lr.layer_norm, critic_lr=lr.critic_lr, weight_decay=lr.weight_decay,
-                  max_grad_norm=lr.max_grad_norm, check_finite=lr.check_finite)
+    shared = dict(
+        actor_hidden_dims=lr.actor_hidden_dims,
+        critic_hidden_dims=lr.critic_hidden_dims,
+        layer_norm=lr.layer_norm,
+        critic_lr=lr.critic_lr,
+        weight_decay=lr.weight_decay,
+        max_grad_norm=lr.max_grad_norm,
+        check_finite=lr.check_finite,
+    )
     replay = dataclasses.replace(cfg.replay, n_step=3)
     if method == "rlpd":
-        learner = ResidualTD3Config(num_critics=lr.num_critics, action_scale=1.0,
-                                    actor_zero_init=False, actor_lr=1e-4, tau=0.01,
-                                    exploration_std=0.1, **shared)
-        return dataclasses.replace(cfg, method=method, learner=learner, replay=replay,
-                                   warmup_env_steps=10_000, warmup_noise=1.0,
-                                   critic_warmup_updates=0)
-    return dataclasses.replace(cfg, method=method, learner=IBRLConfig(**shared), replay=replay,
-                               warmup_noise=0.0, critic_warmup_updates=0)
+        learner = ResidualTD3Config(
+            num_critics=lr.num_critics,
+            action_scale=1.0,
+            actor_zero_init=False,
+            actor_lr=1e-4,
+            tau=0.01,
+            exploration_std=0.1,
+            **shared,
+        )
+        return dataclasses.replace(
+            cfg,
+            method=method,
+            learner=learner,
+            replay=replay,
+            warmup_env_steps=10_000,
+            warmup_noise=1.0,
+            critic_warmup_updates=0,
+        )
+    return dataclasses.replace(
+        cfg,
+        method=method,
+        learner=IBRLConfig(**shared),
+        replay=replay,
+        warmup_noise=0.0,
+        critic_warmup_updates=0,
+    )
 
 
 PRESETS: dict[str, Callable[[str], TrainConfig]] = {
@@ -181,8 +285,13 @@ PRESETS: dict[str, Callable[[str], TrainConfig]] = {
     "PegInsertion": peg_insertion,
     "BimanualHandover": bimanual_handover,
 }
-PRESETS.update({f"Pixel{name}": _pixels(make) for name, make in list(PRESETS.items())
-                if name in ("PickPlace", "PegInsertion", "BimanualHandover")})
+PRESETS.update(
+    {
+        f"Pixel{name}": _pixels(make)
+        for name, make in list(PRESETS.items())
+        if name in ("PickPlace", "PegInsertion", "BimanualHandover")
+    }
+)
 
 
 def preset(task: str, scale: str = "cpu", method: str = "resfit", **overrides) -> TrainConfig:
@@ -191,7 +300,8 @@ def preset(task: str, scale: str = "cpu", method: str = "resfit", **overrides) -
     if scale not in SCALES:
         raise ValueError(f"Unknown scale {scale!r}; choose one of {SCALES}.")
     if task not in PRESETS:
-        raise ValueError(f"No residual-training preset for task {task!r}; known: "
-                         f"{sorted(PRESETS)}.")
+        raise ValueError(
+            f"No residual-training preset for task {task!r}; known: {sorted(PRESETS)}."
+        )
     cfg = with_method(PRESETS[task](scale), method)
     return dataclasses.replace(cfg, **overrides) if overrides else cfg

@@ -1,5 +1,6 @@
 """What a simulated run keeps between chunks on the host: the typed ``Progress`` record
 (saved as JSON with every checkpoint) and the ``Run`` context the phase functions share."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,34 +28,34 @@ class Progress:
     config: dict
     seeds: list[int]
     phase: str = "warmup"
-    chunk: int = 0                 # chunks done in the current phase
-    env_steps: int = 0             # main-loop env steps per seed
+    chunk: int = 0  # chunks done in the current phase
+    env_steps: int = 0  # main-loop env steps per seed
     warmup_env_steps: int = 0
     jsonl_lines: int = 0
     wall_s: float = 0.0
     saves: int = 0
     base_eval: list[dict] | None = None
     last_eval: list[dict] | None = None
-    base_success: list[list[bool]] | None = None   # [S][N] base outcomes on the eval starts
-    final: dict | None = None                      # held-out final evaluation
-    identity: dict | None = None                   # content hashes of the base and demos
-    best_success: list[float] | None = None        # select="best": kept state's periodic
-    best_env_steps: list[int] | None = None        # success rate and env steps, per seed
+    base_success: list[list[bool]] | None = None  # [S][N] base outcomes on the eval starts
+    final: dict | None = None  # held-out final evaluation
+    identity: dict | None = None  # content hashes of the base and demos
+    best_success: list[float] | None = None  # select="best": kept state's periodic
+    best_env_steps: list[int] | None = None  # success rate and env steps, per seed
 
     @classmethod
-    def from_json(cls, d: dict) -> "Progress":
+    def from_json(cls, d: dict) -> Progress:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-SAVE_EVERY_S = 600.0     # seconds of work a killed run may lose at most (plus one chunk)
+SAVE_EVERY_S = 600.0  # seconds of work a killed run may lose at most (plus one chunk)
 
 
 @dataclasses.dataclass
 class Run:
     """What the phase functions share: the trainer, state, progress, files and the bar."""
 
-    trainer: Any                   # a sim.phases.PhasedTrainer
+    trainer: Any  # a sim.phases.PhasedTrainer
     ckpt: RunCheckpointer
     logger: MetricsLogger
     prog: Progress
@@ -64,9 +65,9 @@ class Run:
     task_name: str
     stop_at_env_steps: int | None
     bar: Any = None
-    best: Any = None               # select="best": the kept learner states (sim.selection)
-    rescoring: bool = False        # re-running a finished run's final evaluation (no new rows)
-    save_every_s: float = SAVE_EVERY_S   # also checkpoint at the first chunk end past this
+    best: Any = None  # select="best": the kept learner states (sim.selection)
+    rescoring: bool = False  # re-running a finished run's final evaluation (no new rows)
+    save_every_s: float = SAVE_EVERY_S  # also checkpoint at the first chunk end past this
     saved_at: float = dataclasses.field(default_factory=time.monotonic)
 
     @property
@@ -78,8 +79,11 @@ class Run:
         self.prog.wall_s = time.time() - self.t_start
         self.logger.flush()
         self.prog.saves += 1
-        self.ckpt.save(self.prog.saves, self.checkpoint_tree(self.state, self.best),
-                       dataclasses.asdict(self.prog))
+        self.ckpt.save(
+            self.prog.saves,
+            self.checkpoint_tree(self.state, self.best),
+            dataclasses.asdict(self.prog),
+        )
         self.saved_at = time.monotonic()
 
     def save_if_due(self) -> None:
@@ -108,20 +112,29 @@ class Run:
         better = improved(rates, self.prog.best_success, self.cfg.select.margin)
         if better.any():
             self.best = keep_better(self.best, current, better)
-            self.prog.best_success = [r if b else k for r, b, k in
-                                      zip(rates, better, self.prog.best_success)]
-            self.prog.best_env_steps = [self.prog.env_steps if b else k for b, k in
-                                        zip(better, self.prog.best_env_steps)]
+            self.prog.best_success = [
+                r if b else k for r, b, k in zip(rates, better, self.prog.best_success)
+            ]
+            self.prog.best_env_steps = [
+                self.prog.env_steps if b else k for b, k in zip(better, self.prog.best_env_steps)
+            ]
 
     def log_eval(self, ev: dict) -> list[dict]:
         rows = []
         for i, s in enumerate(self.prog.seeds):
             r = summarize_eval(ev, i, self.prog.base_success[i])
             rows.append(r)
-            self.logger.write({"kind": "eval", "seed": s, "env_steps": self.prog.env_steps,
-                               "total_env_steps": self.prog.env_steps + self.prog.warmup_env_steps,
-                               **r, "base_success_rate": self.prog.base_eval[i]["success_rate"],
-                               "wall_s": time.time() - self.t_start})
+            self.logger.write(
+                {
+                    "kind": "eval",
+                    "seed": s,
+                    "env_steps": self.prog.env_steps,
+                    "total_env_steps": self.prog.env_steps + self.prog.warmup_env_steps,
+                    **r,
+                    "base_success_rate": self.prog.base_eval[i]["success_rate"],
+                    "wall_s": time.time() - self.t_start,
+                }
+            )
         return rows
 
     def log_chunk(self, stats: dict, kind: str) -> None:
@@ -129,28 +142,43 @@ class Run:
         stats = dict(stats)
         mask = stats.pop("nonfinite_mask", None)
         if mask is not None:
-            raise_if_nonfinite(mask, f"{kind} chunk {self.prog.chunk} (not checkpointed; the "
-                               f"latest checkpoint in {self.ckpt.directory} is from before it)",
-                               fields=self.trainer.finite_fields)
+            raise_if_nonfinite(
+                mask,
+                f"{kind} chunk {self.prog.chunk} (not checkpointed; the "
+                f"latest checkpoint in {self.ckpt.directory} is from before it)",
+                fields=self.trainer.finite_fields,
+            )
         stale = np.max(np.asarray(stats.get("stale_frames_max", 0)))
         if stale > 0:
             loop = self.trainer.loop
             raise ValueError(
-                f"{kind} chunk {self.prog.chunk}: {int(stale)} stored transitions lost their camera "
-                f"frames (the frame-once ring of {loop.frame_store.capacity} frames was overwritten: "
-                "episodes end more often than replay.frame_margin="
+                f"{kind} chunk {self.prog.chunk}: {int(stale)} stored transitions lost their "
+                f"camera frames (the frame-once ring of {loop.frame_store.capacity} frames was "
+                "overwritten: episodes end more often than replay.frame_margin="
                 f"{loop.replay.frame_margin} allows). Restart with a larger "
-                "--config.replay.frame_margin, or --config.replay.frame_once=false.")
-        log_chunk(self.logger, self.prog.seeds, self.prog.env_steps, self.prog.warmup_env_steps,
-                  stats, kind)
+                "--config.replay.frame_margin, or --config.replay.frame_once=false."
+            )
+        log_chunk(
+            self.logger,
+            self.prog.seeds,
+            self.prog.env_steps,
+            self.prog.warmup_env_steps,
+            stats,
+            kind,
+        )
 
     def open_bar(self, desc: str, total: int, initial: int, unit: str) -> None:
         from tqdm import tqdm
 
         self.close_bar()
-        self.bar = tqdm(total=total, initial=initial, unit=unit, unit_scale=True,
-                        disable=not self.show_progress,
-                        desc=f"{desc} {self.task_name} x{len(self.prog.seeds)}".strip())
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            unit=unit,
+            unit_scale=True,
+            disable=not self.show_progress,
+            desc=f"{desc} {self.task_name} x{len(self.prog.seeds)}".strip(),
+        )
         self.postfix()
 
     def close_bar(self) -> None:
@@ -165,7 +193,7 @@ class Run:
             self.bar.set_postfix(eval_success=f"{succ:.0%}")
 
 
-PLACEMENT = ("mesh", "shards")     # where a run's shards sit: free to change on resume
+PLACEMENT = ("mesh", "shards")  # where a run's shards sit: free to change on resume
 
 
 def check_resume_layout(out: str, cfg: Any) -> None:
@@ -178,10 +206,12 @@ def check_resume_layout(out: str, cfg: Any) -> None:
         saved = json.load(f).get("config", {})
     shards = saved.get("shards", 0) or saved.get("mesh", [1, 1])[0]
     if shards != cfg.data_shards:
-        raise ValueError(f"--resume: the run in {out} was started with {shards} data shard(s) "
-                         f"and this config has {cfg.data_shards}; its replay and envs are split "
-                         f"{shards} ways, so resume with --config.shards={shards} (on any "
-                         f"--config.mesh whose data size divides {shards}).")
+        raise ValueError(
+            f"--resume: the run in {out} was started with {shards} data shard(s) "
+            f"and this config has {cfg.data_shards}; its replay and envs are split "
+            f"{shards} ways, so resume with --config.shards={shards} (on any "
+            f"--config.mesh whose data size divides {shards})."
+        )
 
 
 def keeps_best(cfg: Any) -> bool:
@@ -191,9 +221,14 @@ def keeps_best(cfg: Any) -> bool:
     return select is not None and select.rule == "best"
 
 
-def start_run(trainer: Any, out: str, resume: bool, task_name: str,
-           extra_info: dict | None, identity: dict | None
-           ) -> tuple[RunCheckpointer, MetricsLogger, Progress, Any, Any]:
+def start_run(
+    trainer: Any,
+    out: str,
+    resume: bool,
+    task_name: str,
+    extra_info: dict | None,
+    identity: dict | None,
+) -> tuple[RunCheckpointer, MetricsLogger, Progress, Any, Any]:
     """Open (resume) or create a run directory; returns its checkpointer, logger, progress,
     loop state and the kept learner states of ``select="best"`` (or None)."""
     cfg_dict, seeds = to_dict(trainer.cfg), trainer.seeds
@@ -207,26 +242,46 @@ def start_run(trainer: Any, out: str, resume: bool, task_name: str,
         restored, saved = ckpt.restore(template)
         prog = Progress.from_json(saved)
         if not same_config(prog.config, trainer.cfg, ignore=PLACEMENT) or prog.seeds != seeds:
-            raise ValueError(f"--resume: the run in {out} was started with a different config "
-                             "or seeds; resume with the same flags (see its config.json).")
+            raise ValueError(
+                f"--resume: the run in {out} was started with a different config "
+                "or seeds; resume with the same flags (see its config.json)."
+            )
         if identity and prog.identity and identity != prog.identity:
             changed = [k for k in identity if identity[k] != prog.identity.get(k)]
-            raise ValueError(f"--resume: the run in {out} was started with another "
-                             f"{' and '.join(changed)} (content hashes {prog.identity} now "
-                             f"{identity}); resume with the --base and --demos it started with "
-                             "(see its config.json) or choose a new --out.")
-        state = restored["loop"]          # placed like the template (this run's mesh)
+            raise ValueError(
+                f"--resume: the run in {out} was started with another "
+                f"{' and '.join(changed)} (content hashes {prog.identity} now "
+                f"{identity}); resume with the --base and --demos it started with "
+                "(see its config.json) or choose a new --out."
+            )
+        state = restored["loop"]  # placed like the template (this run's mesh)
         # the run keeps the statistics and demos it started with, whatever is on disk now
         trainer.offline = restored["offline"]
         trainer.normalizer = jax.tree.map(lambda x: x[0], state.learner_state.normalizer)
-        return (ckpt, MetricsLogger(out, seeds, prog.jsonl_lines, primary()), prog, state,
-                restored.get("best"))
+        return (
+            ckpt,
+            MetricsLogger(out, seeds, prog.jsonl_lines, primary()),
+            prog,
+            state,
+            restored.get("best"),
+        )
     if not resume and ckpt.latest_step() is not None:
-        raise FileExistsError(f"{out} already holds a run checkpoint; pass --resume to "
-                              "continue it or choose a new --out.")
+        raise FileExistsError(
+            f"{out} already holds a run checkpoint; pass --resume to "
+            "continue it or choose a new --out."
+        )
     if primary():
         with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(dict(extra_info or {}, task=task_name, seeds=seeds, identity=identity,
-                           config=cfg_dict), f, indent=2)
+            json.dump(
+                dict(
+                    extra_info or {},
+                    task=task_name,
+                    seeds=seeds,
+                    identity=identity,
+                    config=cfg_dict,
+                ),
+                f,
+                indent=2,
+            )
     prog = Progress(config=cfg_dict, seeds=seeds, identity=identity, phase=trainer.first_phase)
     return ckpt, MetricsLogger(out, seeds, enabled=primary()), prog, state, None

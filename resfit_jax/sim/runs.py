@@ -8,6 +8,7 @@ the run directories they train into.
 ``base="scripted"`` on PointReach is the biased scripted base with 60 expert demos (pure JAX,
 fast: the benchmarks' laptop-sized default).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ import os
 from typing import Any
 
 
-def open_inputs(task_name: str, base: str | None, demos: str | None
-                ) -> tuple[Any, Any, list, dict, dict]:
+def open_inputs(
+    task_name: str, base: str | None, demos: str | None
+) -> tuple[Any, Any, list, dict, dict]:
     """(task, base policy, demo episodes, identity, paths): identity holds the content hashes
     that every run on these inputs records (runs on other inputs are refused); paths the
     base and demo directories ("scripted" for the scripted base)."""
@@ -32,17 +34,29 @@ def open_inputs(task_name: str, base: str | None, demos: str | None
 
         expert = envs.make_expert("PointReach", task, envs.ExpertStyle())
         episodes, _ = collect_episodes(make_rollout(task, expert.init, expert.act), 60, 30)
-        return (task, FunctionBase(biased_base_action, 2), episodes, {"base": "scripted"},
-                {"base": "scripted", "demos": "scripted"})
+        return (
+            task,
+            FunctionBase(biased_base_action, 2),
+            episodes,
+            {"base": "scripted"},
+            {"base": "scripted", "demos": "scripted"},
+        )
     from resfit_jax.bc.frozen import open_base_and_demos
     from resfit_jax.run.checkpointing import content_hash
 
     policy, info, demo_dir, episodes = open_base_and_demos(
-        base or os.path.join("runs", "bc", task_name), demos,
-        int(task.observation_spec.shape[0]), task.action_size)
-    return (task, policy, episodes,
-            {"base": content_hash(info["path"]), "demos": content_hash(demo_dir)},
-            {"base": info["path"], "demos": demo_dir})
+        base or os.path.join("runs", "bc", task_name),
+        demos,
+        int(task.observation_spec.shape[0]),
+        task.action_size,
+    )
+    return (
+        task,
+        policy,
+        episodes,
+        {"base": content_hash(info["path"]), "demos": content_hash(demo_dir)},
+        {"base": info["path"], "demos": demo_dir},
+    )
 
 
 def finished(run: str) -> bool:
@@ -89,10 +103,13 @@ def check_same_action_range(runs: dict[str, str]) -> None:
     ref_name = "resfit" if "resfit" in ranges else next(iter(ranges))
     ref = ranges[ref_name]
     odd = [m for m, r in ranges.items() if r != ref]
-    fix = " ".join(f"--override={m}:{k}={v}" for m in odd for k, v in ref.items()
-                   if ranges[m][k] != v)
-    raise ValueError(f"The runs clip actions to different ranges ({ranges}): their base is "
-                     f"not the same policy. Move {', '.join(odd)} aside and re-train with {fix}.")
+    fix = " ".join(
+        f"--override={m}:{k}={v}" for m in odd for k, v in ref.items() if ranges[m][k] != v
+    )
+    raise ValueError(
+        f"The runs clip actions to different ranges ({ranges}): their base is "
+        f"not the same policy. Move {', '.join(odd)} aside and re-train with {fix}."
+    )
 
 
 def check_comparable(runs: dict[str, str]) -> None:
@@ -126,9 +143,15 @@ def method_preset(method: str, task_name: str, scale: str = "cpu") -> Any:
     return preset(task_name, scale, method)
 
 
-def method_trainer(method: str, task_name: str, inputs: tuple, seeds: list[int],
-                   overrides: list[str], scale: str = "cpu", base_dir: str | None = None
-                   ) -> tuple[Any, Any]:
+def method_trainer(
+    method: str,
+    task_name: str,
+    inputs: tuple,
+    seeds: list[int],
+    overrides: list[str],
+    scale: str = "cpu",
+    base_dir: str | None = None,
+) -> tuple[Any, Any]:
     """(trainer, train function) of ``method`` with ``method_preset`` and ``overrides``, on
     ``inputs`` (task, base, demo episodes, ...; e.g. from ``open_inputs``): "resfit",
     "rlpd", "ibrl" through ``sim.trainer``, "ppo" through ``sim.ppo_trainer``, "fbc" through
@@ -136,8 +159,10 @@ def method_trainer(method: str, task_name: str, inputs: tuple, seeds: list[int],
     from resfit_jax.run.configs import apply_overrides
 
     if method == "fbc" and (base_dir is None or base_dir == "scripted"):
-        raise ValueError("Filtered BC tunes a train_bc base: pass its checkpoint directory "
-                         "(the scripted PointReach base has no parameters).")
+        raise ValueError(
+            "Filtered BC tunes a train_bc base: pass its checkpoint directory "
+            "(the scripted PointReach base has no parameters)."
+        )
     cfg = apply_overrides(method_preset(method, task_name, scale), overrides)
     task, base, episodes = inputs[:3]
     if method == "fbc":
@@ -156,16 +181,33 @@ def method_trainer(method: str, task_name: str, inputs: tuple, seeds: list[int],
 RUN_METHOD_NAMES = {"fbc": "fbc", "ppo": "ResidualPPO"}
 
 
-def train_or_resume(method: str, task_name: str, inputs: tuple, run: str, seeds: list[int],
-                    overrides: list[str], scale: str = "cpu",
-                    stop_at_env_steps: int | None = None, base_dir: str | None = None) -> dict:
+def train_or_resume(
+    method: str,
+    task_name: str,
+    inputs: tuple,
+    run: str,
+    seeds: list[int],
+    overrides: list[str],
+    scale: str = "cpu",
+    stop_at_env_steps: int | None = None,
+    base_dir: str | None = None,
+) -> dict:
     """Train ``method`` (``method_trainer``) on ``inputs`` into ``run``, resuming it when it
     has a checkpoint; returns the run's summary."""
     trainer, train = method_trainer(method, task_name, inputs, seeds, overrides, scale, base_dir)
-    return train(trainer, run, resume=has_checkpoint(run), stop_at_env_steps=stop_at_env_steps,
-                 task_name=task_name, identity=inputs[3],
-                 extra_info={"scale": scale, "overrides": list(overrides),
-                             "method": RUN_METHOD_NAMES.get(method, method)})
+    return train(
+        trainer,
+        run,
+        resume=has_checkpoint(run),
+        stop_at_env_steps=stop_at_env_steps,
+        task_name=task_name,
+        identity=inputs[3],
+        extra_info={
+            "scale": scale,
+            "overrides": list(overrides),
+            "method": RUN_METHOD_NAMES.get(method, method),
+        },
+    )
 
 
 def has_outcomes(run: str) -> bool:
@@ -176,8 +218,16 @@ def has_outcomes(run: str) -> bool:
         return held_out_outcomes(json.load(f)) is not None
 
 
-def rescore(method: str, task_name: str, inputs: tuple, run: str, seeds: list[int],
-            overrides: list[str], scale: str = "cpu", base_dir: str | None = None) -> dict:
+def rescore(
+    method: str,
+    task_name: str,
+    inputs: tuple,
+    run: str,
+    seeds: list[int],
+    overrides: list[str],
+    scale: str = "cpu",
+    base_dir: str | None = None,
+) -> dict:
     """Re-run a finished run's held-out final evaluation (``sim.trainer.rescore_run``) with
     the trainer it was trained with (same overrides: the resume checks apply)."""
     from resfit_jax.sim.trainer import rescore_run

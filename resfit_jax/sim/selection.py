@@ -10,6 +10,7 @@ evaluation's noise). The held-out
 final evaluation then scores the kept state on starts that no selection has seen, and
 also the last state, so the summary shows what selection bought.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,6 +35,7 @@ def keep_better(kept: Any, current: Any, better: np.ndarray) -> Any:
     def pick(k, c):
         mask = better.reshape(better.shape + (1,) * (c.ndim - 1))
         return jnp.where(mask, c, k)
+
     return jax.tree.map(pick, kept, current)
 
 

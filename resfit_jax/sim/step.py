@@ -12,6 +12,7 @@
 Shapes: env_state and base_state have a leading [E]; base_action and residual are [E, A],
 normalized; the env must be ``VmapWrapper(AutoReset(task), E)`` (or give the same info).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,9 +30,11 @@ PyTree = Any
 
 def select(mask: jax.Array, a: PyTree, b: PyTree) -> PyTree:
     """where(mask [E], a, b) over pytrees with leading axis E."""
+
     def pick(x, y):
         m = mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
         return jnp.where(m, x, y)
+
     return jax.tree.map(pick, a, b)
 
 
@@ -65,9 +68,15 @@ class ResidualStep:
     success: jax.Array
 
 
-def residual_env_step(env: Env, base: BasePolicy, normalizer: Normalizer, env_state: PyTree,
-                      base_state: PyTree, base_action: jax.Array, residual: jax.Array
-                      ) -> ResidualStep:
+def residual_env_step(
+    env: Env,
+    base: BasePolicy,
+    normalizer: Normalizer,
+    env_state: PyTree,
+    base_state: PyTree,
+    base_action: jax.Array,
+    residual: jax.Array,
+) -> ResidualStep:
     action = jnp.clip(base_action + residual, -1.0, 1.0)
     s = env.step(env_state, normalizer.unnormalize_action(action))
     done, final_obs, truncated = s.done, s.info["final_obs"], s.info["truncated"]
@@ -75,26 +84,41 @@ def residual_env_step(env: Env, base: BasePolicy, normalizer: Normalizer, env_st
     a_next = normalizer.normalize_action(a_next_raw)
     a_new_raw, b_new = base.step(base.reset(b_next, done), s.obs)
     return ResidualStep(
-        env_state=s, base_state=select(done, b_new, b_next),
+        env_state=s,
+        base_state=select(done, b_new, b_next),
         base_action=select(done, normalizer.normalize_action(a_new_raw), a_next),
-        next_base_state=b_next, obs=env_state.obs, prev_base_action=base_action, action=action, reward=s.reward,
-        next_obs=final_obs, next_base_action=a_next, terminated=done & ~truncated,
-        truncated=truncated, diverged=s.info["diverged"], done=done,
-        success=done & s.info["success"])
+        next_base_state=b_next,
+        obs=env_state.obs,
+        prev_base_action=base_action,
+        action=action,
+        reward=s.reward,
+        next_obs=final_obs,
+        next_base_action=a_next,
+        terminated=done & ~truncated,
+        truncated=truncated,
+        diverged=s.info["diverged"],
+        done=done,
+        success=done & s.info["success"],
+    )
 
 
 def check_action_sizes(task: Env, base: BasePolicy, learner: Any = None) -> None:
     """A clear error when the base's or the learner's action size is not the task's."""
     if base.action_dim != task.action_size:
-        raise ValueError(f"The base policy's action size ({base.action_dim}) does not match the "
-                         f"task's ({task.action_size}).")
+        raise ValueError(
+            f"The base policy's action size ({base.action_dim}) does not match the "
+            f"task's ({task.action_size})."
+        )
     if learner is not None and learner.action_dim != task.action_size:
-        raise ValueError(f"The learner's action_dim ({learner.action_dim}) does not match the "
-                         f"task's ({task.action_size}).")
+        raise ValueError(
+            f"The learner's action_dim ({learner.action_dim}) does not match the "
+            f"task's ({task.action_size})."
+        )
 
 
-def initial_base_action(base: BasePolicy, normalizer: Normalizer, env_state: PyTree,
-                        num_envs: int) -> tuple[PyTree, jax.Array]:
+def initial_base_action(
+    base: BasePolicy, normalizer: Normalizer, env_state: PyTree, num_envs: int
+) -> tuple[PyTree, jax.Array]:
     """(base_state, normalized base action [E, A]) for the first observation of E envs."""
     bstate = base.init_state(num_envs)
     a_b, bstate = base.step(bstate, env_state.obs)

@@ -25,30 +25,34 @@ chunk end ``save_every_s`` (10 min) after the last one, and on Ctrl-C (SIGTERM i
 ``resume=True`` continues from the latest one with the statistics and demo buffer the run
 started with and, on CPU, reproduces the uninterrupted run exactly.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from resfit_jax.agents.checks import FINITE_FIELDS
 from resfit_jax.agents.ibrl import make_ibrl
 from resfit_jax.agents.residual_td3 import make_learner
 from resfit_jax.agents.rlpd import NoBase
-from resfit_jax.base.features import (learner_obs_spec)
+from resfit_jax.base.features import learner_obs_spec
 from resfit_jax.base.policy import BasePolicy
 from resfit_jax.data.rlds import Episode
-from resfit_jax.replay.demos import (offline_buffer)
 from resfit_jax.envs.core import Env
 from resfit_jax.normalization import Normalizer
-from resfit_jax.sim.evaluation import Evaluator, make_evaluator
+from resfit_jax.replay.demos import offline_buffer
 from resfit_jax.sharding import GRAD_AXES, Layout, make_mesh
-from resfit_jax.sim.loop import STAT_KEYS, SimLoop
 from resfit_jax.sim.config import METHOD_NAMES, TrainConfig
+from resfit_jax.sim.evaluation import Evaluator, make_evaluator
 from resfit_jax.sim.inputs import prepare_inputs
+from resfit_jax.sim.loop import STAT_KEYS, SimLoop
 from resfit_jax.sim.phases import RunOptions, final_eval_phase, iteration_phase, run_phases
 from resfit_jax.sim.progress import SAVE_EVERY_S, Run
 
 PHASES = ("warmup", "critic_warmup", "train", "final_eval", "done")
+
+
 @dataclasses.dataclass
 class Trainer:
     """The compiled phase functions of one configuration (built by ``make_trainer``); a
@@ -77,12 +81,12 @@ class Trainer:
     def __post_init__(self):
         loop, cfg = self.loop, self.cfg
         self.layout = Layout(make_mesh(*cfg.mesh), cfg.data_shards, len(self.seeds))
-        chunk = self.layout.chunk             # shard_map over the mesh, vmap over seeds
+        chunk = self.layout.chunk  # shard_map over the mesh, vmap over seeds
         self.warmup = chunk(lambda ls: loop.warmup(ls, cfg.steps_per_chunk), sums=STAT_KEYS)
-        self.critic_warmup = chunk(lambda ls, off: loop.critic_warmup(
-            ls, off, cfg.critic_warmup_chunk))
-        self.train = chunk(lambda ls, off: loop.train(ls, off, cfg.steps_per_chunk),
-                           sums=STAT_KEYS)
+        self.critic_warmup = chunk(
+            lambda ls, off: loop.critic_warmup(ls, off, cfg.critic_warmup_chunk)
+        )
+        self.train = chunk(lambda ls, off: loop.train(ls, off, cfg.steps_per_chunk), sums=STAT_KEYS)
 
     @property
     def iterations(self) -> int:
@@ -96,12 +100,14 @@ class Trainer:
     def init(self):
         """The loop state of every (shard, seed) (layout: ``sharding``)."""
         learner, normalizer = self.loop.learner, self.normalizer
-        return self.layout.init(self.loop.init, lambda k: learner.init(k, normalizer)
-                                )(self.evaluator.keys())
+        return self.layout.init(self.loop.init, lambda k: learner.init(k, normalizer))(
+            self.evaluator.keys()
+        )
 
 
-def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: TrainConfig,
-                 seeds: Sequence[int]) -> Trainer:
+def make_trainer(
+    task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: TrainConfig, seeds: Sequence[int]
+) -> Trainer:
     """Build the normalizer, learner, sim loop and the relabelled demo buffer for a config.
     ``cfg.method`` picks the learner: ResFiT, RLPD (``NoBase`` acts; ``base`` stays the
     evaluations' reference) or IBRL. The baselines' action range is the demos' (widened by
@@ -109,40 +115,78 @@ def make_trainer(task: Env, base: BasePolicy, episodes: Sequence[Episode], cfg: 
     widen = cfg.learner.action_scale if cfg.method == "resfit" else 0.0
     inp = prepare_inputs(task, base, episodes, cfg, widen)
     task, base, episodes, normalizer, features, offsets = (
-        inp.task, inp.base, inp.episodes, inp.normalizer, inp.features, inp.offsets)
+        inp.task,
+        inp.base,
+        inp.episodes,
+        inp.normalizer,
+        inp.features,
+        inp.offsets,
+    )
     reference = None
     if cfg.method == "rlpd":
         reference, base = base, NoBase.for_normalizer(normalizer)
     # one data shard's loop: its envs, replay and batches (``sharding``; one shard: all)
     envs, replay = cfg.num_envs // cfg.data_shards, cfg.local_replay
     build = make_ibrl if cfg.method == "ibrl" else make_learner
-    learner_cfg = cfg.learner                  # hold: the learner masks its residual by the flag
+    learner_cfg = cfg.learner  # hold: the learner masks its residual by the flag
     if offsets is not None and offsets.hold:
         learner_cfg = dataclasses.replace(learner_cfg, residual_mask=True)
-    learner = build(learner_cfg, learner_obs_spec(task.observation_spec, features, offsets,
-                                                  task.action_size),
-                    task.action_size, axis_name=GRAD_AXES)
+    learner = build(
+        learner_cfg,
+        learner_obs_spec(task.observation_spec, features, offsets, task.action_size),
+        task.action_size,
+        axis_name=GRAD_AXES,
+    )
     offline_buf, offline = None, None
     if cfg.replay.offline_fraction > 0:
-        offline_buf, offline = offline_buffer(episodes, base, normalizer,
-                                              cfg.replay.demo_writer(), features, offsets)
+        offline_buf, offline = offline_buffer(
+            episodes, base, normalizer, cfg.replay.demo_writer(), features, offsets
+        )
     res = cfg.residual
-    loop = SimLoop(task, base, learner, replay, num_envs=envs,
-                   updates_per_step=cfg.updates_per_step, warmup_noise=cfg.warmup_noise,
-                   offline_buffer=offline_buf, features=features, offsets=offsets,
-                   progressive_steps=res.progressive_steps,
-                   explore_std_range=(tuple(res.exploration_std_range)
-                                      if res.exploration_std_range is not None else None))
-    evaluator = make_evaluator(task, seeds, cfg.eval_episodes, cfg.num_final_episodes, base,
-                               learner, features, offsets, reference)
-    return Trainer(task, loop, cfg, normalizer, offline, list(seeds), evaluator,
-                   method=METHOD_NAMES[cfg.method])
+    loop = SimLoop(
+        task,
+        base,
+        learner,
+        replay,
+        num_envs=envs,
+        updates_per_step=cfg.updates_per_step,
+        warmup_noise=cfg.warmup_noise,
+        offline_buffer=offline_buf,
+        features=features,
+        offsets=offsets,
+        progressive_steps=res.progressive_steps,
+        explore_std_range=(
+            tuple(res.exploration_std_range) if res.exploration_std_range is not None else None
+        ),
+    )
+    evaluator = make_evaluator(
+        task,
+        seeds,
+        cfg.eval_episodes,
+        cfg.num_final_episodes,
+        base,
+        learner,
+        features,
+        offsets,
+        reference,
+    )
+    return Trainer(
+        task,
+        loop,
+        cfg,
+        normalizer,
+        offline,
+        list(seeds),
+        evaluator,
+        method=METHOD_NAMES[cfg.method],
+    )
 
 
 def _warmup_phase(run: Run) -> bool:
     cfg, prog = run.cfg, run.prog
-    run.open_bar("warm-up", cfg.warmup_chunks * cfg.env_steps_per_chunk, prog.warmup_env_steps,
-                 "env step")
+    run.open_bar(
+        "warm-up", cfg.warmup_chunks * cfg.env_steps_per_chunk, prog.warmup_env_steps, "env step"
+    )
     while prog.chunk < cfg.warmup_chunks:
         run.state, stats = run.trainer.warmup(run.state)
         prog.chunk += 1
@@ -157,9 +201,13 @@ def _warmup_phase(run: Run) -> bool:
 
 def _critic_warmup_phase(run: Run) -> bool:
     cfg, prog = run.cfg, run.prog
-    if cfg.critic_warmup_chunks:                 # the baselines have no critic warm-up
-        run.open_bar("critic warm-up", cfg.critic_warmup_chunks * cfg.critic_warmup_chunk,
-                     prog.chunk * cfg.critic_warmup_chunk, "update")
+    if cfg.critic_warmup_chunks:  # the baselines have no critic warm-up
+        run.open_bar(
+            "critic warm-up",
+            cfg.critic_warmup_chunks * cfg.critic_warmup_chunk,
+            prog.chunk * cfg.critic_warmup_chunk,
+            "update",
+        )
     while prog.chunk < cfg.critic_warmup_chunks:
         run.state, metrics = run.trainer.critic_warmup(run.state, run.trainer.offline)
         prog.chunk += 1
@@ -177,31 +225,53 @@ def _train_phase(run: Run) -> bool:
     return iteration_phase(run, trainer.method, lambda s: trainer.train(s, trainer.offline))
 
 
-PHASE_FUNCTIONS = {"warmup": _warmup_phase, "critic_warmup": _critic_warmup_phase,
-                   "train": _train_phase, "final_eval": final_eval_phase}
+PHASE_FUNCTIONS = {
+    "warmup": _warmup_phase,
+    "critic_warmup": _critic_warmup_phase,
+    "train": _train_phase,
+    "final_eval": final_eval_phase,
+}
 
 
-def train_residual(trainer: Trainer, out: str, resume: bool = False, progress: bool = True,
-                   stop_at_env_steps: int | None = None, task_name: str = "",
-                   extra_info: dict | None = None, identity: dict | None = None,
-                   save_every_s: float = SAVE_EVERY_S) -> dict:
+def train_residual(
+    trainer: Trainer,
+    out: str,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at_env_steps: int | None = None,
+    task_name: str = "",
+    extra_info: dict | None = None,
+    identity: dict | None = None,
+    save_every_s: float = SAVE_EVERY_S,
+) -> dict:
     """Run (or resume) all phases; returns a summary (also written to <out>/summary.json)
     with the final ``loop_state`` (and ``selected_state``, the kept learner states, with
     ``select.rule="best"``). The run holds an exclusive lock on ``out``. The arguments are
     ``phases.RunOptions``' (stop_at_env_steps: for staged runs and the resume test;
     identity: e.g. content hashes of the base and demos, ``checkpointing.content_hash``).
     """
-    return run_phases(trainer, PHASE_FUNCTIONS, out, RunOptions(
-        resume, progress, stop_at_env_steps, task_name, extra_info, identity, save_every_s))
+    return run_phases(
+        trainer,
+        PHASE_FUNCTIONS,
+        out,
+        RunOptions(
+            resume, progress, stop_at_env_steps, task_name, extra_info, identity, save_every_s
+        ),
+    )
 
 
-def rescore_run(trainer: Any, out: str, task_name: str = "", identity: dict | None = None
-                ) -> dict:
+def rescore_run(trainer: Any, out: str, task_name: str = "", identity: dict | None = None) -> dict:
     """Re-run a finished run's held-out final evaluation from its last checkpoint (the kept
     states with ``select.rule="best"``), e.g. for a run recorded before summaries kept each
     episode's outcome. ``trainer`` must be the run's (same config, seeds and inputs: the
     resume checks apply). The training's wall time and metrics rows stay as they were; if
     the new pooled numbers differ from the recorded ones (code changed since), a warning
     names both and ``final["rescored_from"]`` keeps the recorded ones."""
-    return run_phases(trainer, {"final_eval": final_eval_phase}, out, RunOptions(
-        resume=True, progress=False, task_name=task_name, identity=identity, rescore=True))
+    return run_phases(
+        trainer,
+        {"final_eval": final_eval_phase},
+        out,
+        RunOptions(
+            resume=True, progress=False, task_name=task_name, identity=identity, rescore=True
+        ),
+    )

@@ -1,5 +1,6 @@
 """IBRL's hyperparameters (``IBRLConfig``): residual TD3's fields with IBRL's defaults, plus
 how the critic picks between the base's and the RL actor's proposals."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,10 @@ class IBRLConfig(ResidualTD3Config):
         if not 0.0 <= self.beta < float("inf"):
             errors.append(f"beta must be >= 0 (got {self.beta})")
         if self.gate_tau > float("-inf"):
-            errors.append("IBRL picks between the base and the actor; the value gate "
-                          "(gate_tau) is residual TD3's option")
+            errors.append(
+                "IBRL picks between the base and the actor; the value gate "
+                "(gate_tau) is residual TD3's option"
+            )
         if self.residual_penalty > 0:
             errors.append("residual_penalty is residual TD3's option (IBRL has no residual)")
         if errors:

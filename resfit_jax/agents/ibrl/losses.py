@@ -13,10 +13,11 @@ The actor maximises the mean over all K heads of Q(s, mu(s)) (TD3, no BC term).
 The actor sees the observation only; its base-action input is zeros (the residual actor
 module is reused with a full-range output).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +31,9 @@ from resfit_jax.replay import Transition
 from resfit_jax.sharding import local_draw, shard_index
 
 
-
-def choose(p_base: jax.Array, p_rl: jax.Array, rule: str, beta: float,
-           key: jax.Array | None) -> jax.Array:
+def choose(
+    p_base: jax.Array, p_rl: jax.Array, rule: str, beta: float, key: jax.Array | None
+) -> jax.Array:
     """[B] float in {0, 1}: 1 where the RL proposal is taken. p_*: pessimistic Q [B].
     "greedy" (or key None): the larger value; "soft": sampled with probability
     softmax(beta * [p_base, p_rl])[1] = sigmoid(beta * (p_rl - p_base))."""
@@ -52,9 +53,13 @@ class IBRLLosses(ResidualTD3Losses):
     pick: Callable[..., tuple] = None
 
 
-def make_ibrl_losses(networks: ResidualTD3Networks, config: "IBRLConfig",
-                     action_dim: int, obs_encoder: ObservationEncoder | None = None,
-                     axis_name=None) -> IBRLLosses:
+def make_ibrl_losses(
+    networks: ResidualTD3Networks,
+    config: IBRLConfig,
+    action_dim: int,
+    obs_encoder: ObservationEncoder | None = None,
+    axis_name=None,
+) -> IBRLLosses:
     """With camera fields (``obs_encoder``), as in residual TD3: the critic loss trains the
     encoders; the TD target and the actor see their features through ``stop_gradient``."""
     actor, critic = networks.actor, networks.critic
@@ -67,8 +72,9 @@ def make_ibrl_losses(networks: ResidualTD3Networks, config: "IBRLConfig",
 
     def proposal(actor_params, feats: jax.Array) -> jax.Array:
         """The RL actor's action [B, A] in [-1, 1] from features [B, F]."""
-        return actor.apply(actor_params, feats,
-                           jnp.zeros(feats.shape[:-1] + (action_dim,), feats.dtype))
+        return actor.apply(
+            actor_params, feats, jnp.zeros(feats.shape[:-1] + (action_dim,), feats.dtype)
+        )
 
     def pick(critic_params, feats, base_action, rl_action, heads, key):
         """(chosen action [B, A], chosen P [B], took_rl [B]) under the heads' min."""
@@ -79,35 +85,66 @@ def make_ibrl_losses(networks: ResidualTD3Networks, config: "IBRLConfig",
         chosen = jnp.where(took[..., None] > 0, rl_action, base_action)
         return chosen, jnp.where(took > 0, p_rl, p_b), took
 
-    def td_target(target_actor_params, target_critic_params, normalizer: Normalizer,
-                  batch: Transition, key: jax.Array, noise_std, encoder_params=None
-                  ) -> jax.Array:
+    def td_target(
+        target_actor_params,
+        target_critic_params,
+        normalizer: Normalizer,
+        batch: Transition,
+        key: jax.Array,
+        noise_std,
+        encoder_params=None,
+    ) -> jax.Array:
         k_subset, k_noise, k_rule = jax.random.split(key, 3)
-        if axis_name is not None:         # data-parallel shards: each its own soft choices
+        if axis_name is not None:  # data-parallel shards: each its own soft choices
             k_rule = jax.random.fold_in(k_rule, shard_index(axis_name))
         next_feats = jax.lax.stop_gradient(features(normalizer, batch.next_obs, encoder_params))
         next_mean = proposal(target_actor_params, next_feats)
-        noise = jnp.clip(noise_std * local_draw(jax.random.normal, k_noise, next_mean.shape,
-                                                axis_name),
-                         -config.target_noise_clip, config.target_noise_clip)
+        noise = jnp.clip(
+            noise_std * local_draw(jax.random.normal, k_noise, next_mean.shape, axis_name),
+            -config.target_noise_clip,
+            config.target_noise_clip,
+        )
         next_rl = jnp.clip(next_mean + noise, -1.0, 1.0)
-        heads = jax.random.choice(k_subset, config.num_critics, (config.num_min_critics,),
-                                  replace=False)
-        _, next_q, _ = pick(target_critic_params, next_feats, batch.next_base_action, next_rl,
-                            heads, k_rule)
+        heads = jax.random.choice(
+            k_subset, config.num_critics, (config.num_min_critics,), replace=False
+        )
+        _, next_q, _ = pick(
+            target_critic_params, next_feats, batch.next_base_action, next_rl, heads, k_rule
+        )
         return jax.lax.stop_gradient(batch.reward + batch.discount * batch.nonterminal * next_q)
 
-    def critic_loss(critic_params, target_actor_params, target_critic_params,
-                    normalizer: Normalizer, batch: Transition, key: jax.Array, noise_std,
-                    encoder_params=None):
-        target = td_target(target_actor_params, target_critic_params, normalizer, batch, key,
-                           noise_std, encoder_params)
-        q = critic.apply(critic_params, features(normalizer, batch.obs, encoder_params),
-                         batch.action)
+    def critic_loss(
+        critic_params,
+        target_actor_params,
+        target_critic_params,
+        normalizer: Normalizer,
+        batch: Transition,
+        key: jax.Array,
+        noise_std,
+        encoder_params=None,
+    ):
+        target = td_target(
+            target_actor_params,
+            target_critic_params,
+            normalizer,
+            batch,
+            key,
+            noise_std,
+            encoder_params,
+        )
+        q = critic.apply(
+            critic_params, features(normalizer, batch.obs, encoder_params), batch.action
+        )
         return jnp.mean(jnp.square(q - target[None])), {"q": q, "target": target}
 
-    def actor_loss(actor_params, critic_params, normalizer: Normalizer, batch: Transition,
-                   weights: jax.Array | None = None, encoder_params=None):
+    def actor_loss(
+        actor_params,
+        critic_params,
+        normalizer: Normalizer,
+        batch: Transition,
+        weights: jax.Array | None = None,
+        encoder_params=None,
+    ):
         feats = jax.lax.stop_gradient(features(normalizer, batch.obs, encoder_params))
         a = proposal(actor_params, feats)
         q = critic.apply(jax.lax.stop_gradient(critic_params), feats, a)

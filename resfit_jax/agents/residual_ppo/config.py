@@ -1,4 +1,5 @@
 """Residual PPO's hyperparameters (``ResidualPPOConfig``): the ResiP recipe's defaults."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,7 @@ class ResidualPPOConfig:
     critic_hidden_dims: tuple[int, ...] = (256, 256)
     action_scale: float = 0.1
     init_log_std: float = -1.0
-    learn_log_std: bool = False        # fixed with a diffusion base, learned (-1.5) with an MLP
+    learn_log_std: bool = False  # fixed with a diffusion base, learned (-1.5) with an MLP
     # optimisation: AdamW per network after a global-norm clip; cosine over the iterations
     actor_lr: float = 3e-4
     critic_lr: float = 5e-3
@@ -30,7 +31,7 @@ class ResidualPPOConfig:
     gae_lambda: float = 0.95
     bootstrap_truncation: bool = False  # False: a time-out is done (the recipe)
     clip_eps: float = 0.2
-    target_kl: float | None = 0.1       # None: no early stop
+    target_kl: float | None = 0.1  # None: no early stop
     update_epochs: int = 50
     num_minibatches: int = 1
     vf_coef: float = 1.0
@@ -38,12 +39,20 @@ class ResidualPPOConfig:
     normalize_advantages: bool = True
 
     def __post_init__(self):
-        errors = number_errors(self, positive=("action_scale", "actor_lr", "critic_lr",
-                                               "adam_eps", "max_grad_norm", "clip_eps"),
-                               non_negative=("weight_decay", "actor_warmup_iterations",
-                                             "vf_coef", "ent_coef"),
-                               at_least_one=("update_epochs", "num_minibatches"),
-                               unit=("gamma", "gae_lambda"))
+        errors = number_errors(
+            self,
+            positive=(
+                "action_scale",
+                "actor_lr",
+                "critic_lr",
+                "adam_eps",
+                "max_grad_norm",
+                "clip_eps",
+            ),
+            non_negative=("weight_decay", "actor_warmup_iterations", "vf_coef", "ent_coef"),
+            at_least_one=("update_epochs", "num_minibatches"),
+            unit=("gamma", "gae_lambda"),
+        )
         if self.target_kl is not None and not self.target_kl > 0:
             errors.append(f"target_kl must be > 0 or None (got {self.target_kl})")
         if any(int(d) < 1 for d in tuple(self.actor_hidden_dims) + tuple(self.critic_hidden_dims)):

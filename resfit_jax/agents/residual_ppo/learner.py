@@ -18,6 +18,7 @@ the first ``actor_warmup_iterations`` (the value function trains alone first).
 Everything is jittable and vmappable (seeds). ``act(..., deterministic=True)`` gives the
 mean residual, so ``ResidualPolicy`` evaluates a PPO state like a ResFiT one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,15 +32,27 @@ from flax import struct
 
 from resfit_jax.agents import checks
 from resfit_jax.agents.residual_ppo.config import ResidualPPOConfig
-from resfit_jax.agents.residual_ppo.losses import (PPOBatch, ResidualPPOLosses, gae,
-                                                   gaussian_log_prob, make_losses)
+from resfit_jax.agents.residual_ppo.losses import (
+    PPOBatch,
+    ResidualPPOLosses,
+    gae,
+    gaussian_log_prob,
+    make_losses,
+)
 from resfit_jax.agents.residual_ppo.networks import ResidualPPONetworks, make_networks
 from resfit_jax.normalization import Normalizer
 
 PyTree = Any
 # the bits of the update's ``nonfinite_mask`` (checks.raise_if_nonfinite(mask, ..., fields=))
-FINITE_FIELDS = ("rollout.obs", "rollout.base_action", "rollout.reward", "rollout.value",
-                 "rollout.next_value", "pg_loss", "value_loss")
+FINITE_FIELDS = (
+    "rollout.obs",
+    "rollout.base_action",
+    "rollout.reward",
+    "rollout.value",
+    "rollout.next_value",
+    "pg_loss",
+    "value_loss",
+)
 
 
 @struct.dataclass
@@ -73,10 +86,12 @@ class Rollout(NamedTuple):
     done: jax.Array
 
 
-def _optimizer(max_grad_norm: float, eps: float, weight_decay: float
-               ) -> optax.GradientTransformation:
-    adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b1=0.9, b2=0.999, eps=eps,
-                                                  weight_decay=weight_decay)
+def _optimizer(
+    max_grad_norm: float, eps: float, weight_decay: float
+) -> optax.GradientTransformation:
+    adamw = optax.inject_hyperparams(optax.adamw)(
+        learning_rate=0.0, b1=0.9, b2=0.999, eps=eps, weight_decay=weight_decay
+    )
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
 
 
@@ -112,16 +127,27 @@ class ResidualPPO:
         act = jnp.zeros((1, self.action_dim), jnp.float32)
         actor_params = self.networks.actor.init(k_actor, feats, act)
         critic_params = self.networks.critic.init(k_critic, feats, act)
-        return PPOState(actor_params=actor_params, critic_params=critic_params,
-                        actor_opt_state=self.tx.init(actor_params),
-                        critic_opt_state=self.tx.init(critic_params),
-                        normalizer=jax.tree.map(jnp.asarray, normalizer), rng=k_state,
-                        iteration=jnp.zeros((), jnp.int32), grad_steps=jnp.zeros((), jnp.int32))
+        return PPOState(
+            actor_params=actor_params,
+            critic_params=critic_params,
+            actor_opt_state=self.tx.init(actor_params),
+            critic_opt_state=self.tx.init(critic_params),
+            normalizer=jax.tree.map(jnp.asarray, normalizer),
+            rng=k_state,
+            iteration=jnp.zeros((), jnp.int32),
+            grad_steps=jnp.zeros((), jnp.int32),
+        )
 
     # ------------------------------------------------------------------------------ act
-    def act(self, state: PPOState, obs: PyTree, base_action: jax.Array, key: jax.Array,
-            deterministic: bool = False, std: Any = None
-            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def act(
+        self,
+        state: PPOState,
+        obs: PyTree,
+        base_action: jax.Array,
+        key: jax.Array,
+        deterministic: bool = False,
+        std: Any = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Residual for obs [*B, ...], base_action [*B, A] -> r [*B, A] (= scale * u).
 
         aux: action = clip(a_b + r, -1, 1) (to execute), residual_mean, sample u [*B, A],
@@ -138,22 +164,31 @@ class ResidualPPO:
             u = mean
         else:
             u = mean + jnp.exp(log_std) * jax.random.normal(checks.typed_key(key), mean.shape)
-        finite = jnp.stack([jnp.all(jnp.isfinite(x.reshape(batch_shape + (-1,))), axis=-1)
-                            for x in jax.tree.leaves(obs)]).all(axis=0)
+        finite = jnp.stack(
+            [
+                jnp.all(jnp.isfinite(x.reshape(batch_shape + (-1,))), axis=-1)
+                for x in jax.tree.leaves(obs)
+            ]
+        ).all(axis=0)
         u = jnp.where(finite[..., None], u, 0.0)
         r = self.config.action_scale * u
-        aux = {"action": jnp.clip(base_action + r, -1.0, 1.0),
-               "residual_mean": self.config.action_scale * mean, "sample": u,
-               "log_prob": gaussian_log_prob(u, mean, log_std),
-               "value": jnp.where(finite, self.networks.critic.apply(
-                   state.critic_params, feats, base_action), 0.0),
-               "obs_finite": finite}
+        aux = {
+            "action": jnp.clip(base_action + r, -1.0, 1.0),
+            "residual_mean": self.config.action_scale * mean,
+            "sample": u,
+            "log_prob": gaussian_log_prob(u, mean, log_std),
+            "value": jnp.where(
+                finite, self.networks.critic.apply(state.critic_params, feats, base_action), 0.0
+            ),
+            "obs_finite": finite,
+        }
         return r, aux
 
     def value(self, state: PPOState, obs: PyTree, base_action: jax.Array) -> jax.Array:
         """V [*B] of learner obs [*B, ...] with the base action there."""
-        return self.networks.critic.apply(state.critic_params, self.features(state, obs),
-                                          base_action)
+        return self.networks.critic.apply(
+            state.critic_params, self.features(state, obs), base_action
+        )
 
     # --------------------------------------------------------------------------- update
     def learning_rates(self, iteration: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -168,9 +203,15 @@ class ResidualPPO:
         """GAE advantages and value targets [T, E] of a rollout."""
         cfg = self.config
         ends = rollout.terminated if cfg.bootstrap_truncation else rollout.done
-        return gae(rollout.reward, rollout.value, rollout.next_value,
-                   1.0 - ends.astype(jnp.float32), rollout.done.astype(jnp.float32),
-                   cfg.gamma, cfg.gae_lambda)
+        return gae(
+            rollout.reward,
+            rollout.value,
+            rollout.next_value,
+            1.0 - ends.astype(jnp.float32),
+            rollout.done.astype(jnp.float32),
+            cfg.gamma,
+            cfg.gae_lambda,
+        )
 
     def update(self, state: PPOState, rollout: Rollout) -> tuple[PPOState, dict[str, jax.Array]]:
         """GAE, then up to update_epochs x num_minibatches gradient steps with the KL stop.
@@ -182,15 +223,23 @@ class ResidualPPO:
         t, e = rollout.reward.shape
         n = t * e
         flat = lambda x: x.reshape((n,) + x.shape[2:])
-        data = PPOBatch(jax.tree.map(flat, rollout.obs), flat(rollout.base_action),
-                        flat(rollout.sample), flat(rollout.log_prob), flat(adv), flat(targets))
+        data = PPOBatch(
+            jax.tree.map(flat, rollout.obs),
+            flat(rollout.base_action),
+            flat(rollout.sample),
+            flat(rollout.log_prob),
+            flat(adv),
+            flat(targets),
+        )
         mb = n // cfg.num_minibatches
         max_steps = cfg.update_epochs * cfg.num_minibatches
         lr_actor, lr_critic = self.learning_rates(state.iteration)
         grad_fn = jax.value_and_grad(self.losses.loss, has_aux=True)
         rng, k_perm = jax.random.split(state.rng)
-        zeros = {k: jnp.zeros(()) for k in ("pg_loss", "value_loss", "entropy", "approx_kl",
-                                            "clip_fraction")}
+        zeros = {
+            k: jnp.zeros(())
+            for k in ("pg_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+        }
 
         def step(carry):
             i, params, opt_states, stop, sums, last_kl = carry
@@ -212,36 +261,72 @@ class ResidualPPO:
             i, _, _, stop, _, _ = carry
             return (i < max_steps) & ~stop
 
-        init = (jnp.zeros((), jnp.int32), (state.actor_params, state.critic_params),
-                (state.actor_opt_state, state.critic_opt_state), jnp.zeros((), bool), zeros,
-                jnp.zeros(()))
+        init = (
+            jnp.zeros((), jnp.int32),
+            (state.actor_params, state.critic_params),
+            (state.actor_opt_state, state.critic_opt_state),
+            jnp.zeros((), bool),
+            zeros,
+            jnp.zeros(()),
+        )
         steps, params, opt_states, stopped, sums, last_kl = jax.lax.while_loop(more, step, init)
         var_r = jnp.var(targets)
         metrics = {k: v / jnp.maximum(steps, 1) for k, v in sums.items()}
-        metrics |= {"grad_steps": steps, "stopped_early": stopped.astype(jnp.float32),
-                    "last_approx_kl": last_kl, "actor_lr": lr_actor, "critic_lr": lr_critic,
-                    "advantage_mean": adv.mean(), "value_mean": rollout.value.mean(),
-                    "explained_variance": jnp.where(
-                        var_r > 0, 1.0 - jnp.var(targets - rollout.value) / var_r, 0.0),
-                    "log_std_mean": params[0]["params"]["log_std"].mean(),
-                    "nonfinite_mask": checks.nonfinite_bits(dict(zip(FINITE_FIELDS, (
-                        rollout.obs, rollout.base_action, rollout.reward, rollout.value,
-                        rollout.next_value, sums["pg_loss"], sums["value_loss"]))))}
-        state = state.replace(actor_params=params[0], critic_params=params[1],
-                              actor_opt_state=opt_states[0], critic_opt_state=opt_states[1],
-                              rng=rng, iteration=state.iteration + 1,
-                              grad_steps=state.grad_steps + steps)
+        metrics |= {
+            "grad_steps": steps,
+            "stopped_early": stopped.astype(jnp.float32),
+            "last_approx_kl": last_kl,
+            "actor_lr": lr_actor,
+            "critic_lr": lr_critic,
+            "advantage_mean": adv.mean(),
+            "value_mean": rollout.value.mean(),
+            "explained_variance": jnp.where(
+                var_r > 0, 1.0 - jnp.var(targets - rollout.value) / var_r, 0.0
+            ),
+            "log_std_mean": params[0]["params"]["log_std"].mean(),
+            "nonfinite_mask": checks.nonfinite_bits(
+                dict(
+                    zip(
+                        FINITE_FIELDS,
+                        (
+                            rollout.obs,
+                            rollout.base_action,
+                            rollout.reward,
+                            rollout.value,
+                            rollout.next_value,
+                            sums["pg_loss"],
+                            sums["value_loss"],
+                        ),
+                    )
+                )
+            ),
+        }
+        state = state.replace(
+            actor_params=params[0],
+            critic_params=params[1],
+            actor_opt_state=opt_states[0],
+            critic_opt_state=opt_states[1],
+            rng=rng,
+            iteration=state.iteration + 1,
+            grad_steps=state.grad_steps + steps,
+        )
         return state, metrics
 
 
-def make_ppo(config: ResidualPPOConfig, obs_spec: PyTree, action_dim: int,
-             num_iterations: int) -> ResidualPPO:
+def make_ppo(
+    config: ResidualPPOConfig, obs_spec: PyTree, action_dim: int, num_iterations: int
+) -> ResidualPPO:
     """Build residual PPO's pure functions. obs_spec: an int or a pytree of ShapeDtypeStruct
     (no batch axis); num_iterations: the run's PPO iterations (the lr schedule's length)."""
     if int(action_dim) < 1:
         raise ValueError(f"action_dim must be >= 1, got {action_dim}.")
     networks = make_networks(config, int(action_dim))
-    return ResidualPPO(config=config, obs_spec=checks.as_obs_spec(obs_spec),
-                       action_dim=int(action_dim), num_iterations=int(num_iterations),
-                       networks=networks, losses=make_losses(networks, config),
-                       tx=_optimizer(config.max_grad_norm, config.adam_eps, config.weight_decay))
+    return ResidualPPO(
+        config=config,
+        obs_spec=checks.as_obs_spec(obs_spec),
+        action_dim=int(action_dim),
+        num_iterations=int(num_iterations),
+        networks=networks,
+        losses=make_losses(networks, config),
+        tx=_optimizer(config.max_grad_norm, config.adam_eps, config.weight_decay),
+    )

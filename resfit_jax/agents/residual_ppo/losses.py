@@ -15,16 +15,18 @@ A rollout that stops mid-episode bootstraps from V(s'_T-1) through delta, as usu
 The diagonal Gaussian is written out (four lines) rather than taken from distrax: distrax
 pulls a nightly TensorFlow Probability, which this project dropped (DESIGN.md).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from resfit_jax.normalization import Normalizer
 from resfit_jax.agents.residual_td3.losses import flatten_obs
+from resfit_jax.normalization import Normalizer
 
 PyTree = Any
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -41,8 +43,15 @@ def gaussian_entropy(log_std: jax.Array) -> jax.Array:
     return jnp.sum(log_std + 0.5 * (_LOG_2PI + 1.0))
 
 
-def gae(reward: jax.Array, value: jax.Array, next_value: jax.Array, nonterminal: jax.Array,
-        done: jax.Array, gamma: float, lam: float) -> tuple[jax.Array, jax.Array]:
+def gae(
+    reward: jax.Array,
+    value: jax.Array,
+    next_value: jax.Array,
+    nonterminal: jax.Array,
+    done: jax.Array,
+    gamma: float,
+    lam: float,
+) -> tuple[jax.Array, jax.Array]:
     """Advantages and value targets [T, E] (see the module docstring; time axis first)."""
     delta = reward + gamma * nonterminal * next_value - value
 
@@ -80,8 +89,9 @@ def make_losses(networks, config) -> ResidualPPOLosses:
         """Observation pytree [*B, ...] -> standardized flat features [*B, D]."""
         return normalizer.obs.normalize(flatten_obs(obs))
 
-    def loss(params: tuple[PyTree, PyTree], normalizer: Normalizer, batch: PPOBatch
-             ) -> tuple[jax.Array, dict]:
+    def loss(
+        params: tuple[PyTree, PyTree], normalizer: Normalizer, batch: PPOBatch
+    ) -> tuple[jax.Array, dict]:
         """Clipped surrogate + vf_coef * 0.5 MSE(V, R) - ent_coef * entropy, on (actor, critic)
         params. Advantages are normalized over the minibatch (``normalize_advantages``)."""
         actor_params, critic_params = params
@@ -95,17 +105,23 @@ def make_losses(networks, config) -> ResidualPPOLosses:
         adv = batch.advantage
         if config.normalize_advantages:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        pg = -jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - config.clip_eps,
-                                                          1.0 + config.clip_eps) * adv))
+        pg = -jnp.mean(
+            jnp.minimum(
+                ratio * adv, jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps) * adv
+            )
+        )
         v = critic.apply(critic_params, feats, batch.base_action)
         v_loss = 0.5 * jnp.mean(jnp.square(v - batch.value_target))
         entropy = gaussian_entropy(log_std)
         total = pg + config.vf_coef * v_loss - config.ent_coef * entropy
-        aux = {"pg_loss": pg, "value_loss": v_loss, "entropy": entropy,
-               # the k3 estimator of KL(old || new) (ResiP, CleanRL): >= 0, low variance
-               "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
-               "clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > config.clip_eps)
-                                         .astype(jnp.float32))}
+        aux = {
+            "pg_loss": pg,
+            "value_loss": v_loss,
+            "entropy": entropy,
+            # the k3 estimator of KL(old || new) (ResiP, CleanRL): >= 0, low variance
+            "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+            "clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > config.clip_eps).astype(jnp.float32)),
+        }
         return total, aux
 
     return ResidualPPOLosses(features, loss)

@@ -1,7 +1,9 @@
 """Residual TD3's hyperparameters (``ResidualTD3Config``): defaults are the paper's."""
+
 from __future__ import annotations
 
 import dataclasses
+
 from resfit_jax.encoders import ENCODERS
 from resfit_jax.run.validation import number_errors
 
@@ -69,15 +71,19 @@ class ResidualTD3Config:
     augment_pad: int = 4
 
     def __post_init__(self):
-        errors = number_errors(self, allow_neg_inf=("gate_tau",),
-                               positive=("actor_lr", "critic_lr", "max_grad_norm"),
-                               non_negative=("weight_decay", "exploration_std",
-                                             "target_noise_clip", "gate_k"))
+        errors = number_errors(
+            self,
+            allow_neg_inf=("gate_tau",),
+            positive=("actor_lr", "critic_lr", "max_grad_norm"),
+            non_negative=("weight_decay", "exploration_std", "target_noise_clip", "gate_k"),
+        )
         if self.num_critics < 1:
             errors.append(f"num_critics must be >= 1 (got {self.num_critics})")
         if not 1 <= self.num_min_critics <= self.num_critics:
-            errors.append(f"num_min_critics must be in [1, num_critics={self.num_critics}] "
-                          f"(got {self.num_min_critics})")
+            errors.append(
+                f"num_min_critics must be in [1, num_critics={self.num_critics}] "
+                f"(got {self.num_min_critics})"
+            )
         if self.critic_loss not in CRITIC_LOSSES:
             errors.append(f"critic_loss must be one of {CRITIC_LOSSES} (got {self.critic_loss!r})")
         if not 0.0 <= self.actor_demo_weight <= 1.0:
@@ -85,8 +91,9 @@ class ResidualTD3Config:
         if self.gate_rule not in GATE_RULES:
             errors.append(f"gate_rule must be one of {GATE_RULES} (got {self.gate_rule!r})")
         if self.gate_tau != self.gate_tau or self.gate_tau == float("inf"):
-            errors.append(f"gate_tau must be a number < inf, or -inf for no gate "
-                          f"(got {self.gate_tau})")
+            errors.append(
+                f"gate_tau must be a number < inf, or -inf for no gate (got {self.gate_tau})"
+            )
         if not 0.0 < self.action_scale <= 1.0:
             errors.append(f"action_scale must be in (0, 1] (got {self.action_scale})")
         if self.residual_penalty < 0.0:
@@ -98,13 +105,15 @@ class ResidualTD3Config:
         if self.encoder not in ENCODERS:
             errors.append(f"encoder must be one of {ENCODERS} (got {self.encoder!r})")
         if self.camera_feature_dim < 1 or self.augment_pad < 0:
-            errors.append(f"camera_feature_dim must be >= 1 and augment_pad >= 0 (got "
-                          f"{self.camera_feature_dim}, {self.augment_pad})")
+            errors.append(
+                f"camera_feature_dim must be >= 1 and augment_pad >= 0 (got "
+                f"{self.camera_feature_dim}, {self.augment_pad})"
+            )
         if errors:
             raise ValueError("ResidualTD3Config: " + "; ".join(errors) + ".")
 
     @classmethod
-    def small(cls, **overrides) -> "ResidualTD3Config":
+    def small(cls, **overrides) -> ResidualTD3Config:
         """2x256 actor and critic with actor lr 1e-4 (the paper's 1e-6 barely moves a residual
         in a CPU-sized budget), the rest the paper's: a size for tests and for one's own code
         on a laptop. Not a task preset: ``sim.presets.preset(task)`` holds each task's tuned

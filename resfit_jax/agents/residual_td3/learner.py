@@ -19,6 +19,7 @@ One ``update`` = UTD critic steps in ``lax.scan`` (each on its own batch row), t
 actor step on the last row. The losses are in ``losses.py``; how batches are sampled (UTD,
 batch size, demo fraction, n-step returns) is the replay's business (``replay.ReplayConfig``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,38 +29,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from resfit_jax.agents import checks
 from resfit_jax.agents.gradients import gradient_update, make_optimizer
+from resfit_jax.agents.residual_td3.config import ResidualTD3Config
 from resfit_jax.agents.residual_td3.losses import ResidualTD3Losses, make_losses, residual_mask
 from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks, make_networks
-from resfit_jax.agents.residual_td3.config import ResidualTD3Config
+from resfit_jax.agents.residual_td3.state import LearnerState
 from resfit_jax.encoders import ObservationEncoder, state_dim
 from resfit_jax.normalization import Normalizer, StateStandardizer
 from resfit_jax.replay import Transition
 from resfit_jax.sharding import mean_grads, shard_index
 
 PyTree = Any
-
-@struct.dataclass
-class LearnerState:
-    """Everything the learner owns. rng is a typed PRNG key (checkpoints store its data);
-    normalizer holds the observation and action statistics the params are trained under."""
-
-    actor_params: PyTree
-    critic_params: PyTree
-    target_actor_params: PyTree
-    target_critic_params: PyTree
-    actor_opt_state: PyTree
-    critic_opt_state: PyTree
-    normalizer: Normalizer
-    rng: jax.Array
-    critic_steps: jax.Array
-    actor_steps: jax.Array
-    # camera encoders (pixel observations only; {} otherwise) and their optimizer state
-    encoder_params: PyTree = struct.field(default_factory=dict)
-    encoder_opt_state: PyTree = struct.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +58,7 @@ class ResidualTD3:
     critic_tx: optax.GradientTransformation
     default_normalizer: Normalizer | None = None
     obs_encoder: ObservationEncoder | None = None
-    axis_name: Any = None       # data-parallel shards: gradients averaged over them (sharding)
+    axis_name: Any = None  # data-parallel shards: gradients averaged over them (sharding)
 
     @property
     def obs_dim(self) -> int:
@@ -105,15 +87,16 @@ class ResidualTD3:
         """Fresh learner state. key: a PRNG key (typed or raw uint32 [2]); normalizer: the
         run's statistics (default: identity, i.e. actions already in [-1, 1])."""
         if normalizer is None:
-            normalizer = self.default_normalizer or Normalizer.identity(self.obs_dim,
-                                                                        self.action_dim)
+            normalizer = self.default_normalizer or Normalizer.identity(
+                self.obs_dim, self.action_dim
+            )
         checks.check_normalizer(normalizer, self.obs_dim, self.action_dim)
         key = checks.typed_key(key)
         k_actor, k_critic, k_state = jax.random.split(key, 3)
         feats = jnp.zeros((1, self.obs_dim), jnp.float32)
         act = jnp.zeros((1, self.action_dim), jnp.float32)
         encoder = {}
-        if self.pixels:                         # a key of its own: state learners unchanged
+        if self.pixels:  # a key of its own: state learners unchanged
             encoder = self.obs_encoder.init(jax.random.fold_in(k_critic, 1))
             feats = jnp.zeros((1, self.obs_encoder.feature_dim), jnp.float32)
         actor_params = self.actor.init(k_actor, feats, act)
@@ -135,9 +118,15 @@ class ResidualTD3:
         )
 
     # -------------------------------------------------------------------------------- act
-    def act(self, state: LearnerState, obs: PyTree, base_action: jax.Array, key: jax.Array,
-            deterministic: bool = False, std: float | jax.Array | None = None
-            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def act(
+        self,
+        state: LearnerState,
+        obs: PyTree,
+        base_action: jax.Array,
+        key: jax.Array,
+        deterministic: bool = False,
+        std: float | jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Residual for a batch: obs [*B, ...], base_action [*B, A] -> r [*B, A].
 
         Exploration adds N(0, std) (default config.exploration_std) to the mean and clamps the
@@ -156,24 +145,41 @@ class ResidualTD3:
             r = mean
         else:
             sigma = self.config.exploration_std if std is None else std
-            r = jnp.clip(mean + sigma * jax.random.normal(checks.typed_key(key), mean.shape),
-                         -1.0, 1.0)
+            r = jnp.clip(
+                mean + sigma * jax.random.normal(checks.typed_key(key), mean.shape), -1.0, 1.0
+            )
         aux = {"residual_mean": mean}
         if self.config.gate_tau > float("-inf"):
             cfg = self.config
-            heads = (jnp.arange(cfg.num_min_critics) if key is None else jax.random.choice(
-                jax.random.fold_in(checks.typed_key(key), 1), cfg.num_critics,
-                (cfg.num_min_critics,), replace=False))
-            flat = lambda x: x.reshape((-1,) + x.shape[len(batch_shape):])
-            g = self.losses.gate(state.critic_params, flat(self.features(state, obs)),
-                                 flat(base_action), flat(r), heads).reshape(batch_shape)
+            heads = (
+                jnp.arange(cfg.num_min_critics)
+                if key is None
+                else jax.random.choice(
+                    jax.random.fold_in(checks.typed_key(key), 1),
+                    cfg.num_critics,
+                    (cfg.num_min_critics,),
+                    replace=False,
+                )
+            )
+            flat = lambda x: x.reshape((-1,) + x.shape[len(batch_shape) :])
+            g = self.losses.gate(
+                state.critic_params,
+                flat(self.features(state, obs)),
+                flat(base_action),
+                flat(r),
+                heads,
+            ).reshape(batch_shape)
             r = g[..., None] * r
             aux["gate"] = g
-        if self.config.residual_mask:       # hold mode: the residual acts where the flag is 1
+        if self.config.residual_mask:  # hold mode: the residual acts where the flag is 1
             m = residual_mask(obs)
             r, aux["residual_mean"] = r * m, mean * m
-        finite = jnp.stack([jnp.all(jnp.isfinite(x.reshape(batch_shape + (-1,))), axis=-1)
-                            for x in jax.tree.leaves(obs)]).all(axis=0)
+        finite = jnp.stack(
+            [
+                jnp.all(jnp.isfinite(x.reshape(batch_shape + (-1,))), axis=-1)
+                for x in jax.tree.leaves(obs)
+            ]
+        ).all(axis=0)
         r = jnp.where(finite[..., None], r, 0.0)
         aux["obs_finite"] = finite
         aux["action"] = jnp.clip(base_action + r, -1.0, 1.0)
@@ -183,31 +189,47 @@ class ResidualTD3:
         """All online heads: obs [B, ...], action [B, A] (combined, normalized) -> [K, B]."""
         return self.critic.apply(state.critic_params, self.features(state, obs), action)
 
-    def td_target(self, state: LearnerState, batch: Transition, key: jax.Array,
-                  noise_std: float | jax.Array) -> jax.Array:
+    def td_target(
+        self, state: LearnerState, batch: Transition, key: jax.Array, noise_std: float | jax.Array
+    ) -> jax.Array:
         """y [B] for a batch [B, ...] (see ``losses``)."""
-        return self.losses.td_target(state.target_actor_params, state.target_critic_params,
-                                     state.normalizer, batch, key, noise_std,
-                                     state.encoder_params)
+        return self.losses.td_target(
+            state.target_actor_params,
+            state.target_critic_params,
+            state.normalizer,
+            batch,
+            key,
+            noise_std,
+            state.encoder_params,
+        )
 
     # ----------------------------------------------------------------------------- update
-    def _critic_step(self, state: LearnerState, batch: Transition, key: jax.Array,
-                     noise_std: float) -> tuple[LearnerState, dict[str, jax.Array]]:
-        args = (state.target_actor_params, state.target_critic_params, state.normalizer, batch,
-                key, noise_std)
+    def _critic_step(
+        self, state: LearnerState, batch: Transition, key: jax.Array, noise_std: float
+    ) -> tuple[LearnerState, dict[str, jax.Array]]:
+        args = (
+            state.target_actor_params,
+            state.target_critic_params,
+            state.normalizer,
+            batch,
+            key,
+            noise_std,
+        )
         if self.pixels:
             state, loss, aux, grads = self._critic_and_encoder_step(state, args)
             params, opt_state = state.critic_params, state.critic_opt_state
         else:
             step = gradient_update(self.losses.critic_loss, self.critic_tx, self.axis_name)
-            params, opt_state, loss, aux, grads = step(state.critic_params,
-                                                       state.critic_opt_state, *args)
+            params, opt_state, loss, aux, grads = step(
+                state.critic_params, state.critic_opt_state, *args
+            )
         q, target = aux["q"], aux["target"]
         state = state.replace(
             critic_params=params,
             critic_opt_state=opt_state,
-            target_critic_params=optax.incremental_update(params, state.target_critic_params,
-                                                          self.config.tau),
+            target_critic_params=optax.incremental_update(
+                params, state.target_critic_params, self.config.tau
+            ),
             critic_steps=state.critic_steps + 1,
         )
         metrics = {
@@ -227,13 +249,17 @@ class ResidualTD3:
         gradient clip, the critic's learning rate). Returns (state, loss, aux, grads)."""
         loss_fn = lambda cp, ep: self.losses.critic_loss(cp, *args, ep)
         (loss, aux), (g_c, g_e) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-            state.critic_params, state.encoder_params)
+            state.critic_params, state.encoder_params
+        )
         g_c, g_e = mean_grads((g_c, g_e), self.axis_name)
         up_c, opt_c = self.critic_tx.update(g_c, state.critic_opt_state, state.critic_params)
         up_e, opt_e = self.critic_tx.update(g_e, state.encoder_opt_state, state.encoder_params)
-        state = state.replace(critic_params=optax.apply_updates(state.critic_params, up_c),
-                              critic_opt_state=opt_c, encoder_opt_state=opt_e,
-                              encoder_params=optax.apply_updates(state.encoder_params, up_e))
+        state = state.replace(
+            critic_params=optax.apply_updates(state.critic_params, up_c),
+            critic_opt_state=opt_c,
+            encoder_opt_state=opt_e,
+            encoder_params=optax.apply_updates(state.encoder_params, up_e),
+        )
         return state, loss, aux, g_c
 
     def _augment(self, batch: Transition, key: jax.Array) -> Transition:
@@ -243,26 +269,40 @@ class ResidualTD3:
             key = jax.random.fold_in(key, shard_index(self.axis_name))
         k_obs, k_next = jax.random.split(key)
         pad = self.config.augment_pad
-        return batch.replace(obs=self.obs_encoder.augment(k_obs, batch.obs, pad),
-                             next_obs=self.obs_encoder.augment(k_next, batch.next_obs, pad))
+        return batch.replace(
+            obs=self.obs_encoder.augment(k_obs, batch.obs, pad),
+            next_obs=self.obs_encoder.augment(k_next, batch.next_obs, pad),
+        )
 
-    def _actor_step(self, state: LearnerState, batch: Transition,
-                    weights: jax.Array | None = None) -> tuple[LearnerState, dict[str, jax.Array]]:
+    def _actor_step(
+        self, state: LearnerState, batch: Transition, weights: jax.Array | None = None
+    ) -> tuple[LearnerState, dict[str, jax.Array]]:
         step = gradient_update(self.losses.actor_loss, self.actor_tx, self.axis_name)
         params, opt_state, loss, aux, grads = step(
-            state.actor_params, state.actor_opt_state, state.critic_params, state.normalizer,
-            batch, weights, state.encoder_params)
+            state.actor_params,
+            state.actor_opt_state,
+            state.critic_params,
+            state.normalizer,
+            batch,
+            weights,
+            state.encoder_params,
+        )
         r = aux["residual"]
         state = state.replace(
             actor_params=params,
             actor_opt_state=opt_state,
             target_actor_params=optax.incremental_update(
-                params, state.target_actor_params, self.config.tau),
+                params, state.target_actor_params, self.config.tau
+            ),
             actor_steps=state.actor_steps + 1,
         )
-        metrics = {"actor_loss": loss, "actor_q": aux["q"],
-                   "actor_grad_norm": optax.tree.norm(grads),
-                   "residual_abs_mean": jnp.abs(r).mean(), "residual_abs_max": jnp.abs(r).max()}
+        metrics = {
+            "actor_loss": loss,
+            "actor_q": aux["q"],
+            "actor_grad_norm": optax.tree.norm(grads),
+            "residual_abs_mean": jnp.abs(r).mean(),
+            "residual_abs_max": jnp.abs(r).max(),
+        }
         return state, metrics
 
     def _join(self, online: Transition, offline: Transition | None, where: str) -> Transition:
@@ -275,8 +315,9 @@ class ResidualTD3:
             checks.check_finite(mask, where, "learner.check_finite")
         return mask
 
-    def update(self, state: LearnerState, online: Transition, offline: Transition | None
-               ) -> tuple[LearnerState, dict[str, jax.Array]]:
+    def update(
+        self, state: LearnerState, online: Transition, offline: Transition | None
+    ) -> tuple[LearnerState, dict[str, jax.Array]]:
         """UTD critic steps (lax.scan, one batch row each) then one actor step on the last row.
 
         online: Transition [UTD, B_on, ...]; offline: [UTD, B_off, ...] or None (no demos).
@@ -295,17 +336,21 @@ class ResidualTD3:
         weights = None
         if offline is not None and self.config.actor_demo_weight != 1.0:
             n_on, n_off = online.reward.shape[1], offline.reward.shape[1]
-            weights = jnp.concatenate([jnp.ones((n_on,)),
-                                       jnp.full((n_off,), self.config.actor_demo_weight)])
+            weights = jnp.concatenate(
+                [jnp.ones((n_on,)), jnp.full((n_off,), self.config.actor_demo_weight)]
+            )
         state, am = self._actor_step(state, last, weights)
         metrics = {k: v.mean() for k, v in cm.items()} | am
         metrics["nonfinite_mask"] = self._finite(
-            batch, {"critic_loss": cm["critic_loss"], "actor_loss": am["actor_loss"]},
-            "ResidualTD3.update")
+            batch,
+            {"critic_loss": cm["critic_loss"], "actor_loss": am["actor_loss"]},
+            "ResidualTD3.update",
+        )
         return state.replace(rng=rng), metrics
 
-    def critic_warmup(self, state: LearnerState, online: Transition, offline: Transition | None
-                      ) -> tuple[LearnerState, dict[str, jax.Array]]:
+    def critic_warmup(
+        self, state: LearnerState, online: Transition, offline: Transition | None
+    ) -> tuple[LearnerState, dict[str, jax.Array]]:
         """Critic-only steps, one per leading row of [N, B_on|B_off, ...]; no target noise."""
         batch = self._join(online, offline, "critic_warmup")
         rng, k_scan = jax.random.split(state.rng)
@@ -313,16 +358,23 @@ class ResidualTD3:
             rng, k_aug = jax.random.split(rng)
             batch = self._augment(batch, k_aug)
         step = lambda s, xs: self._critic_step(s, xs[0], xs[1], 0.0)
-        state, cm = jax.lax.scan(step, state, (batch, jax.random.split(k_scan, batch.reward.shape[0])))
+        state, cm = jax.lax.scan(
+            step, state, (batch, jax.random.split(k_scan, batch.reward.shape[0]))
+        )
         metrics = {k: v.mean() for k, v in cm.items()}
-        metrics["nonfinite_mask"] = self._finite(batch, {"critic_loss": cm["critic_loss"]},
-                                                 "ResidualTD3.critic_warmup")
+        metrics["nonfinite_mask"] = self._finite(
+            batch, {"critic_loss": cm["critic_loss"]}, "ResidualTD3.critic_warmup"
+        )
         return state.replace(rng=rng), metrics
 
 
-def make_learner(config: ResidualTD3Config, obs_spec: PyTree, action_dim: int,
-                 obs_normalizer: StateStandardizer | None = None, axis_name: Any = None
-                 ) -> ResidualTD3:
+def make_learner(
+    config: ResidualTD3Config,
+    obs_spec: PyTree,
+    action_dim: int,
+    obs_normalizer: StateStandardizer | None = None,
+    axis_name: Any = None,
+) -> ResidualTD3:
     """Build the learner's pure functions.
 
     obs_spec: observation dimension (int) or a pytree of ShapeDtypeStruct of float vectors
@@ -337,21 +389,32 @@ def make_learner(config: ResidualTD3Config, obs_spec: PyTree, action_dim: int,
     spec = checks.as_obs_spec(obs_spec, pixels=True)
     default = None
     if obs_normalizer is not None:
-        warnings.warn("make_learner(obs_normalizer=...) is deprecated: pass a "
-                      "normalization.Normalizer to learner.init instead.", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "make_learner(obs_normalizer=...) is deprecated: pass a "
+            "normalization.Normalizer to learner.init instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         dim = state_dim(spec)
         if obs_normalizer.dim != dim:
-            raise ValueError(f"obs_normalizer has dimension {obs_normalizer.dim} but the "
-                             f"flattened observation has {dim}; fit it on the same observations.")
-        default = Normalizer(obs=obs_normalizer,
-                             action=Normalizer.identity(dim, int(action_dim)).action)
+            raise ValueError(
+                f"obs_normalizer has dimension {obs_normalizer.dim} but the "
+                f"flattened observation has {dim}; fit it on the same observations."
+            )
+        default = Normalizer(
+            obs=obs_normalizer, action=Normalizer.identity(dim, int(action_dim)).action
+        )
     networks = make_networks(config, int(action_dim))
     obs_encoder = ObservationEncoder(spec, config.encoder, config.camera_feature_dim)
     return ResidualTD3(
-        config=config, obs_spec=spec, action_dim=int(action_dim), networks=networks,
-        losses=make_losses(networks, config, obs_encoder, axis_name), obs_encoder=obs_encoder,
+        config=config,
+        obs_spec=spec,
+        action_dim=int(action_dim),
+        networks=networks,
+        losses=make_losses(networks, config, obs_encoder, axis_name),
+        obs_encoder=obs_encoder,
         actor_tx=make_optimizer(config.actor_lr, config.weight_decay, config.max_grad_norm),
         critic_tx=make_optimizer(config.critic_lr, config.weight_decay, config.max_grad_norm),
-        default_normalizer=default, axis_name=axis_name,
+        default_normalizer=default,
+        axis_name=axis_name,
     )

@@ -34,10 +34,12 @@ Residual mask (``residual_mask``): the last raw entry m of the state vector (0 o
 the residual: r~' is multiplied by m(s') in the target, and the actor loss averages over
 the samples with m(s) = 1 only.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +52,6 @@ from resfit_jax.observations import state_of
 from resfit_jax.replay import Transition
 from resfit_jax.sharding import local_draw
 
-
 PyTree = Any
 
 
@@ -61,8 +62,9 @@ def residual_mask(obs: PyTree) -> jax.Array:
 
 def flatten_obs(obs: PyTree) -> jax.Array:
     """Observation pytree [*batch, D_i] -> one float32 vector [*batch, sum D_i] (tree order)."""
-    flat = [x.reshape(x.shape[: x.ndim - 1] + (-1,)).astype(jnp.float32)
-            for x in jax.tree.leaves(obs)]
+    flat = [
+        x.reshape(x.shape[: x.ndim - 1] + (-1,)).astype(jnp.float32) for x in jax.tree.leaves(obs)
+    ]
     return flat[0] if len(flat) == 1 else jnp.concatenate(flat, axis=-1)
 
 
@@ -75,9 +77,12 @@ class ResidualTD3Losses:
     gate: Callable[..., jax.Array]
 
 
-def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config",
-                obs_encoder: ObservationEncoder | None = None, axis_name=None
-                ) -> ResidualTD3Losses:
+def make_losses(
+    networks: ResidualTD3Networks,
+    config: ResidualTD3Config,
+    obs_encoder: ObservationEncoder | None = None,
+    axis_name=None,
+) -> ResidualTD3Losses:
     """``axis_name``: data-parallel shards; per-sample target noise is then drawn at the
     global batch shape (``sharding.local_draw``)."""
     actor, critic = networks.actor, networks.critic
@@ -89,8 +94,13 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config",
             return q[heads].min(axis=0)
         return q.mean(axis=0) - config.gate_k * q.std(axis=0)
 
-    def gate(critic_params, feats: jax.Array, base_action: jax.Array, residual: jax.Array,
-             heads: jax.Array) -> jax.Array:
+    def gate(
+        critic_params,
+        feats: jax.Array,
+        base_action: jax.Array,
+        residual: jax.Array,
+        heads: jax.Array,
+    ) -> jax.Array:
         """g [B] in {0, 1}: 1 where the residual beats the base by more than gate_tau.
         "min" / "lcb": P(s, clip(a_b + r)) - P(s, a_b) with P pessimistic over heads;
         "agree": min over all K heads of the paired advantage Q_k(s, clip(a_b + r)) - Q_k(s, a_b)
@@ -103,29 +113,41 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config",
             adv = pessimistic(with_r, heads) - pessimistic(without, heads)
         return (adv > config.gate_tau).astype(residual.dtype)
 
-    def features(normalizer: Normalizer, obs: PyTree, encoder_params: PyTree = None
-                 ) -> jax.Array:
+    def features(normalizer: Normalizer, obs: PyTree, encoder_params: PyTree = None) -> jax.Array:
         """Observation pytree [*B, ...] -> features [*B, F]: standardized flat state (and,
         with cameras, the camera encoders' features first)."""
         if obs_encoder is None or not obs_encoder.cameras:
             return normalizer.obs.normalize(flatten_obs(obs))
         return obs_encoder(encoder_params, normalizer, obs)
 
-    def td_target(target_actor_params, target_critic_params, normalizer: Normalizer,
-                  batch: Transition, key: jax.Array, noise_std, encoder_params=None
-                  ) -> jax.Array:
+    def td_target(
+        target_actor_params,
+        target_critic_params,
+        normalizer: Normalizer,
+        batch: Transition,
+        key: jax.Array,
+        noise_std,
+        encoder_params=None,
+    ) -> jax.Array:
         k_subset, k_noise = jax.random.split(key)
         next_feats = jax.lax.stop_gradient(features(normalizer, batch.next_obs, encoder_params))
         next_mean = actor.apply(target_actor_params, next_feats, batch.next_base_action)
-        noise = jnp.clip(noise_std * local_draw(jax.random.normal, k_noise, next_mean.shape,
-                                                axis_name),
-                         -config.target_noise_clip, config.target_noise_clip)
+        noise = jnp.clip(
+            noise_std * local_draw(jax.random.normal, k_noise, next_mean.shape, axis_name),
+            -config.target_noise_clip,
+            config.target_noise_clip,
+        )
         next_r = jnp.clip(next_mean + noise, -1.0, 1.0)
-        heads = jax.random.choice(k_subset, config.num_critics, (config.num_min_critics,),
-                                  replace=False)
+        heads = jax.random.choice(
+            k_subset, config.num_critics, (config.num_min_critics,), replace=False
+        )
         if gated:
-            next_r = gate(target_critic_params, next_feats, batch.next_base_action, next_r,
-                          heads)[:, None] * next_r
+            next_r = (
+                gate(target_critic_params, next_feats, batch.next_base_action, next_r, heads)[
+                    :, None
+                ]
+                * next_r
+            )
         if config.residual_mask:
             next_r = next_r * residual_mask(batch.next_obs)
         next_action = jnp.clip(batch.next_base_action + next_r, -1.0, 1.0)
@@ -133,34 +155,58 @@ def make_losses(networks: ResidualTD3Networks, config: "ResidualTD3Config",
         next_q = critic.apply(subset, next_feats, next_action).min(axis=0)
         return jax.lax.stop_gradient(batch.reward + batch.discount * batch.nonterminal * next_q)
 
-    def critic_loss(critic_params, target_actor_params, target_critic_params,
-                    normalizer: Normalizer, batch: Transition, key: jax.Array, noise_std,
-                    encoder_params=None):
+    def critic_loss(
+        critic_params,
+        target_actor_params,
+        target_critic_params,
+        normalizer: Normalizer,
+        batch: Transition,
+        key: jax.Array,
+        noise_std,
+        encoder_params=None,
+    ):
         """Per-head MSE ("mse") or the release's mean_b((mean_k |Q_k - y|)^2) ("release")."""
-        target = td_target(target_actor_params, target_critic_params, normalizer, batch, key,
-                           noise_std, encoder_params)
-        q = critic.apply(critic_params, features(normalizer, batch.obs, encoder_params),
-                         batch.action)                                             # [K, B]
+        target = td_target(
+            target_actor_params,
+            target_critic_params,
+            normalizer,
+            batch,
+            key,
+            noise_std,
+            encoder_params,
+        )
+        q = critic.apply(
+            critic_params, features(normalizer, batch.obs, encoder_params), batch.action
+        )  # [K, B]
         if config.critic_loss == "mse":
             loss = jnp.mean(jnp.square(q - target[None]))
         else:
             loss = jnp.mean(jnp.square(jnp.mean(jnp.abs(q - target[None]), axis=0)))
         return loss, {"q": q, "target": target}
 
-    def actor_loss(actor_params, critic_params, normalizer: Normalizer, batch: Transition,
-                   weights: jax.Array | None = None, encoder_params=None):
+    def actor_loss(
+        actor_params,
+        critic_params,
+        normalizer: Normalizer,
+        batch: Transition,
+        weights: jax.Array | None = None,
+        encoder_params=None,
+    ):
         """-mean Q over heads and samples (``weights`` [B]: a weighted mean over samples)."""
         feats = jax.lax.stop_gradient(features(normalizer, batch.obs, encoder_params))
         r = actor.apply(actor_params, feats, batch.base_action)
-        if config.residual_mask:            # learn only where the residual acts
+        if config.residual_mask:  # learn only where the residual acts
             m = residual_mask(batch.obs)
             r = r * m
             weights = m[:, 0] if weights is None else weights * m[:, 0]
         action = jnp.clip(batch.base_action + r, -1.0, 1.0)
         q = critic.apply(jax.lax.stop_gradient(critic_params), feats, action)
         penalty = jnp.mean(jnp.square(r / config.action_scale))
-        q_pi = q.mean() if weights is None else ((q.mean(axis=0) * weights).sum()
-                                                 / jnp.maximum(weights.sum(), 1e-6))
+        q_pi = (
+            q.mean()
+            if weights is None
+            else ((q.mean(axis=0) * weights).sum() / jnp.maximum(weights.sum(), 1e-6))
+        )
         return -q_pi + config.residual_penalty * penalty, {"residual": r, "q": q_pi}
 
     return ResidualTD3Losses(features, td_target, critic_loss, actor_loss, gate)

@@ -3,6 +3,7 @@
 Both modules live in ``resfit_jax.networks`` (shared blocks); this module picks and sizes
 them from a ``ResidualTD3Config``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,6 @@ import flax.linen as nn
 
 from resfit_jax.agents.residual_td3.config import ResidualTD3Config
 from resfit_jax.networks import EnsembleCritic, ResidualActor
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,11 +23,18 @@ class ResidualTD3Networks:
     critic: nn.Module
 
 
-def make_networks(config: "ResidualTD3Config", action_dim: int) -> ResidualTD3Networks:
+def make_networks(config: ResidualTD3Config, action_dim: int) -> ResidualTD3Networks:
     return ResidualTD3Networks(
-        actor=ResidualActor(action_dim=int(action_dim), hidden_dims=tuple(config.actor_hidden_dims),
-                            action_scale=config.action_scale, layer_norm=config.layer_norm,
-                            zero_init_output=config.actor_zero_init),
-        critic=EnsembleCritic(num_heads=config.num_critics,
-                              hidden_dims=tuple(config.critic_hidden_dims),
-                              layer_norm=config.layer_norm))
+        actor=ResidualActor(
+            action_dim=int(action_dim),
+            hidden_dims=tuple(config.actor_hidden_dims),
+            action_scale=config.action_scale,
+            layer_norm=config.layer_norm,
+            zero_init_output=config.actor_zero_init,
+        ),
+        critic=EnsembleCritic(
+            num_heads=config.num_critics,
+            hidden_dims=tuple(config.critic_hidden_dims),
+            layer_norm=config.layer_norm,
+        ),
+    )

@@ -7,6 +7,7 @@ middle of the action range (0 in normalized units), everywhere, so the actor's o
 the whole action, the critic's input is the executed action, and demo transitions keep
 their demo actions. The BC base stays the paired reference of every evaluation.
 """
+
 from resfit_jax.agents.rlpd.no_base import NoBase
 
 __all__ = ["NoBase"]

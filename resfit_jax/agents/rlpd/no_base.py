@@ -1,4 +1,5 @@
 """``NoBase``: the base Tuned RLPD acts around, the middle of the action range everywhere."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,7 @@ class NoBase:
     center: jax.Array
 
     @classmethod
-    def for_normalizer(cls, normalizer: Normalizer) -> "NoBase":
+    def for_normalizer(cls, normalizer: Normalizer) -> NoBase:
         """The base that acts at normalized 0 of ``normalizer``'s action range."""
         return cls(jnp.asarray(normalizer.action.center, jnp.float32))
 
@@ -33,4 +34,3 @@ class NoBase:
     def step(self, state: jax.Array, obs) -> tuple[jax.Array, jax.Array]:
         batch = jax.tree.leaves(obs)[0].shape[:-1]
         return jnp.broadcast_to(self.center, batch + self.center.shape), state + 1
-
