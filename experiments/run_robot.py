@@ -76,8 +76,9 @@ def main(argv):
     from resfit_jax.observations import camera_shapes, state_size
     from resfit_jax.replay.demos import fit_normalizer, offline_buffer
     from resfit_jax.robot.link import LinkError
-    from resfit_jax.robot.loop import EmergencyStop, LoopConfig, SafetyLimits
+    from resfit_jax.robot.loop import LoopConfig
     from resfit_jax.robot.operator import TerminalLabeller, oracle_labeller
+    from resfit_jax.robot.safety import EmergencyStop, SafetyLimits
     from resfit_jax.robot.sim_server import RemoteRobot, read_key, spawn_server
     from resfit_jax.robot.trainer import RobotTrainConfig, RobotTrainer
     from resfit_jax.run.configs import config_lines, resolve, usage_error

@@ -36,7 +36,9 @@ from absl import app, flags
 from resfit_jax.run.configs import usage_error
 
 FLAGS = flags.FLAGS
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results"
+)
 LABELS = {
     "resfit": "ResFiT",
     "rlpd": "RLPD",
@@ -64,7 +66,9 @@ def define_flags() -> None:
     flags.DEFINE_multi_string("override", [], "METHOD:field=value, one method's override.")
     flags.DEFINE_string("out", None, "Run directories (default runs/compare/<task>).")
     flags.DEFINE_bool("analyze_only", False, "Train nothing; report the runs as they are.")
-    flags.DEFINE_bool("headline", False, "Add the finished rows to headline.json and regenerate the tables.")
+    flags.DEFINE_bool(
+        "headline", False, "Add the finished rows to headline.json and regenerate the tables."
+    )
     flags.DEFINE_bool(
         "rescore",
         False,

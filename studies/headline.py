@@ -27,8 +27,8 @@ from absl import app, flags
 
 from resfit_jax.run.configs import usage_error
 
-HEADLINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "headline.json")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADLINE = os.path.join(ROOT, "benchmarks", "results", "headline.json")
 README = os.path.join(ROOT, "README.md")
 RESULTS = os.path.join(ROOT, "docs", "results.md")
 DOCUMENTS = (README, RESULTS)
@@ -266,8 +266,11 @@ def se_table(data: dict) -> str:
 def render_tables(text: str, data: dict) -> str:
     """``text`` (a document) with each generated table whose block it has (the run log, the
     comparison, the sample efficiency) rewritten from ``data``."""
-    for start, end, make in ((START, END, table), (CMP_START, CMP_END, compare_table),
-                             (SE_START, SE_END, se_table)):
+    for start, end, make in (
+        (START, END, table),
+        (CMP_START, CMP_END, compare_table),
+        (SE_START, SE_END, se_table),
+    ):
         if start in text and end in text:
             text = _replace_block(text, start, end, make(data))
     return text
@@ -338,8 +341,11 @@ def main(argv):
     if cmd == "check":
         stale = stale_documents(data)
         if stale:
-            print(f"Generated tables are stale in {', '.join(stale)}: run python -m "
-                  "studies.headline tables", file=sys.stderr)
+            print(
+                f"Generated tables are stale in {', '.join(stale)}: run python -m "
+                "studies.headline tables",
+                file=sys.stderr,
+            )
             return 1
         missing = missing_rows(data, os.path.dirname(os.path.abspath(FLAGS.headline)))
         if missing:
@@ -354,6 +360,7 @@ def main(argv):
     write_tables(data)
     print(f"Tables in README.md and docs/results.md rewritten from {FLAGS.headline}")
     return 0
+
 
 if __name__ == "__main__":
     define_flags()

@@ -38,7 +38,9 @@ from absl import app, flags
 from resfit_jax.run.configs import usage_error
 
 FLAGS = flags.FLAGS
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results"
+)
 
 
 def define_flags() -> None:

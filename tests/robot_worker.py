@@ -20,7 +20,8 @@ from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner  # no
 from resfit_jax.base.policy import FunctionBase  # noqa: E402
 from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer  # noqa: E402
 from resfit_jax.replay import ReplayConfig  # noqa: E402
-from resfit_jax.robot.loop import LoopConfig, SafetyLimits  # noqa: E402
+from resfit_jax.robot.loop import LoopConfig  # noqa: E402
+from resfit_jax.robot.safety import SafetyLimits  # noqa: E402
 from resfit_jax.robot.trainer import RobotTrainConfig, RobotTrainer  # noqa: E402
 
 TINY = dict(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=2, actor_lr=1e-3)

@@ -389,7 +389,7 @@ def test_robot_key_file_empty(tmp_path):
 
 
 def test_safety_limits_inverted():
-    from resfit_jax.robot.loop import SafetyLimits
+    from resfit_jax.robot.safety import SafetyLimits
 
     with pytest.raises(ValueError, match="low <= high"):
         SafetyLimits(np.array([1.0]), np.array([0.0]), 0.1)

@@ -99,7 +99,7 @@ def _module_imports(path: str) -> set[str]:
     ``from pkg import sub`` names ``pkg.sub`` when that is a module of the package."""
     tree = ast.parse(open(path).read())
     names, body = set(), list(tree.body)
-    while body:                       # module level, including `if TYPE_CHECKING:` / try blocks
+    while body:  # module level, including `if TYPE_CHECKING:` / try blocks
         node = body.pop()
         if isinstance(node, (ast.If, ast.Try)):
             body += node.body + node.orelse + getattr(node, "handlers", [])
@@ -138,7 +138,7 @@ def test_no_import_cycles_in_the_library():
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt]
                 raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
             if nxt not in state:
                 visit(nxt, stack + [nxt])
@@ -154,8 +154,15 @@ def test_the_package_top_holds_few_modules_and_the_public_surface():
     assert len(top) <= 8, top
     import resfit_jax
 
-    for name in ("make_learner", "ResidualTD3Config", "ReplayConfig", "replay_updates",
-                 "Normalizer", "ChunkedBase", "load_exported_base"):
+    for name in (
+        "make_learner",
+        "ResidualTD3Config",
+        "ReplayConfig",
+        "replay_updates",
+        "Normalizer",
+        "ChunkedBase",
+        "load_exported_base",
+    ):
         assert name in resfit_jax.__all__
 
 

@@ -36,21 +36,34 @@ def _demo_episodes(n: int, length: int, obs_dim: int, act_dim: int) -> list[Epis
 
 def test_the_readme_own_code_snippet_runs_with_the_public_names():
     readme = open("README.md").read()
-    block = re.search(r"## Using the learner in your own JAX code\n.*?```python\n(.*?)```",
-                      readme, re.S)
+    block = re.search(
+        r"## Using the learner in your own JAX code\n.*?```python\n(.*?)```", readme, re.S
+    )
     assert block, "README lost its 'own JAX code' snippet"
     for name in ("make_learner", "ReplayConfig", "replay_updates", "fit_normalizer"):
         assert name in block.group(1)
-    from resfit_jax import (FunctionBase, ReplayConfig, ResidualTD3Config, fit_normalizer,
-                            make_learner, offline_buffer, replay_updates, transition_spec)
+    from resfit_jax import (
+        FunctionBase,
+        ReplayConfig,
+        ResidualTD3Config,
+        fit_normalizer,
+        make_learner,
+        offline_buffer,
+        replay_updates,
+        transition_spec,
+    )
 
     obs_dim, act_dim, envs = 6, 2, 4
     demos = _demo_episodes(3, 10, obs_dim, act_dim)
     base = FunctionBase(lambda obs: jnp.tanh(obs[..., :act_dim]), act_dim)
     replay = ReplayConfig(n_step=3, utd=2, batch_size=16, offline_fraction=0.5, capacity=256)
-    learner = make_learner(ResidualTD3Config.small(actor_hidden_dims=(32, 32),
-                                                   critic_hidden_dims=(32, 32), num_critics=2),
-                           obs_spec=obs_dim, action_dim=act_dim)
+    learner = make_learner(
+        ResidualTD3Config.small(
+            actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=2
+        ),
+        obs_spec=obs_dim,
+        action_dim=act_dim,
+    )
     normalizer = fit_normalizer(demos, action_scale=0.1)
     state = learner.init(jax.random.key(0), normalizer)
     demo_buffer, demo_state = offline_buffer(demos, base, normalizer, replay.demo_writer())
@@ -58,17 +71,26 @@ def test_the_readme_own_code_snippet_runs_with_the_public_names():
     obs_spec = jax.ShapeDtypeStruct((obs_dim,), jnp.float32)
     windows = writer.init(envs, obs_spec, act_dim)
     online = buffer.init(transition_spec(obs_spec, act_dim))
+    base_state = base.init_state(envs)  # FunctionBase: stateless apart from a step count
 
     @jax.jit
     def collect(state, windows, online, obs, key):
-        base_action = normalizer.normalize_action(base.step(None, obs)[0])
+        base_action = normalizer.normalize_action(base.step(base_state, obs)[0])
         r, aux = learner.act(state, obs, base_action, key)
         next_obs = obs + 0.1 * aux["action"].sum(-1, keepdims=True)
         reward = (next_obs[:, 0] > 1.0).astype(jnp.float32)
-        next_base = normalizer.normalize_action(base.step(None, next_obs)[0])
-        windows, items, valid = writer.step(windows, obs, base_action, aux["action"], reward,
-                                            next_obs, next_base, reward > 0,
-                                            jnp.zeros(envs, bool))
+        next_base = normalizer.normalize_action(base.step(base_state, next_obs)[0])
+        windows, items, valid = writer.step(
+            windows,
+            obs,
+            base_action,
+            aux["action"],
+            reward,
+            next_obs,
+            next_base,
+            reward > 0,
+            jnp.zeros(envs, bool),
+        )
         return windows, buffer.add(online, items, valid), next_obs
 
     obs = jax.random.normal(jax.random.key(1), (envs, obs_dim))

@@ -16,8 +16,9 @@ import pytest
 
 from resfit_jax.robot.journal import Journal
 from resfit_jax.robot.learner import AsyncLearner
-from resfit_jax.robot.loop import EmergencyStop, LoopConfig, RateClock, SafetyLimits, run_episode
+from resfit_jax.robot.loop import LoopConfig, run_episode
 from resfit_jax.robot.operator import Label, ScriptedLabeller, TerminalLabeller
+from resfit_jax.robot.safety import EmergencyStop, RateClock, SafetyLimits
 from resfit_jax.run.checkpointing import to_storable
 
 sys.path.insert(0, os.path.dirname(__file__))

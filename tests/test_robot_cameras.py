@@ -9,8 +9,9 @@ import pytest
 
 from resfit_jax.robot.journal import Journal
 from resfit_jax.robot.link import RemoteRobot, RobotServer
-from resfit_jax.robot.loop import LoopConfig, SafetyLimits, run_episode
+from resfit_jax.robot.loop import LoopConfig, run_episode
 from resfit_jax.robot.operator import Label, ScriptedLabeller
+from resfit_jax.robot.safety import SafetyLimits
 
 RES = 32
 KEY = b"camera-test-key"

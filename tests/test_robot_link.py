@@ -158,8 +158,9 @@ def test_one_client_at_a_time_wrong_key_and_idle_timeout(server):
 
 
 def test_a_failing_stop_after_a_robot_error_keeps_the_episode():
-    from resfit_jax.robot.loop import LoopConfig, SafetyLimits, run_episode
+    from resfit_jax.robot.loop import LoopConfig, run_episode
     from resfit_jax.robot.operator import ScriptedLabeller
+    from resfit_jax.robot.safety import SafetyLimits
 
     class Dying(FakeRobot):
         def __init__(self):

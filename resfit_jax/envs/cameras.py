@@ -85,7 +85,7 @@ def _mjx():
     if mjxw is None or not mjxw.WARP_INSTALLED:
         raise ImportError(
             "Camera observations need MuJoCo Warp: pip install mujoco-warp "
-            "warp-lang (setup.py lists them)."
+            "warp-lang (pyproject.toml lists them)."
         )
     return mjx
 

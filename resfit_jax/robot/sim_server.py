@@ -14,6 +14,7 @@ challenge, timeouts, one client at a time and the robot stopped on any abnormal 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import subprocess
@@ -260,10 +261,15 @@ def spawn_server(
     command line."""
     key = authkey or new_key()
     env = dict(os.environ, **{KEY_ENV: key})
+    # the installed script, or the checkout's experiments/ when the package is not installed
+    module, cwd = "resfit_jax.experiments.sim_robot_server", None
+    if importlib.util.find_spec("resfit_jax.experiments") is None:
+        module = "experiments.sim_robot_server"
+        cwd = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cmd = [
         sys.executable,
         "-m",
-        "resfit_jax.experiments.sim_robot_server",
+        module,
         f"--task={task_name}",
         "--port=0",
         f"--seed={seed}",
@@ -273,7 +279,7 @@ def spawn_server(
         *extra_args,
     ]
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -41,15 +41,9 @@ from resfit_jax.observations import camera_shapes
 from resfit_jax.replay import ReplayConfig
 from resfit_jax.robot.journal import Journal
 from resfit_jax.robot.learner import AsyncLearner, PolicyRunner, RobotLearner
-from resfit_jax.robot.loop import (
-    EmergencyStop,
-    EpisodeRecord,
-    LoopConfig,
-    RobotInterface,
-    SafetyLimits,
-    run_episode,
-)
+from resfit_jax.robot.loop import EpisodeRecord, LoopConfig, RobotInterface, run_episode
 from resfit_jax.robot.operator import Label, Labeller
+from resfit_jax.robot.safety import EmergencyStop, SafetyLimits
 from resfit_jax.run.checkpointing import RunCheckpointer
 from resfit_jax.run.configs import to_dict
 from resfit_jax.run.locks import RunLock

@@ -37,15 +37,16 @@ def episode_keys(key: jax.Array, num_episodes: int, start: int = 0) -> jax.Array
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(start, start + num_episodes))
 
 
-def run_episodes(
-    task: Env, policy: BasePolicy, keys: jax.Array, record: bool = False
-) -> dict[str, jax.Array]:
-    """Jittable: one full episode per key [N], all in parallel.
-
-    Returns success [N] bool, length [N] int32 (steps to the episode's end), success_rate,
-    mean_success_length (NaN without a success); with ``record`` also obs [T, N, ...], the
-    observation after each step (row ``length - 1`` ends an episode; later rows repeat it).
-    """
+def scan_episodes(
+    task: Env,
+    policy: BasePolicy,
+    keys: jax.Array,
+    record: Callable[[Any, jax.Array, Any, jax.Array], Any] | None = None,
+) -> tuple[Any, Any]:
+    """Jittable: one full episode per key [N], all in parallel, each frozen once it ends.
+    Returns the final env state [N] and, with ``record(state, action, next_state, done)``,
+    its outputs stacked over the horizon [T, N, ...] (``done``: the episode had already
+    ended before this step)."""
     env = EpisodeWrapper(task)
     n = keys.shape[0]
     s = jax.vmap(env.reset)(keys)
@@ -62,9 +63,22 @@ def run_episodes(
             s2,
             s,
         )
-        return (s2, pstate, done | s2.done), (s2.obs if record else None)
+        return (s2, pstate, done | s2.done), (None if record is None else record(s, a, s2, done))
 
-    (s, _, _), obs = jax.lax.scan(body, (s, pstate, jnp.zeros((n,), bool)), None, env.horizon)
+    (s, _, _), out = jax.lax.scan(body, (s, pstate, jnp.zeros((n,), bool)), None, env.horizon)
+    return s, out
+
+
+def run_episodes(
+    task: Env, policy: BasePolicy, keys: jax.Array, record: bool = False
+) -> dict[str, jax.Array]:
+    """Jittable: one full episode per key [N], all in parallel.
+
+    Returns success [N] bool, length [N] int32 (steps to the episode's end), success_rate,
+    mean_success_length (NaN without a success); with ``record`` also obs [T, N, ...], the
+    observation after each step (row ``length - 1`` ends an episode; later rows repeat it).
+    """
+    s, obs = scan_episodes(task, policy, keys, (lambda s, a, s2, done: s2.obs) if record else None)
     success, length = s.info["success"], s.info["steps"]
     n_succ = success.sum()
     mean_len = jnp.where(

@@ -97,22 +97,7 @@ def _ppo_train_phase(run: Run) -> bool:
 PPO_PHASES = {"train": _ppo_train_phase, "final_eval": final_eval_phase}
 
 
-def train_residual_ppo(
-    trainer: PPOTrainer,
-    out: str,
-    resume: bool = False,
-    progress: bool = True,
-    stop_at_env_steps: int | None = None,
-    task_name: str = "",
-    extra_info: dict | None = None,
-    identity: dict | None = None,
-) -> dict:
-    """Run (or resume) residual PPO; the same outputs as ``sim.trainer.train_residual``
-    (metrics.jsonl, TensorBoard, checkpoints, config.json, summary.json with the held-out
-    final evaluation) and the same locking and resume rules."""
-    return run_phases(
-        trainer,
-        PPO_PHASES,
-        out,
-        RunOptions(resume, progress, stop_at_env_steps, task_name, extra_info, identity),
-    )
+def train_residual_ppo(trainer: PPOTrainer, out: str, **options: Any) -> dict:
+    """Run (or resume) residual PPO; the same outputs, locking, resume rules and ``options``
+    (``phases.RunOptions``) as ``sim.trainer.train_residual``."""
+    return run_phases(trainer, PPO_PHASES, out, RunOptions(**options))

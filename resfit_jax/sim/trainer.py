@@ -48,7 +48,7 @@ from resfit_jax.sim.evaluation import Evaluator, make_evaluator
 from resfit_jax.sim.inputs import prepare_inputs
 from resfit_jax.sim.loop import STAT_KEYS, SimLoop
 from resfit_jax.sim.phases import RunOptions, final_eval_phase, iteration_phase, run_phases
-from resfit_jax.sim.progress import SAVE_EVERY_S, Run
+from resfit_jax.sim.progress import Run
 
 PHASES = ("warmup", "critic_warmup", "train", "final_eval", "done")
 
@@ -114,14 +114,8 @@ def make_trainer(
     ``action_margin`` only): their actor's output is the whole action, not a correction."""
     widen = cfg.learner.action_scale if cfg.method == "resfit" else 0.0
     inp = prepare_inputs(task, base, episodes, cfg, widen)
-    task, base, episodes, normalizer, features, offsets = (
-        inp.task,
-        inp.base,
-        inp.episodes,
-        inp.normalizer,
-        inp.features,
-        inp.offsets,
-    )
+    task, base, episodes, normalizer = inp.task, inp.base, inp.episodes, inp.normalizer
+    features, offsets = inp.features, inp.offsets
     reference = None
     if cfg.method == "rlpd":
         reference, base = base, NoBase.for_normalizer(normalizer)
@@ -233,31 +227,14 @@ PHASE_FUNCTIONS = {
 }
 
 
-def train_residual(
-    trainer: Trainer,
-    out: str,
-    resume: bool = False,
-    progress: bool = True,
-    stop_at_env_steps: int | None = None,
-    task_name: str = "",
-    extra_info: dict | None = None,
-    identity: dict | None = None,
-    save_every_s: float = SAVE_EVERY_S,
-) -> dict:
-    """Run (or resume) all phases; returns a summary (also written to <out>/summary.json)
-    with the final ``loop_state`` (and ``selected_state``, the kept learner states, with
-    ``select.rule="best"``). The run holds an exclusive lock on ``out``. The arguments are
-    ``phases.RunOptions``' (stop_at_env_steps: for staged runs and the resume test;
-    identity: e.g. content hashes of the base and demos, ``checkpointing.content_hash``).
-    """
-    return run_phases(
-        trainer,
-        PHASE_FUNCTIONS,
-        out,
-        RunOptions(
-            resume, progress, stop_at_env_steps, task_name, extra_info, identity, save_every_s
-        ),
-    )
+def train_residual(trainer: Trainer, out: str, **options: Any) -> dict:
+    """Run (or resume) all phases into ``out``; returns the summary (also written to
+    <out>/summary.json) with the final ``loop_state`` (and ``selected_state``, the kept
+    learner states, with ``select.rule="best"``). The run holds an exclusive lock on ``out``.
+    ``options``: ``phases.RunOptions``' fields (resume, progress, stop_at_env_steps for
+    staged runs, task_name, extra_info, identity such as the content hashes of the base and
+    demos, save_every_s)."""
+    return run_phases(trainer, PHASE_FUNCTIONS, out, RunOptions(**options))
 
 
 def rescore_run(trainer: Any, out: str, task_name: str = "", identity: dict | None = None) -> dict:

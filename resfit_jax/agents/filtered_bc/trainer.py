@@ -38,11 +38,11 @@ from resfit_jax.bc.frozen import INFO_FILE, load_params
 from resfit_jax.bc.networks import BCConfig
 from resfit_jax.bc.train import make_trainer as make_bc_trainer
 from resfit_jax.data.rlds import Episode, check_compatible
-from resfit_jax.envs.core import Env, EpisodeWrapper
+from resfit_jax.envs.core import Env
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import ReplayBuffer, ReplayState
 from resfit_jax.replay.demos import fit_normalizer
-from resfit_jax.sim.evaluation import make_evaluator
+from resfit_jax.sim.evaluation import make_evaluator, scan_episodes
 from resfit_jax.sim.phases import RunOptions, final_eval_phase, iteration_phase, run_phases
 from resfit_jax.sim.progress import Run
 
@@ -67,25 +67,9 @@ class FBCState:
 def collect(task: Env, policy: Any, keys: jax.Array) -> dict:
     """One episode per key, recorded: obs [T, N, O] (acted on), action [T, N, A] (raw,
     executed), alive [T, N] (step t is part of the episode), success [N], length [N]."""
-    env = EpisodeWrapper(task)
-    s = jax.vmap(env.reset)(keys)
-    pstate = policy.init_state(keys.shape[0])
-
-    def body(carry, _):
-        s, pstate, done = carry
-        a, pstate = policy.step(pstate, s.obs)
-        s2 = jax.vmap(env.step)(s, a)
-        s2 = jax.tree.map(
-            lambda new, old: jnp.where(
-                jnp.reshape(done, done.shape + (1,) * (new.ndim - 1)), old, new
-            ),
-            s2,
-            s,
-        )
-        return (s2, pstate, done | s2.done), (s.obs, a, ~done)
-
-    init = (s, pstate, jnp.zeros((keys.shape[0],), bool))
-    (s, _, _), (obs, action, alive) = jax.lax.scan(body, init, None, env.horizon)
+    s, (obs, action, alive) = scan_episodes(
+        task, policy, keys, lambda s, a, s2, done: (s.obs, a, ~done)
+    )
     return {
         "obs": obs,
         "action": action,
@@ -277,21 +261,10 @@ def _train_phase(run: Run) -> bool:
     return iteration_phase(run, "Filtered BC", run.trainer.round)
 
 
-def train_filtered_bc(
-    trainer: FilteredBCTrainer,
-    out: str,
-    resume: bool = False,
-    progress: bool = True,
-    stop_at_env_steps: int | None = None,
-    task_name: str = "",
-    extra_info: dict | None = None,
-    identity: dict | None = None,
-) -> dict:
-    """Run (or resume) Filtered BC with the simulated trainers' outputs (metrics.jsonl,
-    TensorBoard, checkpoints, config.json, summary.json with the held-out evaluation)."""
-    return run_phases(
-        trainer,
-        {"train": _train_phase, "final_eval": final_eval_phase},
-        out,
-        RunOptions(resume, progress, stop_at_env_steps, task_name, extra_info, identity),
-    )
+FBC_PHASES = {"train": _train_phase, "final_eval": final_eval_phase}
+
+
+def train_filtered_bc(trainer: FilteredBCTrainer, out: str, **options: Any) -> dict:
+    """Run (or resume) Filtered BC with the simulated trainers' outputs, locking, resume rules
+    and ``options`` (``sim.phases.RunOptions``)."""
+    return run_phases(trainer, FBC_PHASES, out, RunOptions(**options))

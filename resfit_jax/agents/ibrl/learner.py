@@ -7,7 +7,7 @@ The base's action a_b and the RL actor's own action a_rl compete (``losses.choos
 executed action is the winner, so the loops' ``clip(a_b + r)`` with r = winner - a_b runs it
 unchanged. aux["gate"] [*B] is 1 where the RL proposal was taken (logged as ``gate_open``).
 State, update, critic warm-up and checkpoints are residual TD3's (same ``LearnerState``).
-Recipe (spec/baselines.md): TD3 actor loss without a BC term, lr 1e-4, tau 0.01,
+Recipe: TD3 actor loss without a BC term, lr 1e-4, tau 0.01,
 exploration std 0.1, 5 heads with min over 2, soft selection with beta 10 on state tasks.
 """
 

@@ -9,7 +9,7 @@ from resfit_jax.run.validation import number_errors
 
 @dataclasses.dataclass(frozen=True)
 class ResidualPPOConfig:
-    """Hyperparameters; defaults are the ResiP recipe's (spec/baselines.md) except
+    """Hyperparameters; defaults are the ResiP recipe's except
     ``action_scale``, which the presets set to the task's ResFiT residual bound so both
     methods correct the base by the same amount."""
 
