@@ -2,6 +2,7 @@
 
     python -m experiments.quickstart                     # PickPlace, CPU preset, 1 seed
     python -m experiments.quickstart --task=PixelPointReach --seeds=3   # from pixels
+    python -m experiments.quickstart --config.total_env_steps=20480   # a shorter residual run
 
 1. 30 noisy scripted-expert demos of PickPlace (RLDS, <out>/demos);
 2. an ACT-style BC base trained on them, best checkpoint by success (<out>/bc);

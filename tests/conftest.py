@@ -14,4 +14,8 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end tests (run in CI, kept few)")
+    config.addinivalue_line(
+        "markers",
+        "slow: end-to-end learning runs and the heaviest compiles (CI runs them; leave them out "
+        'while working with -m "not slow")',
+    )

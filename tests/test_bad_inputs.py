@@ -28,6 +28,8 @@ CLI = [
     (["experiments.train", "--config.learner.actor_lr=nan"], "actor_lr"),
     (["experiments.train", "--task=Nope"], "No residual-training preset for task 'Nope'"),
     (["experiments.train", "--seeds=0"], "--seeds must be >= 1"),
+    (["experiments.train", "--method=ppo", "--scale=paper"], "choose from cpu, accelerator"),
+    (["experiments.train", "--config.residual.hold=maybe"], "expected true/false"),
     (
         ["experiments.train", "--task=PointReach", "--base=/nonexistent/base"],
         "No base at /nonexistent/base",

@@ -175,7 +175,9 @@ def _small(method: str, **kw) -> TrainConfig:
     )
 
 
-@pytest.mark.parametrize("method,name", [("rlpd", "RLPD"), ("ibrl", "IBRL")])
+@pytest.mark.parametrize(
+    "method,name", [("rlpd", "RLPD"), pytest.param("ibrl", "IBRL", marks=pytest.mark.slow)]
+)
 def test_short_baseline_run_goes_through_every_phase(method, name, demos, tmp_path):
     trainer = make_trainer(
         TASK, FunctionBase(biased_base_action, 2), demos, _small(method), seeds=[0, 1]

@@ -10,6 +10,8 @@ import pytest
 from resfit_jax import envs
 from resfit_jax.envs.cameras import CameraRenderer, default_cameras, pixel_env
 
+pytestmark = pytest.mark.slow  # MuJoCo Warp renders on the CPU: minutes of compile per module
+
 E, RES = 2, 32
 
 

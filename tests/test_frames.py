@@ -87,6 +87,7 @@ def runs():
     return out
 
 
+@pytest.mark.slow
 def test_frames_stored_once_give_the_same_transitions_and_learning(runs):
     loop, once, wstats, tstats = runs[True]
     _, twice, _, _ = runs[False]

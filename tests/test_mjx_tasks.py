@@ -14,7 +14,14 @@ from resfit_jax.data.demos import collect_episodes, make_rollout
 EXPERT_CHECK = {"PickPlace": (16, 15), "PegInsertion": (16, 15), "BimanualHandover": (8, 8)}
 
 
-@pytest.fixture(scope="module", params=list(envs.MANIPULATION_TASKS))
+# PickPlace runs in the fast subset; the other tasks' compiles are the slow part of the suite
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(name, marks=() if name == "PickPlace" else pytest.mark.slow)
+        for name in envs.MANIPULATION_TASKS
+    ],
+)
 def task_bundle(request):
     name = request.param
     task = envs.make(name)
@@ -114,8 +121,8 @@ def test_step_traces_once_and_bad_action(task_bundle):
     committed-array double-compile pitfall) and rejects a wrongly sized action."""
     name, task, reset = task_bundle
     step = jax.jit(jax.vmap(task.step))
-    s = reset(jax.random.split(jax.random.PRNGKey(0), 4))
-    a = jnp.broadcast_to(_home(task), (4, task.action_size))
+    s = reset(jax.random.split(jax.random.PRNGKey(0), 64))  # test_reset_distribution's compile
+    a = jnp.broadcast_to(_home(task), (64, task.action_size))
     for _ in range(3):
         s = step(s, a)
     jax.block_until_ready(s)

@@ -14,6 +14,7 @@ def _home(task):
     return task.home_action
 
 
+@pytest.mark.slow
 def test_auto_reset_semantics_on_mjx():
     """Truncation at the horizon: final_obs is the true last observation (continuous with the
     previous step), the new episode is re-randomised, counters reset, success False."""
@@ -40,6 +41,7 @@ def test_auto_reset_semantics_on_mjx():
     assert np.all(np.abs(new[:, 26:28] - final[:, 26:28]).max(-1) > 1e-4)
 
 
+@pytest.mark.slow
 def test_domain_randomization_batches_models():
     task = envs.make("PickPlace")
     cfg = RandomizationConfig(friction_scale=(0.5, 1.5), mass_scale=(0.5, 2.0))

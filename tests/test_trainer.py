@@ -423,6 +423,7 @@ def test_wrong_base_action_size_is_rejected(demos):
         make_trainer(TASK, bad, demos, CFG, seeds=[0])
 
 
+@pytest.mark.slow
 def test_time_feature_run_sees_time_and_its_base_does_not(demos, tmp_path):
     """time_feature: learner obs [D + 1] (last = t / horizon, in the demo buffer too), base-only
     evaluation unchanged, truncation terminal; a short run completes."""
@@ -510,6 +511,7 @@ def test_chunk_phase_is_the_same_for_online_demo_and_evaluation_frames(demos):
     np.testing.assert_allclose(obs2[:, -1], (t2 % 2) / 2, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_persistent_offset_resets_at_each_refill_and_stays_within_its_bound(demos, tmp_path):
     """offset_bound: the learner's observation ends with the offset [A]; it is zero on every
     frame where the chunk-3 base starts a chunk, never exceeds the bound, and accumulates in
@@ -547,6 +549,7 @@ def test_persistent_offset_resets_at_each_refill_and_stays_within_its_bound(demo
         ResidualOptions(offset_bound=-0.1)
 
 
+@pytest.mark.slow
 def test_held_residual_acts_at_chunk_starts_only_and_holds_its_correction(demos, tmp_path):
     """residual_hold: the learner's observation ends with the held offset [A] and the 0/1
     "residual acts" flag, which is 1 exactly where the chunk-3 base starts a chunk; there the

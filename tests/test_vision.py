@@ -118,7 +118,7 @@ def _learner(method: str):
     return make_learner(CFG, SPEC, 1)
 
 
-@pytest.mark.parametrize("method", ["resfit", "ibrl"])
+@pytest.mark.parametrize("method", ["resfit", pytest.param("ibrl", marks=pytest.mark.slow)])
 def test_encoder_learns_from_the_critic_loss_only(method):
     """ResFiT and IBRL: the critic loss trains the camera encoder, the actor loss gives it
     no gradient, an update moves it and an actor step alone does not."""
@@ -162,7 +162,7 @@ def test_encoder_learns_from_the_critic_loss_only(method):
     jax.tree.map(np.testing.assert_array_equal, new.encoder_params, after_actor.encoder_params)
 
 
-@pytest.mark.parametrize("encoder", ["conv", "vit"])
+@pytest.mark.parametrize("encoder", ["conv", pytest.param("vit", marks=pytest.mark.slow)])
 def test_pixel_learner_acts_and_updates_under_jit(encoder):
     spec = {
         "front": jax.ShapeDtypeStruct((32, 32, 3), jnp.uint8),
