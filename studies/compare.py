@@ -168,6 +168,8 @@ def plot(curves: dict[str, dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from resfit_jax.run.plotting import save_success_plot
+
     fig, ax = plt.subplots(figsize=(7, 4))
     base = None
     for i, (m, c) in enumerate(curves.items()):
@@ -186,19 +188,7 @@ def plot(curves: dict[str, dict], path: str, title: str) -> None:
         base = float(np.mean(c["base"]))
     if base is not None:
         ax.axhline(base, color="gray", ls="--", lw=1, label="BC base")
-    ax.set(
-        xscale="log",
-        xlabel="env steps (incl. warm-up collection)",
-        ylabel="success rate (periodic, matched starts)",
-        ylim=(-0.02, 1.02),
-        title=title,
-    )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_success_plot(fig, ax, title, path)
 
 
 def main(argv):

@@ -227,6 +227,8 @@ def plot(resfit: dict, ppo: dict, threshold: float | None, path: str, title: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from resfit_jax.run.plotting import save_success_plot
+
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (label, c) in enumerate((("ResFiT", resfit), ("residual PPO", ppo))):
         if c is None:
@@ -239,19 +241,7 @@ def plot(resfit: dict, ppo: dict, threshold: float | None, path: str, title: str
     ax.axhline(float(np.mean(base["base"])), color="gray", ls="--", lw=1, label="BC base")
     if threshold is not None:
         ax.axhline(threshold, color="k", ls=":", lw=1, label=f"threshold {threshold:.1%}")
-    ax.set(
-        xscale="log",
-        xlabel="env steps (incl. warm-up collection)",
-        ylabel="success rate (periodic, matched starts)",
-        ylim=(-0.02, 1.02),
-        title=title,
-    )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_success_plot(fig, ax, title, path)
 
 
 # ----------------------------------------------------------------------------- training

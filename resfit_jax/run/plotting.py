@@ -108,3 +108,23 @@ def plot_runs(
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return curves
+
+
+def save_success_plot(fig, ax, title: str, path: str) -> None:
+    """Finish a success-against-env-steps figure (log x, the studies' labels, grid, legend)
+    and write it to ``path`` (PNG), creating its folder."""
+    import matplotlib.pyplot as plt
+
+    ax.set(
+        xscale="log",
+        xlabel="env steps (incl. warm-up collection)",
+        ylabel="success rate (periodic, matched starts)",
+        ylim=(-0.02, 1.02),
+        title=title,
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
