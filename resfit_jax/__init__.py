@@ -46,7 +46,7 @@ _EXPORTS = {
     "FunctionBase": "resfit_jax.base.policy",
     "ChunkedBase": "resfit_jax.base.policy",
     "load_exported_base": "resfit_jax.base.policy",
-    "host_callback_base": "resfit_jax.base.policy",
+    "host_callback_base": "resfit_jax.base.callback",
     "ResidualPolicy": "resfit_jax.base.residual",
 }
 

@@ -330,14 +330,14 @@ def test_learner_update_not_a_transition(learner):
 
 # ------------------------------------------------------------------------------ host bases
 def test_host_base_with_the_wrong_shape():
-    from resfit_jax.base.policy import host_callback_base
+    from resfit_jax.base.callback import host_callback_base
 
     with pytest.raises(ValueError, match=r"returned shape \(2, 3\).*expected \(2, 2\)"):
         host_callback_base(lambda x: np.zeros((x.shape[0], 3)), obs_dim=4, action_dim=2)
 
 
 def test_host_base_with_an_integer_dtype():
-    from resfit_jax.base.policy import host_callback_base
+    from resfit_jax.base.callback import host_callback_base
 
     with pytest.raises(ValueError, match="dtype int"):
         host_callback_base(lambda x: np.zeros((x.shape[0], 2), np.int32), obs_dim=4, action_dim=2)
@@ -360,7 +360,7 @@ class _Flaky:
 
 @pytest.mark.parametrize("nan", [False, True])
 def test_host_base_failing_mid_rollout_names_the_base(nan):
-    from resfit_jax.base.policy import host_callback_base
+    from resfit_jax.base.callback import host_callback_base
 
     base = host_callback_base(_Flaky(after=2, nan=nan), obs_dim=4, action_dim=2)
     step = jax.jit(base.step)

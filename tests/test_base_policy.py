@@ -141,7 +141,7 @@ def test_query_blocks_give_the_full_batch_result_and_query_only_empty_queues():
 
 def test_one_env_runs_the_predictor_only_when_a_chunk_starts():
     """With E = 1 (a robot) a host predictor is called once per chunk, not every step."""
-    from resfit_jax.base.policy import host_callback_base
+    from resfit_jax.base.callback import host_callback_base
 
     calls = []
 

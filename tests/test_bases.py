@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resfit_jax.base.policy import ChunkedBase, host_callback_base, load_exported_base
+from resfit_jax.base.callback import host_callback_base
+from resfit_jax.base.policy import ChunkedBase, load_exported_base
 from resfit_jax.bc.data import action_reference, chunk_dataset, fit_normalizer
 from resfit_jax.bc.export import export_base
 from resfit_jax.bc.frozen import checkpoint_manager, load_base, open_base, save_base

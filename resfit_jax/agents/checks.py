@@ -169,6 +169,16 @@ LOSS_FIELDS = ("critic_loss", "actor_loss")
 FINITE_FIELDS = tuple(f"batch.{f}" for f in BATCH_FIELDS) + LOSS_FIELDS
 
 
+def finite_rows(obs: PyTree, batch_shape: tuple[int, ...]) -> jax.Array:
+    """[*B] bool: every value of the sample's observation (all leaves) is finite."""
+    return jnp.stack(
+        [
+            jnp.all(jnp.isfinite(x.reshape(batch_shape + (-1,))), axis=-1)
+            for x in jax.tree.leaves(obs)
+        ]
+    ).all(axis=0)
+
+
 def nonfinite_bits(named: dict[str, PyTree]) -> jax.Array:
     """int32 bitmask: bit i set when the i-th entry of ``named`` (a pytree; its floating
     leaves are checked) holds a NaN or inf."""

@@ -70,12 +70,7 @@ class IBRL(ResidualTD3):
         )
         unflat = lambda x: x.reshape(batch_shape + x.shape[1:])
         chosen, took, mean = unflat(chosen), unflat(took), unflat(mean)
-        finite = jnp.stack(
-            [
-                jnp.all(jnp.isfinite(x.reshape(batch_shape + (-1,))), axis=-1)
-                for x in jax.tree.leaves(obs)
-            ]
-        ).all(axis=0)
+        finite = checks.finite_rows(obs, batch_shape)
         action = jnp.where(finite[..., None], chosen, base_action)
         return action - base_action, {
             "action": action,

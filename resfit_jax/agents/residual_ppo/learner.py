@@ -164,12 +164,7 @@ class ResidualPPO:
             u = mean
         else:
             u = mean + jnp.exp(log_std) * jax.random.normal(checks.typed_key(key), mean.shape)
-        finite = jnp.stack(
-            [
-                jnp.all(jnp.isfinite(x.reshape(batch_shape + (-1,))), axis=-1)
-                for x in jax.tree.leaves(obs)
-            ]
-        ).all(axis=0)
+        finite = checks.finite_rows(obs, batch_shape)
         u = jnp.where(finite[..., None], u, 0.0)
         r = self.config.action_scale * u
         aux = {

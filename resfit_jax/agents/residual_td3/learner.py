@@ -174,12 +174,7 @@ class ResidualTD3:
         if self.config.residual_mask:  # hold mode: the residual acts where the flag is 1
             m = residual_mask(obs)
             r, aux["residual_mean"] = r * m, mean * m
-        finite = jnp.stack(
-            [
-                jnp.all(jnp.isfinite(x.reshape(batch_shape + (-1,))), axis=-1)
-                for x in jax.tree.leaves(obs)
-            ]
-        ).all(axis=0)
+        finite = checks.finite_rows(obs, batch_shape)
         r = jnp.where(finite[..., None], r, 0.0)
         aux["obs_finite"] = finite
         aux["action"] = jnp.clip(base_action + r, -1.0, 1.0)
