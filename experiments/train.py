@@ -122,6 +122,11 @@ def main(argv):
     )
     if hasattr(cfg, "critic_steps_per_env_step"):
         say(f"critic steps per env step: {cfg.critic_steps_per_env_step:g}")
+    if getattr(getattr(cfg, "residual", None), "semi_mdp", False):
+        say(
+            f"semi-MDP residual: a decision every {cfg.residual.decision_steps} env steps, "
+            f"{cfg.critic_steps_per_decision:g} critic steps per decision"
+        )
     base_dir = FLAGS.base or os.path.join("runs", "bc", FLAGS.task)
     try:
         base, info, demos, episodes = open_base_and_demos(

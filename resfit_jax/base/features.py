@@ -137,20 +137,47 @@ class Offsets:
       residual with (``ResidualTD3Config.residual_mask``), in acting and in the TD target.
 
     Learner observations gain ``o`` [A] (and the flag [1]) after the base's chunk features.
+
+    Semi-MDP decisions (``decisions(k)``, ``TrainConfig.residual.decision_steps``): hold
+    with decision points every ``every`` = k steps of the chunk (positions 0, k, 2k, ...;
+    k divides the execution horizon, so every refill is one) and nothing appended to the
+    learner's observation (``observed=False``): the learner sees only decision points, where
+    the offset is always 0, and the replay stores one transition per decision.
     """
 
     bound: float
     hold: bool = False
+    every: int = 0  # decision points every this many chunk steps (0: at refills only)
+    observed: bool = True  # the learner's observation gains the offset (and flag)
+
+    @classmethod
+    def decisions(cls, every: int, bound: float = 2.0) -> Offsets:
+        """Decide every ``every`` steps and hold the correction in between (semi-MDP)."""
+        return cls(bound, hold=True, every=int(every), observed=False)
+
+    @property
+    def semi_mdp(self) -> bool:
+        """One replay transition per decision (``replay.decisions.DecisionWriter``)."""
+        return self.hold and not self.observed
 
     def size(self, action_dim: int) -> int:
-        return action_dim + int(self.hold)
+        return action_dim + int(self.hold) if self.observed else 0
+
+    def decides(self, state: ChunkQueue) -> jax.Array:
+        """[E] bool: the action the base popped last starts a decision (hold: a refill, or
+        every ``every`` steps into its chunk)."""
+        if self.every >= 1:
+            return (state.index - 1) % self.every == 0
+        return refilled(state)
 
     def acts(self, state: ChunkQueue) -> jax.Array:
-        """[E, 1] float: 1 where the residual acts (hold: the first step of a chunk)."""
-        return refilled(state)[:, None].astype(jnp.float32)
+        """[E, 1] float: 1 where the residual acts (hold: decision points)."""
+        return self.decides(state)[:, None].astype(jnp.float32)
 
     def observe(self, obs: PyTree, offset: jax.Array, state: ChunkQueue) -> PyTree:
         """obs [E, D] -> [E, D + size]: the offset (and the acts flag) appended."""
+        if not self.observed:
+            return obs
         return append_state(obs, offset, *([self.acts(state)] if self.hold else []))
 
     def effective(self, base_action: jax.Array, offset: jax.Array) -> jax.Array:
@@ -163,11 +190,11 @@ class Offsets:
         """The offset after executing ``executed`` at base state ``state`` (the one that
         produced ``base_action``), before any reset."""
         kept = offset_update(self.bound, base_action, executed)
-        return jnp.where(refilled(state)[:, None], kept, offset) if self.hold else kept
+        return jnp.where(self.decides(state)[:, None], kept, offset) if self.hold else kept
 
     def reset(self, offset: jax.Array, next_state: ChunkQueue) -> jax.Array:
-        """Zero where the base's next step starts a new chunk."""
-        return jnp.where(refilled(next_state)[:, None], 0.0, offset)
+        """Zero where the base's next step starts a new chunk (or decision)."""
+        return jnp.where(self.decides(next_state)[:, None], 0.0, offset)
 
 
 def make_offsets(offset_bound: float, hold: bool) -> Offsets | None:

@@ -79,6 +79,8 @@ class ResidualPolicy:
             deterministic=True,
         )
         action = aux["action"]
+        if offset is not None and self.offsets.hold:  # decide at decision points only
+            action = jnp.where(self.offsets.acts(state) > 0, action, base_action)
         if offset is not None:
             state = (state, self.offsets.after_step(offset, a_b, action, state))
         return self.normalizer.unnormalize_action(action), state

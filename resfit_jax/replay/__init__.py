@@ -1,6 +1,8 @@
 """Replay: what both training loops store and sample, flashbax style (init / add / sample).
 
 - ``nstep``: ``Transition`` and the ``NStepWriter`` (one window per env stream, fixed shapes).
+- ``decisions``: semi-MDP replay, one transition per residual decision (``DecisionWriter``)
+  and the demos as decision windows.
 - ``buffer``: the device ring buffer and the online + demo ``Mixer``.
 - ``config``: ``ReplayConfig``, the one place that builds writer, buffer and mixer.
 - ``frames``: frame-once storage of camera frames (transitions hold frame ids).
@@ -10,9 +12,12 @@
 
 from resfit_jax.replay.buffer import Mixer, ReplayBuffer, ReplayState, make_mixer
 from resfit_jax.replay.config import ReplayConfig
+from resfit_jax.replay.decisions import DecisionState, DecisionWriter
 from resfit_jax.replay.nstep import NStepState, NStepWriter, Transition, transition_spec
 
 __all__ = [
+    "DecisionState",
+    "DecisionWriter",
     "Mixer",
     "NStepState",
     "NStepWriter",

@@ -262,7 +262,7 @@ def learner_frames(
     the persistent offset (``offsets``; with hold, also the "residual acts" flag), appended
     to the state vector; base actions are then the effective ones."""
     obs = padded["observation"]
-    if offsets is None:
+    if offsets is None or not offsets.observed:  # semi-MDP decisions append no offset
         if features is None:
             return obs, base_actions(padded, base), False
         a_b, f = base_actions(padded, base, features, normalizer)

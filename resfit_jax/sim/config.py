@@ -25,6 +25,7 @@ import dataclasses
 from resfit_jax.agents.ibrl import IBRLConfig
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.replay import ReplayConfig
+from resfit_jax.replay.decisions import DEMO_RELABELS
 from resfit_jax.run.validation import number_errors
 from resfit_jax.sim.selection import SELECT_RULES
 
@@ -65,7 +66,17 @@ class ResidualOptions:
     ``offset_bound`` > 0 instead sums every step's residual into a persistent offset within
     +-offset_bound, reset at each refill; ``progressive_steps`` T turns the residual on in each
     step with probability min(t / T, 1) (Policy Decorator); ``exploration_std_range`` draws
-    each env's exploration std from U(lo, hi) at every episode start (FastTD3)."""
+    each env's exploration std from U(lo, hi) at every episode start (FastTD3).
+
+    Semi-MDP (``decision_steps`` k > 1; k divides the base's execution horizon): the
+    residual decides every k env steps, aligned with the base's chunk refills, from the
+    observation and the base's plan for the next k steps (``base_plan`` is raised to k - 1;
+    the chunk phase is added when k is shorter than the chunk), holds its correction (and
+    its exploration noise) for the k steps, and the replay stores one transition per
+    decision (``replay.decisions``): return over the window, discount gamma^k', critic
+    target at the next decision; ``replay.n_step`` then counts decisions. Demos become one
+    window per demo step, their action the held offset closest to the demo's actions
+    (``demo_relabel="offset"``) or the base's own (``"base"``). k = 1 is per-step ResFiT."""
 
     base_phase: bool = False
     base_plan: int = 0
@@ -74,9 +85,22 @@ class ResidualOptions:
     offset_bound: float = 0.0
     progressive_steps: int = 0
     exploration_std_range: tuple[float, float] | None = None
+    decision_steps: int = 1
+    demo_relabel: str = "offset"
 
     def __post_init__(self):
         errors = number_errors(self)
+        if self.decision_steps < 1:
+            errors.append(f"decision_steps must be >= 1 (got {self.decision_steps})")
+        if self.demo_relabel not in DEMO_RELABELS:
+            errors.append(
+                f"demo_relabel must be one of {DEMO_RELABELS} (got {self.demo_relabel!r})"
+            )
+        if self.decision_steps > 1 and (self.hold or self.offset_bound > 0):
+            errors.append(
+                "decision_steps > 1 holds the residual between decisions already; turn "
+                "hold and offset_bound off with it"
+            )
         if self.base_plan < 0:
             errors.append(f"base_plan must be >= 0 (got {self.base_plan})")
         if not 0.0 <= self.offset_bound <= 2.0:
@@ -92,6 +116,11 @@ class ResidualOptions:
     @property
     def any_on(self) -> bool:
         return self != ResidualOptions()
+
+    @property
+    def semi_mdp(self) -> bool:
+        """Decisions every ``decision_steps`` > 1 env steps, one transition per decision."""
+        return self.decision_steps > 1
 
     @property
     def sees_the_base(self) -> bool:
@@ -168,12 +197,25 @@ class TrainConfig:
             res.sees_the_base
             or res.offset_bound
             or res.hold
+            or res.semi_mdp
             or self.learner.gate_tau > float("-inf")
         ):
             errors.append(
-                "residual.base_phase, base_plan, offset_bound, hold and the value "
-                f"gate are ResFiT's options, not {self.method!r}'s"
+                "residual.base_phase, base_plan, offset_bound, hold, decision_steps and "
+                f"the value gate are ResFiT's options, not {self.method!r}'s"
             )
+        if res.semi_mdp and self.base.temporal_ensemble is not None:
+            errors.append(
+                "residual.decision_steps > 1 aligns decisions with the base's chunk "
+                "refills; base.temporal_ensemble predicts a chunk every step"
+            )
+        if res.semi_mdp and self.replay.frame_once:
+            errors.append(
+                "residual.decision_steps > 1 does not support replay.frame_once yet; "
+                "set replay.frame_once=false"
+            )
+        if res.semi_mdp and self.learner.gate_tau > float("-inf"):
+            errors.append("residual.decision_steps > 1 has no value gate; leave gate_tau at -inf")
         if getattr(self.learner, "residual_mask", False) and not res.hold:
             errors.append(
                 "learner.residual_mask is set by residual.hold (the loop appends the "
@@ -285,6 +327,11 @@ class TrainConfig:
     @property
     def critic_steps_per_env_step(self) -> float:
         return self.updates_per_step * self.replay.utd / self.num_envs
+
+    @property
+    def critic_steps_per_decision(self) -> float:
+        """The UTD of a semi-MDP run: critic steps per residual decision (k env steps)."""
+        return self.critic_steps_per_env_step * self.residual.decision_steps
 
     def replace(self, **kw) -> TrainConfig:
         return dataclasses.replace(self, **kw)

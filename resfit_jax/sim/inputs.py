@@ -51,8 +51,22 @@ def prepare_inputs(
         episodes = with_time_feature(episodes, task.horizon)
         task = TimeFeature(task)
     normalizer = fit_normalizer(episodes, action_scale, cfg.action_margin, cfg.obs_min_std)
-    features = BaseFeatures.for_base(base, res.base_phase, res.base_plan)
-    offsets = make_offsets(res.offset_bound, res.hold)
+    k = getattr(res, "decision_steps", 1)
+    if k > 1:  # semi-MDP: decide at refills and every k steps between them, see the plan
+        horizon = chunked_base(base).horizon
+        if horizon % k:
+            raise ValueError(
+                f"residual.decision_steps={k} must divide the base's execution horizon "
+                f"({horizon}) so that every chunk refill is a decision; pick a divisor of "
+                f"{horizon} or set base.execution_horizon."
+            )
+        features = BaseFeatures.for_base(
+            base, res.base_phase or k < horizon, max(res.base_plan, k - 1)
+        )
+        offsets = Offsets.decisions(k)
+    else:
+        features = BaseFeatures.for_base(base, res.base_phase, res.base_plan)
+        offsets = make_offsets(res.offset_bound, res.hold)
     if offsets is not None:
         chunked_base(base)  # offsets reset at refills: a chunked base only
     if features is not None or offsets is not None:

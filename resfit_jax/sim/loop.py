@@ -97,8 +97,13 @@ class SimLoop:
         return auto_reset_envs(self.task, self.num_envs)
 
     @property
+    def semi_mdp(self) -> bool:
+        """One replay transition per residual decision (``Offsets.decisions``)."""
+        return self.offsets is not None and self.offsets.semi_mdp
+
+    @property
     def writer(self):
-        return self.replay.writer()
+        return self.replay.decision_writer() if self.semi_mdp else self.replay.writer()
 
     @property
     def buffer(self) -> ReplayBuffer:
@@ -200,6 +205,12 @@ class SimLoop:
             obs, next_obs = with_ids(obs, ls.frame_id), with_ids(next_obs, next_ids)
             replay_state = replay_state.replace(frames=frames)
             frame_id = jnp.where(out.done, reset_ids, next_ids)
+        flags = {}
+        if self.semi_mdp:  # windows open at decisions and close before the next one
+            flags = {
+                "opens": self.offsets.decides(ls.base_state),
+                "closes": self.offsets.decides(out.next_base_state),
+            }
         writer_state, cands, valid = self.writer.step(
             ls.writer_state,
             obs,
@@ -210,6 +221,7 @@ class SimLoop:
             next_base_action,
             out.terminated,
             out.truncated,
+            **flags,
         )
         offset = jnp.where(out.done[:, None], 0.0, offset)  # a new episode starts fresh
         valid = valid & ~out.diverged[:, None]  # never store a non-finite next observation

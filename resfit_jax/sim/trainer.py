@@ -41,6 +41,7 @@ from resfit_jax.base.policy import BasePolicy
 from resfit_jax.data.rlds import Episode
 from resfit_jax.envs.core import Env
 from resfit_jax.normalization import Normalizer
+from resfit_jax.replay.decisions import demo_decision_buffer
 from resfit_jax.replay.demos import offline_buffer
 from resfit_jax.sharding import GRAD_AXES, Layout, make_mesh
 from resfit_jax.sim.config import METHOD_NAMES, TrainConfig
@@ -123,7 +124,7 @@ def make_trainer(
     envs, replay = cfg.num_envs // cfg.data_shards, cfg.local_replay
     build = make_ibrl if cfg.method == "ibrl" else make_learner
     learner_cfg = cfg.learner  # hold: the learner masks its residual by the flag
-    if offsets is not None and offsets.hold:
+    if offsets is not None and offsets.hold and offsets.observed:
         learner_cfg = dataclasses.replace(learner_cfg, residual_mask=True)
     learner = build(
         learner_cfg,
@@ -132,7 +133,19 @@ def make_trainer(
         axis_name=GRAD_AXES,
     )
     offline_buf, offline = None, None
-    if cfg.replay.offline_fraction > 0:
+    if cfg.replay.offline_fraction > 0 and offsets is not None and offsets.semi_mdp:
+        offline_buf, offline = demo_decision_buffer(
+            episodes,
+            base,
+            normalizer,
+            features,
+            offsets.every,
+            cfg.replay.gamma,
+            cfg.replay.bootstrap_truncation,
+            cfg.residual.demo_relabel,
+            cfg.learner.action_scale,
+        )
+    elif cfg.replay.offline_fraction > 0:
         offline_buf, offline = offline_buffer(
             episodes, base, normalizer, cfg.replay.demo_writer(), features, offsets
         )

@@ -1,0 +1,325 @@
+"""Semi-MDP replay: one ``Transition`` per residual decision instead of one per env step.
+
+The residual decides every k env steps (``base.features.Offsets.decisions``) and holds its
+correction in between. The writer turns the env steps of each decision's window into one
+transition
+
+    (obs, base_action, action) at the decision,
+    reward      R = sum_{j < k'} gamma^j r_{t+j}        (k' <= k env steps of the window),
+    discount    gamma^k',
+    nonterminal 0 where the episode terminated inside the window (success), 1 where it runs
+                on or (with ``bootstrap_truncation``) hit the time limit,
+    next_obs, next_base_action  at the next decision (the true last observation at an end),
+
+and, with ``n`` > 1, composes n consecutive decisions of an episode into one n-decision
+return (R_1 + gamma^k1 R_2 + ..., discount gamma^(k1 + k2 + ...)), as ``NStepWriter`` does
+over env steps. Decision points come from the caller as flags (``opens``: this step starts
+a decision; ``closes``: the next step starts one), so windows may differ in length; an
+episode end always closes a window. With every step a decision the writer is ``NStepWriter``.
+
+Shapes as ``NStepWriter``: per-step inputs [E, ...]; candidates [E, n] with a mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from resfit_jax.replay.nstep import Transition
+
+PyTree = Any
+
+
+@struct.dataclass
+class DecisionState:
+    """The open window of every stream and its last ``n`` closed decisions.
+
+    Open window: obs (pytree [E, ...]), base_action, action [E, A] at its decision,
+    ret [E] (discounted reward so far), steps [E] int32 (env steps so far).
+    Closed decisions, oldest first, right-aligned: d_obs (pytree [E, n, ...]),
+    d_base_action, d_action [E, n, A], d_ret [E, n], d_steps [E, n] int32; count [E] int32:
+    how many of those belong to the current episode.
+    """
+
+    obs: PyTree
+    base_action: jax.Array
+    action: jax.Array
+    ret: jax.Array
+    steps: jax.Array
+    d_obs: PyTree
+    d_base_action: jax.Array
+    d_action: jax.Array
+    d_ret: jax.Array
+    d_steps: jax.Array
+    count: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionWriter:
+    """Decision-window transitions for E parallel streams; ``n``: decisions per return."""
+
+    n: int = 1
+    gamma: float = 0.99
+    bootstrap_truncation: bool = True
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"DecisionWriter.n must be >= 1, got {self.n}.")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"DecisionWriter.gamma must be in (0, 1], got {self.gamma}.")
+
+    def init(self, num_envs: int, obs_spec: PyTree, action_dim: int) -> DecisionState:
+        e, n = num_envs, self.n
+        zeros = lambda lead: jax.tree.map(
+            lambda s: jnp.zeros(lead + tuple(s.shape), s.dtype), obs_spec
+        )
+        act = lambda lead: jnp.zeros(lead + (action_dim,), jnp.float32)
+        return DecisionState(
+            obs=zeros((e,)),
+            base_action=act((e,)),
+            action=act((e,)),
+            ret=jnp.zeros((e,), jnp.float32),
+            steps=jnp.zeros((e,), jnp.int32),
+            d_obs=zeros((e, n)),
+            d_base_action=act((e, n)),
+            d_action=act((e, n)),
+            d_ret=jnp.zeros((e, n), jnp.float32),
+            d_steps=jnp.zeros((e, n), jnp.int32),
+            count=jnp.zeros((e,), jnp.int32),
+        )
+
+    def step(
+        self,
+        state: DecisionState,
+        obs: PyTree,
+        base_action: jax.Array,
+        action: jax.Array,
+        reward: jax.Array,
+        next_obs: PyTree,
+        next_base_action: jax.Array,
+        terminated: jax.Array,
+        truncated: jax.Array,
+        opens: jax.Array | None = None,
+        closes: jax.Array | None = None,
+    ) -> tuple[DecisionState, Transition, jax.Array]:
+        """Push one env step of every stream; return (state, candidates [E, n], valid [E, n]).
+
+        ``opens`` [E] bool: this step is a decision (its obs / base_action / action start the
+        window); ``closes`` [E] bool: the next step is one (``next_obs`` is the next
+        decision's). None: every step. Other arguments as ``NStepWriter.step``.
+        """
+        n, e = self.n, reward.shape[0]
+        every = jnp.ones((e,), bool)
+        opens = every if opens is None else opens.astype(bool)
+        closes = every if closes is None else closes.astype(bool)
+        terminated = terminated.astype(bool)
+        done = terminated | truncated.astype(bool)
+        at = lambda m, a, b: jax.tree.map(
+            lambda x, y: jnp.where(m.reshape(m.shape + (1,) * (x.ndim - 1)), x, y), a, b
+        )
+        # the open window, restarted at a decision
+        ret = jnp.where(opens, 0.0, state.ret)
+        steps = jnp.where(opens, 0, state.steps)
+        ret = ret + self.gamma ** steps.astype(jnp.float32) * reward
+        steps = steps + 1
+        w_obs = at(opens, obs, state.obs)
+        w_ba = jnp.where(opens[:, None], base_action, state.base_action)
+        w_a = jnp.where(opens[:, None], action, state.action)
+        # a window closes at the next decision or at the episode's end: push it
+        close = closes | done
+        push = lambda win, x: jnp.concatenate([win[:, 1:], x[:, None].astype(win.dtype)], axis=1)
+        pushed = lambda win, x: at(close, jax.tree.map(push, win, x), win)
+        d_obs = pushed(state.d_obs, w_obs)
+        d_ba, d_a = pushed(state.d_base_action, w_ba), pushed(state.d_action, w_a)
+        d_ret, d_steps = pushed(state.d_ret, ret), pushed(state.d_steps, steps)
+        count = jnp.where(close, jnp.minimum(state.count + 1, n), state.count)
+
+        slot = jnp.arange(n)
+        in_episode = slot[None, :] >= (n - count)[:, None]  # [E, n]
+        d_ret_in = jnp.where(in_episode, d_ret, 0.0)
+        d_steps_in = jnp.where(in_episode, d_steps, 0)
+
+        def backward(carry, xs):  # G_j = R_j + gamma^(k_j) G_{j+1}, right to left
+            r, k = xs
+            g = r + self.gamma ** k.astype(jnp.float32) * carry
+            return g, g
+
+        _, g = jax.lax.scan(
+            backward, jnp.zeros((e,), jnp.float32), (d_ret_in.T, d_steps_in.T), reverse=True
+        )
+        if n == 1:  # one decision: its own return (no 0 * carry term)
+            g = d_ret_in.T
+        total_steps = jnp.cumsum(d_steps_in[:, ::-1], axis=1)[:, ::-1]  # [E, n]
+        full = count == n
+        valid = close[:, None] & jnp.where(
+            done[:, None], in_episode, (slot[None, :] == 0) & full[:, None]
+        )
+        if self.bootstrap_truncation:
+            nonterminal = jnp.where(done, ~terminated, True)
+        else:
+            nonterminal = ~done
+        bcast = lambda x: jnp.broadcast_to(x[:, None], (e, n) + x.shape[1:])
+        cands = Transition(
+            obs=d_obs,
+            base_action=d_ba,
+            action=d_a,
+            reward=g.T,
+            discount=self.gamma ** total_steps.astype(jnp.float32),
+            nonterminal=bcast(nonterminal.astype(jnp.float32)),
+            next_obs=jax.tree.map(bcast, next_obs),
+            next_base_action=bcast(next_base_action),
+        )
+        new = DecisionState(
+            obs=w_obs,
+            base_action=w_ba,
+            action=w_a,
+            ret=ret,
+            steps=steps,
+            d_obs=d_obs,
+            d_base_action=d_ba,
+            d_action=d_a,
+            d_ret=d_ret,
+            d_steps=d_steps,
+            count=jnp.where(done, 0, count),
+        )
+        return new, cands, valid
+
+
+# ------------------------------------------------------------------------- demo windows
+DEMO_RELABELS = ("offset", "base")
+
+
+def demo_windows(
+    padded: dict[str, jax.Array],
+    base: Any,
+    normalizer: Any,
+    features: Any,
+    every: int,
+    gamma: float,
+    bootstrap_truncation: bool,
+    relabel: str = "offset",
+    bound: float = 1.0,
+) -> tuple[Transition, jax.Array]:
+    """Jittable: one decision window per demo step (any step may start one, so k-fold more
+    offline windows than an online run's decisions over the same steps).
+
+    padded: ``demos.pad_episodes`` arrays (observation [N, T+1, ...], action [N, T, A] raw,
+    reward / terminal [N, T], length [N]). At every frame t the base is queried from a fresh
+    state (a decision starts a chunk), giving the learner's observation (the frame plus the
+    base's chunk ``features``) and its plan p_t,0..k-1 (normalized). The window covers
+    k' = min(k, length - t) demo steps: R = sum_{j<k'} gamma^j r_{t+j}, discount gamma^k',
+    next_obs / next_base_action at frame t + k', nonterminal 0 where the episode's terminal
+    step falls inside (a time-limit end bootstraps with ``bootstrap_truncation``). Its
+    action is clip(p_t,0 + o) with o the held offset closest to the demo's actions
+    (mean_j (a_{t+j} - p_t,j), clipped to +-``bound``; ``relabel="offset"``) or the base's
+    own first action (``relabel="base"``, r = 0).
+
+    Returns (transitions [N, T], valid [N, T]).
+    """
+    from resfit_jax.observations import append_state
+
+    if relabel not in DEMO_RELABELS:
+        raise ValueError(f"demo relabel must be one of {DEMO_RELABELS} (got {relabel!r}).")
+    obs, act = padded["observation"], padded["action"]
+    num, t_max = act.shape[0], act.shape[1]
+    norm = normalizer.normalize_action
+
+    def fresh(o):  # the base deciding at frame o [N, ...]: learner obs, plan [N, k, A]
+        a, st = base.step(base.init_state(num), o)
+        x = o if features is None else append_state(o, features(st, normalizer))
+        plan = norm(st.chunk[:, :every]).at[:, 0].set(norm(a))
+        return x, plan
+
+    frames = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), obs)  # [T+1, N, ...]
+    x, plan = jax.lax.map(fresh, frames)
+    x = jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), x)  # [N, T+1, ...]
+    plan = jnp.swapaxes(plan, 0, 1)  # [N, T+1, k, A]
+
+    length = padded["length"]
+    t = jnp.arange(t_max)[None, :]  # [1, T]
+    k_eff = jnp.minimum(every, length[:, None] - t)  # [N, T] (<= 0 past the end)
+    valid = t < length[:, None]
+    j = jnp.arange(every)
+    idx = jnp.broadcast_to(jnp.clip(t[..., None] + j, 0, t_max - 1), (num, t_max, every))
+    flat = idx.reshape(num, -1)  # [N, T * k]
+    inside = j[None, None, :] < k_eff[..., None]  # [N, T, k]
+    rew = jnp.take_along_axis(padded["reward"], flat, axis=1).reshape(idx.shape)
+    ret = jnp.sum(jnp.where(inside, gamma ** j.astype(jnp.float32) * rew, 0.0), axis=-1)
+    ends = t + k_eff >= length[:, None]  # the window reaches the episode's end
+    last_term = jnp.take_along_axis(padded["terminal"], jnp.maximum(length - 1, 0)[:, None], 1)
+    terminated = ends & last_term
+    if bootstrap_truncation:
+        nonterminal = ~terminated
+    else:
+        nonterminal = ~ends
+    demo_a = norm(act)  # [N, T, A]
+    window_a = jnp.take_along_axis(demo_a, flat[..., None], axis=1).reshape(
+        idx.shape + demo_a.shape[-1:]
+    )  # [N, T, k, A]
+    p = plan[:, :t_max]  # [N, T, k, A]
+    w = inside[..., None].astype(jnp.float32)
+    offset = jnp.sum((window_a - p) * w, axis=2) / jnp.maximum(w.sum(axis=2), 1.0)
+    a_b = p[:, :, 0]
+    if relabel == "offset":
+        action = jnp.clip(a_b + jnp.clip(offset, -bound, bound), -1.0, 1.0)
+    else:
+        action = a_b
+    nxt = jnp.clip(t + jnp.maximum(k_eff, 0), 0, t_max)  # [N, T] frame of the next decision
+    at_next = lambda v: jnp.take_along_axis(v, nxt.reshape(nxt.shape + (1,) * (v.ndim - 2)), axis=1)
+    trans = Transition(
+        obs=jax.tree.map(lambda v: v[:, :t_max], x),
+        base_action=a_b,
+        action=action,
+        reward=ret,
+        discount=gamma ** jnp.maximum(k_eff, 1).astype(jnp.float32),
+        nonterminal=nonterminal.astype(jnp.float32),
+        next_obs=jax.tree.map(at_next, x),
+        next_base_action=at_next(plan[:, :, 0]),
+    )
+    return trans, valid
+
+
+def demo_decision_buffer(
+    episodes: Any,
+    base: Any,
+    normalizer: Any,
+    features: Any,
+    every: int,
+    gamma: float,
+    bootstrap_truncation: bool,
+    relabel: str = "offset",
+    bound: float = 1.0,
+) -> tuple[Any, Any]:
+    """Host entry point: demo episodes -> (ReplayBuffer sized to fit, a filled ReplayState of
+    ``demo_windows``: one window per demo step)."""
+    from resfit_jax.replay.buffer import ReplayBuffer
+    from resfit_jax.replay.demos import pad_episodes
+
+    padded = pad_episodes(episodes)
+    capacity = int(padded["length"].sum())
+    buffer = ReplayBuffer(capacity)
+
+    def build(p, nz):
+        trans, valid = demo_windows(
+            p, base, nz, features, every, gamma, bootstrap_truncation, relabel, bound
+        )
+        column = lambda i: jax.tree.map(lambda x: x[:, i], trans)
+        spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[2:], x.dtype), trans)
+        state = buffer.init(spec)
+        state, _ = jax.lax.scan(
+            lambda s, i: (buffer.add(s, column(i), valid[:, i]), None),
+            state,
+            jnp.arange(valid.shape[1]),
+        )
+        return state
+
+    state = jax.jit(build)(jax.tree.map(jnp.asarray, padded), normalizer)
+    if int(state.size) != capacity:
+        raise AssertionError(
+            f"demo decision windows: stored {int(state.size)} windows for {capacity} demo steps."
+        )
+    return buffer, state

@@ -1,0 +1,298 @@
+"""The semi-MDP residual: the decision-window writer against hand-computed episodes and the
+n-step writer, demo windows, the held decision online and in evaluation, k = 1 as the
+per-step learner bit for bit, and the config's checks."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resfit_jax import envs
+from resfit_jax.agents.residual_td3 import ResidualTD3Config
+from resfit_jax.base.features import Offsets
+from resfit_jax.base.policy import ChunkedBase
+from resfit_jax.base.residual import ResidualPolicy
+from resfit_jax.data.demos import collect_episodes, make_rollout
+from resfit_jax.envs.point_reach import biased_base_action
+from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer
+from resfit_jax.replay import DecisionWriter, NStepWriter, ReplayConfig
+from resfit_jax.replay.decisions import demo_windows
+from resfit_jax.sim.config import ResidualOptions, TrainConfig
+from resfit_jax.sim.trainer import make_trainer, train_residual
+
+G = 0.9
+TASK = envs.PointReach(episode_length=20)
+H = 4  # the test base's chunk
+
+
+def chunk_base(horizon: int = H) -> ChunkedBase:
+    """The biased PointReach controller, its action repeated over a chunk of ``horizon``."""
+    return ChunkedBase(
+        lambda o: jnp.repeat(biased_base_action(o[..., :4])[:, None], horizon, axis=1), 2, horizon
+    )
+
+
+def _stream(writer, steps, flags=None):
+    """Feed per-step dicts to a writer; returns the valid emitted transitions per step."""
+    e = steps[0]["reward"].shape[0]
+    state = writer.init(e, jax.ShapeDtypeStruct((1,), jnp.float32), 1)
+    out = []
+    for i, s in enumerate(steps):
+        kw = {} if flags is None else flags[i]
+        state, cands, valid = writer.step(state, *[jnp.asarray(s[k]) for k in ARGS], **kw)
+        valid = np.asarray(valid)
+        out.append(
+            [jax.tree.map(lambda x: np.asarray(x)[idx], cands) for idx in zip(*np.where(valid))]
+        )
+    return out
+
+
+ARGS = ("obs", "ab", "a", "reward", "next_obs", "nab", "term", "trunc")
+
+
+def _step(t, e, reward, term, trunc):
+    obs = np.full((e, 1), float(t), np.float32)
+    return {
+        "obs": obs,
+        "ab": obs * 0.1,
+        "a": obs * 0.2,
+        "reward": np.asarray(reward, np.float32),
+        "next_obs": obs + 1.0,
+        "nab": (obs + 1.0) * 0.1,
+        "term": np.asarray(term, bool),
+        "trunc": np.asarray(trunc, bool),
+    }
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_every_step_a_decision_is_the_nstep_writer(n):
+    rng = np.random.default_rng(0)
+    e, t_len = 3, 40
+    steps = []
+    for t in range(t_len):
+        end = rng.random(e) < 0.12
+        term = end & (rng.random(e) < 0.5)
+        steps.append(_step(t, e, rng.normal(size=e), term, end & ~term))
+    ours = _stream(DecisionWriter(n, G), steps)
+    ref = _stream(NStepWriter(n, G), steps)
+    assert sum(map(len, ref)) > 30
+    for a, b in zip(ours, ref):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)):
+                if n == 1:
+                    np.testing.assert_array_equal(u, v)
+                else:
+                    np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bootstrap", [True, False])
+def test_a_window_cut_by_success_or_time_limit_by_hand(bootstrap):
+    """k = 4; env 0 succeeds at its 6th step (reward 1 there), env 1 hits its time limit
+    after 6 steps (reward 0.5 at step 2): windows [0, 4) and [4, 6), the second with k' = 2."""
+    k, e = 4, 2
+    steps = [
+        _step(
+            t, e, [1.0 if t == 5 else 0.0, 0.5 if t == 2 else 0.0], [t == 5, False], [False, t == 5]
+        )
+        for t in range(6)
+    ]
+    flags = [
+        {"opens": jnp.full((e,), t % k == 0), "closes": jnp.full((e,), (t + 1) % k == 0)}
+        for t in range(6)
+    ]
+    out = _stream(DecisionWriter(1, G, bootstrap), steps, flags)
+    assert [len(o) for o in out] == [0, 0, 0, 2, 0, 2]
+    first, second = out[3], out[5]
+    for x in first:  # env 0, then env 1
+        assert x.obs[0] == 0.0 and x.next_obs[0] == 4.0 and x.action[0] == 0.0
+        assert x.discount == pytest.approx(G**4) and x.nonterminal == 1.0
+    assert first[0].reward == 0.0 and first[1].reward == pytest.approx(0.5 * G**2)
+    s0, s1 = second
+    assert s0.obs[0] == 4.0 and s0.next_obs[0] == 6.0 and s0.base_action[0] == pytest.approx(0.4)
+    assert s0.reward == pytest.approx(G) and s0.discount == pytest.approx(G**2)
+    assert s0.nonterminal == 0.0  # success inside the window: terminal
+    assert s1.reward == 0.0 and s1.discount == pytest.approx(G**2)
+    assert s1.nonterminal == (1.0 if bootstrap else 0.0)  # the time limit
+    # two decisions per return: at the end both windows come out, the first spanning 6 steps
+    out2 = _stream(DecisionWriter(2, G, bootstrap), steps, flags)
+    assert [len(o) for o in out2] == [0, 0, 0, 0, 0, 4]
+    got = {(i // 2, int(x.obs[0])): x for i, x in enumerate(out2[5])}  # (env, first step)
+    assert all(x.next_obs[0] == 6.0 for x in got.values())
+    w = got[(0, 0)]  # env 0, from step 0: 0 + G^4 * (G * 1)
+    assert w.reward == pytest.approx(G**5) and w.discount == pytest.approx(G**6)
+    w = got[(1, 0)]  # env 1, from step 0: 0.5 G^2 + G^4 * 0
+    assert w.reward == pytest.approx(0.5 * G**2) and w.discount == pytest.approx(G**6)
+    assert got[(0, 4)].reward == pytest.approx(G) and got[(0, 4)].discount == pytest.approx(G**2)
+
+
+def test_demo_windows_relabel_by_hand():
+    """One 5-step demo, k = 2, a chunk base whose plan is [c, c + 0.1] around the frame's
+    value c: windows [0,2), [2,4), [4,5); the held offset is the mean of demo - plan."""
+    a_dim = 1
+    base = ChunkedBase(
+        lambda o: o[:, None, :1] + jnp.asarray([0.0, 0.1, 0.2, 0.3])[None, :, None], a_dim, 4
+    )
+    nz = Normalizer(
+        ActionScaler(jnp.full((a_dim,), -1.0), jnp.full((a_dim,), 1.0)),
+        StateStandardizer(jnp.zeros((1,)), jnp.ones((1,))),
+    )
+    frames = np.asarray([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], np.float32)[None, :, None]  # [1, 6, 1]
+    demo_a = np.asarray([0.05, 0.15, 0.2, 0.4, 0.9], np.float32)[None, :, None]
+    padded = {
+        "observation": jnp.asarray(frames),
+        "action": jnp.asarray(demo_a),
+        "reward": jnp.asarray([[0, 0, 0, 0, 1.0]]),
+        "terminal": jnp.asarray([[False, False, False, False, True]]),
+        "length": jnp.asarray([5]),
+    }
+    tr, valid = demo_windows(padded, base, nz, None, 2, G, True, "offset", bound=0.2)
+    tr = jax.tree.map(lambda x: np.asarray(x[0]), tr)
+    assert np.asarray(valid).tolist() == [[True] * 5]
+    c = frames[0, :5, 0]
+    np.testing.assert_allclose(tr.base_action[:, 0], c, atol=1e-6)
+    # window t: demo a_t, a_t+1 against plan c_t, c_t + 0.1
+    want = [
+        np.mean(demo_a[0, t : t + 2, 0] - (c[t] + np.asarray([0.0, 0.1])[: 5 - t]))
+        for t in range(5)
+    ]
+    np.testing.assert_allclose(tr.action[:, 0], c + np.clip(want, -0.2, 0.2), atol=1e-6)
+    np.testing.assert_allclose(tr.reward, [0, 0, 0, G, 1.0], atol=1e-6)
+    np.testing.assert_allclose(tr.discount, [G**2] * 4 + [G], atol=1e-6)
+    np.testing.assert_array_equal(tr.nonterminal, [1, 1, 1, 0, 0])
+    np.testing.assert_allclose(tr.next_obs[:, 0], [0.2, 0.3, 0.4, 0.5, 0.5], atol=1e-6)
+    np.testing.assert_allclose(tr.next_base_action[:, 0], [0.2, 0.3, 0.4, 0.5, 0.5], atol=1e-6)
+    base_tr, _ = demo_windows(padded, base, nz, None, 2, G, True, "base")
+    np.testing.assert_allclose(np.asarray(base_tr.action[0, :, 0]), c, atol=1e-6)
+
+
+# ------------------------------------------------------------------------- in training
+LEARNER = ResidualTD3Config(
+    actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=4, actor_lr=1e-4
+)
+CFG = TrainConfig(
+    learner=LEARNER,
+    replay=ReplayConfig(batch_size=32, utd=2, capacity=2048, gamma=G),
+    num_envs=4,
+    warmup_env_steps=64,
+    critic_warmup_updates=20,
+    critic_warmup_chunk=10,
+    total_env_steps=128,
+    steps_per_chunk=8,
+    eval_every=64,
+    eval_episodes=8,
+)
+
+
+@pytest.fixture(scope="module")
+def demos():
+    expert = envs.make_expert("PointReach", TASK, envs.ExpertStyle())
+    eps, _ = collect_episodes(make_rollout(TASK, expert.init, expert.act), 8, 12)
+    return eps
+
+
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_k1_decisions_are_the_per_step_learner_bit_for_bit(demos, n_step):
+    """The semi-MDP machinery (decision flags, the decision writer, the held-offset path)
+    with a decision every step trains exactly the per-step learner."""
+    cfg = CFG.replace(replay=dataclasses.replace(CFG.replay, n_step=n_step))
+    from resfit_jax.agents.residual_td3 import make_learner  # the same, outside shard_map
+
+    tr = make_trainer(TASK, chunk_base(), demos, cfg, seeds=[0])
+    per_step = dataclasses.replace(
+        tr.loop, learner=make_learner(cfg.learner, tr.loop.learner.obs_spec, 2)
+    )
+    semi = dataclasses.replace(per_step, offsets=Offsets.decisions(1))
+    assert semi.semi_mdp and isinstance(semi.writer, DecisionWriter)
+    assert semi.learner_obs_spec == per_step.learner_obs_spec
+
+    def run(loop):
+        ls = loop.init(
+            jax.random.PRNGKey(3), loop.learner.init(jax.random.PRNGKey(4), tr.normalizer)
+        )
+        ls, _ = jax.jit(lambda s: loop.warmup(s, 16))(ls)
+        ls, _ = jax.jit(lambda s, o: loop.critic_warmup(s, o, 5))(ls, tr.offline)
+        ls, _ = jax.jit(lambda s, o: loop.train(s, o, 16))(ls, tr.offline)
+        return ls
+
+    a, b = run(per_step), run(semi)
+    assert int(a.replay_state.size) == int(b.replay_state.size) > 0
+    raw = lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    for x, y in zip(jax.tree.leaves(a.learner_state), jax.tree.leaves(b.learner_state)):
+        np.testing.assert_array_equal(np.asarray(raw(x)), np.asarray(raw(y)))
+    for x, y in zip(jax.tree.leaves(a.replay_state), jax.tree.leaves(b.replay_state)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("k", [4, 2])
+def test_a_semi_mdp_run_decides_every_k_steps(demos, k, tmp_path):
+    """decision_steps k: the learner sees the observation, the base's plan for the k steps
+    (and its chunk phase when k < the chunk), the replay holds one transition per decision
+    (discount G^k except where an episode ends inside), the demo buffer one window per demo
+    step, and the deterministic policy holds its correction for k steps; a run completes."""
+    cfg = CFG.replace(
+        residual=ResidualOptions(decision_steps=k),
+        replay=dataclasses.replace(CFG.replay, n_step=1),  # n_step counts decisions here
+    )
+    tr = make_trainer(TASK, chunk_base(), demos, cfg, seeds=[0])
+    phase = int(k < H)
+    assert tr.loop.learner.obs_dim == 4 + phase + (k - 1) * 2
+    assert not tr.loop.learner.config.residual_mask
+    assert int(tr.offline.size) == sum(ep.num_actions for ep in demos)
+    ls, stats = tr.warmup(tr.init())
+    size = int(ls.replay_state.size[0])
+    d = jax.tree.map(lambda x: np.asarray(x[0, :size]), ls.replay_state.data)
+    env_steps = cfg.env_steps_per_chunk  # one warm-up chunk
+    assert env_steps // k <= size <= env_steps // k + int(stats["episodes"][0])
+    full = np.isclose(d.discount, G**k)
+    assert full.mean() > 0.8
+    assert np.all(d.nonterminal[~full] == 0.0) or cfg.replay.bootstrap_truncation
+    # the plan in the observation: the base's next k - 1 actions (a repeated chunk here)
+    plan = d.obs[:, 4 + phase :].reshape(size, k - 1, 2)
+    np.testing.assert_allclose(plan[:, 0], d.base_action, atol=1e-5)
+    # the deterministic policy decides at k-step boundaries and holds in between
+    from resfit_jax.agents.residual_td3 import make_learner  # the same, outside shard_map
+
+    loop = tr.loop
+    lrn = make_learner(loop.learner.config, loop.learner.obs_spec, 2)
+    lstate = jax.tree.map(lambda x: x[0], ls.learner_state)
+    lstate = lstate.replace(actor_params=jax.tree.map(lambda p: p + 0.05, lstate.actor_params))
+    nz = tr.normalizer
+    policy = ResidualPolicy(loop.base, nz, lrn, lstate, loop.features, loop.offsets)
+    bare = ResidualPolicy(loop.base, nz)
+    env = envs.core.auto_reset_envs(TASK, 2)
+    es, ps, bs = env.reset(jax.random.PRNGKey(0)), policy.init_state(2), bare.init_state(2)
+    step_both = jax.jit(lambda ps, bs, o: (policy.step(ps, o), bare.step(bs, o)))
+    diffs, dones = [], []
+    for _ in range(12):
+        (a, ps), (b, bs) = step_both(ps, bs, es.obs)
+        diffs.append(np.asarray(nz.normalize_action(a) - nz.normalize_action(b)))
+        es = env.step(es, a)
+        dones.append(np.asarray(es.done))
+    diffs, dones = np.stack(diffs), np.stack(dones)  # [12, E, A], [12, E]
+    checked = 0
+    for e in range(2):
+        for start in range(0, 12, k):
+            if dones[:start, e].any():
+                break  # a new episode restarts the decision clock
+            window = diffs[start : start + k, e]
+            np.testing.assert_allclose(window, np.repeat(window[:1], len(window), 0), atol=1e-5)
+            checked += 1
+    assert checked >= 2 and np.abs(diffs).max() > 1e-3
+    summary = train_residual(tr, str(tmp_path), progress=False, task_name="PointReach")
+    assert summary["complete"] and summary["final"]["pooled"]["episodes"] == cfg.eval_episodes
+
+
+def test_the_config_names_what_is_wrong(demos):
+    with pytest.raises(ValueError, match="must divide the base's execution horizon"):
+        make_trainer(
+            TASK, chunk_base(), demos, CFG.replace(residual=ResidualOptions(decision_steps=3)), [0]
+        )
+    with pytest.raises(ValueError, match="turn hold and offset_bound off"):
+        ResidualOptions(decision_steps=4, hold=True)
+    with pytest.raises(ValueError, match="demo_relabel"):
+        ResidualOptions(decision_steps=4, demo_relabel="mean")
+    with pytest.raises(ValueError, match="decision_steps"):
+        CFG.replace(method="rlpd", residual=ResidualOptions(decision_steps=4))
