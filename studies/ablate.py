@@ -306,8 +306,9 @@ def main(argv):
 
     setup_script()
     from resfit_jax.run.configs import config_overrides, resolve, usage_error
+    from resfit_jax.run.logger import read_metrics
     from resfit_jax.sim.presets import preset
-    from resfit_jax.sim.report import held_out_outcomes
+    from resfit_jax.sim.report import held_out_outcomes, mechanism_numbers, mechanism_table
     from resfit_jax.sim.runs import open_inputs
     from resfit_jax.sim.trainer import make_trainer, rescore_run, train_residual
 
@@ -338,6 +339,7 @@ def main(argv):
         )
     same = same_as_earlier([cfg for _, _, cfg in configs])
     summaries: dict[int, dict] = {}
+    mechanisms: dict[int, dict] = {}  # action gap, TD error, head spread (report.mechanism_*)
     n = len(configs)
     for step, i in enumerate(training_order([cfg for _, _, cfg in configs])):
         name, ovs, cfg = configs[i]
@@ -384,9 +386,13 @@ def main(argv):
                 if k not in ("loop_state", "selected_state")
             }
         summaries[i] = summary
+        mechanisms[i] = mechanism_numbers(read_metrics(run_dir))
     rows, finished_summaries, unfinished = declared_rows(
         [name for name, _, _ in configs], [common + ovs for _, ovs, _ in configs], same, summaries
     )
+    for r in rows:
+        i = [name for name, _, _ in configs].index(r["setting"])
+        r["mechanism"] = mechanisms.get(same.get(i, i), {})
     if reference in [r["setting"] for r in rows]:
         against_reference(rows, finished_summaries, reference)
     else:
@@ -414,6 +420,9 @@ def main(argv):
         json.dump(result, f, indent=2)
     print(f"\n{FLAGS.task}: held-out final evaluation, pooled over {FLAGS.seeds} seeds")
     print(table(rows))
+    if any(r["mechanism"] for r in rows):
+        print("\nThe critic's action gap against its TD error and head spread (main loop):")
+        print(mechanism_table({r["setting"]: r["mechanism"] for r in rows}))
     if unfinished:
         print(f"not finished yet: {', '.join(unfinished)}")
     if any(r["vs_reference"] is not None for r in rows):

@@ -222,3 +222,28 @@ def test_settings_train_cheapest_first_and_report_in_declared_order():
     rows, kept, unfinished = declared_rows(names, [ovs for _, ovs in named], same, finished)
     assert [r["setting"] for r in rows] == ["preset", "nstep_3", "heads_2"]
     assert len(kept) == 3 and "utd_8" in unfinished and "nstep_3" not in unfinished
+
+
+def test_mechanism_numbers_take_the_start_middle_and_end_of_the_main_loop():
+    from resfit_jax.sim.report import mechanism_numbers, mechanism_table
+
+    rows = [{"kind": "eval", "env_steps": 0, "seed": 0}]
+    for step in (1024, 2048, 3072, 4096, 5120):
+        for seed in (0, 1):
+            rows.append(
+                {
+                    "kind": "train",
+                    "env_steps": step,
+                    "seed": seed,
+                    "action_gap": step / 1e5 + seed * 0.01,
+                    "td_error_abs": 0.02,
+                    "q_head_std": 0.01 * (seed + 1),
+                }
+            )
+    m = mechanism_numbers(rows)
+    assert [m[s]["env_steps"] for s in ("start", "middle", "end")] == [1024, 3072, 5120]
+    assert m["end"]["action_gap"] == pytest.approx(0.0512 + 0.005)  # mean over the seeds
+    assert m["start"]["q_head_std"] == pytest.approx(0.015)
+    assert mechanism_numbers([r for r in rows if "action_gap" not in r]) == {}
+    text = mechanism_table({"semi_k20": m, "old": {}})
+    assert "semi_k20" in text and "old" not in text and "0.0562 / 0.0200 / 0.0150" in text

@@ -136,8 +136,8 @@ def test_demo_windows_relabel_by_hand():
         lambda o: o[:, None, :1] + jnp.asarray([0.0, 0.1, 0.2, 0.3])[None, :, None], a_dim, 4
     )
     nz = Normalizer(
-        ActionScaler(jnp.full((a_dim,), -1.0), jnp.full((a_dim,), 1.0)),
-        StateStandardizer(jnp.zeros((1,)), jnp.ones((1,))),
+        obs=StateStandardizer(jnp.zeros((1,)), jnp.ones((1,))),
+        action=ActionScaler(jnp.zeros((a_dim,)), jnp.ones((a_dim,))),  # identity
     )
     frames = np.asarray([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], np.float32)[None, :, None]  # [1, 6, 1]
     demo_a = np.asarray([0.05, 0.15, 0.2, 0.4, 0.9], np.float32)[None, :, None]
@@ -296,3 +296,30 @@ def test_the_config_names_what_is_wrong(demos):
         ResidualOptions(decision_steps=4, demo_relabel="mean")
     with pytest.raises(ValueError, match="decision_steps"):
         CFG.replace(method="rlpd", residual=ResidualOptions(decision_steps=4))
+
+
+def test_the_action_gap_is_what_the_critic_says_the_residual_changes():
+    """The actor step's ``action_gap``: mean_b |mean_k Q_k(s, a_b + r) - mean_k Q_k(s, a_b)|,
+    0 while the residual is 0 (the zero-initialised actor)."""
+    from resfit_jax.agents.residual_td3 import make_learner
+    from resfit_jax.replay import Transition
+
+    spec = jax.ShapeDtypeStruct((5,), jnp.float32)
+    lrn = make_learner(LEARNER, spec, 2)
+    nz = Normalizer(
+        obs=StateStandardizer(jnp.zeros((5,)), jnp.ones((5,))),
+        action=ActionScaler(jnp.zeros((2,)), jnp.ones((2,))),
+    )
+    state = lrn.init(jax.random.PRNGKey(0), nz)
+    ks = jax.random.split(jax.random.PRNGKey(1), 3)
+    obs, a_b = jax.random.normal(ks[0], (16, 5)), jax.random.uniform(ks[1], (16, 2), minval=-0.5)
+    batch = Transition(obs, a_b, a_b, jnp.zeros(16), jnp.ones(16), jnp.ones(16), obs, a_b)
+    _, aux = lrn.losses.actor_loss(state.actor_params, state.critic_params, nz, batch)
+    assert float(aux["gap"]) == 0.0
+    moved = jax.tree.map(lambda p: p + 0.1, state.actor_params)
+    _, aux = lrn.losses.actor_loss(moved, state.critic_params, nz, batch)
+    critic, actor = lrn.networks.critic, lrn.networks.actor
+    r = actor.apply(moved, obs, a_b)
+    q = lambda a: critic.apply(state.critic_params, obs, a).mean(axis=0)
+    want = jnp.abs(q(jnp.clip(a_b + r, -1, 1)) - q(a_b)).mean()
+    assert float(aux["gap"]) == pytest.approx(float(want), rel=1e-5) and float(want) > 0

@@ -294,6 +294,7 @@ class ResidualTD3:
         metrics = {
             "actor_loss": loss,
             "actor_q": aux["q"],
+            "action_gap": aux["gap"],
             "actor_grad_norm": optax.tree.norm(grads),
             "residual_abs_mean": jnp.abs(r).mean(),
             "residual_abs_max": jnp.abs(r).max(),

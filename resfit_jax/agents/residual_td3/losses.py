@@ -200,13 +200,17 @@ def make_losses(
             r = r * m
             weights = m[:, 0] if weights is None else weights * m[:, 0]
         action = jnp.clip(batch.base_action + r, -1.0, 1.0)
-        q = critic.apply(jax.lax.stop_gradient(critic_params), feats, action)
+        frozen = jax.lax.stop_gradient(critic_params)
+        q = critic.apply(frozen, feats, action)
         penalty = jnp.mean(jnp.square(r / config.action_scale))
-        q_pi = (
-            q.mean()
-            if weights is None
-            else ((q.mean(axis=0) * weights).sum() / jnp.maximum(weights.sum(), 1e-6))
+        mean = lambda x: (
+            x.mean() if weights is None else (x * weights).sum() / jnp.maximum(weights.sum(), 1e-6)
         )
-        return -q_pi + config.residual_penalty * penalty, {"residual": r, "q": q_pi}
+        q_pi = q.mean() if weights is None else mean(q.mean(axis=0))
+        # the action gap: what the critic says the residual changes, |Q(s, a_b + r) - Q(s, a_b)|
+        # (head means; compare with the TD error and the head spread)
+        q_base = critic.apply(frozen, feats, batch.base_action)
+        gap = mean(jnp.abs(jax.lax.stop_gradient(q.mean(axis=0) - q_base.mean(axis=0))))
+        return -q_pi + config.residual_penalty * penalty, {"residual": r, "q": q_pi, "gap": gap}
 
     return ResidualTD3Losses(features, td_target, critic_loss, actor_loss, gate)
