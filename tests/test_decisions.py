@@ -17,7 +17,7 @@ from resfit_jax.base.residual import ResidualPolicy
 from resfit_jax.data.demos import collect_episodes, make_rollout
 from resfit_jax.envs.point_reach import biased_base_action
 from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer
-from resfit_jax.replay import DecisionWriter, NStepWriter, ReplayConfig
+from resfit_jax.replay import DecisionWriter, EpisodeDecisionWriter, NStepWriter, ReplayConfig
 from resfit_jax.replay.decisions import demo_windows
 from resfit_jax.sim.config import ResidualOptions, TrainConfig
 from resfit_jax.sim.trainer import make_trainer, train_residual
@@ -128,6 +128,44 @@ def test_a_window_cut_by_success_or_time_limit_by_hand(bootstrap):
     assert got[(0, 4)].reward == pytest.approx(G) and got[(0, 4)].discount == pytest.approx(G**2)
 
 
+@pytest.mark.parametrize("bootstrap", [True, False])
+def test_the_monte_carlo_bound_by_hand(bootstrap):
+    """k = 2; env 0 succeeds at its 5th step, env 1 hits its time limit there: env 0's three
+    decisions come out at the end with their return-to-go G^4, G^2, 1; env 1's with -inf."""
+    k, e = 2, 2
+    steps = [
+        _step(t, e, [1.0 if t == 4 else 0.0, 0.0], [t == 4, False], [False, t == 4])
+        for t in range(5)
+    ]
+    flags = [
+        {"opens": jnp.full((e,), t % k == 0), "closes": jnp.full((e,), (t + 1) % k == 0)}
+        for t in range(5)
+    ]
+    out = _stream(EpisodeDecisionWriter(4, G, bootstrap), steps, flags)
+    assert [len(o) for o in out] == [0, 0, 0, 0, 6]
+    env0, env1 = out[4][:3], out[4][3:]
+    np.testing.assert_allclose([x.mc_return for x in env0], [G**4, G**2, 1.0], rtol=1e-6)
+    np.testing.assert_allclose([x.reward for x in env0], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose([x.discount for x in env0], [G**2, G**2, G], rtol=1e-6)
+    assert [x.nonterminal for x in env0] == [1.0, 1.0, 0.0]
+    assert [float(x.obs[0]) for x in env0] == [0.0, 2.0, 4.0]
+    assert [float(x.next_obs[0]) for x in env0] == [2.0, 4.0, 5.0]
+    assert all(x.mc_return == -np.inf for x in env1)
+    assert [x.nonterminal for x in env1] == [1.0, 1.0, 1.0 if bootstrap else 0.0]
+    # the same transitions as the plain decision writer's, only later and with the bound
+    plain = [x for o in _stream(DecisionWriter(1, G, bootstrap), steps, flags) for x in o]
+    key = lambda x: (float(x.obs[0]), float(x.reward), float(x.nonterminal), float(x.next_obs[0]))
+    assert sorted(map(key, plain)) == sorted(map(key, env0 + env1))
+
+
+def test_an_episode_longer_than_the_writer_flushes_without_a_bound():
+    e = 1
+    steps = [_step(t, e, [0.0], [False], [False]) for t in range(3)]
+    out = _stream(EpisodeDecisionWriter(2, G), steps)  # every step a decision
+    assert [len(o) for o in out] == [0, 2, 0]
+    assert all(x.mc_return == -np.inf for x in out[1])
+
+
 def test_demo_windows_relabel_by_hand():
     """One 5-step demo, k = 2, a chunk base whose plan is [c, c + 0.1] around the frame's
     value c: windows [0,2), [2,4), [4,5); the held offset is the mean of demo - plan."""
@@ -166,6 +204,12 @@ def test_demo_windows_relabel_by_hand():
     np.testing.assert_allclose(tr.next_base_action[:, 0], [0.2, 0.3, 0.4, 0.5, 0.5], atol=1e-6)
     base_tr, _ = demo_windows(padded, base, nz, None, 2, G, True, "base")
     np.testing.assert_allclose(np.asarray(base_tr.action[0, :, 0]), c, atol=1e-6)
+    assert base_tr.mc_return is None
+    mc_tr, _ = demo_windows(padded, base, nz, None, 2, G, True, mc_bound=True)
+    np.testing.assert_allclose(mc_tr.mc_return[0], [G**4, G**3, G**2, G, 1.0], rtol=1e-6)
+    failed = dict(padded, terminal=jnp.zeros_like(padded["terminal"]))
+    mc_tr, _ = demo_windows(padded | failed, base, nz, None, 2, G, True, mc_bound=True)
+    assert np.all(np.asarray(mc_tr.mc_return) == -np.inf)
 
 
 # ------------------------------------------------------------------------- in training
@@ -226,14 +270,14 @@ def test_k1_decisions_are_the_per_step_learner_bit_for_bit(demos, n_step):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("k", [4, 2])
-def test_a_semi_mdp_run_decides_every_k_steps(demos, k, tmp_path):
+@pytest.mark.parametrize("k, mc", [(4, False), (2, False), (4, True)])
+def test_a_semi_mdp_run_decides_every_k_steps(demos, k, mc, tmp_path):
     """decision_steps k: the learner sees the observation, the base's plan for the k steps
     (and its chunk phase when k < the chunk), the replay holds one transition per decision
     (discount G^k except where an episode ends inside), the demo buffer one window per demo
     step, and the deterministic policy holds its correction for k steps; a run completes."""
     cfg = CFG.replace(
-        residual=ResidualOptions(decision_steps=k),
+        residual=ResidualOptions(decision_steps=k, mc_bound=mc),
         replay=dataclasses.replace(CFG.replay, n_step=1),  # n_step counts decisions here
     )
     tr = make_trainer(TASK, chunk_base(), demos, cfg, seeds=[0])
@@ -245,7 +289,15 @@ def test_a_semi_mdp_run_decides_every_k_steps(demos, k, tmp_path):
     size = int(ls.replay_state.size[0])
     d = jax.tree.map(lambda x: np.asarray(x[0, :size]), ls.replay_state.data)
     env_steps = cfg.env_steps_per_chunk  # one warm-up chunk
-    assert env_steps // k <= size <= env_steps // k + int(stats["episodes"][0])
+    if mc:  # stored when their episode ends: the finished episodes' decisions
+        assert 0 < size <= env_steps // k + int(stats["episodes"][0])
+        bound = d.mc_return
+        assert np.all((bound == -np.inf) | ((bound >= 0) & (bound <= 1)))
+        assert np.isfinite(bound).sum() > 0  # some successes
+        off = jax.tree.map(lambda x: np.asarray(x[: int(tr.offline.size)]), tr.offline.data)
+        assert np.isfinite(off.mc_return).mean() > 0.5  # the expert's demos succeed
+    else:
+        assert env_steps // k <= size <= env_steps // k + int(stats["episodes"][0])
     full = np.isclose(d.discount, G**k)
     assert full.mean() > 0.8
     assert np.all(d.nonterminal[~full] == 0.0) or cfg.replay.bootstrap_truncation
@@ -296,6 +348,10 @@ def test_the_config_names_what_is_wrong(demos):
         ResidualOptions(decision_steps=4, demo_relabel="mean")
     with pytest.raises(ValueError, match="decision_steps"):
         CFG.replace(method="rlpd", residual=ResidualOptions(decision_steps=4))
+    with pytest.raises(ValueError, match="mc_bound is an option of the semi-MDP"):
+        ResidualOptions(mc_bound=True)
+    with pytest.raises(ValueError, match="set replay.n_step=1"):
+        CFG.replace(residual=ResidualOptions(decision_steps=4, mc_bound=True))
 
 
 def test_the_action_gap_is_what_the_critic_says_the_residual_changes():
@@ -323,3 +379,23 @@ def test_the_action_gap_is_what_the_critic_says_the_residual_changes():
     q = lambda a: critic.apply(state.critic_params, obs, a).mean(axis=0)
     want = jnp.abs(q(jnp.clip(a_b + r, -1, 1)) - q(a_b)).mean()
     assert float(aux["gap"]) == pytest.approx(float(want), rel=1e-5) and float(want) > 0
+
+
+def test_the_td_target_never_falls_below_the_monte_carlo_bound():
+    from resfit_jax.agents.residual_td3 import make_learner
+    from resfit_jax.replay import Transition
+
+    spec = jax.ShapeDtypeStruct((5,), jnp.float32)
+    lrn = make_learner(LEARNER, spec, 2)
+    nz = Normalizer(
+        obs=StateStandardizer(jnp.zeros((5,)), jnp.ones((5,))),
+        action=ActionScaler(jnp.zeros((2,)), jnp.ones((2,))),
+    )
+    state = lrn.init(jax.random.PRNGKey(0), nz)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (8, 5))
+    a = jnp.zeros((8, 2))
+    plain = Transition(obs, a, a, jnp.full(8, 0.1), jnp.full(8, G), jnp.ones(8), obs, a)
+    y = np.asarray(lrn.td_target(state, plain, jax.random.PRNGKey(2), 0.0))
+    mc = jnp.asarray([-np.inf, 5.0] * 4)
+    y_mc = np.asarray(lrn.td_target(state, plain.replace(mc_return=mc), jax.random.PRNGKey(2), 0.0))
+    np.testing.assert_array_equal(y_mc, np.maximum(y, np.asarray(mc)))

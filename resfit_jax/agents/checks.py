@@ -152,6 +152,11 @@ def join_batches(
         check_obs(spec, b.next_obs, (n, bs), f"{where}: {name} next_obs")
     if offline is None:
         return online
+    if (online.mc_return is None) != (offline.mc_return is None):
+        raise ValueError(
+            f"{where}: only one of the online and offline batches has mc_return; build both "
+            "buffers with the same Monte-Carlo bound setting."
+        )
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), online, offline)
 
 

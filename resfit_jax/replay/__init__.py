@@ -12,12 +12,13 @@
 
 from resfit_jax.replay.buffer import Mixer, ReplayBuffer, ReplayState, make_mixer
 from resfit_jax.replay.config import ReplayConfig
-from resfit_jax.replay.decisions import DecisionState, DecisionWriter
+from resfit_jax.replay.decisions import DecisionState, DecisionWriter, EpisodeDecisionWriter
 from resfit_jax.replay.nstep import NStepState, NStepWriter, Transition, transition_spec
 
 __all__ = [
     "DecisionState",
     "DecisionWriter",
+    "EpisodeDecisionWriter",
     "Mixer",
     "NStepState",
     "NStepWriter",

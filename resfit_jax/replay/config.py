@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from resfit_jax.replay.buffer import Mixer, ReplayBuffer, make_mixer
-from resfit_jax.replay.decisions import DecisionWriter
+from resfit_jax.replay.decisions import DecisionWriter, EpisodeDecisionWriter
 from resfit_jax.replay.frames import FrameStore, frame_capacity
 from resfit_jax.replay.nstep import NStepWriter
 
@@ -75,6 +75,10 @@ class ReplayConfig:
     def decision_writer(self) -> DecisionWriter:
         """The semi-MDP writer (``decisions``): ``n_step`` counts decisions there."""
         return DecisionWriter(self.n_step, self.gamma, self.bootstrap_truncation)
+
+    def episode_decision_writer(self, max_decisions: int) -> EpisodeDecisionWriter:
+        """The semi-MDP writer with the Monte-Carlo bound (one decision per return)."""
+        return EpisodeDecisionWriter(max_decisions, self.gamma, self.bootstrap_truncation)
 
     def demo_writer(self) -> NStepWriter:
         """The n-step writer of the demo buffer (``demo_n_step``, default ``n_step``)."""

@@ -121,14 +121,10 @@ class DecisionWriter:
         at = lambda m, a, b: jax.tree.map(
             lambda x, y: jnp.where(m.reshape(m.shape + (1,) * (x.ndim - 1)), x, y), a, b
         )
-        # the open window, restarted at a decision
-        ret = jnp.where(opens, 0.0, state.ret)
-        steps = jnp.where(opens, 0, state.steps)
-        ret = ret + self.gamma ** steps.astype(jnp.float32) * reward
-        steps = steps + 1
-        w_obs = at(opens, obs, state.obs)
-        w_ba = jnp.where(opens[:, None], base_action, state.base_action)
-        w_a = jnp.where(opens[:, None], action, state.action)
+        w = _advance_window(self.gamma, state, opens, obs, base_action, action, reward)
+        w_obs, w_ba, w_a, ret, steps = (
+            w[k] for k in ("obs", "base_action", "action", "ret", "steps")
+        )
         # a window closes at the next decision or at the episode's end: push it
         close = closes | done
         push = lambda win, x: jnp.concatenate([win[:, 1:], x[:, None].astype(win.dtype)], axis=1)
@@ -189,6 +185,167 @@ class DecisionWriter:
         return new, cands, valid
 
 
+# ------------------------------------------------------------------- Monte-Carlo bound
+@struct.dataclass
+class EpisodeDecisionState:
+    """The open window (as ``DecisionState``) and the current episode's closed decisions,
+    in order: e_obs / e_next_obs (pytrees [E, M, ...]), e_base_action, e_action,
+    e_next_base_action [E, M, A], e_ret [E, M], e_steps [E, M] int32; count [E] int32."""
+
+    obs: PyTree
+    base_action: jax.Array
+    action: jax.Array
+    ret: jax.Array
+    steps: jax.Array
+    e_obs: PyTree
+    e_base_action: jax.Array
+    e_action: jax.Array
+    e_ret: jax.Array
+    e_steps: jax.Array
+    e_next_obs: PyTree
+    e_next_base_action: jax.Array
+    count: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeDecisionWriter:
+    """Decision windows with a Monte-Carlo lower bound (MCAC, Wilcox et al. 2022): the
+    writer keeps each episode's decisions (at most ``max_decisions``) and emits them when
+    the episode ends, each with ``mc_return`` = the discounted return-to-go from its
+    decision to the episode's end where the episode terminated (succeeded), -inf where it
+    hit the time limit (the observed return then says nothing about the unobserved tail).
+    Transitions are otherwise those of ``DecisionWriter(n=1)``. An episode longer than
+    ``max_decisions`` decisions flushes its decisions early, with -inf (no data is lost).
+
+    Candidates [E, max_decisions] with a mask; one decision per return (n = 1)."""
+
+    max_decisions: int
+    gamma: float = 0.99
+    bootstrap_truncation: bool = True
+
+    def __post_init__(self):
+        if self.max_decisions < 1:
+            raise ValueError(f"max_decisions must be >= 1, got {self.max_decisions}.")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}.")
+
+    def init(self, num_envs: int, obs_spec: PyTree, action_dim: int) -> EpisodeDecisionState:
+        e, m = num_envs, self.max_decisions
+        zeros = lambda lead: jax.tree.map(
+            lambda s: jnp.zeros(lead + tuple(s.shape), s.dtype), obs_spec
+        )
+        act = lambda lead: jnp.zeros(lead + (action_dim,), jnp.float32)
+        return EpisodeDecisionState(
+            obs=zeros((e,)),
+            base_action=act((e,)),
+            action=act((e,)),
+            ret=jnp.zeros((e,), jnp.float32),
+            steps=jnp.zeros((e,), jnp.int32),
+            e_obs=zeros((e, m)),
+            e_base_action=act((e, m)),
+            e_action=act((e, m)),
+            e_ret=jnp.zeros((e, m), jnp.float32),
+            e_steps=jnp.zeros((e, m), jnp.int32),
+            e_next_obs=zeros((e, m)),
+            e_next_base_action=act((e, m)),
+            count=jnp.zeros((e,), jnp.int32),
+        )
+
+    def step(
+        self,
+        state: EpisodeDecisionState,
+        obs: PyTree,
+        base_action: jax.Array,
+        action: jax.Array,
+        reward: jax.Array,
+        next_obs: PyTree,
+        next_base_action: jax.Array,
+        terminated: jax.Array,
+        truncated: jax.Array,
+        opens: jax.Array | None = None,
+        closes: jax.Array | None = None,
+    ) -> tuple[EpisodeDecisionState, Transition, jax.Array]:
+        """As ``DecisionWriter.step``; candidates [E, max_decisions]."""
+        m, e = self.max_decisions, reward.shape[0]
+        every = jnp.ones((e,), bool)
+        opens = every if opens is None else opens.astype(bool)
+        closes = every if closes is None else closes.astype(bool)
+        terminated = terminated.astype(bool)
+        done = terminated | truncated.astype(bool)
+        w = _advance_window(self.gamma, state, opens, obs, base_action, action, reward)
+        close = closes | done
+        put = close[:, None] & (jnp.arange(m)[None, :] == state.count[:, None])  # [E, M]
+        store = lambda win, x: jax.tree.map(
+            lambda a, b: jnp.where(put.reshape(put.shape + (1,) * (a.ndim - 2)), b[:, None], a),
+            win,
+            x,
+        )
+        e_obs, e_next_obs = store(state.e_obs, w["obs"]), store(state.e_next_obs, next_obs)
+        e_ba, e_a = store(state.e_base_action, w["base_action"]), store(state.e_action, w["action"])
+        e_nba = store(state.e_next_base_action, next_base_action)
+        e_ret, e_steps = store(state.e_ret, w["ret"]), store(state.e_steps, w["steps"])
+        count = state.count + close.astype(jnp.int32)
+        flush = done | (count == m)
+        slot = jnp.arange(m)[None, :]
+        mine = slot < count[:, None]
+        last = slot == (count - 1)[:, None]
+
+        def backward(carry, xs):  # return-to-go over the episode's decisions
+            r, k, keep = xs
+            g = jnp.where(keep, r + self.gamma ** k.astype(jnp.float32) * carry, 0.0)
+            return g, g
+
+        _, g = jax.lax.scan(
+            backward, jnp.zeros((e,), jnp.float32), (e_ret.T, e_steps.T, mine.T), reverse=True
+        )
+        mc = jnp.where((done & terminated)[:, None], g.T, -jnp.inf)
+        if self.bootstrap_truncation:
+            end_nonterminal = ~terminated
+        else:
+            end_nonterminal = ~done
+        nonterminal = jnp.where(last & done[:, None], end_nonterminal[:, None], True)
+        cands = Transition(
+            obs=e_obs,
+            base_action=e_ba,
+            action=e_a,
+            reward=e_ret,
+            discount=self.gamma ** e_steps.astype(jnp.float32),
+            nonterminal=nonterminal.astype(jnp.float32),
+            next_obs=e_next_obs,
+            next_base_action=e_nba,
+            mc_return=mc,
+        )
+        new = EpisodeDecisionState(
+            **w,
+            e_obs=e_obs,
+            e_base_action=e_ba,
+            e_action=e_a,
+            e_ret=e_ret,
+            e_steps=e_steps,
+            e_next_obs=e_next_obs,
+            e_next_base_action=e_nba,
+            count=jnp.where(flush, 0, count),
+        )
+        return new, cands, flush[:, None] & mine
+
+
+def _advance_window(gamma, state, opens, obs, base_action, action, reward) -> dict:
+    """The open window after one env step (restarted where ``opens``): obs, base_action,
+    action at its decision, ret (discounted reward so far), steps."""
+    ret = jnp.where(opens, 0.0, state.ret)
+    steps = jnp.where(opens, 0, state.steps)
+    sel = lambda a, b: jax.tree.map(
+        lambda x, y: jnp.where(opens.reshape(opens.shape + (1,) * (x.ndim - 1)), x, y), a, b
+    )
+    return {
+        "obs": sel(obs, state.obs),
+        "base_action": sel(base_action, state.base_action),
+        "action": sel(action, state.action),
+        "ret": ret + gamma ** steps.astype(jnp.float32) * reward,
+        "steps": steps + 1,
+    }
+
+
 # ------------------------------------------------------------------------- demo windows
 DEMO_RELABELS = ("offset", "base")
 
@@ -203,6 +360,7 @@ def demo_windows(
     bootstrap_truncation: bool,
     relabel: str = "offset",
     bound: float = 1.0,
+    mc_bound: bool = False,
 ) -> tuple[Transition, jax.Array]:
     """Jittable: one decision window per demo step (any step may start one, so k-fold more
     offline windows than an online run's decisions over the same steps).
@@ -216,7 +374,9 @@ def demo_windows(
     step falls inside (a time-limit end bootstraps with ``bootstrap_truncation``). Its
     action is clip(p_t,0 + o) with o the held offset closest to the demo's actions
     (mean_j (a_{t+j} - p_t,j), clipped to +-``bound``; ``relabel="offset"``) or the base's
-    own first action (``relabel="base"``, r = 0).
+    own first action (``relabel="base"``, r = 0). ``mc_bound``: each window also carries
+    the discounted return-to-go from t to the end of a successful (terminal) demo as
+    ``mc_return`` (-inf for a demo that ends by its time limit).
 
     Returns (transitions [N, T], valid [N, T]).
     """
@@ -270,6 +430,16 @@ def demo_windows(
         action = a_b
     nxt = jnp.clip(t + jnp.maximum(k_eff, 0), 0, t_max)  # [N, T] frame of the next decision
     at_next = lambda v: jnp.take_along_axis(v, nxt.reshape(nxt.shape + (1,) * (v.ndim - 2)), axis=1)
+    mc = None
+    if mc_bound:  # G_t = r_t + gamma G_t+1 over each demo, from its end backwards
+        live = jnp.swapaxes(valid, 0, 1)
+        _, g = jax.lax.scan(
+            lambda c, xs: (jnp.where(xs[1], xs[0] + gamma * c, 0.0),) * 2,
+            jnp.zeros((num,), jnp.float32),
+            (jnp.swapaxes(padded["reward"], 0, 1).astype(jnp.float32), live),
+            reverse=True,
+        )
+        mc = jnp.where(last_term, jnp.swapaxes(g, 0, 1), -jnp.inf)
     trans = Transition(
         obs=jax.tree.map(lambda v: v[:, :t_max], x),
         base_action=a_b,
@@ -279,6 +449,7 @@ def demo_windows(
         nonterminal=nonterminal.astype(jnp.float32),
         next_obs=jax.tree.map(at_next, x),
         next_base_action=at_next(plan[:, :, 0]),
+        mc_return=mc,
     )
     return trans, valid
 
@@ -293,6 +464,7 @@ def demo_decision_buffer(
     bootstrap_truncation: bool,
     relabel: str = "offset",
     bound: float = 1.0,
+    mc_bound: bool = False,
 ) -> tuple[Any, Any]:
     """Host entry point: demo episodes -> (ReplayBuffer sized to fit, a filled ReplayState of
     ``demo_windows``: one window per demo step)."""
@@ -305,7 +477,7 @@ def demo_decision_buffer(
 
     def build(p, nz):
         trans, valid = demo_windows(
-            p, base, nz, features, every, gamma, bootstrap_truncation, relabel, bound
+            p, base, nz, features, every, gamma, bootstrap_truncation, relabel, bound, mc_bound
         )
         column = lambda i: jax.tree.map(lambda x: x[:, i], trans)
         spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[2:], x.dtype), trans)

@@ -7,7 +7,9 @@ unless ``bootstrap_truncation=False`` (the reference release's behaviour).
 Transition fields (per sample): obs (pytree), base_action [A] (normalized base action at
 obs), action [A] (executed normalized action), reward [] (n-step return
 sum_i gamma^i r_{t+i}), discount [] (gamma^k), nonterminal [] (1.0 = bootstrap from next_obs),
-next_obs (pytree, the observation k steps later), next_base_action [A].
+next_obs (pytree, the observation k steps later), next_base_action [A]; optionally
+mc_return [] (a Monte-Carlo lower bound on the value, -inf where unknown; the semi-MDP
+writer's ``mc_bound``), None otherwise.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ class Transition:
     nonterminal: jax.Array
     next_obs: PyTree
     next_base_action: jax.Array
+    mc_return: jax.Array | None = None
 
 
-def transition_spec(obs_spec: PyTree, action_dim: int) -> Transition:
-    """A Transition of ShapeDtypeStructs for one sample (no batch axis)."""
+def transition_spec(obs_spec: PyTree, action_dim: int, mc_return: bool = False) -> Transition:
+    """A Transition of ShapeDtypeStructs for one sample (no batch axis); ``mc_return``: with
+    the Monte-Carlo bound field."""
     obs_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), obs_spec)
     act = jax.ShapeDtypeStruct((action_dim,), jnp.float32)
     scalar = jax.ShapeDtypeStruct((), jnp.float32)
@@ -48,6 +52,7 @@ def transition_spec(obs_spec: PyTree, action_dim: int) -> Transition:
         nonterminal=scalar,
         next_obs=obs_spec,
         next_base_action=act,
+        mc_return=scalar if mc_return else None,
     )
 
 

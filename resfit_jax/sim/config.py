@@ -76,7 +76,10 @@ class ResidualOptions:
     decision (``replay.decisions``): return over the window, discount gamma^k', critic
     target at the next decision; ``replay.n_step`` then counts decisions. Demos become one
     window per demo step, their action the held offset closest to the demo's actions
-    (``demo_relabel="offset"``) or the base's own (``"base"``). k = 1 is per-step ResFiT."""
+    (``demo_relabel="offset"``) or the base's own (``"base"``). k = 1 is per-step ResFiT.
+    ``mc_bound`` (semi-MDP, ``replay.n_step=1``): the critic's target is never below the
+    discounted return the data achieved from that decision in a successful episode
+    (MCAC), online (decisions are stored when their episode ends) and in the demos."""
 
     base_phase: bool = False
     base_plan: int = 0
@@ -87,6 +90,7 @@ class ResidualOptions:
     exploration_std_range: tuple[float, float] | None = None
     decision_steps: int = 1
     demo_relabel: str = "offset"
+    mc_bound: bool = False
 
     def __post_init__(self):
         errors = number_errors(self)
@@ -96,6 +100,8 @@ class ResidualOptions:
             errors.append(
                 f"demo_relabel must be one of {DEMO_RELABELS} (got {self.demo_relabel!r})"
             )
+        if self.mc_bound and self.decision_steps < 2:
+            errors.append("mc_bound is an option of the semi-MDP residual: set decision_steps > 1")
         if self.decision_steps > 1 and (self.hold or self.offset_bound > 0):
             errors.append(
                 "decision_steps > 1 holds the residual between decisions already; turn "
@@ -208,6 +214,11 @@ class TrainConfig:
             errors.append(
                 "residual.decision_steps > 1 aligns decisions with the base's chunk "
                 "refills; base.temporal_ensemble predicts a chunk every step"
+            )
+        if res.mc_bound and self.replay.n_step != 1:
+            errors.append(
+                "residual.mc_bound stores one decision per return: set replay.n_step=1 "
+                f"(got {self.replay.n_step})"
             )
         if res.semi_mdp and self.replay.frame_once:
             errors.append(

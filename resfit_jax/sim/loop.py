@@ -87,9 +87,13 @@ class SimLoop:
     progressive_steps: int = 0  # residual on in each env step w.p. min(t / T, 1) (0: always)
     explore_std_range: tuple[float, float] | None = None  # per-episode std ~ U(lo, hi)
     offsets: Offsets | None = None  # lasting corrections (see the module docstring)
+    mc_bound: bool = False  # semi-MDP: each decision's Monte-Carlo return-to-go as a lower
+    # bound of its target (``replay.decisions.EpisodeDecisionWriter``)
 
     def __post_init__(self):
         check_action_sizes(self.task, self.base, self.learner)
+        if self.mc_bound and not self.semi_mdp:
+            raise ValueError("mc_bound needs semi-MDP decisions (residual.decision_steps > 1).")
 
     # ----------------------------------------------------------------------------- parts
     @property
@@ -103,6 +107,9 @@ class SimLoop:
 
     @property
     def writer(self):
+        if self.mc_bound:  # an episode's decisions, emitted when it ends
+            most = -(-int(self.task.horizon) // self.offsets.every) + 1
+            return self.replay.episode_decision_writer(most)
         return self.replay.decision_writer() if self.semi_mdp else self.replay.writer()
 
     @property
@@ -162,7 +169,9 @@ class SimLoop:
             base_state=bstate,
             base_action=a_b,
             writer_state=self.writer.init(self.num_envs, spec, self.task.action_size),
-            replay_state=self.buffer.init(transition_spec(spec, self.task.action_size), frames),
+            replay_state=self.buffer.init(
+                transition_spec(spec, self.task.action_size, self.mc_bound), frames
+            ),
             learner_state=learner_state,
             key=k_loop,
             env_steps=jnp.zeros((), jnp.int32),

@@ -144,6 +144,7 @@ def make_trainer(
             cfg.replay.bootstrap_truncation,
             cfg.residual.demo_relabel,
             cfg.learner.action_scale,
+            cfg.residual.mc_bound,
         )
     elif cfg.replay.offline_fraction > 0:
         offline_buf, offline = offline_buffer(
@@ -161,6 +162,7 @@ def make_trainer(
         offline_buffer=offline_buf,
         features=features,
         offsets=offsets,
+        mc_bound=res.mc_bound,
         progressive_steps=res.progressive_steps,
         explore_std_range=(
             tuple(res.exploration_std_range) if res.exploration_std_range is not None else None

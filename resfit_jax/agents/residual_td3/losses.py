@@ -18,7 +18,8 @@ detached features (DrQ-v2's split).
 TD target (per transition):
     y = R + discount * nonterminal * min_{j in S} Q'_j(s', clip(a_b' + r~', -1, 1)),
     r~' = clip(mu'(s', a_b') + clip(N(0, sigma), -c, c), -1, 1),
-S a random subset of ``num_min_critics`` target heads. The actor maximises the mean over all
+S a random subset of ``num_min_critics`` target heads; with a Monte-Carlo bound in the batch
+(``Transition.mc_return``) y = max(y, mc_return) (MCAC). The actor maximises the mean over all
 K heads of Q(s, clip(a_b + mu(s, a_b), -1, 1)), minus ``residual_penalty *
 mean((mu / action_scale)^2)`` when that option is on.
 
@@ -153,7 +154,10 @@ def make_losses(
         next_action = jnp.clip(batch.next_base_action + next_r, -1.0, 1.0)
         subset = jax.tree.map(lambda p: p[heads], target_critic_params)
         next_q = critic.apply(subset, next_feats, next_action).min(axis=0)
-        return jax.lax.stop_gradient(batch.reward + batch.discount * batch.nonterminal * next_q)
+        y = batch.reward + batch.discount * batch.nonterminal * next_q
+        if batch.mc_return is not None:  # MCAC: never below the return the data achieved
+            y = jnp.maximum(y, batch.mc_return)
+        return jax.lax.stop_gradient(y)
 
     def critic_loss(
         critic_params,
