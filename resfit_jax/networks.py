@@ -128,13 +128,44 @@ class EnsembleCritic(nn.Module):
     layer_norm: bool = True
 
     @nn.compact
-    def __call__(self, features: jax.Array, action: jax.Array) -> jax.Array:
-        heads = nn.vmap(
-            QHead,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=None,
-            out_axes=0,
-            axis_size=self.num_heads if self.is_initializing() else None,
-        )
-        return heads(self.hidden_dims, self.layer_norm, name="heads")(features, action)
+    def __call__(
+        self, features: jax.Array, action: jax.Array, base_action: jax.Array | None = None
+    ) -> jax.Array:
+        """``base_action`` is not used (the ``AdvantageCritic`` call signature)."""
+        return _heads(self, "heads")(features, action)
+
+
+def _heads(module: nn.Module, name: str) -> nn.Module:
+    """``module.num_heads`` vmapped ``QHead``s (params with a leading [K] axis)."""
+    heads = nn.vmap(
+        QHead,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=None,
+        out_axes=0,
+        axis_size=module.num_heads if module.is_initializing() else None,
+    )
+    return heads(module.hidden_dims, module.layer_norm, name=name)
+
+
+class AdvantageCritic(nn.Module):
+    """K heads of Q(s, a) = V(s, a_b) + A(s, a) - A(s, a_b) (advantage updating): the
+    correction's effect lives in A alone, and Q(s, a_b) = V(s, a_b) exactly.
+
+    (features [B, F], action [B, A], base_action [B, A]) -> [K, B]; two ``QHead``
+    ensembles (V on the base action, A on the action), params with a leading [K] axis.
+    """
+
+    num_heads: int = 10
+    hidden_dims: Sequence[int] = (1024, 1024)
+    layer_norm: bool = True
+
+    @nn.compact
+    def __call__(
+        self, features: jax.Array, action: jax.Array, base_action: jax.Array | None = None
+    ) -> jax.Array:
+        if base_action is None:
+            raise ValueError("AdvantageCritic needs the base action: apply(params, f, a, a_b).")
+        value = _heads(self, "value")(features, base_action)
+        adv = _heads(self, "advantage")
+        return value + (adv(features, action) - adv(features, base_action))  # exact at r = 0

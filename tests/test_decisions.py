@@ -399,3 +399,35 @@ def test_the_td_target_never_falls_below_the_monte_carlo_bound():
     mc = jnp.asarray([-np.inf, 5.0] * 4)
     y_mc = np.asarray(lrn.td_target(state, plain.replace(mc_return=mc), jax.random.PRNGKey(2), 0.0))
     np.testing.assert_array_equal(y_mc, np.maximum(y, np.asarray(mc)))
+
+
+def test_the_advantage_head_is_exactly_v_at_the_base_action():
+    """Q(s, a) = V(s, a_b) + A(s, a) - A(s, a_b): at r = 0 every head is V exactly; a
+    correction moves Q through A only; the learner updates with it."""
+    from resfit_jax.agents.residual_td3 import make_learner
+    from resfit_jax.networks import AdvantageCritic, EnsembleCritic
+    from resfit_jax.replay import Transition
+
+    spec = jax.ShapeDtypeStruct((5,), jnp.float32)
+    lrn = make_learner(dataclasses.replace(LEARNER, advantage_head=True), spec, 2)
+    assert isinstance(lrn.critic, AdvantageCritic)
+    nz = Normalizer(
+        obs=StateStandardizer(jnp.zeros((5,)), jnp.ones((5,))),
+        action=ActionScaler(jnp.zeros((2,)), jnp.ones((2,))),
+    )
+    state = lrn.init(jax.random.PRNGKey(0), nz)
+    ks = jax.random.split(jax.random.PRNGKey(1), 3)
+    obs = jax.random.normal(ks[0], (16, 5))
+    a_b = jax.random.uniform(ks[1], (16, 2), minval=-0.5, maxval=0.5)
+    value = EnsembleCritic(LEARNER.num_critics, LEARNER.critic_hidden_dims)
+    v = value.apply({"params": {"heads": state.critic_params["params"]["value"]}}, obs, a_b)
+    q0 = lrn.q_values(state, obs, a_b, a_b)
+    np.testing.assert_array_equal(np.asarray(q0), np.asarray(v))
+    q1 = lrn.q_values(state, obs, a_b + 0.1, a_b)
+    assert np.abs(np.asarray(q1 - q0)).min() > 0
+    with pytest.raises(ValueError, match="needs the base action"):
+        lrn.q_values(state, obs, a_b)
+    batch = Transition(obs, a_b, a_b + 0.05, jnp.ones(16), jnp.full(16, G), jnp.ones(16), obs, a_b)
+    rows = jax.tree.map(lambda x: jnp.stack([x, x]), batch)  # [UTD=2, B]
+    new, metrics = jax.jit(lrn.update)(state, rows, None)
+    assert np.isfinite(float(metrics["critic_loss"])) and int(new.critic_steps) == 2

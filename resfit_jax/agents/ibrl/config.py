@@ -31,6 +31,8 @@ class IBRLConfig(ResidualTD3Config):
             errors.append(f"rule must be one of {RULES} (got {self.rule!r})")
         if not 0.0 <= self.beta < float("inf"):
             errors.append(f"beta must be >= 0 (got {self.beta})")
+        if self.advantage_head:
+            errors.append("advantage_head is residual TD3's option; IBRL's critic has none")
         if self.gate_tau > float("-inf"):
             errors.append(
                 "IBRL picks between the base and the actor; the value gate "

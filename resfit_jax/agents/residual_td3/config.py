@@ -27,6 +27,9 @@ class ResidualTD3Config:
     num_critics: int = 10
     num_min_critics: int = 2
     layer_norm: bool = True
+    # Q(s, a) = V(s, a_b) + A(s, a) - A(s, a_b): the part of the critic that ranks
+    # corrections fits only their effect, and Q at the base action is V exactly
+    advantage_head: bool = False
     action_scale: float = 0.1
     # the actor's output layer starts at zero (residual = 0 at init; False: default init,
     # as the no-base RLPD baseline uses)

@@ -100,7 +100,7 @@ class ResidualTD3:
             encoder = self.obs_encoder.init(jax.random.fold_in(k_critic, 1))
             feats = jnp.zeros((1, self.obs_encoder.feature_dim), jnp.float32)
         actor_params = self.actor.init(k_actor, feats, act)
-        critic_params = self.critic.init(k_critic, feats, act)
+        critic_params = self.critic.init(k_critic, feats, act, act)
         return LearnerState(
             encoder_params=encoder,
             encoder_opt_state=self.critic_tx.init(encoder) if self.pixels else {},
@@ -180,9 +180,18 @@ class ResidualTD3:
         aux["action"] = jnp.clip(base_action + r, -1.0, 1.0)
         return r, aux
 
-    def q_values(self, state: LearnerState, obs: PyTree, action: jax.Array) -> jax.Array:
-        """All online heads: obs [B, ...], action [B, A] (combined, normalized) -> [K, B]."""
-        return self.critic.apply(state.critic_params, self.features(state, obs), action)
+    def q_values(
+        self,
+        state: LearnerState,
+        obs: PyTree,
+        action: jax.Array,
+        base_action: jax.Array | None = None,
+    ) -> jax.Array:
+        """All online heads: obs [B, ...], action [B, A] (combined, normalized; the base
+        action too with ``advantage_head``) -> [K, B]."""
+        return self.critic.apply(
+            state.critic_params, self.features(state, obs), action, base_action
+        )
 
     def td_target(
         self, state: LearnerState, batch: Transition, key: jax.Array, noise_std: float | jax.Array

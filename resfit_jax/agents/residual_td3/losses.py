@@ -106,8 +106,10 @@ def make_losses(
         "min" / "lcb": P(s, clip(a_b + r)) - P(s, a_b) with P pessimistic over heads;
         "agree": min over all K heads of the paired advantage Q_k(s, clip(a_b + r)) - Q_k(s, a_b)
         (every head must say the residual helps)."""
-        with_r = critic.apply(critic_params, feats, jnp.clip(base_action + residual, -1.0, 1.0))
-        without = critic.apply(critic_params, feats, base_action)
+        with_r = critic.apply(
+            critic_params, feats, jnp.clip(base_action + residual, -1.0, 1.0), base_action
+        )
+        without = critic.apply(critic_params, feats, base_action, base_action)
         if config.gate_rule == "agree":
             adv = (with_r - without).min(axis=0)
         else:
@@ -153,7 +155,7 @@ def make_losses(
             next_r = next_r * residual_mask(batch.next_obs)
         next_action = jnp.clip(batch.next_base_action + next_r, -1.0, 1.0)
         subset = jax.tree.map(lambda p: p[heads], target_critic_params)
-        next_q = critic.apply(subset, next_feats, next_action).min(axis=0)
+        next_q = critic.apply(subset, next_feats, next_action, batch.next_base_action).min(axis=0)
         y = batch.reward + batch.discount * batch.nonterminal * next_q
         if batch.mc_return is not None:  # MCAC: never below the return the data achieved
             y = jnp.maximum(y, batch.mc_return)
@@ -180,7 +182,10 @@ def make_losses(
             encoder_params,
         )
         q = critic.apply(
-            critic_params, features(normalizer, batch.obs, encoder_params), batch.action
+            critic_params,
+            features(normalizer, batch.obs, encoder_params),
+            batch.action,
+            batch.base_action,
         )  # [K, B]
         if config.critic_loss == "mse":
             loss = jnp.mean(jnp.square(q - target[None]))
@@ -205,7 +210,7 @@ def make_losses(
             weights = m[:, 0] if weights is None else weights * m[:, 0]
         action = jnp.clip(batch.base_action + r, -1.0, 1.0)
         frozen = jax.lax.stop_gradient(critic_params)
-        q = critic.apply(frozen, feats, action)
+        q = critic.apply(frozen, feats, action, batch.base_action)
         penalty = jnp.mean(jnp.square(r / config.action_scale))
         mean = lambda x: (
             x.mean() if weights is None else (x * weights).sum() / jnp.maximum(weights.sum(), 1e-6)
@@ -213,7 +218,7 @@ def make_losses(
         q_pi = q.mean() if weights is None else mean(q.mean(axis=0))
         # the action gap: what the critic says the residual changes, |Q(s, a_b + r) - Q(s, a_b)|
         # (head means; compare with the TD error and the head spread)
-        q_base = critic.apply(frozen, feats, batch.base_action)
+        q_base = critic.apply(frozen, feats, batch.base_action, batch.base_action)
         gap = mean(jnp.abs(jax.lax.stop_gradient(q.mean(axis=0) - q_base.mean(axis=0))))
         return -q_pi + config.residual_penalty * penalty, {"residual": r, "q": q_pi, "gap": gap}
 

@@ -11,13 +11,14 @@ import dataclasses
 import flax.linen as nn
 
 from resfit_jax.agents.residual_td3.config import ResidualTD3Config
-from resfit_jax.networks import EnsembleCritic, ResidualActor
+from resfit_jax.networks import AdvantageCritic, EnsembleCritic, ResidualActor
 
 
 @dataclasses.dataclass(frozen=True)
 class ResidualTD3Networks:
     """actor: (features [B, F], base action [B, A]) -> residual [B, A];
-    critic: (features [B, F], combined action [B, A]) -> Q [K, B]."""
+    critic: (features [B, F], combined action [B, A], base action [B, A]) -> Q [K, B]
+    (``EnsembleCritic``, or ``AdvantageCritic`` with ``advantage_head``)."""
 
     actor: nn.Module
     critic: nn.Module
@@ -32,7 +33,7 @@ def make_networks(config: ResidualTD3Config, action_dim: int) -> ResidualTD3Netw
             layer_norm=config.layer_norm,
             zero_init_output=config.actor_zero_init,
         ),
-        critic=EnsembleCritic(
+        critic=(AdvantageCritic if config.advantage_head else EnsembleCritic)(
             num_heads=config.num_critics,
             hidden_dims=tuple(config.critic_hidden_dims),
             layer_norm=config.layer_norm,
