@@ -354,19 +354,26 @@ def test_the_config_names_what_is_wrong(demos):
         CFG.replace(residual=ResidualOptions(decision_steps=4, mc_bound=True))
 
 
-def test_the_action_gap_is_what_the_critic_says_the_residual_changes():
-    """The actor step's ``action_gap``: mean_b |mean_k Q_k(s, a_b + r) - mean_k Q_k(s, a_b)|,
-    0 while the residual is 0 (the zero-initialised actor)."""
+def _small_learner(**overrides):
+    """A 5-dim-observation, 2-dim-action learner with identity normalization, initialised."""
     from resfit_jax.agents.residual_td3 import make_learner
-    from resfit_jax.replay import Transition
 
-    spec = jax.ShapeDtypeStruct((5,), jnp.float32)
-    lrn = make_learner(LEARNER, spec, 2)
+    lrn = make_learner(
+        dataclasses.replace(LEARNER, **overrides), jax.ShapeDtypeStruct((5,), jnp.float32), 2
+    )
     nz = Normalizer(
         obs=StateStandardizer(jnp.zeros((5,)), jnp.ones((5,))),
         action=ActionScaler(jnp.zeros((2,)), jnp.ones((2,))),
     )
-    state = lrn.init(jax.random.PRNGKey(0), nz)
+    return lrn, nz, lrn.init(jax.random.PRNGKey(0), nz)
+
+
+def test_the_action_gap_is_what_the_critic_says_the_residual_changes():
+    """The actor step's ``action_gap``: mean_b |mean_k Q_k(s, a_b + r) - mean_k Q_k(s, a_b)|,
+    0 while the residual is 0 (the zero-initialised actor)."""
+    from resfit_jax.replay import Transition
+
+    lrn, nz, state = _small_learner()
     ks = jax.random.split(jax.random.PRNGKey(1), 3)
     obs, a_b = jax.random.normal(ks[0], (16, 5)), jax.random.uniform(ks[1], (16, 2), minval=-0.5)
     batch = Transition(obs, a_b, a_b, jnp.zeros(16), jnp.ones(16), jnp.ones(16), obs, a_b)
@@ -382,16 +389,9 @@ def test_the_action_gap_is_what_the_critic_says_the_residual_changes():
 
 
 def test_the_td_target_never_falls_below_the_monte_carlo_bound():
-    from resfit_jax.agents.residual_td3 import make_learner
     from resfit_jax.replay import Transition
 
-    spec = jax.ShapeDtypeStruct((5,), jnp.float32)
-    lrn = make_learner(LEARNER, spec, 2)
-    nz = Normalizer(
-        obs=StateStandardizer(jnp.zeros((5,)), jnp.ones((5,))),
-        action=ActionScaler(jnp.zeros((2,)), jnp.ones((2,))),
-    )
-    state = lrn.init(jax.random.PRNGKey(0), nz)
+    lrn, nz, state = _small_learner()
     obs = jax.random.normal(jax.random.PRNGKey(1), (8, 5))
     a = jnp.zeros((8, 2))
     plain = Transition(obs, a, a, jnp.full(8, 0.1), jnp.full(8, G), jnp.ones(8), obs, a)
@@ -404,18 +404,11 @@ def test_the_td_target_never_falls_below_the_monte_carlo_bound():
 def test_the_advantage_head_is_exactly_v_at_the_base_action():
     """Q(s, a) = V(s, a_b) + A(s, a) - A(s, a_b): at r = 0 every head is V exactly; a
     correction moves Q through A only; the learner updates with it."""
-    from resfit_jax.agents.residual_td3 import make_learner
     from resfit_jax.networks import AdvantageCritic, EnsembleCritic
     from resfit_jax.replay import Transition
 
-    spec = jax.ShapeDtypeStruct((5,), jnp.float32)
-    lrn = make_learner(dataclasses.replace(LEARNER, advantage_head=True), spec, 2)
+    lrn, nz, state = _small_learner(advantage_head=True)
     assert isinstance(lrn.critic, AdvantageCritic)
-    nz = Normalizer(
-        obs=StateStandardizer(jnp.zeros((5,)), jnp.ones((5,))),
-        action=ActionScaler(jnp.zeros((2,)), jnp.ones((2,))),
-    )
-    state = lrn.init(jax.random.PRNGKey(0), nz)
     ks = jax.random.split(jax.random.PRNGKey(1), 3)
     obs = jax.random.normal(ks[0], (16, 5))
     a_b = jax.random.uniform(ks[1], (16, 2), minval=-0.5, maxval=0.5)

@@ -74,16 +74,9 @@ class DecisionWriter:
 
     def init(self, num_envs: int, obs_spec: PyTree, action_dim: int) -> DecisionState:
         e, n = num_envs, self.n
-        zeros = lambda lead: jax.tree.map(
-            lambda s: jnp.zeros(lead + tuple(s.shape), s.dtype), obs_spec
-        )
-        act = lambda lead: jnp.zeros(lead + (action_dim,), jnp.float32)
+        zeros, act = _zeros(obs_spec, action_dim)
         return DecisionState(
-            obs=zeros((e,)),
-            base_action=act((e,)),
-            action=act((e,)),
-            ret=jnp.zeros((e,), jnp.float32),
-            steps=jnp.zeros((e,), jnp.int32),
+            **_open_window(num_envs, obs_spec, action_dim),
             d_obs=zeros((e, n)),
             d_base_action=act((e, n)),
             d_action=act((e, n)),
@@ -231,16 +224,9 @@ class EpisodeDecisionWriter:
 
     def init(self, num_envs: int, obs_spec: PyTree, action_dim: int) -> EpisodeDecisionState:
         e, m = num_envs, self.max_decisions
-        zeros = lambda lead: jax.tree.map(
-            lambda s: jnp.zeros(lead + tuple(s.shape), s.dtype), obs_spec
-        )
-        act = lambda lead: jnp.zeros(lead + (action_dim,), jnp.float32)
+        zeros, act = _zeros(obs_spec, action_dim)
         return EpisodeDecisionState(
-            obs=zeros((e,)),
-            base_action=act((e,)),
-            action=act((e,)),
-            ret=jnp.zeros((e,), jnp.float32),
-            steps=jnp.zeros((e,), jnp.int32),
+            **_open_window(num_envs, obs_spec, action_dim),
             e_obs=zeros((e, m)),
             e_base_action=act((e, m)),
             e_action=act((e, m)),
@@ -327,6 +313,25 @@ class EpisodeDecisionWriter:
             count=jnp.where(flush, 0, count),
         )
         return new, cands, flush[:, None] & mine
+
+
+def _zeros(obs_spec: PyTree, action_dim: int):
+    """(observations, actions) of zeros with a given leading shape."""
+    obs = lambda lead: jax.tree.map(lambda s: jnp.zeros(lead + tuple(s.shape), s.dtype), obs_spec)
+    return obs, lambda lead: jnp.zeros(lead + (action_dim,), jnp.float32)
+
+
+def _open_window(num_envs: int, obs_spec: PyTree, action_dim: int) -> dict:
+    """The open-window fields of a writer state, empty."""
+    obs, act = _zeros(obs_spec, action_dim)
+    e = (num_envs,)
+    return {
+        "obs": obs(e),
+        "base_action": act(e),
+        "action": act(e),
+        "ret": jnp.zeros(e, jnp.float32),
+        "steps": jnp.zeros(e, jnp.int32),
+    }
 
 
 def _advance_window(gamma, state, opens, obs, base_action, action, reward) -> dict:
