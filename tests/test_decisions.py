@@ -386,6 +386,10 @@ def test_the_action_gap_is_what_the_critic_says_the_residual_changes():
     q = lambda a: critic.apply(state.critic_params, obs, a).mean(axis=0)
     want = jnp.abs(q(jnp.clip(a_b + r, -1, 1)) - q(a_b)).mean()
     assert float(aux["gap"]) == pytest.approx(float(want), rel=1e-5) and float(want) > 0
+    heads = critic.apply(state.critic_params, obs, jnp.clip(a_b + r, -1, 1)) - critic.apply(
+        state.critic_params, obs, a_b
+    )
+    assert float(aux["gap_head_std"]) == pytest.approx(float(heads.std(axis=0).mean()), rel=1e-5)
 
 
 def test_the_td_target_never_falls_below_the_monte_carlo_bound():

@@ -323,14 +323,15 @@ def results_table(summary: dict) -> str:
 
 
 # ------------------------------------------------------------------------------- mechanism
-MECHANISM_KEYS = ("action_gap", "td_error_abs", "q_head_std")
+MECHANISM_KEYS = ("action_gap", "td_error_abs", "q_head_std", "action_gap_head_std")
 
 
 def mechanism_numbers(metrics_rows: list[dict]) -> dict:
     """Whether the critic can rank corrections, from a run's metrics rows: at the start,
     middle and end of the main loop (mean over seeds), the action gap |Q(s, a_b + r) -
-    Q(s, a_b)| (head means, on the actor's batch) against the TD error |mean_k Q_k - y| and
-    the head spread (std over heads). {} for runs logged before the action gap was."""
+    Q(s, a_b)| (head means, on the actor's batch) against the TD error |mean_k Q_k - y|, the
+    head spread (std over heads of Q) and the heads' disagreement on the gap itself (std over
+    heads of Q_k(s, a_b + r) - Q_k(s, a_b)). {} for runs logged before the action gap was."""
     train = [r for r in metrics_rows if r.get("kind") == "train" and "action_gap" in r]
     if not train:
         return {}
@@ -340,21 +341,26 @@ def mechanism_numbers(metrics_rows: list[dict]) -> dict:
     for name, step in picks.items():
         rows = [r for r in train if r["env_steps"] == step]
         out[name] = {"env_steps": step} | {
-            k: float(np.mean([r[k] for r in rows])) for k in MECHANISM_KEYS
+            k: float(np.mean([r[k] for r in rows])) for k in MECHANISM_KEYS if k in rows[0]
         }
     return out
 
 
 def mechanism_table(named: dict[str, dict]) -> str:
-    """``mechanism_numbers`` of several settings: gap / TD error / head spread per stage."""
+    """``mechanism_numbers`` of several settings per stage: the action gap (± the heads'
+    disagreement on it) / TD error / head spread."""
     lines = [
         f"{'setting':<34}"
-        + "".join(f"{stage + ' gap / td / spread':>30}" for stage in ("start", "middle", "end"))
+        + "".join(f"{stage + ' gap±sd / td / spread':>38}" for stage in ("start", "middle", "end"))
     ]
     for name, m in named.items():
         if not m:
             continue
-        cell = lambda v: f"{v['action_gap']:.4f} / {v['td_error_abs']:.4f} / {v['q_head_std']:.4f}"
-        cells = "".join(f"{cell(m[s]):>30}" for s in ("start", "middle", "end"))
+        cell = lambda v: (
+            f"{v['action_gap']:.4f}"
+            + (f"±{v['action_gap_head_std']:.4f}" if "action_gap_head_std" in v else "")
+            + f" / {v['td_error_abs']:.4f} / {v['q_head_std']:.4f}"
+        )
+        cells = "".join(f"{cell(m[s]):>38}" for s in ("start", "middle", "end"))
         lines.append(f"{name[:33]:<34}{cells}")
     return "\n".join(lines)

@@ -304,6 +304,7 @@ class ResidualTD3:
             "actor_loss": loss,
             "actor_q": aux["q"],
             "action_gap": aux["gap"],
+            "action_gap_head_std": aux["gap_head_std"],
             "actor_grad_norm": optax.tree.norm(grads),
             "residual_abs_mean": jnp.abs(r).mean(),
             "residual_abs_max": jnp.abs(r).max(),

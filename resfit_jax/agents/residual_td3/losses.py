@@ -219,7 +219,13 @@ def make_losses(
         # the action gap: what the critic says the residual changes, |Q(s, a_b + r) - Q(s, a_b)|
         # (head means; compare with the TD error and the head spread)
         q_base = critic.apply(frozen, feats, batch.base_action, batch.base_action)
-        gap = mean(jnp.abs(jax.lax.stop_gradient(q.mean(axis=0) - q_base.mean(axis=0))))
-        return -q_pi + config.residual_penalty * penalty, {"residual": r, "q": q_pi, "gap": gap}
+        paired = jax.lax.stop_gradient(q - q_base)  # [K, B]: each head's advantage of r
+        aux = {
+            "residual": r,
+            "q": q_pi,
+            "gap": mean(jnp.abs(paired.mean(axis=0))),
+            "gap_head_std": mean(paired.std(axis=0)),  # how much the heads disagree on it
+        }
+        return -q_pi + config.residual_penalty * penalty, aux
 
     return ResidualTD3Losses(features, td_target, critic_loss, actor_loss, gate)
