@@ -57,6 +57,7 @@ def main(argv):
     setup_script()
     from resfit_jax.bc.pipeline import train_bc
     from resfit_jax.run.configs import usage_error
+    from resfit_jax.run.locks import RunLockedError
 
     for name in ("eval_every", "eval_episodes", "final_episodes", "num_envs", "demo_episodes"):
         if getattr(FLAGS, name) < 1:
@@ -83,7 +84,7 @@ def main(argv):
             FLAGS.export,
             FLAGS.relative_actions,
         )
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, RunLockedError) as e:
         usage_error(str(e).strip('"'))
 
 

@@ -51,3 +51,15 @@ def test_train_bc_end_to_end(tmp_path):
         np.asarray(exported.predict(obs)), np.asarray(base.predict(obs)), rtol=1e-5, atol=1e-6
     )
     assert exported.chunk_size == 5 and info["task"] == "PointReach"
+
+
+def test_a_second_bc_run_on_one_directory_is_refused(tmp_path):
+    """train_bc locks its output directory: while another run holds it, a second one stops
+    before writing anything, naming the holder."""
+    from resfit_jax.run.locks import RunLock, RunLockedError
+
+    out = str(tmp_path / "bc")
+    with RunLock(out, "BC training"):
+        with pytest.raises(RunLockedError, match="in use by another BC training"):
+            train_bc("PointReach", out, policy="mlp", steps=10)
+    assert sorted(os.listdir(out)) == [".lock"]

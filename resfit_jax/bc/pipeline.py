@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Any
 
 # Gradient steps of the CPU preset per task where the preset's default is too few: the
 # PegInsertion base needs longer training to track the hole (3000 steps: 20%, 8000: 42%).
@@ -25,7 +26,17 @@ CPU_TASK_STEPS = {"PegInsertion": 8000, "PixelPointReach": 2000}
 TASK_CHUNK_SIZE = {"PixelPointReach": 5}
 
 
-def train_bc(
+def train_bc(task_name: str, out: str, *args: Any, **kwargs: Any) -> dict:
+    """Train, keep the best by success, export; returns a summary dict. Holds an exclusive
+    lock on ``out`` for the whole run (``run.locks.RunLockedError`` names the holder), so two
+    runs never write one base. Arguments: ``train_bc_unlocked``'s."""
+    from resfit_jax.run.locks import RunLock
+
+    with RunLock(out, "BC training"):
+        return train_bc_unlocked(task_name, out, *args, **kwargs)
+
+
+def train_bc_unlocked(
     task_name: str,
     out: str,
     demos: str | None = None,
@@ -47,7 +58,7 @@ def train_bc(
     relative_actions: bool = True,
     verbose: bool = True,
 ) -> dict:
-    """Train, keep the best by success, export; returns a summary dict."""
+    """``train_bc`` without the run lock (the caller holds it)."""
     import jax
     import numpy as np
     import tqdm
