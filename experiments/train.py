@@ -116,6 +116,12 @@ def main(argv):
 
     cfg = resolve(lambda: method_preset(method, FLAGS.task, FLAGS.scale))
     task = envs.make(FLAGS.task)
+    out = FLAGS.out or os.path.join("runs", RUN_DIRS[method], FLAGS.task)
+    if FLAGS.resume and not os.path.isdir(os.path.join(out, "checkpoints")):
+        usage_error(
+            f"--resume: {os.path.abspath(out)} holds no run to resume (no checkpoints/); "
+            "drop --resume to start a new run there, or give the run's --out."
+        )
     say(
         f"Resolved config ({FLAGS.task}, {METHOD_NAMES[method]}, {FLAGS.scale}):\n"
         f"{config_lines(cfg)}"
@@ -156,7 +162,6 @@ def main(argv):
         )
     elif method == "fbc":
         say(f"{trainer.iterations} rounds of {cfg.num_envs} episodes")
-    out = FLAGS.out or os.path.join("runs", RUN_DIRS[method], FLAGS.task)
     identity = {"base": content_hash(info["path"]), "demos": content_hash(demos)}
     try:
         summary = train(

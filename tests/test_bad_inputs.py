@@ -34,6 +34,14 @@ CLI = [
         ["experiments.train", "--task=PointReach", "--base=/nonexistent/base"],
         "No base at /nonexistent/base",
     ),
+    (
+        ["experiments.train", "--resume", "--out=/nonexistent/run"],
+        "/nonexistent/run holds no run to resume",
+    ),
+    (
+        ["experiments.train", "--config.residual.decision_steps=3", "--config.residual.hold=true"],
+        "turn hold and offset_bound off",
+    ),
     (["experiments.make_demos", "--episodes=0"], "episodes and num_envs must be >= 1"),
     (["studies.ablate", "--factor=base_phase"], "expected FIELD=V1,V2"),
     (["experiments.run_robot"], "Pass --address=host:port"),
