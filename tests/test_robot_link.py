@@ -215,3 +215,68 @@ def test_client_waits_are_bounded():
     mute.close()
     with pytest.raises(ValueError, match="host:port"):
         RemoteRobot("nowhere", KEY)
+
+
+def test_a_trickling_peer_is_dropped_at_the_handshake_deadline(server):
+    """One byte every 0.2 s never lets the socket time out, but the handshake as a whole
+    has 0.5 s: the server closes the connection, then serves a legitimate client."""
+    srv, robot, logs = server
+    s = _connect(srv)
+    recv_frame(s)  # the hello
+    t0 = time.monotonic()
+    closed = False
+    try:
+        for _ in range(20):
+            s.sendall(b"\x00")
+            time.sleep(0.2)
+            s.setblocking(False)
+            try:
+                if s.recv(1) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            finally:
+                s.setblocking(True)
+    except OSError:
+        closed = True
+    assert closed and time.monotonic() - t0 < 2.0
+    assert _wait(lambda: any("before a session" in line for line in logs))
+    r = RemoteRobot(srv.address, KEY)
+    assert r.observation_size == 3
+    r.close()
+
+
+def test_unfinished_handshakes_are_capped_and_accept_errors_do_not_end_the_server():
+    robot, logs = FakeRobot(), []
+    srv = RobotServer(robot, KEY, handshake_timeout_s=1.0, log=logs.append, max_pending=2)
+
+    class FailingOnce:  # the first accept fails as when the process is out of descriptors
+        def __init__(self, sock):
+            self.sock, self.failed = sock, False
+
+        def accept(self):
+            if not self.failed:
+                self.failed = True
+                raise OSError(24, "Too many open files")
+            return self.sock.accept()
+
+        def __getattr__(self, name):
+            return getattr(self.sock, name)
+
+    srv.sock = FailingOnce(srv.sock)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        idle = [_connect(srv) for _ in range(4)]  # hold 2 handshakes, 2 more are refused
+        assert _wait(lambda: sum("too many unfinished handshakes" in x for x in logs) == 2)
+        assert any("accept failed (OSError" in x for x in logs) and t.is_alive()
+        time.sleep(1.2)  # the held handshakes time out and free their slots
+        r = RemoteRobot(srv.address, KEY)
+        assert r.observation_size == 3
+        r.close()
+        for s in idle:
+            s.close()
+    finally:
+        srv.shutdown()
+        t.join(5)

@@ -12,9 +12,13 @@ Handshake (mutual HMAC-SHA256 challenge, the key never crosses the wire):
     server -> {"ok": true, "auth": HMAC(key, C)}   or   {"error": "..."} and close
 Requests: {"cmd": name, "args": [...]} -> {"ok": true, "value": v} | {"error": text}.
 
-What the server guarantees: every connection is handled in its own thread with a handshake
-timeout, so no input (random bytes, an HTTP request, oversize headers, a peer that never
-answers) can end the server or block it for others; one authenticated client at a time,
+What the server guarantees: every connection is handled in its own thread and its whole
+handshake must finish within ``handshake_timeout_s`` (a peer trickling one byte at a time is
+dropped as surely as a silent one); at most ``max_pending`` connections are in their
+handshake at once (more are closed at accept), and an accept that fails (e.g. out of file
+descriptors) is logged and retried, so no input (random bytes, an HTTP request, oversize
+headers, a peer that never answers, a flood of connections) can end the server or block it
+for long; one authenticated client at a time,
 others get a clear "busy" answer; the robot is stopped (``robot.stop()``) whenever a session
 ends other than by the client's "close" after a stop, on any error, malformed message,
 timeout or disconnect. What it does not do: encrypt. Use it on a trusted network or through
@@ -56,6 +60,7 @@ class RobotServer:
         idle_timeout_s: float = 30.0,
         max_sessions: int | None = None,
         log: Callable[[str], None] = print,
+        max_pending: int = 8,
     ):
         if not authkey:
             raise ValueError(
@@ -64,6 +69,11 @@ class RobotServer:
         self.robot, self.authkey = robot, authkey
         self.handshake_timeout_s, self.idle_timeout_s = handshake_timeout_s, idle_timeout_s
         self.max_sessions, self.log = max_sessions, log
+        if max_pending < 1:
+            raise ValueError(f"RobotServer: max_pending must be >= 1 (got {max_pending}).")
+        # connections still in their handshake (unauthenticated): at most max_pending, each
+        # for at most handshake_timeout_s in all, so no peer can hold the server's sockets
+        self._pending = threading.BoundedSemaphore(max_pending)
         self.sock = socket.create_server((host, port))
         self.sock.settimeout(0.2)
         host, port = self.sock.getsockname()[:2]
@@ -89,10 +99,18 @@ class RobotServer:
                     conn, peer = self.sock.accept()
                 except TimeoutError:
                     continue
-                except OSError:
-                    if self._stop.is_set():
+                except OSError as e:
+                    if self._stop.is_set() or self.sock.fileno() < 0:
                         return
-                    raise
+                    # out of file descriptors or buffers, an aborted connection: the
+                    # server stays up and tries again
+                    self.log(f"accept failed ({type(e).__name__}: {e}); retrying")
+                    time.sleep(0.2)
+                    continue
+                if not self._pending.acquire(blocking=False):
+                    self.log(f"refused {peer[0]}:{peer[1]}: too many unfinished handshakes")
+                    conn.close()
+                    continue
                 threading.Thread(target=self._connection, args=(conn, peer), daemon=True).start()
         finally:
             self.sock.close()
@@ -108,8 +126,11 @@ class RobotServer:
     def _connection(self, conn: socket.socket, peer) -> None:
         with conn:
             try:
-                conn.settimeout(self.handshake_timeout_s)
-                if not self._handshake(conn, peer):
+                try:
+                    authenticated = self._handshake(conn, peer)
+                finally:
+                    self._pending.release()
+                if not authenticated:
                     return
                 if not self._busy.acquire(blocking=False):
                     send_frame(
@@ -137,9 +158,12 @@ class RobotServer:
                     pass
 
     def _handshake(self, conn: socket.socket, peer) -> bool:
+        """The whole handshake ends within handshake_timeout_s (TimeoutError otherwise)."""
+        deadline = time.monotonic() + self.handshake_timeout_s
+        conn.settimeout(self.handshake_timeout_s)
         challenge = secrets.token_hex(32)
         send_frame(conn, {"hello": PROTOCOL, "challenge": challenge})
-        reply = recv_frame(conn)
+        reply = recv_frame(conn, deadline)
         if not (
             isinstance(reply, dict)
             and isinstance(reply.get("auth"), str)

@@ -11,6 +11,7 @@ import hmac
 import json
 import socket
 import struct
+import time
 from typing import Any
 
 import numpy as np
@@ -58,9 +59,16 @@ def send_frame(sock: socket.socket, obj: Any) -> None:
     sock.sendall(struct.pack(">I", len(data)) + data)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """n bytes; with ``deadline`` (time.monotonic()) the whole read ends by then, however
+    slowly the peer trickles bytes in (TimeoutError)."""
     buf = bytearray()
     while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("robot link: the peer did not finish its message in time.")
+            sock.settimeout(left)
         chunk = sock.recv(n - len(buf))
         if not chunk:
             raise LinkError("robot link: the peer closed the connection.")
@@ -68,13 +76,13 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def recv_frame(sock: socket.socket) -> Any:
+def recv_frame(sock: socket.socket, deadline: float | None = None) -> Any:
     """One frame's JSON value; LinkError on oversize, non-JSON or a closed peer (socket
-    timeouts raise TimeoutError)."""
-    (n,) = struct.unpack(">I", _recv_exact(sock, 4))
+    timeouts, and a ``deadline`` passed, raise TimeoutError)."""
+    (n,) = struct.unpack(">I", _recv_exact(sock, 4, deadline))
     if n > MAX_FRAME:
         raise LinkError(f"robot link: frame of {n} bytes announced, more than {MAX_FRAME}.")
     try:
-        return json.loads(_recv_exact(sock, n).decode())
+        return json.loads(_recv_exact(sock, n, deadline).decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise LinkError(f"robot link: a frame is not UTF-8 JSON ({e}).") from None
