@@ -87,6 +87,16 @@ def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_good_one_resto
     np.testing.assert_array_equal(restored["f"], _tree(0)["f"])
     err = capsys.readouterr().err
     assert "damaged run checkpoint" in err and os.path.join(ckpt.directory, "2") in err
+    # the damaged step is moved aside, named in the warning, so the run can write step 2
+    # again instead of failing on every save (and every later --resume)
+    aside = ckpt.directory + "_damaged"
+    assert aside in err and [n.split("-")[0] for n in os.listdir(aside)] == ["2"]
+    assert ckpt.manager.all_steps() == [1] and ckpt.verify(2) is None
+    ckpt.save(2, _tree(5), {"n": 22})
+    restored, progress = ckpt.restore(_tree(7))
+    assert progress == {"n": 22} and "damaged" not in capsys.readouterr().err
+    np.testing.assert_array_equal(restored["f"], _tree(5)["f"])
+    _flip_bytes(os.path.join(ckpt.directory, "2"))
     with pytest.raises(ValueError, match="is damaged"):
         ckpt.restore(_tree(7), step=2)
     _flip_bytes(os.path.join(ckpt.directory, "1"))

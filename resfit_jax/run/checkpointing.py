@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from typing import Any
 
 import jax
@@ -165,10 +166,11 @@ class RunCheckpointer:
                 f"No run checkpoint under {self.directory}; start without "
                 "--resume or point --out at the run to continue."
             )
-        damaged = []
+        damaged, bad_steps = [], []
         for s in steps:
             if self.verify(s) is False:
                 damaged.append(f"{self._step_dir(s)} (checksum mismatch)")
+                bad_steps.append(s)
                 continue
             try:
                 out = self._restore(template, s)
@@ -176,11 +178,14 @@ class RunCheckpointer:
                 if "does not match this configuration" in str(e):
                     raise
                 damaged.append(f"{self._step_dir(s)} ({e})")
+                bad_steps.append(s)
                 continue
             if damaged:
+                moved = self._move_aside(bad_steps)
                 print(
                     f"warning: damaged run checkpoint {'; '.join(damaged)}; resuming from the "
-                    f"previous good one, {self._step_dir(s)}.",
+                    f"previous good one, {self._step_dir(s)}. The damaged step is kept for "
+                    f"inspection in {moved} (the run writes its steps again).",
                     file=sys.stderr,
                 )
             return out
@@ -188,6 +193,26 @@ class RunCheckpointer:
             f"No readable run checkpoint under {self.directory}: {'; '.join(damaged)}. Start "
             "the run again in a new directory."
         )
+
+    def _move_aside(self, steps: list[int]) -> str:
+        """Move damaged steps out of the manager's directory (to <directory>_damaged/,
+        stamped), drop their checksums and reload the manager, so the run can save those
+        steps again. Returns the folder they went to."""
+        aside = f"{self.directory}_damaged"
+        if jax.process_index() == 0:
+            os.makedirs(aside, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for step in steps:
+                if os.path.exists(self._step_dir(step)):
+                    os.replace(self._step_dir(step), os.path.join(aside, f"{step}-{stamp}"))
+                if os.path.exists(self._checksum_path(step)):
+                    os.remove(self._checksum_path(step))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("resfit_jax damaged checkpoints moved")
+        self.manager.reload()
+        return aside
 
     def _restore(self, template: PyTree, step: int) -> tuple[PyTree, dict]:
         leaves, treedef = jax.tree.flatten(to_storable(template))
