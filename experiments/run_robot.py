@@ -202,6 +202,13 @@ def main(argv):
         except EmergencyStop as e:
             print(f"STOPPED: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: episodes journaled, state saved
+            print(
+                f"INTERRUPTED: every finished episode is journaled and the learner is "
+                f"checkpointed; continue with the same command (--out={out}).",
+                file=sys.stderr,
+            )
+            return 130
         finally:
             c = trainer.counts()
             print(

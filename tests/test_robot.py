@@ -244,6 +244,46 @@ def test_estop_is_journaled_checkpointed_and_raised(tmp_path):
     trainer.close()
 
 
+@pytest.mark.parametrize("where", ["journal", "updates"])
+def test_sigterm_between_episodes_keeps_the_episode_and_checkpoints(tmp_path, where):
+    """SIGTERM while a finished episode is journaled (held until the write is complete) or
+    during the updates after it: the episode is in the journal, the learner is
+    checkpointed, and the run ends with KeyboardInterrupt (the scripts' clean stop)."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    out = str(tmp_path / "run")
+    trainer, limits = point_setup(out, warmup_episodes=0, sync_every="episode")
+    if where == "journal":
+        write = trainer.journal.write
+
+        def interrupted_write(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return write(*args, **kwargs)
+
+        trainer.journal.write = interrupted_write
+    else:
+        update = trainer.rl.update
+
+        def interrupted_update():
+            os.kill(os.getpid(), signal.SIGTERM)
+            return update()
+
+        trainer.rl.update = interrupted_update
+    previous = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.run(PointRobot(), _scripted(), limits, 3, progress=lambda s: None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(trainer.journal.entries()) == 1  # the finished episode was kept
+    assert trainer.ckpt.latest_step() is not None
+    trainer.close()
+
+
 # ---------------------------------------------------------------------------- async mode
 def test_async_learner_progresses_with_consistent_snapshots(tmp_path):
     trainer, limits = point_setup(str(tmp_path / "run"))

@@ -47,6 +47,7 @@ from resfit_jax.robot.safety import EmergencyStop, SafetyLimits
 from resfit_jax.run.checkpointing import RunCheckpointer
 from resfit_jax.run.configs import to_dict
 from resfit_jax.run.locks import RunLock
+from resfit_jax.run.runtime import interrupts_deferred
 from resfit_jax.run.logger import MetricsLogger
 from resfit_jax.run.validation import number_errors
 
@@ -294,6 +295,10 @@ class RobotTrainer:
                     )
                 if (row["episode"] + 1) % cfg.checkpoint_every == 0:
                     self.save(async_l.params() if async_l else None)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM between episodes (e.g. in the updates)
+            if async_l is None:
+                self.save()
+            raise
         finally:
             if async_l is not None:
                 async_l.stop()  # the thread's last state is in self.rl.state
@@ -339,13 +344,14 @@ class RobotTrainer:
             row["journal"] = None  # nothing was executed: nothing to keep
             return row
         meta = dict(rec.stats(), phase=phase, time=time.time())
-        entry = self.journal.write(rec.to_episode(cfg.failure_is_terminal), rec.extras(), meta)
-        row["journal"] = os.path.relpath(entry.path, self.out)
-        if rec.usable:
-            if async_l is not None:
-                async_l.submit(rec.to_episode(cfg.failure_is_terminal), rec.base_action)
-            else:
-                self.rl.add_record(rec)
+        with interrupts_deferred():  # a signal here must not lose the episode
+            entry = self.journal.write(rec.to_episode(cfg.failure_is_terminal), rec.extras(), meta)
+            row["journal"] = os.path.relpath(entry.path, self.out)
+            if rec.usable:
+                if async_l is not None:
+                    async_l.submit(rec.to_episode(cfg.failure_is_terminal), rec.base_action)
+                else:
+                    self.rl.add_record(rec)
         if phase == "train" and cfg.mode == "sync" and cfg.sync_every == "episode":
             for _ in range(rec.steps):
                 self.rl.update()

@@ -16,6 +16,7 @@ a run checkpoints on it as it does on Ctrl-C.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -134,6 +135,26 @@ def interrupt_on_sigterm() -> bool:
         return False
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     return True
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C and SIGTERM for the duration of the block (e.g. while a finished episode
+    is journaled) and raise ``KeyboardInterrupt`` at its end if one arrived, so the block
+    is never cut in half. Outside the main thread it defers nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    handler = lambda signum, frame: caught.append(signum)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if caught:
+        raise KeyboardInterrupt(f"signal {caught[0]} (held until the block finished)")
 
 
 def setup_script(cache_dir: str | None = None) -> None:
