@@ -47,8 +47,8 @@ from resfit_jax.robot.safety import EmergencyStop, SafetyLimits
 from resfit_jax.run.checkpointing import RunCheckpointer
 from resfit_jax.run.configs import to_dict
 from resfit_jax.run.locks import RunLock
-from resfit_jax.run.runtime import interrupts_deferred
 from resfit_jax.run.logger import MetricsLogger
+from resfit_jax.run.runtime import interrupts_deferred
 from resfit_jax.run.validation import number_errors
 
 
