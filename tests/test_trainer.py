@@ -262,7 +262,7 @@ def test_a_run_directory_is_locked_and_a_resume_with_other_inputs_is_refused(tra
         trainer, out, progress=False, stop_at_env_steps=64, identity={"base": "aaa", "demos": "ddd"}
     )
     assert not first["complete"]
-    with pytest.raises(ValueError, match="started with another base"):
+    with pytest.raises(ValueError, match="base: another file.*The checkpoint is fine"):
         train_residual(
             trainer, out, resume=True, progress=False, identity={"base": "bbb", "demos": "ddd"}
         )
@@ -277,8 +277,12 @@ def test_resume_with_a_different_config_is_refused(demos, full_run):
         CFG.replace(eval_episodes=14),
         seeds=[0, 1],
     )
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match="other settings \\(eval_episodes: 13 -> 14\\)"):
         train_residual(other, out, resume=True, progress=False)
+    # other seeds: named before any checkpoint is read (it would not fit their shapes)
+    seeds = make_trainer(TASK, FunctionBase(biased_base_action, 2), demos, CFG, seeds=[0, 1, 2])
+    with pytest.raises(ValueError, match="seeds: \\[0, 1\\] -> \\[0, 1, 2\\]"):
+        train_residual(seeds, out, resume=True, progress=False)
 
 
 def test_base_only_evaluation_equals_the_base_rolled_out_by_hand(trainer):

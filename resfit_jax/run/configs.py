@@ -103,11 +103,17 @@ def same_config(saved: dict, cfg, ignore: tuple[str, ...] = ()) -> bool:
     is ``cfg``: fields the saved dict lacks must hold their class default in ``cfg``
     (options added since keep old runs resumable only while they are off). Top-level fields
     in ``ignore`` (e.g. device placement) are not compared."""
-    current = to_dict(cfg)
+    return not config_differences(saved, cfg, ignore)
 
-    def match(s: dict, c: dict, obj) -> bool:
+
+def config_differences(saved: dict, cfg, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``same_config``'s comparison, as the differing fields: "field.path: saved -> now"."""
+    current = to_dict(cfg)
+    out: list[str] = []
+
+    def walk(s: dict, c: dict, obj, prefix: str) -> None:
         for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
+            v, name = getattr(obj, f.name), prefix + f.name
             if obj is cfg and f.name in ignore:
                 continue
             if f.name not in s:
@@ -116,17 +122,19 @@ def same_config(saved: dict, cfg, ignore: tuple[str, ...] = ()) -> bool:
                 elif f.default_factory is not dataclasses.MISSING:
                     default = f.default_factory()
                 else:
-                    return False
+                    out.append(f"{name}: missing -> {c[f.name]!r}")
+                    continue
                 if json.loads(json.dumps(default, default=_as_json)) != c[f.name]:
-                    return False
+                    out.append(f"{name}: (not recorded) -> {c[f.name]!r}")
             elif dataclasses.is_dataclass(v) and isinstance(s[f.name], dict):
-                if not match(s[f.name], c[f.name], v):
-                    return False
+                walk(s[f.name], c[f.name], v, name + ".")
             elif s[f.name] != c[f.name]:
-                return False
-        return set(s) - set(ignore if obj is cfg else ()) <= set(c)
+                out.append(f"{name}: {s[f.name]!r} -> {c[f.name]!r}")
+        for extra in sorted(set(s) - set(ignore if obj is cfg else ()) - set(c)):
+            out.append(f"{prefix}{extra}: {s[extra]!r} -> (no such field now)")
 
-    return match(saved, current, cfg)
+    walk(saved, current, cfg, "")
+    return out
 
 
 def _as_json(x):

@@ -14,7 +14,7 @@ import numpy as np
 
 from resfit_jax.agents.checks import raise_if_nonfinite
 from resfit_jax.run.checkpointing import RunCheckpointer
-from resfit_jax.run.configs import same_config, to_dict
+from resfit_jax.run.configs import config_differences, same_config, to_dict
 from resfit_jax.run.logger import MetricsLogger
 from resfit_jax.sharding import primary
 from resfit_jax.sim.report import log_chunk, summarize_eval
@@ -221,6 +221,40 @@ def keeps_best(cfg: Any) -> bool:
     return select is not None and select.rule == "best"
 
 
+def check_resume_settings(
+    out: str, cfg: Any, seeds: list[int], task_name: str, identity: dict | None
+) -> None:
+    """Before any checkpoint is read: a --resume whose config, seeds, task, base or demos
+    differ from the run's (its config.json) is refused, naming each difference, instead of
+    failing later as if the checkpoint were damaged."""
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return  # the checkpoint's own record is checked after the restore
+    diffs = []
+    if isinstance(saved.get("config"), dict):
+        diffs = config_differences(saved["config"], cfg, ignore=PLACEMENT)
+    if saved.get("seeds") is not None and list(saved["seeds"]) != list(seeds):
+        diffs.append(f"seeds: {saved['seeds']} -> {list(seeds)}")
+    if task_name and saved.get("task") and saved["task"] != task_name:
+        diffs.append(f"task: {saved['task']!r} -> {task_name!r}")
+    old = saved.get("identity") or {}
+    for k in identity or {}:
+        if old.get(k) and old[k] != identity[k]:
+            diffs.append(f"{k}: another file (content hash {old[k][:12]} -> {identity[k][:12]})")
+    if diffs:
+        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        raise ValueError(
+            f"--resume: the run in {out} was started with other settings ({shown}). The "
+            "checkpoint is fine: resume with the flags it was started with (its config.json), "
+            "or start this configuration in a new --out."
+        )
+
+
 def start_run(
     trainer: Any,
     out: str,
@@ -236,6 +270,7 @@ def start_run(
     state = trainer.init()
     if resume and ckpt.latest_step() is not None:
         check_resume_layout(out, trainer.cfg)
+        check_resume_settings(out, trainer.cfg, seeds, task_name, identity)
         template = {"loop": state, "offline": trainer.offline}
         if keeps_best(trainer.cfg):
             template["best"] = state.learner_state
