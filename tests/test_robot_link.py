@@ -3,6 +3,7 @@ oversize headers, HTTP, half-open connections, malformed authenticated requests)
 a legitimate client afterwards, answers "busy" to a second one, and stops the robot on every
 session end; the client's waits are all bounded."""
 
+import json
 import socket
 import struct
 import threading
@@ -280,3 +281,26 @@ def test_unfinished_handshakes_are_capped_and_accept_errors_do_not_end_the_serve
     finally:
         srv.shutdown()
         t.join(5)
+
+
+def test_bad_commands_never_reach_the_robot_and_halt_it(server):
+    """An authenticated client's NaN, inf, wrong-length or non-numeric command is refused at
+    the server (the robot object never sees it) and the robot is stopped; a deeply nested
+    frame ends the session without a traceback; good commands still go through."""
+    srv, robot, logs = server
+    s = _authenticated(srv)
+    bad = [[[float("nan"), 0.0]], [[1.0]], [["a", "b"]], [[True, 0.0]], [], [[0.0, 0.0], 1]]
+    for args in bad:
+        payload = json.dumps({"cmd": "send_action", "args": args}).encode()  # NaN as JSON
+        s.sendall(struct.pack(">I", len(payload)) + payload)
+        reply = recv_frame(s)
+        assert "robot is stopped" in reply["error"], reply
+    assert robot.sent == [] and robot.stops >= len(bad)
+    send_frame(s, {"cmd": "send_action", "args": [[0.5, -0.5]]})
+    assert recv_frame(s)["ok"] and len(robot.sent) == 1
+    send_frame(s, {"cmd": "observe", "args": [1]})
+    assert "takes no arguments" in recv_frame(s)["error"]
+    deep = b"[" * 100_000 + b"]" * 100_000
+    s.sendall(struct.pack(">I", len(deep)) + deep)
+    assert _wait(lambda: any("nests too deeply" in line for line in logs))
+    s.close()

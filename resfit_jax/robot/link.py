@@ -28,6 +28,7 @@ an SSH tunnel / VPN.
 from __future__ import annotations
 
 import hmac
+import math
 import os
 import secrets
 import socket
@@ -176,6 +177,34 @@ class RobotServer:
         send_frame(conn, {"ok": True, "auth": _mac(self.authkey, str(theirs))})
         return True
 
+    def _bad_args(self, cmd: str, args: list) -> str | None:
+        """Why a request's arguments are unfit for the robot (None: fine). send_action takes
+        one list of the robot's action size of finite numbers; the others take none."""
+        if cmd != "send_action":
+            return None if not args else f"{cmd} takes no arguments (got {len(args)})"
+        size = self._action_size()
+        action = args[0] if len(args) == 1 else None
+        ok = isinstance(action, list) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in action
+        )
+        if not ok or (size is not None and len(action) != size):
+            return (
+                f"send_action takes one list of {size if size is not None else 'the'} "
+                f"numbers (got {str(args)[:80]})"
+            )
+        if not all(math.isfinite(x) for x in action):
+            return f"send_action: the command holds NaN or inf ({str(action)[:80]})"
+        return None
+
+    def _action_size(self) -> int | None:
+        size = getattr(self.robot, "action_size", None)
+        if size is None:
+            try:
+                size = self.robot.spec().get("action_size")
+            except Exception:
+                return None
+        return None if size is None else int(size)
+
     def _session(self, conn: socket.socket, peer) -> bool:
         """Serve requests until the session ends; True when the client asked to close."""
         conn.settimeout(self.idle_timeout_s)
@@ -207,6 +236,11 @@ class RobotServer:
                     return True
                 if cmd not in COMMANDS:
                     send_frame(conn, {"error": f"unknown command {cmd!r}; known: {COMMANDS}"})
+                    continue
+                bad = self._bad_args(cmd, args)
+                if bad is not None:  # never reaches the robot; a bad command halts it
+                    self.stop_robot(bad)
+                    send_frame(conn, {"error": bad + "; the robot is stopped"})
                     continue
                 try:
                     with self._robot_lock:

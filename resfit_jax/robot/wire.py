@@ -86,3 +86,5 @@ def recv_frame(sock: socket.socket, deadline: float | None = None) -> Any:
         return json.loads(_recv_exact(sock, n, deadline).decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise LinkError(f"robot link: a frame is not UTF-8 JSON ({e}).") from None
+    except RecursionError:
+        raise LinkError("robot link: a frame nests too deeply to be a message.") from None
