@@ -36,18 +36,20 @@ def main(argv):
     out = FLAGS.out or os.path.join("runs", "demos", FLAGS.task)
     from resfit_jax.data.demos import make_demos
     from resfit_jax.run.configs import usage_error
+    from resfit_jax.run.locks import RunLock, RunLockedError
 
     try:
-        make_demos(
-            FLAGS.task,
-            FLAGS.episodes,
-            FLAGS.noise,
-            out,
-            FLAGS.seed,
-            FLAGS.num_envs,
-            FLAGS.keep_failures,
-        )
-    except (ValueError, KeyError, FileExistsError) as e:
+        with RunLock(out, "demo collection"):  # one writer per dataset directory
+            make_demos(
+                FLAGS.task,
+                FLAGS.episodes,
+                FLAGS.noise,
+                out,
+                FLAGS.seed,
+                FLAGS.num_envs,
+                FLAGS.keep_failures,
+            )
+    except (ValueError, KeyError, FileExistsError, RunLockedError) as e:
         usage_error(str(e).strip('"'))
 
 

@@ -54,6 +54,13 @@ def main(argv):
     t0 = time.time()
     cfg = resolve(lambda: preset(FLAGS.task, "cpu"))  # bad flags fail first
     task_name, out = FLAGS.task, os.path.abspath(FLAGS.out)
+    from resfit_jax.run.configs import usage_error
+    from resfit_jax.run.locks import RunLock, RunLockedError
+
+    try:  # one quick start per --out (the kernel drops the lock however this process ends)
+        RunLock(out, "quick start").acquire()
+    except RunLockedError as e:
+        usage_error(str(e))
     demos_root = os.path.join(out, "demos")
     demos = os.path.join(demos_root, "resfit_demos", "1.0.0")
     if os.path.exists(os.path.join(demos, "dataset_info.json")):

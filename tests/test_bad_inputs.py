@@ -428,3 +428,28 @@ def test_damaged_journal_entry(tmp_path):
     os.remove(os.path.join(entry.path, "extras.npz"))
     with pytest.raises((ValueError, FileNotFoundError), match=os.path.basename(entry.path)):
         journal.read(journal.entries()[0])
+
+
+@pytest.mark.parametrize(
+    "argv,what",
+    [
+        (["experiments.quickstart"], "quick start"),
+        (["experiments.make_demos", "--task=PointReach", "--episodes=2"], "demo collection"),
+    ],
+)
+def test_scripts_refuse_a_directory_another_process_writes(argv, what, tmp_path):
+    """Two quick starts (or demo collections) on one --out: the second stops in one line,
+    naming the holder, before writing anything."""
+    from resfit_jax.run.locks import RunLock
+
+    out = str(tmp_path / "out")
+    with RunLock(out, what):
+        r = subprocess.run(
+            [sys.executable, "-m", *argv, f"--out={out}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert r.returncode == 2 and f"in use by another {what} (pid {os.getpid()}" in r.stderr
+    assert "Traceback" not in r.stderr and os.listdir(out) == [".lock"]
