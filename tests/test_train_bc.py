@@ -63,3 +63,22 @@ def test_a_second_bc_run_on_one_directory_is_refused(tmp_path):
         with pytest.raises(RunLockedError, match="in use by another BC training"):
             train_bc("PointReach", out, policy="mlp", steps=10)
     assert sorted(os.listdir(out)) == [".lock"]
+
+
+def test_an_earlier_run_in_the_directory_is_set_aside_not_mixed_in(tmp_path):
+    """A new BC run in a directory that holds an earlier (e.g. interrupted) one moves the
+    earlier metrics, checkpoint and summary to previous/<time>/, so its rows never precede
+    the new run's and its best checkpoint cannot stand in for the new one's."""
+    from resfit_jax.bc.pipeline import set_aside_previous_run
+
+    out = tmp_path / "bc"
+    assert set_aside_previous_run(str(out)) is None
+    os.makedirs(out / "checkpoint" / "1000")
+    (out / "metrics.jsonl").write_text('{"step": 1000}\n')
+    (out / "demos.txt").write_text("kept where it is")
+    moved = set_aside_previous_run(str(out))
+    assert sorted(os.listdir(moved)) == ["checkpoint", "metrics.jsonl"]
+    assert (tmp_path / "bc" / "demos.txt").exists() and not (out / "metrics.jsonl").exists()
+    assert json.loads(open(os.path.join(moved, "metrics.jsonl")).read())["step"] == 1000
+    os.makedirs(out / "checkpoint")
+    assert set_aside_previous_run(str(out)) != moved  # a second one gets its own folder

@@ -26,6 +26,25 @@ CPU_TASK_STEPS = {"PegInsertion": 8000, "PixelPointReach": 2000}
 TASK_CHUNK_SIZE = {"PixelPointReach": 5}
 
 
+RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoint", "export", "tb")
+
+
+def set_aside_previous_run(out: str) -> str | None:
+    """Move an earlier (finished or interrupted) BC run's files in ``out`` to
+    <out>/previous/<time>/, so a new run's metrics, best checkpoint and summary are its own
+    and nothing collected is lost. Returns that folder, or None when ``out`` held none."""
+    found = [n for n in RUN_FILES if os.path.exists(os.path.join(out, n))]
+    if not found:
+        return None
+    dest = os.path.join(out, "previous", time.strftime("%Y%m%d-%H%M%S"))
+    while os.path.exists(dest):
+        dest += "_"
+    os.makedirs(dest)
+    for name in found:
+        os.replace(os.path.join(out, name), os.path.join(dest, name))
+    return dest
+
+
 def train_bc(task_name: str, out: str, *args: Any, **kwargs: Any) -> dict:
     """Train, keep the best by success, export; returns a summary dict. Holds an exclusive
     lock on ``out`` for the whole run (``run.locks.RunLockedError`` names the holder), so two
@@ -133,6 +152,9 @@ def train_bc_unlocked(
     )
     e = min(num_envs, eval_episodes)
     runner = make_episode_runner(task, make_base, e)
+    moved = set_aside_previous_run(out)
+    if moved and verbose:
+        print(f"{out} held an earlier BC run; its files are kept in {moved}")
     manager = checkpoint_manager(os.path.join(out, "checkpoint"))
     meta = {
         "task": task_name,
