@@ -18,7 +18,7 @@ from resfit_jax.data.demos import collect_episodes, make_rollout
 from resfit_jax.envs.point_reach import biased_base_action
 from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer
 from resfit_jax.replay import DecisionWriter, EpisodeDecisionWriter, NStepWriter, ReplayConfig
-from resfit_jax.replay.decisions import demo_windows
+from resfit_jax.replay.decision_demos import demo_windows
 from resfit_jax.sim.config import ResidualOptions, TrainConfig
 from resfit_jax.sim.trainer import make_trainer, train_residual
 

@@ -25,7 +25,7 @@ import dataclasses
 from resfit_jax.agents.ibrl import IBRLConfig
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
 from resfit_jax.replay import ReplayConfig
-from resfit_jax.replay.decisions import DEMO_RELABELS
+from resfit_jax.replay.decision_demos import DEMO_RELABELS
 from resfit_jax.run.validation import number_errors
 from resfit_jax.sim.selection import SELECT_RULES
 

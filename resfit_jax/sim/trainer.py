@@ -41,7 +41,7 @@ from resfit_jax.base.policy import BasePolicy
 from resfit_jax.data.rlds import Episode
 from resfit_jax.envs.core import Env
 from resfit_jax.normalization import Normalizer
-from resfit_jax.replay.decisions import demo_decision_buffer
+from resfit_jax.replay.decision_demos import demo_decision_buffer
 from resfit_jax.replay.demos import offline_buffer
 from resfit_jax.sharding import GRAD_AXES, Layout, make_mesh
 from resfit_jax.sim.config import METHOD_NAMES, TrainConfig

@@ -180,18 +180,11 @@ class ResidualTD3:
         aux["action"] = jnp.clip(base_action + r, -1.0, 1.0)
         return r, aux
 
-    def q_values(
-        self,
-        state: LearnerState,
-        obs: PyTree,
-        action: jax.Array,
-        base_action: jax.Array | None = None,
-    ) -> jax.Array:
-        """All online heads: obs [B, ...], action [B, A] (combined, normalized; the base
-        action too with ``advantage_head``) -> [K, B]."""
-        return self.critic.apply(
-            state.critic_params, self.features(state, obs), action, base_action
-        )
+    def q_values(self, state: LearnerState, obs: PyTree, action: jax.Array, base_action=None):
+        """All online heads [K, B]: obs [B, ...], action [B, A] (combined, normalized; the
+        base action [B, A] too with ``advantage_head``)."""
+        feats = self.features(state, obs)
+        return self.critic.apply(state.critic_params, feats, action, base_action)
 
     def td_target(
         self, state: LearnerState, batch: Transition, key: jax.Array, noise_std: float | jax.Array
