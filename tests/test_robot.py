@@ -229,6 +229,32 @@ def test_sync_trainer_journals_first_and_restart_rebuilds_the_same_replay(tmp_pa
         point_setup(out, sync_every="episode")
 
 
+def test_episodes_with_damaged_metadata_are_kept_and_named_not_silently_dropped(tmp_path, capsys):
+    """Journal metadata that is garbage, truncated, a list or lacks its label: the restart
+    does not crash, leaves those episodes out of the replay and names each one and the fix."""
+    import json as _json
+
+    out = str(tmp_path / "run")
+    trainer, limits = point_setup(out)
+    trainer.run(PointRobot(seed=1), _scripted(), limits, 5, progress=lambda s: None)
+    entries = trainer.journal.entries()
+    trainer.close()
+    meta = lambda e: os.path.join(e.dataset_dir, "resfit_metadata.json")
+    open(meta(entries[0]), "w").write("{garbage")
+    open(meta(entries[1]), "w").write("[1, 2]")
+    m = _json.load(open(meta(entries[2])))
+    m.pop("label")
+    open(meta(entries[2]), "w").write(_json.dumps(m))
+    again, _ = point_setup(out)
+    err = capsys.readouterr().err
+    assert "3 journaled episode(s) are left out of the replay" in err
+    for e in entries[:3]:
+        assert e.path in err
+    assert "unreadable" in err and "not a JSON object" in err and "no label" in err
+    assert again.rebuilt["episodes"] == 1  # episode 3 was aborted, episode 4 is usable
+    again.close()
+
+
 def test_estop_is_journaled_checkpointed_and_raised(tmp_path):
     out = str(tmp_path / "run")
     trainer, limits = point_setup(out, warmup_episodes=0)

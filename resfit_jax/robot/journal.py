@@ -42,7 +42,20 @@ class JournalEntry:
 
     @property
     def label(self) -> str:
-        return self.metadata.get("label", "")
+        label = self.metadata.get("label", "")
+        return label if isinstance(label, str) else ""
+
+
+def _entry_metadata(dataset_dir: str) -> dict:
+    """An entry's metadata; a damaged file (garbage, truncated, not an object) gives
+    {"metadata_error": why} instead of ending the run: the episode data stays usable."""
+    try:
+        meta = read_metadata(dataset_dir)
+    except (OSError, ValueError) as e:
+        return {"metadata_error": f"unreadable ({type(e).__name__}: {e})"}
+    if not isinstance(meta, dict):
+        return {"metadata_error": f"not a JSON object (a {type(meta).__name__})"}
+    return meta
 
 
 def _fsync_tree(root: str) -> None:
@@ -80,11 +93,8 @@ class Journal:
             m = _NAME.match(name)
             if m:
                 path = os.path.join(self.directory, name)
-                out.append(
-                    JournalEntry(
-                        int(m.group(1)), path, read_metadata(os.path.join(path, DATASET, "1.0.0"))
-                    )
-                )
+                meta = _entry_metadata(os.path.join(path, DATASET, "1.0.0"))
+                out.append(JournalEntry(int(m.group(1)), path, meta))
         return out
 
     def next_index(self) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -39,7 +40,7 @@ from resfit_jax.learner import Learner, has_critic_warmup
 from resfit_jax.normalization import Normalizer
 from resfit_jax.observations import camera_shapes
 from resfit_jax.replay import ReplayConfig
-from resfit_jax.robot.journal import Journal
+from resfit_jax.robot.journal import DATASET, Journal
 from resfit_jax.robot.learner import AsyncLearner, PolicyRunner, RobotLearner
 from resfit_jax.robot.loop import EpisodeRecord, LoopConfig, RobotInterface, run_episode
 from resfit_jax.robot.operator import Label, Labeller
@@ -171,12 +172,24 @@ class RobotTrainer:
     def _rebuild(self) -> dict:
         """Insert every usable journaled episode into the (empty) replay, in order."""
         n_eps = n_steps = 0
+        unlabelled = []
         for entry in self.journal.entries():
             if entry.label not in (Label.SUCCESS.value, Label.FAILURE.value):
+                if entry.label not in (Label.ABORT.value, Label.ESTOP.value):
+                    why = entry.metadata.get("metadata_error", "no label")
+                    unlabelled.append(f"{entry.path} ({why})")
                 continue
             ep, extras = self.journal.read(entry)
             self.rl.add_episode(ep, extras["base_action"])
             n_eps, n_steps = n_eps + 1, n_steps + ep.num_actions
+        if unlabelled:  # kept on disk, but not learned from: say so
+            print(
+                f"warning: {len(unlabelled)} journaled episode(s) are left out of the replay "
+                f"because their label is missing or unreadable: {'; '.join(unlabelled)}. Their "
+                'data is kept; write {"label": "success"} or {"label": "failure"} into each '
+                f"one's {DATASET}/1.0.0/resfit_metadata.json and restart to use them.",
+                file=sys.stderr,
+            )
         return {"episodes": n_eps, "env_steps": n_steps}
 
     def counts(self) -> dict:
