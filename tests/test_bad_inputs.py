@@ -218,6 +218,36 @@ def test_exported_base_with_damaged_json(exported, tmp_path):
         load_exported_base(d)
 
 
+@pytest.mark.parametrize(
+    "field,value", [("obs_dim", 4.5), ("action_dim", None), ("chunk_size", "3"), ("obs_dim", 0)]
+)
+def test_exported_base_with_odd_sizes(exported, tmp_path, field, value):
+    import json
+
+    from resfit_jax.base.policy import load_exported_base
+
+    d = _copy(exported, tmp_path)
+    path = os.path.join(d, "base.json")
+    meta = json.load(open(path))
+    meta[field] = value
+    json.dump(meta, open(path, "w"))
+    with pytest.raises(ValueError, match=f"damaged .*sizes must be positive integers.*{field}"):
+        load_exported_base(d)
+
+
+def test_exported_base_whose_artifact_is_a_directory(exported, tmp_path):
+    import shutil
+
+    from resfit_jax.base.policy import load_exported_base
+
+    d = _copy(exported, tmp_path)
+    os.remove(os.path.join(d, "base.jaxexport"))
+    os.makedirs(os.path.join(d, "base.jaxexport"))
+    with pytest.raises(FileNotFoundError, match="base.jaxexport is a directory, not a file"):
+        load_exported_base(d)
+    shutil.rmtree(d)
+
+
 def test_exported_base_with_damaged_artifact(exported, tmp_path):
     from resfit_jax.base.policy import load_exported_base
 

@@ -261,9 +261,10 @@ def load_exported_base(
     meta_path = os.path.join(directory, METADATA_FILE)
     art_path = os.path.join(directory, ARTIFACT_FILE)
     for p in (meta_path, art_path):
-        if not os.path.exists(p):
+        if not os.path.isfile(p):
+            what = "a directory, not a file" if os.path.isdir(p) else "missing"
             raise FileNotFoundError(
-                f"load_exported_base: {p} is missing; export the base with "
+                f"load_exported_base: {p} is {what}; export the base with "
                 "resfit_jax.bc.export.export_base (or experiments/train_bc.py --export)."
             )
     try:
@@ -271,6 +272,14 @@ def load_exported_base(
             meta = json.load(f)
         if not isinstance(meta, dict) or not {"obs_dim", "action_dim", "chunk_size"} <= set(meta):
             raise ValueError("missing obs_dim / action_dim / chunk_size")
+        sizes = {k: meta[k] for k in ("obs_dim", "action_dim", "chunk_size")}
+        bad = {k: v for k, v in sizes.items() if not (type(v) is int and v >= 1)}
+        if meta.get("execution_horizon") is not None:
+            h = meta["execution_horizon"]
+            if not (type(h) is int and 1 <= h <= meta["chunk_size"]):
+                bad["execution_horizon"] = h
+        if bad:
+            raise ValueError(f"sizes must be positive integers, got {bad}")
     except ValueError as e:
         raise ValueError(
             f"load_exported_base: {meta_path} is damaged ({e}); export the base "
