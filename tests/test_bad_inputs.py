@@ -148,6 +148,21 @@ def test_dataset_with_damaged_info(dataset, tmp_path):
         read_episodes(d)
 
 
+def test_dataset_split_that_does_not_exist(dataset):
+    with pytest.raises(ValueError, match="cannot open .* split 'test': Unknown split"):
+        read_episodes(dataset, split="test")
+
+
+def test_a_broken_metrics_line_is_skipped_and_named(tmp_path, capsys):
+    from resfit_jax.run.logger import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "env_steps": 1}\n[1, 2]\n{"kind": "eval", "env\n')
+    rows = read_metrics(str(tmp_path))
+    assert rows == [{"kind": "train", "env_steps": 1}]
+    assert "2 line(s) are not metrics rows and were skipped (line 2, 3)" in capsys.readouterr().err
+
+
 def test_dataset_for_another_task(dataset):
     with pytest.raises(ValueError, match="PickPlace"):
         check_compatible(read_episodes(dataset), 28, 7, "PickPlace")

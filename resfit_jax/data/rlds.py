@@ -219,6 +219,11 @@ def read_episodes(
         source = tfds.builder_from_directory(dataset_dir).as_data_source(split)
     except Exception as e:  # corrupted metadata or missing files
         raise ValueError(f"read_episodes: cannot open {dataset_dir} split {split!r}: {e}") from e
+    if len(source) == 0:
+        raise ValueError(
+            f"read_episodes: {dataset_dir} split {split!r} holds no episodes; write the demos "
+            "again (experiments.make_demos) or point at another dataset."
+        )
     n = len(source) if limit is None else min(limit, len(source))
     episodes = []
     for i in range(n):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any
 
 
@@ -85,5 +86,23 @@ def read_metrics(path: str) -> list[dict]:
     """Rows of a metrics.jsonl (a run directory or the file itself)."""
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.jsonl")
+    rows, broken = [], []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                broken.append(number)
+    if broken:  # e.g. a line cut short by a crash; the file is left as it is
+        print(
+            f"warning: {path}: {len(broken)} line(s) are not metrics rows and were skipped "
+            f"(line {', '.join(map(str, broken[:5]))}{', ...' if len(broken) > 5 else ''}).",
+            file=sys.stderr,
+        )
+    return rows
