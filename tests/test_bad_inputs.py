@@ -498,3 +498,37 @@ def test_scripts_refuse_a_directory_another_process_writes(argv, what, tmp_path)
         )
     assert r.returncode == 2 and f"in use by another {what} (pid {os.getpid()}" in r.stderr
     assert "Traceback" not in r.stderr and os.listdir(out) == [".lock"]
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only", "loop", "lock is a directory"])
+def test_an_unusable_run_directory_is_named(tmp_path, kind):
+    from resfit_jax.run.locks import RunLock, RunLockedError
+
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("not a directory")
+        want = "exists and is not a directory"
+    elif kind == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes read-only directories")
+        os.makedirs(out)
+        os.chmod(out, 0o500)
+        want = "not writable"
+    elif kind == "loop":
+        os.symlink(tmp_path / "b", tmp_path / "a")
+        os.symlink(tmp_path / "a", tmp_path / "b")
+        out = tmp_path / "a" / "run"
+        want = "loops through symbolic links"
+    else:
+        os.makedirs(out / ".lock")
+        want = "lock path .* is a directory"
+    with pytest.raises(RunLockedError, match=f"cannot be used as a run directory: .*{want}"):
+        RunLock(str(out)).acquire()
+
+
+def test_a_journal_path_that_is_a_file_is_named(tmp_path):
+    from resfit_jax.robot.journal import Journal
+
+    (tmp_path / "journal").write_text("x")
+    with pytest.raises(ValueError, match="journal .* is a file, not a directory"):
+        Journal(str(tmp_path / "journal"))

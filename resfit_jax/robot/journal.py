@@ -82,6 +82,11 @@ class Journal:
 
     def __init__(self, directory: str):
         self.directory = os.path.abspath(directory)
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise ValueError(
+                f"The robot journal {self.directory} is a file, not a directory; move it "
+                "away (it is not a journal this library wrote) or choose another --out."
+            )
         os.makedirs(self.directory, exist_ok=True)
         for name in os.listdir(self.directory):  # leftovers of a crash mid-write
             if name.startswith(".tmp-"):

@@ -21,7 +21,8 @@ import jax
 
 
 class RunLockedError(RuntimeError):
-    """Another live process holds the run directory."""
+    """The run directory cannot be taken: another live process holds it, or it is not a
+    writable directory (a file, read-only, a symlink loop)."""
 
 
 class RunLock:
@@ -34,8 +35,24 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
-        os.makedirs(self.directory, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            if os.path.isdir(self.path):
+                raise IsADirectoryError(f"{self.path} is a directory")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            why = {
+                FileExistsError: "it exists and is not a directory",
+                NotADirectoryError: "a part of the path is a file, not a directory",
+                PermissionError: "it is not writable",
+                IsADirectoryError: f"its lock path {self.path} is a directory",
+            }.get(type(e), f"{type(e).__name__}: {e.strerror or e}")
+            if getattr(e, "errno", None) == 40:  # ELOOP
+                why = "its path loops through symbolic links"
+            raise RunLockedError(
+                f"{self.directory} cannot be used as a {self.what} directory: {why}. Choose "
+                "another output directory."
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
