@@ -532,3 +532,26 @@ def test_a_journal_path_that_is_a_file_is_named(tmp_path):
     (tmp_path / "journal").write_text("x")
     with pytest.raises(ValueError, match="journal .* is a file, not a directory"):
         Journal(str(tmp_path / "journal"))
+
+
+def test_a_host_base_failing_inside_a_compiled_step_raises_its_own_error():
+    """A host-callback base that fails mid-rollout (a camera unplugged) reaches the caller
+    of a jitted step as its own error type and message inside host_errors_surfaced (the
+    run loops' wrapper), not as JAX's INTERNAL runtime error."""
+    from resfit_jax.base.callback import host_callback_base, host_errors_surfaced
+
+    calls = []
+
+    def fn(x):
+        calls.append(1)
+        if len(calls) > 1:  # the construction check passes, the rollout fails
+            raise KeyError("camera 3 unplugged")
+        return np.zeros((x.shape[0], 2), np.float32)
+
+    base = host_callback_base(fn, obs_dim=4, action_dim=2)
+    step = jax.jit(lambda s, o: base.step(s, o))
+    with pytest.raises(jax.errors.JaxRuntimeError):  # what JAX gives by itself
+        jax.block_until_ready(step(base.init_state(3), jnp.zeros((3, 4))))
+    with pytest.raises(KeyError, match="camera 3 unplugged"):
+        with host_errors_surfaced():
+            jax.block_until_ready(step(base.init_state(3), jnp.zeros((3, 4))))

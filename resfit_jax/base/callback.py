@@ -3,6 +3,7 @@ jittable ``BasePolicy`` through ``jax.pure_callback``."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import jax
@@ -10,6 +11,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from resfit_jax.base.policy import ChunkedBase, FunctionBase
+
+_LAST_ERROR: list[BaseException] = []  # the last error a host base raised in a callback
+
+
+@contextlib.contextmanager
+def host_errors_surfaced():
+    """Inside a jitted call an error of a host base reaches the caller wrapped in JAX's
+    runtime error (INTERNAL: ...); within this block it is raised as itself, with its own
+    type and message (the run loops wrap their compiled calls in it)."""
+    _LAST_ERROR.clear()
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        if _LAST_ERROR:
+            raise _LAST_ERROR[-1] from e
+        raise
 
 
 def host_callback_predictor(
@@ -55,7 +72,12 @@ def host_callback_predictor(
     def host(obs):
         obs = np.asarray(obs, np.float32)
         lead = obs.shape[:-1]
-        return checked(obs.reshape(-1, obs_dim)).reshape(lead + out_tail)
+        try:
+            return checked(obs.reshape(-1, obs_dim)).reshape(lead + out_tail)
+        except Exception as e:  # kept for host_errors_surfaced (the base's own error,
+            # not the wrapper that names the base), then raised to JAX
+            _LAST_ERROR[:] = [e.__cause__ if isinstance(e.__cause__, Exception) else e]
+            raise
 
     def predict(obs):
         if obs.shape[-1] != obs_dim:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from resfit_jax.base.callback import host_errors_surfaced
 from resfit_jax.normalization import Normalizer
 from resfit_jax.run.locks import RunLock
 from resfit_jax.sharding import primary
@@ -187,7 +188,7 @@ def run_phases(
     the summary, with the final ``loop_state`` (and ``selected_state``, the kept learner
     states of ``select.rule="best"``)."""
     out = os.path.abspath(out)
-    with RunLock(out, "training run"):
+    with RunLock(out, "training run"), host_errors_surfaced():
         return _run_phases(trainer, phase_functions, out, options)
 
 
