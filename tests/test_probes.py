@@ -28,7 +28,8 @@ def _run(tmp_path, complete=True):
         "final": {"pooled": pooled, "last": {"pooled": dict(pooled, success_rate=0.7)}},
     }
     json.dump(summary, open(d / "summary.json", "w"))
-    json.dump({"overrides": ["residual.decision_steps=20"]}, open(d / "config.json", "w"))
+    config = {"overrides": ["residual.decision_steps=20"], "task": "PickPlace", "seeds": [0]}
+    json.dump(config, open(d / "config.json", "w"))
     with open(d / "metrics.jsonl", "w") as f:
         for step in (1024, 2048):
             row = {"kind": "train", "env_steps": step, "seed": 0, "action_gap": 0.01}
@@ -54,3 +55,12 @@ def test_an_unfinished_run_is_refused(tmp_path):
         record(_run(tmp_path, complete=False))
     with pytest.raises(FileNotFoundError, match="no summary.json"):
         record(str(tmp_path / "missing"))
+
+
+def test_an_unfinished_run_is_recorded_only_when_asked(tmp_path):
+    d = _run(tmp_path, complete=False)
+    os.remove(os.path.join(d, "summary.json"))
+    r = record(d, unfinished=True)
+    assert r["complete"] is False and r["kept"] is None and r["env_steps"] == 2048
+    assert r["periodic"][0]["success_rate"] == 0.9 and r["mechanism"]["end"]["action_gap"] == 0.01
+    assert "periodic 90% at 2,048 (stopped)" in table([r])

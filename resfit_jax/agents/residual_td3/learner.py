@@ -296,12 +296,12 @@ class ResidualTD3:
         metrics = {
             "actor_loss": loss,
             "actor_q": aux["q"],
-            "action_gap": aux["gap"],
-            "action_gap_head_std": aux["gap_head_std"],
             "actor_grad_norm": optax.tree.norm(grads),
             "residual_abs_mean": jnp.abs(r).mean(),
             "residual_abs_max": jnp.abs(r).max(),
         }
+        if "gap" in aux:  # residual TD3's actor loss measures its action gap (IBRL's not)
+            metrics |= {"action_gap": aux["gap"], "action_gap_head_std": aux["gap_head_std"]}
         return state, metrics
 
     def _join(self, online: Transition, offline: Transition | None, where: str) -> Transition:
