@@ -181,6 +181,8 @@ def main(argv):
         )
     except (RunLockedError, FileExistsError) as e:
         usage_error(str(e))
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the run printed where its checkpoint is
+        raise SystemExit(130) from None
     except ValueError as e:
         if not str(e).startswith("--resume"):
             raise
