@@ -348,6 +348,67 @@ def test_learner_act_on_a_nan_observation_masks_the_residual(learner):
     np.testing.assert_array_equal(aux["action"][1], a_b[1])
 
 
+def test_learner_act_on_a_nan_base_action_is_refused_or_masked(learner):
+    from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
+
+    lrn, state = learner
+    a_b = jnp.full((3, 2), 0.1).at[2, 1].set(jnp.inf)
+    with pytest.raises(ValueError, match=r"base action is NaN or inf in batch rows \[2\]"):
+        lrn.act(state, jnp.zeros((3, 3)), a_b, None, deterministic=True)  # eager: refused
+    with pytest.raises(Exception, match="base action is NaN or inf"):  # jit: host callback
+        r, _ = jax.jit(lrn.act, static_argnames="deterministic")(
+            state, jnp.zeros((3, 3)), a_b, None, deterministic=True
+        )
+        jax.block_until_ready(r)
+    # unchecked (the loops' presets check on the host): that row's residual is 0, flagged
+    quiet = make_learner(
+        ResidualTD3Config(
+            actor_hidden_dims=(8,), critic_hidden_dims=(8,), num_critics=2, check_finite=False
+        ),
+        3,
+        2,
+    )
+    params = jax.tree.map(lambda p: p + 0.3, state.actor_params)
+    r, aux = jax.jit(quiet.act, static_argnames="deterministic")(
+        state.replace(actor_params=params), jnp.zeros((3, 3)), a_b, None, deterministic=True
+    )
+    assert np.asarray(aux["base_finite"]).tolist() == [True, True, False]
+    assert np.all(np.asarray(r[2]) == 0.0) and np.all(np.asarray(r[:2]) != 0.0)
+
+
+def test_a_nan_base_action_on_the_robot_stops_it_and_sends_nothing():
+    import sys
+
+    from resfit_jax.robot.loop import LoopConfig, run_episode
+    from resfit_jax.robot.operator import ScriptedLabeller
+    from resfit_jax.robot.safety import SafetyLimits
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from robot_worker import PointRobot
+
+    class NanBase:
+        def begin(self):
+            pass
+
+        def base_action(self, obs):
+            return np.array([0.0, np.nan], np.float32)
+
+        def act(self, obs, a_b):
+            return np.zeros(2, np.float32), np.zeros(2, np.float32)  # would hide the NaN
+
+    robot = PointRobot()
+    lim = SafetyLimits(np.array([-1.0, -1.0]), np.array([1.0, 1.0]), 0.3, (0, 1))
+    rec = run_episode(
+        robot,
+        NanBase(),
+        ScriptedLabeller(lambda e, t, o: None),
+        lim,
+        LoopConfig(max_episode_steps=5),
+    )
+    assert robot.sent == [] and robot.stops == 1
+    assert "base policy returned a non-finite action at step 0 (entries [1])" in rec.error
+
+
 def test_learner_init_with_a_normalizer_of_another_size(learner):
     from resfit_jax.normalization import Normalizer
 

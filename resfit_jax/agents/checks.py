@@ -184,6 +184,32 @@ def finite_rows(obs: PyTree, batch_shape: tuple[int, ...]) -> jax.Array:
     ).all(axis=0)
 
 
+def finite_base_rows(
+    base_action: jax.Array, batch_shape: tuple[int, ...], where: str, check: bool = True
+) -> jax.Array:
+    """[*B] bool: the sample's base action [*B, A] is finite. A residual cannot correct a
+    NaN or inf base action, so a concrete (eager) call raises ValueError naming the rows;
+    inside jit / vmap, ``check`` adds a host callback that raises the same (as an update's
+    ``check_finite``), and the caller sets those rows' residual to 0."""
+    finite = jnp.all(jnp.isfinite(base_action), axis=-1)
+    if not isinstance(finite, jax.core.Tracer):
+        _raise_if_base_nonfinite(finite, where)
+    elif check:
+        jax.debug.callback(lambda f: _raise_if_base_nonfinite(f, where), finite)
+    return finite
+
+
+def _raise_if_base_nonfinite(finite, where: str) -> None:
+    bad = np.flatnonzero(~np.asarray(finite, bool).reshape(-1))
+    if bad.size:
+        rows = bad[:8].tolist() + (["..."] if bad.size > 8 else [])
+        raise ValueError(
+            f"{where}: the base action is NaN or inf in batch rows {rows} (of "
+            f"{np.size(finite)}): a residual cannot correct a non-finite base action. Check "
+            "the base policy's checkpoint, normalizer and the observations it was given."
+        )
+
+
 def nonfinite_bits(named: dict[str, PyTree]) -> jax.Array:
     """int32 bitmask: bit i set when the i-th entry of ``named`` (a pytree; its floating
     leaves are checked) holds a NaN or inf."""

@@ -196,6 +196,18 @@ def _check_obs(obs, size: int, cameras: dict | None = None):
     return o
 
 
+def _check_base(a_b: np.ndarray, t: int) -> np.ndarray:
+    """The base's action [A]; ValueError (the loop stops the robot) if it is not finite."""
+    a_b = np.asarray(a_b, np.float32)
+    if not np.all(np.isfinite(a_b)):
+        raise ValueError(
+            f"the base policy returned a non-finite action at step {t} (entries "
+            f"{np.flatnonzero(~np.isfinite(a_b)).tolist()}); nothing was sent. Check the "
+            "base's checkpoint and normalizer."
+        )
+    return a_b
+
+
 def _stop(robot: RobotInterface) -> str:
     """Stop the robot after a failure; the episode's data is kept even if the stop fails too
     (a lost link: the robot server stops the robot itself when a session ends abnormally)."""
@@ -248,7 +260,7 @@ def run_episode(
             t0 = time.perf_counter()
             if t > 0:
                 obs = last_obs = _check_obs(robot.observe(), size, cameras)
-            a_b = policy.base_action(obs)
+            a_b = _check_base(policy.base_action(obs), t)
             r, raw = policy.act(obs, a_b)
             cmd, clipped = limits.apply(prev, raw)
             robot.send_action(cmd)

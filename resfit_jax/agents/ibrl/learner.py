@@ -71,13 +71,15 @@ class IBRL(ResidualTD3):
         unflat = lambda x: x.reshape(batch_shape + x.shape[1:])
         chosen, took, mean = unflat(chosen), unflat(took), unflat(mean)
         finite = checks.finite_rows(obs, batch_shape)
-        action = jnp.where(finite[..., None], chosen, base_action)
+        base_ok = checks.finite_base_rows(base_action, batch_shape, "act", cfg.check_finite)
+        action = jnp.where((finite & base_ok)[..., None], chosen, base_action)
         return action - base_action, {
             "action": action,
             "residual_mean": mean - base_action,
             "rl_action": mean,
-            "gate": took * finite,
+            "gate": took * finite * base_ok,
             "obs_finite": finite,
+            "base_finite": base_ok,
         }
 
 

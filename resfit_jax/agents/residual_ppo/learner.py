@@ -151,7 +151,8 @@ class ResidualPPO:
         """Residual for obs [*B, ...], base_action [*B, A] -> r [*B, A] (= scale * u).
 
         aux: action = clip(a_b + r, -1, 1) (to execute), residual_mean, sample u [*B, A],
-        log_prob [*B] of u, value [*B]. A sample with a non-finite observation gets r = 0.
+        log_prob [*B] of u, value [*B]. A sample with a non-finite observation gets r = 0; a
+        non-finite base action raises eagerly, and under jit gets r = 0 (aux["base_finite"]).
         ``std`` is accepted for the Learner protocol and ignored (the policy's own std).
         """
         del std
@@ -165,7 +166,8 @@ class ResidualPPO:
         else:
             u = mean + jnp.exp(log_std) * jax.random.normal(checks.typed_key(key), mean.shape)
         finite = checks.finite_rows(obs, batch_shape)
-        u = jnp.where(finite[..., None], u, 0.0)
+        base_ok = checks.finite_base_rows(base_action, batch_shape, "act", check=False)
+        u = jnp.where((finite & base_ok)[..., None], u, 0.0)
         r = self.config.action_scale * u
         aux = {
             "action": jnp.clip(base_action + r, -1.0, 1.0),
@@ -176,6 +178,7 @@ class ResidualPPO:
                 finite, self.networks.critic.apply(state.critic_params, feats, base_action), 0.0
             ),
             "obs_finite": finite,
+            "base_finite": base_ok,
         }
         return r, aux
 

@@ -34,6 +34,7 @@ from resfit_jax.agents import checks
 from resfit_jax.agents.gradients import gradient_update, make_optimizer
 from resfit_jax.agents.residual_td3.config import ResidualTD3Config
 from resfit_jax.agents.residual_td3.losses import ResidualTD3Losses, make_losses, residual_mask
+from resfit_jax.agents.residual_td3.metrics import actor_metrics, critic_metrics
 from resfit_jax.agents.residual_td3.networks import ResidualTD3Networks, make_networks
 from resfit_jax.agents.residual_td3.state import LearnerState
 from resfit_jax.encoders import ObservationEncoder, state_dim
@@ -135,7 +136,9 @@ class ResidualTD3:
         value gate, r is the gated residual g * r and aux["gate"] [*B] holds g.
         A sample whose observation holds NaN or inf gets residual 0 (the base acts alone)
         and aux["obs_finite"] [*B] False marks it: a corrupt reading never turns into a NaN
-        correction.
+        correction. A non-finite base action raises ValueError (``checks.finite_base_rows``;
+        in jit with config.check_finite, a host callback); unchecked, its row gets residual 0
+        and aux["base_finite"] [*B] False.
         """
         batch_shape = tuple(jnp.shape(base_action)[:-1])
         checks.check_action(self.action_dim, base_action, batch_shape, "act: base_action")
@@ -175,8 +178,9 @@ class ResidualTD3:
             m = residual_mask(obs)
             r, aux["residual_mean"] = r * m, mean * m
         finite = checks.finite_rows(obs, batch_shape)
-        r = jnp.where(finite[..., None], r, 0.0)
-        aux["obs_finite"] = finite
+        base_ok = checks.finite_base_rows(base_action, batch_shape, "act", self.config.check_finite)
+        r = jnp.where((finite & base_ok)[..., None], r, 0.0)
+        aux["obs_finite"], aux["base_finite"] = finite, base_ok
         aux["action"] = jnp.clip(base_action + r, -1.0, 1.0)
         return r, aux
 
@@ -220,7 +224,6 @@ class ResidualTD3:
             params, opt_state, loss, aux, grads = step(
                 state.critic_params, state.critic_opt_state, *args
             )
-        q, target = aux["q"], aux["target"]
         state = state.replace(
             critic_params=params,
             critic_opt_state=opt_state,
@@ -229,16 +232,7 @@ class ResidualTD3:
             ),
             critic_steps=state.critic_steps + 1,
         )
-        metrics = {
-            "critic_loss": loss,
-            "q_mean": q.mean(),
-            "q_min": q.min(),
-            "q_max": q.max(),
-            "q_head_std": q.std(axis=0).mean(),
-            "target_q_mean": target.mean(),
-            "td_error_abs": jnp.abs(q.mean(axis=0) - target).mean(),
-            "critic_grad_norm": optax.tree.norm(grads),
-        }
+        metrics = critic_metrics(loss, aux, grads)
         return state, metrics
 
     def _critic_and_encoder_step(self, state: LearnerState, args: tuple):
@@ -284,7 +278,6 @@ class ResidualTD3:
             weights,
             state.encoder_params,
         )
-        r = aux["residual"]
         state = state.replace(
             actor_params=params,
             actor_opt_state=opt_state,
@@ -293,15 +286,7 @@ class ResidualTD3:
             ),
             actor_steps=state.actor_steps + 1,
         )
-        metrics = {
-            "actor_loss": loss,
-            "actor_q": aux["q"],
-            "actor_grad_norm": optax.tree.norm(grads),
-            "residual_abs_mean": jnp.abs(r).mean(),
-            "residual_abs_max": jnp.abs(r).max(),
-        }
-        if "gap" in aux:  # residual TD3's actor loss measures its action gap (IBRL's not)
-            metrics |= {"action_gap": aux["gap"], "action_gap_head_std": aux["gap_head_std"]}
+        metrics = actor_metrics(loss, aux, grads)
         return state, metrics
 
     def _join(self, online: Transition, offline: Transition | None, where: str) -> Transition:
