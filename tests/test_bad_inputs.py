@@ -153,6 +153,17 @@ def test_dataset_split_that_does_not_exist(dataset):
         read_episodes(dataset, split="test")
 
 
+def test_dataset_split_with_no_episodes(dataset, tmp_path):
+    d = _copy(dataset, tmp_path)
+    path = os.path.join(d, "dataset_info.json")
+    info = json.load(open(path))
+    for split in info["splits"]:
+        split["shardLengths"] = ["0" for _ in split["shardLengths"]]
+    json.dump(info, open(path, "w"))
+    with pytest.raises(ValueError, match="split 'train' holds no episodes; write the demos again"):
+        read_episodes(d)
+
+
 def test_a_broken_metrics_line_is_skipped_and_named(tmp_path, capsys):
     from resfit_jax.run.logger import read_metrics
 
@@ -616,3 +627,41 @@ def test_a_host_base_failing_inside_a_compiled_step_raises_its_own_error():
     with pytest.raises(KeyError, match="camera 3 unplugged"):
         with host_errors_surfaced():
             jax.block_until_ready(step(base.init_state(3), jnp.zeros((3, 4))))
+
+
+# ------------------------------------------------------------------------- resume settings
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        ({"seeds": [0, 1, 2]}, r"seeds: \[0\] -> \[0, 1, 2\]"),
+        ({"task": "PegInsertion"}, "task: 'PickPlace' -> 'PegInsertion'"),
+        ({"demos": "f" * 64}, "demos: another file"),
+        ({"actor_lr": 1e-5}, "learner.actor_lr: 0.0001 -> 1e-05"),
+    ],
+    ids=["seeds", "task", "demos", "config"],
+)
+def test_resume_with_other_settings_names_them_and_keeps_the_checkpoint(tmp_path, change, named):
+    """--resume whose seeds, task, demos or config differ from the run's is not reported as
+    a damaged checkpoint: the message names each difference and says the checkpoint is fine."""
+    from resfit_jax.agents.residual_td3 import ResidualTD3Config
+    from resfit_jax.run.configs import to_dict
+    from resfit_jax.sim.config import TrainConfig
+    from resfit_jax.sim.progress import check_resume_settings
+
+    cfg = TrainConfig(learner=ResidualTD3Config(actor_lr=1e-4))
+    identity = {"base": "a" * 64, "demos": "b" * 64}
+    saved = {"task": "PickPlace", "seeds": [0], "identity": identity, "config": to_dict(cfg)}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_resume_settings(str(tmp_path), cfg, [0], "PickPlace", identity)  # same: accepted
+    now = dict(seeds=[0], task_name="PickPlace", identity=dict(identity))
+    if "seeds" in change:
+        now["seeds"] = change["seeds"]
+    if "task" in change:
+        now["task_name"] = change["task"]
+    if "demos" in change:
+        now["identity"]["demos"] = change["demos"]
+    if "actor_lr" in change:
+        cfg = TrainConfig(learner=ResidualTD3Config(actor_lr=change["actor_lr"]))
+    with pytest.raises(ValueError, match=named) as err:
+        check_resume_settings(str(tmp_path), cfg, now["seeds"], now["task_name"], now["identity"])
+    assert "The checkpoint is fine" in str(err.value) and "damaged" not in str(err.value)

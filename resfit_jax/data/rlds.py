@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -184,6 +185,17 @@ def read_metadata(dataset_dir: str) -> dict:
         return json.load(f)
 
 
+def _recorded_episodes(info: Any, split: str) -> int | None:
+    """The episode count dataset_info.json records for ``split`` (None if it does not say)."""
+    try:
+        for entry in info.get("splits", []):
+            if entry.get("name") == split:
+                return sum(int(n) for n in entry.get("shardLengths", []))
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return None
+
+
 def read_episodes(
     dataset_dir: str, split: str = "train", limit: int | None = None
 ) -> list[Episode]:
@@ -209,21 +221,24 @@ def read_episodes(
         )
     try:
         with open(os.path.join(dataset_dir, "dataset_info.json")) as f:
-            json.load(f)
+            info = json.load(f)
     except ValueError as e:
         raise ValueError(
             f"read_episodes: {dataset_dir}/dataset_info.json is not valid JSON "
             f"({e}); the dataset is damaged. Write the demos again."
         ) from None
+    empty = ValueError(
+        f"read_episodes: {dataset_dir} split {split!r} holds no episodes; write the demos "
+        "again (experiments.make_demos) or point at another dataset."
+    )
+    if _recorded_episodes(info, split) == 0:
+        raise empty
     try:
         source = tfds.builder_from_directory(dataset_dir).as_data_source(split)
     except Exception as e:  # corrupted metadata or missing files
         raise ValueError(f"read_episodes: cannot open {dataset_dir} split {split!r}: {e}") from e
     if len(source) == 0:
-        raise ValueError(
-            f"read_episodes: {dataset_dir} split {split!r} holds no episodes; write the demos "
-            "again (experiments.make_demos) or point at another dataset."
-        )
+        raise empty
     n = len(source) if limit is None else min(limit, len(source))
     episodes = []
     for i in range(n):
