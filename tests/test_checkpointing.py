@@ -106,3 +106,52 @@ def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_good_one_resto
     ckpt.save(3, _tree(2), {})
     ckpt.save(4, _tree(3), {})
     assert sorted(os.listdir(os.path.join(ckpt.directory, "checksums"))) == ["3.sha256", "4.sha256"]
+
+
+def _truncate(step_dir):
+    files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs if "state" in d]
+    big = max(files, key=os.path.getsize)
+    with open(big, "r+b") as f:
+        f.truncate(os.path.getsize(big) // 2)
+
+
+def _garbage(path):
+    with open(path, "w") as f:
+        f.write("{not json")
+
+
+DAMAGE = {
+    "bytes flipped": _flip_bytes,
+    "data truncated": _truncate,
+    "state deleted": lambda s: __import__("shutil").rmtree(os.path.join(s, "state")),
+    "progress garbage": lambda s: _garbage(os.path.join(s, "progress", "metadata")),
+    "orbax metadata deleted": lambda s: os.remove(os.path.join(s, "_CHECKPOINT_METADATA")),
+    "checksum garbage and data flipped": lambda s: (
+        _garbage(os.path.join(os.path.dirname(s), "checksums", "2.sha256")),
+        _flip_bytes(s),
+    ),
+    "checksum missing and data flipped": lambda s: (
+        os.remove(os.path.join(os.path.dirname(s), "checksums", "2.sha256")),
+        _flip_bytes(s),
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_every_kind_of_damage_falls_back_then_saves_and_resumes_again(tmp_path, capsys, damage):
+    """The issue's damage list: each falls back to the previous good step with a warning,
+    the damaged step is moved aside, and the run then saves that step again and a later
+    restore (a second --resume) reads the new one, without the warning."""
+    ckpt = RunCheckpointer(str(tmp_path / "run"))
+    ckpt.save(1, _tree(0), {"n": 1})
+    ckpt.save(2, _tree(1), {"n": 2})
+    DAMAGE[damage](os.path.join(ckpt.directory, "2"))
+    restored, progress = ckpt.restore(_tree(7))
+    assert progress == {"n": 1}
+    np.testing.assert_array_equal(restored["f"], _tree(0)["f"])
+    assert "damaged run checkpoint" in capsys.readouterr().err
+    ckpt.save(2, _tree(5), {"n": 22})
+    again = RunCheckpointer(str(tmp_path / "run"))  # a later process
+    restored, progress = again.restore(_tree(7))
+    assert progress == {"n": 22} and "damaged" not in capsys.readouterr().err
+    np.testing.assert_array_equal(restored["f"], _tree(5)["f"])

@@ -229,6 +229,31 @@ def test_sync_trainer_journals_first_and_restart_rebuilds_the_same_replay(tmp_pa
         point_setup(out, sync_every="episode")
 
 
+def test_a_damaged_latest_checkpoint_does_not_crash_loop_the_robot_trainer(tmp_path, capsys):
+    """The newest checkpoint damaged: a restart falls back to the previous one with a
+    warning, drives the robot, saves over the damaged step, and the next restart is clean."""
+    out = str(tmp_path / "run")
+    trainer, limits = point_setup(out, warmup_episodes=0, sync_every="episode")
+    trainer.run(PointRobot(seed=1), _scripted(), limits, 2, progress=lambda s: None)
+    steps = trainer.ckpt.manager.all_steps()
+    trainer.close()
+    assert len(steps) >= 2
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_checkpointing import _flip_bytes
+
+    _flip_bytes(os.path.join(out, "checkpoints", str(steps[-1])))
+    again, _ = point_setup(out, warmup_episodes=0, sync_every="episode")
+    assert again.restored_step == steps[-2] and "damaged run checkpoint" in capsys.readouterr().err
+    again.run(PointRobot(seed=2), _scripted(), limits, 1, progress=lambda s: None)
+    assert again.ckpt.latest_step() >= steps[-1]
+    again.close()
+    third, _ = point_setup(out, warmup_episodes=0, sync_every="episode")
+    assert third.restored_step == again.ckpt.latest_step()
+    assert "damaged" not in capsys.readouterr().err
+    assert len(third.journal.entries()) == 3  # every episode kept
+    third.close()
+
+
 def test_episodes_with_damaged_metadata_are_kept_and_named_not_silently_dropped(tmp_path, capsys):
     """Journal metadata that is garbage, truncated, a list or lacks its label: the restart
     does not crash, leaves those episodes out of the replay and names each one and the fix."""
