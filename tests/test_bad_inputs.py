@@ -6,6 +6,7 @@ checkpointed bases, the learner API, host-callback bases, the robot link and jou
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,6 +104,36 @@ def test_config_fields(case):
         .replace("]", r"\]"),
     ):
         build()
+
+
+TYPE_CASES = [
+    ("ReplayConfig", {"batch_size": 256.0}, "batch_size must be int (got 256.0 of type float)"),
+    ("ResidualTD3Config", {"actor_hidden_dims": (True, 8)}, "actor_hidden_dims must be tuple"),
+    ("ResidualTD3Config", {"critic_hidden_dims": 8}, "critic_hidden_dims must be tuple"),
+    ("ResidualOptions", {"exploration_std_range": 0.1}, "exploration_std_range must be tuple"),
+    ("ResidualTD3Config", {"actor_lr": "fast"}, "actor_lr must be float (got 'fast'"),
+    ("TrainConfig", {"num_envs": True}, "num_envs must be int (got True of type bool)"),
+    ("ResidualOptions", {"decision_steps": 2.0}, "decision_steps must be int"),
+    ("ResidualOptions", {"mc_bound": "yes"}, "mc_bound must be bool"),
+    ("LoopConfig", {"control_hz": "20"}, "control_hz must be float (got '20'"),
+    ("BCConfig", {"steps": 100.0}, "steps must be int"),
+]
+
+
+@pytest.mark.parametrize("name,kw,message", TYPE_CASES, ids=[str(k) for _, k, _ in TYPE_CASES])
+def test_config_fields_check_their_types(name, kw, message):
+    """A float where an int is needed, a bool in hidden sizes, a scalar where a pair is
+    needed, a string for a number or a flag: refused by name, never rounded or accepted."""
+    from resfit_jax.agents.residual_td3 import ResidualTD3Config
+    from resfit_jax.bc.networks import BCConfig
+    from resfit_jax.replay import ReplayConfig
+    from resfit_jax.robot.loop import LoopConfig
+    from resfit_jax.sim.config import ResidualOptions, TrainConfig
+
+    classes = [ResidualTD3Config, BCConfig, ReplayConfig, LoopConfig, ResidualOptions, TrainConfig]
+    cls = {c.__name__: c for c in classes}[name]
+    with pytest.raises(ValueError, match=re.escape(f"{name}: {message}")):
+        cls(**kw)
 
 
 # ------------------------------------------------------------------------------ data files
