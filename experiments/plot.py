@@ -25,10 +25,17 @@ def main(argv):
     runs = argv[1:]
     if not runs:
         raise app.UsageError("Give one or more run directories (with metrics.jsonl).")
+    from resfit_jax.run.configs import usage_error
     from resfit_jax.run.plotting import plot_runs
 
+    for d in runs:
+        if not os.path.isfile(os.path.join(d, "metrics.jsonl")):
+            usage_error(f"{d} is not a run directory (no metrics.jsonl); give a training --out.")
     png = FLAGS.png or os.path.join(runs[0], "curves.png")
-    curves = plot_runs(runs, png, FLAGS.labels, FLAGS.title)
+    try:
+        curves = plot_runs(runs, png, FLAGS.labels, FLAGS.title)
+    except (ValueError, OSError) as e:  # no evaluations yet, unwritable PNG, label count
+        usage_error(str(e))
     for d, c in zip(runs, curves):
         final = c["success"][:, -1]
         print(

@@ -17,6 +17,7 @@ export dir). Trained residual policies plug into ``rollout_states`` the same way
 from __future__ import annotations
 
 import os
+import warnings
 
 from absl import app, flags
 
@@ -115,6 +116,41 @@ def write_video(frames: list, path: str, fps: float) -> None:
         raise ValueError(f"write_video: unsupported extension of {path!r}; use .mp4 or .gif.")
 
 
+def _check_writer(path: str) -> None:
+    """ValueError / ImportError before the rollout if ``path`` cannot be written."""
+    if not path.endswith((".mp4", ".gif")):
+        raise ValueError(f"--out={path}: use a .mp4 or .gif file name.")
+    try:
+        import PIL  # noqa: F401
+
+        if path.endswith(".mp4"):
+            import imageio_ffmpeg  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"writing {path} needs the render extra ({e.name} is missing): "
+            'pip install -e ".[render]"'
+        ) from None
+
+
+def _check_renderer(mj_model, camera: str, width: int, height: int) -> None:
+    """ValueError before the rollout if MuJoCo cannot render here (no OpenGL backend, an
+    unknown camera or a frame larger than the model's offscreen buffer)."""
+    import mujoco
+
+    if mujoco.mj_name2id(mj_model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
+        raise ValueError(f"--camera={camera}: the task's MJCF has no camera of that name.")
+    try:
+        with warnings.catch_warnings():  # GLFW's own warning repeats the error below
+            warnings.simplefilter("ignore")
+            mujoco.Renderer(mj_model, height, width).close()
+    except (mujoco.FatalError, ValueError, RuntimeError) as e:
+        raise ValueError(
+            f"MuJoCo cannot render here ({str(e).splitlines()[0]}). Set an OpenGL backend: "
+            "MUJOCO_GL=egl (apt install libegl1 libgl1) or MUJOCO_GL=osmesa "
+            "(apt install libosmesa6), or a smaller --width/--height."
+        ) from None
+
+
 def _load_base(path: str | None, task):
     """A frozen base from a train_bc checkpoint or export directory."""
     from resfit_jax.base.policy import METADATA_FILE, load_exported_base
@@ -137,14 +173,26 @@ def main(argv):
     import jax.numpy as jnp
 
     from resfit_jax import envs
+    from resfit_jax.run.configs import usage_error
 
-    task = envs.make(FLAGS.task)
-    if FLAGS.policy == "expert":
+    policy = FLAGS.policy
+    if FLAGS.base and policy != "base":
+        if FLAGS["policy"].present:
+            usage_error(f"--base is the policy of --policy=base; drop it for --policy={policy}.")
+        policy = "base"  # --base alone means: render that base
+    out = FLAGS.out or os.path.join("runs", "videos", f"{FLAGS.task}.mp4")
+    try:
+        task = envs.make(FLAGS.task)
+        _check_writer(out)
+        _check_renderer(task.mj_model, FLAGS.camera, FLAGS.width, FLAGS.height)
+        base = _load_base(FLAGS.base, task) if policy == "base" else None
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        usage_error(str(e))
+    if policy == "expert":
         style = envs.ExpertStyle.human(FLAGS.noise) if FLAGS.noise > 0 else envs.ExpertStyle()
         expert = envs.make_expert(FLAGS.task, task, style)
         init, act = expert.init, expert.act
-    elif FLAGS.policy == "base":
-        base = _load_base(FLAGS.base, task)
+    elif policy == "base":
         init = lambda k: base.init_state(1)
 
         def act(q, s):
@@ -155,12 +203,8 @@ def main(argv):
         init, act = (lambda k: jnp.zeros(())), (lambda p, s: (home, p))
     states, steps, success = rollout_states(task, init, act, FLAGS.seed)
     frames = render_states(task.mj_model, states, FLAGS.camera, FLAGS.width, FLAGS.height)
-    out = FLAGS.out or os.path.join("runs", "videos", f"{FLAGS.task}.mp4")
     write_video(frames, out, fps=1.0 / task.dt)
-    print(
-        f"{FLAGS.task} {FLAGS.policy}: {steps} steps, success={success}; "
-        f"{len(frames)} frames -> {out}"
-    )
+    print(f"{FLAGS.task} {policy}: {steps} steps, success={success}; {len(frames)} frames -> {out}")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ CLI = [
     (["experiments.train_bc", "--task=Nope"], "Unknown task 'Nope'"),
     (["experiments.train_bc", "--steps=0"], "steps must be >= 1"),
     (["experiments.run_robot", "--spawn_sim", "--base=/nonexistent/base"], "No base at"),
+    (["experiments.plot", "/nonexistent/run"], "/nonexistent/run is not a run directory"),
+    (["experiments.render_rollout", "--out=v.avi"], "--out=v.avi: use a .mp4 or .gif"),
     (["studies.sample_efficiency", "--sweep=0.9,x"], "expected success rates such as"),
     (["studies.sample_efficiency", "--sweep=0.9,90"], "not all success rates in (0, 1]"),
 ]
