@@ -453,6 +453,33 @@ def test_a_nan_base_action_on_the_robot_stops_it_and_sends_nothing():
     assert "base policy returned a non-finite action at step 0 (entries [1])" in rec.error
 
 
+@pytest.mark.parametrize(
+    "args,error,message",
+    [
+        (({"actor_lr": 1e-3}, 3, 2), TypeError, "make_learner needs a ResidualTD3Config"),
+        ((None, 0, 2), ValueError, "observation dimension must be >= 1, got 0"),
+        ((None, 3, 2.5), ValueError, "action_dim must be an int (got 2.5)"),
+        ((None, 3, 0), ValueError, "action_dim must be >= 1, got 0"),
+    ],
+    ids=["config dict", "obs 0", "action 2.5", "action 0"],
+)
+def test_make_learner_with_bad_arguments(args, error, message):
+    from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
+
+    config, obs, act = args
+    with pytest.raises(error, match=re.escape(message)):
+        make_learner(config or ResidualTD3Config(), obs, act)
+
+
+def test_learner_without_a_key_where_it_draws_random_numbers(learner):
+    lrn, state = learner
+    with pytest.raises(ValueError, match=r"expected a PRNG key .* got 123"):
+        lrn.init(123)
+    with pytest.raises(ValueError, match="expected a PRNG key .* got None"):
+        lrn.act(state, jnp.zeros((2, 3)), jnp.zeros((2, 2)), None)  # exploration needs one
+    lrn.act(state, jnp.zeros((2, 3)), jnp.zeros((2, 2)), None, deterministic=True)  # no key: ok
+
+
 def test_learner_init_with_a_normalizer_of_another_size(learner):
     from resfit_jax.normalization import Normalizer
 

@@ -26,15 +26,43 @@ PyTree = Any
 def typed_key(key: jax.Array) -> jax.Array:
     """A raw uint32 key [..., 2] -> the typed PRNG key it holds (the default impl, so both
     draw the same numbers); a typed key unchanged. Learner states hold typed keys."""
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
         return key
+    if dtype is None or not jnp.issubdtype(dtype, jnp.integer) or jnp.shape(key)[-1:] != (2,):
+        raise ValueError(
+            f"expected a PRNG key (jax.random.key(seed), or a raw uint32 [2] key), got "
+            f"{key!r:.60}; exploration and init draw random numbers (deterministic act needs "
+            "none)."
+        )
     return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+
+
+def learner_sizes(config: Any, config_type: type, action_dim: Any, where: str) -> int:
+    """The action size as an int, after checking the builder's arguments: ``config`` is a
+    ``config_type`` and ``action_dim`` a whole number >= 1 (ValueError / TypeError)."""
+    if not isinstance(config, config_type):
+        raise TypeError(
+            f"{where} needs a {config_type.__name__} (got {type(config).__name__}); "
+            f"{config_type.__name__}() holds the recipe's defaults."
+        )
+    if isinstance(action_dim, bool) or not isinstance(action_dim, (int, np.integer)):
+        raise ValueError(f"{where}: action_dim must be an int (got {action_dim!r}).")
+    if action_dim < 1:
+        raise ValueError(f"{where}: action_dim must be >= 1, got {action_dim}.")
+    return int(action_dim)
 
 
 def as_obs_spec(obs_spec: PyTree, pixels: bool = False) -> PyTree:
     """int D -> one flat vector; otherwise a pytree whose leaves have .shape/.dtype: float
     vectors [D], and with ``pixels`` also camera fields uint8 [H, W, C] (``encoders``)."""
+    if isinstance(obs_spec, bool) or isinstance(obs_spec, float):
+        raise ValueError(
+            f"obs_spec must be an int or a pytree of ShapeDtypeStruct, got {obs_spec!r}."
+        )
     if isinstance(obs_spec, (int, np.integer)):
+        if obs_spec < 1:
+            raise ValueError(f"obs_spec: the observation dimension must be >= 1, got {obs_spec}.")
         return jax.ShapeDtypeStruct((int(obs_spec),), jnp.float32)
     leaves = jax.tree.leaves(obs_spec)
     if not leaves:

@@ -85,13 +85,7 @@ class IBRL(ResidualTD3):
 
 def make_ibrl(config: IBRLConfig, obs_spec, action_dim: int, axis_name=None) -> IBRL:
     """Build IBRL's pure functions (obs_spec and axis_name as for ``make_learner``)."""
-    if not isinstance(config, IBRLConfig):
-        raise TypeError(
-            f"make_ibrl needs an IBRLConfig (got {type(config).__name__}); "
-            "IBRLConfig() holds the recipe's defaults."
-        )
-    if int(action_dim) < 1:
-        raise ValueError(f"action_dim must be >= 1, got {action_dim}.")
+    action_dim = checks.learner_sizes(config, IBRLConfig, action_dim, "make_ibrl")
     networks = make_networks(config, int(action_dim))
     spec = checks.as_obs_spec(obs_spec, pixels=True)
     obs_encoder = ObservationEncoder(spec, config.encoder, config.camera_feature_dim)

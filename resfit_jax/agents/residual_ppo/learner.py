@@ -316,8 +316,7 @@ def make_ppo(
 ) -> ResidualPPO:
     """Build residual PPO's pure functions. obs_spec: an int or a pytree of ShapeDtypeStruct
     (no batch axis); num_iterations: the run's PPO iterations (the lr schedule's length)."""
-    if int(action_dim) < 1:
-        raise ValueError(f"action_dim must be >= 1, got {action_dim}.")
+    action_dim = checks.learner_sizes(config, ResidualPPOConfig, action_dim, "make_ppo")
     networks = make_networks(config, int(action_dim))
     return ResidualPPO(
         config=config,

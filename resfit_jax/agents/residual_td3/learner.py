@@ -368,8 +368,7 @@ def make_learner(
     of data-parallel shards (``sharding.GRAD_AXES``); updates then average gradients over
     them and must run inside shard_map / a named vmap.
     """
-    if int(action_dim) < 1:
-        raise ValueError(f"action_dim must be >= 1, got {action_dim}.")
+    action_dim = checks.learner_sizes(config, ResidualTD3Config, action_dim, "make_learner")
     spec = checks.as_obs_spec(obs_spec, pixels=True)
     default = None
     if obs_normalizer is not None:
