@@ -428,3 +428,30 @@ def test_the_advantage_head_is_exactly_v_at_the_base_action():
     rows = jax.tree.map(lambda x: jnp.stack([x, x]), batch)  # [UTD=2, B]
     new, metrics = jax.jit(lrn.update)(state, rows, None)
     assert np.isfinite(float(metrics["critic_loss"])) and int(new.critic_steps) == 2
+
+
+def test_a_pessimistic_actor_discounts_what_the_heads_disagree_on():
+    """actor_pessimism = c: the actor's loss is the mean-Q loss plus c * mean_b std_k of the
+    heads' advantage of r (c * 1e-4, the sqrt's epsilon, at r = 0)."""
+    from resfit_jax.replay import Transition
+
+    lrn, nz, state = _small_learner()
+    sceptic, _, _ = _small_learner(actor_pessimism=2.0)
+    ks = jax.random.split(jax.random.PRNGKey(1), 3)
+    obs, a_b = jax.random.normal(ks[0], (16, 5)), jax.random.uniform(ks[1], (16, 2), minval=-0.5)
+    batch = Transition(obs, a_b, a_b, jnp.zeros(16), jnp.ones(16), jnp.ones(16), obs, a_b)
+    moved = jax.tree.map(lambda p: p + 0.1, state.actor_params)
+    plain, aux = lrn.losses.actor_loss(moved, state.critic_params, nz, batch)
+    loss, _ = sceptic.losses.actor_loss(moved, state.critic_params, nz, batch)
+    critic, actor = lrn.networks.critic, lrn.networks.actor
+    r = actor.apply(moved, obs, a_b)
+    heads = critic.apply(state.critic_params, obs, jnp.clip(a_b + r, -1, 1)) - critic.apply(
+        state.critic_params, obs, a_b
+    )
+    want = 2.0 * jnp.sqrt(heads.var(axis=0) + 1e-8).mean()
+    assert float(loss - plain) == pytest.approx(float(want), rel=1e-4) and float(want) > 1e-3
+    zero, _ = sceptic.losses.actor_loss(state.actor_params, state.critic_params, nz, batch)
+    zero_plain, _ = lrn.losses.actor_loss(state.actor_params, state.critic_params, nz, batch)
+    assert float(zero - zero_plain) == pytest.approx(2.0 * 1e-4, rel=1e-3)
+    with pytest.raises(ValueError, match="actor_pessimism must be >= 0"):
+        _small_learner(actor_pessimism=-1.0)

@@ -33,6 +33,8 @@ class IBRLConfig(ResidualTD3Config):
             errors.append(f"beta must be >= 0 (got {self.beta})")
         if self.advantage_head:
             errors.append("advantage_head is residual TD3's option; IBRL's critic has none")
+        if self.actor_pessimism > 0:
+            errors.append("actor_pessimism is residual TD3's option; IBRL's actor has none")
         if self.gate_tau > float("-inf"):
             errors.append(
                 "IBRL picks between the base and the actor; the value gate "

@@ -37,6 +37,10 @@ class ResidualTD3Config:
     # actor loss += residual_penalty * mean((r / action_scale)^2): holds the residual at 0
     # where the critic's action gradient is weak (0 = the paper's objective)
     residual_penalty: float = 0.0
+    # the actor maximises mean_k Q_k - actor_pessimism * std_k(Q_k(s, a_b + r) - Q_k(s, a_b)):
+    # a correction counts only as far as the heads agree on its effect (0 = the paper's
+    # mean over heads)
+    actor_pessimism: float = 0.0
     # optimisation (AdamW, global-norm clip per module group)
     actor_lr: float = 1e-6
     critic_lr: float = 1e-4
@@ -78,7 +82,13 @@ class ResidualTD3Config:
             self,
             allow_neg_inf=("gate_tau",),
             positive=("actor_lr", "critic_lr", "max_grad_norm"),
-            non_negative=("weight_decay", "exploration_std", "target_noise_clip", "gate_k"),
+            non_negative=(
+                "weight_decay",
+                "exploration_std",
+                "target_noise_clip",
+                "gate_k",
+                "actor_pessimism",
+            ),
         )
         if self.num_critics < 1:
             errors.append(f"num_critics must be >= 1 (got {self.num_critics})")

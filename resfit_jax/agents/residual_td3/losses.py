@@ -201,7 +201,9 @@ def make_losses(
         weights: jax.Array | None = None,
         encoder_params=None,
     ):
-        """-mean Q over heads and samples (``weights`` [B]: a weighted mean over samples)."""
+        """-mean Q over heads and samples (``weights`` [B]: a weighted mean over samples);
+        with ``actor_pessimism`` = c, per sample -(mean_k Q_k - c * std_k of the heads'
+        advantage of r, Q_k(s, a_b + r) - Q_k(s, a_b))."""
         feats = jax.lax.stop_gradient(features(normalizer, batch.obs, encoder_params))
         r = actor.apply(actor_params, feats, batch.base_action)
         if config.residual_mask:  # learn only where the residual acts
@@ -219,13 +221,18 @@ def make_losses(
         # the action gap: what the critic says the residual changes, |Q(s, a_b + r) - Q(s, a_b)|
         # (head means; compare with the TD error and the head spread)
         q_base = critic.apply(frozen, feats, batch.base_action, batch.base_action)
-        paired = jax.lax.stop_gradient(q - q_base)  # [K, B]: each head's advantage of r
+        advantage = q - jax.lax.stop_gradient(q_base)  # [K, B]: each head's advantage of r
+        paired = jax.lax.stop_gradient(advantage)
         aux = {
             "residual": r,
             "q": q_pi,
             "gap": mean(jnp.abs(paired.mean(axis=0))),
             "gap_head_std": mean(paired.std(axis=0)),  # how much the heads disagree on it
         }
-        return -q_pi + config.residual_penalty * penalty, aux
+        objective = q_pi
+        if config.actor_pessimism > 0:  # sqrt(var + eps): a finite gradient at r = 0
+            spread = jnp.sqrt(jnp.var(advantage, axis=0) + 1e-8)
+            objective = q_pi - config.actor_pessimism * mean(spread)
+        return -objective + config.residual_penalty * penalty, aux
 
     return ResidualTD3Losses(features, td_target, critic_loss, actor_loss, gate)
