@@ -181,8 +181,10 @@ class MjxTask(Env):
     carried in ``state.data`` alongside the MJX data.
 
     Action layout, per arm in order: joint targets j1..j6 (rad), gripper opening (m); the
-    gripper command drives both finger actuators. Observations start with each arm's
-    proprio block (``_proprio``): q (6), qdot (6), gripper opening (1), tcp position (3).
+    gripper command drives both finger actuators. With ``use_control("ee_delta")`` the
+    action is per arm [dx, dy, dz, dyaw] in [-1, 1] and the gripper opening instead
+    (``ee_control``). Observations start with each arm's proprio block (``_proprio``): q (6),
+    qdot (6), gripper opening (1), tcp position (3).
     """
 
     ctrl_dt: float
@@ -191,6 +193,27 @@ class MjxTask(Env):
     arms: tuple[ArmIndex, ...]
     homes: tuple[np.ndarray, ...]
     PROPRIO_SIZE = 16
+    control: str = "joint"
+    ee_lin_scale: float = 0.03  # m per control step at |action| = 1 (ee_delta)
+    ee_ang_scale: float = 0.25  # rad per control step at |action| = 1 (ee_delta)
+
+    def use_control(
+        self, control: str, ee_lin_scale: float = 0.03, ee_ang_scale: float = 0.25
+    ) -> MjxTask:
+        """Switch the action space: "joint" (joint targets) or "ee_delta" (see
+        ``ee_control``; scales in metres and radians per control step at |a| = 1)."""
+        from resfit_jax.envs.ee_control import CONTROLS
+
+        if control not in CONTROLS:
+            raise ValueError(f"control must be one of {CONTROLS} (got {control!r}).")
+        if not (0 < ee_lin_scale <= 0.2 and 0 < ee_ang_scale <= 1.0):
+            raise ValueError(
+                f"ee_lin_scale must be in (0, 0.2] m and ee_ang_scale in (0, 1] rad per step "
+                f"(got {ee_lin_scale}, {ee_ang_scale})."
+            )
+        self.control = control
+        self.ee_lin_scale, self.ee_ang_scale = float(ee_lin_scale), float(ee_ang_scale)
+        return self
 
     def _setup_mjx(self) -> None:
         self.mjx_model = mjx.put_model(self.mj_model, impl="jax")
@@ -244,7 +267,7 @@ class MjxTask(Env):
 
     @property
     def action_size(self) -> int:
-        return 7 * len(self.arms)
+        return (7 if self.control == "joint" else 5) * len(self.arms)
 
     @property
     def horizon(self) -> int:
@@ -254,6 +277,8 @@ class MjxTask(Env):
     def action_obs_index(self) -> tuple[int, ...]:
         """Observation index of the measured joint position behind each joint-target action
         dim (-1 for the gripper command); BC bases may predict relative to it."""
+        if self.control != "joint":  # deltas: predicted as they are
+            return (-1,) * self.action_size
         return tuple(
             i
             for k in range(len(self.arms))
@@ -261,12 +286,28 @@ class MjxTask(Env):
         )
 
     @property
-    def action_low(self) -> jax.Array:
+    def joint_low(self) -> jax.Array:
+        """Bounds [7 * arms] of the joint action (joint targets, gripper)."""
         return jnp.concatenate([jnp.asarray(a.low) for a in self.arms])
 
     @property
-    def action_high(self) -> jax.Array:
+    def joint_high(self) -> jax.Array:
         return jnp.concatenate([jnp.asarray(a.high) for a in self.arms])
+
+    def _ee_bounds(self, joint: jax.Array, unit: float) -> jax.Array:
+        return jnp.concatenate([jnp.concatenate([jnp.full(4, unit), g]) for g in joint[6::7, None]])
+
+    @property
+    def action_low(self) -> jax.Array:
+        if self.control == "joint":
+            return self.joint_low
+        return self._ee_bounds(self.joint_low, -1.0)
+
+    @property
+    def action_high(self) -> jax.Array:
+        if self.control == "joint":
+            return self.joint_high
+        return self._ee_bounds(self.joint_high, 1.0)
 
     # -- env protocol -----------------------------------------------------------------------
     def reset_with_model(self, model: mjx.Model, key: jax.Array) -> State:
@@ -286,8 +327,16 @@ class MjxTask(Env):
                 f"{type(self).__name__}.step: action has shape {action.shape}, "
                 f"expected ({self.action_size},)."
             )
-        ctrl = self._ctrl_from_action(jnp.clip(action, self.action_low, self.action_high))
-        data = state.data["mjx"].replace(ctrl=ctrl)
+        action = jnp.clip(action, self.action_low, self.action_high)
+        if self.control == "ee_delta":
+            from resfit_jax.envs.ee_control import joint_action
+
+            action = jnp.clip(
+                joint_action(self, state.data["mjx"], action, model),
+                self.joint_low,
+                self.joint_high,
+            )
+        data = state.data["mjx"].replace(ctrl=self._ctrl_from_action(action))
         data = jax.lax.fori_loop(0, self.n_substeps, lambda _, d: mjx.step(model, d), data)
         task = state.data["task"]
         success = self._success(data, task)
