@@ -99,3 +99,24 @@ def test_a_zero_action_holds_the_arm_still(pick_place):
     want = 8 * 0.3 * ee_task.ee_lin_scale
     assert 0.85 * want < moved[0] < 1.1 * want, (moved, want)
     assert np.abs(moved[1:]).max() < 0.1 * want, moved
+
+
+def test_the_simulated_robot_takes_the_same_deltas():
+    """SimRobot (MuJoCo C, the robot loop's stand-in) on PickPlaceEE: the spec says the
+    action space, a zero action holds still, +x at 0.3 moves 0.3 * ee_lin_scale per step."""
+    from resfit_jax.robot.sim_server import SimRobot
+
+    robot = SimRobot("PickPlaceEE", latency_s=0.0)
+    spec = robot.spec()
+    assert spec["action_size"] == 5 and spec["action_low"][:4] == [-1.0] * 4
+    start = robot.reset()[13:16]
+    grip = [0.9 * spec["action_high"][4]]
+    for _ in range(10):
+        robot.send_action(np.array([0.0, 0.0, 0.0, 0.0] + grip))
+    held = robot.observe()[13:16]
+    assert np.abs(held - start).max() < 1e-3
+    for _ in range(8):
+        robot.send_action(np.array([0.3, 0.0, 0.0, 0.0] + grip))
+    moved = robot.observe()[13:16] - held
+    want = 8 * 0.3 * robot.task.ee_lin_scale
+    assert 0.85 * want < moved[0] < 1.1 * want and np.abs(moved[1:]).max() < 0.1 * want, moved

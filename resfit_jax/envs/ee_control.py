@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from resfit_jax.envs._mjx import mjx
 
@@ -49,9 +50,26 @@ def joint_action(task: Any, data: Any, action: jax.Array, model: Any = None) -> 
     The pose change is applied to the commanded pose (the last joint targets), not the
     measured one, so the PD's tracking lag never accumulates into drift: a zero action keeps
     the command, and the arm settles there."""
+    return _ik_from(task, commanded(task, task.mjx_model if model is None else model, data), action)
+
+
+def joint_action_mujoco(task: Any, model: Any, data: Any, action: np.ndarray) -> np.ndarray:
+    """``joint_action`` on MuJoCo C (``mujoco.MjModel`` / ``MjData``; the simulated robot):
+    the commanded pose from data.ctrl through ``mj_kinematics`` on a scratch copy."""
+    import mujoco
+
+    cmd = mujoco.MjData(model)
+    cmd.qpos[:] = data.qpos
+    for arm in task.arms:
+        cmd.qpos[arm.qpos] = data.ctrl[np.asarray(arm.ctrl)[:6]]
+    mujoco.mj_kinematics(model, cmd)
+    return np.asarray(_ik_from(task, cmd, jnp.asarray(action, jnp.float32)), np.float64)
+
+
+def _ik_from(task: Any, cmd: Any, action: jax.Array) -> jax.Array:
+    """Joint action [7 * arms]: one IK step per arm from the commanded kinematics ``cmd``."""
     from resfit_jax.envs.mjx_env import down_rotation, ik_step, tcp_pose, tool_yaw
 
-    cmd = commanded(task, task.mjx_model if model is None else model, data)
     parts = []
     for i, arm in enumerate(task.arms):
         a = action[EE_SIZE * i : EE_SIZE * (i + 1)]

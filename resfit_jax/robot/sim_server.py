@@ -175,6 +175,11 @@ class SimRobot:
                 f"got shape {a.shape}."
             )
         a = np.clip(a, self.low, self.high)
+        if self.task.control == "ee_delta":  # the same IK step as the MJX task's
+            from resfit_jax.envs.ee_control import joint_action_mujoco
+
+            a = joint_action_mujoco(self.task, self.model, self.data, a)
+            a = np.clip(a, self.task.joint_low, self.task.joint_high)
         ctrl = np.zeros(self.model.nu)
         for i, arm in enumerate(self.task.arms):
             a7 = a[7 * i : 7 * i + 7]

@@ -285,11 +285,19 @@ PRESETS: dict[str, Callable[[str], TrainConfig]] = {
     "PegInsertion": peg_insertion,
     "BimanualHandover": bimanual_handover,
 }
+# the delta end-effector variants (PickPlaceEE, ...) start from their joint task's preset
+PRESETS.update(
+    {
+        f"{name}EE": make
+        for name, make in list(PRESETS.items())
+        if name in ("PickPlace", "PegInsertion", "BimanualHandover")
+    }
+)
 PRESETS.update(
     {
         f"Pixel{name}": _pixels(make)
         for name, make in list(PRESETS.items())
-        if name in ("PickPlace", "PegInsertion", "BimanualHandover")
+        if name.removesuffix("EE") in ("PickPlace", "PegInsertion", "BimanualHandover")
     }
 )
 
