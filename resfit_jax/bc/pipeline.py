@@ -20,7 +20,7 @@ from typing import Any
 
 # Gradient steps of the CPU preset per task where the preset's default is too few: the
 # PegInsertion base needs longer training to track the hole (3000 steps: 20%, 8000: 42%).
-CPU_TASK_STEPS = {"PegInsertion": 8000, "PixelPointReach": 2000}
+CPU_TASK_STEPS = {"PegInsertion": 8000, "PegInsertionEE": 8000, "PixelPointReach": 2000}
 # Chunk sizes per task where the default (20) is longer than the task's episodes (about 10
 # steps on PixelPointReach).
 TASK_CHUNK_SIZE = {"PixelPointReach": 5}
