@@ -4,6 +4,7 @@ baselines on the same base, demos, starts and budget.
     python -m experiments.train --task=PickPlace --base=runs/bc/PickPlace --seeds=3
     python -m experiments.train ... --resume                    # continue an interrupted run
     python -m experiments.train ... --config.replay.utd=8 --config.num_envs=32
+    python -m experiments.train ... --recipe=chunk              # the semi-MDP residual
     python -m experiments.train ... --method=ppo --stop_at=2000000
     python -m experiments.train ... --method=fbc --config.steps_per_round=50
 
@@ -13,10 +14,12 @@ the base fine-tuned on its own successes; needs a train_bc run or checkpoint as 
 --base is a train_bc run, checkpoint or export directory; the demos default to the ones the
 base was trained on (--demos overrides; needed for an export). --scale picks the preset:
 cpu (every method), paper (the off-policy methods: 2x1024 networks, one env, UTD 4) or
-accelerator (ppo: 4096 envs). --config.<field>=value changes single fields of it, nested ones
-with dots. --seeds S trains S seeds vmapped in one process. --config.mesh=D,M splits envs,
-replay and batches over D devices (seeds over M); on several hosts run the same command on
-each with --coordinator=host0:port --num_processes=P --process_id=i (docs/scaling.md).
+accelerator (ppo: 4096 envs). --recipe=chunk turns ResFiT's preset into the semi-MDP residual
+with a chunk-level critic (sim.presets.RECIPES). --config.<field>=value changes single fields
+of it, nested ones with dots. --seeds S trains S seeds vmapped in one process.
+--config.mesh=D,M splits envs, replay and batches over D devices (seeds over M); on several
+hosts run the same command on each with --coordinator=host0:port --num_processes=P
+--process_id=i (docs/scaling.md).
 
 Writes <out>/metrics.jsonl, TensorBoard under <out>/tb, orbax checkpoints under
 <out>/checkpoints, config.json and summary.json (the held-out evaluation paired against the
@@ -62,6 +65,13 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("demos", None, "RLDS demos (default: the base's).")
 flags.DEFINE_enum("scale", "cpu", ["cpu", "paper", "accelerator"], "Preset scale.")
+flags.DEFINE_enum(
+    "recipe",
+    "per_step",
+    ["per_step", "chunk"],
+    "ResFiT recipe on the task preset: per_step (the preset) or chunk (the semi-MDP residual "
+    "with a chunk-level critic, docs/semi_mdp_study.md); --config overrides apply after it.",
+)
 flags.DEFINE_integer("seeds", 1, "Number of seeds, trained vmapped in one process.")
 flags.DEFINE_integer("seed", 0, "First seed.")
 flags.DEFINE_string("out", None, "Run directory (default runs/<method dir>/<task>).")
@@ -114,7 +124,11 @@ def main(argv):
     from resfit_jax.sim.report import results_table
     from resfit_jax.sim.runs import RUN_METHOD_NAMES, method_preset, method_trainer
 
-    cfg = resolve(lambda: method_preset(method, FLAGS.task, FLAGS.scale))
+    if FLAGS.recipe != "per_step" and method != "resfit":
+        usage_error(f"--recipe={FLAGS.recipe} is a ResFiT recipe; drop it for --method={method}.")
+    from resfit_jax.sim.presets import with_recipe
+
+    cfg = resolve(lambda: with_recipe(method_preset(method, FLAGS.task, FLAGS.scale), FLAGS.recipe))
     task = envs.make(FLAGS.task)
     out = FLAGS.out or os.path.join("runs", RUN_DIRS[method], FLAGS.task)
     if FLAGS.resume and not os.path.isdir(os.path.join(out, "checkpoints")):
@@ -123,7 +137,8 @@ def main(argv):
             "drop --resume to start a new run there, or give the run's --out."
         )
     say(
-        f"Resolved config ({FLAGS.task}, {METHOD_NAMES[method]}, {FLAGS.scale}):\n"
+        f"Resolved config ({FLAGS.task}, {METHOD_NAMES[method]}, {FLAGS.scale}"
+        f"{'' if FLAGS.recipe == 'per_step' else ', recipe ' + FLAGS.recipe}):\n"
         f"{config_lines(cfg)}"
     )
     if hasattr(cfg, "critic_steps_per_env_step"):

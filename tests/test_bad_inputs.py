@@ -43,6 +43,7 @@ CLI = [
         ["experiments.train", "--config.residual.decision_steps=3", "--config.residual.hold=true"],
         "turn hold and offset_bound off",
     ),
+    (["experiments.train", "--recipe=chunk", "--method=rlpd"], "a ResFiT recipe; drop it"),
     (["experiments.make_demos", "--episodes=0"], "episodes and num_envs must be >= 1"),
     (["studies.ablate", "--factor=base_phase"], "expected FIELD=V1,V2"),
     (["experiments.run_robot"], "Pass --address=host:port"),

@@ -455,3 +455,23 @@ def test_a_pessimistic_actor_discounts_what_the_heads_disagree_on():
     assert float(zero - zero_plain) == pytest.approx(2.0 * 1e-4, rel=1e-3)
     with pytest.raises(ValueError, match="actor_pessimism must be >= 0"):
         _small_learner(actor_pessimism=-1.0)
+
+
+def test_the_chunk_recipe_is_the_semi_mdp_residual_with_a_chunk_critic():
+    from resfit_jax.sim.presets import preset, with_recipe
+
+    per_step = preset("PickPlace", "cpu")
+    assert with_recipe(per_step, "per_step") == per_step
+    chunk = with_recipe(per_step, "chunk")
+    r = chunk.residual
+    assert (r.decision_steps, r.hold, r.base_phase, r.base_plan, r.mc_bound) == (
+        20,
+        False,
+        False,
+        0,
+        True,
+    )
+    assert chunk.replay.n_step == 1 and chunk.learner.advantage_head
+    assert chunk.learner.actor_lr == per_step.learner.actor_lr  # the rest is the preset's
+    with pytest.raises(ValueError, match="Unknown recipe 'fast'"):
+        with_recipe(per_step, "fast")

@@ -302,6 +302,33 @@ PRESETS.update(
 )
 
 
+# Named recipes on top of a task preset, as ``--config`` overrides (``run.configs``):
+# "per_step" is the preset itself; "chunk" is the semi-MDP residual with the chunk-level
+# critic (docs/semi_mdp_study.md): a decision every 20 env steps (the arm bases' chunk
+# refills), one replay transition per decision, the Monte-Carlo bound and the advantage head.
+RECIPES: dict[str, tuple[str, ...]] = {
+    "per_step": (),
+    "chunk": (
+        "residual.decision_steps=20",
+        "residual.hold=false",
+        "residual.base_phase=false",
+        "residual.base_plan=0",
+        "replay.n_step=1",
+        "residual.mc_bound=true",
+        "learner.advantage_head=true",
+    ),
+}
+
+
+def with_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
+    """``cfg`` with a named recipe's overrides (``RECIPES``) applied."""
+    from resfit_jax.run.configs import apply_overrides
+
+    if recipe not in RECIPES:
+        raise ValueError(f"Unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}.")
+    return apply_overrides(cfg, list(RECIPES[recipe])) if RECIPES[recipe] else cfg
+
+
 def preset(task: str, scale: str = "cpu", method: str = "resfit", **overrides) -> TrainConfig:
     """The preset of ``task`` at ``scale`` ("paper" or "cpu") for ``method`` (ResFiT or a
     baseline's recipe, ``with_method``), with top-level field overrides."""
