@@ -4,13 +4,15 @@ Action per arm, in order: [dx, dy, dz, dyaw] in [-1, 1], then the gripper openin
 joint action's own units and bounds). A step moves the tool-centre target by
 ``lin_scale`` metres per unit along world x, y, z and turns the tool's yaw about world z by
 ``ang_scale`` radians per unit, the tool kept pointing down (every scripted expert holds it
-so); one damped-least-squares IK step (``mjx_env.ik_step``) turns that pose into joint
-targets for the task's joint PD. A zero action targets the current pose: the arm holds
-still. A correction persists: it moves the pose, which the next step starts from.
+so); one damped-least-squares IK step (``mjx_env.ik_step``) from the commanded pose (the
+pose of the last joint targets, not the measured one, so the PD's tracking lag never adds
+up to drift) turns that into joint targets for the task's joint PD. A zero action keeps
+the command: the arm holds still. A correction persists: it moves the commanded pose,
+which the next step starts from.
 
 The scripted experts emit the same deltas (``DeltaExpert``): the expert's joint target is
 mapped through forward kinematics to the tool pose it reaches, and the delta is that pose
-minus the current one, so the environment's IK step reproduces the expert's joint target
+minus the commanded one, so the environment's IK step reproduces the expert's joint target
 within IK tolerance.
 """
 
@@ -26,13 +28,11 @@ from resfit_jax.envs._mjx import mjx
 
 CONTROLS = ("joint", "ee_delta")
 EE_SIZE = 5  # per arm: dx, dy, dz, dyaw, gripper
+IK_DAMPING = 1e-4  # the IK step solves for the small pose change nearly exactly
 
 
 def _wrap_pi(angle: jax.Array) -> jax.Array:
     return (angle + jnp.pi) % (2 * jnp.pi) - jnp.pi
-
-
-IK_DAMPING = 1e-4  # the IK step solves for the small pose change nearly exactly
 
 
 def commanded(task: Any, model: Any, data: Any) -> Any:
