@@ -472,6 +472,7 @@ def test_the_chunk_recipe_is_the_semi_mdp_residual_with_a_chunk_critic():
         True,
     )
     assert chunk.replay.n_step == 1 and chunk.learner.advantage_head
+    assert chunk.learner.actor_pessimism == 1.0
     assert chunk.learner.actor_lr == per_step.learner.actor_lr  # the rest is the preset's
     with pytest.raises(ValueError, match="Unknown recipe 'fast'"):
         with_recipe(per_step, "fast")

@@ -305,7 +305,8 @@ PRESETS.update(
 # Named recipes on top of a task preset, as ``--config`` overrides (``run.configs``):
 # "per_step" is the preset itself; "chunk" is the semi-MDP residual with the chunk-level
 # critic (docs/semi_mdp_study.md): a decision every 20 env steps (the arm bases' chunk
-# refills), one replay transition per decision, the Monte-Carlo bound and the advantage head.
+# refills), one replay transition per decision, the Monte-Carlo bound, the advantage head
+# and an actor that discounts the heads' disagreement on its correction.
 RECIPES: dict[str, tuple[str, ...]] = {
     "per_step": (),
     "chunk": (
@@ -316,6 +317,7 @@ RECIPES: dict[str, tuple[str, ...]] = {
         "replay.n_step=1",
         "residual.mc_bound=true",
         "learner.advantage_head=true",
+        "learner.actor_pessimism=1.0",
     ),
 }
 
