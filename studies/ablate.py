@@ -5,6 +5,8 @@ setting) and compare them on held-out starts.
         --factor=residual.base_phase=false,true --factor=obs_min_std=0.1,0.001 --out=runs/ablate/pp
     python -m studies.ablate ... --setting="old:obs_min_std=0.1" \
         --setting="new:residual.base_phase=true;warmup_env_steps=10240"
+    python -m studies.ablate ... --setting="per_step:" --setting="chunk:recipe=chunk" \
+        --setting="chunk_no_mc:recipe=chunk;residual.mc_bound=false"
 
     python -m studies.ablate --task=PointReach --base=scripted --paper_ablations
 
@@ -12,7 +14,8 @@ setting) and compare them on held-out starts.
 the preset, LayerNorm off, no demos, critic steps per env step 1/2, 1, 4 and 8 at the
 preset's env count, n = 1, 3, 5, 10, K = 2 and 5 heads, warm-up phases off).
 Each ``--factor=FIELD=V1,V2,...`` is one config field and its values; settings are their
-cartesian product. Each ``--setting=NAME:OVERRIDE;OVERRIDE`` adds one named setting. Common
+cartesian product. Each ``--setting=NAME:OVERRIDE;OVERRIDE`` adds one named setting;
+``recipe=chunk`` in either stands for that recipe's overrides (``sim.presets.RECIPES``). Common
 ``--config.*`` values apply to every setting. Every setting trains in
 <out>/<name>, cheapest first (``update_cost``: UTD 8 last), so a runner stopped part-way has
 measured the most settings (re-running resumes unfinished settings and skips finished ones;
@@ -224,6 +227,23 @@ def settings(factors: list[str], named: list[str]) -> list[tuple[str, list[str]]
     names = [n for n, _ in out]
     if len(set(names)) != len(names):
         raise ValueError(f"Setting names repeat: {names}.")
+    return [(name, expand_recipes(overrides)) for name, overrides in out]
+
+
+def expand_recipes(overrides: list[str]) -> list[str]:
+    """``recipe=NAME`` (a factor value or a setting's override) becomes that recipe's
+    overrides (``sim.presets.RECIPES``) in its place, so later overrides change it."""
+    from resfit_jax.sim.presets import RECIPES
+
+    out = []
+    for o in overrides:
+        field, _, value = o.partition("=")
+        if field.strip() != "recipe":
+            out.append(o)
+        elif value.strip() in RECIPES:
+            out += list(RECIPES[value.strip()])
+        else:
+            raise ValueError(f"{o!r}: unknown recipe; choose one of {sorted(RECIPES)}.")
     return out
 
 

@@ -29,6 +29,24 @@ def test_factors_make_a_cartesian_product_and_named_settings_follow():
         settings([], ["a:x=1", "a:x=2"])
 
 
+def test_a_recipe_in_a_setting_stands_for_its_overrides():
+    from resfit_jax.run.configs import apply_overrides
+    from resfit_jax.sim.presets import RECIPES, preset
+
+    s = dict(
+        settings(
+            ["recipe=per_step,chunk"],
+            ["chunk_no_mc:recipe=chunk;residual.mc_bound=false"],
+        )
+    )
+    assert s["recipe=per_step"] == [] and s["recipe=chunk"] == list(RECIPES["chunk"])
+    assert s["chunk_no_mc"] == list(RECIPES["chunk"]) + ["residual.mc_bound=false"]
+    cfg = apply_overrides(preset("PickPlace"), s["chunk_no_mc"])  # later overrides win
+    assert cfg.residual.decision_steps == 20 and not cfg.residual.mc_bound
+    with pytest.raises(ValueError, match="unknown recipe"):
+        settings([], ["x:recipe=fast"])
+
+
 def test_rows_come_from_the_held_out_final_evaluation():
     pooled = {
         "episodes": 200,
