@@ -135,10 +135,9 @@ class ResidualTD3:
         execute (normalized); aux["residual_mean"] is the deterministic residual. With the
         value gate, r is the gated residual g * r and aux["gate"] [*B] holds g.
         A sample whose observation holds NaN or inf gets residual 0 (the base acts alone)
-        and aux["obs_finite"] [*B] False marks it: a corrupt reading never turns into a NaN
-        correction. A non-finite base action raises ValueError (``checks.finite_base_rows``;
-        in jit with config.check_finite, a host callback); unchecked, its row gets residual 0
-        and aux["base_finite"] [*B] False.
+        and aux["obs_finite"] [*B] False marks it. A non-finite base action raises
+        (``checks.finite_base_rows``); unchecked, its row gets residual 0 and
+        aux["base_finite"] [*B] False.
         """
         batch_shape = tuple(jnp.shape(base_action)[:-1])
         checks.check_action(self.action_dim, base_action, batch_shape, "act: base_action")
@@ -232,8 +231,7 @@ class ResidualTD3:
             ),
             critic_steps=state.critic_steps + 1,
         )
-        metrics = critic_metrics(loss, aux, grads)
-        return state, metrics
+        return state, critic_metrics(loss, aux, grads)
 
     def _critic_and_encoder_step(self, state: LearnerState, args: tuple):
         """One critic step that also trains the camera encoders (their own AdamW state and
@@ -286,8 +284,7 @@ class ResidualTD3:
             ),
             actor_steps=state.actor_steps + 1,
         )
-        metrics = actor_metrics(loss, aux, grads)
-        return state, metrics
+        return state, actor_metrics(loss, aux, grads)
 
     def _join(self, online: Transition, offline: Transition | None, where: str) -> Transition:
         return checks.join_batches(self.obs_spec, self.action_dim, online, offline, where)
