@@ -5,13 +5,18 @@ r"""Train (or evaluate) a residual on a robot through the robot loop.
         --task=PickPlace --base=runs/bc/PickPlace --out=runs/robot/PickPlace --episodes=20
     # self-contained demo: start a simulated PickPlace robot, label by its ground truth:
     python -m experiments.run_robot --spawn_sim --labels=oracle --episodes=6
+    # the semi-MDP residual (a decision per base chunk, chunk-level critic):
+    python -m experiments.run_robot --spawn_sim --labels=oracle --recipe=chunk --episodes=6
 
 --task names the task the base was trained on; it fixes the learner preset, the action
 bounds of the safety limits and the expected observation/action sizes (checked against the
 robot). The per-step change limit is --max_delta_margin times the largest change in the
-demos. Labels: "terminal" (type s / f / a / x + Enter while an episode runs) or "oracle"
-(the simulated robot's ground truth). Run again with the same --out to continue: the replay
-is rebuilt from <out>/journal and the learner restored from <out>/checkpoints.
+demos. --recipe picks the learner as in experiments.train (per_step: the task's preset;
+chunk: a decision every 20 steps held in between, one replay transition per decision, the
+Monte-Carlo bound, the advantage head). Labels: "terminal" (type s / f / a / x + Enter while
+an episode runs) or "oracle" (the simulated robot's ground truth). Run again with the same
+--out to continue: the replay is rebuilt from <out>/journal and the learner restored from
+<out>/checkpoints.
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ flags.DEFINE_enum(
     ["eval", "base"],
     "Evaluate instead of training: the deterministic residual, or the base alone.",
 )
+flags.DEFINE_enum(
+    "recipe",
+    "per_step",
+    ["per_step", "chunk"],
+    "ResFiT recipe on the task preset: per_step or chunk (the semi-MDP residual).",
+)
 flags.DEFINE_enum("mode", "sync", ["sync", "async"], "Learner mode.")
 flags.DEFINE_enum(
     "sync_every",
@@ -71,19 +82,20 @@ def main(argv):
 
     setup_script()
     from resfit_jax import envs
-    from resfit_jax.agents.residual_td3 import make_learner
     from resfit_jax.bc.frozen import open_base_and_demos
     from resfit_jax.observations import camera_shapes, state_size
-    from resfit_jax.replay.demos import fit_normalizer, offline_buffer
+    from resfit_jax.replay.demos import fit_normalizer
+    from resfit_jax.robot.config import RobotTrainConfig
+    from resfit_jax.robot.inputs import learner_inputs
     from resfit_jax.robot.link import LinkError
     from resfit_jax.robot.loop import LoopConfig
     from resfit_jax.robot.operator import TerminalLabeller, oracle_labeller
     from resfit_jax.robot.safety import EmergencyStop, SafetyLimits
     from resfit_jax.robot.sim_server import RemoteRobot, read_key, spawn_server
-    from resfit_jax.robot.trainer import RobotTrainConfig, RobotTrainer
+    from resfit_jax.robot.trainer import RobotTrainer
     from resfit_jax.run.configs import config_lines, resolve, usage_error
     from resfit_jax.run.locks import RunLockedError
-    from resfit_jax.sim.presets import preset
+    from resfit_jax.sim.presets import preset, with_recipe
 
     # flags, config, base and demos are checked before any robot is touched
     if not FLAGS.spawn_sim and not FLAGS.address:
@@ -96,7 +108,7 @@ def main(argv):
             usage_error(str(e))
     try:
         task = envs.make(FLAGS.task)
-        sim_cfg = preset(FLAGS.task, "cpu")
+        sim_cfg = with_recipe(preset(FLAGS.task, "cpu"), FLAGS.recipe)
     except (KeyError, ValueError) as e:
         usage_error(str(e).strip('"'))
     spec = task.observation_spec  # a camera task (PixelPickPlace): a dict
@@ -117,6 +129,9 @@ def main(argv):
             warmup_noise=sim_cfg.warmup_noise,
             critic_warmup_updates=FLAGS.critic_warmup,
             seed=FLAGS.seed,
+            decision_steps=sim_cfg.residual.decision_steps,
+            mc_bound=sim_cfg.residual.mc_bound,
+            demo_relabel=sim_cfg.residual.demo_relabel,
         )
     )
     try:
@@ -133,12 +148,18 @@ def main(argv):
     normalizer = fit_normalizer(
         demos, cfg.learner.action_scale, sim_cfg.action_margin, sim_cfg.obs_min_std
     )
-    learner = make_learner(cfg.learner, spec, act_dim)
-    offline = (
-        offline_buffer(demos, base, normalizer, cfg.replay.demo_writer())
-        if cfg.replay.offline_fraction > 0
-        else None
-    )
+    try:
+        learner, normalizer, offline = learner_inputs(
+            cfg, base, spec, act_dim, normalizer, demos, sim_cfg.obs_min_std
+        )
+    except ValueError as e:  # decision_steps does not fit the base's chunk
+        usage_error(str(e))
+    if cfg.decision_steps > 1:
+        k = cfg.decision_steps
+        print(
+            f"semi-MDP residual: a decision every {k} control steps, "
+            f"{cfg.updates_per_step * k * cfg.replay.utd} critic steps per decision"
+        )
 
     server = None
     if FLAGS.spawn_sim:

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,9 +21,10 @@ from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner  # no
 from resfit_jax.base.policy import FunctionBase  # noqa: E402
 from resfit_jax.normalization import ActionScaler, Normalizer, StateStandardizer  # noqa: E402
 from resfit_jax.replay import ReplayConfig  # noqa: E402
+from resfit_jax.robot.config import RobotTrainConfig  # noqa: E402
 from resfit_jax.robot.loop import LoopConfig  # noqa: E402
 from resfit_jax.robot.safety import SafetyLimits  # noqa: E402
-from resfit_jax.robot.trainer import RobotTrainConfig, RobotTrainer  # noqa: E402
+from resfit_jax.robot.trainer import RobotTrainer  # noqa: E402
 
 TINY = dict(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=2, actor_lr=1e-3)
 TINY_REPLAY = ReplayConfig(batch_size=16, utd=1, n_step=3, capacity=100_000)
@@ -85,6 +87,52 @@ def point_setup(out: str, **cfg_kw):
     kw = dict(warmup_episodes=1, critic_warmup_updates=8, min_replay=4) | cfg_kw
     cfg = RobotTrainConfig(learner=learner.config, replay=TINY_REPLAY, loop=loop, **kw)
     trainer = RobotTrainer(cfg, base, learner, normalizer(4, low, high), None, out)
+    return trainer, SafetyLimits(low, high, 0.3, (0, 1))
+
+
+def point_demos(num: int = 4, steps: int = 12) -> list:
+    """Episodes of PointRobot driven by the point base (the last one fails by timing out)."""
+    from resfit_jax.data.episode import Episode
+
+    eps = []
+    for i in range(num):
+        robot = PointRobot(seed=100 + i)
+        obs, acts = [robot.reset()], []
+        for _ in range(steps):
+            o = obs[-1]
+            a = o[:2] + 0.8 * (o[2:] - o[:2])
+            robot.send_action(a)
+            obs.append(robot._obs())
+            acts.append(a)
+            if robot.success():
+                break
+        eps.append(Episode.from_rollout(np.stack(obs), np.stack(acts), robot.success()))
+    return eps
+
+
+def point_chunk_setup(out: str, horizon: int = 4, **cfg_kw):
+    """(trainer, limits) for PointRobot with the point base run as a chunked base (its
+    action repeated over a chunk of ``horizon``) and the learner, normalizer and demo buffer
+    of ``robot.inputs.learner_inputs`` (pass ``decision_steps`` for the semi-MDP residual)."""
+    from resfit_jax.base.policy import ChunkedBase
+    from resfit_jax.replay.demos import fit_normalizer
+    from resfit_jax.robot.inputs import learner_inputs
+
+    move = lambda o: o[..., :2] + 0.5 * (o[..., 2:] - o[..., :2])
+    base = ChunkedBase(lambda o: jnp.repeat(move(o)[:, None], horizon, axis=1), 2, horizon)
+    low, high = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    loop = cfg_kw.pop(
+        "loop", LoopConfig(control_hz=200.0, max_episode_steps=12, deadline_tolerance_s=1.0)
+    )
+    replay = cfg_kw.pop("replay", TINY_REPLAY)
+    kw = dict(warmup_episodes=1, critic_warmup_updates=8, min_replay=2) | cfg_kw
+    learner_cfg = ResidualTD3Config.small(**TINY)
+    cfg = RobotTrainConfig(learner=learner_cfg, replay=replay, loop=loop, **kw)
+    demos = point_demos()
+    nz = fit_normalizer(demos, learner_cfg.action_scale)
+    spec = jax.ShapeDtypeStruct((4,), jnp.float32)
+    learner, nz, offline = learner_inputs(cfg, base, spec, 2, nz, demos)
+    trainer = RobotTrainer(cfg, base, learner, nz, offline, out)
     return trainer, SafetyLimits(low, high, 0.3, (0, 1))
 
 

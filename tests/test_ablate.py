@@ -34,10 +34,7 @@ def test_a_recipe_in_a_setting_stands_for_its_overrides():
     from resfit_jax.sim.presets import RECIPES, preset
 
     s = dict(
-        settings(
-            ["recipe=per_step,chunk"],
-            ["chunk_no_mc:recipe=chunk;residual.mc_bound=false"],
-        )
+        settings(["recipe=per_step,chunk"], ["chunk_no_mc:recipe=chunk;residual.mc_bound=false"])
     )
     assert s["recipe=per_step"] == [] and s["recipe=chunk"] == list(RECIPES["chunk"])
     assert s["chunk_no_mc"] == list(RECIPES["chunk"]) + ["residual.mc_bound=false"]

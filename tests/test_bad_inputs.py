@@ -72,8 +72,8 @@ def _configs():
     from resfit_jax.agents.residual_td3 import ResidualTD3Config
     from resfit_jax.bc.networks import BCConfig
     from resfit_jax.replay import ReplayConfig
+    from resfit_jax.robot.config import RobotTrainConfig
     from resfit_jax.robot.loop import LoopConfig
-    from resfit_jax.robot.trainer import RobotTrainConfig
     from resfit_jax.sim.config import ResidualOptions, TrainConfig
 
     return [

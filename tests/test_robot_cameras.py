@@ -143,7 +143,8 @@ def test_the_robot_trainer_learns_from_camera_frames(robot, tmp_path):
 
     from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
     from resfit_jax.base.policy import FunctionBase
-    from resfit_jax.robot.trainer import RobotTrainConfig, RobotTrainer
+    from resfit_jax.robot.config import RobotTrainConfig
+    from resfit_jax.robot.trainer import RobotTrainer
 
     spec = {
         "state": jax.ShapeDtypeStruct((16,), jnp.float32),

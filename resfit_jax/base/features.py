@@ -205,6 +205,26 @@ def make_offsets(offset_bound: float, hold: bool) -> Offsets | None:
     return Offsets(offset_bound) if offset_bound > 0 else None
 
 
+def decision_inputs(
+    base: Any, every: int, phase: bool = False, plan: int = 0
+) -> tuple[BaseFeatures | None, Offsets]:
+    """The semi-MDP residual's inputs on ``base``: decisions every ``every`` = k env steps
+    (k divides the base's execution horizon, so every chunk refill is a decision), the
+    learner sees the base's plan for the k steps of its window (``plan`` raised to k - 1)
+    and, when k is shorter than the chunk, its phase. A clear error when k does not fit."""
+    horizon = chunked_base(base).horizon
+    if every < 2:
+        raise ValueError(f"decision_steps={every}: semi-MDP decisions need k > 1.")
+    if horizon % every:
+        raise ValueError(
+            f"decision_steps={every} must divide the base's execution horizon "
+            f"({horizon}) so that every chunk refill is a decision; pick a divisor of "
+            f"{horizon} or set base.execution_horizon."
+        )
+    features = BaseFeatures.for_base(base, phase or every < horizon, max(plan, every - 1))
+    return features, Offsets.decisions(every)
+
+
 def augment(
     features: BaseFeatures | None, obs: PyTree, state: PyTree, normalizer: Normalizer
 ) -> PyTree:

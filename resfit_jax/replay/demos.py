@@ -211,13 +211,16 @@ def add_episodes(
     writer: NStepWriter,
     buffer: ReplayBuffer,
     base_normalized: bool = False,
+    every: int = 1,
 ) -> ReplayState:
     """Jittable: insert padded episodes' n-step transitions into ``state``.
 
     base_action: raw base actions [N, T+1, A] at every frame (``base_actions`` or, for robot
     episodes, the ones actually used; already normalized with ``base_normalized``). Each
     episode ends at its ``length``: terminal where ``padded["terminal"]`` is set on the last
-    action, else a time-limit truncation.
+    action, else a time-limit truncation. ``every`` k > 1: ``writer`` is a semi-MDP decision
+    writer (``replay.decisions``) and frames 0, k, 2k, ... of each episode are its decisions
+    (a robot episode's base starts a fresh chunk at frame 0).
     """
     obs, act = padded["observation"], padded["action"]
     n, t = act.shape[0], act.shape[1]
@@ -232,6 +235,12 @@ def add_episodes(
         active = i < padded["length"]
         last = i == padded["length"] - 1
         terminal = last & padded["terminal"][:, i]
+        flags = {}
+        if every > 1:
+            flags = {
+                "opens": jnp.full((n,), i % every == 0),
+                "closes": jnp.full((n,), (i + 1) % every == 0),
+            }
         wstate, cands, valid = writer.step(
             wstate,
             at(i),
@@ -242,6 +251,7 @@ def add_episodes(
             nb[:, i + 1],
             terminal,
             last & ~terminal,
+            **flags,
         )
         rstate = buffer.add(rstate, cands, valid & active[:, None])
         return (rstate, wstate), None

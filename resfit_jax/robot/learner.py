@@ -13,6 +13,12 @@ fed by journaled robot episodes, in a sync or an async mode.
   thread touches the replay.
 - ``PolicyRunner`` is the actor: base (fresh chunk queue every episode) + residual, jitted
   for a batch of one.
+
+Semi-MDP decisions (``features`` and ``offsets`` from ``base.features.decision_inputs``):
+the actor asks the residual only at the decision frames 0, k, 2k, ... of an episode (its
+observation gains the base's plan) and holds the correction, noise included, until the
+next one; ``add_episode`` stores one transition per decision, the plan recomputed by
+running the deterministic base over the episode's observations from a fresh queue.
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from resfit_jax.agents.checks import raise_if_nonfinite
+from resfit_jax.base.features import BaseFeatures, Offsets, augment, offset_update
 from resfit_jax.base.policy import BasePolicy
 from resfit_jax.learner import Learner
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import ReplayBuffer, ReplayConfig, ReplayState, transition_spec
-from resfit_jax.replay.demos import add_episodes, pad_episodes
+from resfit_jax.replay.demos import add_episodes, learner_frames, pad_episodes
 from resfit_jax.replay.updates import critic_warmup_updates, replay_updates
 from resfit_jax.robot.loop import EpisodeRecord
 
@@ -58,12 +65,28 @@ class RobotLearner:
         offline: tuple[ReplayBuffer, ReplayState] | None = None,
         failure_is_terminal: bool = True,
         min_replay: int = 1,
+        base: BasePolicy | None = None,
+        features: BaseFeatures | None = None,
+        offsets: Offsets | None = None,
+        mc_bound: bool = False,
     ):
         self.learner, self.replay_config = learner, replay
         self.max_episode_steps = int(max_episode_steps)
         self.failure_is_terminal = failure_is_terminal
         self.min_replay = max(int(min_replay), 1)
-        self.writer, self.buffer = replay.writer(), replay.buffer()
+        self.buffer = replay.buffer()
+        every = offsets.every if offsets is not None and offsets.semi_mdp else 1
+        if every > 1 and base is None:
+            raise ValueError("RobotLearner: semi-MDP decisions need the base (to see its plan).")
+        if mc_bound and every == 1:
+            raise ValueError("RobotLearner: mc_bound needs semi-MDP decisions (offsets).")
+        if every == 1:
+            self.writer = replay.writer()
+        elif mc_bound:  # an episode's decisions with their return-to-go
+            self.writer = replay.episode_decision_writer(-(-self.max_episode_steps // every))
+        else:
+            self.writer = replay.decision_writer()
+        self.every = every
         self.offline_buffer, self.offline = offline if offline is not None else (None, None)
         k_init, self.key = jax.random.split(key)
         self.state = learner.init(k_init, normalizer)
@@ -72,7 +95,7 @@ class RobotLearner:
             if getattr(learner, "pixels", False)  # camera frames too
             else jax.ShapeDtypeStruct((learner.obs_dim,), jnp.float32)
         )
-        self.replay = self.buffer.init(transition_spec(spec, learner.action_dim))
+        self.replay = self.buffer.init(transition_spec(spec, learner.action_dim, mc_bound))
         self.updates = 0
         mixer = replay.mixer(self.offline_buffer)
         warmup_mixer = replay.mixer(self.offline_buffer, steps=1)
@@ -83,7 +106,13 @@ class RobotLearner:
             lambda s, r, k, o, n: critic_warmup_updates(learner, s, warmup_mixer, r, o, k, n),
             static_argnums=4,
         )
-        self._add = jax.jit(lambda r, p, b, nz: add_episodes(r, p, b, nz, self.writer, self.buffer))
+
+        def add(r, p, b, nz):
+            if every > 1:  # the learner's frames: the observation and the base's plan
+                p = dict(p, observation=learner_frames(p, base, nz, features, offsets)[0])
+            return add_episodes(r, p, b, nz, self.writer, self.buffer, every=every)
+
+        self._add = jax.jit(add)
         self.updates_per_call = int(updates_per_call)
 
     @property
@@ -93,7 +122,7 @@ class RobotLearner:
     # -- data -------------------------------------------------------------------------------
     def add_episode(self, episode, base_action: np.ndarray) -> int:
         """Insert one RLDS ``Episode`` (T <= max_episode_steps) with its raw base actions
-        [T+1, A]; returns the number of transitions added."""
+        [T+1, A]; returns its env steps (semi-MDP: it adds one transition per decision)."""
         t = episode.num_actions
         if t > self.max_episode_steps:
             raise ValueError(
@@ -165,6 +194,8 @@ class PolicyRunner:
     ``params`` returns the LearnerState to act with (a fixed state, or the async learner's
     latest snapshot); ``mode`` is "train" (exploration noise), "eval" (deterministic
     residual), "base" (residual 0) or "warmup" (uniform residual noise of ``warmup_noise``).
+    With semi-MDP ``offsets`` (and the base's plan as ``features``) the residual is drawn at
+    decision frames only and held in between (``act`` then returns the held correction).
     """
 
     def __init__(
@@ -174,6 +205,8 @@ class PolicyRunner:
         params: Callable[[], PyTree],
         key: jax.Array,
         warmup_noise: float = 0.0,
+        features: BaseFeatures | None = None,
+        offsets: Offsets | None = None,
     ):
         if base.action_dim != learner.action_dim:
             raise ValueError(
@@ -188,18 +221,27 @@ class PolicyRunner:
         self._norm = jax.jit(lambda nz, a: nz.normalize_action(a))
         self._unnorm = jax.jit(lambda nz, a: nz.unnormalize_action(a))
         self._bstate = None
+        self.offsets = offsets if offsets is not None and offsets.semi_mdp else None
+        self._learner_obs = jax.jit(lambda o, b, nz: augment(features, o, b, nz))
+        self._offset = None  # the held correction [A] (semi-MDP)
 
     def begin(self) -> None:
         self._bstate = self.base.init_state(1)  # a fresh chunk queue every episode
+        self._offset = None
 
     def base_action(self, obs: np.ndarray) -> np.ndarray:
         a, self._bstate = self._base_step(self._bstate, _batch_of_one(obs))
         return np.asarray(a[0], np.float32)
 
     def act(self, obs: np.ndarray, base_action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(residual [A] normalized, action [A] raw = unnormalize(clip(a_b + r)))."""
+        """(residual [A] normalized, action [A] raw = unnormalize(clip(a_b + r))); with
+        semi-MDP decisions r is the held correction clip(a_b + r) - a_b of the last one."""
         state = self.params()
         a_b = self._norm(state.normalizer, jnp.asarray(base_action))
+        held = self.offsets is not None and not bool(self.offsets.decides(self._bstate)[0])
+        if held and self._offset is not None:
+            action = self._unnorm(state.normalizer, jnp.clip(a_b + self._offset, -1.0, 1.0))
+            return np.asarray(self._offset, np.float32), np.asarray(action, np.float32)
         self.key, k = jax.random.split(self.key)
         if self.mode == "base":
             r = jnp.zeros_like(a_b)
@@ -208,11 +250,13 @@ class PolicyRunner:
                 k, a_b.shape, minval=-self.warmup_noise, maxval=self.warmup_noise
             )
         else:
-            r, _ = self._act(
-                state, _batch_of_one(obs), a_b[None], k, deterministic=self.mode == "eval"
-            )
+            x = self._learner_obs(_batch_of_one(obs), self._bstate, state.normalizer)
+            r, _ = self._act(state, x, a_b[None], k, deterministic=self.mode == "eval")
             r = r[0]
-        action = self._unnorm(state.normalizer, jnp.clip(a_b + r, -1.0, 1.0))
+        a = jnp.clip(a_b + r, -1.0, 1.0)
+        if self.offsets is not None:  # what it added, held until the next decision
+            r = self._offset = offset_update(self.offsets.bound, a_b, a)
+        action = self._unnorm(state.normalizer, a)
         return np.asarray(r, np.float32), np.asarray(action, np.float32)
 
 

@@ -24,7 +24,6 @@ checkpoints/, metrics.jsonl, tb/, config.json.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -34,15 +33,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from resfit_jax.agents.residual_td3 import ResidualTD3Config
+from resfit_jax.base.features import decision_inputs
 from resfit_jax.base.policy import BasePolicy
 from resfit_jax.learner import Learner, has_critic_warmup
 from resfit_jax.normalization import Normalizer
 from resfit_jax.observations import camera_shapes
-from resfit_jax.replay import ReplayConfig
+from resfit_jax.robot.config import RobotTrainConfig
 from resfit_jax.robot.journal import DATASET, Journal
 from resfit_jax.robot.learner import AsyncLearner, PolicyRunner, RobotLearner
-from resfit_jax.robot.loop import EpisodeRecord, LoopConfig, RobotInterface, run_episode
+from resfit_jax.robot.loop import EpisodeRecord, RobotInterface, run_episode
 from resfit_jax.robot.operator import Label, Labeller
 from resfit_jax.robot.safety import EmergencyStop, SafetyLimits
 from resfit_jax.run.checkpointing import RunCheckpointer
@@ -50,46 +49,6 @@ from resfit_jax.run.configs import to_dict
 from resfit_jax.run.locks import RunLock
 from resfit_jax.run.logger import MetricsLogger
 from resfit_jax.run.runtime import interrupts_deferred
-from resfit_jax.run.validation import number_errors
-
-
-@dataclasses.dataclass(frozen=True)
-class RobotTrainConfig:
-    learner: ResidualTD3Config = dataclasses.field(default_factory=ResidualTD3Config.small)
-    replay: ReplayConfig = dataclasses.field(default_factory=lambda: ReplayConfig(capacity=100_000))
-    loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
-    mode: str = "sync"  # "sync" | "async"
-    sync_every: str = "episode"  # "step" | "episode" (sync mode)
-    updates_per_step: int = 1  # learner updates per env step (sync mode)
-    max_update_ratio: float | None = None  # async: cap on updates per collected env step
-    warmup_episodes: int = 2
-    warmup_noise: float = 0.0
-    critic_warmup_updates: int = 500
-    min_replay: int = 64
-    failure_is_terminal: bool = True
-    checkpoint_every: int = 1
-    seed: int = 0
-
-    def __post_init__(self):
-        errors = number_errors(
-            self,
-            non_negative=("warmup_noise", "critic_warmup_updates"),
-            at_least_one=("min_replay",),
-            positive=("max_update_ratio",),
-        )
-        if errors:
-            raise ValueError("RobotTrainConfig: " + "; ".join(errors) + ".")
-        if self.mode not in ("sync", "async"):
-            raise ValueError(f"RobotTrainConfig.mode must be 'sync' or 'async', got {self.mode!r}.")
-        if self.sync_every not in ("step", "episode"):
-            raise ValueError(
-                f"RobotTrainConfig.sync_every must be 'step' or 'episode', got {self.sync_every!r}."
-            )
-        if self.updates_per_step < 0 or self.warmup_episodes < 0 or self.checkpoint_every < 1:
-            raise ValueError(
-                "RobotTrainConfig: updates_per_step and warmup_episodes must be "
-                ">= 0 and checkpoint_every >= 1."
-            )
 
 
 class RobotTrainer:
@@ -121,6 +80,9 @@ class RobotTrainer:
         if os.path.exists(cfg_path):
             with open(cfg_path) as f:
                 saved = json.load(f)["config"]
+            # fields added since the run started keep their defaults
+            defaults = {k: v for k, v in to_dict(RobotTrainConfig()).items() if k not in saved}
+            saved = saved | {k: v for k, v in defaults.items() if cfg_dict.get(k) == v}
             if saved != cfg_dict:
                 diff = sorted(
                     k for k in set(saved) | set(cfg_dict) if saved.get(k) != cfg_dict.get(k)
@@ -132,6 +94,18 @@ class RobotTrainer:
         else:
             with open(cfg_path, "w") as f:
                 json.dump({"config": cfg_dict, **(extra_info or {})}, f, indent=2)
+        self.features, self.offsets = None, None
+        if cfg.decision_steps > 1:
+            self.features, self.offsets = decision_inputs(base, cfg.decision_steps)
+        extra = 0 if self.features is None else self.features.size
+        self.obs_dim = learner.obs_dim - extra  # the robot's; the learner also sees the plan
+        if self.obs_dim < 1 or normalizer.obs.mean.shape[-1] != learner.obs_dim:
+            raise ValueError(
+                f"The learner observes {learner.obs_dim} values and the normalizer "
+                f"{normalizer.obs.mean.shape[-1]}; with decision_steps={cfg.decision_steps} "
+                f"both also see the base's plan ({extra} values): build them with "
+                "robot.inputs.learner_inputs."
+            )
         self.journal = Journal(os.path.join(out, "journal"))
         self.ckpt = RunCheckpointer(os.path.join(out, "checkpoints"))
         self.rl = RobotLearner(
@@ -144,6 +118,10 @@ class RobotTrainer:
             offline,
             cfg.failure_is_terminal,
             cfg.min_replay,
+            base,
+            self.features,
+            self.offsets,
+            cfg.mc_bound,
         )
         self.progress = {"critic_warmup_done": False, "checkpoint_episodes": 0}
         self.restored_step: int | None = None
@@ -166,6 +144,8 @@ class RobotTrainer:
             lambda: self.rl.state,
             jax.random.fold_in(jax.random.key(cfg.seed), 0x5EED),
             cfg.warmup_noise,
+            self.features,
+            self.offsets,
         )
 
     # -- state from disk -----------------------------------------------------------------
@@ -242,10 +222,10 @@ class RobotTrainer:
                 f"The robot has {robot.action_size} action dims; the base and "
                 f"learner have {self.learner.action_dim}."
             )
-        if robot.observation_size != self.learner.obs_dim:
+        if robot.observation_size != self.obs_dim:
             raise ValueError(
                 f"The robot observes {robot.observation_size} values; the "
-                f"learner expects {self.learner.obs_dim}."
+                f"learner expects {self.obs_dim}."
             )
         cams = dict(getattr(robot, "cameras", None) or {})
         if cams != self._cameras:
@@ -322,7 +302,7 @@ class RobotTrainer:
     def _compile(self, robot: RobotInterface) -> None:
         """Compile the actor (and the sync step update) before the first tick, so the
         first control steps are not late."""
-        obs = np.zeros(self.learner.obs_dim, np.float32)
+        obs = np.zeros(self.obs_dim, np.float32)
         if self._cameras:
             obs = {"state": obs, **{c: np.zeros(v, np.uint8) for c, v in self._cameras.items()}}
         mode = self.runner.mode

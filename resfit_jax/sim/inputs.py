@@ -8,7 +8,14 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from resfit_jax.base.features import BaseFeatures, Offsets, chunked_base, make_offsets, rechunk
+from resfit_jax.base.features import (
+    BaseFeatures,
+    Offsets,
+    chunked_base,
+    decision_inputs,
+    make_offsets,
+    rechunk,
+)
 from resfit_jax.base.policy import BasePolicy, ObservationPrefix
 from resfit_jax.data.rlds import Episode, check_compatible
 from resfit_jax.envs.core import Env, TimeFeature
@@ -53,17 +60,7 @@ def prepare_inputs(
     normalizer = fit_normalizer(episodes, action_scale, cfg.action_margin, cfg.obs_min_std)
     k = getattr(res, "decision_steps", 1)
     if k > 1:  # semi-MDP: decide at refills and every k steps between them, see the plan
-        horizon = chunked_base(base).horizon
-        if horizon % k:
-            raise ValueError(
-                f"residual.decision_steps={k} must divide the base's execution horizon "
-                f"({horizon}) so that every chunk refill is a decision; pick a divisor of "
-                f"{horizon} or set base.execution_horizon."
-            )
-        features = BaseFeatures.for_base(
-            base, res.base_phase or k < horizon, max(res.base_plan, k - 1)
-        )
-        offsets = Offsets.decisions(k)
+        features, offsets = decision_inputs(base, k, res.base_phase, res.base_plan)
     else:
         features = BaseFeatures.for_base(base, res.base_phase, res.base_plan)
         offsets = make_offsets(res.offset_bound, res.hold)
