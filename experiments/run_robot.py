@@ -64,7 +64,12 @@ flags.DEFINE_enum(
     ["step", "episode"],
     "Sync mode: update after every step or after every episode.",
 )
-flags.DEFINE_integer("updates_per_step", 1, "Learner updates per env step (sync mode).")
+flags.DEFINE_integer(
+    "updates_per_step",
+    1,
+    "Learner updates per stored transition (sync mode): per control step, or per decision "
+    "with --recipe=chunk.",
+)
 flags.DEFINE_integer("warmup_episodes", 2, "Episodes of base + warm-up noise before learning.")
 flags.DEFINE_integer("critic_warmup", 500, "Critic-only updates after the warm-up episodes.")
 flags.DEFINE_float("control_hz", None, "Control rate (default: the task's).")
@@ -129,6 +134,7 @@ def main(argv):
             warmup_noise=sim_cfg.warmup_noise,
             critic_warmup_updates=FLAGS.critic_warmup,
             seed=FLAGS.seed,
+            min_replay=max(4, 64 // sim_cfg.residual.decision_steps),  # transitions
             decision_steps=sim_cfg.residual.decision_steps,
             mc_bound=sim_cfg.residual.mc_bound,
             demo_relabel=sim_cfg.residual.demo_relabel,
@@ -158,7 +164,8 @@ def main(argv):
         k = cfg.decision_steps
         print(
             f"semi-MDP residual: a decision every {k} control steps, "
-            f"{cfg.updates_per_step * k * cfg.replay.utd} critic steps per decision"
+            f"{cfg.updates_per_step * cfg.replay.utd} critic steps per decision; learning "
+            f"starts at {cfg.min_replay} decisions"
         )
 
     server = None

@@ -36,6 +36,7 @@ def test_the_robot_decides_every_k_steps_and_stores_one_transition_per_decision(
     rows = trainer.run(PointRobot(seed=1), _labeller(), limits, 3, progress=lambda s: None)
     assert [r["phase"] for r in rows] == ["warmup", "train", "train"]
     assert [r["steps"] for r in rows] == [12, 5, 12]
+    assert [r["updates_this_episode"] for r in rows] == [0, 3, 6]  # one per decision
 
     # the actor: one correction per decision, held for the k steps of its window
     nz = trainer.rl.normalizer

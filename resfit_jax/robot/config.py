@@ -14,17 +14,19 @@ from resfit_jax.run.validation import number_errors
 @dataclasses.dataclass(frozen=True)
 class RobotTrainConfig:
     """A robot run's settings: learner, replay, loop timing, learner mode (``mode``,
-    ``sync_every``, ``updates_per_step`` per control step, ``max_update_ratio``), phases
-    (``warmup_episodes`` with ``warmup_noise``, ``critic_warmup_updates``), when to learn
-    (``min_replay``) and save (``checkpoint_every`` episodes), and the semi-MDP residual
-    (``decision_steps`` k > 1, ``mc_bound``, ``demo_relabel``: ``robot.inputs``)."""
+    ``sync_every``, ``updates_per_step`` per stored transition: a control step, or a
+    decision with ``decision_steps`` > 1; async ``max_update_ratio`` per control step),
+    phases (``warmup_episodes`` with ``warmup_noise``, ``critic_warmup_updates``), when to
+    learn (``min_replay`` stored transitions) and save (``checkpoint_every`` episodes), and
+    the semi-MDP residual (``decision_steps`` k > 1, ``mc_bound``, ``demo_relabel``:
+    ``robot.inputs``)."""
 
     learner: ResidualTD3Config = dataclasses.field(default_factory=ResidualTD3Config.small)
     replay: ReplayConfig = dataclasses.field(default_factory=lambda: ReplayConfig(capacity=100_000))
     loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
     mode: str = "sync"  # "sync" | "async"
     sync_every: str = "episode"  # "step" | "episode" (sync mode)
-    updates_per_step: int = 1  # learner updates per env step (sync mode)
+    updates_per_step: int = 1  # learner updates per stored transition (sync mode)
     max_update_ratio: float | None = None  # async: cap on updates per collected env step
     warmup_episodes: int = 2
     warmup_noise: float = 0.0

@@ -224,10 +224,12 @@ class PolicyRunner:
         self.offsets = offsets if offsets is not None and offsets.semi_mdp else None
         self._learner_obs = jax.jit(lambda o, b, nz: augment(features, o, b, nz))
         self._offset = None  # the held correction [A] (semi-MDP)
+        self.steps = 0  # control steps of this episode so far
 
     def begin(self) -> None:
         self._bstate = self.base.init_state(1)  # a fresh chunk queue every episode
         self._offset = None
+        self.steps = 0
 
     def base_action(self, obs: np.ndarray) -> np.ndarray:
         a, self._bstate = self._base_step(self._bstate, _batch_of_one(obs))
@@ -237,6 +239,7 @@ class PolicyRunner:
         """(residual [A] normalized, action [A] raw = unnormalize(clip(a_b + r))); with
         semi-MDP decisions r is the held correction clip(a_b + r) - a_b of the last one."""
         state = self.params()
+        self.steps += 1
         a_b = self._norm(state.normalizer, jnp.asarray(base_action))
         held = self.offsets is not None and not bool(self.offsets.decides(self._bstate)[0])
         if held and self._offset is not None:

@@ -275,7 +275,7 @@ class RobotTrainer:
                     limits,
                     cfg.loop,
                     episode=c["episodes"],
-                    after_step=self.rl.update if step_updates else None,
+                    after_step=self._step_update if step_updates else None,
                 )
                 row = self._finish(rec, phase, async_l, updates_before)
                 rows.append(row)
@@ -298,6 +298,12 @@ class RobotTrainer:
                 self.save()
             self.logger.flush()
         return rows
+
+    def _step_update(self) -> None:
+        """Sync updates inside the control period: after every step, or after every
+        decision's first step with semi-MDP decisions (one per stored transition)."""
+        if self.runner.steps % self.cfg.decision_steps == 1 % self.cfg.decision_steps:
+            self.rl.update()
 
     def _compile(self, robot: RobotInterface) -> None:
         """Compile the actor (and the sync step update) before the first tick, so the
@@ -346,7 +352,7 @@ class RobotTrainer:
                 else:
                     self.rl.add_record(rec)
         if phase == "train" and cfg.mode == "sync" and cfg.sync_every == "episode":
-            for _ in range(rec.steps):
+            for _ in range(-(-rec.steps // cfg.decision_steps)):  # per stored transition
                 self.rl.update()
         c = self.counts()
         row.update(
