@@ -80,6 +80,17 @@ class ReplayConfig:
         """The semi-MDP writer with the Monte-Carlo bound (one decision per return)."""
         return EpisodeDecisionWriter(max_decisions, self.gamma, self.bootstrap_truncation)
 
+    def online_writer(
+        self, decisions: bool = False, mc_bound: bool = False, steps: int = 1, every: int = 1
+    ):
+        """The writer of an online stream: n-step transitions, one per decision
+        (``decisions``; windows of ``every`` env steps), or with ``mc_bound`` an episode's
+        decisions (at most ceil(steps / every) + 1 for episodes of up to ``steps`` env steps),
+        emitted with their return-to-go when it ends."""
+        if mc_bound:
+            return self.episode_decision_writer(-(-int(steps) // every) + 1)
+        return self.decision_writer() if decisions else self.writer()
+
     def demo_writer(self) -> NStepWriter:
         """The n-step writer of the demo buffer (``demo_n_step``, default ``n_step``)."""
         n = self.n_step if self.demo_n_step is None else self.demo_n_step

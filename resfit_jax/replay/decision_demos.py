@@ -158,3 +158,37 @@ def demo_decision_buffer(
             f"demo decision windows: stored {int(state.size)} windows for {capacity} demo steps."
         )
     return buffer, state
+
+
+def demo_buffer(
+    episodes: Any,
+    base: Any,
+    normalizer: Any,
+    replay: Any,
+    features: Any = None,
+    offsets: Any = None,
+    relabel: str = "offset",
+    bound: float = 1.0,
+    mc_bound: bool = False,
+) -> tuple[Any, Any] | None:
+    """The demo buffer of a run (``replay``: its ``ReplayConfig``): decision windows
+    (``demo_decision_buffer``) with semi-MDP ``offsets``, else the relabelled n-step
+    transitions of ``replay.demos.offline_buffer``; None when batches take no demos."""
+    from resfit_jax.replay.demos import offline_buffer
+
+    if replay.offline_fraction <= 0:
+        return None
+    if offsets is not None and offsets.semi_mdp:
+        return demo_decision_buffer(
+            episodes,
+            base,
+            normalizer,
+            features,
+            offsets.every,
+            replay.gamma,
+            replay.bootstrap_truncation,
+            relabel,
+            bound,
+            mc_bound,
+        )
+    return offline_buffer(episodes, base, normalizer, replay.demo_writer(), features, offsets)

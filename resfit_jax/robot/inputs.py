@@ -13,8 +13,8 @@ from resfit_jax.base.policy import BasePolicy
 from resfit_jax.data.rlds import Episode
 from resfit_jax.learner import Learner
 from resfit_jax.normalization import Normalizer
-from resfit_jax.replay.decision_demos import demo_decision_buffer
-from resfit_jax.replay.demos import offline_buffer, with_feature_stats
+from resfit_jax.replay.decision_demos import demo_buffer
+from resfit_jax.replay.demos import with_feature_stats
 
 
 def learner_inputs(
@@ -41,20 +41,15 @@ def learner_inputs(
         normalizer = with_feature_stats(normalizer, demos, base, features, obs_min_std, offsets)
     spec = learner_obs_spec(obs_spec, features, offsets, action_dim)
     learner = make_learner(cfg.learner, spec, action_dim)
-    offline = None
-    if cfg.replay.offline_fraction > 0 and offsets is not None:
-        offline = demo_decision_buffer(
-            demos,
-            base,
-            normalizer,
-            features,
-            offsets.every,
-            cfg.replay.gamma,
-            cfg.replay.bootstrap_truncation,
-            cfg.demo_relabel,
-            cfg.learner.action_scale,
-            cfg.mc_bound,
-        )
-    elif cfg.replay.offline_fraction > 0:
-        offline = offline_buffer(demos, base, normalizer, cfg.replay.demo_writer())
+    offline = demo_buffer(
+        demos,
+        base,
+        normalizer,
+        cfg.replay,
+        features,
+        offsets,
+        cfg.demo_relabel,
+        cfg.learner.action_scale,
+        cfg.mc_bound,
+    )
     return learner, normalizer, offline

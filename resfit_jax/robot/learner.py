@@ -80,13 +80,7 @@ class RobotLearner:
             raise ValueError("RobotLearner: semi-MDP decisions need the base (to see its plan).")
         if mc_bound and every == 1:
             raise ValueError("RobotLearner: mc_bound needs semi-MDP decisions (offsets).")
-        if every == 1:
-            self.writer = replay.writer()
-        elif mc_bound:  # an episode's decisions with their return-to-go
-            self.writer = replay.episode_decision_writer(-(-self.max_episode_steps // every))
-        else:
-            self.writer = replay.decision_writer()
-        self.every = every
+        self.writer = replay.online_writer(every > 1, mc_bound, self.max_episode_steps, every)
         self.offline_buffer, self.offline = offline if offline is not None else (None, None)
         k_init, self.key = jax.random.split(key)
         self.state = learner.init(k_init, normalizer)
@@ -241,7 +235,8 @@ class PolicyRunner:
         state = self.params()
         self.steps += 1
         a_b = self._norm(state.normalizer, jnp.asarray(base_action))
-        held = self.offsets is not None and not bool(self.offsets.decides(self._bstate)[0])
+        # decisions at steps 0, k, 2k, ... of the episode (a fresh chunk queue at step 0)
+        held = self.offsets is not None and (self.steps - 1) % self.offsets.every != 0
         if held and self._offset is not None:
             action = self._unnorm(state.normalizer, jnp.clip(a_b + self._offset, -1.0, 1.0))
             return np.asarray(self._offset, np.float32), np.asarray(action, np.float32)

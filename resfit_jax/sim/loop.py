@@ -107,10 +107,8 @@ class SimLoop:
 
     @property
     def writer(self):
-        if self.mc_bound:  # an episode's decisions, emitted when it ends
-            most = -(-int(self.task.horizon) // self.offsets.every) + 1
-            return self.replay.episode_decision_writer(most)
-        return self.replay.decision_writer() if self.semi_mdp else self.replay.writer()
+        every = self.offsets.every if self.semi_mdp else 1
+        return self.replay.online_writer(self.semi_mdp, self.mc_bound, self.task.horizon, every)
 
     @property
     def buffer(self) -> ReplayBuffer:

@@ -41,8 +41,7 @@ from resfit_jax.base.policy import BasePolicy
 from resfit_jax.data.rlds import Episode
 from resfit_jax.envs.core import Env
 from resfit_jax.normalization import Normalizer
-from resfit_jax.replay.decision_demos import demo_decision_buffer
-from resfit_jax.replay.demos import offline_buffer
+from resfit_jax.replay.decision_demos import demo_buffer
 from resfit_jax.sharding import GRAD_AXES, Layout, make_mesh
 from resfit_jax.sim.config import METHOD_NAMES, TrainConfig
 from resfit_jax.sim.evaluation import Evaluator, make_evaluator
@@ -132,24 +131,17 @@ def make_trainer(
         task.action_size,
         axis_name=GRAD_AXES,
     )
-    offline_buf, offline = None, None
-    if cfg.replay.offline_fraction > 0 and offsets is not None and offsets.semi_mdp:
-        offline_buf, offline = demo_decision_buffer(
-            episodes,
-            base,
-            normalizer,
-            features,
-            offsets.every,
-            cfg.replay.gamma,
-            cfg.replay.bootstrap_truncation,
-            cfg.residual.demo_relabel,
-            cfg.learner.action_scale,
-            cfg.residual.mc_bound,
-        )
-    elif cfg.replay.offline_fraction > 0:
-        offline_buf, offline = offline_buffer(
-            episodes, base, normalizer, cfg.replay.demo_writer(), features, offsets
-        )
+    offline_buf, offline = demo_buffer(
+        episodes,
+        base,
+        normalizer,
+        cfg.replay,
+        features,
+        offsets,
+        cfg.residual.demo_relabel,
+        cfg.learner.action_scale,
+        cfg.residual.mc_bound,
+    ) or (None, None)
     res = cfg.residual
     loop = SimLoop(
         task,
