@@ -1,11 +1,15 @@
 """Why episodes fail: the outcome of every evaluation episode of a residual run, for its base
-and for its final residual policy, on the run's own matched evaluation episodes.
+and for its residual policy, on the run's own matched starts.
 
     python -m studies.failure_modes --run=runs/residual/PickPlace
 
 Reads the run's config.json (task, base, demos, preset and overrides), restores its latest
 checkpoint, replays the evaluation with observations recorded, and sorts every episode into
-an outcome from its observation trajectory (``OUTCOMES`` per task). Prints one table per
+an outcome from its observation trajectory (``OUTCOMES`` per task). By default it replays
+the policy the run reports (``--state=kept``: each seed's kept state under
+``select.rule="best"``, else the last) on the held-out starts of the final evaluation
+(``--starts=held_out``), and checks that the replayed successes are the ones the run's
+summary.json recorded, episode by episode. Prints one table per
 seed plus the totals, with a transition matrix base -> residual on the same episodes, and
 writes JSON with the machine description. This answers where a plateau comes from: failures
 the residual cannot reach (the object never grasped) or ones it could fix (placement).
@@ -27,6 +31,18 @@ flags.DEFINE_bool(
     False,
     "Classify the base's episodes only (no checkpoint "
     "needed, e.g. for a run written by an older version).",
+)
+flags.DEFINE_enum(
+    "state",
+    "kept",
+    ["kept", "last"],
+    "Residual policy: the state the run kept and reports (select.rule=best), or the last one.",
+)
+flags.DEFINE_enum(
+    "starts",
+    "held_out",
+    ["held_out", "periodic"],
+    "Starts: the final evaluation's held-out ones, or the periodic evaluations' ones.",
 )
 flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/failures_<run>.json).")
 
@@ -94,9 +110,12 @@ def classify(task: str, obs: np.ndarray, success: np.ndarray, length: np.ndarray
     return [fn(obs[: max(int(length[i]), 1), i], bool(success[i])) for i in range(len(success))]
 
 
-def _rollouts(run: str, base_only: bool) -> tuple[dict, dict, dict]:
+def _rollouts(
+    run: str, base_only: bool, state: str = "kept", starts: str = "held_out"
+) -> tuple[dict, dict, dict]:
     """Rebuild the run's trainer; recorded evaluations of the base and (unless base_only) the
-    latest checkpoint's residual policy on the run's evaluation keys."""
+    residual policy of the latest checkpoint (its kept or last learner states) on the run's
+    held-out or periodic starts."""
     import jax
 
     from resfit_jax import envs
@@ -107,6 +126,7 @@ def _rollouts(run: str, base_only: bool) -> tuple[dict, dict, dict]:
     from resfit_jax.run.configs import apply_overrides
     from resfit_jax.sim.evaluation import episode_keys, run_episodes
     from resfit_jax.sim.presets import preset
+    from resfit_jax.sim.progress import keeps_best
     from resfit_jax.sim.trainer import make_trainer
 
     with open(os.path.join(run, "config.json")) as f:
@@ -118,15 +138,27 @@ def _rollouts(run: str, base_only: bool) -> tuple[dict, dict, dict]:
     )
     base, _ = open_base(info["base"], int(task.observation_spec.shape[0]), task.action_size)
     trainer = make_trainer(task, base, read_episodes(info["demos"]), cfg, info["seeds"])
-    loop, n, keys = trainer.loop, cfg.eval_episodes, trainer.evaluator.eval_keys()
+    loop, ev = trainer.loop, trainer.evaluator
+    n, keys = (
+        (cfg.num_final_episodes, ev.final_keys())
+        if starts == "held_out"
+        else (cfg.eval_episodes, ev.eval_keys())
+    )
     prog = {"env_steps": 0}
     normalizer = trainer.normalizer
     if not base_only:
         ckpt = RunCheckpointer(os.path.join(run, "checkpoints"))
-        restored, prog = ckpt.restore({"loop": trainer.init(), "offline": trainer.offline})
+        template = {"loop": trainer.init(), "offline": trainer.offline}
+        kept = keeps_best(cfg)
+        if kept:  # the tree the trainer saves (sim/progress.py)
+            template["best"] = template["loop"].learner_state
+        restored, prog = ckpt.restore(template)
         ckpt.close()
-        ls = restored["loop"]
-        normalizer = jax.tree.map(lambda x: x[0], ls.learner_state.normalizer)
+        learner_state = restored["loop"].learner_state
+        if state == "kept" and kept:
+            learner_state = restored["best"]
+            prog = dict(prog, state_env_steps=prog.get("best_env_steps"))
+        normalizer = jax.tree.map(lambda x: x[0], learner_state.normalizer)
 
     def evaluate(lstate, key, nz):
         policy = ResidualPolicy(
@@ -145,10 +177,38 @@ def _rollouts(run: str, base_only: bool) -> tuple[dict, dict, dict]:
     if not base_only:
         results["resfit"] = jax.device_get(
             jax.jit(jax.vmap(lambda lstate, key: evaluate(lstate, key, lstate.normalizer)))(
-                ls.learner_state, keys
+                learner_state, keys
             )
         )
     return info, prog, results
+
+
+def check_against_summary(run: str, results: dict) -> None:
+    """The replayed held-out successes must be the ones the run recorded in summary.json
+    (``final.per_seed`` / ``final.base_per_seed`` outcome strings), episode by episode;
+    raises ValueError naming the seed and the count otherwise (another jax / XLA version,
+    or a checkpoint that is not the one the summary scored). A run without them passes."""
+    path = os.path.join(run, "summary.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        final = json.load(f).get("final") or {}
+    recorded = {"resfit": final.get("per_seed"), "base": final.get("base_per_seed")}
+    for who, r in results.items():
+        for i, row in enumerate(recorded.get(who) or []):
+            if "outcomes" not in row:
+                continue
+            want = np.array([c == "1" for c in row["outcomes"]])
+            got = np.asarray(r["success"][i], bool)
+            if want.shape != got.shape or (want != got).any():
+                diff = int((want != got).sum()) if want.shape == got.shape else "all"
+                raise ValueError(
+                    f"{who} seed index {i}: the replayed held-out successes differ from "
+                    f"{path} in {diff} episodes; this replay does not reproduce the run "
+                    "(another jax version, or a checkpoint other than the one it scored). "
+                    "Use --starts=periodic for a fresh look instead."
+                )
+    print(f"replayed held-out outcomes of {' and '.join(results)} match {path}, episode by episode")
 
 
 def main(argv):
@@ -157,9 +217,13 @@ def main(argv):
     from resfit_jax.run.runtime import setup_script
 
     setup_script()
-    info, prog, results = _rollouts(FLAGS.run, FLAGS.base_only)
+    info, prog, results = _rollouts(FLAGS.run, FLAGS.base_only, FLAGS.state, FLAGS.starts)
     name, seeds, policies = info["task"], info["seeds"], list(results)
     n = int(results["base"]["success"].shape[1])
+    if FLAGS.starts == "held_out":  # the last state was not the one the summary scored
+        check_against_summary(
+            FLAGS.run, {k: v for k, v in results.items() if k == "base" or FLAGS.state == "kept"}
+        )
     rows, totals, moves = [], collections.Counter(), collections.Counter()
     for i, seed in enumerate(seeds):
         labels = {
@@ -174,9 +238,10 @@ def main(argv):
             moves.update(zip(labels["base"], labels["resfit"]))
 
     total = n * len(seeds)
+    at = prog.get("state_env_steps") or prog["env_steps"]
     print(
-        f"{name}: {FLAGS.run}, policy at {prog['env_steps']:,} main-loop env steps; "
-        f"{n} matched episodes per seed, seeds {seeds}"
+        f"{name}: {FLAGS.run}, {FLAGS.state} policy at {at} main-loop env steps; "
+        f"{n} matched {FLAGS.starts.replace('_', '-')} episodes per seed, seeds {seeds}"
     )
     print(f"\n{'outcome':<50}" + "".join(f"{w:>8}" for w in policies))
     for k in sorted({k for _, k in totals}, key=lambda k: (k != "success", k)):
@@ -197,6 +262,9 @@ def main(argv):
             "run": os.path.relpath(FLAGS.run),
             "task": name,
             "env_steps": prog["env_steps"],
+            "state": FLAGS.state,
+            "state_env_steps": prog.get("state_env_steps"),
+            "starts": FLAGS.starts,
             "episodes_per_seed": n,
             "rows": rows,
             "transitions": [{"base": b, "resfit": r, "episodes": c} for (b, r), c in moves.items()],

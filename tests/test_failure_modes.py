@@ -1,5 +1,7 @@
 """Episode outcome classifier of studies/failure_modes.py on hand-made trajectories."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,23 @@ def test_pickplace_outcomes():
     assert classify("PickPlace", obs, success, length)[0] == "success"
     with pytest.raises(ValueError, match="No outcome classifier for task 'Nope'"):
         classify("Nope", obs, success, length)
+
+
+def test_replay_is_checked_against_the_runs_recorded_outcomes(tmp_path, capsys):
+    """The replayed held-out successes must be the ones summary.json recorded per episode."""
+    from studies.failure_modes import check_against_summary
+
+    final = {
+        "per_seed": [{"outcomes": "1101"}, {"outcomes": "0111"}],
+        "base_per_seed": [{"outcomes": "1001"}, {"outcomes": "0011"}],
+    }
+    (tmp_path / "summary.json").write_text(json.dumps({"final": final}))
+    base = {"success": np.array([[1, 0, 0, 1], [0, 0, 1, 1]], bool)}
+    resfit = {"success": np.array([[1, 1, 0, 1], [0, 1, 1, 1]], bool)}
+    check_against_summary(str(tmp_path), {"base": base, "resfit": resfit})
+    assert "match" in capsys.readouterr().out
+    moved = {"success": resfit["success"].copy()}
+    moved["success"][1, 0] = True  # one episode of seed index 1 differs
+    with pytest.raises(ValueError, match="resfit seed index 1: .* differ .* in 1 episodes"):
+        check_against_summary(str(tmp_path), {"base": base, "resfit": moved})
+    check_against_summary(str(tmp_path / "nowhere"), {"base": base})  # no summary: nothing
