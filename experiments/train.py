@@ -119,16 +119,27 @@ def main(argv):
     from resfit_jax.bc.frozen import open_base_and_demos
     from resfit_jax.observations import camera_shapes, state_size
     from resfit_jax.run.checkpointing import content_hash
-    from resfit_jax.run.configs import config_lines, config_overrides, resolve
+    from resfit_jax.run.configs import (
+        apply_overrides,
+        config_differences,
+        config_lines,
+        config_overrides,
+        same_config,
+        to_dict,
+    )
     from resfit_jax.run.locks import RunLockedError
+    from resfit_jax.sim.presets import recipe_overrides
     from resfit_jax.sim.report import results_table
     from resfit_jax.sim.runs import RUN_METHOD_NAMES, method_preset, method_trainer
 
     if FLAGS.recipe != "per_step" and method != "resfit":
         usage_error(f"--recipe={FLAGS.recipe} is a ResFiT recipe; drop it for --method={method}.")
-    from resfit_jax.sim.presets import with_recipe
-
-    cfg = resolve(lambda: with_recipe(method_preset(method, FLAGS.task, FLAGS.scale), FLAGS.recipe))
+    # the recipe's overrides, then --config: printed, trained and recorded in config.json
+    overrides = recipe_overrides(FLAGS.recipe, config_overrides())
+    try:
+        cfg = apply_overrides(method_preset(method, FLAGS.task, FLAGS.scale), overrides)
+    except ValueError as e:
+        usage_error(str(e))
     task = envs.make(FLAGS.task)
     out = FLAGS.out or os.path.join("runs", RUN_DIRS[method], FLAGS.task)
     if FLAGS.resume and not os.path.isdir(os.path.join(out, "checkpoints")):
@@ -160,14 +171,13 @@ def main(argv):
         say(f"Base: {info['path']} ({info['format']}); {len(episodes)} demos from {demos}")
         seeds = list(range(FLAGS.seed, FLAGS.seed + FLAGS.seeds))
         trainer, train = method_trainer(
-            method,
-            FLAGS.task,
-            (task, base, episodes),
-            seeds,
-            config_overrides(),
-            FLAGS.scale,
-            base_dir,
+            method, FLAGS.task, (task, base, episodes), seeds, overrides, FLAGS.scale, base_dir
         )
+        if not same_config(to_dict(cfg), getattr(trainer, "cfg", cfg)):
+            raise ValueError(
+                "internal: the trainer's config differs from the resolved one printed above: "
+                + "; ".join(config_differences(to_dict(cfg), trainer.cfg))
+            )
     except (FileNotFoundError, ValueError) as e:  # e.g. a --config.mesh with more devices
         usage_error(str(e))  # than this machine has
     if method == "ppo":
@@ -191,7 +201,8 @@ def main(argv):
                 "demos": demos,
                 "scale": FLAGS.scale,
                 "method": RUN_METHOD_NAMES.get(method, method),
-                "overrides": config_overrides(),
+                "recipe": FLAGS.recipe,
+                "overrides": overrides,
             },
         )
     except (RunLockedError, FileExistsError) as e:

@@ -262,3 +262,25 @@ def test_mechanism_numbers_take_the_start_middle_and_end_of_the_main_loop():
     assert mechanism_numbers([r for r in rows if "action_gap" not in r]) == {}
     text = mechanism_table({"semi_k20": m, "old": {}})
     assert "semi_k20" in text and "old" not in text and "0.0562 / 0.0200 / 0.0150" in text
+
+
+def test_a_train_run_is_built_from_its_recipe_then_its_config_flags():
+    """experiments.train builds, prints and records ``recipe_overrides(recipe, --config)``:
+    the recipe's fields are in the trained config and a --config flag after it wins (the
+    script once printed the chunk recipe and trained the plain preset)."""
+    from resfit_jax.run.configs import apply_overrides
+    from resfit_jax.sim.presets import RECIPES, preset, recipe_overrides, with_recipe
+
+    flags = ["learner.exploration_std=0.03", "residual.decision_steps=10"]
+    overrides = recipe_overrides("chunk", flags)
+    assert overrides == [*RECIPES["chunk"], *flags]
+    cfg = apply_overrides(preset("PickPlace"), overrides)
+    assert cfg.residual.decision_steps == 10 and not cfg.residual.hold
+    assert cfg.learner.advantage_head and cfg.residual.mc_bound
+    assert cfg.learner.exploration_std == 0.03
+    assert cfg == apply_overrides(with_recipe(preset("PickPlace"), "chunk"), flags)
+    assert recipe_overrides("per_step") == [] and with_recipe(preset("PickPlace"), "per_step") == (
+        preset("PickPlace")
+    )
+    with pytest.raises(ValueError, match="Unknown recipe 'fast'"):
+        recipe_overrides("fast")

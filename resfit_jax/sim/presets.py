@@ -22,7 +22,7 @@ without a host callback per update.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from resfit_jax.agents.ibrl import IBRLConfig
 from resfit_jax.agents.residual_td3 import ResidualTD3Config
@@ -322,13 +322,20 @@ RECIPES: dict[str, tuple[str, ...]] = {
 }
 
 
+def recipe_overrides(recipe: str, overrides: Sequence[str] = ()) -> list[str]:
+    """A named recipe's overrides (``RECIPES``) followed by ``overrides`` (a run's
+    ``--config.*``): the list a run is built from and records in its config.json."""
+    if recipe not in RECIPES:
+        raise ValueError(f"Unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}.")
+    return [*RECIPES[recipe], *overrides]
+
+
 def with_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
     """``cfg`` with a named recipe's overrides (``RECIPES``) applied."""
     from resfit_jax.run.configs import apply_overrides
 
-    if recipe not in RECIPES:
-        raise ValueError(f"Unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}.")
-    return apply_overrides(cfg, list(RECIPES[recipe])) if RECIPES[recipe] else cfg
+    overrides = recipe_overrides(recipe)
+    return apply_overrides(cfg, overrides) if overrides else cfg
 
 
 def preset(task: str, scale: str = "cpu", method: str = "resfit", **overrides) -> TrainConfig:
