@@ -123,12 +123,17 @@ def _rollouts(
     from resfit_jax.bc.frozen import open_base
     from resfit_jax.data import read_episodes
     from resfit_jax.run.checkpointing import RunCheckpointer
-    from resfit_jax.run.configs import apply_overrides
+    from resfit_jax.run.configs import apply_overrides, config_differences
     from resfit_jax.sim.evaluation import episode_keys, run_episodes
     from resfit_jax.sim.presets import preset
-    from resfit_jax.sim.progress import keeps_best
+    from resfit_jax.sim.progress import PLACEMENT, keeps_best
     from resfit_jax.sim.trainer import make_trainer
 
+    if not os.path.exists(os.path.join(run, "config.json")):
+        raise FileNotFoundError(
+            f"--run={run} holds no config.json: give the directory of a finished training run "
+            "(experiments.train --out, or a setting's directory of studies.ablate)."
+        )
     with open(os.path.join(run, "config.json")) as f:
         info = json.load(f)
     task = envs.make(info["task"])
@@ -136,6 +141,14 @@ def _rollouts(
         preset(info["task"], info.get("scale", "cpu"), info.get("method", "resfit")),
         info.get("overrides", []),
     )
+    differences = (
+        config_differences(info.get("config", {}), cfg, PLACEMENT) if "config" in info else []
+    )
+    if differences:
+        raise ValueError(
+            f"{run}: the preset plus its recorded overrides no longer give the config it "
+            f"trained with ({'; '.join(differences[:5])}); this replay would not be that run."
+        )
     base, _ = open_base(info["base"], int(task.observation_spec.shape[0]), task.action_size)
     trainer = make_trainer(task, base, read_episodes(info["demos"]), cfg, info["seeds"])
     loop, ev = trainer.loop, trainer.evaluator
@@ -217,13 +230,19 @@ def main(argv):
     from resfit_jax.run.runtime import setup_script
 
     setup_script()
-    info, prog, results = _rollouts(FLAGS.run, FLAGS.base_only, FLAGS.state, FLAGS.starts)
+    from resfit_jax.run.configs import usage_error
+
+    try:
+        info, prog, results = _rollouts(FLAGS.run, FLAGS.base_only, FLAGS.state, FLAGS.starts)
+        if FLAGS.starts == "held_out":  # the last state was not the one the summary scored
+            check_against_summary(
+                FLAGS.run,
+                {k: v for k, v in results.items() if k == "base" or FLAGS.state == "kept"},
+            )
+    except (FileNotFoundError, ValueError) as e:
+        usage_error(str(e))
     name, seeds, policies = info["task"], info["seeds"], list(results)
     n = int(results["base"]["success"].shape[1])
-    if FLAGS.starts == "held_out":  # the last state was not the one the summary scored
-        check_against_summary(
-            FLAGS.run, {k: v for k, v in results.items() if k == "base" or FLAGS.state == "kept"}
-        )
     rows, totals, moves = [], collections.Counter(), collections.Counter()
     for i, seed in enumerate(seeds):
         labels = {

@@ -1,11 +1,16 @@
 """Episode outcome classifier of studies/failure_modes.py on hand-made trajectories."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from studies.failure_modes import classify
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pickplace_episode(cube_z, cube_xy, tcp_offset, tote=(0.45, 0.2)):
@@ -71,3 +76,30 @@ def test_replay_is_checked_against_the_runs_recorded_outcomes(tmp_path, capsys):
     with pytest.raises(ValueError, match="resfit seed index 1: .* differ .* in 1 episodes"):
         check_against_summary(str(tmp_path), {"base": base, "resfit": moved})
     check_against_summary(str(tmp_path / "nowhere"), {"base": base})  # no summary: nothing
+
+
+def test_a_run_whose_recorded_overrides_do_not_rebuild_its_config_is_refused(tmp_path):
+    """A run recorded as plain-preset overrides whose config.json says it trained the chunk
+    recipe (what experiments.train once wrote) must not be replayed as the plain preset."""
+    from resfit_jax.run.configs import to_dict
+    from resfit_jax.sim.presets import preset, with_recipe
+
+    info = {
+        "task": "PickPlace",
+        "base": "/nonexistent/base",
+        "demos": "/nonexistent/demos",
+        "seeds": [0],
+        "overrides": ["final_episodes=300"],
+        "config": to_dict(with_recipe(preset("PickPlace"), "chunk")),
+    }
+    (tmp_path / "config.json").write_text(json.dumps(info))
+    r = subprocess.run(
+        [sys.executable, "-m", "studies.failure_modes", f"--run={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "no longer give the config it trained with" in r.stderr
+    assert "learner.advantage_head: True -> False" in r.stderr
