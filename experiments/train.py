@@ -119,14 +119,7 @@ def main(argv):
     from resfit_jax.bc.frozen import open_base_and_demos
     from resfit_jax.observations import camera_shapes, state_size
     from resfit_jax.run.checkpointing import content_hash
-    from resfit_jax.run.configs import (
-        apply_overrides,
-        config_differences,
-        config_lines,
-        config_overrides,
-        same_config,
-        to_dict,
-    )
+    from resfit_jax.run.configs import apply_overrides, config_lines, config_overrides
     from resfit_jax.run.locks import RunLockedError
     from resfit_jax.sim.presets import recipe_overrides
     from resfit_jax.sim.report import results_table
@@ -134,7 +127,8 @@ def main(argv):
 
     if FLAGS.recipe != "per_step" and method != "resfit":
         usage_error(f"--recipe={FLAGS.recipe} is a ResFiT recipe; drop it for --method={method}.")
-    # the recipe's overrides, then --config: printed, trained and recorded in config.json
+    # one list, the recipe's overrides then --config: printed, trained (method_trainer
+    # applies it to the same preset) and recorded in config.json
     overrides = recipe_overrides(FLAGS.recipe, config_overrides())
     try:
         cfg = apply_overrides(method_preset(method, FLAGS.task, FLAGS.scale), overrides)
@@ -173,11 +167,6 @@ def main(argv):
         trainer, train = method_trainer(
             method, FLAGS.task, (task, base, episodes), seeds, overrides, FLAGS.scale, base_dir
         )
-        if not same_config(to_dict(cfg), getattr(trainer, "cfg", cfg)):
-            raise ValueError(
-                "internal: the trainer's config differs from the resolved one printed above: "
-                + "; ".join(config_differences(to_dict(cfg), trainer.cfg))
-            )
     except (FileNotFoundError, ValueError) as e:  # e.g. a --config.mesh with more devices
         usage_error(str(e))  # than this machine has
     if method == "ppo":
