@@ -100,6 +100,11 @@ def _peg(obs: np.ndarray, success: bool) -> str:
 
 
 OUTCOMES = {"PickPlace": _pickplace, "PegInsertion": _peg}
+# obs slices of (tool centre point, object centre) per task, for the closest approach
+TOOL_AND_OBJECT = {
+    "PickPlace": (slice(13, 16), slice(16, 19)),
+    "PegInsertion": (slice(13, 16), slice(16, 19)),
+}
 
 
 def classify(task: str, obs: np.ndarray, success: np.ndarray, length: np.ndarray) -> list[str]:
@@ -108,6 +113,46 @@ def classify(task: str, obs: np.ndarray, success: np.ndarray, length: np.ndarray
         raise ValueError(f"No outcome classifier for task {task!r}; known: {sorted(OUTCOMES)}.")
     fn = OUTCOMES[task]
     return [fn(obs[: max(int(length[i]), 1), i], bool(success[i])) for i in range(len(success))]
+
+
+def closest_approach(task: str, obs: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """[N] metres: the smallest tool-to-object distance over each episode (obs [T, N, D]),
+    how far a missed grasp was from the object."""
+    if task not in TOOL_AND_OBJECT:
+        raise ValueError(
+            f"No tool / object layout for task {task!r}; known: {sorted(TOOL_AND_OBJECT)}."
+        )
+    tool, obj = TOOL_AND_OBJECT[task]
+    dist = np.linalg.norm(obs[..., tool] - obs[..., obj], axis=-1)  # [T, N]
+    live = np.arange(obs.shape[0])[:, None] < np.maximum(length, 1)[None, :]
+    return np.where(live, dist, np.inf).min(axis=0)
+
+
+def misses(labels: dict, closest: dict) -> dict:
+    """The episodes that never reached the object: per policy their count and closest
+    approach (cm: 10th, 50th, 90th percentile), and, over the episodes both policies missed,
+    how much closer the residual brought the tool (cm, median and mean of base - resfit)."""
+    out = {}
+    for who, lab in labels.items():
+        d = np.asarray([c for c, k in zip(closest[who], lab) if k.startswith("never reached")])
+        q = np.percentile(d, [10, 50, 90]) * 100 if d.size else [np.nan] * 3
+        out[who] = {
+            "episodes": int(d.size),
+            "closest_cm_p10_p50_p90": [round(float(x), 2) for x in q],
+        }
+    if "resfit" in labels:
+        both = [
+            i
+            for i, (b, r) in enumerate(zip(labels["base"], labels["resfit"]))
+            if b.startswith("never reached") and r.startswith("never reached")
+        ]
+        gain = (np.asarray(closest["base"])[both] - np.asarray(closest["resfit"])[both]) * 100
+        out["both_missed"] = {
+            "episodes": len(both),
+            "closer_cm_median": round(float(np.median(gain)), 2) if both else None,
+            "closer_cm_mean": round(float(np.mean(gain)), 2) if both else None,
+        }
+    return out
 
 
 def _rollouts(
@@ -244,11 +289,16 @@ def main(argv):
     name, seeds, policies = info["task"], info["seeds"], list(results)
     n = int(results["base"]["success"].shape[1])
     rows, totals, moves = [], collections.Counter(), collections.Counter()
+    all_labels = {who: [] for who in policies}
+    all_closest = {who: [] for who in policies}
     for i, seed in enumerate(seeds):
         labels = {
             who: classify(name, r["obs"][i], r["success"][i], r["length"][i])
             for who, r in results.items()
         }
+        for who, r in results.items():
+            all_labels[who] += labels[who]
+            all_closest[who] += list(closest_approach(name, r["obs"][i], r["length"][i]))
         for who, lab in labels.items():
             for k, c in collections.Counter(lab).items():
                 rows.append({"seed": seed, "policy": who, "outcome": k, "episodes": c})
@@ -271,6 +321,20 @@ def main(argv):
             if b != r:
                 print(f"  {b:<48} -> {r:<48}{c:>4}")
         print(f"  unchanged: {sum(c for (b, r), c in moves.items() if b == r)} of {total}")
+    missed = misses(all_labels, all_closest)
+    print("\nnever reached the object: closest tool-object approach (cm, 10th / 50th / 90th pct)")
+    for who in policies:
+        m = missed[who]
+        print(
+            f"  {who:<8}{m['episodes']:>5} episodes   "
+            + " / ".join(f"{x:.1f}" for x in m["closest_cm_p10_p50_p90"])
+        )
+    if "both_missed" in missed and missed["both_missed"]["episodes"]:
+        m = missed["both_missed"]
+        print(
+            f"  missed by both ({m['episodes']} episodes): the residual's tool came "
+            f"{m['closer_cm_median']:.2f} cm closer (median; mean {m['closer_cm_mean']:.2f})"
+        )
     out = FLAGS.out or os.path.join(
         "benchmarks", "results", f"failures_{os.path.basename(os.path.normpath(FLAGS.run))}.json"
     )
@@ -287,6 +351,7 @@ def main(argv):
             "episodes_per_seed": n,
             "rows": rows,
             "transitions": [{"base": b, "resfit": r, "episodes": c} for (b, r), c in moves.items()],
+            "misses": missed,
         },
     )
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from studies.failure_modes import classify
+from studies.failure_modes import classify, closest_approach, misses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,6 +22,26 @@ def pickplace_episode(cube_z, cube_xy, tcp_offset, tote=(0.45, 0.2)):
     obs[:, 13:16] = obs[:, 16:19] + np.asarray(tcp_offset, np.float32)
     obs[:, 26:28] = tote
     return obs
+
+
+def test_closest_approach_ignores_steps_after_the_end_and_misses_pairs_episodes():
+    z = np.full(5, 0.02)
+    near = pickplace_episode(z, (0.4, 0.0), (0.0, 0.03, 0.04))  # 5 cm all along
+    far = pickplace_episode(z, (0.4, 0.0), (0.0, 0.0, 0.12))  # 12 cm
+    obs = np.zeros((6, 2, 28), np.float32)
+    obs[:5, 0], obs[:5, 1] = near, far
+    obs[5, 0] = pickplace_episode(z, (0.4, 0.0), (0.0, 0.0, 0.0))[0]  # past its end: ignored
+    d = closest_approach("PickPlace", obs, np.array([5, 5]))
+    np.testing.assert_allclose(d, [0.05, 0.12], rtol=1e-5)
+    with pytest.raises(ValueError, match="No tool / object layout"):
+        closest_approach("Nope", obs, np.array([5, 5]))
+    miss = "never reached the cube"
+    labels = {"base": [miss, miss, "success"], "resfit": [miss, "success", miss]}
+    closest = {"base": [0.05, 0.12, 0.0], "resfit": [0.03, 0.0, 0.08]}
+    out = misses(labels, closest)
+    assert out["base"]["episodes"] == 2 and out["resfit"]["episodes"] == 2
+    assert out["base"]["closest_cm_p10_p50_p90"][1] == pytest.approx(8.5)
+    assert out["both_missed"] == {"episodes": 1, "closer_cm_median": 2.0, "closer_cm_mean": 2.0}
 
 
 def test_pickplace_outcomes():
