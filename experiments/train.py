@@ -152,6 +152,11 @@ def main(argv):
         say(
             f"semi-MDP residual: a decision every {cfg.residual.decision_steps} env steps, "
             f"{cfg.critic_steps_per_decision:g} critic steps per decision"
+            + (
+                ", each an offset + slope over its window"
+                if cfg.residual.window != "offset"
+                else ""
+            )
         )
     base_dir = FLAGS.base or os.path.join("runs", "bc", FLAGS.task)
     try:

@@ -212,6 +212,61 @@ def test_demo_windows_relabel_by_hand():
     assert np.all(np.asarray(mc_tr.mc_return) == -np.inf)
 
 
+def test_offset_slope_windows_by_hand():
+    """The held coefficients (o, s) execute o + s * (2j / (k - 1) - 1) at window step j; the
+    base in decision coordinates is (a_b, 0); only a semi-MDP window may have a slope."""
+    off = Offsets.decisions(3, slope=True)
+    assert off.decision_size(2) == 4 and Offsets.decisions(3).decision_size(2) == 2
+    coef = jnp.asarray([[0.1, -0.2, 0.05, 0.3]])
+    q = lambda index: chunk_base(6).init_state(1).replace(index=jnp.asarray([index]))
+    for index, ramp in [(1, -1.0), (2, 0.0), (3, 1.0), (4, -1.0)]:  # popped steps 0, 1, 2, 3
+        np.testing.assert_allclose(
+            off.window_residual(coef, q(index)), [[0.1 + 0.05 * ramp, -0.2 + 0.3 * ramp]]
+        )
+    np.testing.assert_array_equal(off.decides(q(4)), [True])
+    np.testing.assert_allclose(off.decision_base(jnp.asarray([[0.5, -0.5]])), [[0.5, -0.5, 0, 0]])
+    with pytest.raises(ValueError, match="semi-MDP window shape"):
+        Offsets(2.0, hold=True, slope=True)
+    with pytest.raises(ValueError, match="set decision_steps > 1"):
+        ResidualOptions(window="offset_slope")
+    with pytest.raises(ValueError, match="window must be one of"):
+        ResidualOptions(decision_steps=4, window="ramp")
+
+
+def test_demo_windows_fit_offset_and_slope_by_least_squares():
+    """k = 4: demo - plan on a line is fitted exactly (o its mean, s half its change);
+    a window cut to one step by the episode's end gets s = 0; bounds clip both."""
+    a_dim = 1
+    base = ChunkedBase(lambda o: jnp.zeros((o.shape[0], 4, a_dim)), a_dim, 4)  # plan 0
+    nz = Normalizer(
+        obs=StateStandardizer(jnp.zeros((1,)), jnp.ones((1,))),
+        action=ActionScaler(jnp.zeros((a_dim,)), jnp.ones((a_dim,))),
+    )
+    demo_a = np.asarray([0.0, 0.03, 0.06, 0.09, 0.5], np.float32)  # a line, then a jump
+    padded = {
+        "observation": jnp.zeros((1, 6, 1)),
+        "action": jnp.asarray(demo_a)[None, :, None],
+        "reward": jnp.asarray([[0, 0, 0, 0, 1.0]]),
+        "terminal": jnp.asarray([[False, False, False, False, True]]),
+        "length": jnp.asarray([5]),
+    }
+    tr, _ = demo_windows(padded, base, nz, None, 4, G, True, "offset", 0.2, slope=True)
+    act, ab = np.asarray(tr.action[0]), np.asarray(tr.base_action[0])
+    assert act.shape == (5, 2) and ab.shape == (5, 2)
+    np.testing.assert_allclose(ab, 0.0)
+    np.testing.assert_allclose(act[0], [0.045, 0.045], atol=1e-6)  # mean, half the change
+    c = 2.0 * np.arange(4) / 3 - 1
+    for t in range(1, 4):  # cut windows: the least-squares line through their steps
+        d = demo_a[t:5]
+        A = np.stack([np.ones(len(d)), c[: len(d)]], axis=1)
+        o, s = np.linalg.lstsq(A, d, rcond=None)[0]
+        np.testing.assert_allclose(act[t], np.clip([o, s], -0.2, 0.2), atol=1e-5)
+    np.testing.assert_allclose(act[4], [0.2, 0.0], atol=1e-6)  # one step: offset only, clipped
+    np.testing.assert_allclose(np.asarray(tr.next_base_action[0]), 0.0)
+    base_tr, _ = demo_windows(padded, base, nz, None, 4, G, True, "base", slope=True)
+    np.testing.assert_allclose(np.asarray(base_tr.action[0]), 0.0)
+
+
 # ------------------------------------------------------------------------- in training
 LEARNER = ResidualTD3Config(
     actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), num_critics=4, actor_lr=1e-4
@@ -335,6 +390,55 @@ def test_a_semi_mdp_run_decides_every_k_steps(demos, k, mc, tmp_path):
     assert checked >= 2 and np.abs(diffs).max() > 1e-3
     summary = train_residual(tr, str(tmp_path), progress=False, task_name="PointReach")
     assert summary["complete"] and summary["final"]["pooled"]["episodes"] == cfg.eval_episodes
+
+
+def test_offset_slope_windows_in_training_and_evaluation(demos, tmp_path):
+    """window="offset_slope": replay and demo windows hold 2A-entry decisions against the
+    base (a_b, 0); the deterministic policy executes a straight line over each window
+    (a ramp that changes within it); a run completes."""
+    k = 4
+    cfg = CFG.replace(
+        residual=ResidualOptions(decision_steps=k, window="offset_slope"),
+        replay=dataclasses.replace(CFG.replay, n_step=1),
+    )
+    tr = make_trainer(TASK, chunk_base(), demos, cfg, seeds=[0])
+    loop = tr.loop
+    assert loop.slope and loop.decision_size == 4 and loop.learner.action_dim == 4
+    ls, _ = tr.warmup(tr.init())
+    size = int(ls.replay_state.size[0])
+    d = jax.tree.map(lambda x: np.asarray(x[0, :size]), ls.replay_state.data)
+    assert d.action.shape == (size, 4) and size >= cfg.env_steps_per_chunk // k
+    np.testing.assert_array_equal(d.base_action[:, 2:], 0.0)
+    assert 0 < np.abs(d.action[:, 2:]).max() <= cfg.warmup_noise + 1e-6  # noise on the slope
+    off = jax.tree.map(lambda x: np.asarray(x[: int(tr.offline.size)]), tr.offline.data)
+    assert off.action.shape[-1] == 4 and np.abs(off.action[:, 2:]).max() > 0
+    from resfit_jax.agents.residual_td3 import make_learner  # the same, outside shard_map
+
+    lrn = make_learner(loop.learner.config, loop.learner.obs_spec, 4, env_action_dim=2)
+    lstate = jax.tree.map(lambda x: x[0], ls.learner_state)
+    lstate = lstate.replace(actor_params=jax.tree.map(lambda p: p + 0.05, lstate.actor_params))
+    nz = tr.normalizer
+    policy = ResidualPolicy(loop.base, nz, lrn, lstate, loop.features, loop.offsets)
+    bare = ResidualPolicy(loop.base, nz)
+    env = envs.core.auto_reset_envs(TASK, 2)
+    es, ps, bs = env.reset(jax.random.PRNGKey(0)), policy.init_state(2), bare.init_state(2)
+    step_both = jax.jit(lambda ps, bs, o: (policy.step(ps, o), bare.step(bs, o)))
+    diffs, clipped = [], []
+    for _ in range(8):
+        (a, ps), (b, bs) = step_both(ps, bs, es.obs)
+        diffs.append(np.asarray(nz.normalize_action(a) - nz.normalize_action(b)))
+        clipped.append(np.abs(np.asarray(nz.normalize_action(a))) > 1 - 1e-5)
+        es = env.step(es, a)
+    diffs, clipped = np.stack(diffs), np.stack(clipped)  # [8, E, A]: two windows, no ends
+    lines = 0
+    for start in (0, k):
+        w, free = diffs[start : start + k], ~clipped[start : start + k].any(axis=0)  # [E, A]
+        np.testing.assert_allclose(np.diff(w, n=2, axis=0)[:, free], 0.0, atol=1e-5)  # a line
+        assert np.abs(w[-1] - w[0])[free].min() > 1e-3  # that changes over the window
+        lines += int(free.sum())
+    assert lines >= 4
+    summary = train_residual(tr, str(tmp_path), progress=False, task_name="PointReach")
+    assert summary["complete"]
 
 
 def test_the_config_names_what_is_wrong(demos):

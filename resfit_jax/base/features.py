@@ -143,17 +143,57 @@ class Offsets:
     k divides the execution horizon, so every refill is one) and nothing appended to the
     learner's observation (``observed=False``): the learner sees only decision points, where
     the offset is always 0, and the replay stores one transition per decision.
+
+    Offset + slope (``slope=True``, semi-MDP only): the decision is a residual chunk [k, A]
+    with two parameters per action dimension, coefficients c = (o, s) [E, 2A]; step j of the
+    window executes clip(a_b,j + o + s * (2j / (k - 1) - 1), -1, 1): o the window's mean
+    correction, s half its change over the window. The learner's decision action is
+    (clip(a_b + o), s) against the decision base (a_b, 0) (``decision_base``), so it is
+    2A-dimensional and a zero residual is still the base.
     """
 
     bound: float
     hold: bool = False
     every: int = 0  # decision points every this many chunk steps (0: at refills only)
     observed: bool = True  # the learner's observation gains the offset (and flag)
+    slope: bool = False  # semi-MDP: an offset + slope residual chunk (2A coefficients)
+
+    def __post_init__(self):
+        if self.slope and not (self.hold and not self.observed and self.every >= 2):
+            raise ValueError(
+                "Offsets(slope=True) is a semi-MDP window shape: build it with "
+                "Offsets.decisions(k, slope=True), k >= 2."
+            )
 
     @classmethod
-    def decisions(cls, every: int, bound: float = 2.0) -> Offsets:
-        """Decide every ``every`` steps and hold the correction in between (semi-MDP)."""
-        return cls(bound, hold=True, every=int(every), observed=False)
+    def decisions(cls, every: int, bound: float = 2.0, slope: bool = False) -> Offsets:
+        """Decide every ``every`` steps and hold the correction in between (semi-MDP);
+        ``slope``: the held correction is an offset plus a slope over the window."""
+        return cls(bound, hold=True, every=int(every), observed=False, slope=bool(slope))
+
+    def decision_size(self, action_dim: int) -> int:
+        """Entries of one decision's action (and of the held coefficients)."""
+        return action_dim * (2 if self.slope else 1)
+
+    def position(self, state: ChunkQueue) -> jax.Array:
+        """[E] int32: the step of its decision window the base's last popped action is on."""
+        return (state.index - 1) % max(self.every, 1)
+
+    def decision_base(self, base_action: jax.Array) -> jax.Array:
+        """The base's action in decision coordinates: a_b [E, A], or (a_b, 0) [E, 2A] with
+        ``slope`` (a zero slope is the base's own plan)."""
+        if not self.slope:
+            return base_action
+        return jnp.concatenate([base_action, jnp.zeros_like(base_action)], axis=-1)
+
+    def window_residual(self, coef: jax.Array, state: ChunkQueue) -> jax.Array:
+        """The residual [E, A] the held coefficients give at the current window step:
+        o + s * (2j / (k - 1) - 1) with ``slope``, else the offset itself."""
+        if not self.slope:
+            return coef
+        a = coef.shape[-1] // 2
+        ramp = 2.0 * self.position(state).astype(coef.dtype) / (self.every - 1) - 1.0
+        return coef[..., :a] + coef[..., a:] * ramp[:, None]
 
     @property
     def semi_mdp(self) -> bool:
@@ -206,12 +246,13 @@ def make_offsets(offset_bound: float, hold: bool) -> Offsets | None:
 
 
 def decision_inputs(
-    base: Any, every: int, phase: bool = False, plan: int = 0
+    base: Any, every: int, phase: bool = False, plan: int = 0, slope: bool = False
 ) -> tuple[BaseFeatures | None, Offsets]:
     """The semi-MDP residual's inputs on ``base``: decisions every ``every`` = k env steps
     (k divides the base's execution horizon, so every chunk refill is a decision), the
     learner sees the base's plan for the k steps of its window (``plan`` raised to k - 1)
-    and, when k is shorter than the chunk, its phase. A clear error when k does not fit."""
+    and, when k is shorter than the chunk, its phase; ``slope``: offset + slope windows.
+    A clear error when k does not fit."""
     horizon = chunked_base(base).horizon
     if every < 2:
         raise ValueError(f"decision_steps={every}: semi-MDP decisions need k > 1.")
@@ -222,7 +263,7 @@ def decision_inputs(
             f"{horizon} or set base.execution_horizon."
         )
     features = BaseFeatures.for_base(base, phase or every < horizon, max(plan, every - 1))
-    return features, Offsets.decisions(every)
+    return features, Offsets.decisions(every, slope=slope)
 
 
 def augment(

@@ -46,7 +46,8 @@ class ResidualPolicy:
 
     def init_state(self, num_envs: int) -> PyTree:
         if self._offsets:
-            return self.base.init_state(num_envs), jnp.zeros((num_envs, self.action_dim))
+            size = self.offsets.decision_size(self.action_dim)
+            return self.base.init_state(num_envs), jnp.zeros((num_envs, size))
         return self.base.init_state(num_envs)
 
     def reset(self, state: PyTree, done: jax.Array) -> PyTree:
@@ -67,6 +68,8 @@ class ResidualPolicy:
         a_b = self.normalizer.normalize_action(raw)
         if self.learner is None:
             return self.normalizer.unnormalize_action(a_b), state
+        if offset is not None and self.offsets.slope:
+            return self._window_step(obs, state, offset, a_b)
         base_action = a_b
         if offset is not None:
             offset = self.offsets.reset(offset, state)
@@ -84,3 +87,19 @@ class ResidualPolicy:
         if offset is not None:
             state = (state, self.offsets.after_step(offset, a_b, action, state))
         return self.normalizer.unnormalize_action(action), state
+
+    def _window_step(
+        self, obs: PyTree, state: PyTree, coef: jax.Array, a_b: jax.Array
+    ) -> tuple[jax.Array, PyTree]:
+        """Offset + slope windows: decide the coefficients at decision points, hold them and
+        execute the ramp's value at each step (as ``sim.loop``)."""
+        offsets = self.offsets
+        coef = offsets.reset(coef, state)
+        decision_base = offsets.decision_base(jnp.clip(a_b, -1.0, 1.0))
+        _, aux = self.learner.act(
+            self.learner_state, self.learner_obs(obs, state, coef), decision_base, _EVAL_KEY, True
+        )
+        decides = offsets.decides(state)[:, None]
+        coef = jnp.where(decides, aux["action"] - decision_base, coef)
+        action = jnp.clip(a_b + offsets.window_residual(coef, state), -1.0, 1.0)
+        return self.normalizer.unnormalize_action(action), (state, coef)

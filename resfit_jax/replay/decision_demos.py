@@ -24,6 +24,7 @@ def demo_windows(
     relabel: str = "offset",
     bound: float = 1.0,
     mc_bound: bool = False,
+    slope: bool = False,
 ) -> tuple[Transition, jax.Array]:
     """Jittable: one decision window per demo step (any step may start one, so k-fold more
     offline windows than an online run's decisions over the same steps).
@@ -40,6 +41,10 @@ def demo_windows(
     own first action (``relabel="base"``, r = 0). ``mc_bound``: each window also carries
     the discounted return-to-go from t to the end of a successful (terminal) demo as
     ``mc_return`` (-inf for a demo that ends by its time limit).
+    ``slope`` (offset + slope windows, ``base.features.Offsets``): the window's coefficients
+    are the least-squares fit of o + s * (2j / (k - 1) - 1) to a_{t+j} - p_t,j over its k'
+    steps (s = 0 for a one-step window), each clipped to +-``bound``; actions and base
+    actions are then in decision coordinates, (clip(p_t,0 + o), s) against (p_t,0, 0).
 
     Returns (transitions [N, T], valid [N, T]).
     """
@@ -87,10 +92,19 @@ def demo_windows(
     w = inside[..., None].astype(jnp.float32)
     offset = jnp.sum((window_a - p) * w, axis=2) / jnp.maximum(w.sum(axis=2), 1.0)
     a_b = p[:, :, 0]
+    if slope:
+        offset, rate = _offset_and_slope(window_a - p, w, every)
     if relabel == "offset":
         action = jnp.clip(a_b + jnp.clip(offset, -bound, bound), -1.0, 1.0)
     else:
         action = a_b
+    next_a_b = plan[:, :, 0]
+    if slope:  # decision coordinates: (action, slope) against (base, 0)
+        zero = jnp.zeros_like(a_b)
+        rate = jnp.clip(rate, -bound, bound) if relabel == "offset" else zero
+        action = jnp.concatenate([action, jnp.clip(rate, -1.0, 1.0)], axis=-1)
+        a_b = jnp.concatenate([a_b, zero], axis=-1)
+        next_a_b = jnp.concatenate([next_a_b, jnp.zeros_like(next_a_b)], axis=-1)
     nxt = jnp.clip(t + jnp.maximum(k_eff, 0), 0, t_max)  # [N, T] frame of the next decision
     at_next = lambda v: jnp.take_along_axis(v, nxt.reshape(nxt.shape + (1,) * (v.ndim - 2)), axis=1)
     mc = None
@@ -111,10 +125,24 @@ def demo_windows(
         discount=gamma ** jnp.maximum(k_eff, 1).astype(jnp.float32),
         nonterminal=nonterminal.astype(jnp.float32),
         next_obs=jax.tree.map(at_next, x),
-        next_base_action=at_next(plan[:, :, 0]),
+        next_base_action=at_next(next_a_b),
         mc_return=mc,
     )
     return trans, valid
+
+
+def _offset_and_slope(d: jax.Array, w: jax.Array, every: int) -> tuple[jax.Array, jax.Array]:
+    """Weighted least squares of d [..., k, A] ~ o + s * c_j, c_j = 2j / (k - 1) - 1, over
+    the steps with weight w [..., k, 1]: (o, s) [..., A]; s = 0 where one step is weighted."""
+    c = (2.0 * jnp.arange(every, dtype=jnp.float32) / (every - 1) - 1.0)[:, None]  # [k, 1]
+    sw, sc, scc = w.sum(-2), (w * c).sum(-2), (w * c * c).sum(-2)
+    sd, scd = (w * d).sum(-2), (w * c * d).sum(-2)
+    det = sw * scc - sc * sc
+    ok = det > 1e-6
+    safe = jnp.where(ok, det, 1.0)
+    o = jnp.where(ok, (scc * sd - sc * scd) / safe, sd / jnp.maximum(sw, 1.0))
+    s = jnp.where(ok, (sw * scd - sc * sd) / safe, 0.0)
+    return o, s
 
 
 def demo_decision_buffer(
@@ -128,6 +156,7 @@ def demo_decision_buffer(
     relabel: str = "offset",
     bound: float = 1.0,
     mc_bound: bool = False,
+    slope: bool = False,
 ) -> tuple[Any, Any]:
     """Host entry point: demo episodes -> (ReplayBuffer sized to fit, a filled ReplayState of
     ``demo_windows``: one window per demo step)."""
@@ -140,7 +169,17 @@ def demo_decision_buffer(
 
     def build(p, nz):
         trans, valid = demo_windows(
-            p, base, nz, features, every, gamma, bootstrap_truncation, relabel, bound, mc_bound
+            p,
+            base,
+            nz,
+            features,
+            every,
+            gamma,
+            bootstrap_truncation,
+            relabel,
+            bound,
+            mc_bound,
+            slope,
         )
         column = lambda i: jax.tree.map(lambda x: x[:, i], trans)
         spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[2:], x.dtype), trans)
@@ -190,5 +229,6 @@ def demo_buffer(
             relabel,
             bound,
             mc_bound,
+            offsets.slope,
         )
     return offline_buffer(episodes, base, normalizer, replay.demo_writer(), features, offsets)

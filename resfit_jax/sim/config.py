@@ -30,6 +30,7 @@ from resfit_jax.run.validation import number_errors
 from resfit_jax.sim.selection import SELECT_RULES
 
 METHODS = ("resfit", "rlpd", "ibrl")
+WINDOWS = ("offset", "offset_slope")  # ResidualOptions.window
 METHOD_NAMES = {"resfit": "ResFiT", "rlpd": "RLPD", "ibrl": "IBRL"}
 
 
@@ -79,7 +80,10 @@ class ResidualOptions:
     (``demo_relabel="offset"``) or the base's own (``"base"``). k = 1 is per-step ResFiT.
     ``mc_bound`` (semi-MDP, ``replay.n_step=1``): the critic's target is never below the
     discounted return the data achieved from that decision in a successful episode
-    (MCAC), online (decisions are stored when their episode ends) and in the demos."""
+    (MCAC), online (decisions are stored when their episode ends) and in the demos.
+    ``window`` (semi-MDP): the held correction's shape over the k steps, "offset" (one
+    value per action dimension) or "offset_slope" (an offset plus a linear ramp, 2A
+    values: ``base.features.Offsets``; demos relabelled by least squares)."""
 
     base_phase: bool = False
     base_plan: int = 0
@@ -91,9 +95,17 @@ class ResidualOptions:
     decision_steps: int = 1
     demo_relabel: str = "offset"
     mc_bound: bool = False
+    window: str = "offset"
 
     def __post_init__(self):
         errors = number_errors(self)
+        if self.window not in WINDOWS:
+            errors.append(f"window must be one of {WINDOWS} (got {self.window!r})")
+        elif self.window != "offset" and self.decision_steps < 2:
+            errors.append(
+                f"window={self.window!r} shapes the semi-MDP residual's held correction: "
+                "set decision_steps > 1"
+            )
         if self.decision_steps < 1:
             errors.append(f"decision_steps must be >= 1 (got {self.decision_steps})")
         if self.demo_relabel not in DEMO_RELABELS:

@@ -60,7 +60,8 @@ def prepare_inputs(
     normalizer = fit_normalizer(episodes, action_scale, cfg.action_margin, cfg.obs_min_std)
     k = getattr(res, "decision_steps", 1)
     if k > 1:  # semi-MDP: decide at refills and every k steps between them, see the plan
-        features, offsets = decision_inputs(base, k, res.base_phase, res.base_plan)
+        slope = getattr(res, "window", "offset") == "offset_slope"
+        features, offsets = decision_inputs(base, k, res.base_phase, res.base_plan, slope)
     else:
         features = BaseFeatures.for_base(base, res.base_phase, res.base_plan)
         offsets = make_offsets(res.offset_bound, res.hold)

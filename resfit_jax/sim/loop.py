@@ -91,7 +91,9 @@ class SimLoop:
     # bound of its target (``replay.decisions.EpisodeDecisionWriter``)
 
     def __post_init__(self):
-        check_action_sizes(self.task, self.base, self.learner)
+        check_action_sizes(
+            self.task, self.base, self.learner, self.decision_size if self.slope else None
+        )
         if self.mc_bound and not self.semi_mdp:
             raise ValueError("mc_bound needs semi-MDP decisions (residual.decision_steps > 1).")
 
@@ -104,6 +106,17 @@ class SimLoop:
     def semi_mdp(self) -> bool:
         """One replay transition per residual decision (``Offsets.decisions``)."""
         return self.offsets is not None and self.offsets.semi_mdp
+
+    @property
+    def slope(self) -> bool:
+        """Offset + slope decision windows (``Offsets.slope``): decisions of 2A entries."""
+        return self.semi_mdp and self.offsets.slope
+
+    @property
+    def decision_size(self) -> int:
+        """Entries of a stored action: the task's action size, or a decision's."""
+        a = self.task.action_size
+        return self.offsets.decision_size(a) if self.semi_mdp else a
 
     @property
     def writer(self):
@@ -145,6 +158,13 @@ class SimLoop:
             return ls.base_action
         return self.offsets.effective(ls.base_action, ls.offset)
 
+    def decision_base_action(self, ls: LoopState) -> jax.Array:
+        """[E, D]: the base action the learner's decision corrects (``effective_base_action``,
+        in decision coordinates with offset + slope windows)."""
+        if self.slope:
+            return self.offsets.decision_base(jnp.clip(ls.base_action, -1.0, 1.0))
+        return self.effective_base_action(ls)
+
     def held(self, ls: LoopState, r: jax.Array) -> jax.Array:
         """r [E, A] zeroed where the residual does not act (hold: all but chunk starts)."""
         if self.offsets is None or not self.offsets.hold:
@@ -166,15 +186,15 @@ class SimLoop:
             env_state=env_state,
             base_state=bstate,
             base_action=a_b,
-            writer_state=self.writer.init(self.num_envs, spec, self.task.action_size),
+            writer_state=self.writer.init(self.num_envs, spec, self.decision_size),
             replay_state=self.buffer.init(
-                transition_spec(spec, self.task.action_size, self.mc_bound), frames
+                transition_spec(spec, self.decision_size, self.mc_bound), frames
             ),
             learner_state=learner_state,
             key=k_loop,
             env_steps=jnp.zeros((), jnp.int32),
             train_env_steps=jnp.zeros((), jnp.int32),
-            offset=jnp.zeros((self.num_envs, self.task.action_size), jnp.float32),
+            offset=jnp.zeros((self.num_envs, self.decision_size), jnp.float32),
             explore_std=self._draw_std(jax.random.fold_in(k_loop, 7)),
             frame_id=frame_id,
         )
@@ -188,21 +208,35 @@ class SimLoop:
     # ------------------------------------------------------------------------- one step
     def _env_step(self, ls: LoopState, residual: jax.Array) -> tuple[LoopState, dict]:
         nz = ls.learner_state.normalizer
-        out = residual_env_step(
-            self.env,
-            self.base,
-            nz,
-            ls.env_state,
-            ls.base_state,
-            self.effective_base_action(ls),
-            residual,
-        )
+        if self.slope:  # the decision's coefficients, held; each step its point on the ramp
+            decision_base = self.decision_base_action(ls)
+            decision = jnp.clip(decision_base + residual, -1.0, 1.0)
+            decides = self.offsets.decides(ls.base_state)[:, None]
+            coef = jnp.where(decides, decision - decision_base, ls.offset)
+            step_residual = self.offsets.window_residual(coef, ls.base_state)
+            out = residual_env_step(
+                self.env, self.base, nz, ls.env_state, ls.base_state, ls.base_action, step_residual
+            )
+            stored_base, stored_action = decision_base, decision
+            offset = self.offsets.reset(coef, out.next_base_state)
+            next_base_action = self.offsets.decision_base(jnp.clip(out.next_base_action, -1.0, 1.0))
+        else:
+            out = residual_env_step(
+                self.env,
+                self.base,
+                nz,
+                ls.env_state,
+                ls.base_state,
+                self.effective_base_action(ls),
+                residual,
+            )
+            stored_base, stored_action = out.prev_base_action, out.action
+            next_base_action, offset = out.next_base_action, ls.offset
+            if self.offsets is not None:
+                kept = self.offsets.after_step(offset, ls.base_action, out.action, ls.base_state)
+                offset = self.offsets.reset(kept, out.next_base_state)
+                next_base_action = self.offsets.effective(out.next_base_action, offset)
         obs = self.learner_obs(ls)
-        next_base_action, offset = out.next_base_action, ls.offset
-        if self.offsets is not None:
-            kept = self.offsets.after_step(offset, ls.base_action, out.action, ls.base_state)
-            offset = self.offsets.reset(kept, out.next_base_state)
-            next_base_action = self.offsets.effective(out.next_base_action, offset)
         next_obs = self._learner_obs(out.next_obs, out.next_base_state, offset, nz)
         replay_state, frame_id = ls.replay_state, ls.frame_id
         if self.frame_once:  # each frame once: the true next one, then new episodes'
@@ -221,8 +255,8 @@ class SimLoop:
         writer_state, cands, valid = self.writer.step(
             ls.writer_state,
             obs,
-            out.prev_base_action,
-            out.action,
+            stored_base,
+            stored_action,
             out.reward,
             next_obs,
             next_base_action,
@@ -278,7 +312,10 @@ class SimLoop:
         def body(ls, _):
             key, k = jax.random.split(ls.key)
             r = jax.random.uniform(
-                k, ls.base_action.shape, minval=-self.warmup_noise, maxval=self.warmup_noise
+                k,
+                (self.num_envs, self.decision_size),
+                minval=-self.warmup_noise,
+                maxval=self.warmup_noise,
             )
             return self._env_step(ls.replace(key=key), self.held(ls, r))
 
@@ -306,7 +343,7 @@ class SimLoop:
             key, k, k_on, k_std = jax.random.split(ls.key, 4)
             std = None if self.explore_std_range is None else ls.explore_std[:, None]
             r, aux = self.learner.act(
-                ls.learner_state, self.learner_obs(ls), self.effective_base_action(ls), k, std=std
+                ls.learner_state, self.learner_obs(ls), self.decision_base_action(ls), k, std=std
             )
             if self.progressive_steps > 0:  # Policy Decorator's progressive schedule
                 p = jnp.minimum(ls.train_env_steps / self.progressive_steps, 1.0)

@@ -102,17 +102,21 @@ def residual_env_step(
     )
 
 
-def check_action_sizes(task: Env, base: BasePolicy, learner: Any = None) -> None:
-    """A clear error when the base's or the learner's action size is not the task's."""
+def check_action_sizes(
+    task: Env, base: BasePolicy, learner: Any = None, decision_size: int | None = None
+) -> None:
+    """A clear error when the base's or the learner's action size is not the task's (the
+    learner's: ``decision_size`` where one decision holds more, e.g. offset + slope)."""
     if base.action_dim != task.action_size:
         raise ValueError(
             f"The base policy's action size ({base.action_dim}) does not match the "
             f"task's ({task.action_size})."
         )
-    if learner is not None and learner.action_dim != task.action_size:
+    want = task.action_size if decision_size is None else decision_size
+    if learner is not None and learner.action_dim != want:
+        what = "task's" if decision_size is None else "decision's (offset + slope: 2 x the task's)"
         raise ValueError(
-            f"The learner's action_dim ({learner.action_dim}) does not match the "
-            f"task's ({task.action_size})."
+            f"The learner's action_dim ({learner.action_dim}) does not match the {what} ({want})."
         )
 
 

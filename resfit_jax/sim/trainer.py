@@ -125,12 +125,17 @@ def make_trainer(
     learner_cfg = cfg.learner  # hold: the learner masks its residual by the flag
     if offsets is not None and offsets.hold and offsets.observed:
         learner_cfg = dataclasses.replace(learner_cfg, residual_mask=True)
-    learner = build(
-        learner_cfg,
-        learner_obs_spec(task.observation_spec, features, offsets, task.action_size),
-        task.action_size,
-        axis_name=GRAD_AXES,
-    )
+    spec = learner_obs_spec(task.observation_spec, features, offsets, task.action_size)
+    if offsets is not None and offsets.slope:  # a decision: 2A coefficients per window
+        learner = build(
+            learner_cfg,
+            spec,
+            offsets.decision_size(task.action_size),
+            axis_name=GRAD_AXES,
+            env_action_dim=task.action_size,
+        )
+    else:
+        learner = build(learner_cfg, spec, task.action_size, axis_name=GRAD_AXES)
     offline_buf, offline = demo_buffer(
         episodes,
         base,

@@ -60,6 +60,8 @@ class ResidualTD3:
     default_normalizer: Normalizer | None = None
     obs_encoder: ObservationEncoder | None = None
     axis_name: Any = None  # data-parallel shards: gradients averaged over them (sharding)
+    env_action_dim: int | None = None  # the env's action size, what the run's normalizer
+    # scales, where a decision is larger than one action (offset + slope windows: 2A)
 
     @property
     def obs_dim(self) -> int:
@@ -89,9 +91,9 @@ class ResidualTD3:
         run's statistics (default: identity, i.e. actions already in [-1, 1])."""
         if normalizer is None:
             normalizer = self.default_normalizer or Normalizer.identity(
-                self.obs_dim, self.action_dim
+                self.obs_dim, self.env_action_dim or self.action_dim
             )
-        checks.check_normalizer(normalizer, self.obs_dim, self.action_dim)
+        checks.check_normalizer(normalizer, self.obs_dim, self.env_action_dim or self.action_dim)
         key = checks.typed_key(key)
         k_actor, k_critic, k_state = jax.random.split(key, 3)
         feats = jnp.zeros((1, self.obs_dim), jnp.float32)
@@ -355,6 +357,7 @@ def make_learner(
     action_dim: int,
     obs_normalizer: StateStandardizer | None = None,
     axis_name: Any = None,
+    env_action_dim: int | None = None,
 ) -> ResidualTD3:
     """Build the learner's pure functions.
 
@@ -363,9 +366,15 @@ def make_learner(
     of the state: pass a ``Normalizer`` to ``init``. ``obs_normalizer`` is deprecated (it
     becomes the default observation statistics of ``init``). ``axis_name``: the named axes
     of data-parallel shards (``sharding.GRAD_AXES``); updates then average gradients over
-    them and must run inside shard_map / a named vmap.
+    them and must run inside shard_map / a named vmap. ``env_action_dim``: the env's action
+    size where one decision holds more entries than an action (the run's normalizer scales
+    the env's actions; default ``action_dim``).
     """
     action_dim = checks.learner_sizes(config, ResidualTD3Config, action_dim, "make_learner")
+    if env_action_dim is not None:
+        env_action_dim = checks.learner_sizes(
+            config, ResidualTD3Config, env_action_dim, "make_learner (env_action_dim)"
+        )
     spec = checks.as_obs_spec(obs_spec, pixels=True)
     default = None
     if obs_normalizer is not None:
@@ -397,4 +406,5 @@ def make_learner(
         critic_tx=make_optimizer(config.critic_lr, config.weight_decay, config.max_grad_norm),
         default_normalizer=default,
         axis_name=axis_name,
+        env_action_dim=env_action_dim,
     )
