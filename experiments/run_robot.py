@@ -116,6 +116,11 @@ def main(argv):
         sim_cfg = with_recipe(preset(FLAGS.task, "cpu"), FLAGS.recipe)
     except (KeyError, ValueError) as e:
         usage_error(str(e).strip('"'))
+    if sim_cfg.residual.window != "offset":  # not carried by RobotTrainConfig
+        usage_error(
+            f"--recipe={FLAGS.recipe}: residual.window={sim_cfg.residual.window!r} runs in "
+            "simulation only; the robot loop holds one offset per decision."
+        )
     spec = task.observation_spec  # a camera task (PixelPickPlace): a dict
     obs_dim, act_dim, cameras = state_size(spec), task.action_size, camera_shapes(spec)
     horizon = FLAGS.max_steps or task.horizon
