@@ -392,22 +392,29 @@ def test_a_semi_mdp_run_decides_every_k_steps(demos, k, mc, tmp_path):
     assert summary["complete"] and summary["final"]["pooled"]["episodes"] == cfg.eval_episodes
 
 
-def test_offset_slope_windows_in_training_and_evaluation(demos, tmp_path):
+@pytest.mark.parametrize("chunk_recipe", [False, True])
+def test_offset_slope_windows_in_training_and_evaluation(demos, chunk_recipe, tmp_path):
     """window="offset_slope": replay and demo windows hold 2A-entry decisions against the
     base (a_b, 0); the deterministic policy executes a straight line over each window
-    (a ramp that changes within it); a run completes."""
+    (a ramp that changes within it); a run completes, also with the chunk recipe's options
+    (Monte-Carlo bound, advantage head, pessimistic actor)."""
     k = 4
     cfg = CFG.replace(
-        residual=ResidualOptions(decision_steps=k, window="offset_slope"),
+        residual=ResidualOptions(decision_steps=k, window="offset_slope", mc_bound=chunk_recipe),
         replay=dataclasses.replace(CFG.replay, n_step=1),
     )
+    if chunk_recipe:
+        cfg = cfg.replace(
+            learner=dataclasses.replace(cfg.learner, advantage_head=True, actor_pessimism=1.0)
+        )
     tr = make_trainer(TASK, chunk_base(), demos, cfg, seeds=[0])
     loop = tr.loop
     assert loop.slope and loop.decision_size == 4 and loop.learner.action_dim == 4
     ls, _ = tr.warmup(tr.init())
     size = int(ls.replay_state.size[0])
     d = jax.tree.map(lambda x: np.asarray(x[0, :size]), ls.replay_state.data)
-    assert d.action.shape == (size, 4) and size >= cfg.env_steps_per_chunk // k
+    assert d.action.shape == (size, 4) and size > 0  # mc_bound: only finished episodes'
+    assert chunk_recipe or size >= cfg.env_steps_per_chunk // k
     np.testing.assert_array_equal(d.base_action[:, 2:], 0.0)
     assert 0 < np.abs(d.action[:, 2:]).max() <= cfg.warmup_noise + 1e-6  # noise on the slope
     off = jax.tree.map(lambda x: np.asarray(x[: int(tr.offline.size)]), tr.offline.data)
