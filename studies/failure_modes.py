@@ -107,8 +107,14 @@ TOOL_AND_OBJECT = {
 }
 
 
+def _layout_task(task: str) -> str:
+    """The delta end-effector variants (PickPlaceEE, ...) observe what their joint task does."""
+    return task.removesuffix("EE") if task.removesuffix("EE") in OUTCOMES else task
+
+
 def classify(task: str, obs: np.ndarray, success: np.ndarray, length: np.ndarray) -> list[str]:
     """Outcome of each episode; obs [T, N, D] from sim.evaluation.run_episodes(record=True)."""
+    task = _layout_task(task)
     if task not in OUTCOMES:
         raise ValueError(f"No outcome classifier for task {task!r}; known: {sorted(OUTCOMES)}.")
     fn = OUTCOMES[task]
@@ -118,6 +124,7 @@ def classify(task: str, obs: np.ndarray, success: np.ndarray, length: np.ndarray
 def closest_approach(task: str, obs: np.ndarray, length: np.ndarray) -> np.ndarray:
     """[N] metres: the smallest tool-to-object distance over each episode (obs [T, N, D]),
     how far a missed grasp was from the object."""
+    task = _layout_task(task)
     if task not in TOOL_AND_OBJECT:
         raise ValueError(
             f"No tool / object layout for task {task!r}; known: {sorted(TOOL_AND_OBJECT)}."

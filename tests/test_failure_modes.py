@@ -72,6 +72,7 @@ def test_pickplace_outcomes():
         obs[: len(ep), i], length[i] = ep, len(ep)
     success = np.zeros(len(cases), bool)
     assert classify("PickPlace", obs, success, length) == list(cases)
+    assert classify("PickPlaceEE", obs, success, length) == list(cases)  # same observations
     success[0] = True
     assert classify("PickPlace", obs, success, length)[0] == "success"
     with pytest.raises(ValueError, match="No outcome classifier for task 'Nope'"):
