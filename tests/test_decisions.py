@@ -325,6 +325,36 @@ def test_k1_decisions_are_the_per_step_learner_bit_for_bit(demos, n_step):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def _against_the_base(tr, ls, steps: int):
+    """Roll the first seed's learner (actor nudged off zero) through ``ResidualPolicy`` next
+    to the bare base from the same starts, 2 envs: (executed - base action, executed action,
+    both normalized [steps, E, A]; done [steps, E])."""
+    from resfit_jax.agents.residual_td3 import make_learner  # the same, outside shard_map
+
+    loop, nz = tr.loop, tr.normalizer
+    lrn = make_learner(
+        loop.learner.config,
+        loop.learner.obs_spec,
+        loop.learner.action_dim,
+        env_action_dim=loop.learner.env_action_dim,
+    )
+    lstate = jax.tree.map(lambda x: x[0], ls.learner_state)
+    lstate = lstate.replace(actor_params=jax.tree.map(lambda p: p + 0.05, lstate.actor_params))
+    policy = ResidualPolicy(loop.base, nz, lrn, lstate, loop.features, loop.offsets)
+    bare = ResidualPolicy(loop.base, nz)
+    env = envs.core.auto_reset_envs(TASK, 2)
+    es, ps, bs = env.reset(jax.random.PRNGKey(0)), policy.init_state(2), bare.init_state(2)
+    step_both = jax.jit(lambda ps, bs, o: (policy.step(ps, o), bare.step(bs, o)))
+    diffs, actions, dones = [], [], []
+    for _ in range(steps):
+        (a, ps), (b, bs) = step_both(ps, bs, es.obs)
+        actions.append(np.asarray(nz.normalize_action(a)))
+        diffs.append(actions[-1] - np.asarray(nz.normalize_action(b)))
+        es = env.step(es, a)
+        dones.append(np.asarray(es.done))
+    return np.stack(diffs), np.stack(actions), np.stack(dones)
+
+
 @pytest.mark.parametrize("k, mc", [(4, False), (2, False), (4, True)])
 def test_a_semi_mdp_run_decides_every_k_steps(demos, k, mc, tmp_path):
     """decision_steps k: the learner sees the observation, the base's plan for the k steps
@@ -360,25 +390,7 @@ def test_a_semi_mdp_run_decides_every_k_steps(demos, k, mc, tmp_path):
     plan = d.obs[:, 4 + phase :].reshape(size, k - 1, 2)
     np.testing.assert_allclose(plan[:, 0], d.base_action, atol=1e-5)
     # the deterministic policy decides at k-step boundaries and holds in between
-    from resfit_jax.agents.residual_td3 import make_learner  # the same, outside shard_map
-
-    loop = tr.loop
-    lrn = make_learner(loop.learner.config, loop.learner.obs_spec, 2)
-    lstate = jax.tree.map(lambda x: x[0], ls.learner_state)
-    lstate = lstate.replace(actor_params=jax.tree.map(lambda p: p + 0.05, lstate.actor_params))
-    nz = tr.normalizer
-    policy = ResidualPolicy(loop.base, nz, lrn, lstate, loop.features, loop.offsets)
-    bare = ResidualPolicy(loop.base, nz)
-    env = envs.core.auto_reset_envs(TASK, 2)
-    es, ps, bs = env.reset(jax.random.PRNGKey(0)), policy.init_state(2), bare.init_state(2)
-    step_both = jax.jit(lambda ps, bs, o: (policy.step(ps, o), bare.step(bs, o)))
-    diffs, dones = [], []
-    for _ in range(12):
-        (a, ps), (b, bs) = step_both(ps, bs, es.obs)
-        diffs.append(np.asarray(nz.normalize_action(a) - nz.normalize_action(b)))
-        es = env.step(es, a)
-        dones.append(np.asarray(es.done))
-    diffs, dones = np.stack(diffs), np.stack(dones)  # [12, E, A], [12, E]
+    diffs, _, dones = _against_the_base(tr, ls, 12)  # [12, E, A], [12, E]
     checked = 0
     for e in range(2):
         for start in range(0, 12, k):
@@ -413,30 +425,14 @@ def test_offset_slope_windows_in_training_and_evaluation(demos, chunk_recipe, tm
     ls, _ = tr.warmup(tr.init())
     size = int(ls.replay_state.size[0])
     d = jax.tree.map(lambda x: np.asarray(x[0, :size]), ls.replay_state.data)
-    assert d.action.shape == (size, 4) and size > 0  # mc_bound: only finished episodes'
+    assert d.action.shape == (size, 4) and size > 0  # mc_bound: only finished episodes
     assert chunk_recipe or size >= cfg.env_steps_per_chunk // k
     np.testing.assert_array_equal(d.base_action[:, 2:], 0.0)
     assert 0 < np.abs(d.action[:, 2:]).max() <= cfg.warmup_noise + 1e-6  # noise on the slope
     off = jax.tree.map(lambda x: np.asarray(x[: int(tr.offline.size)]), tr.offline.data)
     assert off.action.shape[-1] == 4 and np.abs(off.action[:, 2:]).max() > 0
-    from resfit_jax.agents.residual_td3 import make_learner  # the same, outside shard_map
-
-    lrn = make_learner(loop.learner.config, loop.learner.obs_spec, 4, env_action_dim=2)
-    lstate = jax.tree.map(lambda x: x[0], ls.learner_state)
-    lstate = lstate.replace(actor_params=jax.tree.map(lambda p: p + 0.05, lstate.actor_params))
-    nz = tr.normalizer
-    policy = ResidualPolicy(loop.base, nz, lrn, lstate, loop.features, loop.offsets)
-    bare = ResidualPolicy(loop.base, nz)
-    env = envs.core.auto_reset_envs(TASK, 2)
-    es, ps, bs = env.reset(jax.random.PRNGKey(0)), policy.init_state(2), bare.init_state(2)
-    step_both = jax.jit(lambda ps, bs, o: (policy.step(ps, o), bare.step(bs, o)))
-    diffs, clipped = [], []
-    for _ in range(8):
-        (a, ps), (b, bs) = step_both(ps, bs, es.obs)
-        diffs.append(np.asarray(nz.normalize_action(a) - nz.normalize_action(b)))
-        clipped.append(np.abs(np.asarray(nz.normalize_action(a))) > 1 - 1e-5)
-        es = env.step(es, a)
-    diffs, clipped = np.stack(diffs), np.stack(clipped)  # [8, E, A]: two windows, no ends
+    diffs, actions, _ = _against_the_base(tr, ls, 8)  # [8, E, A]: two windows, no ends
+    clipped = np.abs(actions) > 1 - 1e-5
     lines = 0
     for start in (0, k):
         w, free = diffs[start : start + k], ~clipped[start : start + k].any(axis=0)  # [E, A]

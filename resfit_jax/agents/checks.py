@@ -97,6 +97,31 @@ def obs_dim(spec: PyTree) -> int:
     return int(sum(s.shape[0] for s in jax.tree.leaves(spec)))
 
 
+def deprecated_obs_normalizer(obs_normalizer: Any, spec: PyTree, action_dim: int) -> Any:
+    """``make_learner(obs_normalizer=...)`` (deprecated): a default ``Normalizer`` with those
+    observation statistics and identity actions, with a warning; None when not given."""
+    if obs_normalizer is None:
+        return None
+    import warnings
+
+    from resfit_jax.encoders import state_dim
+    from resfit_jax.normalization import Normalizer
+
+    warnings.warn(
+        "make_learner(obs_normalizer=...) is deprecated: pass a "
+        "normalization.Normalizer to learner.init instead.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    dim = state_dim(spec)
+    if obs_normalizer.dim != dim:
+        raise ValueError(
+            f"obs_normalizer has dimension {obs_normalizer.dim} but the "
+            f"flattened observation has {dim}; fit it on the same observations."
+        )
+    return Normalizer(obs=obs_normalizer, action=Normalizer.identity(dim, int(action_dim)).action)
+
+
 def check_normalizer(normalizer: Any, obs_dim: int, action_dim: int) -> None:
     """A clear error when a ``Normalizer``'s sizes do not match the learner's."""
     if normalizer.obs.mean.shape[-1] != obs_dim:

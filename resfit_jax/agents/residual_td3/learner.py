@@ -23,7 +23,6 @@ batch size, demo fraction, n-step returns) is the replay's business (``replay.Re
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any
 
 import jax
@@ -376,23 +375,7 @@ def make_learner(
             config, ResidualTD3Config, env_action_dim, "make_learner (env_action_dim)"
         )
     spec = checks.as_obs_spec(obs_spec, pixels=True)
-    default = None
-    if obs_normalizer is not None:
-        warnings.warn(
-            "make_learner(obs_normalizer=...) is deprecated: pass a "
-            "normalization.Normalizer to learner.init instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        dim = state_dim(spec)
-        if obs_normalizer.dim != dim:
-            raise ValueError(
-                f"obs_normalizer has dimension {obs_normalizer.dim} but the "
-                f"flattened observation has {dim}; fit it on the same observations."
-            )
-        default = Normalizer(
-            obs=obs_normalizer, action=Normalizer.identity(dim, int(action_dim)).action
-        )
+    default = checks.deprecated_obs_normalizer(obs_normalizer, spec, env_action_dim or action_dim)
     networks = make_networks(config, int(action_dim))
     obs_encoder = ObservationEncoder(spec, config.encoder, config.camera_feature_dim)
     return ResidualTD3(
