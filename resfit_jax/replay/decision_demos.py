@@ -90,10 +90,11 @@ def demo_windows(
     )  # [N, T, k, A]
     p = plan[:, :t_max]  # [N, T, k, A]
     w = inside[..., None].astype(jnp.float32)
-    offset = jnp.sum((window_a - p) * w, axis=2) / jnp.maximum(w.sum(axis=2), 1.0)
-    a_b = p[:, :, 0]
     if slope:
         offset, rate = _offset_and_slope(window_a - p, w, every)
+    else:
+        offset = jnp.sum((window_a - p) * w, axis=2) / jnp.maximum(w.sum(axis=2), 1.0)
+    a_b = p[:, :, 0]
     if relabel == "offset":
         action = jnp.clip(a_b + jnp.clip(offset, -bound, bound), -1.0, 1.0)
     else:
