@@ -7,6 +7,8 @@ r"""Train (or evaluate) a residual on a robot through the robot loop.
     python -m experiments.run_robot --spawn_sim --labels=oracle --episodes=6
     # the semi-MDP residual (a decision per base chunk, chunk-level critic):
     python -m experiments.run_robot --spawn_sim --labels=oracle --recipe=chunk --episodes=6
+    # blind A/B of that run's residual against its base, 20 rounds from matched scenes:
+    python -m experiments.run_robot --spawn_sim --labels=oracle --recipe=chunk --ab_rounds=20
 
 --task names the task the base was trained on; it fixes the learner preset, the action
 bounds of the safety limits and the expected observation/action sizes (checked against the
@@ -57,6 +59,25 @@ flags.DEFINE_enum(
     ["per_step", "chunk"],
     "ResFiT recipe on the task preset: per_step or chunk (the semi-MDP residual).",
 )
+flags.DEFINE_integer(
+    "ab_rounds",
+    0,
+    "Blind A/B instead of training: rounds of the run's deterministic residual against the "
+    "base alone, both from the same scene, labelled without knowing which is which (0: off).",
+)
+flags.DEFINE_string(
+    "ab_dir",
+    None,
+    "A/B session directory (default <out>/ab/after_<N>_episodes, N: the episodes behind the "
+    "learner checkpoint); rerun to continue or extend it.",
+)
+flags.DEFINE_string(
+    "ab_scenes",
+    None,
+    "Text file of initial-condition notes, one per line, shown for scene i (line i mod n): "
+    "how to set up a real robot's scene for each round.",
+)
+flags.DEFINE_integer("ab_seed", None, "Seed of the hidden A/B assignment (default --seed).")
 flags.DEFINE_enum("mode", "sync", ["sync", "async"], "Learner mode.")
 flags.DEFINE_enum(
     "sync_every",
@@ -105,6 +126,17 @@ def main(argv):
     # flags, config, base and demos are checked before any robot is touched
     if not FLAGS.spawn_sim and not FLAGS.address:
         usage_error("Pass --address=host:port of a robot server, or --spawn_sim.")
+    if FLAGS.ab_rounds < 0 or (FLAGS.ab_rounds and FLAGS.evaluate):
+        usage_error("--ab_rounds takes a number of rounds >= 1 and replaces --evaluate.")
+    scene_notes = []
+    if FLAGS.ab_scenes:
+        try:
+            with open(FLAGS.ab_scenes) as f:
+                scene_notes = [line.strip() for line in f if line.strip()]
+        except OSError as e:
+            usage_error(f"--ab_scenes: {e}")
+        if not scene_notes:
+            usage_error(f"--ab_scenes={FLAGS.ab_scenes} holds no notes (one per line).")
     key = None
     if not FLAGS.spawn_sim:
         try:
@@ -230,6 +262,8 @@ def main(argv):
                 f"({trainer.rebuilt['env_steps']} steps)"
             )
         labeller = oracle_labeller(robot) if FLAGS.labels == "oracle" else TerminalLabeller()
+        if FLAGS.ab_rounds:
+            return _blind_ab(trainer, robot, labeller, limits, out, scene_notes)
         try:
             trainer.run(robot, labeller, limits, FLAGS.episodes, evaluate=FLAGS.evaluate)
         except EmergencyStop as e:
@@ -256,6 +290,54 @@ def main(argv):
             server.kill()
             server.wait()
     return 0
+
+
+def _blind_ab(trainer, robot, labeller, limits, out: str, scene_notes: list[str]) -> int:
+    """The blind A/B session of the run's residual against the base; its report at the end."""
+    from resfit_jax.robot.blind_ab import ABJournal, ABSetup, write_report
+    from resfit_jax.robot.safety import EmergencyStop
+    from resfit_jax.run.configs import usage_error
+
+    try:
+        if trainer.restored_step is None:
+            usage_error(
+                f"--ab_rounds compares the run's trained residual with its base, and {out} has "
+                "no learner checkpoint yet: train there first (without --ab_rounds)."
+            )
+        episodes = int(trainer.progress.get("checkpoint_episodes", 0))
+        setup = ABSetup(
+            ("base", "resfit"),
+            FLAGS.ab_rounds,
+            FLAGS.seed if FLAGS.ab_seed is None else FLAGS.ab_seed,
+            state=f"{os.path.abspath(out)} checkpoint {trainer.restored_step} "
+            f"({episodes} episodes)",
+        )
+        default_dir = os.path.join(out, "ab", f"after_{episodes:04d}_episodes")
+        try:
+            journal = ABJournal(FLAGS.ab_dir or default_dir, setup)
+        except ValueError as e:
+            usage_error(str(e))
+        print(
+            f"Blind A/B: {setup.rounds} rounds in {journal.directory}; in each, A then B from "
+            "the same scene. Which policy is A stays hidden until the report."
+        )
+        try:
+            trainer.run_ab(robot, labeller, limits, journal, scene_notes)
+        except EmergencyStop as e:
+            print(f"STOPPED: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(
+                f"INTERRUPTED: finished rounds are journaled in {journal.directory}; continue "
+                "with the same command.",
+                file=sys.stderr,
+            )
+            return 130
+        write_report(journal)
+        return 0
+    finally:
+        trainer.close()
+        robot.close()
 
 
 def run():

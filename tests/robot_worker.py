@@ -1,13 +1,16 @@
 """Small robot-loop set-ups shared by tests/test_robot.py and its crash test.
 
-Run as a script it trains against a robot server until killed:
+Run as a script it trains against a robot server until killed, or runs a blind A/B
+session on the scene point robot until killed:
 
     python tests/robot_worker.py OUT ADDRESS    (key in $RESFIT_ROBOT_KEY)
+    python tests/robot_worker.py ab DIR ROUNDS
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -74,6 +77,99 @@ class PointRobot:
 
     def stop(self):
         self.stops += 1
+
+
+class ScenePointRobot(PointRobot):
+    """PointRobot whose scenes can be named: set_scene(i) makes the next reset place the
+    point and target from seed i exactly (as the simulated arm does); the target starts at
+    least 0.3 away."""
+
+    exact_scenes = True
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.scene, self.scenes = None, []
+
+    def set_scene(self, scene: int) -> None:
+        self.scene = scene
+
+    def reset(self):
+        if self.scene is not None:
+            self.rng = np.random.default_rng(1000 + self.scene)
+        self.scenes.append(self.scene)
+        self.scene = None
+        super().reset()
+        while np.linalg.norm(self.pos - self.target) < 0.3:  # never solved by holding still
+            self.target = self.rng.uniform(-0.5, 0.5, 2).astype(np.float32)
+        return self._obs()
+
+
+class ScenePolicy:
+    """A fixed policy on ScenePointRobot: moves the point onto the target, except in the
+    scenes where ``misses(scene)`` (there it holds still). Records (reset count, scene) of
+    each episode it runs and sleeps ``step_s`` per step."""
+
+    def __init__(self, robot: ScenePointRobot, misses, step_s: float = 0.0):
+        self.robot, self.misses, self.step_s = robot, misses, step_s
+        self.ran: list[int] = []
+
+    def begin(self):
+        pass
+
+    def base_action(self, obs):
+        return np.asarray(obs[2:], np.float32)
+
+    def act(self, obs, a_b):
+        if not self.ran or self.ran[-1] != (len(self.robot.scenes), self.robot.scenes[-1]):
+            self.ran.append((len(self.robot.scenes), self.robot.scenes[-1]))
+        if self.step_s:
+            time.sleep(self.step_s)
+        a = obs[:2] if self.misses(self.robot.scenes[-1]) else a_b
+        return np.zeros(2, np.float32), np.asarray(a, np.float32)
+
+
+def ab_setup(directory: str, rounds: int, step_s: float = 0.0, seed: int = 3):
+    """(robot, policies, journal, labeller, limits, loop) of a blind A/B session on
+    ScenePointRobot: "alpha-policy" misses scenes divisible by 3, "beta-policy" odd ones."""
+    from resfit_jax.robot.blind_ab import ABJournal, ABSetup
+    from resfit_jax.robot.operator import oracle_labeller
+
+    robot = ScenePointRobot()
+    policies = {
+        "alpha-policy": ScenePolicy(robot, lambda s: s % 3 == 0, step_s),
+        "beta-policy": ScenePolicy(robot, lambda s: s % 2 == 1, step_s),
+    }
+    journal = ABJournal(directory, ABSetup(("alpha-policy", "beta-policy"), rounds, seed))
+    low, high = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    loop = LoopConfig(control_hz=200.0, max_episode_steps=8, deadline_tolerance_s=1.0)
+    return robot, policies, journal, oracle_labeller(robot), SafetyLimits(low, high, 2.0), loop
+
+
+def ab_main(directory: str, rounds: int) -> None:
+    from resfit_jax.robot.blind_ab import run_ab
+
+    robot, policies, journal, labeller, limits, loop = ab_setup(directory, rounds, step_s=0.02)
+    print("READY", flush=True)
+    run_ab(
+        robot, policies, labeller, limits, loop, journal, progress=lambda s: print(s, flush=True)
+    )
+
+
+def sigkill_when(proc, directory: str, prefix: str, count: int, timeout_s: float, settle_s: float):
+    """SIGKILL ``proc`` ``settle_s`` after ``directory`` holds ``count`` names starting with
+    ``prefix`` (so the kill lands inside the next unit of work); fails if it exits first."""
+    try:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            done = os.listdir(directory) if os.path.isdir(directory) else []
+            if sum(n.startswith(prefix) for n in done) >= count:
+                break
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.02)
+        time.sleep(settle_s)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 def point_setup(out: str, **cfg_kw):
@@ -176,4 +272,7 @@ def main(out: str, address: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "ab":
+        ab_main(sys.argv[2], int(sys.argv[3]))
+    else:
+        main(sys.argv[1], sys.argv[2])

@@ -51,6 +51,14 @@ CLI = [
     (["experiments.train_bc", "--task=Nope"], "Unknown task 'Nope'"),
     (["experiments.train_bc", "--steps=0"], "steps must be >= 1"),
     (["experiments.run_robot", "--spawn_sim", "--base=/nonexistent/base"], "No base at"),
+    (
+        ["experiments.run_robot", "--spawn_sim", "--ab_rounds=4", "--evaluate=eval"],
+        "--ab_rounds takes a number of rounds >= 1 and replaces --evaluate",
+    ),
+    (
+        ["experiments.run_robot", "--spawn_sim", "--ab_rounds=4", "--ab_scenes=/nonexistent/s"],
+        "--ab_scenes: [Errno 2]",
+    ),
     (["experiments.plot", "/nonexistent/run"], "/nonexistent/run is not a run directory"),
     (["experiments.render_rollout", "--out=v.avi"], "--out=v.avi: use a .mp4 or .gif"),
     (["studies.sample_efficiency", "--sweep=0.9,x"], "expected success rates such as"),

@@ -22,7 +22,7 @@ from resfit_jax.robot.safety import EmergencyStop, RateClock, SafetyLimits
 from resfit_jax.run.checkpointing import to_storable
 
 sys.path.insert(0, os.path.dirname(__file__))
-from robot_worker import PointRobot, point_setup  # noqa: E402
+from robot_worker import PointRobot, point_setup, sigkill_when  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------- safety
@@ -412,6 +412,29 @@ def test_sim_robot_server_rejects_a_wrong_key(sim_server):
     robot.close()
 
 
+def test_sim_robot_resets_a_named_scene_exactly(sim_server):
+    """set_scene(i) makes the next reset scene i, whatever ran before (blind A/B's matched
+    initial conditions); other resets stay random."""
+    from resfit_jax.robot.sim_server import RemoteRobot
+
+    address, key = sim_server
+    robot = RemoteRobot(address, key.encode())
+    assert robot.exact_scenes
+    robot.set_scene(5)
+    first = robot.reset()
+    robot.send_action(np.asarray(first[:7]) + 0.05)  # move, so the state differs
+    other = robot.reset()
+    robot.set_scene(5)
+    again = robot.reset()
+    robot.set_scene(6)
+    six = robot.reset()
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other) and not np.array_equal(first, six)
+    with pytest.raises(RuntimeError, match="set_scene takes one integer"):
+        robot._call("set_scene", -2)
+    robot.close()
+
+
 @pytest.mark.slow
 def test_end_to_end_sim_robot_survives_sigkill(sim_server, tmp_path):
     from resfit_jax.data.rlds import read_episodes
@@ -428,18 +451,7 @@ def test_end_to_end_sim_robot_survives_sigkill(sim_server, tmp_path):
         text=True,
     )
     journal_dir = os.path.join(out, "journal")
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            done = [n for n in os.listdir(journal_dir)] if os.path.isdir(journal_dir) else []
-            if sum(n.startswith("episode_") for n in done) >= 3:
-                break
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.05)
-        time.sleep(0.2)  # inside the next episode
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    sigkill_when(proc, journal_dir, "episode_", 3, 300, 0.2)  # inside the next episode
     log = proc.stdout.read()
     finished = len(re.findall(r"^episode \d+ \[", log, re.M))  # progress lines, journaled
     entries = Journal(journal_dir).entries()  # also clears a half-written episode

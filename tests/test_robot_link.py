@@ -21,7 +21,7 @@ class FakeRobot:
     observation_size, action_size = 3, 2
 
     def __init__(self):
-        self.stops, self.sent = 0, []
+        self.stops, self.sent, self.scenes = 0, [], []
 
     def spec(self):
         return {"observation_size": 3, "action_size": 2}
@@ -40,6 +40,9 @@ class FakeRobot:
 
     def stop(self):
         self.stops += 1
+
+    def set_scene(self, scene):
+        self.scenes.append(scene)
 
 
 @pytest.fixture()
@@ -300,6 +303,11 @@ def test_bad_commands_never_reach_the_robot_and_halt_it(server):
     assert recv_frame(s)["ok"] and len(robot.sent) == 1
     send_frame(s, {"cmd": "observe", "args": [1]})
     assert "takes no arguments" in recv_frame(s)["error"]
+    for args in ([-1], ["3"], [True], [1.5], [], [1, 2]):  # a scene id is one integer >= 0
+        send_frame(s, {"cmd": "set_scene", "args": args})
+        assert "set_scene takes one integer" in recv_frame(s)["error"]
+    send_frame(s, {"cmd": "set_scene", "args": [4]})
+    assert recv_frame(s)["ok"] and robot.scenes == [4]
     deep = b"[" * 100_000 + b"]" * 100_000
     s.sendall(struct.pack(">I", len(deep)) + deep)
     assert _wait(lambda: any("nests too deeply" in line for line in logs))

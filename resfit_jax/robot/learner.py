@@ -258,6 +258,26 @@ class PolicyRunner:
         return np.asarray(r, np.float32), np.asarray(action, np.float32)
 
 
+class RunnerMode:
+    """One ``PolicyRunner`` in a fixed mode, as a ``robot.loop.Policy`` (e.g. "eval" and
+    "base" of the same runner as the two policies of a blind A/B session)."""
+
+    def __init__(self, runner: PolicyRunner, mode: str):
+        if mode not in ("train", "eval", "base", "warmup"):
+            raise ValueError(f"RunnerMode: unknown mode {mode!r}.")
+        self.runner, self.mode = runner, mode
+
+    def begin(self) -> None:
+        self.runner.mode = self.mode
+        self.runner.begin()
+
+    def base_action(self, obs: np.ndarray) -> np.ndarray:
+        return self.runner.base_action(obs)
+
+    def act(self, obs: np.ndarray, base_action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.runner.act(obs, base_action)
+
+
 def _batch_of_one(obs):
     """One robot observation (a state [O] or a dict with camera frames) -> a batch of one."""
     return jax.tree.map(lambda x: jnp.asarray(x)[None], obs)

@@ -43,7 +43,7 @@ from resfit_jax.robot.wire import PROTOCOL, LinkError, _mac, recv_frame, send_fr
 
 __all__ = ["COMMANDS", "LinkError", "RemoteRobot", "RobotServer", "exit_with_parent"]
 
-COMMANDS = ("spec", "reset", "observe", "send_action", "success", "stop")
+COMMANDS = ("spec", "reset", "observe", "send_action", "success", "stop", "set_scene")
 
 
 # ------------------------------------------------------------------------------ server
@@ -180,7 +180,11 @@ class RobotServer:
 
     def _bad_args(self, cmd: str, args: list) -> str | None:
         """Why a request's arguments are unfit for the robot (None: fine). send_action takes
-        one list of the robot's action size of finite numbers; the others take none."""
+        one list of the robot's action size of finite numbers, set_scene one integer >= 0;
+        the others take none."""
+        if cmd == "set_scene":
+            ok = len(args) == 1 and type(args[0]) is int and args[0] >= 0
+            return None if ok else f"set_scene takes one integer >= 0 (got {str(args)[:80]})"
         if cmd != "send_action":
             return None if not args else f"{cmd} takes no arguments (got {len(args)})"
         size = self._action_size()

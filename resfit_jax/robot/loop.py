@@ -46,7 +46,9 @@ class RobotInterface(Protocol):
     reset() blocks until a new episode can start (a person or a script resets the scene) and
     returns the first observation. send_action() commands the robot and returns at once;
     the loop calls it once per control tick. stop() halts all motion now (emergency stop)
-    and must be safe to call at any time, even twice.
+    and must be safe to call at any time, even twice. A robot that can start a named scene
+    exactly (a simulated one) also has ``exact_scenes = True`` and ``set_scene(i)`` (the next
+    reset starts scene i; blind A/B sessions use it for matched initial conditions).
     """
 
     observation_size: int

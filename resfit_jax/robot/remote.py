@@ -139,6 +139,15 @@ class RemoteRobot:
         """Camera name -> frame shape [H, W, C] ({} for a state-only robot)."""
         return {c: tuple(v) for c, v in (self._spec.get("cameras") or {}).items()}
 
+    @property
+    def exact_scenes(self) -> bool:
+        """True when the robot can be reset to a scene id exactly (a simulated robot)."""
+        return bool(self._spec.get("exact_scenes", False))
+
+    def set_scene(self, scene: int) -> None:
+        """The next reset() starts scene ``scene`` exactly (robots with exact_scenes)."""
+        self._call("set_scene", int(scene))
+
     def reset(self):
         try:
             return self._observation(self._call("reset"))

@@ -81,6 +81,7 @@ class SimRobot:
         self.latency_s, self.jitter_s = float(latency_s), float(jitter_s)
         self._rng = np.random.default_rng(seed)
         self._key = jax.random.key(seed)
+        self._seed, self._scene = int(seed), None
         self._info: dict | None = None
         self.stopped = False
         self._renderer = None
@@ -118,7 +119,17 @@ class SimRobot:
             "action_high": self.high.tolist(),
             "action_obs_index": list(self.task.action_obs_index),
             "cameras": {c: list(v) for c, v in self.cameras.items()},
+            "exact_scenes": True,
         }
+
+    exact_scenes = True  # set_scene(i) makes the next reset() scene i exactly (blind A/B)
+
+    def set_scene(self, scene: int) -> None:
+        """Make the next reset() start scene ``scene`` (key fold_in(seed, scene)) exactly,
+        whatever came before; later resets go on with the robot's own random stream."""
+        if isinstance(scene, bool) or not isinstance(scene, int | np.integer) or scene < 0:
+            raise ValueError(f"SimRobot.set_scene takes a scene id >= 0, got {scene!r}.")
+        self._scene = int(scene)
 
     # -- RobotInterface -----------------------------------------------------------------------
     def _delay(self) -> None:
@@ -127,8 +138,13 @@ class SimRobot:
             time.sleep(d)
 
     def reset(self) -> np.ndarray:
-        """A new randomised scene (the task's own initial-state distribution)."""
-        self._key, k = self._jax.random.split(self._key)
+        """A new randomised scene (the task's own initial-state distribution), or the scene
+        named by the last set_scene()."""
+        if self._scene is not None:
+            k = self._jax.random.fold_in(self._jax.random.key(self._seed), self._scene)
+            self._scene = None
+        else:
+            self._key, k = self._jax.random.split(self._key)
         init, info = self.task._init_data(self.task.mjx_model, k)
         d = self.data
         self._mujoco.mj_resetData(self.model, d)

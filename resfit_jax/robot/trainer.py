@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -38,9 +39,10 @@ from resfit_jax.base.policy import BasePolicy
 from resfit_jax.learner import Learner, has_critic_warmup
 from resfit_jax.normalization import Normalizer
 from resfit_jax.observations import camera_shapes
+from resfit_jax.robot.blind_ab import ABJournal, run_ab
 from resfit_jax.robot.config import RobotTrainConfig
 from resfit_jax.robot.journal import DATASET, Journal
-from resfit_jax.robot.learner import AsyncLearner, PolicyRunner, RobotLearner
+from resfit_jax.robot.learner import AsyncLearner, PolicyRunner, RobotLearner, RunnerMode
 from resfit_jax.robot.loop import EpisodeRecord, RobotInterface, run_episode
 from resfit_jax.robot.operator import Label, Labeller
 from resfit_jax.robot.safety import EmergencyStop, SafetyLimits
@@ -217,22 +219,7 @@ class RobotTrainer:
         Returns the per-episode log rows. Raises EmergencyStop after an e-stop episode has
         been journaled and checkpointed."""
         cfg = self.cfg
-        if robot.action_size != self.learner.action_dim:
-            raise ValueError(
-                f"The robot has {robot.action_size} action dims; the base and "
-                f"learner have {self.learner.action_dim}."
-            )
-        if robot.observation_size != self.obs_dim:
-            raise ValueError(
-                f"The robot observes {robot.observation_size} values; the "
-                f"learner expects {self.obs_dim}."
-            )
-        cams = dict(getattr(robot, "cameras", None) or {})
-        if cams != self._cameras:
-            raise ValueError(
-                f"The robot's cameras are {cams or 'none'}; the learner expects "
-                f"{self._cameras or 'none'} (name -> frame shape)."
-            )
+        self._check_robot(robot)
         rows, async_l = [], None
         self._compile(robot)
         try:
@@ -298,6 +285,55 @@ class RobotTrainer:
                 self.save()
             self.logger.flush()
         return rows
+
+    def _check_robot(self, robot: RobotInterface) -> None:
+        """ValueError naming the mismatch if the robot's sizes or cameras are not the learner's."""
+        if robot.action_size != self.learner.action_dim:
+            raise ValueError(
+                f"The robot has {robot.action_size} action dims; the base and "
+                f"learner have {self.learner.action_dim}."
+            )
+        if robot.observation_size != self.obs_dim:
+            raise ValueError(
+                f"The robot observes {robot.observation_size} values; the "
+                f"learner expects {self.obs_dim}."
+            )
+        cams = dict(getattr(robot, "cameras", None) or {})
+        if cams != self._cameras:
+            raise ValueError(
+                f"The robot's cameras are {cams or 'none'}; the learner expects "
+                f"{self._cameras or 'none'} (name -> frame shape)."
+            )
+
+    def run_ab(
+        self,
+        robot: RobotInterface,
+        labeller: Labeller,
+        limits: SafetyLimits,
+        journal: ABJournal,
+        scene_notes: Sequence[str] = (),
+        progress=print,
+    ) -> list[dict]:
+        """A blind A/B session (``robot.blind_ab``) of the run's deterministic residual
+        ("resfit": the latest checkpoint) against the base alone ("base"), outside the run's
+        journal and replay: nothing is learned from it."""
+        self._check_robot(robot)
+        self._compile(robot)
+        policies = {
+            "base": RunnerMode(self.runner, "base"),
+            "resfit": RunnerMode(self.runner, "eval"),
+        }
+        self.runner.params = lambda: self.rl.state
+        return run_ab(
+            robot,
+            policies,
+            labeller,
+            limits,
+            self.cfg.loop,
+            journal,
+            scene_notes,
+            progress=progress,
+        )
 
     def _step_update(self) -> None:
         """Sync updates inside the control period: after every step, or after every
