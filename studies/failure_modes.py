@@ -170,70 +170,21 @@ def _rollouts(
     held-out or periodic starts."""
     import jax
 
-    from resfit_jax import envs
-    from resfit_jax.base.residual import ResidualPolicy
-    from resfit_jax.bc.frozen import open_base
-    from resfit_jax.data import read_episodes
-    from resfit_jax.run.checkpointing import RunCheckpointer
-    from resfit_jax.run.configs import apply_overrides, config_differences
     from resfit_jax.sim.evaluation import episode_keys, run_episodes
-    from resfit_jax.sim.presets import preset
-    from resfit_jax.sim.progress import PLACEMENT, keeps_best
-    from resfit_jax.sim.trainer import make_trainer
+    from resfit_jax.sim.restore import open_trained_run
 
-    if not os.path.exists(os.path.join(run, "config.json")):
-        raise FileNotFoundError(
-            f"--run={run} holds no config.json: give the directory of a finished training run "
-            "(experiments.train --out, or a setting's directory of studies.ablate)."
-        )
-    with open(os.path.join(run, "config.json")) as f:
-        info = json.load(f)
-    task = envs.make(info["task"])
-    cfg = apply_overrides(
-        preset(info["task"], info.get("scale", "cpu"), info.get("method", "resfit")),
-        info.get("overrides", []),
-    )
-    differences = (
-        config_differences(info.get("config", {}), cfg, PLACEMENT) if "config" in info else []
-    )
-    if differences:
-        raise ValueError(
-            f"{run}: the preset plus its recorded overrides no longer give the config it "
-            f"trained with ({'; '.join(differences[:5])}); this replay would not be that run."
-        )
-    base, _ = open_base(info["base"], int(task.observation_spec.shape[0]), task.action_size)
-    trainer = make_trainer(task, base, read_episodes(info["demos"]), cfg, info["seeds"])
-    loop, ev = trainer.loop, trainer.evaluator
+    trained = open_trained_run(run, base_only, state)
+    info, cfg, trainer, prog = trained.info, trained.cfg, trained.trainer, trained.progress
+    learner_state, normalizer = trained.learner_state, trained.normalizer(0)
+    ev = trainer.evaluator
     n, keys = (
         (cfg.num_final_episodes, ev.final_keys())
         if starts == "held_out"
         else (cfg.eval_episodes, ev.eval_keys())
     )
-    prog = {"env_steps": 0}
-    normalizer = trainer.normalizer
-    if not base_only:
-        ckpt = RunCheckpointer(os.path.join(run, "checkpoints"))
-        template = {"loop": trainer.init(), "offline": trainer.offline}
-        kept = keeps_best(cfg)
-        if kept:  # the tree the trainer saves (sim/progress.py)
-            template["best"] = template["loop"].learner_state
-        restored, prog = ckpt.restore(template)
-        ckpt.close()
-        learner_state = restored["loop"].learner_state
-        if state == "kept" and kept:
-            learner_state = restored["best"]
-            prog = dict(prog, state_env_steps=prog.get("best_env_steps"))
-        normalizer = jax.tree.map(lambda x: x[0], learner_state.normalizer)
 
     def evaluate(lstate, key, nz):
-        policy = ResidualPolicy(
-            loop.base,
-            nz,
-            None if lstate is None else loop.learner,
-            lstate,
-            loop.features,
-            loop.offsets,
-        )
+        policy = trained.make_policy(lstate, nz)
         return run_episodes(trainer.task, policy, episode_keys(key, n), record=True)
 
     results = {

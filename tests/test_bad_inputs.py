@@ -60,6 +60,8 @@ CLI = [
         "--ab_scenes: [Errno 2]",
     ),
     (["experiments.plot", "/nonexistent/run"], "/nonexistent/run is not a run directory"),
+    (["experiments.distill"], "Pass --run=<a finished ResFiT run directory>"),
+    (["experiments.distill", "--run=/nonexistent/run"], "/nonexistent/run holds no config.json"),
     (["experiments.render_rollout", "--out=v.avi"], "--out=v.avi: use a .mp4 or .gif"),
     (["studies.sample_efficiency", "--sweep=0.9,x"], "expected success rates such as"),
     (["studies.sample_efficiency", "--sweep=0.9,90"], "not all success rates in (0, 1]"),

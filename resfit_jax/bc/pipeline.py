@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 # Gradient steps of the CPU preset per task where the preset's default is too few: the
@@ -76,8 +77,18 @@ def train_bc_unlocked(
     export: bool = True,
     relative_actions: bool = True,
     verbose: bool = True,
+    init_from: str | None = None,
+    extra_episodes: Sequence = (),
+    extra_source: str | None = None,
 ) -> dict:
-    """``train_bc`` without the run lock (the caller holds it)."""
+    """``train_bc`` without the run lock (the caller holds it).
+
+    Fine-tuning (distillation): ``init_from`` names a base checkpoint directory whose
+    architecture, chunking, normalizer and parameters the training starts from (``policy``,
+    ``preset``, ``chunk_size``, ``execution_horizon`` and ``relative_actions`` are then
+    unused; ``steps`` / ``batch_size`` still apply) and which is evaluated first, so the kept
+    base is never one the selection evaluation scores below it. ``extra_episodes`` (from
+    ``extra_source``) train next to the demos."""
     import jax
     import numpy as np
     import tqdm
@@ -116,6 +127,21 @@ def train_bc_unlocked(
     if relative_actions:
         kw["action_obs_index"] = getattr(task, "action_obs_index", None)
     config = (BCConfig.cpu if preset == "cpu" else BCConfig.paper)(**kw)  # fails before demos
+    init_params = None
+    if init_from is not None:
+        from resfit_jax.bc.data import ChunkNormalizer
+        from resfit_jax.bc.frozen import check_cameras, load_params
+
+        init_params, init_info = load_params(init_from)
+        check_cameras(init_info, cameras, init_from)
+        if (init_info["obs_dim"], init_info["action_dim"]) != (obs_dim, action_dim):
+            raise ValueError(
+                f"The base in {init_from} has obs/action sizes {init_info['obs_dim']}/"
+                f"{init_info['action_dim']}; task {task_name} has {obs_dim}/{action_dim}."
+            )
+        tuned = {k: v for k, v in dict(steps=steps, batch_size=batch_size).items() if v}
+        config = dataclasses.replace(BCConfig.from_dict(init_info["config"]), **tuned)
+        policy = config.policy
     os.makedirs(out, exist_ok=True)
     if demos is None:
         from resfit_jax.data.demos import make_demos
@@ -137,12 +163,19 @@ def train_bc_unlocked(
             f"Resolved BCConfig:\n{config_lines(config)}\n{len(episodes)} demo episodes "
             f"from {demos}"
         )
-    data = chunk_dataset(episodes, config.chunk_size)
-    normalizer = fit_normalizer(
-        data, config.action_obs_index, config.obs_std_floor, config.action_std_floor
-    )
+    if extra_episodes:
+        check_compatible(list(extra_episodes), obs_dim, action_dim, task_name, cameras)
+        if verbose:
+            print(f"{len(extra_episodes)} more episodes from {extra_source}")
+    data = chunk_dataset(list(episodes) + list(extra_episodes), config.chunk_size)
+    if init_params is None:
+        normalizer = fit_normalizer(
+            data, config.action_obs_index, config.obs_std_floor, config.action_std_floor
+        )
+    else:  # the base's own: its parameters only mean something in its units
+        normalizer = ChunkNormalizer.from_dict(init_info["normalizer"])
     trainer = make_trainer(config, obs_dim, action_dim, normalizer, cameras)
-    state = trainer.init(jax.random.PRNGKey(seed))
+    state = trainer.init(jax.random.PRNGKey(seed), init_params)
     device_data = jax.device_put(data)
     make_base = lambda params: ChunkedBase(
         lambda o: trainer.predict(params, o),
@@ -162,6 +195,15 @@ def train_bc_unlocked(
         "action_dim": int(action_dim),
         "demos": demos,
         "num_demos": len(episodes),
+        **(
+            {
+                "init_from": os.path.abspath(init_from),
+                "extra_data": extra_source,
+                "num_extra": len(extra_episodes),
+            }
+            if init_from is not None or extra_episodes
+            else {}
+        ),
         "cameras": {c: list(v) for c, v in cameras.items()},
     }
     writer = SummaryWriter(os.path.join(out, "tb"))
@@ -170,39 +212,48 @@ def train_bc_unlocked(
     best, history, t0 = -1.0, [], time.time()
     bar = tqdm.tqdm(total=config.steps, desc=f"BC {policy} {task_name}", disable=not verbose)
     done = 0
-    while done < config.steps:
-        n = min(eval_every, config.steps - done)
-        state, m = trainer.train(state, device_data, n)
-        done += n
+
+    def evaluate_and_keep(step: int, l1: float | None) -> None:
+        nonlocal best
         r = evaluate_policy(task, None, eval_episodes, eval_key, e, runner, state.params)
         row = {
-            "step": done,
-            "l1": float(m["l1"]),
+            "step": step,
+            "l1": l1,
             "success_rate": r["success_rate"],
             "mean_steps_success": r["mean_steps_success"],
             "wall_s": time.time() - t0,
         }
         history.append(row)
         for k, v in row.items():
-            if k != "step":
-                writer.add_scalar(f"bc/{k}", v, done)
+            if k != "step" and v is not None:
+                writer.add_scalar(f"bc/{k}", v, step)
         jsonl.write(json.dumps(row) + "\n")
         jsonl.flush()
         if r["success_rate"] >= best:
             best = r["success_rate"]
             save_base(
                 manager,
-                done,
+                step,
                 state.params,
                 config,
                 normalizer,
                 meta,
                 {"success_rate": r["success_rate"]},
             )
-        bar.update(n)
         bar.set_postfix(
-            l1=f"{row['l1']:.3f}", success=f"{r['success_rate']:.0%}", best=f"{best:.0%}"
+            l1="-" if l1 is None else f"{l1:.3f}",
+            success=f"{r['success_rate']:.0%}",
+            best=f"{best:.0%}",
         )
+
+    if init_params is not None:  # the starting base competes with its fine-tuned versions
+        evaluate_and_keep(0, None)
+    while done < config.steps:
+        n = min(eval_every, config.steps - done)
+        state, m = trainer.train(state, device_data, n)
+        done += n
+        evaluate_and_keep(done, float(m["l1"]))
+        bar.update(n)
     bar.close()
     writer.close()
     jsonl.close()

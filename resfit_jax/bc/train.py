@@ -1,7 +1,7 @@
 """BC training: masked L1 on standardized action chunks, AdamW with a global-norm clip.
 
     trainer = make_trainer(config, obs_dim, action_dim, normalizer)
-    state = trainer.init(key)
+    state = trainer.init(key)                               # or trainer.init(key, params)
     state, metrics = trainer.train(state, data, num_steps)   # jitted scan of minibatch steps
     chunk = trainer.predict(state.params, obs [B, O])         # raw units [B, K, A]
 
@@ -70,9 +70,11 @@ def make_trainer(
         optax.adamw(config.lr, weight_decay=config.weight_decay),
     )
 
-    def init(key):
+    def init(key, params=None):
+        """A fresh state; ``params`` (e.g. a base's, to fine-tune it) replace the random ones."""
         k_init, k_rng = jax.random.split(key)
-        params = net.init(k_init, sample_obs(obs_dim, cameras), train=False)["params"]
+        if params is None:
+            params = net.init(k_init, sample_obs(obs_dim, cameras), train=False)["params"]
         return BCState(
             params=params, opt_state=tx.init(params), rng=k_rng, step=jnp.zeros((), jnp.int32)
         )

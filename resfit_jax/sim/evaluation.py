@@ -69,6 +69,24 @@ def scan_episodes(
     return s, out
 
 
+def record_episodes(task: Env, policy: BasePolicy, keys: jax.Array) -> dict[str, jax.Array]:
+    """Jittable: one full episode per key [N], recorded: obs [T, N, ...] (acted on), action
+    [T, N, A] (raw, executed), next_obs [T, N, ...], alive [T, N] (step t is part of the
+    episode), success [N] and length [N] (steps to the episode's end: its first success or
+    the time limit)."""
+    s, (obs, action, next_obs, alive) = scan_episodes(
+        task, policy, keys, lambda s, a, s2, done: (s.obs, a, s2.obs, ~done)
+    )
+    return {
+        "obs": obs,
+        "action": action,
+        "next_obs": next_obs,
+        "alive": alive,
+        "success": s.info["success"],
+        "length": s.info["steps"],
+    }
+
+
 def run_episodes(
     task: Env, policy: BasePolicy, keys: jax.Array, record: bool = False
 ) -> dict[str, jax.Array]:

@@ -42,7 +42,7 @@ from resfit_jax.envs.core import Env
 from resfit_jax.normalization import Normalizer
 from resfit_jax.replay import ReplayBuffer, ReplayState
 from resfit_jax.replay.demos import fit_normalizer
-from resfit_jax.sim.evaluation import make_evaluator, scan_episodes
+from resfit_jax.sim.evaluation import make_evaluator, record_episodes
 from resfit_jax.sim.phases import RunOptions, final_eval_phase, iteration_phase, run_phases
 from resfit_jax.sim.progress import Run
 
@@ -62,21 +62,6 @@ class FBCState:
     learner_state: FBCLearnerState
     buffer: ReplayState  # success samples: obs [C, O], chunk [C, K, A], mask [C, K]
     key: jax.Array
-
-
-def collect(task: Env, policy: Any, keys: jax.Array) -> dict:
-    """One episode per key, recorded: obs [T, N, O] (acted on), action [T, N, A] (raw,
-    executed), alive [T, N] (step t is part of the episode), success [N], length [N]."""
-    s, (obs, action, alive) = scan_episodes(
-        task, policy, keys, lambda s, a, s2, done: (s.obs, a, ~done)
-    )
-    return {
-        "obs": obs,
-        "action": action,
-        "alive": alive,
-        "success": s.info["success"],
-        "length": s.info["steps"],
-    }
 
 
 def success_samples(rollout: dict, chunk_size: int) -> tuple[dict, jax.Array]:
@@ -192,7 +177,7 @@ class FilteredBCTrainer:
 
     def _round(self, st: FBCState) -> tuple[FBCState, dict]:
         key, k_roll, k_ft = jax.random.split(st.key, 3)
-        out = collect(
+        out = record_episodes(
             self.task, self.policy(st.learner_state), jax.random.split(k_roll, self.cfg.num_envs)
         )
         items, keep = success_samples(out, self.base.chunk_size)

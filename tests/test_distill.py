@@ -1,0 +1,126 @@
+"""Distillation (bc.distill, bc.pipeline's fine-tuning, experiments.distill): the data holds
+only successful rollouts cut at their first success (or every frame when asked), the
+fine-tuned base starts from the base (its normalizer and parameters; the base itself is
+evaluated first), learns from the improved policy's episodes, and round-trips through
+export."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from resfit_jax.bc.distill import distill_keys, rollout_episodes
+from resfit_jax.sim.evaluation import record_episodes
+
+
+def _record():
+    """3 rollouts of 6 steps, obs [T, N, 2] = (step, rollout), action = obs + 0.5."""
+    t, n = 6, 3
+    obs = np.stack(np.meshgrid(np.arange(t), np.arange(n), indexing="ij"), -1).astype(np.float32)
+    return {
+        "obs": obs,
+        "action": obs + 0.5,
+        "next_obs": obs + np.array([1.0, 0.0], np.float32),
+        "success": np.array([True, False, True]),
+        "length": np.array([3, 6, 1]),
+    }
+
+
+def test_rollout_episodes_keep_successes_cut_at_the_first_success():
+    rec = _record()
+    eps = rollout_episodes(rec, "successes")
+    assert [e.episode_id for e in eps] == [0, 2]  # the failure is left out
+    first, second = eps
+    assert first.num_actions == 3 and second.num_actions == 1
+    np.testing.assert_array_equal(first.observation[:, 0], [0, 1, 2, 3])  # + the final obs
+    np.testing.assert_array_equal(first.observation[:, 1], [0, 0, 0, 0])
+    np.testing.assert_array_equal(first.action[:3], rec["action"][:3, 0])
+    np.testing.assert_array_equal(first.reward[:3], [0, 0, 1])  # success on its last action
+    np.testing.assert_array_equal(second.observation[:, 0], [0, 1])
+    every = rollout_episodes(rec, "all")
+    assert [e.episode_id for e in every] == [0, 1, 2]
+    assert every[1].num_actions == 6 and every[1].reward.sum() == 0
+    with pytest.raises(ValueError, match="keep must be one of"):
+        rollout_episodes(rec, "best")
+
+
+def test_recorded_rollouts_match_the_evaluator_and_keeps_only_successes():
+    from resfit_jax import envs
+    from resfit_jax.base.policy import FunctionBase
+    from resfit_jax.envs.point_reach import biased_base_action
+    from resfit_jax.sim.evaluation import run_episodes
+
+    task = envs.make("PointReach")
+    policy = FunctionBase(biased_base_action, 2)
+    keys = distill_keys(0, 64)
+    rec = jax.device_get(jax.jit(lambda k: record_episodes(task, policy, k))(keys))
+    ev = jax.device_get(jax.jit(lambda k: run_episodes(task, policy, k))(keys))
+    np.testing.assert_array_equal(rec["success"], ev["success"])
+    np.testing.assert_array_equal(rec["length"], ev["length"])
+    assert 0 < rec["success"].sum() < 64  # a mixed batch: the filter matters
+    eps = rollout_episodes(rec, "successes")
+    assert len(eps) == rec["success"].sum()
+    for e in eps:
+        n = e.episode_id
+        assert rec["success"][n] and e.num_actions == rec["length"][n] and e.reward.sum() == 1
+        # the recorded chain: each next obs is the following step's obs
+        np.testing.assert_array_equal(e.observation[1:-1], rec["obs"][1 : e.num_actions, n])
+    # the distillation starts are not the evaluation starts of seed 0
+    assert not np.array_equal(
+        np.asarray(jax.random.key_data(keys)), np.asarray(jax.random.key_data(distill_keys(1, 64)))
+    )
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_the_base_learns_the_new_episodes_and_exports(tmp_path):
+    """A weak PointReach base (MLP, 60 steps) fine-tuned on the expert's episodes: the base
+    is evaluated first (step 0, its own success), the normalizer is the base's, success
+    rises well above the base, and the export reproduces the checkpoint."""
+    from resfit_jax import envs
+    from resfit_jax.base.policy import load_exported_base
+    from resfit_jax.bc.frozen import load_base
+    from resfit_jax.bc.pipeline import train_bc
+    from resfit_jax.data.demos import collect_episodes, make_rollout
+
+    common = dict(
+        policy="mlp",
+        batch_size=128,
+        chunk_size=5,
+        eval_episodes=40,
+        final_episodes=40,
+        num_envs=20,
+        demo_episodes=10,
+        demo_noise=1.0,
+        verbose=False,
+    )
+    train_bc("PointReach", str(tmp_path / "weak"), steps=60, eval_every=60, **common)
+    task = envs.make("PointReach")
+    expert = envs.make_expert("PointReach", task, envs.ExpertStyle())
+    extra, _ = collect_episodes(make_rollout(task, expert.init, expert.act), 60, 30)
+    out = str(tmp_path / "distilled")
+    tuned = train_bc(
+        "PointReach",
+        out,
+        os.path.join(str(tmp_path / "weak"), "demos", "resfit_demos", "1.0.0"),
+        steps=800,
+        eval_every=400,
+        init_from=os.path.join(str(tmp_path / "weak"), "checkpoint"),
+        extra_episodes=extra,
+        extra_source="expert",
+        **{k: v for k, v in common.items() if k not in ("demo_episodes", "demo_noise")},
+    )
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [0, 400, 800] and rows[0]["l1"] is None
+    _, weak_info = load_base(os.path.join(str(tmp_path / "weak"), "checkpoint"), 4, 2)
+    base, info = load_base(os.path.join(out, "checkpoint"), 4, 2)
+    assert info["normalizer"] == weak_info["normalizer"]  # the base's units, not refitted
+    assert info["init_from"].endswith("checkpoint") and info["num_extra"] == len(extra)
+    assert rows[0]["success_rate"] <= 0.5, rows  # measured: a weak start
+    assert tuned["success_rate"] >= rows[0]["success_rate"] + 0.25, (rows, tuned)
+    exported = load_exported_base(os.path.join(out, "export"), obs_dim=4, action_dim=2)
+    obs = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+    np.testing.assert_allclose(
+        np.asarray(exported.predict(obs)), np.asarray(base.predict(obs)), rtol=1e-5, atol=1e-6
+    )
