@@ -124,3 +124,49 @@ def test_fine_tuning_starts_from_the_base_learns_the_new_episodes_and_exports(tm
     np.testing.assert_allclose(
         np.asarray(exported.predict(obs)), np.asarray(base.predict(obs)), rtol=1e-5, atol=1e-6
     )
+
+
+def test_chain_table_pools_seeds_pairs_stages_and_counts_env_steps():
+    """Two seeds of 4 starts: the stages' outcomes pooled in seed order, paired comparisons
+    on the same starts, mean steps weighted by successes, env steps accumulated."""
+    from studies.distill_chain import chain_table
+
+    def stage(bits, length, steps):
+        return {"outcomes": bits, "mean_success_length": length, "env_steps": steps}
+
+    rows = [
+        {
+            "seed": 0,
+            "base": stage("1000", 80.0, 0),
+            "round1": stage("1110", 70.0, 1000),
+            "distilled": stage("1100", 75.0, 300),
+            "round2": stage("1111", 60.0, 1000),
+        },
+        {
+            "seed": 1,
+            "base": stage("0100", 90.0, 0),
+            "round1": stage("0111", 72.0, 1000),
+            "distilled": stage("0110", 76.0, 340),
+            "round2": stage("1111", 64.0, 1000),
+        },
+    ]
+    t = chain_table(rows)
+    st = t["stages"]
+    assert [st[s]["success_rate"] for s in ("base", "round1", "distilled", "round2")] == [
+        2 / 8,
+        6 / 8,
+        4 / 8,
+        1.0,
+    ]
+    assert st["round1"]["mean_success_length"] == pytest.approx((3 * 70 + 3 * 72) / 6)
+    assert [st[s]["env_steps_so_far"] for s in st] == [0, 1000, 1320, 2320]
+    by = {(c["stage"], c["against"]): c for c in t["comparisons"]}
+    assert (by["round1", "base"]["fixed"], by["round1", "base"]["broken"]) == (4, 0)
+    assert (by["distilled", "round1"]["fixed"], by["distilled", "round1"]["broken"]) == (0, 2)
+    assert (by["round2", "round1"]["fixed"], by["round2", "round1"]["broken"]) == (2, 0)
+    assert by["round2", "round1"]["p_value"] == pytest.approx(0.5)
+    assert t["share_of_gain_kept"] == pytest.approx((4 / 8 - 2 / 8) / (6 / 8 - 2 / 8))
+    # a seed without round 2 yet: the table holds the stages every seed has
+    rows[1].pop("round2")
+    t = chain_table(rows)
+    assert "round2" not in t["stages"] and all(c["stage"] != "round2" for c in t["comparisons"])

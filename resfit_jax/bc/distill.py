@@ -7,9 +7,14 @@ fine-tune the BC base on demos + these episodes with its chunked loss
 
     rec = jax.jit(lambda k: sim.evaluation.record_episodes(task, policy, k))(keys)
     episodes = rollout_episodes(jax.device_get(rec), keep="successes")
+    summary = distill_run("runs/probes/ee_chunk", "runs/bc/PickPlaceEE_distilled")
 """
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import os
 
 import jax
 import numpy as np
@@ -47,3 +52,195 @@ def rollout_episodes(rec: dict, keep: str = "successes") -> list[Episode]:
         obs = np.concatenate([rec["obs"][:t, n], rec["next_obs"][t - 1 : t, n]])
         out.append(Episode.from_rollout(obs, rec["action"][:t, n], bool(success[n]), n))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillOptions:
+    """``episodes`` rollouts of the improved policy (seed ``seed_index`` of the run, its
+    ``state``: "kept" or "last"), ``keep`` ("successes" / "all"), then ``steps`` fine-tuning
+    steps with a ``eval_episodes``-episode selection evaluation every ``eval_every``;
+    ``seed``: the rollout starts' stream and the fine-tuning's."""
+
+    episodes: int = 300
+    keep: str = "successes"
+    seed_index: int = 0
+    state: str = "kept"
+    steps: int = 2000
+    eval_every: int = 500
+    eval_episodes: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("episodes", "steps", "eval_every", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)}).")
+        if self.keep not in KEEP:
+            raise ValueError(f"keep must be one of {KEEP}, got {self.keep!r}.")
+
+
+def _rollouts(trained, o: DistillOptions, data_dir: str, meta: dict) -> tuple[list, dict]:
+    """The distillation episodes: recorded under data_dir, or reused from there."""
+    from resfit_jax.data import read_episodes, read_metadata, write_episodes
+    from resfit_jax.sim.evaluation import record_episodes
+
+    dataset = os.path.join(data_dir, "distill_rollouts", "1.0.0")
+    if os.path.exists(dataset):
+        saved = read_metadata(dataset)
+        if {k: saved.get(k) for k in meta} != meta:
+            raise ValueError(
+                f"{data_dir} holds rollouts of another setting "
+                f"({ {k: saved.get(k) for k in meta} }; now {meta}); use another --out."
+            )
+        return read_episodes(dataset), dict(saved, reused=True)
+    task, policy = trained.trainer.task, trained.policy(o.seed_index)
+    keys = distill_keys(o.seed, o.episodes)
+    rec = jax.device_get(jax.jit(lambda k: record_episodes(task, policy, k))(keys))
+    episodes = rollout_episodes(rec, o.keep)
+    success, length = np.asarray(rec["success"]), np.asarray(rec["length"])
+    stats = {
+        "rollout_successes": int(success.sum()),
+        "rollout_env_steps": int(length.sum()),
+        "rollout_mean_success_length": float(length[success].mean()) if success.any() else None,
+        "kept_episodes": len(episodes),
+        "kept_steps": int(sum(e.num_actions for e in episodes)),
+    }
+    if not episodes:
+        raise ValueError(
+            f"The improved policy succeeded in none of {o.episodes} rollouts: nothing to "
+            "distil (try --keep=all, or a better run)."
+        )
+    write_episodes(data_dir, episodes, name="distill_rollouts", metadata=meta | stats)
+    return episodes, meta | stats
+
+
+def held_out_comparison(trained, seed_index: int, state: str, distilled) -> dict:
+    """Base, improved policy and ``distilled`` (a BasePolicy) on the run's held-out starts of
+    seed ``seed_index``, paired against the base, evaluated as the run's evaluator batches
+    them (so the first two replay the outcomes the run recorded: ``replays_run``)."""
+    from resfit_jax.run.stats import paired_outcomes
+    from resfit_jax.sim.evaluation import episode_keys, run_episodes
+    from resfit_jax.sim.report import outcome_bits
+
+    task, i, n = trained.trainer.task, seed_index, trained.cfg.num_final_episodes
+    one = lambda x: x[i : i + 1]  # a batch of one seed, as the evaluator vmaps seeds
+    keys = one(trained.trainer.evaluator.final_keys())
+    lstate = jax.tree.map(one, trained.learner_state)
+    makers = {
+        "base": lambda st: trained.make_policy(None, st.normalizer),
+        "improved": lambda st: trained.make_policy(st, st.normalizer),
+        "distilled": lambda st: distilled,
+    }
+    rows = {}
+    for name, make in makers.items():
+        run = jax.vmap(lambda st, k, make=make: run_episodes(task, make(st), episode_keys(k, n)))
+        r = jax.device_get(jax.jit(run)(lstate, keys))
+        rows[name] = (np.asarray(r["success"][0]), float(r["mean_success_length"][0]))
+    final = trained.summary.get("final") or {}
+    recorded = {
+        "base": (final.get("base_per_seed") or [{}] * (i + 1))[i].get("outcomes"),
+        "improved": None
+        if state == "last"
+        else (final.get("per_seed") or [{}] * (i + 1))[i].get("outcomes"),
+    }
+    base = rows["base"][0]
+    out = {}
+    for name, (success, length) in rows.items():
+        out[name] = {
+            "success_rate": float(success.mean()),
+            "mean_success_length": length,
+            "outcomes": outcome_bits(success),
+        }
+        if recorded.get(name):
+            out[name]["replays_run"] = recorded[name] == out[name]["outcomes"]
+        if name != "base":
+            p = paired_outcomes(base, success)
+            out[name] |= {k: p[k] for k in ("fixed", "broken", "p_value")}
+    gain = out["improved"]["success_rate"] - out["base"]["success_rate"]
+    kept = out["distilled"]["success_rate"] - out["base"]["success_rate"]
+    return {
+        "episodes": int(base.shape[0]),
+        "policies": out,
+        "share_of_gain_kept": kept / gain if gain > 0 else None,
+    }
+
+
+def distill_run(run: str, out: str, o: DistillOptions = DistillOptions(), log=print) -> dict:
+    """Distil seed ``o.seed_index`` of the finished ResFiT ``run`` into a base in ``out``
+    (see the module docstring and docs/distillation.md); returns and writes
+    ``<out>/distill_summary.json``. Raises FileNotFoundError / ValueError naming the problem."""
+    from resfit_jax.bc.frozen import INFO_FILE, open_base
+    from resfit_jax.bc.pipeline import train_bc
+    from resfit_jax.run.machine import machine_info
+    from resfit_jax.sim.restore import open_trained_run
+
+    trained = open_trained_run(run, state=o.state)
+    if not 0 <= o.seed_index < len(trained.seeds):
+        raise ValueError(
+            f"--seed_index={o.seed_index}: {run} trained seeds {trained.seeds} "
+            f"(indices 0..{len(trained.seeds) - 1})."
+        )
+    info, out = trained.info, os.path.abspath(out)
+    base_dir = info["base"]
+    if not os.path.exists(os.path.join(base_dir, INFO_FILE)):
+        raise ValueError(
+            f"The run's base {base_dir} is an export, not a train_bc checkpoint: fine-tuning "
+            "needs its parameters (<train_bc out>/checkpoint)."
+        )
+    at = trained.progress.get("state_env_steps") or trained.progress.get("env_steps")
+    log(
+        f"Distilling {run} (seed {trained.seeds[o.seed_index]}, {o.state} state at {at} env "
+        f"steps) into {out}"
+    )
+    meta = {"run": os.path.abspath(run)} | {
+        k: getattr(o, k) for k in ("state", "seed_index", "keep", "episodes", "seed")
+    }
+    data_dir = os.path.join(out, "distill_data")
+    episodes, data = _rollouts(trained, o, data_dir, meta)
+    log(
+        f"improved policy: {data['rollout_successes']} / {o.episodes} rollouts succeed"
+        f"{' (recorded before, reused)' if data.get('reused') else ''}; "
+        f"{data['kept_episodes']} episodes ({data['kept_steps']} steps) join the base's demos"
+    )
+    bc = train_bc(
+        info["task"],
+        out,
+        info["demos"],
+        steps=o.steps,
+        eval_every=o.eval_every,
+        eval_episodes=o.eval_episodes,
+        seed=o.seed,
+        init_from=base_dir,
+        extra_episodes=episodes,
+        extra_source=data_dir,
+    )
+    task = trained.trainer.task
+    distilled, _ = open_base(out, int(task.observation_spec.shape[0]), task.action_size)
+    summary = {
+        "distill": {k: v for k, v in data.items() if k != "reused"},
+        "bc": {k: bc[k] for k in ("best_step", "success_rate")},
+        "round1_env_steps": trained.progress.get("env_steps"),
+        "held_out": held_out_comparison(trained, o.seed_index, o.state, distilled),
+        "machine": machine_info(),
+    }
+    with open(os.path.join(out, "distill_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def held_out_table(held: dict) -> str:
+    """``held_out_comparison``'s result as text."""
+    lines = [f"Held out ({held['episodes']} starts of the run's seed, paired against the base)"]
+    replay = {True: "  (replays the run)", False: "  (NOT the run's outcomes)"}
+    for name, r in held["policies"].items():
+        pair = (
+            f"  fixed {r['fixed']:>3} broken {r['broken']:>3} p {r['p_value']:.2g}"
+            if "fixed" in r
+            else ""
+        )
+        lines.append(
+            f"  {name:<10} {r['success_rate']:6.1%}  mean steps of successes "
+            f"{r['mean_success_length']:5.1f}{pair}{replay.get(r.get('replays_run'), '')}"
+        )
+    if held["share_of_gain_kept"] is not None:
+        lines.append(f"  the distilled base keeps {held['share_of_gain_kept']:.0%} of the gain")
+    return "\n".join(lines)

@@ -26,17 +26,27 @@ class TrainedRun:
     """``info``: the run's config.json; ``cfg``: its TrainConfig; ``trainer``: rebuilt on its
     base and demos; ``learner_state``: [S] per seed (None when opened ``base_only``);
     ``progress``: the checkpoint's progress (``state_env_steps``: where the restored state
-    was taken)."""
+    was taken); ``directory``: the run's."""
 
     info: dict
     cfg: Any
     trainer: Any
     learner_state: PyTree | None
     progress: dict
+    directory: str = ""
 
     @property
     def seeds(self) -> list[int]:
         return list(self.info["seeds"])
+
+    @property
+    def summary(self) -> dict:
+        """The run's summary.json ({} before the run finished)."""
+        path = os.path.join(self.directory, "summary.json")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
 
     def normalizer(self, seed_index: int = 0):
         """The normalizer of seed ``seed_index``'s learner (the trainer's without a state)."""
@@ -118,4 +128,4 @@ def open_trained_run(run: str, base_only: bool = False, state: str = "kept") -> 
         if state == "kept" and kept:
             learner_state = restored["best"]
             prog = dict(prog, state_env_steps=prog.get("best_env_steps"))
-    return TrainedRun(info, cfg, trainer, learner_state, prog)
+    return TrainedRun(info, cfg, trainer, learner_state, prog, os.path.abspath(run))
