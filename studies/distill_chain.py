@@ -26,14 +26,19 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("round1", None, "A finished multi-seed ResFiT run (round 1).")
-flags.DEFINE_string("out", None, "Study directory (distilled bases and round-2 runs).")
-flags.DEFINE_integer("episodes", 300, "Distillation rollouts per seed.")
-flags.DEFINE_enum("keep", "successes", ["successes", "all"], "Distillation data (see distill).")
-flags.DEFINE_integer("steps", 2000, "Fine-tuning steps per distilled base.")
-flags.DEFINE_list("seed_indices", None, "Round 1's seeds to run (indices; default: all).")
-flags.DEFINE_bool("skip_round2", False, "Distil only (round 2 in a later session).")
-flags.DEFINE_string("results", None, "Also write the table's JSON here.")
+
+
+def define_flags() -> None:
+    """The script's flags (defined only when it runs, so importing it defines none)."""
+    flags.DEFINE_string("round1", None, "A finished multi-seed ResFiT run (round 1).")
+    flags.DEFINE_string("out", None, "Study directory (distilled bases and round-2 runs).")
+    flags.DEFINE_integer("episodes", 300, "Distillation rollouts per seed.")
+    flags.DEFINE_enum("keep", "successes", ["successes", "all"], "Distillation data (see distill).")
+    flags.DEFINE_integer("steps", 2000, "Fine-tuning steps per distilled base.")
+    flags.DEFINE_list("seed_indices", None, "Round 1's seeds to run (indices; default: all).")
+    flags.DEFINE_bool("skip_round2", False, "Distil only (round 2 in a later session).")
+    flags.DEFINE_string("results", None, "Also write the table's JSON here.")
+
 
 STAGES = ("base", "round1", "distilled", "round2")
 COMPARISONS = (
@@ -224,4 +229,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
