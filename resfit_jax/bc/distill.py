@@ -187,6 +187,8 @@ def distill_run(run: str, out: str, o: DistillOptions = DistillOptions(), log=pr
             "needs its parameters (<train_bc out>/checkpoint)."
         )
     at = trained.progress.get("state_env_steps") or trained.progress.get("env_steps")
+    if isinstance(at, list):  # per seed
+        at = at[o.seed_index]
     log(
         f"Distilling {run} (seed {trained.seeds[o.seed_index]}, {o.state} state at {at} env "
         f"steps) into {out}"
