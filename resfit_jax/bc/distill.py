@@ -116,15 +116,15 @@ def _rollouts(trained, o: DistillOptions, data_dir: str, meta: dict) -> tuple[li
 def held_out_comparison(trained, seed_index: int, state: str, distilled) -> dict:
     """Base, improved policy and ``distilled`` (a BasePolicy) on the run's held-out starts of
     seed ``seed_index``, paired against the base, evaluated as the run's evaluator batches
-    them (so the first two replay the outcomes the run recorded: ``replays_run``)."""
+    them, every seed at once (the batch layout changes float rounding and so the outcomes of
+    borderline episodes): the first two replay the outcomes the run recorded
+    (``replays_run``)."""
     from resfit_jax.run.stats import paired_outcomes
     from resfit_jax.sim.evaluation import episode_keys, run_episodes
     from resfit_jax.sim.report import outcome_bits
 
     task, i, n = trained.trainer.task, seed_index, trained.cfg.num_final_episodes
-    one = lambda x: x[i : i + 1]  # a batch of one seed, as the evaluator vmaps seeds
-    keys = one(trained.trainer.evaluator.final_keys())
-    lstate = jax.tree.map(one, trained.learner_state)
+    keys, lstate = trained.trainer.evaluator.final_keys(), trained.learner_state  # [S]
     makers = {
         "base": lambda st: trained.make_policy(None, st.normalizer),
         "improved": lambda st: trained.make_policy(st, st.normalizer),
@@ -134,7 +134,7 @@ def held_out_comparison(trained, seed_index: int, state: str, distilled) -> dict
     for name, make in makers.items():
         run = jax.vmap(lambda st, k, make=make: run_episodes(task, make(st), episode_keys(k, n)))
         r = jax.device_get(jax.jit(run)(lstate, keys))
-        rows[name] = (np.asarray(r["success"][0]), float(r["mean_success_length"][0]))
+        rows[name] = (np.asarray(r["success"][i]), float(r["mean_success_length"][i]))
     final = trained.summary.get("final") or {}
     recorded = {
         "base": (final.get("base_per_seed") or [{}] * (i + 1))[i].get("outcomes"),
