@@ -20,7 +20,6 @@ again with the same flags reuses the recorded rollouts.
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app, flags
@@ -68,25 +67,12 @@ def main(argv):
             FLAGS.eval_episodes,
             FLAGS.seed,
         )
-        task = _task_of(FLAGS.run)
-        out = FLAGS.out or os.path.join("runs", "bc", f"{task}_distilled")
-        summary = distill_run(FLAGS.run, out, options)
+        summary = distill_run(FLAGS.run, FLAGS.out, options)
     except (KeyError, ValueError, FileNotFoundError, RunLockedError) as e:
         usage_error(str(e).strip('"'))
     print("\n" + held_out_table(summary["held_out"]))
-    print(f"wrote {os.path.join(os.path.abspath(out), 'distill_summary.json')}")
+    print(f"wrote {os.path.join(summary['out'], 'distill_summary.json')}")
     return 0
-
-
-def _task_of(run: str) -> str:
-    path = os.path.join(run, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"--run={run} holds no config.json: give the directory of a finished training run "
-            "(experiments.train --out, or a setting's directory of studies.ablate)."
-        )
-    with open(path) as f:
-        return json.load(f)["task"]
 
 
 def run():

@@ -294,7 +294,7 @@ def main(argv):
 
 def _blind_ab(trainer, robot, labeller, limits, out: str, scene_notes: list[str]) -> int:
     """The blind A/B session of the run's residual against the base; its report at the end."""
-    from resfit_jax.robot.blind_ab import ABJournal, ABSetup, write_report
+    from resfit_jax.robot.blind_ab import ABJournal, ABSetup, run_ab, write_report
     from resfit_jax.robot.safety import EmergencyStop
     from resfit_jax.run.configs import usage_error
 
@@ -322,7 +322,8 @@ def _blind_ab(trainer, robot, labeller, limits, out: str, scene_notes: list[str]
             "the same scene. Which policy is A stays hidden until the report."
         )
         try:
-            trainer.run_ab(robot, labeller, limits, journal, scene_notes)
+            policies = trainer.ab_policies(robot)
+            run_ab(robot, policies, labeller, limits, trainer.cfg.loop, journal, scene_notes)
         except EmergencyStop as e:
             print(f"STOPPED: {e}", file=sys.stderr)
             return 2

@@ -176,3 +176,26 @@ def test_a_session_killed_between_rounds_resumes_where_it_stopped(tmp_path):
     rep = ab_report(journal)
     assert rep["rounds"] == rounds
     assert rep["policies"]["alpha-policy"]["successes"] == sum(i % 3 != 0 for i in range(rounds))
+
+
+def test_a_robot_run_evaluates_its_residual_against_its_base(tmp_path):
+    """RobotTrainer.ab_policies: "base" adds no residual, "resfit" the learner's
+    deterministic one; both run through run_ab from matched scenes."""
+    from robot_worker import ScenePointRobot, point_setup
+
+    trainer, limits = point_setup(str(tmp_path / "run"))
+    robot = ScenePointRobot()
+    oracle = ScriptedLabeller(lambda e, t, o: Label.SUCCESS if robot.success() else None)
+    trainer.run(robot, oracle, limits, 3, progress=lambda s: None)  # an actor off zero
+    updates = trainer.rl.updates
+    policies = trainer.ab_policies(robot)
+    setup = ABSetup(("base", "resfit"), 4, seed=1)
+    journal = ABJournal(str(tmp_path / "ab"), setup)
+    run_ab(robot, policies, oracle, limits, trainer.cfg.loop, journal, progress=lambda s: None)
+    assert trainer.rl.updates == updates and updates > 0  # nothing learned from the session
+    trainer.close()
+    for e in Journal(os.path.join(journal.directory, "episodes")).entries():
+        _, extras = Journal.read(e)
+        who = setup.policy_on(e.metadata["round"], e.metadata["slot"])
+        moved = np.abs(extras["residual"]).max()
+        assert (moved == 0) == (who == "base"), (who, moved)

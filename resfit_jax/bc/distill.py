@@ -164,10 +164,13 @@ def held_out_comparison(trained, seed_index: int, state: str, distilled) -> dict
     }
 
 
-def distill_run(run: str, out: str, o: DistillOptions = DistillOptions(), log=print) -> dict:
+def distill_run(
+    run: str, out: str | None = None, o: DistillOptions = DistillOptions(), log=print
+) -> dict:
     """Distil seed ``o.seed_index`` of the finished ResFiT ``run`` into a base in ``out``
-    (see the module docstring and docs/distillation.md); returns and writes
-    ``<out>/distill_summary.json``. Raises FileNotFoundError / ValueError naming the problem."""
+    (default runs/bc/<task>_distilled; see the module docstring and docs/distillation.md);
+    returns and writes ``<out>/distill_summary.json`` (its ``out`` names the directory).
+    Raises FileNotFoundError / ValueError naming the problem."""
     from resfit_jax.bc.frozen import INFO_FILE, open_base
     from resfit_jax.bc.pipeline import train_bc
     from resfit_jax.run.machine import machine_info
@@ -179,7 +182,8 @@ def distill_run(run: str, out: str, o: DistillOptions = DistillOptions(), log=pr
             f"--seed_index={o.seed_index}: {run} trained seeds {trained.seeds} "
             f"(indices 0..{len(trained.seeds) - 1})."
         )
-    info, out = trained.info, os.path.abspath(out)
+    info = trained.info
+    out = os.path.abspath(out or os.path.join("runs", "bc", f"{info['task']}_distilled"))
     base_dir = info["base"]
     if not os.path.exists(os.path.join(base_dir, INFO_FILE)):
         raise ValueError(
@@ -218,6 +222,7 @@ def distill_run(run: str, out: str, o: DistillOptions = DistillOptions(), log=pr
     task = trained.trainer.task
     distilled, _ = open_base(out, int(task.observation_spec.shape[0]), task.action_size)
     summary = {
+        "out": out,
         "distill": {k: v for k, v in data.items() if k != "reused"},
         "bc": {k: bc[k] for k in ("best_step", "success_rate")},
         "round1_env_steps": trained.progress.get("env_steps"),

@@ -28,7 +28,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -39,7 +38,6 @@ from resfit_jax.base.policy import BasePolicy
 from resfit_jax.learner import Learner, has_critic_warmup
 from resfit_jax.normalization import Normalizer
 from resfit_jax.observations import camera_shapes
-from resfit_jax.robot.blind_ab import ABJournal, run_ab
 from resfit_jax.robot.config import RobotTrainConfig
 from resfit_jax.robot.journal import DATASET, Journal
 from resfit_jax.robot.learner import AsyncLearner, PolicyRunner, RobotLearner, RunnerMode
@@ -305,35 +303,14 @@ class RobotTrainer:
                 f"{self._cameras or 'none'} (name -> frame shape)."
             )
 
-    def run_ab(
-        self,
-        robot: RobotInterface,
-        labeller: Labeller,
-        limits: SafetyLimits,
-        journal: ABJournal,
-        scene_notes: Sequence[str] = (),
-        progress=print,
-    ) -> list[dict]:
-        """A blind A/B session (``robot.blind_ab``) of the run's deterministic residual
-        ("resfit": the latest checkpoint) against the base alone ("base"), outside the run's
-        journal and replay: nothing is learned from it."""
+    def ab_policies(self, robot: RobotInterface) -> dict:
+        """The two policies of a blind A/B session (``robot.blind_ab.run_ab``) on ``robot``,
+        checked and compiled: the run's deterministic residual ("resfit") and the base alone
+        ("base"), outside the run's journal and replay (nothing is learned from them)."""
         self._check_robot(robot)
-        self._compile(robot)
-        policies = {
-            "base": RunnerMode(self.runner, "base"),
-            "resfit": RunnerMode(self.runner, "eval"),
-        }
         self.runner.params = lambda: self.rl.state
-        return run_ab(
-            robot,
-            policies,
-            labeller,
-            limits,
-            self.cfg.loop,
-            journal,
-            scene_notes,
-            progress=progress,
-        )
+        self._compile(robot)
+        return {"base": RunnerMode(self.runner, "base"), "resfit": RunnerMode(self.runner, "eval")}
 
     def _step_update(self) -> None:
         """Sync updates inside the control period: after every step, or after every
