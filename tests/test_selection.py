@@ -2,6 +2,8 @@
 (step 0 included, ties keep the earlier), survives a resume, leaves training untouched, and
 the held-out evaluation scores the kept state (and the last one for contrast)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +43,21 @@ def test_select_best_keeps_each_seeds_best_periodic_state(demos, full_run, tmp_p
         seeds=[0, 1],
     )
     out = str(tmp_path / "sel")
-    train_residual(tr, out, progress=False, stop_at_env_steps=64)
+    # Ctrl-C during the base's evaluation, before any state is kept: the checkpoint it
+    # writes restores (it once had no "best" entry and the resume refused it as damaged)
+    evaluate_base = tr.evaluator.evaluate_base
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    object.__setattr__(tr.evaluator, "evaluate_base", interrupted)  # a frozen dataclass
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_residual(tr, out, progress=False)
+    finally:
+        object.__setattr__(tr.evaluator, "evaluate_base", evaluate_base)
+    assert os.listdir(os.path.join(out, "checkpoints"))
+    train_residual(tr, out, resume=True, progress=False, stop_at_env_steps=64)
     summary = train_residual(tr, out, resume=True, progress=False)
     # selection does not change training
     a, b = to_storable(full["loop_state"]), to_storable(summary["loop_state"])

@@ -93,8 +93,13 @@ class Run:
             self.save()
 
     def checkpoint_tree(self, state: Any, best: Any) -> dict:
+        """What a checkpoint holds. With ``select="best"`` it always has a "best" entry (the
+        current learner state stands in before the first evaluation keeps one), so a run
+        killed before its first evaluation restores into the same template."""
         tree = {"loop": state, "offline": self.trainer.offline}
-        return tree if best is None else tree | {"best": best}
+        if not keeps_best(self.cfg):
+            return tree
+        return tree | {"best": state.learner_state if best is None else best}
 
     def keep_if_best(self, rows: list[dict]) -> None:
         """select.rule="best": keep each seed's learner state whose periodic success rate is
@@ -298,7 +303,7 @@ def start_run(
             MetricsLogger(out, seeds, prog.jsonl_lines, primary()),
             prog,
             state,
-            restored.get("best"),
+            restored.get("best") if prog.best_success is not None else None,
         )
     if not resume and ckpt.latest_step() is not None:
         raise FileExistsError(
