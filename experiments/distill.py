@@ -50,7 +50,7 @@ def main(argv):
     from resfit_jax.run.runtime import setup_script
 
     setup_script()
-    from resfit_jax.bc.distill import DistillOptions, distill_run, held_out_table
+    from resfit_jax.bc.distill import DistillOptions, distill_run, fit_line, held_out_table
     from resfit_jax.run.configs import usage_error
     from resfit_jax.run.locks import RunLockedError
 
@@ -71,6 +71,7 @@ def main(argv):
     except (KeyError, ValueError, FileNotFoundError, RunLockedError) as e:
         usage_error(str(e).strip('"'))
     print("\n" + held_out_table(summary["held_out"]))
+    print(fit_line(summary["correction_fit"]))
     print(f"wrote {os.path.join(summary['out'], 'distill_summary.json')}")
     return 0
 

@@ -85,11 +85,16 @@ def chain_table(per_seed: list[dict]) -> dict:
         gain = stages["round1"]["success_rate"] - stages["base"]["success_rate"]
         kept = stages["distilled"]["success_rate"] - stages["base"]["success_rate"]
         share = kept / gain if gain > 0 else None
+    fits = [r["correction_fit"] for r in per_seed if r.get("correction_fit")]
+    fit = None
+    if per_seed and len(fits) == len(per_seed):  # seed means (bc.distill.correction_fit)
+        fit = {k: float(np.mean([f[k] for f in fits])) for k in fits[0] if k != "frames"}
     return {
         "seeds": [r["seed"] for r in per_seed],
         "stages": stages,
         "comparisons": comparisons,
         "share_of_gain_kept": share,
+        "correction_fit": fit,
     }
 
 
@@ -110,6 +115,10 @@ def format_table(t: dict) -> str:
         )
     if t["share_of_gain_kept"] is not None:
         lines.append(f"  the distilled bases keep {t['share_of_gain_kept']:.0%} of round 1's gain")
+    if t.get("correction_fit"):
+        from resfit_jax.bc.distill import fit_line
+
+        lines.append(fit_line(t["correction_fit"]) + " (seed means, held out)")
     return "\n".join(lines)
 
 
@@ -126,6 +135,8 @@ def _seed_row(round1: dict, i: int, seed: int, distilled: dict, round2: dict | N
         "distilled": {k: held[k] for k in ("outcomes", "mean_success_length")}
         | {"env_steps": int(distilled["distill"]["rollout_env_steps"])},
     }
+    if distilled.get("correction_fit"):
+        row["correction_fit"] = distilled["correction_fit"]
     if round2 is not None:
         f2 = round2["final"]
         b2, r2 = f2["base_per_seed"][0], f2["per_seed"][0]

@@ -73,6 +73,42 @@ def test_recorded_rollouts_match_the_evaluator_and_keeps_only_successes():
     )
 
 
+def test_correction_fit_on_chunked_policies_with_a_known_share_of_the_correction():
+    """An improved chunked policy adds c(obs at the chunk's refill) to the base's chunk; a
+    "distilled" one adds c / 2: it reproduces exactly half the correction and its squared
+    error to the improved actions is a quarter of the base's (both replayed on the improved
+    policy's own observations, refilling where they would have); the improved policy
+    replayed on its own episodes is a perfect fit."""
+    import jax.numpy as jnp
+
+    from resfit_jax import envs
+    from resfit_jax.base.policy import ChunkedBase
+    from resfit_jax.bc.distill import correction_fit
+    from resfit_jax.envs.point_reach import biased_base_action
+
+    k = 5
+
+    def chunked(share):
+        def predict(obs):
+            a = biased_base_action(obs) + share * 0.2 * jnp.tanh(obs[..., :2] * 7.0)
+            return jnp.repeat(a[:, None], k, axis=1)
+
+        return ChunkedBase(predict, 2, k)
+
+    task = envs.make("PointReach")
+    base, improved, half = chunked(0.0), chunked(1.0), chunked(0.5)
+    keys = distill_keys(3, 16)
+    fit = jax.device_get(jax.jit(lambda ks: correction_fit(task, improved, base, half, ks))(keys))
+    assert fit["frames"] > 16 * k
+    assert fit["correction"] > 0.01
+    np.testing.assert_allclose(fit["reproduced"], 0.5, rtol=1e-5)
+    np.testing.assert_allclose(fit["error_ratio"], 0.25, rtol=1e-5)
+    np.testing.assert_allclose(fit["moved"], fit["correction"] / 2, rtol=1e-5)
+    same = jax.jit(lambda ks: correction_fit(task, improved, base, improved, ks))(keys)
+    np.testing.assert_allclose(float(same["reproduced"]), 1.0, rtol=1e-6)
+    assert float(same["error_ratio"]) < 1e-10
+
+
 @pytest.mark.slow
 def test_fine_tuning_starts_from_the_base_learns_the_new_episodes_and_exports(tmp_path):
     """A weak PointReach base (MLP, 60 steps) fine-tuned on the expert's episodes: the base

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from resfit_jax.data.episode import Episode
-from resfit_jax.sim.evaluation import episode_keys
+from resfit_jax.sim.evaluation import episode_keys, record_episodes
 
 KEEP = ("successes", "all")
 _DISTILL_STREAM = 0xD157  # the distillation starts' own key stream
@@ -81,7 +81,6 @@ class DistillOptions:
 def _rollouts(trained, o: DistillOptions, data_dir: str, meta: dict) -> tuple[list, dict]:
     """The distillation episodes: recorded under data_dir, or reused from there."""
     from resfit_jax.data import read_episodes, read_metadata, write_episodes
-    from resfit_jax.sim.evaluation import record_episodes
 
     dataset = os.path.join(data_dir, "distill_rollouts", "1.0.0")
     if os.path.exists(dataset):
@@ -164,6 +163,40 @@ def held_out_comparison(trained, seed_index: int, state: str, distilled) -> dict
     }
 
 
+def replay_actions(policy, obs: jax.Array) -> jax.Array:
+    """Jittable: the actions [T, N, A] ``policy`` (a BasePolicy, fresh state) takes on the
+    recorded observations ``obs`` [T, N, ...] of N episodes that start at t = 0, as it would
+    have acted on that state sequence (a chunked base refills where it would have)."""
+
+    def step(state, o):
+        a, state = policy.step(state, o)
+        return state, a
+
+    return jax.lax.scan(step, policy.init_state(obs.shape[1]), obs)[1]
+
+
+def correction_fit(task, improved, base, distilled, keys: jax.Array) -> dict:
+    """Jittable: how much of the improved policy's correction a distilled base reproduces, on
+    the improved policy's own episodes from ``keys`` [N] (frames of the episodes only).
+    With c = improved - base and d = distilled - base per frame (raw action units):
+    ``correction`` mean |c|, ``moved`` mean |d|, ``reproduced`` sum <d, c> / sum |c|^2 (1: the
+    whole correction, 0: none of it), ``error_ratio`` sum |distilled - improved|^2 /
+    sum |base - improved|^2 (below 1: closer to the improved actions than the base is)."""
+    rec = record_episodes(task, improved, keys)
+    act, alive = rec["action"], rec["alive"][..., None]
+    b = replay_actions(base, rec["obs"])
+    d = replay_actions(distilled, rec["obs"])
+    c, moved = (act - b) * alive, (d - b) * alive
+    frames = alive.sum()
+    return {
+        "frames": frames,
+        "correction": jax.numpy.linalg.norm(c, axis=-1).sum() / frames,
+        "moved": jax.numpy.linalg.norm(moved, axis=-1).sum() / frames,
+        "reproduced": (moved * c).sum() / (c * c).sum(),
+        "error_ratio": (((d - act) * alive) ** 2).sum() / (c * c).sum(),
+    }
+
+
 def distill_run(
     run: str, out: str | None = None, o: DistillOptions = DistillOptions(), log=print
 ) -> dict:
@@ -227,11 +260,32 @@ def distill_run(
         "bc": {k: bc[k] for k in ("best_step", "success_rate")},
         "round1_env_steps": trained.progress.get("env_steps"),
         "held_out": held_out_comparison(trained, o.seed_index, o.state, distilled),
+        "correction_fit": held_out_fit(trained, o.seed_index, distilled),
         "machine": machine_info(),
     }
     with open(os.path.join(out, "distill_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def held_out_fit(trained, seed_index: int, distilled) -> dict:
+    """``correction_fit`` of seed ``seed_index``'s improved policy, its base and ``distilled``
+    on the seed's held-out starts (host floats)."""
+    task, n = trained.trainer.task, trained.cfg.num_final_episodes
+    keys = episode_keys(trained.trainer.evaluator.final_keys()[seed_index], n)
+    improved = trained.policy(seed_index)
+    base = trained.policy(seed_index, residual=False)
+    fit = jax.jit(lambda k: correction_fit(task, improved, base, distilled, k))(keys)
+    return {k: float(v) for k, v in jax.device_get(fit).items()}
+
+
+def fit_line(fit: dict) -> str:
+    """``correction_fit`` as one line of text."""
+    return (
+        f"  correction reproduced {fit['reproduced']:.0%} (mean |correction| "
+        f"{fit['correction']:.4f}, distilled moved {fit['moved']:.4f}; squared error to the "
+        f"improved actions {fit['error_ratio']:.2f} x the base's)"
+    )
 
 
 def held_out_table(held: dict) -> str:
