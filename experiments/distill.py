@@ -40,6 +40,7 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("seed_index", 0, "Which of the run's seeds to distil.")
 flags.DEFINE_enum("state", "kept", ["kept", "last"], "The run's kept or last learner state.")
 flags.DEFINE_integer("steps", 2000, "Fine-tuning gradient steps.")
+flags.DEFINE_float("lr", 3e-5, "Fine-tuning learning rate (a tenth of the ACT bases' own 3e-4).")
 flags.DEFINE_integer("eval_every", 500, "Evaluate every N fine-tuning steps.")
 flags.DEFINE_integer("eval_episodes", 50, "Episodes per periodic evaluation (selection).")
 flags.DEFINE_integer("seed", 0, "Seed of the rollout starts and of fine-tuning.")
@@ -66,6 +67,7 @@ def main(argv):
             FLAGS.eval_every,
             FLAGS.eval_episodes,
             FLAGS.seed,
+            FLAGS.lr,
         )
         summary = distill_run(FLAGS.run, FLAGS.out, options)
     except (KeyError, ValueError, FileNotFoundError, RunLockedError) as e:

@@ -3,7 +3,7 @@
     python -m experiments.quickstart                     # PickPlace, CPU preset, 1 seed
     python -m experiments.quickstart --task=PixelPointReach --seeds=3   # from pixels
     python -m experiments.quickstart --config.total_env_steps=20480   # a shorter residual run
-    python -m experiments.quickstart --recipe=chunk      # the semi-MDP residual (chunk critic)
+    python -m experiments.quickstart --recipe=per_step   # the per-step residual instead
 
 1. 30 noisy scripted-expert demos of PickPlace (RLDS, <out>/demos);
 2. an ACT-style BC base trained on them, best checkpoint by success (<out>/bc);
@@ -34,10 +34,12 @@ flags.DEFINE_integer("seeds", 1, "Residual seeds (vmapped in one process).")
 flags.DEFINE_integer("demo_episodes", 30, "Expert demos for BC and the offline buffer.")
 flags.DEFINE_enum(
     "recipe",
-    "per_step",
+    None,
     ["per_step", "chunk"],
-    "ResFiT recipe on the task preset (see experiments.train --helpfull).",
+    "ResFiT recipe on the task preset (default: chunk on the arm tasks, per_step elsewhere; "
+    "see experiments.train --helpfull).",
 )
+flags.DEFINE_integer("final_episodes", 300, "Held-out starts of the final BC vs ResFiT evaluation.")
 
 
 def main(argv):
@@ -54,12 +56,17 @@ def main(argv):
     from resfit_jax.run.checkpointing import content_hash
     from resfit_jax.run.configs import config_lines, resolve
     from resfit_jax.run.plotting import plot_runs
-    from resfit_jax.sim.presets import preset, with_recipe
+    from resfit_jax.sim.presets import default_recipe, preset, with_recipe
     from resfit_jax.sim.report import results_table
     from resfit_jax.sim.trainer import make_trainer, train_residual
 
     t0 = time.time()
-    cfg = resolve(lambda: with_recipe(preset(FLAGS.task, "cpu"), FLAGS.recipe))  # bad flags first
+    recipe_name = FLAGS.recipe or default_recipe(FLAGS.task)
+    cfg = resolve(  # bad flags first; --config.final_episodes still wins
+        lambda: with_recipe(preset(FLAGS.task, "cpu"), recipe_name).replace(
+            final_episodes=FLAGS.final_episodes
+        )
+    )
     task_name, out = FLAGS.task, os.path.abspath(FLAGS.out)
     from resfit_jax.run.configs import usage_error
     from resfit_jax.run.locks import RunLock, RunLockedError
@@ -88,7 +95,7 @@ def main(argv):
         task.action_size,
         cameras=camera_shapes(task.observation_spec),
     )
-    recipe = "" if FLAGS.recipe == "per_step" else f", recipe {FLAGS.recipe}"
+    recipe = "" if recipe_name == "per_step" else f", recipe {recipe_name}"
     print(f"[3/3] ResFiT residual, CPU preset{recipe}:\n{config_lines(cfg)}")
     trainer = make_trainer(task, base, read_episodes(demos), cfg, list(range(FLAGS.seeds)))
     res_dir = os.path.join(out, "residual")

@@ -5,20 +5,20 @@ r"""Train (or evaluate) a residual on a robot through the robot loop.
         --task=PickPlace --base=runs/bc/PickPlace --out=runs/robot/PickPlace --episodes=20
     # self-contained demo: start a simulated PickPlace robot, label by its ground truth:
     python -m experiments.run_robot --spawn_sim --labels=oracle --episodes=6
-    # the semi-MDP residual (a decision per base chunk, chunk-level critic):
-    python -m experiments.run_robot --spawn_sim --labels=oracle --recipe=chunk --episodes=6
-    # blind A/B of that run's residual against its base, 20 rounds from matched scenes:
-    python -m experiments.run_robot --spawn_sim --labels=oracle --recipe=chunk --ab_rounds=20
+    # the per-step residual instead of the semi-MDP one (a decision per base chunk):
+    python -m experiments.run_robot --spawn_sim --labels=oracle --recipe=per_step --episodes=6
+    # blind A/B of a run's residual against its base, 20 rounds from matched scenes:
+    python -m experiments.run_robot --spawn_sim --labels=oracle --ab_rounds=20
 
 --task names the task the base was trained on; it fixes the learner preset, the action
 bounds of the safety limits and the expected observation/action sizes (checked against the
 robot). The per-step change limit is --max_delta_margin times the largest change in the
-demos. --recipe picks the learner as in experiments.train (per_step: the task's preset;
-chunk: a decision every 20 steps held in between, one replay transition per decision, the
-Monte-Carlo bound, the advantage head). Labels: "terminal" (type s / f / a / x + Enter while
-an episode runs) or "oracle" (the simulated robot's ground truth). Run again with the same
---out to continue: the replay is rebuilt from <out>/journal and the learner restored from
-<out>/checkpoints.
+demos. --recipe picks the learner as in experiments.train (chunk, the default on the arm
+tasks: a decision every 20 steps held in between, one replay transition per decision, the
+Monte-Carlo bound, the advantage head; per_step: the task's preset). Labels: "terminal"
+(type s / f / a / x + Enter while an episode runs) or "oracle" (the simulated robot's ground
+truth). Run again with the same --out to continue: the replay is rebuilt from <out>/journal
+and the learner restored from <out>/checkpoints.
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_enum(
     "recipe",
-    "per_step",
+    None,
     ["per_step", "chunk"],
-    "ResFiT recipe on the task preset: per_step or chunk (the semi-MDP residual).",
+    "ResFiT recipe on the task preset: per_step or chunk (the semi-MDP residual). Default: "
+    "chunk on the arm tasks, per_step elsewhere (as experiments.train).",
 )
 flags.DEFINE_integer(
     "ab_rounds",
@@ -121,7 +122,7 @@ def main(argv):
     from resfit_jax.robot.trainer import RobotTrainer
     from resfit_jax.run.configs import config_lines, resolve, usage_error
     from resfit_jax.run.locks import RunLockedError
-    from resfit_jax.sim.presets import preset, with_recipe
+    from resfit_jax.sim.presets import default_recipe, preset, with_recipe
 
     # flags, config, base and demos are checked before any robot is touched
     if not FLAGS.spawn_sim and not FLAGS.address:
@@ -145,12 +146,13 @@ def main(argv):
             usage_error(str(e))
     try:
         task = envs.make(FLAGS.task)
-        sim_cfg = with_recipe(preset(FLAGS.task, "cpu"), FLAGS.recipe)
+        recipe = FLAGS.recipe or default_recipe(FLAGS.task)
+        sim_cfg = with_recipe(preset(FLAGS.task, "cpu"), recipe)
     except (KeyError, ValueError) as e:
         usage_error(str(e).strip('"'))
     if sim_cfg.residual.window != "offset":  # not carried by RobotTrainConfig
         usage_error(
-            f"--recipe={FLAGS.recipe}: residual.window={sim_cfg.residual.window!r} runs in "
+            f"--recipe={recipe}: residual.window={sim_cfg.residual.window!r} runs in "
             "simulation only; the robot loop holds one offset per decision."
         )
     spec = task.observation_spec  # a camera task (PixelPickPlace): a dict

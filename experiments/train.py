@@ -67,10 +67,12 @@ flags.DEFINE_string("demos", None, "RLDS demos (default: the base's).")
 flags.DEFINE_enum("scale", "cpu", ["cpu", "paper", "accelerator"], "Preset scale.")
 flags.DEFINE_enum(
     "recipe",
-    "per_step",
+    None,
     ["per_step", "chunk"],
     "ResFiT recipe on the task preset: per_step (the preset) or chunk (the semi-MDP residual "
-    "with a chunk-level critic, docs/semi_mdp_study.md); --config overrides apply after it.",
+    "with a chunk-level critic, docs/semi_mdp_study.md); --config overrides apply after it. "
+    "Default: chunk on the arm tasks (PickPlace, PegInsertion, BimanualHandover and their EE "
+    "variants), per_step elsewhere and for the baselines.",
 )
 flags.DEFINE_integer("seeds", 1, "Number of seeds, trained vmapped in one process.")
 flags.DEFINE_integer("seed", 0, "First seed.")
@@ -121,15 +123,16 @@ def main(argv):
     from resfit_jax.run.checkpointing import content_hash
     from resfit_jax.run.configs import apply_overrides, config_lines, config_overrides
     from resfit_jax.run.locks import RunLockedError
-    from resfit_jax.sim.presets import recipe_overrides
+    from resfit_jax.sim.presets import default_recipe, recipe_overrides
     from resfit_jax.sim.report import results_table
     from resfit_jax.sim.runs import RUN_METHOD_NAMES, method_preset, method_trainer
 
-    if FLAGS.recipe != "per_step" and method != "resfit":
+    if FLAGS.recipe not in (None, "per_step") and method != "resfit":
         usage_error(f"--recipe={FLAGS.recipe} is a ResFiT recipe; drop it for --method={method}.")
+    recipe = FLAGS.recipe or (default_recipe(FLAGS.task) if method == "resfit" else "per_step")
     # one list, the recipe's overrides then --config: printed, trained (method_trainer
     # applies it to the same preset) and recorded in config.json
-    overrides = recipe_overrides(FLAGS.recipe, config_overrides())
+    overrides = recipe_overrides(recipe, config_overrides())
     try:
         cfg = apply_overrides(method_preset(method, FLAGS.task, FLAGS.scale), overrides)
     except ValueError as e:
@@ -143,7 +146,7 @@ def main(argv):
         )
     say(
         f"Resolved config ({FLAGS.task}, {METHOD_NAMES[method]}, {FLAGS.scale}"
-        f"{'' if FLAGS.recipe == 'per_step' else ', recipe ' + FLAGS.recipe}):\n"
+        f"{'' if recipe == 'per_step' else ', recipe ' + recipe}):\n"
         f"{config_lines(cfg)}"
     )
     if hasattr(cfg, "critic_steps_per_env_step"):
@@ -195,7 +198,7 @@ def main(argv):
                 "demos": demos,
                 "scale": FLAGS.scale,
                 "method": RUN_METHOD_NAMES.get(method, method),
-                "recipe": FLAGS.recipe,
+                "recipe": recipe,
                 "overrides": overrides,
             },
         )

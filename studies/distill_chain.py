@@ -35,6 +35,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("episodes", 300, "Distillation rollouts per seed.")
     flags.DEFINE_enum("keep", "successes", ["successes", "all"], "Distillation data (see distill).")
     flags.DEFINE_integer("steps", 2000, "Fine-tuning steps per distilled base.")
+    flags.DEFINE_float("lr", 3e-5, "Fine-tuning learning rate (see experiments.distill).")
     flags.DEFINE_list("seed_indices", None, "Round 1's seeds to run (indices; default: all).")
     flags.DEFINE_bool("skip_round2", False, "Distil only (round 2 in a later session).")
     flags.DEFINE_string("results", None, "Also write the table's JSON here.")
@@ -186,12 +187,21 @@ def main(argv):
                 distill_run(
                     FLAGS.round1,
                     d_dir,
-                    DistillOptions(FLAGS.episodes, FLAGS.keep, i, steps=FLAGS.steps, seed=seed),
+                    DistillOptions(
+                        FLAGS.episodes, FLAGS.keep, i, steps=FLAGS.steps, seed=seed, lr=FLAGS.lr
+                    ),
                 )
             except (FileNotFoundError, ValueError) as e:
                 usage_error(str(e))
         with open(done) as f:
             distilled = json.load(f)
+        want = {"episodes": FLAGS.episodes, "keep": FLAGS.keep, "steps": FLAGS.steps}
+        got = {k: distilled["distill"].get(k) for k in (*want, "lr")}
+        if got != want | {"lr": FLAGS.lr}:
+            usage_error(
+                f"{d_dir} was distilled with {got}, not {want | {'lr': FLAGS.lr}}: pass the "
+                "same settings or another --out."
+            )
         round2 = None
         r_dir = os.path.join(FLAGS.out, "round2", f"seed_{seed}")
         r_done = os.path.join(r_dir, "summary.json")
@@ -226,7 +236,12 @@ def main(argv):
         "task": task_name,
         "round1": os.path.relpath(FLAGS.round1),
         "overrides": overrides,
-        "distill": {"episodes": FLAGS.episodes, "keep": FLAGS.keep, "steps": FLAGS.steps},
+        "distill": {
+            "episodes": FLAGS.episodes,
+            "keep": FLAGS.keep,
+            "steps": FLAGS.steps,
+            "lr": FLAGS.lr,
+        },
         "per_seed": rows,
         **table,
         "machine": machine_info(),

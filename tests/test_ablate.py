@@ -1,5 +1,7 @@
 """The ablation runner's settings (cartesian factors, named settings) and its table."""
 
+import os
+
 import pytest
 
 from studies.ablate import row, settings, table
@@ -284,3 +286,34 @@ def test_a_train_run_is_built_from_its_recipe_then_its_config_flags():
     )
     with pytest.raises(ValueError, match="Unknown recipe 'fast'"):
         recipe_overrides("fast")
+
+
+def test_the_arm_tasks_default_to_the_chunk_recipe_and_per_step_stays_reachable():
+    """Without --recipe, experiments.train builds the semi-MDP residual on the arm tasks (and
+    prints it before anything is opened); --recipe=per_step gives the preset itself; other
+    tasks and the baselines keep the preset."""
+    import subprocess
+    import sys
+
+    from resfit_jax.sim.presets import default_recipe
+
+    assert [default_recipe(t) for t in ("PickPlace", "PegInsertionEE", "BimanualHandover")] == [
+        "chunk"
+    ] * 3
+    assert default_recipe("PointReach") == default_recipe("PixelPickPlace") == "per_step"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def train(*flags):
+        argv = ["experiments.train", "--task=PickPlace", "--base=/nonexistent/base", *flags]
+        r = subprocess.run(
+            [sys.executable, "-m", *argv], cwd=root, capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 2 and "No base at /nonexistent/base" in r.stderr, r.stderr[-2000:]
+        return r.stdout
+
+    chunk = train()
+    assert "(PickPlace, ResFiT, cpu, recipe chunk)" in chunk
+    assert "a decision every 20 env steps" in chunk and "mc_bound = True" in chunk
+    per_step = train("--recipe=per_step")
+    assert "recipe chunk" not in per_step and "semi-MDP" not in per_step
+    assert "residual.decision_steps = 1" in per_step

@@ -58,8 +58,10 @@ def rollout_episodes(rec: dict, keep: str = "successes") -> list[Episode]:
 class DistillOptions:
     """``episodes`` rollouts of the improved policy (seed ``seed_index`` of the run, its
     ``state``: "kept" or "last"), ``keep`` ("successes" / "all"), then ``steps`` fine-tuning
-    steps with a ``eval_episodes``-episode selection evaluation every ``eval_every``;
-    ``seed``: the rollout starts' stream and the fine-tuning's."""
+    steps with a ``eval_episodes``-episode selection evaluation every ``eval_every``, at
+    learning rate ``lr`` (None: the base's own; the default, a tenth of the ACT bases' 3e-4,
+    keeps the fine-tuned base near the base: docs/distillation.md); ``seed``: the rollout
+    starts' stream and the fine-tuning's."""
 
     episodes: int = 300
     keep: str = "successes"
@@ -69,8 +71,11 @@ class DistillOptions:
     eval_every: int = 500
     eval_episodes: int = 50
     seed: int = 0
+    lr: float | None = 3e-5
 
     def __post_init__(self):
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"--lr must be > 0 (got {self.lr}).")
         for name in ("episodes", "steps", "eval_every", "eval_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)}).")
@@ -245,6 +250,7 @@ def distill_run(
         out,
         info["demos"],
         steps=o.steps,
+        lr=o.lr,
         eval_every=o.eval_every,
         eval_episodes=o.eval_episodes,
         seed=o.seed,
@@ -256,7 +262,8 @@ def distill_run(
     distilled, _ = open_base(out, int(task.observation_spec.shape[0]), task.action_size)
     summary = {
         "out": out,
-        "distill": {k: v for k, v in data.items() if k != "reused"},
+        "distill": {k: v for k, v in data.items() if k != "reused"}
+        | {"steps": o.steps, "lr": o.lr},
         "bc": {k: bc[k] for k in ("best_step", "success_rate")},
         "round1_env_steps": trained.progress.get("env_steps"),
         "held_out": held_out_comparison(trained, o.seed_index, o.state, distilled),

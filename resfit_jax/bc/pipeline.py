@@ -80,14 +80,15 @@ def train_bc_unlocked(
     init_from: str | None = None,
     extra_episodes: Sequence = (),
     extra_source: str | None = None,
+    lr: float | None = None,
 ) -> dict:
     """``train_bc`` without the run lock (the caller holds it).
 
     Fine-tuning (distillation): ``init_from`` names a base checkpoint directory whose
     architecture, chunking, normalizer and parameters the training starts from (``policy``,
     ``preset``, ``chunk_size``, ``execution_horizon`` and ``relative_actions`` are then
-    unused; ``steps`` / ``batch_size`` still apply) and which is evaluated first, so the kept
-    base is never one the selection evaluation scores below it. ``extra_episodes`` (from
+    unused; ``steps`` / ``batch_size`` / ``lr`` still apply) and which is evaluated first, so
+    the kept base is never one the selection evaluation scores below it. ``extra_episodes`` (from
     ``extra_source``) train next to the demos."""
     import jax
     import numpy as np
@@ -121,6 +122,7 @@ def train_bc_unlocked(
             execution_horizon=execution_horizon,
             steps=steps,
             batch_size=batch_size,
+            lr=lr,
         ).items()
         if v is not None
     }
@@ -139,7 +141,7 @@ def train_bc_unlocked(
                 f"The base in {init_from} has obs/action sizes {init_info['obs_dim']}/"
                 f"{init_info['action_dim']}; task {task_name} has {obs_dim}/{action_dim}."
             )
-        tuned = {k: v for k, v in dict(steps=steps, batch_size=batch_size).items() if v}
+        tuned = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v}
         config = dataclasses.replace(BCConfig.from_dict(init_info["config"]), **tuned)
         policy = config.policy
     os.makedirs(out, exist_ok=True)

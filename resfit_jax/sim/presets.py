@@ -322,6 +322,23 @@ RECIPES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The recipe the scripts use when none is named: the semi-MDP residual on the state-based arm
+# tasks (on PickPlace it matches the per-step preset's best kept state and, unlike it, does
+# not fall below the base without selection; on PickPlaceEE it gains 18 points; 3-seed
+# studies in docs/semi_mdp_study.md), the preset itself elsewhere.
+CHUNK_DEFAULT_TASKS = tuple(
+    f"{name}{suffix}"
+    for name in ("PickPlace", "PegInsertion", "BimanualHandover")
+    for suffix in ("", "EE")
+)
+
+
+def default_recipe(task: str) -> str:
+    """The recipe a script uses on ``task`` without ``--recipe``: "chunk" on the state-based
+    arm tasks (``CHUNK_DEFAULT_TASKS``), "per_step" (the preset itself) elsewhere."""
+    return "chunk" if task in CHUNK_DEFAULT_TASKS else "per_step"
+
+
 def recipe_overrides(recipe: str, overrides: Sequence[str] = ()) -> list[str]:
     """A named recipe's overrides (``RECIPES``) followed by ``overrides`` (a run's
     ``--config.*``): the list a run is built from and records in its config.json."""
