@@ -22,6 +22,8 @@ import time
 
 from absl import app, flags
 
+QUICK_ENV_STEPS = 20_480  # the residual's main loop (at most; --env_steps)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "task",
@@ -32,8 +34,6 @@ flags.DEFINE_string(
 flags.DEFINE_string("out", os.path.join("runs", "quickstart"), "Output directory.")
 flags.DEFINE_integer("seeds", 1, "Residual seeds (vmapped in one process).")
 flags.DEFINE_integer("demo_episodes", 30, "Expert demos for BC and the offline buffer.")
-QUICK_ENV_STEPS = 20_480
-
 flags.DEFINE_enum(
     "recipe",
     None,
