@@ -175,6 +175,8 @@ def main(argv):
     seeds = list(info["seeds"])
     picked = [int(x) for x in FLAGS.seed_indices] if FLAGS.seed_indices else range(len(seeds))
     task_name, overrides = info["task"], list(info.get("overrides", []))
+    # the distillation setting every seed's base is made (or reused) with
+    setting = {"episodes": FLAGS.episodes, "keep": FLAGS.keep, "steps": FLAGS.steps, "lr": FLAGS.lr}
     rows = []
     for i in picked:
         seed = seeds[i]
@@ -195,12 +197,11 @@ def main(argv):
                 usage_error(str(e))
         with open(done) as f:
             distilled = json.load(f)
-        want = {"episodes": FLAGS.episodes, "keep": FLAGS.keep, "steps": FLAGS.steps}
-        got = {k: distilled["distill"].get(k) for k in (*want, "lr")}
-        if got != want | {"lr": FLAGS.lr}:
+        got = {k: distilled["distill"].get(k) for k in setting}
+        if got != setting:
             usage_error(
-                f"{d_dir} was distilled with {got}, not {want | {'lr': FLAGS.lr}}: pass the "
-                "same settings or another --out."
+                f"{d_dir} was distilled with {got}, not {setting}: pass the same settings or "
+                "another --out."
             )
         round2 = None
         r_dir = os.path.join(FLAGS.out, "round2", f"seed_{seed}")
@@ -236,12 +237,7 @@ def main(argv):
         "task": task_name,
         "round1": os.path.relpath(FLAGS.round1),
         "overrides": overrides,
-        "distill": {
-            "episodes": FLAGS.episodes,
-            "keep": FLAGS.keep,
-            "steps": FLAGS.steps,
-            "lr": FLAGS.lr,
-        },
+        "distill": setting,
         "per_seed": rows,
         **table,
         "machine": machine_info(),
