@@ -108,21 +108,15 @@ def main(argv):
     from resfit_jax.run.runtime import setup_script
 
     setup_script()
-    from resfit_jax import envs
-    from resfit_jax.bc.frozen import open_base_and_demos
-    from resfit_jax.observations import camera_shapes, state_size
-    from resfit_jax.replay.demos import fit_normalizer
-    from resfit_jax.robot.config import RobotTrainConfig
-    from resfit_jax.robot.inputs import learner_inputs
     from resfit_jax.robot.link import LinkError
-    from resfit_jax.robot.loop import LoopConfig
     from resfit_jax.robot.operator import TerminalLabeller, oracle_labeller
-    from resfit_jax.robot.safety import EmergencyStop, SafetyLimits
+    from resfit_jax.robot.safety import EmergencyStop
     from resfit_jax.robot.sim_server import RemoteRobot, read_key, spawn_server
     from resfit_jax.robot.trainer import RobotTrainer
-    from resfit_jax.run.configs import config_lines, resolve, usage_error
+    from resfit_jax.run.configs import usage_error
     from resfit_jax.run.locks import RunLockedError
-    from resfit_jax.sim.presets import default_recipe, preset, with_recipe
+
+    from .robot_setup import robot_setup
 
     # flags, config, base and demos are checked before any robot is touched
     if not FLAGS.spawn_sim and not FLAGS.address:
@@ -145,67 +139,27 @@ def main(argv):
         except (ValueError, OSError) as e:
             usage_error(str(e))
     try:
-        task = envs.make(FLAGS.task)
-        recipe = FLAGS.recipe or default_recipe(FLAGS.task)
-        sim_cfg = with_recipe(preset(FLAGS.task, "cpu"), recipe)
-    except (KeyError, ValueError) as e:
-        usage_error(str(e).strip('"'))
-    if sim_cfg.residual.window != "offset":  # not carried by RobotTrainConfig
-        usage_error(
-            f"--recipe={recipe}: residual.window={sim_cfg.residual.window!r} runs in "
-            "simulation only; the robot loop holds one offset per decision."
-        )
-    spec = task.observation_spec  # a camera task (PixelPickPlace): a dict
-    obs_dim, act_dim, cameras = state_size(spec), task.action_size, camera_shapes(spec)
-    horizon = FLAGS.max_steps or task.horizon
-    hz = FLAGS.control_hz or 1.0 / task.dt
-    cfg = resolve(
-        lambda: RobotTrainConfig(
-            learner=sim_cfg.learner,
-            replay=dataclasses.replace(sim_cfg.replay, capacity=100_000),
-            loop=LoopConfig(
-                control_hz=hz, max_episode_steps=horizon, max_overruns=FLAGS.max_overruns
-            ),
+        setup = robot_setup(
+            FLAGS.task,
+            FLAGS.base or os.path.join("runs", "bc", FLAGS.task),
+            FLAGS.demos,
+            FLAGS.recipe,
             mode=FLAGS.mode,
             sync_every=FLAGS.sync_every,
             updates_per_step=FLAGS.updates_per_step,
             warmup_episodes=FLAGS.warmup_episodes,
-            warmup_noise=sim_cfg.warmup_noise,
-            critic_warmup_updates=FLAGS.critic_warmup,
+            critic_warmup=FLAGS.critic_warmup,
+            control_hz=FLAGS.control_hz,
+            max_steps=FLAGS.max_steps,
+            max_overruns=FLAGS.max_overruns,
             seed=FLAGS.seed,
-            min_replay=max(4, 64 // sim_cfg.residual.decision_steps),  # transitions
-            decision_steps=sim_cfg.residual.decision_steps,
-            mc_bound=sim_cfg.residual.mc_bound,
-            demo_relabel=sim_cfg.residual.demo_relabel,
+            announce=print,
         )
-    )
-    try:
-        base, info, demos_dir, demos = open_base_and_demos(
-            FLAGS.base or os.path.join("runs", "bc", FLAGS.task),
-            FLAGS.demos,
-            obs_dim,
-            act_dim,
-            cameras=cameras,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        usage_error(str(e))
-    print(f"Resolved config:\n{config_lines(cfg)}")
-    normalizer = fit_normalizer(
-        demos, cfg.learner.action_scale, sim_cfg.action_margin, sim_cfg.obs_min_std
-    )
-    try:
-        learner, normalizer, offline = learner_inputs(
-            cfg, base, spec, act_dim, normalizer, demos, sim_cfg.obs_min_std
-        )
-    except ValueError as e:  # decision_steps does not fit the base's chunk
-        usage_error(str(e))
-    if cfg.decision_steps > 1:
-        k = cfg.decision_steps
-        print(
-            f"semi-MDP residual: a decision every {k} control steps, "
-            f"{cfg.updates_per_step * cfg.replay.utd} critic steps per decision; learning "
-            f"starts at {cfg.min_replay} decisions"
-        )
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        usage_error(str(e).strip('"'))
+    cfg, base, info, demos_dir = setup.cfg, setup.base, setup.info, setup.demos_dir
+    learner, normalizer, offline = setup.learner, setup.normalizer, setup.offline
+    obs_dim, act_dim = setup.obs_dim, setup.act_dim
 
     server = None
     if FLAGS.spawn_sim:
@@ -231,13 +185,7 @@ def main(argv):
             cfg = dataclasses.replace(
                 cfg, loop=dataclasses.replace(cfg.loop, control_hz=float(robot.spec["control_hz"]))
             )
-        limits = SafetyLimits.from_demos(
-            demos,
-            np.asarray(task.action_low),
-            np.asarray(task.action_high),
-            FLAGS.max_delta_margin,
-            robot.spec.get("action_obs_index", getattr(task, "action_obs_index", None)),
-        )
+        limits = setup.limits(robot, FLAGS.max_delta_margin)
         print(
             f"Safety limits: low {np.round(limits.low, 3)}, high {np.round(limits.high, 3)}, "
             f"max change per step {np.round(limits.max_delta, 3)}"

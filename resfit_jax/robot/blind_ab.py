@@ -92,7 +92,8 @@ class ABSetup:
         return self.names[(slot == "A") != first_is_a]
 
 
-def _write_json_atomic(path: str, value: dict) -> None:
+def write_json_atomic(path: str, value: dict) -> None:
+    """Write ``value`` as JSON to ``path``: temporary file, fsync, rename, fsync the directory."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(value, f, indent=2)
@@ -128,7 +129,7 @@ class ABJournal:
                     "policies, seed and block, or use another directory."
                 )
         if not os.path.exists(path) or saved["rounds"] != setup.rounds:
-            _write_json_atomic(path, mine)
+            write_json_atomic(path, mine)
         self.episodes = Journal(os.path.join(self.directory, "episodes"))
 
     def rounds(self) -> list[dict]:
@@ -147,7 +148,7 @@ class ABJournal:
         return out
 
     def write_round(self, row: dict) -> None:
-        _write_json_atomic(os.path.join(self.directory, f"round_{row['round']:06d}.json"), row)
+        write_json_atomic(os.path.join(self.directory, f"round_{row['round']:06d}.json"), row)
 
 
 def _episode_row(rec) -> dict:
@@ -302,6 +303,6 @@ def format_report(rep: dict) -> str:
 def write_report(journal: ABJournal, out=sys.stdout) -> dict:
     """Compute, print and save the report (``<dir>/report.json``)."""
     rep = ab_report(journal)
-    _write_json_atomic(os.path.join(journal.directory, "report.json"), rep)
+    write_json_atomic(os.path.join(journal.directory, "report.json"), rep)
     print(format_report(rep), file=out, flush=True)
     return rep

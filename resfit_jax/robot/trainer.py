@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -180,6 +181,9 @@ class RobotTrainer:
             "usable_episodes": len(usable),
             "env_steps": int(sum(e.metadata.get("steps", 0) for e in usable)),
             "successes": sum(e.label == Label.SUCCESS.value for e in usable),
+            # robot time: reset, control and labelling of every journaled episode (aborted
+            # ones included), not the work between episodes nor a learner thread's
+            "robot_s": float(sum(e.metadata.get("wall_s", 0.0) for e in entries)),
         }
 
     def save(self, state=None) -> None:
@@ -211,8 +215,10 @@ class RobotTrainer:
         num_episodes: int,
         evaluate: str | None = None,
         progress=print,
+        stop_when: Callable[[dict], bool] | None = None,
     ) -> list[dict]:
-        """Run ``num_episodes`` more episodes. ``evaluate`` None trains; "eval" runs the
+        """Run ``num_episodes`` more episodes, or fewer: ``stop_when(counts())`` is asked
+        after each one (e.g. a robot-time budget). ``evaluate`` None trains; "eval" runs the
         deterministic residual and "base" the base alone (journaled, no updates).
         Returns the per-episode log rows. Raises EmergencyStop after an e-stop episode has
         been journaled and checkpointed."""
@@ -273,6 +279,8 @@ class RobotTrainer:
                     )
                 if (row["episode"] + 1) % cfg.checkpoint_every == 0:
                     self.save(async_l.params() if async_l else None)
+                if stop_when is not None and stop_when(self.counts()):
+                    break
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM between episodes (e.g. in the updates)
             if async_l is None:
                 self.save()
