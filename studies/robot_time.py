@@ -192,12 +192,13 @@ def plot(per_seed: dict[int, list[dict]], path: str, title: str) -> None:
             hi = [pts[0]["base"]["ci_high"]] + [p["resfit"]["ci_high"] for p in pts]
             line = ax.plot(xs, ys, marker="o", label=f"ResFiT seed {seed}")[0]
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
-            ax.axhline(pts[0]["base"]["success_rate"], color="gray", ls="--", lw=1)
+            base = [pts[0]["base"]["success_rate"]] + [p["base"]["success_rate"] for p in pts]
+            ax.plot(xs, base, ls="--", marker=".", color=line.get_color(), lw=1)
     axes[0].set_xlabel("robot time (min: reset + control + labelling)")
     axes[1].set_xlabel("training episodes")
     axes[0].set_ylabel("success (blind A/B, Wilson 95%)")
     axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"{title} (dashed: the base in the same sessions)")
+    fig.suptitle(f"{title} (dashed: the base in the same A/B sessions)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
