@@ -78,16 +78,20 @@ def run_seed(seed: int, out: str, ratio: float, schedule) -> list[dict]:
     from resfit_jax.robot.sim_server import RemoteRobot, spawn_server
     from resfit_jax.robot.time_curve import learning_curve
     from resfit_jax.robot.trainer import RobotTrainer
+    from resfit_jax.run.configs import usage_error
 
-    setup = robot_setup(
-        FLAGS.task,
-        FLAGS.base or os.path.join("runs", "bc", FLAGS.task),
-        recipe=FLAGS.recipe,
-        mode="async",
-        max_update_ratio=ratio,
-        seed=seed,
-        announce=lambda s: None,
-    )
+    try:
+        setup = robot_setup(
+            FLAGS.task,
+            FLAGS.base or os.path.join("runs", "bc", FLAGS.task),
+            recipe=FLAGS.recipe,
+            mode="async",
+            max_update_ratio=ratio,
+            seed=seed,
+            announce=lambda s: None,
+        )
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        usage_error(str(e).strip('"'))
     server, address, key = spawn_server(
         FLAGS.task, latency_s=FLAGS.latency_s, jitter_s=FLAGS.jitter_s, seed=seed
     )
