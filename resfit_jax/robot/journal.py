@@ -25,6 +25,7 @@ import shutil
 import numpy as np
 
 from resfit_jax.data.rlds import Episode, read_episodes, read_metadata, write_episodes
+from resfit_jax.robot.operator import Label
 
 _NAME = re.compile(r"^episode_(\d{6})$")
 DATASET = "robot_episode"
@@ -141,6 +142,20 @@ class Journal:
                 f"Journal episode {entry.path}: extras.npz base_action does not have {n} rows."
             )
         return episode, extras
+
+    def counts(self) -> dict:
+        """Episodes, usable ones (success or failure), their env steps and successes, and
+        robot time ``robot_s``: the reset, control and labelling of every journaled episode
+        (aborted ones included), not the work between episodes nor a learner thread's."""
+        entries = self.entries()
+        usable = [e for e in entries if e.label in (Label.SUCCESS.value, Label.FAILURE.value)]
+        return {
+            "episodes": len(entries),
+            "usable_episodes": len(usable),
+            "env_steps": int(sum(e.metadata.get("steps", 0) for e in usable)),
+            "successes": sum(e.label == Label.SUCCESS.value for e in usable),
+            "robot_s": float(sum(e.metadata.get("wall_s", 0.0) for e in entries)),
+        }
 
     def summary(self) -> dict:
         labels = [e.label for e in self.entries()]

@@ -174,17 +174,8 @@ class RobotTrainer:
         return {"episodes": n_eps, "env_steps": n_steps}
 
     def counts(self) -> dict:
-        entries = self.journal.entries()
-        usable = [e for e in entries if e.label in (Label.SUCCESS.value, Label.FAILURE.value)]
-        return {
-            "episodes": len(entries),
-            "usable_episodes": len(usable),
-            "env_steps": int(sum(e.metadata.get("steps", 0) for e in usable)),
-            "successes": sum(e.label == Label.SUCCESS.value for e in usable),
-            # robot time: reset, control and labelling of every journaled episode (aborted
-            # ones included), not the work between episodes nor a learner thread's
-            "robot_s": float(sum(e.metadata.get("wall_s", 0.0) for e in entries)),
-        }
+        """The journal's episode counts and robot time (``Journal.counts``)."""
+        return self.journal.counts()
 
     def save(self, state=None) -> None:
         c = self.counts()
