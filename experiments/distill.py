@@ -5,17 +5,18 @@ r"""Distil an improved policy back into its BC base.
     python -m experiments.train --task=PickPlaceEE --base=runs/bc/PickPlaceEE_distilled \
         --recipe=chunk --out=runs/round2/PickPlaceEE
 
---run is a finished ResFiT run (experiments.train --out, or a setting of studies.ablate;
---seed_index picks one of its seeds). Its policy (base + deterministic residual, the state
-the run kept, or --state=last) runs --episodes episodes in MJX on starts of their own (not
-the run's evaluation starts); the successful ones, each cut at its first success (or with
---keep=all every frame of every rollout, labelled with the action the policy took), are
-written to <out>/distill_data (RLDS) and the base is fine-tuned on its demos plus these
-episodes with its chunked loss, starting from its own parameters and normalizer; the best
-periodic checkpoint (the starting base included) is kept and exported as train_bc does.
-At the end the base, the improved policy and the distilled base run on the run's own
-held-out starts for that seed, paired, and <out>/distill_summary.json records them. Running
-again with the same flags reuses the recorded rollouts.
+--run is a finished ResFiT or residual-PPO run (experiments.train --out with --method=resfit
+or ppo, or a setting of studies.ablate; --seed_index picks one of its seeds). Its policy
+(base + deterministic residual: PPO's Gaussian mean; the state the run kept, or
+--state=last) runs --episodes episodes in MJX on starts of their own (not the run's
+evaluation starts); the successful ones, each cut at its first success (or with --keep=all
+every frame of every rollout, labelled with the action the policy took), are written to
+<out>/distill_data (RLDS) and the base is fine-tuned on its demos plus these episodes with
+its chunked loss, starting from its own parameters and normalizer; the best periodic
+checkpoint (the starting base included) is kept and exported as train_bc does. At the end
+the base, the improved policy and the distilled base run on the run's own held-out starts
+for that seed, paired, and <out>/distill_summary.json records them. Running again with the
+same flags reuses the recorded rollouts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import os
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run", None, "A finished ResFiT run directory (the improved policy).")
+flags.DEFINE_string(
+    "run", None, "A finished ResFiT or residual-PPO run directory (the improved policy)."
+)
 flags.DEFINE_string(
     "out", None, "Directory of the distilled base (default runs/bc/<task>_distilled)."
 )
@@ -56,7 +59,9 @@ def main(argv):
     from resfit_jax.run.locks import RunLockedError
 
     if not FLAGS.run:
-        usage_error("Pass --run=<a finished ResFiT run directory> (the improved policy).")
+        usage_error(
+            "Pass --run=<a finished ResFiT or residual-PPO run directory> (the improved policy)."
+        )
     try:
         options = DistillOptions(
             FLAGS.episodes,

@@ -1,12 +1,12 @@
 r"""The distillation chain: base -> improved policy (round 1) -> distilled base -> round 2, per
-seed of a finished multi-seed ResFiT run, all on the same held-out starts.
+seed of a finished multi-seed ResFiT or residual-PPO run, all on the same held-out starts.
 
     python -m studies.distill_chain --round1=runs/ablate/semi_mdp_ppee/chunk \
         --out=runs/chain/PickPlaceEE
 
 For each seed s of --round1 (e.g. a setting of studies.ablate): distil that seed's kept
 policy into a new base (``bc.distill.distill_run``, in <out>/distilled/seed_<s>), then train
-round 2 on the distilled base with round 1's task, preset and overrides and the seed s (in
+round 2 on the distilled base with round 1's method, task, preset and overrides and the seed s (in
 <out>/round2/seed_<s>; its held-out starts are round 1's for that seed: they depend only on
 the seed). Every piece is reused when finished and resumed when interrupted, so the study
 continues across sessions. Then one table, pooled over the seeds (paired: the same starts):
@@ -30,7 +30,9 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The script's flags (defined only when it runs, so importing it defines none)."""
-    flags.DEFINE_string("round1", None, "A finished multi-seed ResFiT run (round 1).")
+    flags.DEFINE_string(
+        "round1", None, "A finished multi-seed ResFiT or residual-PPO run (round 1)."
+    )
     flags.DEFINE_string("out", None, "Study directory (distilled bases and round-2 runs).")
     flags.DEFINE_integer("episodes", 300, "Distillation rollouts per seed.")
     flags.DEFINE_enum("keep", "successes", ["successes", "all"], "Distillation data (see distill).")
@@ -155,14 +157,16 @@ def main(argv):
 
     setup_script()
     from resfit_jax.bc.distill import DistillOptions, distill_run
-    from resfit_jax.run.configs import apply_overrides, usage_error
+    from resfit_jax.run.configs import usage_error
     from resfit_jax.run.machine import machine_info
-    from resfit_jax.sim.presets import preset
-    from resfit_jax.sim.runs import open_inputs
-    from resfit_jax.sim.trainer import make_trainer, train_residual
+    from resfit_jax.sim.restore import REOPENED_METHODS
+    from resfit_jax.sim.runs import method_trainer, open_inputs
 
     if not FLAGS.round1 or not FLAGS.out:
-        usage_error("Pass --round1=<a finished multi-seed ResFiT run> and --out=<study dir>.")
+        usage_error(
+            "Pass --round1=<a finished multi-seed ResFiT or residual-PPO run> and "
+            "--out=<study dir>."
+        )
     try:
         with open(os.path.join(FLAGS.round1, "config.json")) as f:
             info = json.load(f)
@@ -172,6 +176,12 @@ def main(argv):
         usage_error(f"--round1={FLAGS.round1}: {e}; give a finished training run.")
     if not round1.get("complete"):
         usage_error(f"--round1={FLAGS.round1} has not finished; finish it first.")
+    method = REOPENED_METHODS.get(info.get("method", "resfit"))
+    if method is None:
+        usage_error(
+            f"--round1={FLAGS.round1} is a {info['method']} run; give a ResFiT or residual PPO "
+            "run (a residual on the base)."
+        )
     seeds = list(info["seeds"])
     picked = [int(x) for x in FLAGS.seed_indices] if FLAGS.seed_indices else range(len(seeds))
     task_name, overrides = info["task"], list(info.get("overrides", []))
@@ -210,19 +220,20 @@ def main(argv):
             print(f"seed {seed}: round 2 in {r_dir} (reused)")
         elif not FLAGS.skip_round2:
             task, base, episodes, identity, paths = open_inputs(task_name, d_dir, info["demos"])
-            cfg = apply_overrides(
-                preset(task_name, info.get("scale", "cpu"), info.get("method", "resfit")), overrides
+            scale = info.get("scale", "cpu")
+            trainer, train = method_trainer(
+                method, task_name, (task, base, episodes), [seed], overrides, scale
             )
             print(f"seed {seed}: round 2 on {d_dir} ({' '.join(overrides) or 'preset'})")
-            train_residual(
-                make_trainer(task, base, episodes, cfg, [seed]),
+            train(
+                trainer,
                 r_dir,
                 resume=os.path.isdir(os.path.join(r_dir, "checkpoints")),
                 task_name=task_name,
                 extra_info={
                     "base": paths["base"],
                     "demos": paths["demos"],
-                    "scale": info.get("scale", "cpu"),
+                    "scale": scale,
                     "method": info.get("method", "resfit"),
                     "overrides": overrides,
                 },

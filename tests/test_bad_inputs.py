@@ -60,7 +60,7 @@ CLI = [
         "--ab_scenes: [Errno 2]",
     ),
     (["experiments.plot", "/nonexistent/run"], "/nonexistent/run is not a run directory"),
-    (["experiments.distill"], "Pass --run=<a finished ResFiT run directory>"),
+    (["experiments.distill"], "Pass --run=<a finished ResFiT or residual-PPO run directory>"),
     (["studies.distill_chain", "--out=/tmp/x"], "Pass --round1=<a finished multi-seed"),
     (["experiments.distill", "--run=/nonexistent/run"], "/nonexistent/run holds no config.json"),
     (["experiments.render_rollout", "--out=v.avi"], "--out=v.avi: use a .mp4 or .gif"),

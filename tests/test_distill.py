@@ -14,6 +14,19 @@ import pytest
 from resfit_jax.bc.distill import distill_keys, rollout_episodes
 from resfit_jax.sim.evaluation import record_episodes
 
+# a weak PointReach BC base (an MLP trained 60 steps on 10 noisy expert demos)
+WEAK_BC = dict(
+    policy="mlp",
+    batch_size=128,
+    chunk_size=5,
+    eval_episodes=40,
+    final_episodes=40,
+    num_envs=20,
+    demo_episodes=10,
+    demo_noise=1.0,
+    verbose=False,
+)
+
 
 def _record():
     """3 rollouts of 6 steps, obs [T, N, 2] = (step, rollout), action = obs + 0.5."""
@@ -120,17 +133,7 @@ def test_fine_tuning_starts_from_the_base_learns_the_new_episodes_and_exports(tm
     from resfit_jax.bc.pipeline import train_bc
     from resfit_jax.data.demos import collect_episodes, make_rollout
 
-    common = dict(
-        policy="mlp",
-        batch_size=128,
-        chunk_size=5,
-        eval_episodes=40,
-        final_episodes=40,
-        num_envs=20,
-        demo_episodes=10,
-        demo_noise=1.0,
-        verbose=False,
-    )
+    common = WEAK_BC
     train_bc("PointReach", str(tmp_path / "weak"), steps=60, eval_every=60, **common)
     task = envs.make("PointReach")
     expert = envs.make_expert("PointReach", task, envs.ExpertStyle())
@@ -206,3 +209,60 @@ def test_chain_table_pools_seeds_pairs_stages_and_counts_env_steps():
     rows[1].pop("round2")
     t = chain_table(rows)
     assert "round2" not in t["stages"] and all(c["stage"] != "round2" for c in t["comparisons"])
+
+
+@pytest.mark.slow
+def test_a_residual_ppo_run_reopens_replays_its_held_out_episodes_and_distils(tmp_path):
+    """Residual PPO as the improved policy: a short PPO run on a weak PointReach BC base
+    reopens as a ResFiT run does (its base and its deterministic residual replay the
+    held-out outcomes the run recorded, episode by episode), and distils into a new base
+    from its successful rollouts only."""
+    from resfit_jax.bc.distill import DistillOptions, distill_run
+    from resfit_jax.bc.pipeline import train_bc
+    from resfit_jax.sim.restore import open_trained_run
+    from resfit_jax.sim.runs import method_trainer, open_inputs
+
+    base_dir = str(tmp_path / "weak")
+    train_bc("PointReach", base_dir, steps=60, eval_every=60, **WEAK_BC)
+    task, base, episodes, identity, paths = open_inputs("PointReach", base_dir, None)
+    overrides = [
+        "num_envs=8",
+        "total_env_steps=1600",
+        "eval_every=800",
+        "eval_episodes=20",
+        "final_episodes=40",
+        "learner.actor_hidden_dims=32,32",
+        "learner.critic_hidden_dims=32,32",
+        "learner.actor_warmup_iterations=0",
+        "learner.actor_lr=0.003",
+    ]
+    trainer, train = method_trainer("ppo", "PointReach", (task, base, episodes), [0, 1], overrides)
+    run = str(tmp_path / "ppo")
+    summary = train(
+        trainer,
+        run,
+        progress=False,
+        task_name="PointReach",
+        identity=identity,
+        extra_info={"base": paths["base"], "demos": paths["demos"], "scale": "cpu"}
+        | {"method": "ResidualPPO", "overrides": overrides},
+    )
+    assert summary["complete"]
+    trained = open_trained_run(run)
+    assert trained.method == "ppo" and trained.seeds == [0, 1]
+    out = str(tmp_path / "distilled")
+    o = DistillOptions(episodes=40, seed_index=1, steps=20, eval_every=20, eval_episodes=10)
+    d = distill_run(run, out, o, log=lambda *a: None)
+    held = d["held_out"]["policies"]
+    assert held["base"]["replays_run"] and held["improved"]["replays_run"]  # seed index 1
+    assert held["improved"]["outcomes"] == summary["final"]["per_seed"][1]["outcomes"]
+    assert d["correction_fit"]["correction"] > 0  # the PPO residual acts
+    kept = d["distill"]["kept_episodes"]
+    assert kept == d["distill"]["rollout_successes"] > 0
+    assert os.path.exists(os.path.join(out, "export"))
+    # a run of a method that is no residual on the base is refused by name
+    fbc = tmp_path / "fbc"
+    fbc.mkdir()
+    (fbc / "config.json").write_text(json.dumps({"method": "fbc", "task": "PointReach"}))
+    with pytest.raises(ValueError, match="only ResFiT and residual PPO runs"):
+        open_trained_run(str(fbc))

@@ -205,10 +205,10 @@ def correction_fit(task, improved, base, distilled, keys: jax.Array) -> dict:
 def distill_run(
     run: str, out: str | None = None, o: DistillOptions = DistillOptions(), log=print
 ) -> dict:
-    """Distil seed ``o.seed_index`` of the finished ResFiT ``run`` into a base in ``out``
-    (default runs/bc/<task>_distilled; see the module docstring and docs/distillation.md);
-    returns and writes ``<out>/distill_summary.json`` (its ``out`` names the directory).
-    Raises FileNotFoundError / ValueError naming the problem."""
+    """Distil seed ``o.seed_index`` of the finished ResFiT or residual-PPO ``run`` into a base in
+    ``out`` (default runs/bc/<task>_distilled; see the module docstring and
+    docs/distillation.md); returns and writes ``<out>/distill_summary.json`` (its ``out`` names
+    the directory). Raises FileNotFoundError / ValueError naming the problem."""
     from resfit_jax.bc.frozen import INFO_FILE, open_base
     from resfit_jax.bc.pipeline import train_bc
     from resfit_jax.run.machine import machine_info

@@ -1,7 +1,7 @@
-"""A finished ResFiT training run, reopened: its trainer rebuilt from config.json (preset plus
-recorded overrides, checked against the config it trained with) and its learner states
-restored from the latest checkpoint, for replays (``studies.failure_modes``) and for
-distillation (``bc.distill``).
+"""A finished ResFiT or residual-PPO training run, reopened: its trainer rebuilt from
+config.json (the method's preset plus recorded overrides, checked against the config it
+trained with) and its learner states restored from the latest checkpoint, for replays
+(``studies.failure_modes``) and for distillation (``bc.distill``).
 
     trained = open_trained_run("runs/probes/ee_chunk", state="kept")
     policy = trained.policy(seed_index=0)            # the base + residual of seed 0
@@ -23,10 +23,10 @@ PyTree = Any
 
 @dataclasses.dataclass
 class TrainedRun:
-    """``info``: the run's config.json; ``cfg``: its TrainConfig; ``trainer``: rebuilt on its
-    base and demos; ``learner_state``: [S] per seed (None when opened ``base_only``);
-    ``progress``: the checkpoint's progress (``state_env_steps``: where the restored state
-    was taken); ``directory``: the run's."""
+    """``info``: the run's config.json; ``cfg``: its TrainConfig (residual PPO: its
+    PPOTrainConfig); ``trainer``: rebuilt on its base and demos; ``learner_state``: [S] per seed
+    (None when opened ``base_only``); ``progress``: the checkpoint's progress
+    (``state_env_steps``: where the restored state was taken); ``directory``: the run's."""
 
     info: dict
     cfg: Any
@@ -34,6 +34,11 @@ class TrainedRun:
     learner_state: PyTree | None
     progress: dict
     directory: str = ""
+
+    @property
+    def method(self) -> str:
+        """The run's method as ``sim.runs.METHODS`` names it: "resfit" or "ppo"."""
+        return REOPENED_METHODS[self.info.get("method", "resfit")]
 
     @property
     def seeds(self) -> list[int]:
@@ -61,9 +66,8 @@ class TrainedRun:
 
         loop = self.trainer.loop
         learner = None if learner_state is None else loop.learner
-        return ResidualPolicy(
-            loop.base, normalizer, learner, learner_state, loop.features, loop.offsets
-        )
+        offsets = getattr(loop, "offsets", None)  # residual PPO acts every step
+        return ResidualPolicy(loop.base, normalizer, learner, learner_state, loop.features, offsets)
 
     def policy(self, seed_index: int = 0, residual: bool = True):
         """Seed ``seed_index``'s base + residual, or its base alone (``residual=False``)."""
@@ -71,6 +75,11 @@ class TrainedRun:
         if residual and self.learner_state is not None:
             state = jax.tree.map(lambda x: x[seed_index], self.learner_state)
         return self.make_policy(state, self.normalizer(seed_index))
+
+
+# config.json's "method" -> sim.runs' method name, for the methods whose runs reopen here (a
+# residual on the base: ResFiT and residual PPO)
+REOPENED_METHODS = {"resfit": "resfit", "ResidualPPO": "ppo"}
 
 
 def open_trained_run(run: str, base_only: bool = False, state: str = "kept") -> TrainedRun:
@@ -82,9 +91,8 @@ def open_trained_run(run: str, base_only: bool = False, state: str = "kept") -> 
     from resfit_jax.data import read_episodes
     from resfit_jax.run.checkpointing import RunCheckpointer
     from resfit_jax.run.configs import apply_overrides, config_differences
-    from resfit_jax.sim.presets import preset
     from resfit_jax.sim.progress import PLACEMENT, keeps_best
-    from resfit_jax.sim.trainer import make_trainer
+    from resfit_jax.sim.runs import method_preset, method_trainer
 
     if state not in ("kept", "last"):
         raise ValueError(f"state must be 'kept' or 'last', got {state!r}.")
@@ -95,15 +103,15 @@ def open_trained_run(run: str, base_only: bool = False, state: str = "kept") -> 
         )
     with open(os.path.join(run, "config.json")) as f:
         info = json.load(f)
-    if info.get("method", "resfit") != "resfit":
+    method = REOPENED_METHODS.get(info.get("method", "resfit"))
+    if method is None:
         raise ValueError(
-            f"{run} is a {info.get('method')} run; only ResFiT runs can be reopened here."
+            f"{run} is a {info.get('method')} run; only ResFiT and residual PPO runs (a "
+            "residual on the base) can be reopened here."
         )
     task = envs.make(info["task"])
-    cfg = apply_overrides(
-        preset(info["task"], info.get("scale", "cpu"), info.get("method", "resfit")),
-        info.get("overrides", []),
-    )
+    scale, overrides = info.get("scale", "cpu"), info.get("overrides", [])
+    cfg = apply_overrides(method_preset(method, info["task"], scale), overrides)
     differences = (
         config_differences(info.get("config", {}), cfg, PLACEMENT) if "config" in info else []
     )
@@ -113,7 +121,8 @@ def open_trained_run(run: str, base_only: bool = False, state: str = "kept") -> 
             f"trained with ({'; '.join(differences[:5])}); this replay would not be that run."
         )
     base, _ = open_base(info["base"], int(task.observation_spec.shape[0]), task.action_size)
-    trainer = make_trainer(task, base, read_episodes(info["demos"]), cfg, info["seeds"])
+    inputs = (task, base, read_episodes(info["demos"]))
+    trainer, _ = method_trainer(method, info["task"], inputs, info["seeds"], overrides, scale)
     prog: dict = {"env_steps": 0}
     learner_state = None
     if not base_only:
