@@ -4,6 +4,7 @@ end to end against the simulated robot server process (authenticated, SIGKILL-sa
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,6 +194,59 @@ def test_journal_writes_atomically_and_ignores_partial_writes(tmp_path):
     os.remove(os.path.join(e0.path, "extras.npz"))
     with pytest.raises(ValueError, match="unreadable"):
         j2.read(e0)
+
+
+def test_journal_reads_each_entry_once_and_sees_replaced_and_repaired_entries(tmp_path):
+    """Entries are read once per journal object (counts stay exact as episodes are added),
+    an entry moved out and another written under its name is read again, and metadata that
+    was unreadable is read again once repaired."""
+    from resfit_jax.data.rlds import Episode
+    from resfit_jax.robot import journal as journal_mod
+
+    j = Journal(str(tmp_path / "j"))
+    ep = Episode.from_rollout(np.zeros((3, 2), np.float32), np.zeros((2, 1)), True)
+    for label, wall in (("success", 1.0), ("failure", 2.0)):
+        j.write(ep, {"base_action": np.zeros((3, 1))}, {"label": label, "steps": 2, "wall_s": wall})
+    reads = []
+    real = journal_mod._entry_metadata
+
+    def counting(path):
+        reads.append(path)
+        return real(path)
+
+    journal_mod._entry_metadata = counting
+    try:
+        assert j.counts() == {
+            "episodes": 2,
+            "usable_episodes": 2,
+            "env_steps": 4,
+            "successes": 1,
+            "robot_s": 3.0,
+        }
+        j.counts(), j.summary(), j.next_index()
+        assert len(reads) == 2  # both entries read once, three calls
+        j.write(ep, {"base_action": np.zeros((3, 1))}, {"label": "abort", "wall_s": 4.0})
+        assert j.counts()["episodes"] == 3 and j.counts()["robot_s"] == 7.0
+        # the last entry moved out, another written under its name: read again
+        last = j.entries()[-1]
+        shutil.move(last.path, str(tmp_path / "moved_out"))
+        assert j.next_index() == 2
+        j.write(ep, {"base_action": np.zeros((3, 1))}, {"label": "success", "wall_s": 8.0})
+        assert j.entries()[-1].label == "success" and j.counts()["robot_s"] == 11.0
+        # damaged metadata is not kept: repaired, it is read again
+        from resfit_jax.data.rlds import METADATA_FILE
+
+        meta_file = os.path.join(j.entries()[0].dataset_dir, METADATA_FILE)
+        good = open(meta_file).read()
+        with open(meta_file, "w") as f:
+            f.write("{garbage")
+        fresh = Journal(j.directory)
+        assert "metadata_error" in fresh.entries()[0].metadata
+        with open(meta_file, "w") as f:
+            f.write(good)
+        assert fresh.entries()[0].label == "success"
+    finally:
+        journal_mod._entry_metadata = real
 
 
 # ---------------------------------------------------------------------- trainer, sync mode

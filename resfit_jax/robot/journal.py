@@ -92,20 +92,35 @@ class Journal:
         for name in os.listdir(self.directory):  # leftovers of a crash mid-write
             if name.startswith(".tmp-"):
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        # metadata read before, by entry name and the identity of its directory (an entry
+        # moved out and another written under its name is read again); unreadable metadata
+        # is never kept, so a repaired file is read again
+        self._metadata: dict[str, tuple[tuple[int, int], dict]] = {}
+
+    def _entry(self, name: str, index: int) -> JournalEntry:
+        path = os.path.join(self.directory, name)
+        st = os.stat(path)
+        stamp = (st.st_ino, st.st_mtime_ns)
+        cached = self._metadata.get(name)
+        if cached is not None and cached[0] == stamp:
+            return JournalEntry(index, path, cached[1])
+        meta = _entry_metadata(os.path.join(path, DATASET, "1.0.0"))
+        if "metadata_error" not in meta:
+            self._metadata[name] = (stamp, meta)
+        return JournalEntry(index, path, meta)
+
+    def _names(self) -> list[tuple[str, int]]:
+        """(directory name, index) of every entry, in index order."""
+        found = ((n, _NAME.match(n)) for n in sorted(os.listdir(self.directory)))
+        return [(n, int(m.group(1))) for n, m in found if m]
 
     def entries(self) -> list[JournalEntry]:
-        out = []
-        for name in sorted(os.listdir(self.directory)):
-            m = _NAME.match(name)
-            if m:
-                path = os.path.join(self.directory, name)
-                meta = _entry_metadata(os.path.join(path, DATASET, "1.0.0"))
-                out.append(JournalEntry(int(m.group(1)), path, meta))
-        return out
+        """Every journaled episode in index order (each entry's metadata read once)."""
+        return [self._entry(name, index) for name, index in self._names()]
 
     def next_index(self) -> int:
-        entries = self.entries()
-        return entries[-1].index + 1 if entries else 0
+        names = self._names()
+        return names[-1][1] + 1 if names else 0
 
     def write(
         self, episode: Episode, extras: dict[str, np.ndarray], metadata: dict
