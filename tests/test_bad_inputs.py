@@ -47,6 +47,8 @@ CLI = [
     (["experiments.make_demos", "--episodes=0"], "episodes and num_envs must be >= 1"),
     (["studies.ablate", "--factor=base_phase"], "expected FIELD=V1,V2"),
     (["studies.failure_modes", "--run=/nonexistent/run"], "holds no config.json"),
+    (["studies.calibration"], "--run is required: a semi-MDP residual run directory"),
+    (["studies.calibration", "--run=/nonexistent/run"], "holds no config.json"),
     (["experiments.run_robot"], "Pass --address=host:port"),
     (["experiments.train_bc", "--task=Nope"], "Unknown task 'Nope'"),
     (["experiments.train_bc", "--steps=0"], "steps must be >= 1"),
