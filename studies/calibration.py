@@ -232,7 +232,6 @@ def main(argv):
     name = os.path.basename(os.path.normpath(FLAGS.run))
     path = FLAGS.results or os.path.join("benchmarks", "results", f"calibration_{name}.json")
     write_results(path, res | {"machine": machine_info()})
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
