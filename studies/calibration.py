@@ -45,16 +45,13 @@ def _interval(x: np.ndarray) -> list[float]:
     return [float(x.mean() - half), float(x.mean() + half)]
 
 
-def calibration_table(
-    pred: dict, pi: dict, masked: list[dict], every: int, success: np.ndarray | None = None
-) -> dict:
+def calibration_table(pred: dict, pi: dict, masked: list[dict], every: int) -> dict:
     """Host side. pred: ``predicted_advantage``'s arrays ([K, D, N] / [D, N]); pi: pi's
     episodes (success [N], length [N], return_to_go [T, N]); masked[d]: the episodes with
     window d masked (same keys). Returns per-decision rows, the pooled row, thirds of the
     prediction and Q's calibration, over the pairs alive at each decision."""
     from resfit_jax.run.stats import mcnemar_exact
 
-    del success
     length, ok = np.asarray(pi["length"]), np.asarray(pi["success"], bool)
     adv = np.asarray(pred["advantage"])  # [K, D, N]
     rows, all_pred, all_meas, all_q, all_g = [], [], [], [], []
