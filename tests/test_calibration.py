@@ -2,45 +2,34 @@
 policy acted on, a masked window leaves exactly that window to the base, returns-to-go and
 the table against hand-computed numbers."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resfit_jax import envs
-from resfit_jax.agents.residual_td3 import ResidualTD3Config, make_learner
+from resfit_jax.agents.residual_td3 import make_learner
 from resfit_jax.base.residual import ResidualPolicy
-from resfit_jax.data.demos import collect_episodes, make_rollout
-from resfit_jax.replay import ReplayConfig
 from resfit_jax.sim import calibration as cal
-from resfit_jax.sim.config import ResidualOptions, TrainConfig
+from resfit_jax.sim.config import ResidualOptions
 from resfit_jax.sim.evaluation import episode_keys, record_episodes
 from resfit_jax.sim.trainer import make_trainer
 from studies.calibration import calibration_table
-from tests.test_decisions import TASK, chunk_base
+from tests.test_decisions import CFG as DECISIONS_CFG
+from tests.test_decisions import TASK, G, chunk_base, demos  # noqa: F401
 
-G, K, N = 0.9, 4, 16
-CFG = TrainConfig(
-    learner=ResidualTD3Config(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32)),
-    replay=ReplayConfig(batch_size=32, utd=2, capacity=2048, gamma=G, n_step=1),
+K, N = 4, 16
+CFG = DECISIONS_CFG.replace(  # semi-MDP decisions every K steps, one transition per decision
     residual=ResidualOptions(decision_steps=K),
-    num_envs=4,
-    warmup_env_steps=64,
-    critic_warmup_updates=20,
-    critic_warmup_chunk=10,
-    total_env_steps=128,
-    steps_per_chunk=8,
-    eval_every=64,
-    eval_episodes=8,
+    replay=dataclasses.replace(DECISIONS_CFG.replay, n_step=1),
 )
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(demos):  # noqa: F811 (the fixture imported from test_decisions)
     """A semi-MDP residual (k = 4) on the chunked PointReach base, its actor nudged off zero
     so that its corrections change episodes; pi's recorded episodes and decisions."""
-    expert = envs.make_expert("PointReach", TASK, envs.ExpertStyle())
-    demos, _ = collect_episodes(make_rollout(TASK, expert.init, expert.act), 8, 12)
     tr = make_trainer(TASK, chunk_base(), demos, CFG, seeds=[0])
     loop = tr.loop
     learner = make_learner(  # the same learner, outside shard_map

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from resfit_jax.base.residual import ResidualPolicy
-from resfit_jax.envs.core import EpisodeWrapper
+from resfit_jax.sim.evaluation import scan_episodes
 
 PyTree = Any
 
@@ -81,7 +81,8 @@ class WindowMasked:
 class DecisionRecorder:
     """``policy`` unchanged, recording at each decision d (env step d * every) what its
     learner saw: the learner's observation [E, D, O] and the base action it corrected
-    [E, D, A] (normalized)."""
+    [E, D, A] (normalized). After an episode ends it may fill the slots of decisions past
+    the end (from the frozen observation); those decisions are not alive."""
 
     policy: ResidualPolicy
     every: int
@@ -133,25 +134,15 @@ def _returns(rewards: jax.Array, alive: jax.Array, gamma: float) -> jax.Array:
 
 
 def _episodes(task: Any, policy: Any, keys: jax.Array, gamma: float) -> tuple[dict, PyTree]:
-    """As ``evaluation.scan_episodes`` (one frozen episode per key), also freezing the policy
-    state of ended episodes: (success [N], length [N], return_to_go [T, N]; the final policy
-    state)."""
-    env = EpisodeWrapper(task)
-    n = keys.shape[0]
-
-    def body(carry, _):
-        s, pstate, done = carry
-        a, new_pstate = policy.step(pstate, s.obs)
-        s2 = jax.vmap(env.step)(s, a)
-        freeze = lambda new, old: jnp.where(
-            jnp.reshape(done, done.shape + (1,) * (new.ndim - 1)), old, new
-        )
-        s2 = jax.tree.map(freeze, s2, s)
-        pstate = jax.tree.map(freeze, new_pstate, pstate)
-        return (s2, pstate, done | s2.done), (s2.reward.astype(jnp.float32), ~done)
-
-    init = (jax.vmap(env.reset)(keys), policy.init_state(n), jnp.zeros((n,), bool))
-    (s, pstate, _), (reward, alive) = jax.lax.scan(body, init, None, env.horizon)
+    """``evaluation.scan_episodes`` with rewards recorded: (success [N], length [N],
+    return_to_go [T, N]; the policy's final state)."""
+    s, (reward, alive), pstate = scan_episodes(
+        task,
+        policy,
+        keys,
+        lambda s, a, s2, done: (s2.reward.astype(jnp.float32), ~done),
+        policy_state=True,
+    )
     out = {
         "success": s.info["success"],
         "length": s.info["steps"],

@@ -42,11 +42,13 @@ def scan_episodes(
     policy: BasePolicy,
     keys: jax.Array,
     record: Callable[[Any, jax.Array, Any, jax.Array], Any] | None = None,
-) -> tuple[Any, Any]:
+    policy_state: bool = False,
+) -> tuple[Any, ...]:
     """Jittable: one full episode per key [N], all in parallel, each frozen once it ends.
     Returns the final env state [N] and, with ``record(state, action, next_state, done)``,
     its outputs stacked over the horizon [T, N, ...] (``done``: the episode had already
-    ended before this step)."""
+    ended before this step); with ``policy_state`` also the policy's final state (it keeps
+    stepping after an episode ends; only the env state is frozen)."""
     env = EpisodeWrapper(task)
     n = keys.shape[0]
     s = jax.vmap(env.reset)(keys)
@@ -65,8 +67,8 @@ def scan_episodes(
         )
         return (s2, pstate, done | s2.done), (None if record is None else record(s, a, s2, done))
 
-    (s, _, _), out = jax.lax.scan(body, (s, pstate, jnp.zeros((n,), bool)), None, env.horizon)
-    return s, out
+    (s, pstate, _), out = jax.lax.scan(body, (s, pstate, jnp.zeros((n,), bool)), None, env.horizon)
+    return (s, out, pstate) if policy_state else (s, out)
 
 
 def record_episodes(task: Env, policy: BasePolicy, keys: jax.Array) -> dict[str, jax.Array]:
