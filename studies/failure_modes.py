@@ -99,11 +99,48 @@ def _peg(obs: np.ndarray, success: bool) -> str:
     return "dropped"
 
 
-OUTCOMES = {"PickPlace": _pickplace, "PegInsertion": _peg}
+def _bimanual(obs: np.ndarray, success: bool) -> str:
+    """obs [L, 47] of one episode (see envs/bimanual_handover.py for the layout): right tcp
+    13:16, left tcp 29:32, bar 32:35, tote centre 45:47. A hand holds the bar when its tcp is
+    within the expert's hold distance of the bar centre and the bar is off the table."""
+    from resfit_jax.envs.bimanual_handover import BAR_HALF, GRASP_OFFSET, TOTE_INNER_HALF
+
+    if success:
+        return "success"
+    bar, tcp_r, tcp_l, tote = obs[:, 32:35], obs[:, 13:16], obs[:, 29:32], obs[-1, 45:47]
+    up = bar[:, 2] > BAR_HALF[2] + 0.005
+    near = GRASP_OFFSET + 0.03
+    held_r = up & (np.linalg.norm(bar - tcp_r, axis=1) < near)
+    held_l = up & (np.linalg.norm(bar - tcp_l, axis=1) < near)
+    if bar[:, 2].max() < BAR_HALF[2] + LIFT:
+        reached = np.linalg.norm(bar - tcp_r, axis=1).min() < near
+        return (
+            "grasp failed (the right arm reached the bar, never lifted)"
+            if reached
+            else "never reached the bar (right arm)"
+        )
+    inside = np.all(np.abs(bar[-1, :2] - tote) < TOTE_INNER_HALF)
+    if not held_l.any():
+        if held_r[-1]:
+            return "no handover: right holds the bar at the time limit"
+        return "dropped before the handover"
+    if held_l[-1]:
+        return (
+            "left holds the bar over the tote at the time limit"
+            if inside
+            else "left holds the bar away from the tote at the time limit"
+        )
+    if inside:
+        return "released over the tote, not resting (on a wall)"
+    return "dropped after the handover, outside the tote"
+
+
+OUTCOMES = {"PickPlace": _pickplace, "PegInsertion": _peg, "BimanualHandover": _bimanual}
 # obs slices of (tool centre point, object centre) per task, for the closest approach
 TOOL_AND_OBJECT = {
     "PickPlace": (slice(13, 16), slice(16, 19)),
     "PegInsertion": (slice(13, 16), slice(16, 19)),
+    "BimanualHandover": (slice(13, 16), slice(32, 35)),  # the right (picking) arm and the bar
 }
 
 

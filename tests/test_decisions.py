@@ -583,3 +583,45 @@ def test_the_chunk_recipe_is_the_semi_mdp_residual_with_a_chunk_critic():
     assert chunk.learner.actor_lr == per_step.learner.actor_lr  # the rest is the preset's
     with pytest.raises(ValueError, match="Unknown recipe 'fast'"):
         with_recipe(per_step, "fast")
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_residual_dims_correct_only_their_entries(demos, k):
+    """learner.residual_dims=(1,): the demos' relabelled corrections, the warm-up noise, the
+    exploration and the trained actor all leave entry 0 at the base's action, per step and
+    per decision window; entry 1 is corrected."""
+    from resfit_jax.agents.residual_td3 import make_learner  # the same, outside shard_map
+
+    cfg = CFG.replace(
+        learner=dataclasses.replace(LEARNER, residual_dims=(1,)),
+        residual=ResidualOptions(decision_steps=k),
+        replay=dataclasses.replace(CFG.replay, n_step=1),
+    )
+    tr = make_trainer(TASK, chunk_base(), demos, cfg, seeds=[0])
+    lrn = make_learner(cfg.learner, tr.loop.learner.obs_spec, 2)
+    loop = dataclasses.replace(tr.loop, learner=lrn)
+    off = jax.tree.map(lambda x: np.asarray(x[: int(tr.offline.size)]), tr.offline.data)
+    np.testing.assert_allclose(off.action[:, 0], np.clip(off.base_action[:, 0], -1, 1), atol=1e-5)
+    assert np.abs(off.action[:, 1] - off.base_action[:, 1]).max() > 1e-2
+    ls = loop.init(jax.random.PRNGKey(3), lrn.init(jax.random.PRNGKey(4), tr.normalizer))
+    ls, _ = jax.jit(lambda s: loop.warmup(s, 16))(ls)
+    ls, _ = jax.jit(lambda s, o: loop.critic_warmup(s, o, 5))(ls, tr.offline)
+    ls, _ = jax.jit(lambda s, o: loop.train(s, o, 32))(ls, tr.offline)
+    size = int(ls.replay_state.size)
+    d = jax.tree.map(lambda x: np.asarray(x[:size]), ls.replay_state.data)
+    assert size > 0
+    np.testing.assert_array_equal(d.action[:, 0], np.clip(d.base_action[:, 0], -1, 1))
+    assert np.abs(d.action[:, 1] - d.base_action[:, 1]).max() > 1e-3
+    obs = jax.tree.map(lambda x: x[:8], d.obs)
+    nudged = ls.learner_state.replace(
+        actor_params=jax.tree.map(lambda p: p + 0.05, ls.learner_state.actor_params)
+    )
+    for det in (True, False):
+        r, aux = lrn.act(nudged, obs, d.base_action[:8], jax.random.PRNGKey(0), det)
+        np.testing.assert_array_equal(np.asarray(r[:, 0]), 0.0)
+        np.testing.assert_array_equal(np.asarray(aux["residual_mean"][:, 0]), 0.0)
+        assert np.abs(np.asarray(r[:, 1])).min() > 0
+    with pytest.raises(ValueError, match="outside the action's 2 entries"):
+        make_learner(dataclasses.replace(LEARNER, residual_dims=(2,)), 5, 2)
+    with pytest.raises(ValueError, match="residual_dims must be distinct"):
+        dataclasses.replace(LEARNER, residual_dims=(1, 1))

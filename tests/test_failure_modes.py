@@ -24,6 +24,16 @@ def pickplace_episode(cube_z, cube_xy, tcp_offset, tote=(0.45, 0.2)):
     return obs
 
 
+def stack(cases: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Episodes [L_i, D] -> (obs [T, N, D] zero-padded to the longest, length [N])."""
+    eps = list(cases.values())
+    obs = np.zeros((max(map(len, eps)), len(eps), eps[0].shape[1]), np.float32)
+    length = np.zeros(len(eps), np.int32)
+    for i, ep in enumerate(eps):
+        obs[: len(ep), i], length[i] = ep, len(ep)
+    return obs, length
+
+
 def test_closest_approach_ignores_steps_after_the_end_and_misses_pairs_episodes():
     z = np.full(5, 0.02)
     near = pickplace_episode(z, (0.4, 0.0), (0.0, 0.03, 0.04))  # 5 cm all along
@@ -65,11 +75,7 @@ def test_pickplace_outcomes():
             np.concatenate([lift, [0.08]]), (0.45, 0.21), far
         ),
     }
-    T = 21
-    obs = np.zeros((T, len(cases), 28), np.float32)
-    length = np.zeros(len(cases), np.int32)
-    for i, ep in enumerate(cases.values()):
-        obs[: len(ep), i], length[i] = ep, len(ep)
+    obs, length = stack(cases)
     success = np.zeros(len(cases), bool)
     assert classify("PickPlace", obs, success, length) == list(cases)
     assert classify("PickPlaceEE", obs, success, length) == list(cases)  # same observations
@@ -124,3 +130,53 @@ def test_a_run_whose_recorded_overrides_do_not_rebuild_its_config_is_refused(tmp
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "no longer give the config it trained with" in r.stderr
     assert "learner.advantage_head: True -> False" in r.stderr
+
+
+def bimanual_episode(bar_z, bar_xy, right_offset, left_offset, tote=(0.45, 0.3)):
+    """obs [L, 47]: right tcp 13:16, left tcp 29:32, bar 32:35, tote centre 45:47
+    (envs/bimanual_handover.py); the offsets [L, 3] or [3] place each tcp from the bar."""
+    L = len(bar_z)
+    obs = np.zeros((L, 47), np.float32)
+    obs[:, 32:34] = bar_xy
+    obs[:, 34] = bar_z
+    obs[:, 13:16] = obs[:, 32:35] + np.asarray(right_offset, np.float32)
+    obs[:, 29:32] = obs[:, 32:35] + np.asarray(left_offset, np.float32)
+    obs[:, 45:47] = tote
+    return obs
+
+
+def test_bimanual_outcomes():
+    far, grip = (0.0, 0.0, 0.2), (0.0, 0.03, 0.0)
+    rest = np.full(20, 0.015)
+    lift = np.concatenate([rest[:10], np.linspace(0.015, 0.2, 10)])
+    handed = np.array([far] * 15 + [grip] * 5)  # the left hand comes in at the end
+    cases = {
+        "never reached the bar (right arm)": bimanual_episode(rest, (0.4, -0.2), far, far),
+        "grasp failed (the right arm reached the bar, never lifted)": bimanual_episode(
+            rest, (0.4, -0.2), grip, far
+        ),
+        "no handover: right holds the bar at the time limit": bimanual_episode(
+            lift, (0.4, 0.0), grip, far
+        ),
+        "dropped before the handover": bimanual_episode(
+            np.concatenate([lift, [0.015]]), (0.4, 0.0), np.array([grip] * 20 + [far]), far
+        ),
+        "left holds the bar over the tote at the time limit": bimanual_episode(
+            lift, (0.45, 0.3), far, handed
+        ),
+        "left holds the bar away from the tote at the time limit": bimanual_episode(
+            lift, (0.4, 0.0), far, handed
+        ),
+        "released over the tote, not resting (on a wall)": bimanual_episode(
+            np.concatenate([lift, [0.06]]), (0.45, 0.3), far, np.concatenate([handed, [far]])
+        ),
+        "dropped after the handover, outside the tote": bimanual_episode(
+            np.concatenate([lift, [0.015]]), (0.4, 0.0), far, np.concatenate([handed, [far]])
+        ),
+    }
+    obs, length = stack(cases)
+    success = np.zeros(len(cases), bool)
+    assert classify("BimanualHandover", obs, success, length) == list(cases)
+    assert classify("BimanualHandoverEE", obs, success, length) == list(cases)
+    d = closest_approach("BimanualHandover", obs, length)
+    np.testing.assert_allclose(d[:2], [0.2, 0.03], rtol=1e-5)  # the right (picking) tcp

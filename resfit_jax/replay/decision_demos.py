@@ -25,6 +25,7 @@ def demo_windows(
     bound: float = 1.0,
     mc_bound: bool = False,
     slope: bool = False,
+    mask: jax.Array | None = None,
 ) -> tuple[Transition, jax.Array]:
     """Jittable: one decision window per demo step (any step may start one, so k-fold more
     offline windows than an online run's decisions over the same steps).
@@ -45,6 +46,7 @@ def demo_windows(
     are the least-squares fit of o + s * (2j / (k - 1) - 1) to a_{t+j} - p_t,j over its k'
     steps (s = 0 for a one-step window), each clipped to +-``bound``; actions and base
     actions are then in decision coordinates, (clip(p_t,0 + o), s) against (p_t,0, 0).
+    ``mask`` [A] (``residual_dims``): o and s are 0 outside the residual's entries.
 
     Returns (transitions [N, T], valid [N, T]).
     """
@@ -94,6 +96,9 @@ def demo_windows(
         offset, rate = _offset_and_slope(window_a - p, w, every)
     else:
         offset = jnp.sum((window_a - p) * w, axis=2) / jnp.maximum(w.sum(axis=2), 1.0)
+    if mask is not None:  # the residual corrects these entries only
+        offset = offset * mask[: offset.shape[-1]]
+        rate = rate * mask[: offset.shape[-1]] if slope else None
     a_b = p[:, :, 0]
     if relabel == "offset":
         action = jnp.clip(a_b + jnp.clip(offset, -bound, bound), -1.0, 1.0)
@@ -158,6 +163,7 @@ def demo_decision_buffer(
     bound: float = 1.0,
     mc_bound: bool = False,
     slope: bool = False,
+    mask: Any = None,
 ) -> tuple[Any, Any]:
     """Host entry point: demo episodes -> (ReplayBuffer sized to fit, a filled ReplayState of
     ``demo_windows``: one window per demo step)."""
@@ -181,6 +187,7 @@ def demo_decision_buffer(
             bound,
             mc_bound,
             slope,
+            mask,
         )
         column = lambda i: jax.tree.map(lambda x: x[:, i], trans)
         spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[2:], x.dtype), trans)
@@ -210,14 +217,23 @@ def demo_buffer(
     relabel: str = "offset",
     bound: float = 1.0,
     mc_bound: bool = False,
+    dims: tuple[int, ...] = (),
 ) -> tuple[Any, Any] | None:
     """The demo buffer of a run (``replay``: its ``ReplayConfig``): decision windows
     (``demo_decision_buffer``) with semi-MDP ``offsets``, else the relabelled n-step
-    transitions of ``replay.demos.offline_buffer``; None when batches take no demos."""
+    transitions of ``replay.demos.offline_buffer``; None when batches take no demos.
+    ``dims``: the learner's ``residual_dims`` (the demos' corrections on those entries
+    only; the other entries are the base's)."""
+    import numpy as np
+
+    from resfit_jax.agents.residual_td3.losses import dims_mask
     from resfit_jax.replay.demos import offline_buffer
 
     if replay.offline_fraction <= 0:
         return None
+    mask = None
+    if dims:  # the env's action entries the residual corrects
+        mask = dims_mask(tuple(dims), int(np.shape(episodes[0].action)[-1]))
     if offsets is not None and offsets.semi_mdp:
         return demo_decision_buffer(
             episodes,
@@ -231,5 +247,6 @@ def demo_buffer(
             bound,
             mc_bound,
             offsets.slope,
+            mask,
         )
-    return offline_buffer(episodes, base, normalizer, replay.demo_writer(), features, offsets)
+    return offline_buffer(episodes, base, normalizer, replay.demo_writer(), features, offsets, mask)

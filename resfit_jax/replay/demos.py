@@ -296,12 +296,19 @@ def relabel_demos(
     buffer: ReplayBuffer,
     features=None,
     offsets=None,
+    mask=None,
 ) -> ReplayState:
     """Jittable: padded episodes (see ``pad_episodes``) -> a filled offline ReplayState. With
-    ``features`` / ``offsets`` the stored frames are those of ``learner_frames``."""
+    ``features`` / ``offsets`` the stored frames are those of ``learner_frames``; ``mask``
+    [A] (``residual_dims``): the demo's actions differ from the base's on those entries
+    only (the per-entry action scaling makes this the same raw or normalized)."""
     act = padded["action"]
     obs, a_b, normalized = learner_frames(padded, base, normalizer, features, offsets)
     padded = dict(padded, observation=obs)
+    if mask is not None:
+        raw_b = normalizer.unnormalize_action(a_b) if normalized else a_b
+        raw_b = raw_b[:, : act.shape[1]]
+        padded["action"] = raw_b + mask * (act - raw_b)
     state = buffer.init(transition_spec(_frame_spec(obs), act.shape[-1]))
     return add_episodes(state, padded, a_b, normalizer, writer, buffer, normalized)
 
@@ -313,14 +320,15 @@ def offline_buffer(
     writer: NStepWriter,
     features=None,
     offsets=None,
+    mask=None,
 ) -> tuple[ReplayBuffer, ReplayState]:
     """Host entry point: demo episodes -> (ReplayBuffer sized to fit, filled ReplayState)."""
     padded = pad_episodes(episodes)
     capacity = int(padded["length"].sum())
     buffer = ReplayBuffer(capacity)
-    state = jax.jit(lambda p, nz: relabel_demos(p, base, nz, writer, buffer, features, offsets))(
-        jax.tree.map(jnp.asarray, padded), normalizer
-    )
+    state = jax.jit(
+        lambda p, nz: relabel_demos(p, base, nz, writer, buffer, features, offsets, mask)
+    )(jax.tree.map(jnp.asarray, padded), normalizer)
     if int(state.size) != capacity:
         raise AssertionError(
             f"offline buffer: stored {int(state.size)} transitions for {capacity} demo steps."

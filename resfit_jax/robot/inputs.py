@@ -51,5 +51,6 @@ def learner_inputs(
         cfg.demo_relabel,
         cfg.learner.action_scale,
         cfg.mc_bound,
+        tuple(cfg.learner.residual_dims),
     )
     return learner, normalizer, offline

@@ -247,6 +247,8 @@ class PolicyRunner:
             r = jax.random.uniform(
                 k, a_b.shape, minval=-self.warmup_noise, maxval=self.warmup_noise
             )
+            if hasattr(self.learner, "keep_residual"):  # residual_dims: only those entries
+                r = self.learner.keep_residual(r)
         else:
             x = self._learner_obs(_batch_of_one(obs), self._bstate, state.normalizer)
             r, _ = self._act(state, x, a_b[None], k, deterministic=self.mode == "eval")

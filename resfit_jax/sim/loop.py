@@ -307,7 +307,8 @@ class SimLoop:
 
     # --------------------------------------------------------------------------- chunks
     def warmup(self, ls: LoopState, num_steps: int) -> tuple[LoopState, dict]:
-        """Collect num_steps vector steps with base + U(-warmup_noise, warmup_noise) residual."""
+        """Collect num_steps vector steps with base + U(-warmup_noise, warmup_noise) residual
+        (on the learner's correction entries, ``residual_dims``)."""
 
         def body(ls, _):
             key, k = jax.random.split(ls.key)
@@ -317,6 +318,8 @@ class SimLoop:
                 minval=-self.warmup_noise,
                 maxval=self.warmup_noise,
             )
+            if hasattr(self.learner, "keep_residual"):  # residual_dims: only those entries
+                r = self.learner.keep_residual(r)
             return self._env_step(ls.replace(key=key), self.held(ls, r))
 
         ls, stats = jax.lax.scan(body, ls, None, length=num_steps)

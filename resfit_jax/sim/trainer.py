@@ -146,6 +146,7 @@ def make_trainer(
         cfg.residual.demo_relabel,
         cfg.learner.action_scale,
         cfg.residual.mc_bound,
+        tuple(getattr(cfg.learner, "residual_dims", ())),
     ) or (None, None)
     res = cfg.residual
     loop = SimLoop(

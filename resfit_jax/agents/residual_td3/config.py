@@ -67,6 +67,10 @@ class ResidualTD3Config:
     # acts; the residual is multiplied by it in acting and in the TD target, and the actor
     # learns on the states where it is 1 (the sim loop's hold mode, ``residual_hold``)
     residual_mask: bool = False
+    # the entries of the env's action the residual corrects (() = all): elsewhere the actor's
+    # output, its exploration, the warm-up noise, the target policy's noise and the demos'
+    # relabelled corrections are 0, so the base acts alone there (e.g. one arm of two)
+    residual_dims: tuple[int, ...] = ()
     # raise a clear error inside every update when a batch or a loss is not finite (a host
     # callback: a device-to-host sync per update). Loops check every chunk in any case.
     check_finite: bool = True
@@ -121,6 +125,11 @@ class ResidualTD3Config:
             errors.append(
                 f"camera_feature_dim must be >= 1 and augment_pad >= 0 (got "
                 f"{self.camera_feature_dim}, {self.augment_pad})"
+            )
+        dims = tuple(self.residual_dims)
+        if any(int(d) != d or d < 0 for d in dims) or len(set(dims)) != len(dims):
+            errors.append(
+                f"residual_dims must be distinct action entries >= 0, or () for all (got {dims})"
             )
         if errors:
             raise ValueError("ResidualTD3Config: " + "; ".join(errors) + ".")

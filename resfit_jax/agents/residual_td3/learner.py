@@ -143,13 +143,16 @@ class ResidualTD3:
         batch_shape = tuple(jnp.shape(base_action)[:-1])
         checks.check_action(self.action_dim, base_action, batch_shape, "act: base_action")
         checks.check_obs(self.obs_spec, obs, batch_shape, "act")
-        mean = self.actor.apply(state.actor_params, self.features(state, obs), base_action)
+        keep = self.losses.keep
+        mean = keep(self.actor.apply(state.actor_params, self.features(state, obs), base_action))
         if deterministic:
             r = mean
         else:
             sigma = self.config.exploration_std if std is None else std
-            r = jnp.clip(
-                mean + sigma * jax.random.normal(checks.typed_key(key), mean.shape), -1.0, 1.0
+            r = keep(
+                jnp.clip(
+                    mean + sigma * jax.random.normal(checks.typed_key(key), mean.shape), -1.0, 1.0
+                )
             )
         aux = {"residual_mean": mean}
         if self.config.gate_tau > float("-inf"):
@@ -183,6 +186,11 @@ class ResidualTD3:
         aux["obs_finite"], aux["base_finite"] = finite, base_ok
         aux["action"] = jnp.clip(base_action + r, -1.0, 1.0)
         return r, aux
+
+    def keep_residual(self, r: jax.Array) -> jax.Array:
+        """r [*B, A] with the entries outside ``config.residual_dims`` set to 0 (the loop's
+        warm-up noise goes through it)."""
+        return self.losses.keep(r)
 
     def q_values(self, state: LearnerState, obs: PyTree, action: jax.Array, base_action=None):
         """All online heads [K, B]: obs [B, ...], action [B, A] (combined, normalized; the
@@ -383,7 +391,7 @@ def make_learner(
         obs_spec=spec,
         action_dim=int(action_dim),
         networks=networks,
-        losses=make_losses(networks, config, obs_encoder, axis_name),
+        losses=make_losses(networks, config, obs_encoder, axis_name, env_action_dim),
         obs_encoder=obs_encoder,
         actor_tx=make_optimizer(config.actor_lr, config.weight_decay, config.max_grad_norm),
         critic_tx=make_optimizer(config.critic_lr, config.weight_decay, config.max_grad_norm),

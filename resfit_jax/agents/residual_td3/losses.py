@@ -31,6 +31,9 @@ heads ("lcb"). The same rule (with the target critic and the target's head subse
 next action in the TD target. With gate_tau = -inf nothing is gated and no code of the gate
 runs.
 
+Correction entries (``residual_dims``): r, r~' and the actor's r are multiplied by a 0 / 1
+mask over the action's entries (``dims_mask``), so the residual corrects those entries only.
+
 Residual mask (``residual_mask``): the last raw entry m of the state vector (0 or 1) gates
 the residual: r~' is multiplied by m(s') in the target, and the actor loss averages over
 the samples with m(s) = 1 only.
@@ -61,6 +64,23 @@ def residual_mask(obs: PyTree) -> jax.Array:
     return state_of(obs)[..., -1:].astype(jnp.float32)
 
 
+def dims_mask(dims: tuple[int, ...], action_dim: int, env_action_dim: int | None = None):
+    """[action_dim] float32, 1 at the env action entries ``dims`` (() -> None: all entries),
+    repeated over the decision's blocks where one decision holds action_dim / env_action_dim
+    blocks of env_action_dim entries (offset + slope windows)."""
+    if not dims:
+        return None
+    env_dim = int(env_action_dim or action_dim)
+    bad = [int(d) for d in dims if not 0 <= int(d) < env_dim]
+    if bad:
+        raise ValueError(
+            f"residual_dims {tuple(dims)}: entries {bad} are outside the action's "
+            f"{env_dim} entries (0 .. {env_dim - 1}); name entries of the env's action."
+        )
+    mask = jnp.zeros((env_dim,), jnp.float32).at[jnp.asarray(dims)].set(1.0)
+    return jnp.tile(mask, int(action_dim) // env_dim)
+
+
 def flatten_obs(obs: PyTree) -> jax.Array:
     """Observation pytree [*batch, D_i] -> one float32 vector [*batch, sum D_i] (tree order)."""
     flat = [
@@ -76,6 +96,7 @@ class ResidualTD3Losses:
     critic_loss: Callable[..., tuple[jax.Array, dict]]
     actor_loss: Callable[..., tuple[jax.Array, dict]]
     gate: Callable[..., jax.Array]
+    keep: Callable[[jax.Array], jax.Array]  # residual [*B, A] -> its correction entries only
 
 
 def make_losses(
@@ -83,11 +104,17 @@ def make_losses(
     config: ResidualTD3Config,
     obs_encoder: ObservationEncoder | None = None,
     axis_name=None,
+    env_action_dim: int | None = None,
 ) -> ResidualTD3Losses:
     """``axis_name``: data-parallel shards; per-sample target noise is then drawn at the
-    global batch shape (``sharding.local_draw``)."""
+    global batch shape (``sharding.local_draw``). ``env_action_dim``: the env's action size
+    where a decision holds more entries (for ``residual_dims``)."""
     actor, critic = networks.actor, networks.critic
     gated = config.gate_tau > float("-inf")
+    mask = dims_mask(tuple(config.residual_dims), actor.action_dim, env_action_dim)
+
+    def keep(r: jax.Array) -> jax.Array:
+        return r if mask is None else r * mask
 
     def pessimistic(q: jax.Array, heads: jax.Array) -> jax.Array:
         """q [K, B] -> [B]: min over the given heads, or mean - k * std over all."""
@@ -140,7 +167,7 @@ def make_losses(
             -config.target_noise_clip,
             config.target_noise_clip,
         )
-        next_r = jnp.clip(next_mean + noise, -1.0, 1.0)
+        next_r = keep(jnp.clip(next_mean + noise, -1.0, 1.0))
         heads = jax.random.choice(
             k_subset, config.num_critics, (config.num_min_critics,), replace=False
         )
@@ -205,7 +232,7 @@ def make_losses(
         with ``actor_pessimism`` = c, per sample -(mean_k Q_k - c * std_k of the heads'
         advantage of r, Q_k(s, a_b + r) - Q_k(s, a_b))."""
         feats = jax.lax.stop_gradient(features(normalizer, batch.obs, encoder_params))
-        r = actor.apply(actor_params, feats, batch.base_action)
+        r = keep(actor.apply(actor_params, feats, batch.base_action))
         if config.residual_mask:  # learn only where the residual acts
             m = residual_mask(batch.obs)
             r = r * m
@@ -235,4 +262,4 @@ def make_losses(
             objective = q_pi - config.actor_pessimism * mean(spread)
         return -objective + config.residual_penalty * penalty, aux
 
-    return ResidualTD3Losses(features, td_target, critic_loss, actor_loss, gate)
+    return ResidualTD3Losses(features, td_target, critic_loss, actor_loss, gate, keep)
