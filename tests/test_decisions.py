@@ -625,3 +625,21 @@ def test_residual_dims_correct_only_their_entries(demos, k):
         make_learner(dataclasses.replace(LEARNER, residual_dims=(2,)), 5, 2)
     with pytest.raises(ValueError, match="residual_dims must be distinct"):
         dataclasses.replace(LEARNER, residual_dims=(1, 1))
+
+
+def test_the_robot_runner_keeps_residual_dims_in_every_mode():
+    """The robot loop's PolicyRunner: warm-up noise and exploration correct entry 1 only."""
+    from resfit_jax.agents.residual_td3 import make_learner
+    from resfit_jax.robot.learner import PolicyRunner
+
+    lrn = make_learner(dataclasses.replace(LEARNER, residual_dims=(1,)), 4, 2)
+    state = lrn.init(jax.random.PRNGKey(0))
+    state = state.replace(actor_params=jax.tree.map(lambda p: p + 0.05, state.actor_params))
+    base = ChunkedBase(lambda o: jnp.zeros((o.shape[0], H, 2)), 2, H)
+    runner = PolicyRunner(base, lrn, lambda: state, jax.random.PRNGKey(1), warmup_noise=0.2)
+    obs = np.array([0.1, -0.2, 0.3, 0.0], np.float32)
+    for mode in ("warmup", "train", "eval"):
+        runner.mode = mode
+        runner.begin()
+        r, _ = runner.act(obs, runner.base_action(obs))
+        assert r[0] == 0.0 and abs(r[1]) > 0, (mode, r)
