@@ -155,4 +155,13 @@ def make_ibrl_losses(
     def gate(*_):
         raise NotImplementedError("IBRL has no value gate; it picks between two proposals.")
 
-    return IBRLLosses(features, td_target, critic_loss, actor_loss, gate, proposal, pick)
+    return IBRLLosses(
+        features,
+        td_target,
+        critic_loss,
+        actor_loss,
+        gate,
+        keep=lambda r: r,  # IBRL's actor proposes whole actions: no correction entries
+        proposal=proposal,
+        pick=pick,
+    )
