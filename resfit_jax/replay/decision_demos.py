@@ -97,8 +97,9 @@ def demo_windows(
     else:
         offset = jnp.sum((window_a - p) * w, axis=2) / jnp.maximum(w.sum(axis=2), 1.0)
     if mask is not None:  # the residual corrects these entries only
-        offset = offset * mask[: offset.shape[-1]]
-        rate = rate * mask[: offset.shape[-1]] if slope else None
+        offset = offset * mask
+        if slope:
+            rate = rate * mask
     a_b = p[:, :, 0]
     if relabel == "offset":
         action = jnp.clip(a_b + jnp.clip(offset, -bound, bound), -1.0, 1.0)

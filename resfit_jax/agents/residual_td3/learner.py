@@ -143,17 +143,15 @@ class ResidualTD3:
         batch_shape = tuple(jnp.shape(base_action)[:-1])
         checks.check_action(self.action_dim, base_action, batch_shape, "act: base_action")
         checks.check_obs(self.obs_spec, obs, batch_shape, "act")
-        keep = self.losses.keep
-        mean = keep(self.actor.apply(state.actor_params, self.features(state, obs), base_action))
+        mean = self.actor.apply(state.actor_params, self.features(state, obs), base_action)
         if deterministic:
             r = mean
         else:
             sigma = self.config.exploration_std if std is None else std
-            r = keep(
-                jnp.clip(
-                    mean + sigma * jax.random.normal(checks.typed_key(key), mean.shape), -1.0, 1.0
-                )
+            r = jnp.clip(
+                mean + sigma * jax.random.normal(checks.typed_key(key), mean.shape), -1.0, 1.0
             )
+        mean, r = self.losses.keep(mean), self.losses.keep(r)  # residual_dims only
         aux = {"residual_mean": mean}
         if self.config.gate_tau > float("-inf"):
             cfg = self.config
