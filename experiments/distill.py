@@ -40,6 +40,14 @@ flags.DEFINE_enum(
     "successes: the successful rollouts, cut at their first success; all: every frame of "
     "every rollout, labelled with the policy's action.",
 )
+flags.DEFINE_enum(
+    "labels",
+    "executed",
+    ["executed", "replanned"],
+    "Chunk labels of every training frame: executed, the actions taken after it; "
+    "replanned, the improved policy's chunk as if it decided there (the base's own chunk "
+    "plus the residual's correction).",
+)
 flags.DEFINE_integer("seed_index", 0, "Which of the run's seeds to distil.")
 flags.DEFINE_enum("state", "kept", ["kept", "last"], "The run's kept or last learner state.")
 flags.DEFINE_integer("steps", 2000, "Fine-tuning gradient steps.")
@@ -73,6 +81,7 @@ def main(argv):
             FLAGS.eval_episodes,
             FLAGS.seed,
             FLAGS.lr,
+            FLAGS.labels,
         )
         summary = distill_run(FLAGS.run, FLAGS.out, options)
     except (KeyError, ValueError, FileNotFoundError, RunLockedError) as e:

@@ -38,6 +38,10 @@ def define_flags() -> None:
     flags.DEFINE_enum("keep", "successes", ["successes", "all"], "Distillation data (see distill).")
     flags.DEFINE_integer("steps", 2000, "Fine-tuning steps per distilled base.")
     flags.DEFINE_float("lr", 3e-5, "Fine-tuning learning rate (see experiments.distill).")
+    flags.DEFINE_integer("eval_episodes", 50, "Selection episodes per fine-tuning evaluation.")
+    flags.DEFINE_enum(
+        "labels", "executed", ["executed", "replanned"], "Chunk labels (see experiments.distill)."
+    )
     flags.DEFINE_list("seed_indices", None, "Round 1's seeds to run (indices; default: all).")
     flags.DEFINE_bool("skip_round2", False, "Distil only (round 2 in a later session).")
     flags.DEFINE_string("results", None, "Also write the table's JSON here.")
@@ -186,7 +190,10 @@ def main(argv):
     picked = [int(x) for x in FLAGS.seed_indices] if FLAGS.seed_indices else range(len(seeds))
     task_name, overrides = info["task"], list(info.get("overrides", []))
     # the distillation setting every seed's base is made (or reused) with
-    setting = {"episodes": FLAGS.episodes, "keep": FLAGS.keep, "steps": FLAGS.steps, "lr": FLAGS.lr}
+    setting = {
+        k: getattr(FLAGS, k) for k in ("episodes", "keep", "steps", "lr", "eval_episodes", "labels")
+    }
+    before = {"eval_episodes": 50, "labels": "executed"}  # distillations that did not record them
     rows = []
     for i in picked:
         seed = seeds[i]
@@ -200,14 +207,21 @@ def main(argv):
                     FLAGS.round1,
                     d_dir,
                     DistillOptions(
-                        FLAGS.episodes, FLAGS.keep, i, steps=FLAGS.steps, seed=seed, lr=FLAGS.lr
+                        FLAGS.episodes,
+                        FLAGS.keep,
+                        i,
+                        steps=FLAGS.steps,
+                        seed=seed,
+                        lr=FLAGS.lr,
+                        eval_episodes=FLAGS.eval_episodes,
+                        labels=FLAGS.labels,
                     ),
                 )
             except (FileNotFoundError, ValueError) as e:
                 usage_error(str(e))
         with open(done) as f:
             distilled = json.load(f)
-        got = {k: distilled["distill"].get(k) for k in setting}
+        got = {k: distilled["distill"].get(k, before.get(k)) for k in setting}
         if got != setting:
             usage_error(
                 f"{d_dir} was distilled with {got}, not {setting}: pass the same settings or "

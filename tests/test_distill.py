@@ -13,6 +13,8 @@ import pytest
 
 from resfit_jax.bc.distill import distill_keys, rollout_episodes
 from resfit_jax.sim.evaluation import record_episodes
+from tests.test_calibration import setup  # noqa: F401 (a semi-MDP policy and its episodes)
+from tests.test_decisions import demos  # noqa: F401 (the fixture setup needs)
 
 # a weak PointReach BC base (an MLP trained 60 steps on 10 noisy expert demos)
 WEAK_BC = dict(
@@ -266,3 +268,43 @@ def test_a_residual_ppo_run_reopens_replays_its_held_out_episodes_and_distils(tm
     (fbc / "config.json").write_text(json.dumps({"method": "fbc", "task": "PointReach"}))
     with pytest.raises(ValueError, match="only ResFiT and residual PPO runs"):
         open_trained_run(str(fbc))
+
+
+def test_replanned_labels_are_the_chunks_the_improved_policy_executes(setup):  # noqa: F811
+    """On the improved policy's own episodes (a semi-MDP residual deciding once per chunk of
+    the chunked PointReach base), the chunk replanned at each refill is exactly the actions
+    it executed over that chunk; the base alone replans its own chunk; a chunk dataset
+    relabelled in padded batches holds those chunks, every position valid, and the label
+    distances are measured on the right rows."""
+    from resfit_jax.base.residual import ResidualPolicy
+    from resfit_jax.bc.data import chunk_dataset
+    from resfit_jax.bc.replan import relabel_replanned, replanned_chunks
+
+    policy, rec = setup[0], setup[5]
+    h = policy.base.horizon
+    replan = jax.jit(lambda o: replanned_chunks(policy, o))
+    own = jax.jit(policy.base.predict)
+    checked = 0
+    for t in range(0, rec["obs"].shape[0] - h + 1, h):
+        alive = rec["length"] >= t + h
+        chunk = np.asarray(replan(rec["obs"][t]))
+        np.testing.assert_allclose(
+            chunk[alive], np.swapaxes(rec["action"][t : t + h], 0, 1)[alive], atol=1e-5
+        )
+        checked += int(alive.sum())
+    assert checked > 16
+    bare = ResidualPolicy(policy.base, policy.normalizer)
+    o = rec["obs"][0]
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(lambda x: replanned_chunks(bare, x))(o)), np.asarray(own(o))
+    )
+    assert np.abs(np.asarray(replan(o)) - np.asarray(own(o))).max() > 1e-3  # it corrects
+    episodes = rollout_episodes(rec, "all")
+    data = chunk_dataset(episodes, h)
+    n, rows = data["obs"].shape[0], sum(e.num_actions for e in episodes[:3])
+    out, shift = relabel_replanned(policy, data, extra_rows=rows, batch=7)  # padded batches
+    np.testing.assert_allclose(out["chunk"], np.asarray(replan(data["obs"])), atol=1e-6)
+    assert out["mask"].all() and not data["mask"].all()
+    dist = np.linalg.norm(out["chunk"] - np.asarray(own(data["obs"])), axis=-1)
+    np.testing.assert_allclose(shift["replanned_rollouts"], dist[n - rows :].mean(), rtol=1e-5)
+    np.testing.assert_allclose(shift["replanned_demos"], dist[: n - rows].mean(), rtol=1e-5)

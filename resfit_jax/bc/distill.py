@@ -3,7 +3,10 @@ future direction). Roll the improved policy (base + deterministic residual) out 
 starts of its own, keep its successful episodes (each ends at its first success), or with
 ``keep="all"`` every frame of every rollout labelled with the action the policy took, and
 fine-tune the BC base on demos + these episodes with its chunked loss
-(``bc.pipeline.train_bc(init_from=...)``).
+(``bc.pipeline.train_bc(init_from=...)``). The chunk labels are the actions executed after
+each frame (``labels="executed"``), or the improved policy's chunk as if it decided at that
+frame (``labels="replanned"``: the base's own chunk there plus the residual's correction,
+so the fine-tuning starts one correction away from its targets).
 
     rec = jax.jit(lambda k: sim.evaluation.record_episodes(task, policy, k))(keys)
     episodes = rollout_episodes(jax.device_get(rec), keep="successes")
@@ -23,6 +26,7 @@ from resfit_jax.data.episode import Episode
 from resfit_jax.sim.evaluation import episode_keys, record_episodes
 
 KEEP = ("successes", "all")
+LABELS = ("executed", "replanned")
 _DISTILL_STREAM = 0xD157  # the distillation starts' own key stream
 
 
@@ -57,7 +61,8 @@ def rollout_episodes(rec: dict, keep: str = "successes") -> list[Episode]:
 @dataclasses.dataclass(frozen=True)
 class DistillOptions:
     """``episodes`` rollouts of the improved policy (seed ``seed_index`` of the run, its
-    ``state``: "kept" or "last"), ``keep`` ("successes" / "all"), then ``steps`` fine-tuning
+    ``state``: "kept" or "last"), ``keep`` ("successes" / "all"), chunk ``labels``
+    ("executed" / "replanned", see the module docstring), then ``steps`` fine-tuning
     steps with a ``eval_episodes``-episode selection evaluation every ``eval_every``, at
     learning rate ``lr`` (None: the base's own; the default, a tenth of the ACT bases' 3e-4,
     keeps the fine-tuned base near the base: docs/distillation.md); ``seed``: the rollout
@@ -72,6 +77,7 @@ class DistillOptions:
     eval_episodes: int = 50
     seed: int = 0
     lr: float | None = 3e-5
+    labels: str = "executed"
 
     def __post_init__(self):
         if self.lr is not None and not self.lr > 0:
@@ -81,6 +87,8 @@ class DistillOptions:
                 raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)}).")
         if self.keep not in KEEP:
             raise ValueError(f"keep must be one of {KEEP}, got {self.keep!r}.")
+        if self.labels not in LABELS:
+            raise ValueError(f"labels must be one of {LABELS}, got {self.labels!r}.")
 
 
 def _rollouts(trained, o: DistillOptions, data_dir: str, meta: dict) -> tuple[list, dict]:
@@ -245,6 +253,22 @@ def distill_run(
         f"{' (recorded before, reused)' if data.get('reused') else ''}; "
         f"{data['kept_episodes']} episodes ({data['kept_steps']} steps) join the base's demos"
     )
+    shift = {}
+
+    def relabel(data: dict) -> dict:  # the labels, and how far each set is from the base
+        from resfit_jax.bc.replan import relabel_replanned
+
+        rows = sum(e.num_actions for e in episodes)
+        replanned, stats = relabel_replanned(trained.policy(o.seed_index), data, rows)
+        shift.update(stats)
+        log(
+            "label distance from the base's own chunk (mean L2 per position, demos / "
+            f"rollouts): executed {stats['executed_demos']:.4f} / "
+            f"{stats['executed_rollouts']:.4f}, replanned {stats['replanned_demos']:.4f} / "
+            f"{stats['replanned_rollouts']:.4f}; training on the {o.labels} labels"
+        )
+        return replanned if o.labels == "replanned" else data
+
     bc = train_bc(
         info["task"],
         out,
@@ -257,13 +281,15 @@ def distill_run(
         init_from=base_dir,
         extra_episodes=episodes,
         extra_source=data_dir,
+        relabel=relabel,
     )
     task = trained.trainer.task
     distilled, _ = open_base(out, int(task.observation_spec.shape[0]), task.action_size)
     summary = {
         "out": out,
         "distill": {k: v for k, v in data.items() if k != "reused"}
-        | {"steps": o.steps, "lr": o.lr},
+        | {k: getattr(o, k) for k in ("steps", "lr", "eval_episodes", "labels")}
+        | {"label_shift": shift},
         "bc": {k: bc[k] for k in ("best_step", "success_rate")},
         "round1_env_steps": trained.progress.get("env_steps"),
         "held_out": held_out_comparison(trained, o.seed_index, o.state, distilled),

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # Gradient steps of the CPU preset per task where the preset's default is too few: the
@@ -81,6 +81,7 @@ def train_bc_unlocked(
     extra_episodes: Sequence = (),
     extra_source: str | None = None,
     lr: float | None = None,
+    relabel: Callable[[dict], dict] | None = None,
 ) -> dict:
     """``train_bc`` without the run lock (the caller holds it).
 
@@ -89,7 +90,8 @@ def train_bc_unlocked(
     ``preset``, ``chunk_size``, ``execution_horizon`` and ``relative_actions`` are then
     unused; ``steps`` / ``batch_size`` / ``lr`` still apply) and which is evaluated first, so
     the kept base is never one the selection evaluation scores below it. ``extra_episodes`` (from
-    ``extra_source``) train next to the demos."""
+    ``extra_source``) train next to the demos; ``relabel`` (the chunk dataset -> the one to
+    train on, e.g. ``bc.replan``'s labels) replaces their labels."""
     import jax
     import numpy as np
     import tqdm
@@ -170,6 +172,8 @@ def train_bc_unlocked(
         if verbose:
             print(f"{len(extra_episodes)} more episodes from {extra_source}")
     data = chunk_dataset(list(episodes) + list(extra_episodes), config.chunk_size)
+    if relabel is not None:
+        data = relabel(data)
     if init_params is None:
         normalizer = fit_normalizer(
             data, config.action_obs_index, config.obs_std_floor, config.action_std_floor
