@@ -12,8 +12,11 @@ or ppo, or a setting of studies.ablate; --seed_index picks one of its seeds). It
 evaluation starts); the successful ones, each cut at its first success (or with --keep=all
 every frame of every rollout, labelled with the action the policy took), are written to
 <out>/distill_data (RLDS) and the base is fine-tuned on its demos plus these episodes with
-its chunked loss, starting from its own parameters and normalizer; the best periodic
-checkpoint (the starting base included) is kept and exported as train_bc does. At the end
+its chunked loss (each frame's chunk label: the actions executed after it, or with
+--labels=replanned the chunk the improved policy would execute had it decided at that
+frame, the base's own chunk plus the residual's correction), starting from its own
+parameters and normalizer; the best periodic checkpoint (the starting base included) is
+kept and exported as train_bc does. At the end
 the base, the improved policy and the distilled base run on the run's own held-out starts
 for that seed, paired, and <out>/distill_summary.json records them. Running again with the
 same flags reuses the recorded rollouts.
@@ -47,6 +50,9 @@ flags.DEFINE_enum(
     "Chunk labels of every training frame: executed, the actions taken after it; "
     "replanned, the improved policy's chunk as if it decided there (the base's own chunk "
     "plus the residual's correction).",
+)
+flags.DEFINE_float(
+    "dropout", None, "Dropout rate while fine-tuning (default: the base's own, e.g. ACT's 0.1)."
 )
 flags.DEFINE_integer("seed_index", 0, "Which of the run's seeds to distil.")
 flags.DEFINE_enum("state", "kept", ["kept", "last"], "The run's kept or last learner state.")
@@ -82,6 +88,7 @@ def main(argv):
             FLAGS.seed,
             FLAGS.lr,
             FLAGS.labels,
+            FLAGS.dropout,
         )
         summary = distill_run(FLAGS.run, FLAGS.out, options)
     except (KeyError, ValueError, FileNotFoundError, RunLockedError) as e:

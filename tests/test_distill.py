@@ -218,7 +218,7 @@ def test_a_residual_ppo_run_reopens_replays_its_held_out_episodes_and_distils(tm
     """Residual PPO as the improved policy: a short PPO run on a weak PointReach BC base
     reopens as a ResFiT run does (its base and its deterministic residual replay the
     held-out outcomes the run recorded, episode by episode), and distils into a new base
-    from its successful rollouts only."""
+    from its successful rollouts only, here with replanned labels and no dropout."""
     from resfit_jax.bc.distill import DistillOptions, distill_run
     from resfit_jax.bc.pipeline import train_bc
     from resfit_jax.sim.restore import open_trained_run
@@ -253,8 +253,20 @@ def test_a_residual_ppo_run_reopens_replays_its_held_out_episodes_and_distils(tm
     trained = open_trained_run(run)
     assert trained.method == "ppo" and trained.seeds == [0, 1]
     out = str(tmp_path / "distilled")
-    o = DistillOptions(episodes=40, seed_index=1, steps=20, eval_every=20, eval_episodes=10)
+    o = DistillOptions(
+        episodes=40,
+        seed_index=1,
+        steps=20,
+        eval_every=20,
+        eval_episodes=10,
+        labels="replanned",
+        dropout=0.0,
+    )
     d = distill_run(run, out, o, log=lambda *a: None)
+    assert d["distill"]["labels"] == "replanned" and d["distill"]["dropout"] == 0.0
+    shift = d["distill"]["label_shift"]  # the residual's correction, far less than the demos'
+    assert 0 < shift["replanned_rollouts"] < shift["executed_demos"]
+    assert json.load(open(os.path.join(out, "summary.json")))["config"]["dropout"] == 0.0
     held = d["held_out"]["policies"]
     assert held["base"]["replays_run"] and held["improved"]["replays_run"]  # seed index 1
     assert held["improved"]["outcomes"] == summary["final"]["per_seed"][1]["outcomes"]

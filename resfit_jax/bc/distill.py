@@ -65,8 +65,8 @@ class DistillOptions:
     ("executed" / "replanned", see the module docstring), then ``steps`` fine-tuning
     steps with a ``eval_episodes``-episode selection evaluation every ``eval_every``, at
     learning rate ``lr`` (None: the base's own; the default, a tenth of the ACT bases' 3e-4,
-    keeps the fine-tuned base near the base: docs/distillation.md); ``seed``: the rollout
-    starts' stream and the fine-tuning's."""
+    keeps the fine-tuned base near the base: docs/distillation.md) with ``dropout`` (None:
+    the base's own); ``seed``: the rollout starts' stream and the fine-tuning's."""
 
     episodes: int = 300
     keep: str = "successes"
@@ -78,6 +78,7 @@ class DistillOptions:
     seed: int = 0
     lr: float | None = 3e-5
     labels: str = "executed"
+    dropout: float | None = None
 
     def __post_init__(self):
         if self.lr is not None and not self.lr > 0:
@@ -87,6 +88,8 @@ class DistillOptions:
                 raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)}).")
         if self.keep not in KEEP:
             raise ValueError(f"keep must be one of {KEEP}, got {self.keep!r}.")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1) (got {self.dropout}).")
         if self.labels not in LABELS:
             raise ValueError(f"labels must be one of {LABELS}, got {self.labels!r}.")
 
@@ -282,13 +285,14 @@ def distill_run(
         extra_episodes=episodes,
         extra_source=data_dir,
         relabel=relabel,
+        dropout=o.dropout,
     )
     task = trained.trainer.task
     distilled, _ = open_base(out, int(task.observation_spec.shape[0]), task.action_size)
     summary = {
         "out": out,
         "distill": {k: v for k, v in data.items() if k != "reused"}
-        | {k: getattr(o, k) for k in ("steps", "lr", "eval_episodes", "labels")}
+        | {k: getattr(o, k) for k in ("steps", "lr", "eval_episodes", "labels", "dropout")}
         | {"label_shift": shift},
         "bc": {k: bc[k] for k in ("best_step", "success_rate")},
         "round1_env_steps": trained.progress.get("env_steps"),

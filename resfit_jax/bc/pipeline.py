@@ -82,16 +82,18 @@ def train_bc_unlocked(
     extra_source: str | None = None,
     lr: float | None = None,
     relabel: Callable[[dict], dict] | None = None,
+    dropout: float | None = None,
 ) -> dict:
     """``train_bc`` without the run lock (the caller holds it).
 
     Fine-tuning (distillation): ``init_from`` names a base checkpoint directory whose
     architecture, chunking, normalizer and parameters the training starts from (``policy``,
     ``preset``, ``chunk_size``, ``execution_horizon`` and ``relative_actions`` are then
-    unused; ``steps`` / ``batch_size`` / ``lr`` still apply) and which is evaluated first, so
-    the kept base is never one the selection evaluation scores below it. ``extra_episodes`` (from
-    ``extra_source``) train next to the demos; ``relabel`` (the chunk dataset -> the one to
-    train on, e.g. ``bc.replan``'s labels) replaces their labels."""
+    unused; ``steps`` / ``batch_size`` / ``lr`` / ``dropout`` still apply) and which is
+    evaluated first, so the kept base is never one the selection evaluation scores below it.
+    ``extra_episodes`` (from ``extra_source``) train next to the demos; ``relabel`` (the
+    chunk dataset -> the one to train on, e.g. ``bc.replan``'s labels) replaces their
+    labels."""
     import jax
     import numpy as np
     import tqdm
@@ -125,6 +127,7 @@ def train_bc_unlocked(
             steps=steps,
             batch_size=batch_size,
             lr=lr,
+            dropout=dropout,
         ).items()
         if v is not None
     }
@@ -143,7 +146,8 @@ def train_bc_unlocked(
                 f"The base in {init_from} has obs/action sizes {init_info['obs_dim']}/"
                 f"{init_info['action_dim']}; task {task_name} has {obs_dim}/{action_dim}."
             )
-        tuned = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v}
+        tuned = dict(steps=steps, batch_size=batch_size, lr=lr, dropout=dropout)
+        tuned = {k: v for k, v in tuned.items() if v is not None}
         config = dataclasses.replace(BCConfig.from_dict(init_info["config"]), **tuned)
         policy = config.policy
     os.makedirs(out, exist_ok=True)
