@@ -12,13 +12,13 @@ or ppo, or a setting of studies.ablate; --seed_index picks one of its seeds). It
 evaluation starts); the successful ones, each cut at its first success (or with --keep=all
 every frame of every rollout, labelled with the action the policy took), are written to
 <out>/distill_data (RLDS) and the base is fine-tuned on its demos plus these episodes with
-its chunked loss (each frame's chunk label: the actions executed after it, or with
---labels=replanned the chunk the improved policy would execute had it decided at that
-frame, the base's own chunk plus the residual's correction), starting from its own
-parameters and normalizer; the best periodic checkpoint (the starting base included) is
-kept and exported as train_bc does. At the end
-the base, the improved policy and the distilled base run on the run's own held-out starts
-for that seed, paired, and <out>/distill_summary.json records them. Running again with the
+its chunked loss, without dropout (--dropout), each frame's chunk label being the chunk
+the improved policy would execute had it decided at that frame (the base's own chunk plus
+the residual's correction; --labels=executed: the actions executed after it), starting
+from its own parameters and normalizer; the best periodic checkpoint (the starting base
+included) is kept and exported as train_bc does. At the end the base, the improved policy
+and the distilled base run on the run's own held-out starts for that seed, paired, and
+<out>/distill_summary.json records them. Running again with the
 same flags reuses the recorded rollouts.
 """
 
@@ -35,7 +35,7 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "out", None, "Directory of the distilled base (default runs/bc/<task>_distilled)."
 )
-flags.DEFINE_integer("episodes", 300, "Rollouts of the improved policy.")
+flags.DEFINE_integer("episodes", 1000, "Rollouts of the improved policy.")
 flags.DEFINE_enum(
     "keep",
     "successes",
@@ -45,21 +45,19 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_enum(
     "labels",
-    "executed",
+    "replanned",
     ["executed", "replanned"],
     "Chunk labels of every training frame: executed, the actions taken after it; "
     "replanned, the improved policy's chunk as if it decided there (the base's own chunk "
     "plus the residual's correction).",
 )
-flags.DEFINE_float(
-    "dropout", None, "Dropout rate while fine-tuning (default: the base's own, e.g. ACT's 0.1)."
-)
+flags.DEFINE_float("dropout", 0.0, "Dropout rate while fine-tuning (the ACT bases train at 0.1).")
 flags.DEFINE_integer("seed_index", 0, "Which of the run's seeds to distil.")
 flags.DEFINE_enum("state", "kept", ["kept", "last"], "The run's kept or last learner state.")
 flags.DEFINE_integer("steps", 2000, "Fine-tuning gradient steps.")
-flags.DEFINE_float("lr", 3e-5, "Fine-tuning learning rate (a tenth of the ACT bases' own 3e-4).")
+flags.DEFINE_float("lr", 1e-5, "Fine-tuning learning rate (the ACT bases train at 3e-4).")
 flags.DEFINE_integer("eval_every", 500, "Evaluate every N fine-tuning steps.")
-flags.DEFINE_integer("eval_episodes", 50, "Episodes per periodic evaluation (selection).")
+flags.DEFINE_integer("eval_episodes", 200, "Episodes per periodic evaluation (selection).")
 flags.DEFINE_integer("seed", 0, "Seed of the rollout starts and of fine-tuning.")
 
 

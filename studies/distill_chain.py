@@ -34,14 +34,15 @@ def define_flags() -> None:
         "round1", None, "A finished multi-seed ResFiT or residual-PPO run (round 1)."
     )
     flags.DEFINE_string("out", None, "Study directory (distilled bases and round-2 runs).")
-    flags.DEFINE_integer("episodes", 300, "Distillation rollouts per seed.")
+    flags.DEFINE_integer("episodes", 1000, "Distillation rollouts per seed.")
     flags.DEFINE_enum("keep", "successes", ["successes", "all"], "Distillation data (see distill).")
     flags.DEFINE_integer("steps", 2000, "Fine-tuning steps per distilled base.")
-    flags.DEFINE_float("lr", 3e-5, "Fine-tuning learning rate (see experiments.distill).")
-    flags.DEFINE_integer("eval_episodes", 50, "Selection episodes per fine-tuning evaluation.")
+    flags.DEFINE_float("lr", 1e-5, "Fine-tuning learning rate (see experiments.distill).")
+    flags.DEFINE_integer("eval_episodes", 200, "Selection episodes per fine-tuning evaluation.")
     flags.DEFINE_enum(
-        "labels", "executed", ["executed", "replanned"], "Chunk labels (see experiments.distill)."
+        "labels", "replanned", ["executed", "replanned"], "Chunk labels (see experiments.distill)."
     )
+    flags.DEFINE_float("dropout", 0.0, "Fine-tuning dropout (see experiments.distill).")
     flags.DEFINE_list("seed_indices", None, "Round 1's seeds to run (indices; default: all).")
     flags.DEFINE_bool("skip_round2", False, "Distil only (round 2 in a later session).")
     flags.DEFINE_string("results", None, "Also write the table's JSON here.")
@@ -191,9 +192,11 @@ def main(argv):
     task_name, overrides = info["task"], list(info.get("overrides", []))
     # the distillation setting every seed's base is made (or reused) with
     setting = {
-        k: getattr(FLAGS, k) for k in ("episodes", "keep", "steps", "lr", "eval_episodes", "labels")
+        k: getattr(FLAGS, k)
+        for k in ("episodes", "keep", "steps", "lr", "eval_episodes", "labels", "dropout")
     }
-    before = {"eval_episodes": 50, "labels": "executed"}  # distillations that did not record them
+    # distillations made before these were settings recorded none: they ran at these values
+    before = {"eval_episodes": 50, "labels": "executed", "dropout": 0.1}
     rows = []
     for i in picked:
         seed = seeds[i]
@@ -215,6 +218,7 @@ def main(argv):
                         lr=FLAGS.lr,
                         eval_episodes=FLAGS.eval_episodes,
                         labels=FLAGS.labels,
+                        dropout=FLAGS.dropout,
                     ),
                 )
             except (FileNotFoundError, ValueError) as e:
