@@ -65,6 +65,7 @@ CLI = [
     (["experiments.distill"], "Pass --run=<a finished ResFiT or residual-PPO run directory>"),
     (["studies.distill_chain", "--out=/tmp/x"], "Pass --round1=<a finished multi-seed"),
     (["experiments.distill", "--run=/nonexistent/run"], "/nonexistent/run holds no config.json"),
+    (["experiments.distill", "--run=r", "--dropout=1.5"], "--dropout must be in [0, 1)"),
     (["experiments.render_rollout", "--out=v.avi"], "--out=v.avi: use a .mp4 or .gif"),
     (["studies.sample_efficiency", "--sweep=0.9,x"], "expected success rates such as"),
     (["studies.sample_efficiency", "--sweep=0.9,90"], "not all success rates in (0, 1]"),
