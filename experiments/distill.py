@@ -18,8 +18,8 @@ the residual's correction; --labels=executed: the actions executed after it), st
 from its own parameters and normalizer; the best periodic checkpoint (the starting base
 included) is kept and exported as train_bc does. At the end the base, the improved policy
 and the distilled base run on the run's own held-out starts for that seed, paired, and
-<out>/distill_summary.json records them. Running again with the
-same flags reuses the recorded rollouts.
+<out>/distill_summary.json records them. Running again with the same flags reuses the
+recorded rollouts.
 """
 
 from __future__ import annotations

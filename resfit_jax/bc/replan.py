@@ -20,11 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def replanned_chunks(improved, obs: jax.Array) -> jax.Array:
-    """Jittable: [N, K, A] raw chunks from ``improved`` (a ``base.residual.ResidualPolicy``
-    over a ``ChunkedBase``) deciding at each of the N observations ``obs`` [N, O]. Exact for
-    a residual that decides once per executed chunk (the semi-MDP residual with k = H); one
-    that decides more often is asked at the frame's observation for every step."""
+def correction(improved, obs: jax.Array) -> jax.Array:
+    """Jittable: [N, H, A] raw correction of ``improved`` (a ``base.residual.ResidualPolicy``
+    over a ``ChunkedBase``) to the first H actions of the base's chunk, deciding at each of
+    the N observations ``obs`` [N, O]. Exact for a residual that decides once per executed
+    chunk (the semi-MDP residual with k = H); one that decides more often is asked at the
+    frame's observation for every step."""
     base = improved.base
     if getattr(base, "temporal_ensemble", None) is not None or not hasattr(base, "horizon"):
         raise ValueError(
@@ -41,8 +42,15 @@ def replanned_chunks(improved, obs: jax.Array) -> jax.Array:
 
         return jax.lax.scan(step, policy.init_state(n), None, length=h)[1]
 
-    correction = jnp.swapaxes(actions(improved) - actions(plain), 0, 1)  # [N, H, A]
-    return base.predict(obs).at[:, :h].add(correction)
+    return jnp.swapaxes(actions(improved) - actions(plain), 0, 1)
+
+
+def replanned_chunks(improved, obs: jax.Array, own: jax.Array | None = None) -> jax.Array:
+    """Jittable: [N, K, A] raw chunks of ``improved`` deciding at each of the N observations
+    ``obs`` [N, O]: the base's own chunk there (``own`` [N, K, A] when already predicted)
+    plus ``correction`` over its first H positions."""
+    own = improved.base.predict(obs) if own is None else own
+    return own.at[:, : improved.base.horizon].add(correction(improved, obs))
 
 
 def relabel_replanned(
@@ -56,7 +64,12 @@ def relabel_replanned(
         raise ValueError("Replanned labels support state observations only.")
     n = data["obs"].shape[0]
     size = min(batch, n)
-    plan = jax.jit(lambda o: (replanned_chunks(improved, o), improved.base.predict(o)))
+
+    def plan(o):  # the replanned chunks and the base's own, one prediction
+        own = improved.base.predict(o)
+        return replanned_chunks(improved, o, own), own
+
+    plan = jax.jit(plan)
     chunks, own = [], []
     for i in range(0, n, size):
         o = data["obs"][i : i + size]
@@ -66,7 +79,6 @@ def relabel_replanned(
         own.append(b[: size - pad])
     chunks, own = np.concatenate(chunks), np.concatenate(own)
     mask = np.asarray(data["mask"], bool)
-
     every = np.ones_like(mask)
 
     def shift(labels, rows, valid):
