@@ -1,7 +1,7 @@
 """Replanned chunk labels for distillation: at every training frame, the chunk the improved
 policy (a chunked base + its residual) would execute had it decided there.
 
-    chunks = jax.jit(replanned_chunks)(improved, obs)        # obs [N, O] -> [N, K, A] raw
+    chunks = jax.jit(lambda o: replanned_chunks(improved, o))(obs)  # [N, O] -> [N, K, A] raw
     data, shift = relabel_replanned(improved, data, extra_rows=n)  # a chunk_dataset, relabelled
 
 The label is the base's own chunk at the frame plus the residual's correction over the
