@@ -4,13 +4,15 @@ r"""Sample efficiency: ResFiT against residual PPO on the same task, base and ev
     python -m studies.sample_efficiency --task=PickPlace --base=runs/bc/PickPlace --seeds=3 \
         --ppo_chunk=2000000          # PPO trains 2M more env steps per seed per invocation
     python -m studies.sample_efficiency --task=PickPlace --analyze_only
+    python -m studies.sample_efficiency --task=PickPlaceEE --base=runs/bc/PickPlaceEE \
+        --resfit_override=total_env_steps=20480 --ppo_chunk=500000   # the chunk recipe
 
 Each method trains in its own run directory under --out (resfit/, ppo/), through the same
-trainers as experiments/train_residual and experiments/train_residual_ppo, 3 seeds vmapped
-each; the same seeds give both methods the same periodic and held-out starts. Re-running
-resumes both; with --ppo_chunk a long PPO budget is spread over several invocations.
---resfit_run / --ppo_run use runs made elsewhere instead (same base, demos and seeds; checked
-through their content hashes).
+trainers as experiments.train (ResFiT with --recipe, by default the chunk recipe on the arm
+tasks, and --method=ppo), 3 seeds vmapped each; the same seeds give both methods the same
+periodic and held-out starts. Re-running resumes both; with --ppo_chunk a long PPO budget is
+spread over several invocations. --resfit_run / --ppo_run use runs made elsewhere instead
+(same base, demos and seeds; checked through their content hashes).
 
 The analysis (also after every invocation, on whatever has been trained so far):
 - success against total env steps (warm-up collection counted), mean and min-max over seeds,
@@ -58,6 +60,13 @@ def define_flags() -> None:
     )
     flags.DEFINE_string("resfit_run", None, "Use this ResFiT run instead of training one.")
     flags.DEFINE_string("ppo_run", None, "Use this residual-PPO run instead of training one.")
+    flags.DEFINE_enum(
+        "recipe",
+        None,
+        ["per_step", "chunk"],
+        "ResFiT recipe (as experiments.train --recipe; default: chunk on the arm tasks, "
+        "per_step elsewhere); --resfit_override applies after it.",
+    )
     flags.DEFINE_multi_string("resfit_override", [], "ResFiT config overrides.")
     flags.DEFINE_multi_string(
         "ppo_override",
@@ -245,6 +254,14 @@ def plot(resfit: dict, ppo: dict, threshold: float | None, path: str, title: str
 
 
 # ----------------------------------------------------------------------------- training
+def resfit_overrides(task: str, recipe: str | None, overrides: list[str]) -> list[str]:
+    """The ResFiT run's config overrides: ``recipe``'s (default: the task's, as
+    experiments.train) followed by ``overrides``."""
+    from resfit_jax.sim.presets import default_recipe, recipe_overrides
+
+    return recipe_overrides(recipe or default_recipe(task), overrides)
+
+
 def _train(task_name: str, out: str) -> tuple[str, str]:
     from resfit_jax.sim.runs import finished, open_inputs, train_or_resume
 
@@ -258,8 +275,9 @@ def _train(task_name: str, out: str) -> tuple[str, str]:
         usage_error(str(e))
     seeds = list(range(FLAGS.seeds))
     if not finished(resfit_run):
-        print(f"ResFiT: {resfit_run}")
-        train_or_resume("resfit", task_name, inputs, resfit_run, seeds, FLAGS.resfit_override)
+        overrides = resfit_overrides(task_name, FLAGS.recipe, FLAGS.resfit_override)
+        print(f"ResFiT: {resfit_run} ({' '.join(overrides) or 'the preset'})")
+        train_or_resume("resfit", task_name, inputs, resfit_run, seeds, overrides)
     if not finished(ppo_run):
         print(f"residual PPO: {ppo_run}")
         stop = None
@@ -327,6 +345,7 @@ def main(argv):
         "threshold_rule": how,
         "base_success_rate_periodic": base,
         "resfit_run": os.path.basename(os.path.normpath(resfit_run)),
+        "resfit_overrides": run_overrides(resfit_run),
         "ppo_run": os.path.basename(os.path.normpath(ppo_run)),
         "resfit_final": final,
         "ppo_final": (summaries["ppo"].get("final") or {}).get("pooled"),
@@ -369,6 +388,16 @@ def main(argv):
 
         headline.save(headline.add_se(headline.load(), headline.se_row(result)))
         print(f"wrote the {task} row to {headline.HEADLINE} and the tables")
+
+
+def run_overrides(run: str) -> list[str] | None:
+    """The overrides a run was built from (its config.json; a recipe's come first), None
+    for a run that did not record them."""
+    path = os.path.join(run, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("overrides")
 
 
 def held_out_pairing(resfit: dict, ppo: dict) -> dict | None:

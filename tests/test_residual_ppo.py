@@ -243,6 +243,17 @@ def test_ppo_refuses_a_base_of_the_wrong_action_size(demos):
         ResidualPPOConfig(target_kl=0.0)
 
 
+def test_every_arm_task_and_its_ee_variant_has_a_ppo_preset():
+    from resfit_jax.sim.presets import PRESETS
+
+    for task in ("PickPlace", "PegInsertion", "BimanualHandover"):
+        assert task + "EE" in PRESETS  # ResFiT trains it, so PPO can be compared on it
+        assert ppo_preset(task + "EE") == ppo_preset(task)
+        assert ppo_preset(task + "EE", "accelerator") == ppo_preset(task, "accelerator")
+    with pytest.raises(ValueError, match="No residual-PPO preset for task 'Nope'"):
+        ppo_preset("Nope")
+
+
 @pytest.mark.slow
 def test_residual_ppo_fixes_a_biased_base_on_point_reach(tmp_path):
     task = envs.make("PointReach")

@@ -9,6 +9,8 @@ from studies.sample_efficiency import (
     first_reach,
     noise_ceiling,
     report,
+    resfit_overrides,
+    run_overrides,
     steps_to_threshold,
     sweep,
     threshold_of,
@@ -17,6 +19,22 @@ from studies.sample_efficiency import (
 
 def _curve(steps, success):
     return {"total_env_steps": np.asarray(steps, float), "success": np.asarray(success, float)}
+
+
+def test_resfit_trains_the_scripts_default_recipe_and_the_run_records_it(tmp_path):
+    from resfit_jax.sim.presets import RECIPES
+
+    chunk = list(RECIPES["chunk"])
+    assert "residual.decision_steps=20" in chunk
+    # the arm tasks default to the semi-MDP residual, as experiments.train; user overrides last
+    assert resfit_overrides("PickPlaceEE", None, ["eval_every=2560"]) == [*chunk, "eval_every=2560"]
+    assert resfit_overrides("PickPlace", "per_step", ["eval_every=2560"]) == ["eval_every=2560"]
+    assert resfit_overrides("PointReach", None, []) == []
+    with pytest.raises(ValueError, match="Unknown recipe"):
+        resfit_overrides("PickPlace", "nope", [])
+    (tmp_path / "config.json").write_text('{"overrides": ["a=1", "b=2"]}')
+    assert run_overrides(str(tmp_path)) == ["a=1", "b=2"]
+    assert run_overrides(str(tmp_path / "missing")) is None
 
 
 def test_first_reach_and_the_bootstrap_interval():

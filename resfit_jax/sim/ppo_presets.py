@@ -124,6 +124,10 @@ PPO_PRESETS: dict[str, Callable[[str], PPOTrainConfig]] = {
     "PegInsertion": peg_insertion,
     "BimanualHandover": bimanual_handover,
 }
+# the delta end-effector variants (PickPlaceEE, ...) use their joint task's preset, as ResFiT's
+PPO_PRESETS.update(
+    {f"{name}EE": PPO_PRESETS[name] for name in ("PickPlace", "PegInsertion", "BimanualHandover")}
+)
 
 
 def ppo_preset(task: str, scale: str = "cpu", **overrides) -> PPOTrainConfig:
