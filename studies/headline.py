@@ -253,7 +253,7 @@ def se_table(data: dict) -> str:
             _pct(ppo["final_success"])
             if r.get("ppo_complete")
             else f"(periodic {_pct(ppo['last_periodic'])} at {ppo['max_steps'] / 1e6:.2f}M, "
-            "running)"
+            "budget not finished)"
         )
         lines.append(
             f"| {r['task']} ({_pct(r['base_final_success'])}) | {thr} | "
