@@ -318,6 +318,7 @@ def main(argv):
             f"{resfit_run} and {ppo_run} were trained on different bases or "
             f"demos ({ids[0]} vs {ids[1]}); compare runs on the same inputs."
         )
+    cpus = {"resfit": run_cpu(resfit_run), "ppo": run_cpu(ppo_run)}
     curves = {}
     for name, run in (("resfit", resfit_run), ("ppo", ppo_run)):
         curves[name] = (
@@ -351,6 +352,7 @@ def main(argv):
         "ppo_final": (summaries["ppo"].get("final") or {}).get("pooled"),
         "ppo_complete": summaries["ppo"].get("complete", False),
         "ppo_vs_resfit": held_out_pairing(summaries["resfit"], summaries["ppo"]),
+        "cpus": cpus,
         "curves": {
             n: {
                 "total_env_steps": c["total_env_steps"].tolist(),
@@ -398,6 +400,15 @@ def run_overrides(run: str) -> list[str] | None:
         return None
     with open(path) as f:
         return json.load(f).get("overrides")
+
+
+def run_cpu(run: str) -> str | None:
+    """The CPU a run was started on (its config.json), None for a run that did not record it."""
+    path = os.path.join(run, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return (json.load(f).get("machine") or {}).get("cpu")
 
 
 def held_out_pairing(resfit: dict, ppo: dict) -> dict | None:
@@ -481,6 +492,13 @@ def report(r: dict) -> str:
             f"PPO {v['success_rate']:.1%} (PPO fixes {v['fixed']} and breaks "
             f"{v['broken']} of ResFiT's episodes, p = {v['p_value']:.2g}; "
             f"{v['episodes']} starts)"
+        )
+    cpus = r.get("cpus") or {}
+    if None not in (cpus.get("resfit"), cpus.get("ppo")) and cpus["resfit"] != cpus["ppo"]:
+        lines.append(
+            f"note: the runs were trained on different CPUs ({cpus['resfit']} / {cpus['ppo']}). "
+            "MJX rollouts from the same start can end differently on another CPU type, so "
+            "the curves share their starts but not every outcome (docs/benchmarks.md)."
         )
     if not r.get("threshold_above_noise", True):
         lines.append(

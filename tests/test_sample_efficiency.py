@@ -10,6 +10,7 @@ from studies.sample_efficiency import (
     noise_ceiling,
     report,
     resfit_overrides,
+    run_cpu,
     run_overrides,
     steps_to_threshold,
     sweep,
@@ -112,6 +113,23 @@ def test_a_threshold_inside_the_bases_noise_is_flagged():
     assert "evaluation noise" in report(r)
     r |= {"threshold_above_noise": True}
     assert "evaluation noise" not in report(r)
+
+
+def test_runs_from_different_cpus_are_named_in_the_report(tmp_path):
+    (tmp_path / "config.json").write_text('{"machine": {"cpu": "AMD EPYC"}}')
+    assert run_cpu(str(tmp_path)) == "AMD EPYC"
+    (tmp_path / "config.json").write_text("{}")  # a run from before the field existed
+    assert run_cpu(str(tmp_path)) is None and run_cpu(str(tmp_path / "missing")) is None
+    resfit = _curve([0, 1_000, 2_000], [[0.5, 0.7, 0.8]] * 3)
+    ppo = _curve([0, 100_000, 200_000], [[0.5, 0.6, 0.8]] * 3)
+    r = {"task": "T", "seeds": [0, 1, 2], "threshold_rule": "absolute 0.700"}
+    r |= compare(resfit, ppo, 0.7, 100)
+    for cpus, noted in (
+        ({"resfit": "Intel Xeon", "ppo": "AMD EPYC"}, True),
+        ({"resfit": "AMD EPYC", "ppo": "AMD EPYC"}, False),
+        ({"resfit": "Intel Xeon", "ppo": None}, False),  # unknown: nothing to say
+    ):
+        assert ("different CPUs" in report(r | {"cpus": cpus})) == noted
 
 
 def test_the_readme_table_is_generated_from_headline_rows():

@@ -124,6 +124,11 @@ def test_every_evaluation_is_paired_and_the_final_one_uses_held_out_starts(train
     base, pol = held_out_outcomes(summary)
     assert sum(b == "0" and q == "1" for b, q in zip(base, pol)) == p["fixed"]
     assert sum(b == "1" and q == "0" for b, q in zip(base, pol)) == p["broken"]
+    # the run records the machine it was started on (MJX outcomes differ across CPU types)
+    from resfit_jax.run.machine import machine_info
+    from studies.sample_efficiency import run_cpu
+
+    assert run_cpu(out) == machine_info()["cpu"]
     # a finished run becomes a headline.json row
     from studies.headline import add, row_from_run, table
 

@@ -16,6 +16,7 @@ from resfit_jax.agents.checks import raise_if_nonfinite
 from resfit_jax.run.checkpointing import RunCheckpointer
 from resfit_jax.run.configs import config_differences, same_config, to_dict
 from resfit_jax.run.logger import MetricsLogger
+from resfit_jax.run.machine import machine_info
 from resfit_jax.sharding import primary
 from resfit_jax.sim.report import log_chunk, summarize_eval
 from resfit_jax.sim.selection import copy_tree, improved, keep_better
@@ -319,6 +320,7 @@ def start_run(
                     seeds=seeds,
                     identity=identity,
                     config=cfg_dict,
+                    machine=machine_info(),  # MJX outcomes differ across CPU types
                 ),
                 f,
                 indent=2,
