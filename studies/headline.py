@@ -192,6 +192,8 @@ def se_row(r: dict) -> dict:
         "ppo_complete",
     )
     out = {k: r.get(k) for k in keep}
+    if r.get("label"):
+        out["label"] = r["label"]
     for m in ("resfit", "ppo"):
         out[m] = {k: r[m][k] for k in ("steps", "ci95", "max_steps")}
         final = r.get(f"{m}_final")
@@ -202,10 +204,12 @@ def se_row(r: dict) -> dict:
 
 
 def se_key(row: dict) -> tuple:
-    """A sample-efficiency row's identity: its task and threshold kind, the default rule
-    (whose value moves with ResFiT's held-out result) or an absolute threshold's value."""
+    """A sample-efficiency row's identity: its task, its label (a ResFiT setting beside the
+    default one, ``--label``) and threshold kind, the default rule (whose value moves with
+    ResFiT's held-out result) or an absolute threshold's value."""
     absolute = str(row.get("threshold_rule") or "").startswith("absolute")
-    return (row["task"], 1, round(row["threshold"], 6)) if absolute else (row["task"], 0, 0.0)
+    task = (row["task"], row.get("label") or "")
+    return (*task, 1, round(row["threshold"], 6)) if absolute else (*task, 0, 0.0)
 
 
 def add_se(data: dict, row: dict) -> dict:
@@ -256,7 +260,8 @@ def se_table(data: dict) -> str:
             "budget not finished)"
         )
         lines.append(
-            f"| {r['task']} ({_pct(r['base_final_success'])}) | {thr} | "
+            f"| {r['task']}{', ' + r['label'] if r.get('label') else ''} "
+            f"({_pct(r['base_final_success'])}) | {thr} | "
             f"{_steps_cell(r['resfit'])} | {_steps_cell(ppo)} | {ratio} | "
             f"{_pct(r['resfit']['final_success'])} / {ppo_final} |"
         )

@@ -99,6 +99,12 @@ def define_flags() -> None:
         "Add the task's row (this threshold) to headline.json and regenerate the tables.",
     )
     flags.DEFINE_string(
+        "label",
+        None,
+        "Names a ResFiT setting beside the default (e.g. '1 critic step per env step'): "
+        "its headline row is kept next to the default's instead of replacing it.",
+    )
+    flags.DEFINE_string(
         "plot", None, "PNG (default benchmarks/results/sample_efficiency_<task>.png)."
     )
 
@@ -353,6 +359,7 @@ def main(argv):
         "ppo_complete": summaries["ppo"].get("complete", False),
         "ppo_vs_resfit": held_out_pairing(summaries["resfit"], summaries["ppo"]),
         "cpus": cpus,
+        "label": FLAGS.label,
         "curves": {
             n: {
                 "total_env_steps": c["total_env_steps"].tolist(),

@@ -158,6 +158,15 @@ def test_the_readme_table_is_generated_from_headline_rows():
         (0.8625, "periodic"),
         (0.9, "absolute"),
     ]
+    # a labelled setting (--label) keeps its own row beside the default one, named in the table
+    labelled = {"sample_efficiency": moved}
+    labelled = add_se(labelled, rule(0.8625) | {"label": "UTD 1"})["sample_efficiency"]
+    assert [r.get("label") for r in labelled] == [None, None, "UTD 1"]
+    cells = render_tables(
+        f"{SE_START}\n{SE_END}\n",
+        {"rows": [], "sample_efficiency": [se_row(result | {"label": "UTD 1"})]},
+    )
+    assert "| T, UTD 1 (50.0%) |" in cells
     # adding a results row (compare --headline, headline add) keeps the sample-efficiency rows
     from studies.headline import add
     from tests.test_compare import _row
