@@ -402,20 +402,21 @@ def main(argv):
 def run_overrides(run: str) -> list[str] | None:
     """The overrides a run was built from (its config.json; a recipe's come first), None
     for a run that did not record them."""
-    path = os.path.join(run, "config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f).get("overrides")
+    return _run_config(run).get("overrides")
 
 
 def run_cpu(run: str) -> str | None:
     """The CPU a run was started on (its config.json), None for a run that did not record it."""
+    return (_run_config(run).get("machine") or {}).get("cpu")
+
+
+def _run_config(run: str) -> dict:
+    """A run's config.json ({} where there is none)."""
     path = os.path.join(run, "config.json")
     if not os.path.exists(path):
-        return None
+        return {}
     with open(path) as f:
-        return (json.load(f).get("machine") or {}).get("cpu")
+        return json.load(f)
 
 
 def held_out_pairing(resfit: dict, ppo: dict) -> dict | None:
